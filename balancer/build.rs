@@ -1,0 +1,59 @@
+//! Builds the XDP program (balancer-ebpf) for bpfel-unknown-none with the
+//! nightly toolchain, so that `cargo build -p balancer` yields one
+//! self-contained binary with the object embedded.
+
+use std::{env, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir
+        .parent()
+        .context("balancer's manifest directory has no parent")?
+        .join("balancer-ebpf");
+    check_toolchain()?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .context("the path of balancer-ebpf is not UTF-8")?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "balancer-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::Nightly,
+    )
+}
+
+/// Fails early, with the fix, when the nightly toolchain's rust-src or
+/// bpf-linker is missing: the build of the eBPF object would otherwise fail
+/// deep inside cargo with a message that does not say what to do.
+fn check_toolchain() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=PATH");
+    let fix = "run `cargo xtask bootstrap` (it installs both), then build again";
+    let sysroot = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .context("cannot run `rustup run nightly rustc`: rustup and a nightly toolchain are needed to build the XDP program")?;
+    if !sysroot.status.success() {
+        bail!(
+            "no usable nightly toolchain ({}): the XDP program is built with nightly; {fix}",
+            String::from_utf8_lossy(&sysroot.stderr).trim()
+        );
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        bail!(
+            "the nightly toolchain has no rust-src component (needed by -Z build-std=core); {fix}"
+        );
+    }
+    let linker = Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .output();
+    match linker {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => bail!("bpf-linker is not installed or does not run; {fix}"),
+    }
+}

@@ -1,0 +1,56 @@
+//! `balancer run`: the long-running daemon.
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{cli::RunArgs, datapath::Datapath};
+
+/// Loads and attaches the XDP program, logs its counters every
+/// `stats_interval`, and detaches cleanly on SIGINT or SIGTERM.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &RunArgs) -> Result<()> {
+    let mut datapath = Datapath::load().context("failed to load the XDP program")?;
+    for interface in &args.interfaces {
+        let mode = datapath
+            .attach(interface, args.xdp_mode)
+            .with_context(|| format!("failed to start on {interface}"))?;
+        tracing::info!(interface = interface.as_str(), %mode, "attached XDP program");
+    }
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
+    let mut ticker = tokio::time::interval(args.stats_interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => log_stats(&datapath)?,
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    log_stats(&datapath)?;
+    let interfaces: Vec<String> = datapath.attachments().map(|(i, _)| i.to_owned()).collect();
+    for interface in interfaces {
+        datapath
+            .detach(&interface)
+            .with_context(|| format!("failed to detach from {interface}"))?;
+        tracing::info!(interface = interface.as_str(), "detached XDP program");
+    }
+    Ok(())
+}
+
+fn log_stats(datapath: &Datapath) -> Result<()> {
+    let stats = datapath.stats().context("failed to read the counters")?;
+    let summary: Vec<String> = stats
+        .iter()
+        .map(|(stat, count)| format!("{}={}/{}B", stat.name(), count.packets, count.bytes))
+        .collect();
+    tracing::info!(counters = summary.join(" "), "packet counters");
+    Ok(())
+}

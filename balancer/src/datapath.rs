@@ -1,0 +1,268 @@
+//! The typed layer over the XDP program: loading the embedded object,
+//! attaching it to interfaces, and reading its maps.
+//!
+//! Nothing else in the daemon touches the BPF object or its maps.
+
+use std::{collections::BTreeMap, fmt};
+
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{
+        ProgramError, TestRun, TestRunOptions, Xdp,
+        xdp::{XdpLinkId, XdpMode as AyaXdpMode},
+    },
+};
+use balancer_common::{
+    XDP_PROGRAM,
+    stats::{PacketCount, STATS_MAP, Stat},
+};
+use thiserror::Error;
+
+/// The XDP object built by build.rs from balancer-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+
+/// How the operator asks for the program to be attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native (driver) mode, and generic mode if the driver refuses.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: fail if the driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works on every device, slower.
+    Generic,
+}
+
+/// The mode a program was actually attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    /// Run by the driver, before any socket buffer exists.
+    Native,
+    /// Run by the kernel's network stack on socket buffers.
+    Generic,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        })
+    }
+}
+
+/// An error of the datapath layer, naming the object it concerns.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("failed to load the embedded XDP object")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the XDP object has no program named {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the XDP object has no map named {name}")]
+    MissingMap { name: &'static str },
+    #[error("failed to {action} the XDP program")]
+    Program {
+        action: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("failed to attach the XDP program to {interface} in {mode} mode")]
+    Attach {
+        interface: String,
+        mode: AttachedMode,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "failed to attach the XDP program to {interface}: native mode failed ({native}), then generic mode failed"
+    )]
+    AttachAuto {
+        interface: String,
+        native: String,
+        #[source]
+        generic: Box<ProgramError>,
+    },
+    #[error("the XDP program is already attached to {interface}")]
+    AlreadyAttached { interface: String },
+    #[error("the XDP program is not attached to {interface}")]
+    NotAttached { interface: String },
+    #[error("failed to read map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+/// The loaded XDP program and its maps. Dropping it detaches the program
+/// from every interface it was attached to and frees it.
+pub struct Datapath {
+    ebpf: Ebpf,
+    links: BTreeMap<String, (XdpLinkId, AttachedMode)>,
+}
+
+impl Datapath {
+    /// Loads the embedded object into the kernel (verifier included), ready
+    /// to be attached.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|err| DatapathError::Load(Box::new(err)))?;
+        program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                action: "load",
+                source: Box::new(source),
+            })?;
+        Ok(Datapath {
+            ebpf,
+            links: BTreeMap::new(),
+        })
+    }
+
+    /// Attaches the program to `interface` in the requested mode and returns
+    /// the mode it runs in. With [`XdpMode::Auto`], native mode is tried
+    /// first and generic mode is used if the driver refuses.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<AttachedMode, DatapathError> {
+        if self.links.contains_key(interface) {
+            return Err(DatapathError::AlreadyAttached {
+                interface: interface.to_owned(),
+            });
+        }
+        let prog = program(&mut self.ebpf)?;
+        let attach = |prog: &mut Xdp, mode: AttachedMode| {
+            let flags = match mode {
+                AttachedMode::Native => AyaXdpMode::Driver,
+                AttachedMode::Generic => AyaXdpMode::Skb,
+            };
+            prog.attach(interface, flags)
+        };
+        let (link, attached) = match mode {
+            XdpMode::Native | XdpMode::Generic => {
+                let wanted = if mode == XdpMode::Native {
+                    AttachedMode::Native
+                } else {
+                    AttachedMode::Generic
+                };
+                let link = attach(prog, wanted).map_err(|source| DatapathError::Attach {
+                    interface: interface.to_owned(),
+                    mode: wanted,
+                    source: Box::new(source),
+                })?;
+                (link, wanted)
+            }
+            XdpMode::Auto => match attach(prog, AttachedMode::Native) {
+                Ok(link) => (link, AttachedMode::Native),
+                Err(native) => {
+                    tracing::warn!(
+                        interface,
+                        error = crate::logging::error_chain(&native),
+                        "native XDP refused, trying generic mode"
+                    );
+                    let link = attach(prog, AttachedMode::Generic).map_err(|generic| {
+                        DatapathError::AttachAuto {
+                            interface: interface.to_owned(),
+                            native: crate::logging::error_chain(&native),
+                            generic: Box::new(generic),
+                        }
+                    })?;
+                    (link, AttachedMode::Generic)
+                }
+            },
+        };
+        self.links.insert(interface.to_owned(), (link, attached));
+        Ok(attached)
+    }
+
+    /// Detaches the program from `interface`.
+    pub fn detach(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let (link, _) = self
+            .links
+            .remove(interface)
+            .ok_or_else(|| DatapathError::NotAttached {
+                interface: interface.to_owned(),
+            })?;
+        program(&mut self.ebpf)?
+            .detach(link)
+            .map_err(|source| DatapathError::Program {
+                action: "detach",
+                source: Box::new(source),
+            })
+    }
+
+    /// The interfaces the program is attached to, with their modes.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
+        self.links
+            .iter()
+            .map(|(interface, (_, mode))| (interface.as_str(), *mode))
+    }
+
+    /// Reads every global counter, summed over all CPUs, in [`Stat`] order.
+    pub fn stats(&self) -> Result<Vec<(Stat, PacketCount)>, DatapathError> {
+        let map_err = |source| DatapathError::Map {
+            name: STATS_MAP,
+            source: Box::new(source),
+        };
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or(DatapathError::MissingMap { name: STATS_MAP })?;
+        let array = PerCpuArray::<_, PacketCount>::try_from(map).map_err(map_err)?;
+        Stat::ALL
+            .iter()
+            .map(|&stat| {
+                let per_cpu = array.get(&stat.0, 0).map_err(map_err)?;
+                let total = per_cpu
+                    .iter()
+                    .fold(PacketCount::default(), |sum, slot| sum.merged(*slot));
+                Ok((stat, total))
+            })
+            .collect()
+    }
+
+    /// Runs the program once on `packet` through BPF_PROG_TEST_RUN and
+    /// returns the verdict and the packet as the program left it. This is
+    /// how the datapath's behaviour is tested byte for byte.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<TestOutput, DatapathError> {
+        // Room for the packet to grow (encapsulation) without truncation.
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let result =
+            program(&mut self.ebpf)?
+                .test_run(opts)
+                .map_err(|source| DatapathError::Program {
+                    action: "test-run",
+                    source: Box::new(source),
+                })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestOutput {
+            verdict: result.return_value,
+            packet: out,
+        })
+    }
+}
+
+/// What the program did with one packet under BPF_PROG_TEST_RUN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestOutput {
+    /// The XDP action returned (`XDP_PASS` is 2, `XDP_TX` 3, ...).
+    pub verdict: u32,
+    /// The packet bytes after the program ran.
+    pub packet: Vec<u8>,
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    let missing = DatapathError::MissingProgram { name: XDP_PROGRAM };
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(missing)?
+        .try_into()
+        .map_err(|source| DatapathError::Program {
+            action: "look up",
+            source: Box::new(source),
+        })
+}

@@ -1,0 +1,10 @@
+//! Userspace side of the balancer: the control daemon, the CLI, and the
+//! typed layer over the XDP program and its maps.
+//!
+//! The binary is a thin wrapper around [`cli::main`]; tests and benchmarks
+//! call the library directly.
+
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+pub mod logging;

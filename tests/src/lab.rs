@@ -1,0 +1,189 @@
+//! A set of namespaces and the links between them, removed as one.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{Netns, cmd, sweep};
+
+/// Settings applied to both ends of a new veth pair.
+///
+/// The defaults are what XDP on veth needs on these kernels (see the
+/// environment notes): a frame sent with XDP_TX or XDP_REDIRECT into a veth
+/// is only received if the receiving end has NAPI on, which only an
+/// off-then-on GRO toggle enables; and packets made by a local socket carry
+/// partial checksums that are lost once XDP turns them into frames, so
+/// senders must not offload the transmit checksum.
+#[derive(Clone, Copy, Debug)]
+pub struct VethOptions {
+    /// Turn off transmit checksum offload (`ethtool -K IF tx off`).
+    pub tx_checksum_off: bool,
+    /// Enable NAPI through a GRO off/on toggle.
+    pub gro_napi: bool,
+    /// MTU of both ends; `None` keeps the default (1500).
+    pub mtu: Option<u32>,
+}
+
+impl Default for VethOptions {
+    fn default() -> Self {
+        VethOptions {
+            tx_checksum_off: true,
+            gro_napi: true,
+            mtu: None,
+        }
+    }
+}
+
+/// What a lab must remove: the names of its namespaces.
+#[derive(Debug, Default)]
+struct Resources {
+    namespaces: Vec<String>,
+}
+
+/// Removes a lab's namespaces from another thread (used when a test times
+/// out while its body still holds the lab). Idempotent.
+#[derive(Clone, Debug)]
+pub struct TeardownHandle(Arc<Mutex<Resources>>);
+
+impl TeardownHandle {
+    /// Kills every process inside the lab's namespaces and deletes them.
+    pub fn run(&self) {
+        let namespaces = std::mem::take(&mut self.lock().namespaces);
+        for name in namespaces.iter().rev() {
+            if let Err(err) = sweep::remove_namespace(name) {
+                eprintln!("warning: {err:#}");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Resources> {
+        // A panic while holding the lock leaves a valid list behind.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A test topology: namespaces joined by veth pairs and bridges. Everything
+/// it created is removed when it is dropped, processes inside included.
+#[derive(Debug)]
+pub struct Lab {
+    /// Unique prefix of this lab's namespace names.
+    prefix: String,
+    resources: TeardownHandle,
+}
+
+impl Lab {
+    /// A new, empty lab. `label` only makes the names readable; uniqueness
+    /// comes from the process id and a per-process counter. Namespaces left
+    /// behind by dead processes are swept first.
+    pub fn new(label: &str) -> Result<Lab> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        sweep::sweep_stale_once();
+        let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+        let label: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+        Ok(Lab {
+            prefix: format!("{}{}-{seq}-{label}", sweep::NAME_PREFIX, std::process::id()),
+            resources: TeardownHandle(Arc::default()),
+        })
+    }
+
+    /// A handle that tears the lab down from another thread.
+    pub fn teardown_handle(&self) -> TeardownHandle {
+        self.resources.clone()
+    }
+
+    /// Creates a namespace for the host `role` ("client", "lb", ...), with
+    /// loopback up.
+    pub fn netns(&self, role: &str) -> Result<Netns> {
+        let name = format!("{}-{role}", self.prefix);
+        // Registered before creation, so a half-made namespace is removed too.
+        self.resources.lock().namespaces.push(name.clone());
+        Netns::create(name)
+    }
+
+    /// Creates a veth pair with end `a_if` in `a` and end `b_if` in `b`,
+    /// applies `options` to both ends and brings them up.
+    pub fn veth(
+        &self,
+        (a, a_if): (&Netns, &str),
+        (b, b_if): (&Netns, &str),
+        options: VethOptions,
+    ) -> Result<()> {
+        cmd::run(
+            "ip",
+            [
+                "link",
+                "add",
+                a_if,
+                "netns",
+                a.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_if,
+                "netns",
+                b.name(),
+            ],
+        )
+        .with_context(|| {
+            format!(
+                "cannot create veth {}:{a_if} <-> {}:{b_if}",
+                a.name(),
+                b.name()
+            )
+        })?;
+        for (ns, interface) in [(a, a_if), (b, b_if)] {
+            configure_veth_end(ns, interface, options)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a bridge `name` in `ns`, enslaves `ports` (interfaces already
+    /// in `ns`) and brings it up. The bridge forwards at once: no STP.
+    pub fn bridge(&self, ns: &Netns, name: &str, ports: &[&str]) -> Result<()> {
+        ns.ip([
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        for port in ports {
+            ns.ip(["link", "set", port, "master", name])?;
+        }
+        ns.ip(["link", "set", name, "up"]).map(drop)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.resources.run();
+    }
+}
+
+fn configure_veth_end(ns: &Netns, interface: &str, options: VethOptions) -> Result<()> {
+    if let Some(mtu) = options.mtu {
+        ns.ip(["link", "set", interface, "mtu", &mtu.to_string()])?;
+    }
+    if options.tx_checksum_off {
+        ns.exec("ethtool", ["-K", interface, "tx", "off"])?;
+    }
+    if options.gro_napi {
+        ns.exec("ethtool", ["-K", interface, "gro", "off"])?;
+        ns.exec("ethtool", ["-K", interface, "gro", "on"])?;
+    }
+    ns.ip(["link", "set", interface, "up"]).map(drop)
+}

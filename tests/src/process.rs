@@ -1,0 +1,153 @@
+//! A background process started inside a namespace, with its output kept
+//! for assertions and killed when dropped.
+
+use std::{
+    io::Read,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{self, Signal},
+    unistd::Pid,
+};
+
+use crate::cmd;
+
+/// A running child process. Its stdout and stderr are collected in the
+/// background (see [`Process::output`]); dropping it kills it.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    description: String,
+    output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Process {
+    /// Spawns `command` (typically from [`crate::Netns::command`]) with its
+    /// stdout and stderr captured together.
+    pub fn start(mut command: Command) -> Result<Process> {
+        let description = cmd::describe(&command);
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{description}`"))?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        let streams: [Option<Box<dyn Read + Send>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as _),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ];
+        for mut stream in streams.into_iter().flatten() {
+            let sink = Arc::clone(&output);
+            readers.push(thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    lock(&sink).extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        Ok(Process {
+            child,
+            description,
+            output,
+            readers,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.output)).into_owned()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        signal::kill(Pid::from_raw(self.pid() as i32), signal)
+            .with_context(|| format!("cannot send {signal} to `{}`", self.description))
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its status.
+    /// When it exits, the output readers are drained first, so
+    /// [`Process::output`] then holds everything it wrote.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "`{}` still running after {timeout:?}; output so far:\n{}",
+                    self.description,
+                    self.output()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Polls `condition` on the output until it holds or `timeout` passes;
+    /// fails early if the process exits.
+    pub fn wait_for_output(
+        &mut self,
+        timeout: Duration,
+        condition: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if condition(&self.output()) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                bail!(
+                    "`{}` exited ({status}) before the expected output:\n{}",
+                    self.description,
+                    self.output()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "`{}`: expected output missing after {timeout:?}:\n{}",
+                    self.description,
+                    self.output()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn lock(buffer: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    buffer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,101 @@
+//! Finding and removing namespaces that tests left behind.
+
+use std::{path::Path, sync::Once, thread, time::Duration};
+
+use anyhow::Result;
+use nix::{sys::signal, unistd::Pid};
+
+use crate::cmd;
+
+/// Every namespace the harness creates is named
+/// `PREFIX<pid>-<seq>-<label>-<role>`, where `<pid>` is the process that
+/// made it.
+pub const NAME_PREFIX: &str = "lbt";
+
+/// Namespaces of the harness that exist now, live or stale.
+pub fn leftover_namespaces() -> Result<Vec<String>> {
+    let out = cmd::run("ip", ["netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| owner_pid(name).is_some())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes every harness namespace whose creating process has exited (a
+/// test killed by a signal cannot run its destructors). Returns the names
+/// it removed.
+pub fn sweep_stale() -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for name in leftover_namespaces()? {
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        remove_namespace(&name)?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
+/// [`sweep_stale`] once per process, before its first lab.
+pub(crate) fn sweep_stale_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| match sweep_stale() {
+        Ok(removed) if !removed.is_empty() => {
+            eprintln!("removed namespaces left by dead test processes: {removed:?}")
+        }
+        Ok(_) => {}
+        Err(err) => eprintln!("warning: cannot sweep stale namespaces: {err:#}"),
+    });
+}
+
+/// Kills every process inside namespace `name` (never this one) and
+/// deletes the namespace.
+pub(crate) fn remove_namespace(name: &str) -> Result<()> {
+    let own = std::process::id() as i32;
+    for _ in 0..50 {
+        let Ok(out) = cmd::run("ip", ["netns", "pids", name]) else {
+            break;
+        };
+        let pids: Vec<i32> = out
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|&p| p != own)
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if Path::new("/run/netns").join(name).exists() {
+        cmd::run("ip", ["netns", "delete", name])?;
+    }
+    Ok(())
+}
+
+/// The pid in a harness namespace name, or `None` for other namespaces.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(NAME_PREFIX)?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn owner_pid_reads_only_harness_names() {
+        assert_eq!(owner_pid("lbt1234-0-xdp-lb"), Some(1234));
+        assert_eq!(owner_pid("lbt-0-xdp"), None);
+        assert_eq!(owner_pid("blue"), None);
+        assert_eq!(owner_pid("lbtx-1"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! Developer and CI tasks, run as `cargo xtask <task>`.
+//!
+//! `test` and `demo` are the README's two commands: each first installs
+//! whatever the machine lacks ([`bootstrap`]), so both work on a freshly
+//! installed machine.
+
+mod bootstrap;
+mod demo;
+mod lint;
+mod shell;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer and CI tasks of the balancer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src for the nightly
+    /// toolchain, bpf-linker, and the Debian packages the tests use.
+    Bootstrap,
+    /// Check formatting and run clippy on every crate (host and BPF).
+    Lint,
+    /// Everything CI runs: bootstrap, lint, every test, and a check that
+    /// nothing was left behind.
+    Test(test::TestArgs),
+    /// Build the balancer and run it on a small demo topology in network
+    /// namespaces, with live traffic (needs root).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Bootstrap => bootstrap::run(bootstrap::Needs::ALL).map(drop),
+        Task::Lint => bootstrap::run(bootstrap::Needs::BUILD).and_then(|_| lint::run()),
+        Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

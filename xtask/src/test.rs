@@ -1,0 +1,105 @@
+//! `cargo xtask test`: the one command that runs every check and test.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use balancer_tests::{leftover_namespaces, privilege, sweep_stale};
+use clap::Args;
+use nix::unistd::Uid;
+
+use crate::{bootstrap, lint, shell};
+
+/// Options of `cargo xtask test`.
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip formatting and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Arguments passed on to `cargo test` (after `--`), for example a test
+    /// name filter.
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+/// Bootstraps, lints, builds the balancer, runs every test of the
+/// workspace against that binary, and fails if a test left a namespace or
+/// a veth behind.
+pub fn run(args: &TestArgs) -> Result<()> {
+    let privileged = Uid::effective().is_root();
+    let needs = if privileged || privilege::in_ci() {
+        bootstrap::Needs::ALL
+    } else {
+        eprintln!(
+            "not root: privileged tests will be skipped (each says why); run `sudo -E cargo xtask test` to include them"
+        );
+        bootstrap::Needs::BUILD
+    };
+    bootstrap::run(needs)?;
+    if !args.no_lint {
+        lint::run()?;
+    }
+    let balancer = build_balancer()?;
+    let veths_before = if privileged {
+        root_veths()?
+    } else {
+        Vec::new()
+    };
+    let outcome = shell::run(
+        shell::cargo()
+            .args(["test", "--workspace"])
+            .args(&args.cargo_test_args)
+            .env("BALANCER_BIN", &balancer),
+    );
+    if privileged {
+        check_leftovers(&veths_before)?;
+    }
+    outcome
+}
+
+/// Builds the `balancer` binary and returns its path.
+pub fn build_balancer() -> Result<PathBuf> {
+    shell::run(shell::cargo().args(["build", "--package", "balancer"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shell::workspace_root().join("target"));
+    let binary = target.join("debug").join("balancer");
+    if !binary.is_file() {
+        bail!(
+            "the build succeeded but {} does not exist",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Fails if the suite left harness namespaces (removing them) or added
+/// veth interfaces to the root namespace.
+fn check_leftovers(veths_before: &[String]) -> Result<()> {
+    let left = leftover_namespaces()?;
+    if !left.is_empty() {
+        let removed = sweep_stale()?;
+        bail!("the tests left namespaces behind: {left:?} (removed now: {removed:?})");
+    }
+    let new_veths: Vec<String> = root_veths()?
+        .into_iter()
+        .filter(|v| !veths_before.contains(v))
+        .collect();
+    if !new_veths.is_empty() {
+        bail!("the tests left veth interfaces in the root namespace: {new_veths:?}");
+    }
+    eprintln!("no namespace or veth left behind");
+    Ok(())
+}
+
+/// Names of the veth interfaces in the root namespace.
+fn root_veths() -> Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "veth"])
+        .output()
+        .context("cannot run `ip link`")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect())
+}
