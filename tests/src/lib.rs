@@ -11,7 +11,7 @@
 //! Everything here needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); see
 //! [`privilege`] for how tests behave without it.
 
-mod cmd;
+pub mod cmd;
 pub mod lab;
 pub mod netns;
 pub mod privilege;
