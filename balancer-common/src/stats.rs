@@ -1,55 +1,122 @@
-//! Global per-CPU packet counters of the datapath.
+//! Per-CPU counters of the datapath: by verdict reason, by event, per VIP
+//! and per backend.
 //!
-//! The map is a `BPF_MAP_TYPE_PERCPU_ARRAY` of [`PacketCount`] indexed by a
-//! [`Stat`] index: each CPU bumps its own slot without atomics, and
-//! userspace sums the slots when it reads them.
+//! Every counter map is a `BPF_MAP_TYPE_PERCPU_ARRAY`: each CPU bumps its
+//! own slot without atomics, and userspace sums the slots when it reads
+//! them.
 
-/// Name of the per-CPU counter map.
-pub const STATS_MAP: &str = "stats";
-
-/// Index of a counter in [`STATS_MAP`].
+/// Index of a global counter in the `stats` map.
 ///
 /// A plain `u32` newtype rather than an enum: the value crosses into the
 /// kernel as an array index, and every index below [`Stat::COUNT`] is valid.
+/// Every frame is counted under exactly one verdict reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Stat(pub u32);
 
-impl Stat {
-    /// Every frame the program saw, whatever it carried.
-    pub const RX_TOTAL: Stat = Stat(0);
-    /// Frames carrying IPv4 (after at most one 802.1Q tag).
-    pub const RX_IPV4: Stat = Stat(1);
-    /// Frames carrying IPv6 (after at most one 802.1Q tag).
-    pub const RX_IPV6: Stat = Stat(2);
-    /// Frames with any other EtherType (ARP, LLDP, ...).
-    pub const RX_OTHER_L3: Stat = Stat(3);
-    /// Frames too short to hold the Ethernet header (and tag) they claim.
-    pub const RX_MALFORMED: Stat = Stat(4);
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident = $index:literal, $text:literal;)*) => {
+        impl Stat {
+            $($(#[$doc])* pub const $name: Stat = Stat($index);)*
 
-    /// Number of counters: the map's `max_entries`.
-    pub const COUNT: u32 = 5;
+            /// Every counter, in index order.
+            pub const ALL: &'static [Stat] = &[$(Self::$name),*];
 
-    /// Every counter, in index order.
-    pub const ALL: [Stat; Self::COUNT as usize] = [
-        Self::RX_TOTAL,
-        Self::RX_IPV4,
-        Self::RX_IPV6,
-        Self::RX_OTHER_L3,
-        Self::RX_MALFORMED,
-    ];
-
-    /// Stable name of the counter, as userspace reports it.
-    pub const fn name(self) -> &'static str {
-        match self.0 {
-            0 => "rx_total",
-            1 => "rx_ipv4",
-            2 => "rx_ipv6",
-            3 => "rx_other_l3",
-            4 => "rx_malformed",
-            _ => "unknown",
+            /// Stable name of the counter, as userspace reports it.
+            pub const fn name(self) -> &'static str {
+                match self.0 {
+                    $($index => $text,)*
+                    _ => "unknown",
+                }
+            }
         }
-    }
+    };
 }
+
+stats! {
+    /// Passed: not IPv4 or IPv6.
+    PASS_NON_IP = 0, "pass_non_ip";
+    /// Passed: IP, but not to a VIP (address, port or protocol).
+    PASS_NOT_VIP = 1, "pass_not_vip";
+    /// Passed: too short or malformed to tell whether it is for a VIP.
+    PASS_UNPARSED = 2, "pass_unparsed";
+    /// Passed: ICMP or ICMPv6 other than a path-MTU error for a VIP.
+    PASS_ICMP = 3, "pass_icmp";
+    /// Sent back out of the ingress interface to a backend (XDP_TX).
+    TX = 4, "tx";
+    /// Redirected to a backend through another interface.
+    REDIRECT = 5, "redirect";
+    /// Dropped: a packet for a VIP ends before a header it announces, or
+    /// before the length its IP header gives.
+    DROP_TRUNCATED = 6, "drop_truncated";
+    /// Dropped: a packet for a VIP with an invalid header (IPv4 IHL below
+    /// 5, TCP data offset below 5, wrong IP version).
+    DROP_MALFORMED = 7, "drop_malformed";
+    /// Dropped: the VIP has no ring or the ring slot no backend.
+    DROP_NO_BACKEND = 8, "drop_no_backend";
+    /// Dropped: the chosen backend's MAC is not resolved yet.
+    DROP_NO_NEIGHBOUR = 9, "drop_no_neighbour";
+    /// Dropped: the redirect to the backend's interface failed.
+    DROP_REDIRECT = 10, "drop_redirect";
+}
+
+impl Stat {
+    /// Number of counters: the map's `max_entries`.
+    pub const COUNT: u32 = 11;
+}
+
+const _: () = assert!(Stat::ALL.len() == Stat::COUNT as usize);
+
+/// Events counted on top of the verdict reasons (a forwarded packet can be
+/// a fragment, a path-MTU error, a new flow and a fail-over at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Event(pub u32);
+
+macro_rules! events {
+    ($($(#[$doc:meta])* $name:ident = $index:literal, $text:literal;)*) => {
+        impl Event {
+            $($(#[$doc])* pub const $name: Event = Event($index);)*
+
+            /// Every event, in index order.
+            pub const ALL: &'static [Event] = &[$(Self::$name),*];
+
+            /// Stable name of the event counter.
+            pub const fn name(self) -> &'static str {
+                match self.0 {
+                    $($index => $text,)*
+                    _ => "unknown",
+                }
+            }
+
+            /// Index of the event's slot in the `stats` map, after the
+            /// verdict reasons.
+            pub const fn slot(self) -> u32 {
+                Stat::COUNT + self.0
+            }
+        }
+    };
+}
+
+events! {
+    /// A fragment for a VIP, placed by its addresses alone.
+    FRAGMENT = 0, "fragment";
+    /// An ICMP fragmentation-needed or ICMPv6 packet-too-big sent on to
+    /// the backend of the quoted flow.
+    ICMP_PMTU = 1, "icmp_pmtu";
+    /// A flow with no (live) entry in the connection table: a new entry.
+    NEW_FLOW = 2, "new_flow";
+    /// A flow whose backend went down, moved to another backend.
+    FAILOVER = 3, "failover";
+}
+
+impl Event {
+    /// Number of event counters.
+    pub const COUNT: u32 = 4;
+}
+
+const _: () = assert!(Event::ALL.len() == Event::COUNT as usize);
+
+/// Size of the `stats` map: verdict reasons, then events.
+pub const STATS_SLOTS: u32 = Stat::COUNT + Event::COUNT;
 
 /// Value of one counter slot: packets and bytes seen on one CPU.
 ///
@@ -76,10 +143,30 @@ impl PacketCount {
     }
 }
 
-// SAFETY: `PacketCount` is `repr(C)`, made of plain integers with no padding,
-// and valid for every bit pattern.
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for PacketCount {}
+/// Per-VIP counters on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    /// Packets forwarded to a backend of the VIP.
+    pub packets: u64,
+    /// Their bytes (frame length).
+    pub bytes: u64,
+    /// Flows that got a new connection-table entry.
+    pub new_flows: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<VipCounters>() == 24);
+
+impl VipCounters {
+    /// Sum of two counts, as when adding up the per-CPU slots.
+    pub const fn merged(self, other: VipCounters) -> VipCounters {
+        VipCounters {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_flows: self.new_flows.wrapping_add(other.new_flows),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -94,6 +181,16 @@ mod tests {
                 assert_ne!(stat.name(), other.name());
             }
         }
+    }
+
+    #[test]
+    fn every_event_has_a_distinct_name_and_slot_after_the_reasons() {
+        for (i, event) in Event::ALL.iter().enumerate() {
+            assert_eq!(event.0 as usize, i);
+            assert_eq!(event.slot(), Stat::COUNT + i as u32);
+            assert_ne!(event.name(), "unknown");
+        }
+        assert_eq!(STATS_SLOTS, Stat::COUNT + Event::COUNT);
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! The balancer's XDP program.
+//! The balancer's XDP program: parse, match a VIP, pick a backend, rewrite
+//! the MACs and send the frame on (L2 direct server return).
 //!
-//! The entry point is a thin wrapper around [`try_balancer_xdp`], which
-//! returns the verdict or an error; this one place decides what an error
-//! means for the packet.
+//! The entry point is a thin wrapper around [`process`], which returns the
+//! action and the one counter that explains it; this one place counts.
 //!
 //! The crate only means something for the bpfel-unknown-none target. On the
 //! host it builds as an empty program, so that `cargo clippy --workspace`
@@ -10,38 +10,163 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod forward;
+mod icmp;
+mod lookup;
+mod maps;
 mod parse;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use balancer_common::stats::Stat;
+use balancer_common::{
+    flow::FlowKey,
+    proto,
+    settings::Settings,
+    stats::{Event, Stat},
+};
 
-use crate::parse::{Cursor, L3};
+use crate::{
+    icmp::Icmp,
+    lookup::{Pick, Placement},
+    parse::{Cursor, Ip, IpParse, L3},
+};
 
 /// XDP entry point, attached to every interface the daemon serves.
 #[xdp]
 pub fn balancer_xdp(ctx: XdpContext) -> u32 {
-    match try_balancer_xdp(&ctx) {
-        Ok(verdict) => verdict,
-        Err(parse::Malformed) => {
-            stats::count(Stat::RX_MALFORMED, &ctx);
-            xdp_action::XDP_PASS
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (action, stat) = process(&ctx, len);
+    stats::count(stat, len);
+    action
+}
+
+#[inline(always)]
+fn pass(stat: Stat) -> (u32, Stat) {
+    (xdp_action::XDP_PASS, stat)
+}
+
+#[inline(always)]
+fn drop(stat: Stat) -> (u32, Stat) {
+    (xdp_action::XDP_DROP, stat)
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
+    let mut c = Cursor::new(ctx);
+    let v6 = match parse::ethernet(&mut c) {
+        None => return pass(Stat::PASS_UNPARSED),
+        Some(L3::Other) => return pass(Stat::PASS_NON_IP),
+        Some(L3::Ipv4) => false,
+        Some(L3::Ipv6) => true,
+    };
+    let parsed = if v6 {
+        parse::ipv6(&mut c)
+    } else {
+        parse::ipv4(&mut c)
+    };
+    let ip = match parsed {
+        IpParse::Ok(ip) => ip,
+        IpParse::Unreadable => return pass(Stat::PASS_UNPARSED),
+        IpParse::Bad(bad) => return reject(&bad.ip, bad.reason),
+    };
+    let Some(settings) = lookup::settings() else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    if ip.fragment {
+        return fragment(ctx, &ip, settings, len);
+    }
+    match ip.proto {
+        proto::TCP | proto::UDP => {}
+        proto::ICMP | proto::ICMPV6 => return icmp_error(ctx, &mut c, &ip, v6, settings, len),
+        _ => return pass(Stat::PASS_NOT_VIP),
+    }
+    let ports = match parse::ports(&mut c, ip.proto) {
+        Ok(ports) => ports,
+        Err(reason) => return reject(&ip, reason),
+    };
+    let Some(vip) = lookup::vip(&ip.dst, ports.dst, ip.proto) else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    let key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: ports.src,
+        dst_port: ports.dst,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    match lookup::backend_for_flow(&vip, &key, settings, Placement::Tracked, len) {
+        Ok(pick) => {
+            if pick.new_flow {
+                stats::event(Event::NEW_FLOW, len);
+            }
+            send(ctx, vip.index, &pick, len)
         }
+        Err(reason) => drop(reason),
     }
 }
 
-/// Counts the frame by its network protocol and lets it through.
+/// A packet that cannot be parsed: dropped and counted when it is for a VIP
+/// address, passed on untouched otherwise.
 #[inline(always)]
-fn try_balancer_xdp(ctx: &XdpContext) -> Result<u32, parse::Malformed> {
-    stats::count(Stat::RX_TOTAL, ctx);
-    let mut cursor = Cursor::new(ctx);
-    let stat = match cursor.ethernet()? {
-        L3::Ipv4 => Stat::RX_IPV4,
-        L3::Ipv6 => Stat::RX_IPV6,
-        L3::Other => Stat::RX_OTHER_L3,
+fn reject(ip: &Ip, reason: Stat) -> (u32, Stat) {
+    if lookup::vip_addr(&ip.dst, ip.proto).is_some() {
+        drop(reason)
+    } else {
+        pass(Stat::PASS_UNPARSED)
+    }
+}
+
+#[inline(always)]
+fn fragment(ctx: &XdpContext, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
+    let Some(addr) = lookup::vip_addr(&ip.dst, ip.proto) else {
+        return pass(Stat::PASS_NOT_VIP);
     };
-    stats::count(stat, ctx);
-    Ok(xdp_action::XDP_PASS)
+    match lookup::backend_for_fragment(addr.fragment_vip, &ip.src, &ip.dst, settings) {
+        Ok(pick) => {
+            stats::event(Event::FRAGMENT, len);
+            send(ctx, addr.fragment_vip, &pick, len)
+        }
+        Err(reason) => drop(reason),
+    }
+}
+
+#[inline(always)]
+fn icmp_error(
+    ctx: &XdpContext,
+    c: &mut Cursor,
+    ip: &Ip,
+    v6: bool,
+    settings: &Settings,
+    len: u64,
+) -> (u32, Stat) {
+    let key = match icmp::parse(c, v6) {
+        Icmp::Pmtu(key) => key,
+        Icmp::Other | Icmp::Truncated => return pass(Stat::PASS_ICMP),
+    };
+    // The quoted reply left from the VIP the message is addressed to.
+    if key.dst != ip.dst {
+        return pass(Stat::PASS_ICMP);
+    }
+    let Some(vip) = lookup::vip(&key.dst, key.dst_port, key.proto) else {
+        return pass(Stat::PASS_ICMP);
+    };
+    match lookup::backend_for_flow(&vip, &key, settings, Placement::Lookup, len) {
+        Ok(pick) => {
+            stats::event(Event::ICMP_PMTU, len);
+            send(ctx, vip.index, &pick, len)
+        }
+        Err(reason) => drop(reason),
+    }
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, vip: u32, pick: &Pick, len: u64) -> (u32, Stat) {
+    let (action, stat) = forward::to_backend(ctx, pick.backend);
+    if action != xdp_action::XDP_DROP {
+        stats::forwarded(vip, pick.id, len, pick.new_flow);
+    }
+    (action, stat)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -1,24 +1,50 @@
-//! Per-CPU packet counters.
+//! Per-CPU counters: one slot per CPU, so no atomics; XDP does not preempt
+//! itself on a CPU.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
-use balancer_common::stats::{PacketCount, Stat};
+use balancer_common::stats::{Event, Stat};
 
-/// Global counters, indexed by [`Stat`]; the name is
-/// `balancer_common::stats::STATS_MAP`.
-#[map(name = "stats")]
-static STATS: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
 
-/// Adds the frame to counter `stat` on this CPU. Per-CPU slots need no
-/// atomics: only this CPU writes its slot, and XDP does not preempt itself.
+/// Counts a frame of `len` bytes under verdict reason `stat`.
 #[inline(always)]
-pub fn count(stat: Stat, ctx: &XdpContext) {
-    if let Some(slot) = STATS.get_ptr_mut(stat.0) {
-        let len = (ctx.data_end() - ctx.data()) as u64;
-        // SAFETY: the pointer comes from a successful map lookup and stays
-        // valid for the whole program run.
+pub fn count(stat: Stat, len: u64) {
+    bump(stat.0, len);
+}
+
+/// Counts an event (on top of the frame's verdict reason).
+#[inline(always)]
+pub fn event(event: Event, len: u64) {
+    bump(event.slot(), len);
+}
+
+#[inline(always)]
+fn bump(slot: u32, len: u64) {
+    if let Some(c) = STATS.get_ptr_mut(slot) {
+        // SAFETY: the pointer comes from a successful lookup and stays valid
+        // for the whole run; only this CPU writes its slot.
         unsafe {
-            (*slot).packets += 1;
-            (*slot).bytes += len;
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+}
+
+/// Counts a frame forwarded for VIP `vip` to backend `backend`.
+#[inline(always)]
+pub fn forwarded(vip: u32, backend: u32, len: u64, new_flow: bool) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
+        // SAFETY: as in `bump`.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+            (*c).new_flows += new_flow as u64;
+        }
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: as in `bump`.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
         }
     }
 }

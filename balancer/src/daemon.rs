@@ -46,10 +46,11 @@ async fn serve(args: &RunArgs) -> Result<()> {
 }
 
 fn log_stats(datapath: &Datapath) -> Result<()> {
-    let stats = datapath.stats().context("failed to read the counters")?;
-    let summary: Vec<String> = stats
-        .iter()
-        .map(|(stat, count)| format!("{}={}/{}B", stat.name(), count.packets, count.bytes))
+    let reasons = datapath.reasons().context("failed to read the counters")?;
+    let summary: Vec<String> = reasons
+        .named()
+        .filter(|(_, count)| count.packets > 0)
+        .map(|(name, count)| format!("{name}={}/{}B", count.packets, count.bytes))
         .collect();
     tracing::info!(counters = summary.join(" "), "packet counters");
     Ok(())

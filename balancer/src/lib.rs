@@ -8,3 +8,4 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod logging;
+pub mod maglev;

@@ -12,8 +12,10 @@
 //! [`privilege`] for how tests behave without it.
 
 pub mod cmd;
+pub mod fixture;
 pub mod lab;
 pub mod netns;
+pub mod packet;
 pub mod privilege;
 pub mod process;
 mod sweep;

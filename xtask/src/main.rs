@@ -5,7 +5,6 @@
 //! installed machine.
 
 mod bootstrap;
-mod demo;
 mod lint;
 mod shell;
 mod test;
@@ -33,7 +32,43 @@ enum Task {
     Test(test::TestArgs),
     /// Build the balancer and run it on a small demo topology in network
     /// namespaces, with live traffic (needs root).
-    Demo(demo::DemoArgs),
+    Demo(DemoArgs),
+}
+
+/// Options of `cargo xtask demo`.
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How long the demo client sends traffic, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+/// Bootstraps, builds the balancer, and runs the demo binary of
+/// balancer-tests against it.
+fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!(
+            "the demo creates network namespaces and attaches XDP: run it as root (`sudo -E cargo xtask demo`)"
+        );
+    }
+    bootstrap::run(bootstrap::Needs::ALL)?;
+    let balancer = test::build_balancer()?;
+    shell::run(
+        shell::cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "balancer-tests",
+                "--bin",
+                "demo",
+                "--",
+            ])
+            .arg("--seconds")
+            .arg(args.seconds.to_string())
+            .arg("--balancer")
+            .arg(&balancer),
+    )
 }
 
 fn main() -> ExitCode {
@@ -42,7 +77,7 @@ fn main() -> ExitCode {
         Task::Bootstrap => bootstrap::run(bootstrap::Needs::ALL).map(drop),
         Task::Lint => bootstrap::run(bootstrap::Needs::BUILD).and_then(|_| lint::run()),
         Task::Test(args) => test::run(&args),
-        Task::Demo(args) => demo::run(&args),
+        Task::Demo(args) => demo(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

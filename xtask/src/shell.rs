@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use balancer_tests::cmd::describe;
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
@@ -48,4 +47,19 @@ where
     S: AsRef<OsStr>,
 {
     Command::new(program).args(args).output().ok()
+}
+
+/// The command line as a shell would show it.
+pub fn describe(command: &Command) -> String {
+    let mut line = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+/// True when `CI` is set to `true`/`1`/`yes` (any case).
+pub fn in_ci() -> bool {
+    env::var("CI").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }

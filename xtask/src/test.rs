@@ -3,7 +3,6 @@
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use balancer_tests::{leftover_namespaces, privilege, sweep_stale};
 use clap::Args;
 use nix::unistd::Uid;
 
@@ -26,7 +25,7 @@ pub struct TestArgs {
 /// a veth behind.
 pub fn run(args: &TestArgs) -> Result<()> {
     let privileged = Uid::effective().is_root();
-    let needs = if privileged || privilege::in_ci() {
+    let needs = if privileged || shell::in_ci() {
         bootstrap::Needs::ALL
     } else {
         eprintln!(
@@ -75,11 +74,17 @@ pub fn build_balancer() -> Result<PathBuf> {
 /// Fails if the suite left harness namespaces (removing them) or added
 /// veth interfaces to the root namespace.
 fn check_leftovers(veths_before: &[String]) -> Result<()> {
-    let left = leftover_namespaces()?;
-    if !left.is_empty() {
-        let removed = sweep_stale()?;
-        bail!("the tests left namespaces behind: {left:?} (removed now: {removed:?})");
-    }
+    shell::run(shell::cargo().args([
+        "run",
+        "--quiet",
+        "--package",
+        "balancer-tests",
+        "--bin",
+        "lab-sweep",
+        "--",
+        "--check",
+    ]))
+    .context("the tests left namespaces behind")?;
     let new_veths: Vec<String> = root_veths()?
         .into_iter()
         .filter(|v| !veths_before.contains(v))
@@ -87,7 +92,7 @@ fn check_leftovers(veths_before: &[String]) -> Result<()> {
     if !new_veths.is_empty() {
         bail!("the tests left veth interfaces in the root namespace: {new_veths:?}");
     }
-    eprintln!("no namespace or veth left behind");
+    eprintln!("no veth left behind in the root namespace");
     Ok(())
 }
 

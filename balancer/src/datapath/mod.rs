@@ -1,26 +1,29 @@
 //! The typed layer over the XDP program: loading the embedded object,
-//! attaching it to interfaces, and reading its maps.
+//! attaching it to interfaces, writing its maps ([`write`]) and reading its
+//! counters ([`counters`]).
 //!
 //! Nothing else in the daemon touches the BPF object or its maps.
+
+mod counters;
+mod write;
 
 use std::{collections::BTreeMap, fmt};
 
 use aya::{
-    Ebpf,
-    maps::PerCpuArray,
+    Ebpf, EbpfLoader,
     programs::{
         ProgramError, TestRun, TestRunOptions, Xdp,
         xdp::{XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
-use balancer_common::{
-    XDP_PROGRAM,
-    stats::{PacketCount, STATS_MAP, Stat},
-};
+use balancer_common::{XDP_PROGRAM, maps};
 use thiserror::Error;
 
+pub use counters::{Counters, Reasons};
+pub use write::VipSlot;
+
 /// The XDP object built by build.rs from balancer-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));
 
 /// How the operator asks for the program to be attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -87,12 +90,55 @@ pub enum DatapathError {
     AlreadyAttached { interface: String },
     #[error("the XDP program is not attached to {interface}")]
     NotAttached { interface: String },
-    #[error("failed to read map {name}")]
+    #[error("failed to {action} map {name}")]
     Map {
+        action: &'static str,
         name: &'static str,
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("failed to let the XDP program redirect to interface {ifindex}")]
+    Egress {
+        ifindex: u32,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
+    #[error("ring of {len} slots does not match the configured ring size {expected}")]
+    RingSize { len: usize, expected: u32 },
+    #[error("{what} {value} is out of range (at most {max})")]
+    OutOfRange {
+        what: &'static str,
+        value: u32,
+        max: u32,
+    },
+}
+
+impl DatapathError {
+    pub(crate) fn map(
+        action: &'static str,
+        name: &'static str,
+    ) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+        move |source| DatapathError::Map {
+            action,
+            name,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Sizes fixed when the program is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Entries of the connection table.
+    pub flow_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: maps::DEFAULT_FLOWS,
+        }
+    }
 }
 
 /// The loaded XDP program and its maps. Dropping it detaches the program
@@ -100,13 +146,23 @@ pub enum DatapathError {
 pub struct Datapath {
     ebpf: Ebpf,
     links: BTreeMap<String, (XdpLinkId, AttachedMode)>,
+    /// Ring size of the settings last written; every ring must have it.
+    ring_size: u32,
 }
 
 impl Datapath {
-    /// Loads the embedded object into the kernel (verifier included), ready
-    /// to be attached.
+    /// Loads the embedded object with default sizes.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|err| DatapathError::Load(Box::new(err)))?;
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Loads the embedded object into the kernel (verifier included), ready
+    /// to be configured and attached.
+    pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::FLOWS, options.flow_table_size)
+            .load(OBJECT)
+            .map_err(|err| DatapathError::Load(Box::new(err)))?;
         program(&mut ebpf)?
             .load()
             .map_err(|source| DatapathError::Program {
@@ -116,6 +172,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             links: BTreeMap::new(),
+            ring_size: 0,
         })
     }
 
@@ -200,38 +257,30 @@ impl Datapath {
             .map(|(interface, (_, mode))| (interface.as_str(), *mode))
     }
 
-    /// Reads every global counter, summed over all CPUs, in [`Stat`] order.
-    pub fn stats(&self) -> Result<Vec<(Stat, PacketCount)>, DatapathError> {
-        let map_err = |source| DatapathError::Map {
-            name: STATS_MAP,
-            source: Box::new(source),
-        };
-        let map = self
-            .ebpf
-            .map(STATS_MAP)
-            .ok_or(DatapathError::MissingMap { name: STATS_MAP })?;
-        let array = PerCpuArray::<_, PacketCount>::try_from(map).map_err(map_err)?;
-        Stat::ALL
-            .iter()
-            .map(|&stat| {
-                let per_cpu = array.get(&stat.0, 0).map_err(map_err)?;
-                let total = per_cpu
-                    .iter()
-                    .fold(PacketCount::default(), |sum, slot| sum.merged(*slot));
-                Ok((stat, total))
-            })
-            .collect()
-    }
-
-    /// Runs the program once on `packet` through BPF_PROG_TEST_RUN and
-    /// returns the verdict and the packet as the program left it. This is
-    /// how the datapath's behaviour is tested byte for byte.
-    pub fn test_run(&mut self, packet: &[u8]) -> Result<TestOutput, DatapathError> {
+    /// Runs the program once on `packet` through BPF_PROG_TEST_RUN, as if
+    /// it arrived on interface `ingress_ifindex` (0: the kernel's choice,
+    /// loopback), and returns the verdict, the packet as the program left
+    /// it, and the run time the kernel measured. This is how the datapath's
+    /// behaviour is tested byte for byte, and how it is benchmarked.
+    pub fn test_run(
+        &mut self,
+        packet: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<TestOutput, DatapathError> {
         // Room for the packet to grow (encapsulation) without truncation.
         let mut out = vec![0u8; packet.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. The kernel wants data_end to be
+        // the packet's length and data, data_meta 0.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
+        if ingress_ifindex != 0 {
+            opts.ctx_in = Some(&ctx);
+        }
         let result =
             program(&mut self.ebpf)?
                 .test_run(opts)
@@ -243,6 +292,7 @@ impl Datapath {
         Ok(TestOutput {
             verdict: result.return_value,
             packet: out,
+            duration: result.duration,
         })
     }
 }
@@ -254,6 +304,17 @@ pub struct TestOutput {
     pub verdict: u32,
     /// The packet bytes after the program ran.
     pub packet: Vec<u8>,
+    /// Run time the kernel measured for this call.
+    pub duration: std::time::Duration,
+}
+
+/// XDP actions, as the program returns them.
+pub mod action {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {

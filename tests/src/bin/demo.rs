@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the balancer on a small topology in namespaces.
+//! The demo that `cargo xtask demo` runs: the balancer on a small topology
+//! in namespaces.
 //!
 //! Two hosts, a client and the balancer, joined by a veth pair. The daemon
 //! attaches the XDP program to the balancer's interface and reports its
@@ -13,22 +14,25 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::{path::PathBuf, process::ExitCode};
+
 use anyhow::{Context as _, Result, bail};
-use balancer_tests::{Lab, Netns, VethOptions};
-use clap::Args;
+use balancer_tests::{Lab, Netns, VethOptions, balancer_bin};
+use clap::Parser;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::{Pid, Uid},
 };
 
-use crate::{bootstrap, test::build_balancer};
-
-/// Options of `cargo xtask demo`.
-#[derive(Args)]
-pub struct DemoArgs {
-    /// How long the client sends traffic.
+/// Runs the balancer on a demo topology in network namespaces (needs root).
+#[derive(Parser)]
+struct DemoArgs {
+    /// How long the client sends traffic, in seconds.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// The balancer binary (default: $BALANCER_BIN, or the one cargo built).
+    #[arg(long)]
+    balancer: Option<PathBuf>,
 }
 
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
@@ -36,14 +40,26 @@ const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 const LB_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
 
-pub fn run(args: &DemoArgs) -> Result<()> {
+fn main() -> ExitCode {
+    match run(&DemoArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &DemoArgs) -> Result<()> {
     if !Uid::effective().is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (`sudo -E cargo xtask demo`)"
         );
     }
-    bootstrap::run(bootstrap::Needs::ALL)?;
-    let balancer = build_balancer()?;
+    let balancer = match &args.balancer {
+        Some(path) => path.clone(),
+        None => balancer_bin()?,
+    };
 
     let lab = Lab::new("demo")?;
     let client = lab.netns("client")?;

@@ -1,0 +1,37 @@
+//! The connection table: which backend each flow uses.
+
+use crate::Addr;
+
+/// A flow as seen from the client: client address and port to VIP address
+/// and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// The backend a flow uses, and when it last saw a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub backend: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most
+    /// every [`LAST_SEEN_GRANULARITY_NS`].
+    pub last_seen_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// The datapath refreshes a flow's `last_seen_ns` only when it is older
+/// than this, to avoid a write to a shared cache line on every packet.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;

@@ -1,0 +1,40 @@
+//! L2 direct server return: rewrite the MACs, send to the backend.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use balancer_common::{
+    backend::{BACKEND_RESOLVED, BackendInfo},
+    stats::Stat,
+};
+use network_types::eth::EthHdr;
+
+use crate::maps::EGRESS;
+
+/// Sends the frame to `backend`: destination MAC to the backend's, source
+/// MAC to the egress interface's, IP and transport headers untouched.
+/// XDP_TX when the backend is reached through the ingress interface, a
+/// redirect through `egress` otherwise. Returns the action and its reason.
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, backend: &BackendInfo) -> (u32, Stat) {
+    if backend.flags & BACKEND_RESOLVED == 0 {
+        return (xdp_action::XDP_DROP, Stat::DROP_NO_NEIGHBOUR);
+    }
+    let start = ctx.data();
+    if start + EthHdr::LEN > ctx.data_end() {
+        // Unreachable: the frame was parsed, but the verifier wants the
+        // check next to the write.
+        return (xdp_action::XDP_DROP, Stat::DROP_TRUNCATED);
+    }
+    let eth = start as *mut EthHdr;
+    // SAFETY: the Ethernet header is inside the packet (checked above).
+    unsafe {
+        (*eth).dst_addr = backend.dst_mac;
+        (*eth).src_addr = backend.src_mac;
+    }
+    if backend.ifindex as usize == ctx.ingress_ifindex() {
+        return (xdp_action::XDP_TX, Stat::TX);
+    }
+    match EGRESS.redirect(backend.ifindex, 0) {
+        Ok(action) => (action, Stat::REDIRECT),
+        Err(_) => (xdp_action::XDP_DROP, Stat::DROP_REDIRECT),
+    }
+}

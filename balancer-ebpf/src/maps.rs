@@ -1,0 +1,60 @@
+//! Every map of the datapath. Types, names and sizes come from
+//! balancer-common (`maps` module), which documents each map.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use balancer_common::{
+    backend::BackendInfo,
+    flow::{FlowKey, FlowState},
+    maps::{
+        BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS,
+        MAX_EGRESS, MAX_VIPS,
+    },
+    settings::Settings,
+    stats::{PacketCount, STATS_SLOTS, VipCounters},
+    vip::{AddrInfo, AddrKey, VipInfo, VipKey},
+};
+
+const VIPS_N: usize = MAX_VIPS as usize;
+const BACKENDS_N: usize = MAX_BACKENDS as usize;
+
+#[btf_map(name = "vips")]
+pub static VIPS: HashMap<VipKey, VipInfo, VIPS_N> = HashMap::new();
+
+#[btf_map(name = "vip_addrs")]
+pub static VIP_ADDRS: HashMap<AddrKey, AddrInfo, VIPS_N> = HashMap::new();
+
+/// The inner template: rings made by the daemon may have any size
+/// (`BPF_F_INNER_MAP`), the settings say which.
+pub type Ring = Array<u32, { DEFAULT_RING_SIZE as usize }, { BPF_F_INNER_MAP as usize }>;
+
+#[btf_map(name = "rings")]
+pub static RINGS: ArrayOfMaps<Ring, VIPS_N> = ArrayOfMaps::new();
+
+#[btf_map(name = "backends")]
+pub static BACKENDS: Array<BackendInfo, BACKENDS_N> = Array::new();
+
+#[btf_map(name = "flows")]
+pub static FLOWS: LruHashMap<
+    FlowKey,
+    FlowState,
+    { DEFAULT_FLOWS as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "egress")]
+pub static EGRESS: DevMapHash<{ MAX_EGRESS as usize }> = DevMapHash::new();
+
+#[btf_map(name = "settings")]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+#[btf_map(name = "stats")]
+pub static STATS: PerCpuArray<PacketCount, { STATS_SLOTS as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "vip_stats")]
+pub static VIP_STATS: PerCpuArray<VipCounters, VIPS_N> = PerCpuArray::new();
+
+#[btf_map(name = "backend_stats")]
+pub static BACKEND_STATS: PerCpuArray<PacketCount, BACKENDS_N> = PerCpuArray::new();

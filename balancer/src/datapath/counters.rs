@@ -1,0 +1,90 @@
+//! Reading the per-CPU counters, summed over CPUs.
+
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use balancer_common::{
+    maps,
+    stats::{Event, PacketCount, STATS_SLOTS, Stat, VipCounters},
+};
+
+use super::{Datapath, DatapathError};
+
+/// The global counters: one per verdict reason and one per event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reasons {
+    slots: Vec<PacketCount>,
+}
+
+impl Reasons {
+    /// The count of verdict reason `stat`.
+    pub fn stat(&self, stat: Stat) -> PacketCount {
+        self.slots.get(stat.0 as usize).copied().unwrap_or_default()
+    }
+
+    /// The count of event `event`.
+    pub fn event(&self, event: Event) -> PacketCount {
+        self.slots
+            .get(event.slot() as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every counter with its name: reasons, then events.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, PacketCount)> + '_ {
+        let stats = Stat::ALL.iter().map(|s| (s.name(), self.stat(*s)));
+        let events = Event::ALL.iter().map(|e| (e.name(), self.event(*e)));
+        stats.chain(events)
+    }
+}
+
+/// Per-VIP and per-backend counters for the indexes asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub vips: Vec<(u32, VipCounters)>,
+    pub backends: Vec<(u32, PacketCount)>,
+}
+
+impl Datapath {
+    /// Reads the global counters.
+    pub fn reasons(&self) -> Result<Reasons, DatapathError> {
+        let map = self.percpu::<PacketCount>(maps::STATS)?;
+        let slots = (0..STATS_SLOTS)
+            .map(|i| {
+                map.get(&i, 0)
+                    .map(|v| sum(&v, PacketCount::merged))
+                    .map_err(DatapathError::map("read", maps::STATS))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Reasons { slots })
+    }
+
+    /// Reads the counters of VIP `index`.
+    pub fn vip_counters(&self, index: u32) -> Result<VipCounters, DatapathError> {
+        let map = self.percpu::<VipCounters>(maps::VIP_STATS)?;
+        map.get(&index, 0)
+            .map(|v| sum(&v, VipCounters::merged))
+            .map_err(DatapathError::map("read", maps::VIP_STATS))
+    }
+
+    /// Reads the counters of backend `id`.
+    pub fn backend_counters(&self, id: u32) -> Result<PacketCount, DatapathError> {
+        let map = self.percpu::<PacketCount>(maps::BACKEND_STATS)?;
+        map.get(&id, 0)
+            .map(|v| sum(&v, PacketCount::merged))
+            .map_err(DatapathError::map("read", maps::BACKEND_STATS))
+    }
+
+    fn percpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        PerCpuArray::try_from(map).map_err(DatapathError::map("open", name))
+    }
+}
+
+fn sum<V: aya::Pod + Default>(values: &PerCpuValues<V>, merge: fn(V, V) -> V) -> V {
+    values.iter().fold(V::default(), |acc, v| merge(acc, *v))
+}

@@ -1,0 +1,134 @@
+//! Every write to the datapath's maps. The daemon decides what to write;
+//! this module decides how, so that the program never sees a half-written
+//! VIP: a VIP's ring is a fresh map, filled completely and then swapped in
+//! with one update of `rings`, and a new VIP's key is inserted only after
+//! its ring is in place.
+
+use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, xdp::DevMapHash};
+use balancer_common::{
+    backend::BackendInfo,
+    maps::{self, BPF_F_INNER_MAP, MAX_BACKENDS, MAX_VIPS},
+    settings::Settings,
+    vip::{AddrInfo, AddrKey, VipInfo, VipKey},
+};
+
+use super::{Datapath, DatapathError};
+
+/// Where a VIP lives in the datapath: its key and its index (ring and
+/// counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKey,
+    pub info: VipInfo,
+}
+
+impl Datapath {
+    /// Writes the settings. Must precede the first VIP: without settings
+    /// the program treats every packet as not for a VIP.
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), DatapathError> {
+        let mut map: Array<_, Settings> = self.map_mut(maps::SETTINGS)?;
+        map.set(0, settings, 0)
+            .map_err(DatapathError::map("write", maps::SETTINGS))?;
+        self.ring_size = settings.ring_size;
+        Ok(())
+    }
+
+    /// Writes backend `id`. Changing `flags` is how a backend goes down
+    /// (flows fail over) or comes back.
+    pub fn set_backend(&mut self, id: u32, backend: &BackendInfo) -> Result<(), DatapathError> {
+        check_range("backend id", id, MAX_BACKENDS)?;
+        let mut map: Array<_, BackendInfo> = self.map_mut(maps::BACKENDS)?;
+        map.set(id, backend, 0)
+            .map_err(DatapathError::map("write", maps::BACKENDS))
+    }
+
+    /// Puts VIP `slot` in place with `ring` (backend ids, one per slot, as
+    /// many as the settings' ring size). For a VIP already in place this
+    /// swaps its ring atomically: every packet sees the old ring or the
+    /// new one, never a mix.
+    pub fn publish_vip(&mut self, slot: &VipSlot, ring: &[u32]) -> Result<(), DatapathError> {
+        check_range("VIP index", slot.info.index, MAX_VIPS)?;
+        if ring.len() != self.ring_size as usize {
+            return Err(DatapathError::RingSize {
+                len: ring.len(),
+                expected: self.ring_size,
+            });
+        }
+        let mut inner = Array::<MapData, u32>::create(self.ring_size, BPF_F_INNER_MAP)
+            .map_err(DatapathError::map("create", "ring"))?;
+        for (i, id) in ring.iter().enumerate() {
+            inner
+                .set(i as u32, id, 0)
+                .map_err(DatapathError::map("fill", "ring"))?;
+        }
+        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> = self.map_mut(maps::RINGS)?;
+        rings
+            .set(slot.info.index, &inner, 0)
+            .map_err(DatapathError::map("write", maps::RINGS))?;
+        let mut vips: HashMap<_, VipKey, VipInfo> = self.map_mut(maps::VIPS)?;
+        vips.insert(slot.key, slot.info, 0)
+            .map_err(DatapathError::map("write", maps::VIPS))
+    }
+
+    /// Removes a VIP: its key first, so no new packet finds it, then its
+    /// ring, replaced by a one-slot placeholder so the kernel frees the
+    /// ring's memory once no program run uses it.
+    pub fn remove_vip(&mut self, slot: &VipSlot) -> Result<(), DatapathError> {
+        let mut vips: HashMap<_, VipKey, VipInfo> = self.map_mut(maps::VIPS)?;
+        vips.remove(&slot.key)
+            .map_err(DatapathError::map("remove from", maps::VIPS))?;
+        let placeholder = Array::<MapData, u32>::create(1, BPF_F_INNER_MAP)
+            .map_err(DatapathError::map("create", "ring"))?;
+        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> = self.map_mut(maps::RINGS)?;
+        rings
+            .set(slot.info.index, &placeholder, 0)
+            .map_err(DatapathError::map("write", maps::RINGS))
+    }
+
+    /// Records that `key` (an address and protocol) carries VIPs.
+    pub fn set_vip_addr(&mut self, key: &AddrKey, info: &AddrInfo) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, AddrKey, AddrInfo> = self.map_mut(maps::VIP_ADDRS)?;
+        map.insert(key, info, 0)
+            .map_err(DatapathError::map("write", maps::VIP_ADDRS))
+    }
+
+    /// Forgets an address that no longer carries VIPs.
+    pub fn remove_vip_addr(&mut self, key: &AddrKey) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, AddrKey, AddrInfo> = self.map_mut(maps::VIP_ADDRS)?;
+        map.remove(key)
+            .map_err(DatapathError::map("remove from", maps::VIP_ADDRS))
+    }
+
+    /// Lets the program redirect frames to interface `ifindex` (backends
+    /// reached through an interface other than the ingress one).
+    pub fn add_egress(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let mut map: DevMapHash<_> = self.map_mut(maps::EGRESS)?;
+        map.insert(ifindex, ifindex, None, 0)
+            .map_err(|err| DatapathError::Egress {
+                ifindex,
+                source: Box::new(err),
+            })
+    }
+
+    fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        M::try_from(map).map_err(DatapathError::map("open", name))
+    }
+}
+
+fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), DatapathError> {
+    if value >= limit {
+        return Err(DatapathError::OutOfRange {
+            what,
+            value,
+            max: limit - 1,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Test packets, built with etherparse: frames as a NIC would hand them to
+//! XDP, with valid checksums.
+
+use std::net::IpAddr;
+
+use etherparse::{IpNumber, PacketBuilder, VlanId};
+
+/// MAC of the client side in test frames.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc1, 0x01];
+/// MAC of the balancer's interface in test frames.
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x1b, 0x01];
+
+/// Transport of a test packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP with these flags.
+    Tcp {
+        syn: bool,
+    },
+    Udp,
+}
+
+/// A test packet's description; [`Packet::build`] makes the frame.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub l4: L4,
+    pub vlan: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
+impl Packet {
+    /// A TCP SYN from `src:src_port` to `dst:dst_port`.
+    pub fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Packet {
+        Packet {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            l4: L4::Tcp { syn: true },
+            vlan: None,
+            payload: Vec::new(),
+        }
+    }
+
+    /// A UDP datagram with a small payload.
+    pub fn udp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Packet {
+        Packet {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            l4: L4::Udp,
+            vlan: None,
+            payload: b"payload".to_vec(),
+        }
+    }
+
+    /// The same packet without the SYN flag (a packet of an established
+    /// flow).
+    pub fn established(mut self) -> Packet {
+        if let L4::Tcp { syn } = &mut self.l4 {
+            *syn = false;
+        }
+        self
+    }
+
+    /// The same packet with an 802.1Q tag.
+    pub fn tagged(mut self, vlan: u16) -> Packet {
+        self.vlan = Some(vlan);
+        self
+    }
+
+    /// The Ethernet frame.
+    pub fn build(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+        let mut out = Vec::new();
+        macro_rules! finish {
+            ($ip:expr) => {{
+                let ip = $ip;
+                match self.l4 {
+                    L4::Udp => ip
+                        .udp(self.src_port, self.dst_port)
+                        .write(&mut out, &self.payload),
+                    L4::Tcp { syn } => {
+                        let tcp = ip.tcp(self.src_port, self.dst_port, 1000, 64240);
+                        if syn {
+                            tcp.syn().write(&mut out, &self.payload)
+                        } else {
+                            tcp.ack(1).write(&mut out, &self.payload)
+                        }
+                    }
+                }
+            }};
+        }
+        let result = match (self.src, self.dst, self.vlan) {
+            (IpAddr::V4(s), IpAddr::V4(d), None) => finish!(eth.ipv4(s.octets(), d.octets(), 64)),
+            (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => {
+                finish!(eth.single_vlan(vlan_id(v)).ipv4(s.octets(), d.octets(), 64))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d), None) => finish!(eth.ipv6(s.octets(), d.octets(), 64)),
+            (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => {
+                finish!(eth.single_vlan(vlan_id(v)).ipv6(s.octets(), d.octets(), 64))
+            }
+            _ => panic!("mixed address families in a test packet"),
+        };
+        result.expect("etherparse cannot build the test packet");
+        out
+    }
+}
+
+fn vlan_id(v: u16) -> VlanId {
+    VlanId::try_new(v).expect("VLAN id above 4095")
+}
+
+/// `frame` with its first two MAC addresses replaced: what the datapath's
+/// rewrite must produce.
+pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[0..6].copy_from_slice(&dst);
+    out[6..12].copy_from_slice(&src);
+    out
+}
+
+/// An IPv4 frame with IP options (IHL above 5): a TCP SYN with a 4-byte
+/// option block of NOPs and an end-of-list (valid per RFC 791).
+pub fn ipv4_with_options(src: [u8; 4], dst: [u8; 4], src_port: u16, dst_port: u16) -> Vec<u8> {
+    let mut ip =
+        etherparse::Ipv4Header::new(20, 64, IpNumber::TCP, src, dst).expect("valid header");
+    ip.options = [1u8, 1, 1, 0][..].try_into().expect("4 option bytes");
+    let mut tcp = etherparse::TcpHeader::new(src_port, dst_port, 1000, 64240);
+    ip.set_payload_len(tcp.header_len()).expect("small payload");
+    tcp.syn = true;
+    tcp.checksum = tcp.calc_checksum_ipv4(&ip, &[]).expect("checksum");
+    let eth = etherparse::Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: LB_MAC,
+        ether_type: etherparse::EtherType::IPV4,
+    };
+    let mut out = eth.to_bytes().to_vec();
+    ip.write(&mut out).expect("write IPv4");
+    tcp.write(&mut out).expect("write TCP");
+    out
+}
+
+/// IPv4 fragments of one UDP datagram to `dst:dst_port`: the first (with
+/// the UDP header) and a later one (without), each a whole frame.
+pub fn ipv4_fragments(src: [u8; 4], dst: [u8; 4], dst_port: u16) -> [Vec<u8>; 2] {
+    let eth = etherparse::Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: LB_MAC,
+        ether_type: etherparse::EtherType::IPV4,
+    };
+    let udp = etherparse::UdpHeader {
+        source_port: 5353,
+        destination_port: dst_port,
+        length: 8 + 2000,
+        checksum: 0,
+    };
+    let mut first_payload = udp.to_bytes().to_vec();
+    first_payload.extend_from_slice(&[0xab; 1472]);
+    let later_payload = vec![0xcd; 536];
+    let make = |offset_units: u16, more: bool, payload: &[u8]| {
+        let mut ip = etherparse::Ipv4Header::new(payload.len() as u16, 64, IpNumber::UDP, src, dst)
+            .expect("valid header");
+        ip.identification = 0x4242;
+        ip.more_fragments = more;
+        ip.fragment_offset = etherparse::IpFragOffset::try_new(offset_units).expect("offset");
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut out = eth.to_bytes().to_vec();
+        ip.write(&mut out).expect("write IPv4");
+        out.extend_from_slice(payload);
+        out
+    };
+    [
+        make(0, true, &first_payload),
+        make(185, false, &later_payload),
+    ]
+}
+
+/// IPv6 fragments of one UDP datagram, as [`ipv4_fragments`].
+pub fn ipv6_fragments(src: [u8; 16], dst: [u8; 16], dst_port: u16) -> [Vec<u8>; 2] {
+    let eth = etherparse::Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: LB_MAC,
+        ether_type: etherparse::EtherType::IPV6,
+    };
+    let udp = etherparse::UdpHeader {
+        source_port: 5353,
+        destination_port: dst_port,
+        length: 8 + 2000,
+        checksum: 0,
+    };
+    let mut first_payload = udp.to_bytes().to_vec();
+    first_payload.extend_from_slice(&[0xab; 1448]);
+    let later_payload = vec![0xcd; 552];
+    let make = |offset_units: u16, more: bool, payload: &[u8]| {
+        let frag = etherparse::Ipv6FragmentHeader::new(
+            IpNumber::UDP,
+            etherparse::IpFragOffset::try_new(offset_units).expect("offset"),
+            more,
+            0x4242,
+        );
+        let ip = etherparse::Ipv6Header {
+            traffic_class: 0,
+            flow_label: Default::default(),
+            payload_length: (8 + payload.len()) as u16,
+            next_header: IpNumber::IPV6_FRAGMENTATION_HEADER,
+            hop_limit: 64,
+            source: src,
+            destination: dst,
+        };
+        let mut out = eth.to_bytes().to_vec();
+        ip.write(&mut out).expect("write IPv6");
+        frag.write(&mut out).expect("write fragment header");
+        out.extend_from_slice(payload);
+        out
+    };
+    [
+        make(0, true, &first_payload),
+        make(182, false, &later_payload),
+    ]
+}
+
+/// An ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" sent by
+/// `router` to `vip`, quoting a TCP segment from `vip:vip_port` to
+/// `client:client_port` (a backend's reply that was too big).
+pub fn pmtu_error(
+    router: IpAddr,
+    vip: IpAddr,
+    vip_port: u16,
+    client: IpAddr,
+    client_port: u16,
+    mtu: u16,
+) -> Vec<u8> {
+    let quoted = Packet::tcp(vip, vip_port, client, client_port)
+        .established()
+        .build();
+    // Routers quote the IP header and at least 8 bytes of what follows.
+    let quote_len = match vip {
+        IpAddr::V4(_) => 20 + 8,
+        IpAddr::V6(_) => 40 + 8,
+    };
+    let quote = &quoted[14..14 + quote_len];
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    match (router, vip) {
+        (IpAddr::V4(r), IpAddr::V4(v)) => {
+            let icmp = etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: mtu,
+                },
+            );
+            eth.ipv4(r.octets(), v.octets(), 64)
+                .icmpv4(icmp)
+                .write(&mut out, quote)
+                .expect("build ICMP");
+        }
+        (IpAddr::V6(r), IpAddr::V6(v)) => {
+            let icmp = etherparse::Icmpv6Type::PacketTooBig {
+                mtu: u32::from(mtu),
+            };
+            eth.ipv6(r.octets(), v.octets(), 64)
+                .icmpv6(icmp)
+                .write(&mut out, quote)
+                .expect("build ICMPv6");
+        }
+        _ => panic!("mixed address families in a test packet"),
+    }
+    out
+}
