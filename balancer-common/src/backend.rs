@@ -10,10 +10,11 @@ pub struct BackendInfo {
     /// The backend's address (for the datapath's own checks and for
     /// userspace; forwarding is by MAC).
     pub addr: Addr,
-    /// The backend's MAC, from the kernel's neighbour table.
-    pub dst_mac: [u8; 6],
-    /// The MAC of the interface the backend is reached through.
-    pub src_mac: [u8; 6],
+    /// The new Ethernet addresses, as they are written over the frame's:
+    /// the backend's MAC (from the kernel's neighbour table), then the MAC
+    /// of the interface the backend is reached through. Held as 16-bit
+    /// words so the datapath writes them six stores at a time.
+    pub macs: [u16; 6],
     /// That interface's index: XDP_TX when it is the ingress interface,
     /// a redirect through `egress` otherwise.
     pub ifindex: u32,
@@ -22,6 +23,20 @@ pub struct BackendInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 36);
+
+impl BackendInfo {
+    /// The `macs` words for destination `dst` and source `src`.
+    pub const fn mac_words(dst: [u8; 6], src: [u8; 6]) -> [u16; 6] {
+        [
+            u16::from_ne_bytes([dst[0], dst[1]]),
+            u16::from_ne_bytes([dst[2], dst[3]]),
+            u16::from_ne_bytes([dst[4], dst[5]]),
+            u16::from_ne_bytes([src[0], src[1]]),
+            u16::from_ne_bytes([src[2], src[3]]),
+            u16::from_ne_bytes([src[4], src[5]]),
+        ]
+    }
+}
 
 /// Healthy: established flows stay on it. A flow whose backend lost this
 /// flag picks a new one (fail over).

@@ -14,17 +14,20 @@ pub struct FlowKey {
     /// Network byte order.
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad1: u8,
+    pub _pad2: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// The backend a flow uses, and when it last saw a packet.
+/// The backend a flow uses, its VIP, and when it last saw a packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     pub backend: u32,
-    pub _pad: u32,
+    /// Index of the flow's VIP, so that a packet of a known flow is
+    /// forwarded and counted without looking the VIP up.
+    pub vip: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most
     /// every [`LAST_SEEN_GRANULARITY_NS`].
     pub last_seen_ns: u64,

@@ -30,17 +30,15 @@ const fn finish(mut h: u32, len: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-#[inline(always)]
-const fn word(addr: &Addr, i: usize) -> u32 {
-    u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]])
-}
-
+/// Mixes in the address's words. The words are the address's bytes in
+/// memory order read as little-endian integers (what BPF and x86 load), so
+/// the hash is the same on every little-endian host.
 #[inline(always)]
 const fn mix_addr(mut h: u32, addr: &Addr) -> u32 {
-    h = mix(h, word(addr, 0));
-    h = mix(h, word(addr, 4));
-    h = mix(h, word(addr, 8));
-    mix(h, word(addr, 12))
+    h = mix(h, u32::from_le(addr[0]));
+    h = mix(h, u32::from_le(addr[1]));
+    h = mix(h, u32::from_le(addr[2]));
+    mix(h, u32::from_le(addr[3]))
 }
 
 /// Hash of a flow's 5-tuple: new flows of ordinary VIPs.
@@ -103,7 +101,8 @@ mod tests {
             src_port: 40000u16.to_be(),
             dst_port: 80u16.to_be(),
             proto: proto::TCP,
-            _pad: [0; 3],
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 

@@ -4,7 +4,8 @@
 //! agree on the layout byte for byte. Rules for every type in this crate:
 //! `#[repr(C)]`, explicit padding fields, a compile-time size assertion, no
 //! `bool`, `enum` or `Option` inside a map value, and addresses and ports in
-//! network byte order. Kernel object names are cut to 15 bytes, so every
+//! network byte order. Padding is made of scalar fields, not byte arrays:
+//! zeroing an array makes LLVM call memset, a byte loop on BPF. Kernel object names are cut to 15 bytes, so every
 //! name here is at most that long.
 //!
 //! The hash functions the datapath uses to pick backends are here too, so
@@ -23,14 +24,49 @@ pub mod vip;
 pub const XDP_PROGRAM: &str = "balancer_xdp";
 
 /// An IPv4 or IPv6 address as the maps store it: IPv6 as is, IPv4 as an
-/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), in network byte order.
-pub type Addr = [u8; 16];
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). The 16 bytes are in
+/// network byte order in memory; they are held as four 32-bit words so
+/// that the datapath copies, compares and hashes them a word at a time (a
+/// byte array would cost a byte at a time on BPF).
+pub type Addr = [u32; 4];
 
-/// Maps an IPv4 address (network byte order) into an [`Addr`].
+/// The word of an IPv4-mapped address that holds `::ffff`.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// An [`Addr`] from the 16 bytes of an IPv6 address.
+#[inline(always)]
+pub const fn addr_from_octets(o: [u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// An [`Addr`] from an IPv4 address word as it lies in the packet.
+#[inline(always)]
+pub const fn addr_from_v4_word(v4: u32) -> Addr {
+    [0, 0, V4_MAPPED, v4]
+}
+
+/// An [`Addr`] from the 4 bytes of an IPv4 address.
 #[inline(always)]
 pub const fn addr_from_v4(v4: [u8; 4]) -> Addr {
+    addr_from_v4_word(u32::from_ne_bytes(v4))
+}
+
+/// The 16 bytes of an [`Addr`], in network byte order.
+pub const fn addr_octets(addr: &Addr) -> [u8; 16] {
+    let [a, b, c, d] = [
+        addr[0].to_ne_bytes(),
+        addr[1].to_ne_bytes(),
+        addr[2].to_ne_bytes(),
+        addr[3].to_ne_bytes(),
+    ];
     [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
     ]
 }
 
@@ -82,8 +118,14 @@ mod tests {
     fn ipv4_maps_into_the_ipv4_mapped_range() {
         let addr = addr_from_v4([10, 0, 0, 1]);
         assert_eq!(
-            std::net::Ipv6Addr::from(addr).to_ipv4_mapped(),
+            std::net::Ipv6Addr::from(addr_octets(&addr)).to_ipv4_mapped(),
             Some(std::net::Ipv4Addr::new(10, 0, 0, 1))
         );
+    }
+
+    #[test]
+    fn octets_round_trip() {
+        let octets: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
+        assert_eq!(addr_octets(&addr_from_octets(octets)), octets);
     }
 }

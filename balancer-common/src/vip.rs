@@ -38,7 +38,8 @@ pub const VIP_SOURCE_HASH: u32 = 1;
 pub struct AddrKey {
     pub addr: Addr,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad1: u8,
+    pub _pad2: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);

@@ -24,11 +24,15 @@ pub fn to_backend(ctx: &XdpContext, backend: &BackendInfo) -> (u32, Stat) {
         // check next to the write.
         return (xdp_action::XDP_DROP, Stat::DROP_TRUNCATED);
     }
-    let eth = start as *mut EthHdr;
-    // SAFETY: the Ethernet header is inside the packet (checked above).
-    unsafe {
-        (*eth).dst_addr = backend.dst_mac;
-        (*eth).src_addr = backend.src_mac;
+    // Both MACs as six 16-bit stores; the frame starts at an even address
+    // (see the parse module). Volatile, so that LLVM keeps six stores
+    // instead of calling memmove (a byte loop on BPF: the program is built
+    // without builtins).
+    let words = start as *mut u16;
+    for (i, word) in backend.macs.iter().enumerate() {
+        // SAFETY: the Ethernet header (12 bytes of MACs) is inside the
+        // packet (checked above) and `i` < 6.
+        unsafe { words.add(i).write_volatile(*word) };
     }
     if backend.ifindex as usize == ctx.ingress_ifindex() {
         return (xdp_action::XDP_TX, Stat::TX);

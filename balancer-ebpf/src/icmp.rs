@@ -7,9 +7,8 @@
 //! goes there.
 
 use balancer_common::{flow::FlowKey, proto};
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::parse::{Cursor, IcmpHdr};
+use crate::parse::{self, Cursor, IcmpHdr, Ipv4Hdr, Ipv6Hdr};
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
@@ -64,12 +63,13 @@ fn quoted_v4(c: &mut Cursor) -> Option<FlowKey> {
     // SAFETY: both ports are inside the packet.
     let [vip_port, client_port] = unsafe { *ports };
     Some(FlowKey {
-        src: balancer_common::addr_from_v4(h.dst_addr),
-        dst: balancer_common::addr_from_v4(h.src_addr),
+        src: parse::v4(h.dst),
+        dst: parse::v4(h.src),
         src_port: client_port,
         dst_port: vip_port,
         proto: h.proto,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     })
 }
 
@@ -83,11 +83,12 @@ fn quoted_v6(c: &mut Cursor) -> Option<FlowKey> {
     // SAFETY: both ports are inside the packet.
     let [vip_port, client_port] = unsafe { *ports };
     Some(FlowKey {
-        src: h.dst_addr,
-        dst: h.src_addr,
+        src: parse::v6(h.dst),
+        dst: parse::v6(h.src),
         src_port: client_port,
         dst_port: vip_port,
         proto: h.next_hdr,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     })
 }

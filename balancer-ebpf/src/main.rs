@@ -27,7 +27,7 @@ use balancer_common::{
 
 use crate::{
     icmp::Icmp,
-    lookup::{Pick, Placement},
+    lookup::{Known, Pick},
     parse::{Cursor, Ip, IpParse, L3},
 };
 
@@ -84,23 +84,42 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
         Ok(ports) => ports,
         Err(reason) => return reject(&ip, reason),
     };
-    let Some(vip) = lookup::vip(&ip.dst, ports.dst, ip.proto) else {
-        return pass(Stat::PASS_NOT_VIP);
-    };
     let key = FlowKey {
         src: ip.src,
         dst: ip.dst,
         src_port: ports.src,
         dst_port: ports.dst,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     };
-    match lookup::backend_for_flow(&vip, &key, settings, Placement::Tracked, len) {
+    // The small table of VIP addresses first: everything else passes after
+    // one lookup in a table that stays in cache.
+    let Some(addr) = lookup::vip_addr(&ip.dst, ip.proto) else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    // A known flow goes straight to its backend. A SYN starts a flow, so
+    // it skips the table (a retransmitted SYN is placed again, on the same
+    // ring).
+    let mut failover = false;
+    if !ports.syn {
+        match lookup::known_flow(&key, settings, lookup::now()) {
+            Known::Live { pick, vip } => return send(ctx, vip, &pick, len, false),
+            Known::Down => failover = true,
+            Known::Unknown => {}
+        }
+    }
+    let Some(vip) = lookup::vip(&ip.dst, ports.dst, ip.proto, addr.flags) else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    match lookup::ring_pick(&vip, &key, settings) {
         Ok(pick) => {
-            if pick.new_flow {
-                stats::event(Event::NEW_FLOW, len);
+            lookup::remember(&key, &vip, &pick, lookup::now());
+            stats::event(Event::NEW_FLOW, len);
+            if failover {
+                stats::event(Event::FAILOVER, len);
             }
-            send(ctx, vip.index, &pick, len)
+            send(ctx, vip.index, &pick, len, true)
         }
         Err(reason) => drop(reason),
     }
@@ -125,7 +144,7 @@ fn fragment(ctx: &XdpContext, ip: &Ip, settings: &Settings, len: u64) -> (u32, S
     match lookup::backend_for_fragment(addr.fragment_vip, &ip.src, &ip.dst, settings) {
         Ok(pick) => {
             stats::event(Event::FRAGMENT, len);
-            send(ctx, addr.fragment_vip, &pick, len)
+            send(ctx, addr.fragment_vip, &pick, len, false)
         }
         Err(reason) => drop(reason),
     }
@@ -148,23 +167,32 @@ fn icmp_error(
     if key.dst != ip.dst {
         return pass(Stat::PASS_ICMP);
     }
-    let Some(vip) = lookup::vip(&key.dst, key.dst_port, key.proto) else {
+    // The flow's backend, without touching the table: an error message is
+    // not traffic of the flow.
+    if let Known::Live { pick, vip } = lookup::known_flow(&key, settings, lookup::now()) {
+        stats::event(Event::ICMP_PMTU, len);
+        return send(ctx, vip, &pick, len, false);
+    }
+    let Some(addr) = lookup::vip_addr(&key.dst, key.proto) else {
         return pass(Stat::PASS_ICMP);
     };
-    match lookup::backend_for_flow(&vip, &key, settings, Placement::Lookup, len) {
+    let Some(vip) = lookup::vip(&key.dst, key.dst_port, key.proto, addr.flags) else {
+        return pass(Stat::PASS_ICMP);
+    };
+    match lookup::ring_pick(&vip, &key, settings) {
         Ok(pick) => {
             stats::event(Event::ICMP_PMTU, len);
-            send(ctx, vip.index, &pick, len)
+            send(ctx, vip.index, &pick, len, false)
         }
         Err(reason) => drop(reason),
     }
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, vip: u32, pick: &Pick, len: u64) -> (u32, Stat) {
+fn send(ctx: &XdpContext, vip: u32, pick: &Pick, len: u64, new_flow: bool) -> (u32, Stat) {
     let (action, stat) = forward::to_backend(ctx, pick.backend);
     if action != xdp_action::XDP_DROP {
-        stats::forwarded(vip, pick.id, len, pick.new_flow);
+        stats::forwarded(vip, pick.id, len, new_flow);
     }
     (action, stat)
 }

@@ -3,18 +3,104 @@
 //! Every read of packet memory goes through [`Cursor::header`], which checks
 //! the whole header against the end once, before any field is read. Nothing
 //! here reads past `data_end` or past the end the IP header announces.
+//!
+//! The IP and transport headers are read through the structs below, whose
+//! fields are 16-bit words: BPF loads an aligned word in one instruction
+//! where a byte array costs one per byte. Frames start at an even address
+//! (drivers and the kernel place them after an aligned headroom) and every
+//! header here starts at an even offset (14 or 18 bytes of Ethernet, IP
+//! headers that are multiples of 4 bytes, 8-byte extension headers), so
+//! the words are aligned. Multi-byte fields stay in network byte order.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use balancer_common::{Addr, addr_from_v4, proto, stats::Stat};
+use balancer_common::{Addr, addr_from_v4_word, proto, stats::Stat};
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
     vlan::VlanHdr,
 };
+
+/// The IPv4 header without options.
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frags: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub src: [u16; 2],
+    pub dst: [u16; 2],
+}
+
+impl Ipv4Hdr {
+    pub const LEN: usize = size_of::<Ipv4Hdr>();
+}
+
+/// The IPv6 header.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vcf: [u16; 2],
+    pub payload_len: u16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u16; 8],
+    pub dst: [u16; 8],
+}
+
+impl Ipv6Hdr {
+    pub const LEN: usize = size_of::<Ipv6Hdr>();
+}
+
+/// The TCP header without options.
+#[repr(C)]
+struct TcpHdr {
+    src: u16,
+    dst: u16,
+    seq: [u16; 2],
+    ack: [u16; 2],
+    /// Data offset in the high nibble of the first byte, then the flags.
+    off_flags: u16,
+    window: u16,
+    check: u16,
+    urgent: u16,
+}
+
+/// The UDP header.
+#[repr(C)]
+struct UdpHdr {
+    src: u16,
+    dst: u16,
+    len: u16,
+    check: u16,
+}
+
+/// Two 16-bit words of an address, as they lie in the packet, into the
+/// 32-bit word the maps hold.
+#[inline(always)]
+pub const fn word(pair: [u16; 2]) -> u32 {
+    (pair[0] as u32) | ((pair[1] as u32) << 16)
+}
+
+/// An IPv4 address as it lies in the packet.
+#[inline(always)]
+pub const fn v4(pair: [u16; 2]) -> Addr {
+    addr_from_v4_word(word(pair))
+}
+
+/// An IPv6 address as it lies in the packet.
+#[inline(always)]
+pub const fn v6(w: [u16; 8]) -> Addr {
+    [
+        word([w[0], w[1]]),
+        word([w[2], w[3]]),
+        word([w[4], w[5]]),
+        word([w[6], w[7]]),
+    ]
+}
 
 /// A read position inside the packet, never past `end` (the frame's end,
 /// which the verifier knows) nor `limit` (the end of the IP packet its
@@ -127,8 +213,8 @@ struct Ipv6FragHdr {
     next_hdr: u8,
     _reserved: u8,
     /// Offset (13 bits), 2 reserved bits, M flag; network byte order.
-    offset_flags: [u8; 2],
-    _id: [u8; 4],
+    offset_flags: u16,
+    _id: [u16; 2],
 }
 
 /// Parses an IPv4 header, honouring IHL (options are skipped).
@@ -140,15 +226,15 @@ pub fn ipv4(c: &mut Cursor) -> IpParse {
     };
     // SAFETY: the whole base header is inside the packet.
     let h = unsafe { &*h };
-    let frags = u16::from_be_bytes(h.frags);
+    let frags = u16::from_be(h.frags);
     let ip = Ip {
-        src: addr_from_v4(h.src_addr),
-        dst: addr_from_v4(h.dst_addr),
+        src: v4(h.src),
+        dst: v4(h.dst),
         proto: h.proto,
         fragment: frags & (IPV4_MF | IPV4_OFFSET) != 0,
     };
     let header_len = ((h.vihl & 0x0f) as usize) * 4;
-    let total_len = u16::from_be_bytes(h.tot_len) as usize;
+    let total_len = u16::from_be(h.tot_len) as usize;
     if h.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total_len < header_len {
         return IpParse::Bad(BadIp {
             ip,
@@ -176,18 +262,19 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
     // SAFETY: the whole base header is inside the packet.
     let h = unsafe { &*h };
     let mut ip = Ip {
-        src: h.src_addr,
-        dst: h.dst_addr,
+        src: v6(h.src),
+        dst: v6(h.dst),
         proto: h.next_hdr,
         fragment: false,
     };
-    if h.vcf[0] >> 4 != 6 {
+    // The version is the high nibble of the first byte.
+    if (h.vcf[0] & 0xff) >> 4 != 6 {
         return IpParse::Bad(BadIp {
             ip,
             reason: Stat::DROP_MALFORMED,
         });
     }
-    let total_len = Ipv6Hdr::LEN + u16::from_be_bytes(h.payload_len) as usize;
+    let total_len = Ipv6Hdr::LEN + u16::from_be(h.payload_len) as usize;
     if start + total_len > c.end {
         return IpParse::Bad(BadIp {
             ip,
@@ -207,17 +294,23 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
         ip.proto = f.next_hdr;
         // Offset in the top 13 bits, M flag in the lowest bit: an atomic
         // fragment (offset 0, M clear) is a whole datagram.
-        ip.fragment = u16::from_be_bytes(f.offset_flags) & 0xfff9 != 0;
+        ip.fragment = u16::from_be(f.offset_flags) & 0xfff9 != 0;
     }
     IpParse::Ok(ip)
 }
 
-/// Ports (network byte order) and TCP SYN of a transport header.
+/// Ports (network byte order) of a transport header, and whether it is a
+/// TCP SYN (which starts a flow, so its lookup in the connection table is
+/// skipped).
 #[derive(Clone, Copy)]
 pub struct Ports {
     pub src: u16,
     pub dst: u16,
+    pub syn: bool,
 }
+
+/// TCP SYN, in the flags byte (the high byte of `off_flags` as loaded).
+const TCP_SYN: u16 = 0x02 << 8;
 
 /// Reads the ports of a TCP or UDP header. `Err` carries the drop reason.
 #[inline(always)]
@@ -226,20 +319,23 @@ pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
         let t = c.header::<TcpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
         // SAFETY: the whole base header is inside the packet.
         let t = unsafe { &*t };
-        if t.doff() < 5 {
+        // The data offset is the high nibble of the first byte.
+        if (t.off_flags & 0xf0) >> 4 < 5 {
             return Err(Stat::DROP_MALFORMED);
         }
         Ok(Ports {
-            src: u16::from_ne_bytes(t.source),
-            dst: u16::from_ne_bytes(t.dest),
+            src: t.src,
+            dst: t.dst,
+            syn: t.off_flags & TCP_SYN != 0,
         })
     } else {
         let u = c.header::<UdpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
         // SAFETY: the whole header is inside the packet.
         let u = unsafe { &*u };
         Ok(Ports {
-            src: u16::from_ne_bytes(u.src),
-            dst: u16::from_ne_bytes(u.dst),
+            src: u.src,
+            dst: u.dst,
+            syn: false,
         })
     }
 }
@@ -249,6 +345,6 @@ pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
 pub struct IcmpHdr {
     pub kind: u8,
     pub code: u8,
-    _check: [u8; 2],
-    _rest: [u8; 4],
+    _check: u16,
+    _rest: [u16; 2],
 }

@@ -32,7 +32,7 @@ pub const TEST_IFINDEX: u32 = 1;
 pub fn addr(ip: IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => balancer_common::addr_from_v4(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V6(v6) => balancer_common::addr_from_octets(v6.octets()),
     }
 }
 
@@ -77,8 +77,7 @@ impl Backend {
         }
         BackendInfo {
             addr: addr(self.addr),
-            dst_mac: backend_mac(self.id),
-            src_mac: LB_MAC,
+            macs: BackendInfo::mac_words(backend_mac(self.id), LB_MAC),
             ifindex: self.ifindex,
             flags,
         }
@@ -158,7 +157,8 @@ impl Fixture {
         let addr_key = AddrKey {
             addr: addr(vip.addr),
             proto: vip.proto,
-            _pad: [0; 3],
+            _pad1: 0,
+            _pad2: 0,
         };
         let flags = if vip.port == 0 { ADDR_HAS_WILDCARD } else { 0 };
         self.datapath.set_vip_addr(
@@ -205,6 +205,7 @@ pub fn flow_key(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u
         src_port: src_port.to_be(),
         dst_port: dst_port.to_be(),
         proto,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     }
 }

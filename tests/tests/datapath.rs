@@ -817,3 +817,43 @@ fn a_backend_behind_another_interface_is_reached_by_redirect() {
         },
     );
 }
+
+#[test]
+fn a_non_syn_packet_without_an_entry_is_placed_by_the_ring_and_remembered() -> Result<()> {
+    if !privileged("datapath_non_syn_unknown") {
+        return Ok(());
+    }
+    // A flow that another balancer host started (after an ECMP change)
+    // arrives mid-stream: the ring places it where that host did.
+    let mut f = fixture()?;
+    let p = Packet::tcp(CLIENT6, 43000, VIP6, 80).established();
+    let key = flow_key(CLIENT6, 43000, VIP6, 80, proto::TCP);
+    let want = f.expected_backend(2, &key);
+    let frame = p.build();
+    let before = f.datapath.reasons()?;
+    expect(
+        &mut f,
+        "mid-stream",
+        &frame,
+        action::TX,
+        &with_macs(&frame, backend_mac(want), LB_MAC),
+    )?;
+    let after = f.datapath.reasons()?;
+    ensure!(
+        event_grew(&before, &after, Event::NEW_FLOW) == 1,
+        "the flow was not remembered as new"
+    );
+    expect(
+        &mut f,
+        "again",
+        &frame,
+        action::TX,
+        &with_macs(&frame, backend_mac(want), LB_MAC),
+    )?;
+    let again = f.datapath.reasons()?;
+    ensure!(
+        event_grew(&after, &again, Event::NEW_FLOW) == 0,
+        "the flow's entry was not used"
+    );
+    Ok(())
+}

@@ -33,6 +33,9 @@ enum Task {
     /// Build the balancer and run it on a small demo topology in network
     /// namespaces, with live traffic (needs root).
     Demo(DemoArgs),
+    /// Run benchmarks (needs root): `cargo xtask bench [datapath] [--json]`;
+    /// arguments go to the bench binary (`cargo xtask bench -- --help`).
+    Bench(BenchArgs),
 }
 
 /// Options of `cargo xtask demo`.
@@ -71,6 +74,38 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     )
 }
 
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Benchmark names and options, passed on to the bench binary.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Bootstraps and runs the bench binary of balancer-tests, optimised.
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!(
+            "the benchmarks load BPF programs: run them as root (`sudo -E cargo xtask bench`)"
+        );
+    }
+    bootstrap::run(bootstrap::Needs::ALL)?;
+    shell::run(
+        shell::cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "balancer-tests",
+                "--bin",
+                "bench",
+                "--",
+            ])
+            .args(&args.args),
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
@@ -78,6 +113,7 @@ fn main() -> ExitCode {
         Task::Lint => bootstrap::run(bootstrap::Needs::BUILD).and_then(|_| lint::run()),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo(&args),
+        Task::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

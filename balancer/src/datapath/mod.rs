@@ -5,6 +5,7 @@
 //! Nothing else in the daemon touches the BPF object or its maps.
 
 mod counters;
+pub mod floor;
 mod write;
 
 use std::{collections::BTreeMap, fmt};

@@ -1,0 +1,79 @@
+//! The benchmarks' floor program (see balancer-ebpf/src/floor.rs), loaded
+//! and run the same way as the balancer's program.
+
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+
+use super::{DatapathError, TestOutput};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-floor"));
+
+const PROGRAM: &str = "floor_xdp";
+const MACS: &str = "floor_macs";
+
+/// The loaded floor program.
+pub struct Floor {
+    ebpf: Ebpf,
+}
+
+impl Floor {
+    /// Loads the floor program; it writes `dst` and `src` as the MACs.
+    pub fn load(dst: [u8; 6], src: [u8; 6]) -> Result<Floor, DatapathError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|err| DatapathError::Load(Box::new(err)))?;
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&dst);
+        macs[6..].copy_from_slice(&src);
+        let map = ebpf
+            .map_mut(MACS)
+            .ok_or(DatapathError::MissingMap { name: MACS })?;
+        let mut map: Array<_, [u8; 12]> =
+            Array::try_from(map).map_err(DatapathError::map("open", MACS))?;
+        map.set(0, macs, 0)
+            .map_err(DatapathError::map("write", MACS))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DatapathError::MissingProgram { name: PROGRAM })?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                action: "look up",
+                source: Box::new(source),
+            })?;
+        prog.load().map_err(|source| DatapathError::Program {
+            action: "load",
+            source: Box::new(source),
+        })?;
+        Ok(Floor { ebpf })
+    }
+
+    /// Runs the floor program once on `packet` (BPF_PROG_TEST_RUN).
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<TestOutput, DatapathError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DatapathError::MissingProgram { name: PROGRAM })?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                action: "look up",
+                source: Box::new(source),
+            })?;
+        let mut out = vec![0u8; packet.len()];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let result = prog
+            .test_run(opts)
+            .map_err(|source| DatapathError::Program {
+                action: "test-run",
+                source: Box::new(source),
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestOutput {
+            verdict: result.return_value,
+            packet: out,
+            duration: result.duration,
+        })
+    }
+}
