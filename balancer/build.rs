@@ -1,6 +1,8 @@
 //! Builds the XDP program (balancer-ebpf) for bpfel-unknown-none with the
 //! nightly toolchain, so that `cargo build -p balancer` yields one
-//! self-contained binary with the object embedded.
+//! self-contained binary with the object embedded: the default program in
+//! `$OUT_DIR`, and the debug variant with decision logging (feature `log`)
+//! in `$OUT_DIR/log`.
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -17,14 +19,26 @@ fn main() -> anyhow::Result<()> {
     let root_dir = ebpf_dir
         .to_str()
         .context("the path of balancer-ebpf is not UTF-8")?;
-    aya_build::build_ebpf(
-        [Package {
-            name: "balancer-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        Toolchain::Nightly,
-    )
+    // aya-build copies the objects into $OUT_DIR under their binary names,
+    // so the variant is built with $OUT_DIR pointing at a subdirectory.
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR is not set")?);
+    let log_dir = out_dir.join("log");
+    std::fs::create_dir_all(&log_dir).context("cannot create $OUT_DIR/log")?;
+    for (dir, features) in [(&log_dir, &["log"][..]), (&out_dir, &[][..])] {
+        // SAFETY: build scripts are single-threaded; aya-build reads the
+        // variable right after.
+        unsafe { env::set_var("OUT_DIR", dir) };
+        aya_build::build_ebpf(
+            [Package {
+                name: "balancer-ebpf",
+                root_dir,
+                features,
+                ..Default::default()
+            }],
+            Toolchain::Nightly,
+        )?;
+    }
+    Ok(())
 }
 
 /// Fails early, with the fix, when the nightly toolchain's rust-src or

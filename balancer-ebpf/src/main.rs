@@ -12,6 +12,7 @@
 
 mod forward;
 mod icmp;
+mod log;
 mod lookup;
 mod maps;
 mod parse;
@@ -27,6 +28,7 @@ use balancer_common::{
 
 use crate::{
     icmp::Icmp,
+    log::decision,
     lookup::{Known, Pick},
     parse::{Cursor, Ip, IpParse, L3},
 };
@@ -37,6 +39,7 @@ pub fn balancer_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (action, stat) = process(&ctx, len);
     stats::count(stat, len);
+    decision!(&ctx, "verdict {} ({}), {} bytes", action, stat.name(), len);
     action
 }
 
@@ -104,16 +107,29 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
     let mut failover = false;
     if !ports.syn {
         match lookup::known_flow(&key, settings, lookup::now()) {
-            Known::Live { pick, vip } => return send(ctx, vip, &pick, len, false),
-            Known::Down => failover = true,
-            Known::Unknown => {}
+            Known::Live { pick, vip } => {
+                decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
+                return send(ctx, vip, &pick, len, false);
+            }
+            Known::Down => {
+                decision!(ctx, "flow hit, backend down: fail over");
+                failover = true;
+            }
+            Known::Unknown => decision!(ctx, "flow miss"),
         }
     }
     let Some(vip) = lookup::vip(&ip.dst, ports.dst, ip.proto, addr.flags) else {
         return pass(Stat::PASS_NOT_VIP);
     };
+    decision!(
+        ctx,
+        "vip {} matched, port {}",
+        vip.index,
+        u16::from_be(ports.dst)
+    );
     match lookup::ring_pick(&vip, &key, settings) {
         Ok(pick) => {
+            decision!(ctx, "new flow: backend {} picked from the ring", pick.id);
             lookup::remember(&key, &vip, &pick, lookup::now());
             stats::event(Event::NEW_FLOW, len);
             if failover {

@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// How often to log the packet counters ("10s", "500ms").
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
+    /// Load the debug variant of the XDP program, which logs every decision
+    /// (VIP matched, flow hit or miss, backend picked, verdict and reason)
+    /// through the daemon's log. Costs speed: for troubleshooting.
+    #[arg(long)]
+    pub datapath_log: bool,
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into

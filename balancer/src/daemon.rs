@@ -1,9 +1,15 @@
 //! `balancer run`: the long-running daemon.
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 
-use crate::{cli::RunArgs, datapath::Datapath};
+use crate::{
+    cli::RunArgs,
+    datapath::{Datapath, DecisionLog, LoadOptions},
+};
 
 /// Loads and attaches the XDP program, logs its counters every
 /// `stats_interval`, and detaches cleanly on SIGINT or SIGTERM.
@@ -16,7 +22,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 async fn serve(args: &RunArgs) -> Result<()> {
-    let mut datapath = Datapath::load().context("failed to load the XDP program")?;
+    let options = LoadOptions {
+        decision_log: args.datapath_log,
+        ..LoadOptions::default()
+    };
+    let mut datapath = Datapath::load_with(options).context("failed to load the XDP program")?;
+    if let Some(log) = datapath.take_logger() {
+        tracing::warn!(
+            "datapath decision logging is on: every packet is logged, which costs speed"
+        );
+        tokio::spawn(forward_decision_log(log)?);
+    }
     for interface in &args.interfaces {
         let mode = datapath
             .attach(interface, args.xdp_mode)
@@ -54,4 +70,24 @@ fn log_stats(datapath: &Datapath) -> Result<()> {
         .collect();
     tracing::info!(counters = summary.join(" "), "packet counters");
     Ok(())
+}
+
+/// Copies the debug variant's log records into the daemon's log whenever
+/// the kernel has some.
+fn forward_decision_log(log: DecisionLog) -> Result<impl std::future::Future<Output = ()>> {
+    // SAFETY: the descriptor is the logger's ring buffer map, which it owns
+    // and keeps open, unchanged, until the AsyncFd (which owns the logger)
+    // is dropped.
+    let mut log = unsafe { AsyncFd::register_with_interest(log, Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("cannot watch the datapath's decision log: {err}"))?;
+    Ok(async move {
+        loop {
+            let Ok(mut ready) = log.readable_mut().await else {
+                tracing::error!("the datapath's decision log stopped");
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    })
 }

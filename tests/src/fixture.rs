@@ -103,20 +103,19 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Loads the program and writes settings with `seed` and idle timeouts
-    /// of an hour (tests that need expiry shorten them).
+    /// Loads the program and writes [`default_settings`] with `seed`.
     pub fn new(seed: u32) -> Result<Fixture> {
-        Self::with_settings(Settings {
-            hash_seed: seed,
-            ring_size: RING_SIZE,
-            tcp_idle_ns: 3_600_000_000_000,
-            udp_idle_ns: 3_600_000_000_000,
-        })
+        Self::with_settings(default_settings(seed))
     }
 
     /// Loads the program and writes `settings`.
     pub fn with_settings(settings: Settings) -> Result<Fixture> {
-        let mut datapath = Datapath::load_with(LoadOptions::default())?;
+        Self::with_options(settings, LoadOptions::default())
+    }
+
+    /// Loads the program with `options` and writes `settings`.
+    pub fn with_options(settings: Settings, options: LoadOptions) -> Result<Fixture> {
+        let mut datapath = Datapath::load_with(options)?;
         datapath.set_settings(&settings)?;
         Ok(Fixture {
             datapath,
@@ -194,6 +193,17 @@ impl Fixture {
         let (_, ring) = &self.vips[&index];
         let hash = addr_pair_hash(&addr(src), &addr(dst), self.settings.hash_seed);
         ring[ring_slot(hash, self.settings.ring_size) as usize]
+    }
+}
+
+/// Settings with `seed`, the fixtures' ring size and idle timeouts of an
+/// hour (tests that need expiry shorten them).
+pub fn default_settings(seed: u32) -> Settings {
+    Settings {
+        hash_seed: seed,
+        ring_size: RING_SIZE,
+        tcp_idle_ns: 3_600_000_000_000,
+        udp_idle_ns: 3_600_000_000_000,
     }
 }
 

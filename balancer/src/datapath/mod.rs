@@ -25,6 +25,9 @@ pub use write::VipSlot;
 
 /// The XDP object built by build.rs from balancer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));
+/// The debug variant, which logs every decision through aya-log.
+static OBJECT_LOG: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/log/balancer-xdp"));
 
 /// How the operator asks for the program to be attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +64,8 @@ impl fmt::Display for AttachedMode {
 pub enum DatapathError {
     #[error("failed to load the embedded XDP object")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("failed to read the decision log of the XDP program")]
+    Log(#[source] Box<aya_log::Error>),
     #[error("the XDP object has no program named {name}")]
     MissingProgram { name: &'static str },
     #[error("the XDP object has no map named {name}")]
@@ -127,25 +132,35 @@ impl DatapathError {
     }
 }
 
-/// Sizes fixed when the program is loaded.
+/// What is fixed when the program is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Entries of the connection table.
     pub flow_table_size: u32,
+    /// Load the debug variant, which logs every decision through aya-log
+    /// (see [`Datapath::take_logger`]). Slower: for troubleshooting only.
+    pub decision_log: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: maps::DEFAULT_FLOWS,
+            decision_log: false,
         }
     }
 }
+
+/// Reads the debug variant's log records and passes them to the `log`
+/// crate (which `tracing` picks up). Drive it with [`DecisionLog::flush`]
+/// whenever its file descriptor is readable.
+pub type DecisionLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// The loaded XDP program and its maps. Dropping it detaches the program
 /// from every interface it was attached to and frees it.
 pub struct Datapath {
     ebpf: Ebpf,
+    logger: Option<DecisionLog>,
     links: BTreeMap<String, (XdpLinkId, AttachedMode)>,
     /// Ring size of the settings last written; every ring must have it.
     ring_size: u32,
@@ -160,10 +175,20 @@ impl Datapath {
     /// Loads the embedded object into the kernel (verifier included), ready
     /// to be configured and attached.
     pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
+        let object = if options.decision_log {
+            OBJECT_LOG
+        } else {
+            OBJECT
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::FLOWS, options.flow_table_size)
-            .load(OBJECT)
+            .load(object)
             .map_err(|err| DatapathError::Load(Box::new(err)))?;
+        let logger = if options.decision_log {
+            Some(DecisionLog::init(&mut ebpf).map_err(|err| DatapathError::Log(Box::new(err)))?)
+        } else {
+            None
+        };
         program(&mut ebpf)?
             .load()
             .map_err(|source| DatapathError::Program {
@@ -172,6 +197,7 @@ impl Datapath {
             })?;
         Ok(Datapath {
             ebpf,
+            logger,
             links: BTreeMap::new(),
             ring_size: 0,
         })
@@ -233,6 +259,12 @@ impl Datapath {
         };
         self.links.insert(interface.to_owned(), (link, attached));
         Ok(attached)
+    }
+
+    /// The decision log of the debug variant (once; `None` for the default
+    /// program).
+    pub fn take_logger(&mut self) -> Option<DecisionLog> {
+        self.logger.take()
     }
 
     /// Detaches the program from `interface`.

@@ -1,0 +1,21 @@
+//! Decision logging for the debug variant (feature `log`): each macro
+//! expands to an aya-log call in that variant and to nothing otherwise, so
+//! the default program has no logging on the per-packet path.
+
+/// Logs one datapath decision.
+#[cfg(feature = "log")]
+macro_rules! decision {
+    ($ctx:expr, $($arg:tt)+) => {
+        aya_log_ebpf::info!($ctx, $($arg)+)
+    };
+}
+
+/// Logs one datapath decision (nothing: this is the default build).
+#[cfg(not(feature = "log"))]
+macro_rules! decision {
+    ($ctx:expr, $($arg:tt)+) => {
+        ()
+    };
+}
+
+pub(crate) use decision;
