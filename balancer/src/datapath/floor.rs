@@ -1,13 +1,9 @@
 //! The benchmarks' floor program (see balancer-ebpf/src/floor.rs), loaded
 //! and run the same way as the balancer's program.
 
-use aya::{
-    Ebpf,
-    maps::Array,
-    programs::{TestRun, TestRunOptions, Xdp},
-};
+use aya::{Ebpf, maps::Array};
 
-use super::{DatapathError, TestOutput};
+use super::{DatapathError, TestOutput, test_run, xdp_program};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-floor"));
 
@@ -33,47 +29,17 @@ impl Floor {
             Array::try_from(map).map_err(DatapathError::map("open", MACS))?;
         map.set(0, macs, 0)
             .map_err(DatapathError::map("write", MACS))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DatapathError::MissingProgram { name: PROGRAM })?
-            .try_into()
+        xdp_program(&mut ebpf, PROGRAM)?
+            .load()
             .map_err(|source| DatapathError::Program {
-                action: "look up",
+                action: "load",
                 source: Box::new(source),
             })?;
-        prog.load().map_err(|source| DatapathError::Program {
-            action: "load",
-            source: Box::new(source),
-        })?;
         Ok(Floor { ebpf })
     }
 
     /// Runs the floor program once on `packet` (BPF_PROG_TEST_RUN).
     pub fn test_run(&mut self, packet: &[u8]) -> Result<TestOutput, DatapathError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DatapathError::MissingProgram { name: PROGRAM })?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                action: "look up",
-                source: Box::new(source),
-            })?;
-        let mut out = vec![0u8; packet.len()];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let result = prog
-            .test_run(opts)
-            .map_err(|source| DatapathError::Program {
-                action: "test-run",
-                source: Box::new(source),
-            })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestOutput {
-            verdict: result.return_value,
-            packet: out,
-            duration: result.duration,
-        })
+        test_run(xdp_program(&mut self.ebpf, PROGRAM)?, packet, 0)
     }
 }

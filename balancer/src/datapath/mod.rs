@@ -300,33 +300,7 @@ impl Datapath {
         packet: &[u8],
         ingress_ifindex: u32,
     ) -> Result<TestOutput, DatapathError> {
-        // Room for the packet to grow (encapsulation) without truncation.
-        let mut out = vec![0u8; packet.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex. The kernel wants data_end to be
-        // the packet's length and data, data_meta 0.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        if ingress_ifindex != 0 {
-            opts.ctx_in = Some(&ctx);
-        }
-        let result =
-            program(&mut self.ebpf)?
-                .test_run(opts)
-                .map_err(|source| DatapathError::Program {
-                    action: "test-run",
-                    source: Box::new(source),
-                })?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestOutput {
-            verdict: result.return_value,
-            packet: out,
-            duration: result.duration,
-        })
+        test_run(program(&mut self.ebpf)?, packet, ingress_ifindex)
     }
 }
 
@@ -351,12 +325,51 @@ pub mod action {
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    let missing = DatapathError::MissingProgram { name: XDP_PROGRAM };
-    ebpf.program_mut(XDP_PROGRAM)
-        .ok_or(missing)?
+    xdp_program(ebpf, XDP_PROGRAM)
+}
+
+/// The XDP program `name` of a loaded object.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
         .try_into()
         .map_err(|source| DatapathError::Program {
             action: "look up",
             source: Box::new(source),
         })
+}
+
+/// Runs `prog` once on `packet` through BPF_PROG_TEST_RUN, as if it
+/// arrived on interface `ingress_ifindex` (0: the kernel's choice).
+fn test_run(
+    prog: &mut Xdp,
+    packet: &[u8],
+    ingress_ifindex: u32,
+) -> Result<TestOutput, DatapathError> {
+    // Room for the packet to grow (encapsulation) without truncation.
+    let mut out = vec![0u8; packet.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex. The kernel wants data_end to be the
+    // packet's length and data, data_meta 0.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut out);
+    if ingress_ifindex != 0 {
+        opts.ctx_in = Some(&ctx);
+    }
+    let result = prog
+        .test_run(opts)
+        .map_err(|source| DatapathError::Program {
+            action: "test-run",
+            source: Box::new(source),
+        })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(TestOutput {
+        verdict: result.return_value,
+        packet: out,
+        duration: result.duration,
+    })
 }
