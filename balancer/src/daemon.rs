@@ -1,6 +1,15 @@
 //! `balancer run`: the long-running daemon.
+//!
+//! It loads the configuration, lays it out ([`crate::plan`]), resolves every
+//! backend's MACs from the kernel's neighbour table, writes the datapath's
+//! maps through [`Datapath`], attaches the program, and then keeps the maps
+//! in line: backends whose neighbour changes or resolves are rewritten, and
+//! a VIP's ring is rebuilt whenever its set of usable backends changes.
 
-use anyhow::{Context as _, Result};
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -8,23 +17,78 @@ use tokio::{
 
 use crate::{
     cli::RunArgs,
-    datapath::{Datapath, DecisionLog, LoadOptions},
+    config::{self, Config},
+    datapath::{Datapath, DecisionLog, LoadOptions, XdpMode},
+    neighbour::{L2Path, Neighbours},
+    plan::{self, Plan},
 };
 
-/// Loads and attaches the XDP program, logs its counters every
-/// `stats_interval`, and detaches cleanly on SIGINT or SIGTERM.
+/// How often backends' neighbours are read again.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Loads everything, serves until SIGINT or SIGTERM, then detaches.
 pub fn run(args: &RunArgs) -> Result<()> {
+    let config = load_config(args)?;
+    let mut interfaces: Vec<String> = config
+        .datapath
+        .interfaces
+        .iter()
+        .map(|i| i.get_ref().clone())
+        .collect();
+    if !args.interfaces.is_empty() {
+        interfaces.clone_from(&args.interfaces);
+    }
+    if interfaces.is_empty() {
+        bail!(
+            "no interface to attach to: set [datapath] interfaces in the configuration or pass --interface"
+        );
+    }
+    let mode = args
+        .xdp_mode
+        .unwrap_or_else(|| config.datapath.xdp_mode.into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, &config, &interfaces, mode))
 }
 
-async fn serve(args: &RunArgs) -> Result<()> {
+/// The configuration named by `--config`, or the default file if it
+/// exists, or an empty configuration.
+fn load_config(args: &RunArgs) -> Result<Config> {
+    let path = match &args.config {
+        Some(path) => path.clone(),
+        None if Path::new(config::DEFAULT_PATH).exists() => config::DEFAULT_PATH.into(),
+        None => {
+            tracing::warn!(
+                path = config::DEFAULT_PATH,
+                "no configuration file: running with no VIPs"
+            );
+            return Ok(Config::default());
+        }
+    };
+    let config = config::load(&path).map_err(|errors| {
+        for line in errors.to_string().lines() {
+            tracing::error!("{line}");
+        }
+        anyhow::anyhow!(
+            "{} is not a valid configuration; nothing was changed",
+            path.display()
+        )
+    })?;
+    tracing::info!(path = %path.display(), vips = config.vips.len(), "configuration loaded");
+    Ok(config)
+}
+
+async fn serve(
+    args: &RunArgs,
+    config: &Config,
+    interfaces: &[String],
+    mode: XdpMode,
+) -> Result<()> {
     let options = LoadOptions {
+        flow_table_size: *config.datapath.flow_table_size.get_ref(),
         decision_log: args.datapath_log,
-        ..LoadOptions::default()
     };
     let mut datapath = Datapath::load_with(options).context("failed to load the XDP program")?;
     if let Some(log) = datapath.take_logger() {
@@ -33,32 +97,205 @@ async fn serve(args: &RunArgs) -> Result<()> {
         );
         tokio::spawn(forward_decision_log(log)?);
     }
-    for interface in &args.interfaces {
-        let mode = datapath
-            .attach(interface, args.xdp_mode)
+    let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
+    let mut state = State::new(plan::plan(config), datapath, neighbours)?;
+    state.resolve().await?;
+    state.publish_all()?;
+    for interface in interfaces {
+        let mode = state
+            .datapath
+            .attach(interface, mode)
             .with_context(|| format!("failed to start on {interface}"))?;
         tracing::info!(interface = interface.as_str(), %mode, "attached XDP program");
     }
+
     let mut sigterm = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
-    let mut ticker = tokio::time::interval(args.stats_interval);
-    ticker.tick().await;
+    let mut stats = tokio::time::interval(args.stats_interval);
+    let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
+    stats.tick().await;
+    resolve.tick().await;
     loop {
         tokio::select! {
-            _ = ticker.tick() => log_stats(&datapath)?,
+            _ = stats.tick() => log_stats(&state.datapath)?,
+            _ = resolve.tick() => {
+                state.resolve().await?;
+                state.publish_changes()?;
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    log_stats(&datapath)?;
-    let interfaces: Vec<String> = datapath.attachments().map(|(i, _)| i.to_owned()).collect();
-    for interface in interfaces {
-        datapath
+    log_stats(&state.datapath)?;
+    let attached: Vec<String> = state
+        .datapath
+        .attachments()
+        .map(|(i, _)| i.to_owned())
+        .collect();
+    for interface in attached {
+        state
+            .datapath
             .detach(&interface)
             .with_context(|| format!("failed to detach from {interface}"))?;
         tracing::info!(interface = interface.as_str(), "detached XDP program");
     }
     Ok(())
+}
+
+/// What the daemon knows of each backend, and what it has written.
+struct State {
+    datapath: Datapath,
+    plan: Plan,
+    neighbours: Neighbours,
+    /// Backend id → how to reach it (None: no route or not on link).
+    paths: BTreeMap<u32, Option<L2Path>>,
+    /// Backend id → what the `backends` map holds.
+    written: BTreeMap<u32, BackendInfo>,
+    /// VIP index → the ring in place.
+    rings: BTreeMap<u32, Vec<u32>>,
+}
+
+impl State {
+    fn new(plan: Plan, mut datapath: Datapath, neighbours: Neighbours) -> Result<State> {
+        datapath
+            .set_settings(&plan.settings)
+            .context("cannot write the datapath settings")?;
+        Ok(State {
+            datapath,
+            plan,
+            neighbours,
+            paths: BTreeMap::new(),
+            written: BTreeMap::new(),
+            rings: BTreeMap::new(),
+        })
+    }
+
+    /// Reads every backend's path from the kernel.
+    async fn resolve(&mut self) -> Result<()> {
+        let backends: Vec<(u32, std::net::IpAddr)> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
+            .collect();
+        let addresses: Vec<_> = backends.iter().map(|(_, a)| *a).collect();
+        let results = self.neighbours.resolve_all(&addresses).await;
+        for ((id, address), (_, result)) in backends.iter().zip(results) {
+            let path = match result {
+                Ok(path) => Some(path),
+                Err(err) => {
+                    if self.paths.get(id).is_none_or(Option::is_some) {
+                        tracing::warn!(backend = %address, error = %err, "backend unreachable");
+                    }
+                    None
+                }
+            };
+            let before = self.paths.insert(*id, path);
+            if before.flatten().and_then(|p| p.dst_mac) != path.and_then(|p| p.dst_mac)
+                && let Some(mac) = path.and_then(|p| p.dst_mac)
+            {
+                tracing::info!(backend = %address, mac = %format_mac(mac), "backend neighbour resolved");
+            }
+        }
+        Ok(())
+    }
+
+    /// The `backends` map entry for backend `id`.
+    fn backend_info(&self, id: u32, address: std::net::IpAddr) -> BackendInfo {
+        let path = self.paths.get(&id).copied().flatten();
+        let mut flags = BACKEND_UP;
+        let (macs, ifindex) = match path {
+            Some(L2Path {
+                ifindex,
+                src_mac,
+                dst_mac: Some(dst),
+            }) => {
+                flags |= BACKEND_RESOLVED;
+                (BackendInfo::mac_words(dst, src_mac), ifindex)
+            }
+            _ => ([0; 6], 0),
+        };
+        BackendInfo {
+            addr: plan::addr(address),
+            macs,
+            ifindex,
+            flags,
+        }
+    }
+
+    /// Writes settings, backends, rings, VIPs and addresses, in that order:
+    /// a VIP is published only once everything it points to is in place.
+    fn publish_all(&mut self) -> Result<()> {
+        self.publish_changes()?;
+        for (key, info) in &self.plan.addrs {
+            self.datapath.set_vip_addr(key, info)?;
+        }
+        Ok(())
+    }
+
+    /// Writes backends whose entry changed, lets the program redirect to
+    /// their interfaces, and rebuilds the rings whose usable backends
+    /// changed (a VIP with none keeps the ring it has).
+    fn publish_changes(&mut self) -> Result<()> {
+        let backends: Vec<(u32, std::net::IpAddr)> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
+            .collect();
+        for (id, address) in backends {
+            let info = self.backend_info(id, address);
+            if self.written.get(&id) == Some(&info) {
+                continue;
+            }
+            if info.ifindex != 0 {
+                self.datapath.add_egress(info.ifindex)?;
+            }
+            self.datapath.set_backend(id, &info)?;
+            self.written.insert(id, info);
+        }
+        let ring_size = self.plan.settings.ring_size;
+        for vip in &self.plan.vips {
+            let usable = |b: &plan::BackendPlan| {
+                self.written.get(&b.id).is_some_and(|i| {
+                    i.flags & (BACKEND_UP | BACKEND_RESOLVED) == BACKEND_UP | BACKEND_RESOLVED
+                })
+            };
+            let ring = match vip.ring(ring_size, usable)? {
+                Some(ring) => ring,
+                None if self.rings.contains_key(&vip.slot.info.index) => {
+                    continue;
+                }
+                // No usable backend yet: place flows on every weighted
+                // backend, so packets are counted as unresolved, not lost
+                // without a trace, until neighbours resolve.
+                None => match vip.ring(ring_size, |_| true)? {
+                    Some(ring) => ring,
+                    None => {
+                        tracing::warn!(
+                            vip = vip.name.as_str(),
+                            "VIP has no backend with a weight above 0: its traffic passes"
+                        );
+                        continue;
+                    }
+                },
+            };
+            if self.rings.get(&vip.slot.info.index) == Some(&ring) {
+                continue;
+            }
+            self.datapath.publish_vip(&vip.slot, &ring)?;
+            tracing::info!(vip = vip.name.as_str(), "ring published");
+            self.rings.insert(vip.slot.info.index, ring);
+        }
+        Ok(())
+    }
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn log_stats(datapath: &Datapath) -> Result<()> {

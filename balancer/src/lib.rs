@@ -5,7 +5,10 @@
 //! call the library directly.
 
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod logging;
 pub mod maglev;
+pub mod neighbour;
+pub mod plan;

@@ -25,10 +25,17 @@ fn help_lists_the_run_subcommand() {
 }
 
 #[test]
-fn run_without_an_interface_is_a_usage_error() {
-    let out = balancer(&["run"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--interface"), "{}", stderr(&out));
+fn run_without_an_interface_fails_before_touching_anything() {
+    let empty = std::env::temp_dir().join(format!("balancer-cli-{}.toml", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let out = balancer(&["run", "--config", empty.to_str().unwrap()]);
+    std::fs::remove_file(&empty).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no interface to attach to"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -53,4 +60,27 @@ fn a_missing_interface_fails_with_its_name() {
     let out = balancer(&["run", "-i", "nosuchif0"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("nosuchif0"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_line() {
+    let path = std::env::temp_dir().join(format!("balancer-check-{}.toml", std::process::id()));
+    std::fs::write(&path, "[datapath]\nring_size = 10\n\n[[vip]]\nname = \"a b\"\naddress = \"192.0.2.1\"\nport = 1\nprotocol = \"udp\"\n").unwrap();
+    let out = balancer(&["check-config", path.to_str().unwrap()]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let file = path.display().to_string();
+    assert!(
+        text.contains(&format!("{file}:2: ring_size 10 must be a prime")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{file}:5: VIP name \"a b\"")),
+        "{text}"
+    );
+    std::fs::write(&path, "[[vip]]\nname = \"dns\"\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\n[vip.health_check]\nkind = \"none\"\n[[vip.backend]]\naddress = \"10.0.0.1\"\n").unwrap();
+    let out = balancer(&["check-config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 VIPs, 1 backends)"));
 }

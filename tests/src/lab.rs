@@ -6,6 +6,7 @@ use std::sync::{
 };
 
 use anyhow::{Context as _, Result};
+use balancer::datapath::{Datapath, XdpMode};
 
 use crate::{Netns, cmd, sweep};
 
@@ -37,10 +38,11 @@ impl Default for VethOptions {
     }
 }
 
-/// What a lab must remove: the names of its namespaces.
+/// What a lab must remove: its namespaces and its scratch directory.
 #[derive(Debug, Default)]
 struct Resources {
     namespaces: Vec<String>,
+    dir: Option<std::path::PathBuf>,
 }
 
 /// Removes a lab's namespaces from another thread (used when a test times
@@ -51,11 +53,20 @@ pub struct TeardownHandle(Arc<Mutex<Resources>>);
 impl TeardownHandle {
     /// Kills every process inside the lab's namespaces and deletes them.
     pub fn run(&self) {
-        let namespaces = std::mem::take(&mut self.lock().namespaces);
+        let (namespaces, dir) = {
+            let mut resources = self.lock();
+            (
+                std::mem::take(&mut resources.namespaces),
+                resources.dir.take(),
+            )
+        };
         for name in namespaces.iter().rev() {
             if let Err(err) = sweep::remove_namespace(name) {
                 eprintln!("warning: {err:#}");
             }
+        }
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -69,11 +80,19 @@ impl TeardownHandle {
 
 /// A test topology: namespaces joined by veth pairs and bridges. Everything
 /// it created is removed when it is dropped, processes inside included.
-#[derive(Debug)]
 pub struct Lab {
     /// Unique prefix of this lab's namespace names.
     prefix: String,
     resources: TeardownHandle,
+    /// Pass-through XDP programs on receiving veth ends, detached with the
+    /// lab.
+    pass_programs: Mutex<Vec<Datapath>>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("prefix", &self.prefix).finish()
+    }
 }
 
 impl Lab {
@@ -92,6 +111,7 @@ impl Lab {
         Ok(Lab {
             prefix: format!("{}{}-{seq}-{label}", sweep::NAME_PREFIX, std::process::id()),
             resources: TeardownHandle(Arc::default()),
+            pass_programs: Mutex::new(Vec::new()),
         })
     }
 
@@ -145,6 +165,41 @@ impl Lab {
             configure_veth_end(ns, interface, options)?;
         }
         Ok(())
+    }
+
+    /// Attaches a pass-through XDP program (the balancer's own program with
+    /// no VIPs: everything passes) to `interface` in `ns`, natively. A veth
+    /// end only takes in frames that its peer sends with XDP_TX or
+    /// XDP_REDIRECT when it runs an XDP program itself.
+    pub fn xdp_pass(&self, ns: &Netns, interface: &str) -> Result<()> {
+        let datapath = ns.run(|| -> Result<Datapath> {
+            let mut datapath = Datapath::load()?;
+            datapath.attach(interface, XdpMode::Native)?;
+            Ok(datapath)
+        })??;
+        self.pass_programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(datapath);
+        Ok(())
+    }
+
+    /// Writes `contents` to file `name` in the lab's scratch directory
+    /// (removed with the lab) and returns its path.
+    pub fn write_file(&self, name: &str, contents: &str) -> Result<std::path::PathBuf> {
+        let dir = {
+            let mut resources = self.resources.lock();
+            resources
+                .dir
+                .get_or_insert_with(|| std::env::temp_dir().join(&self.prefix))
+                .clone()
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(name);
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
     }
 
     /// Creates a bridge `name` in `ns`, enslaves `ports` (interfaces already

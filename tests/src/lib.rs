@@ -18,7 +18,9 @@ pub mod netns;
 pub mod packet;
 pub mod privilege;
 pub mod process;
+pub mod servers;
 mod sweep;
+pub mod topology;
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind, resume_unwind},

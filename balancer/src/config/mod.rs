@@ -1,0 +1,357 @@
+//! The daemon's configuration: a TOML file, documented in
+//! docs/configuration.md.
+//!
+//! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
+//! a [`Config`] or every error with its line out. Only [`load`] reads a file.
+
+mod validate;
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+pub use validate::validate;
+
+use crate::datapath::XdpMode;
+
+/// Where the daemon looks for its configuration by default.
+pub const DEFAULT_PATH: &str = "/etc/balancer/balancer.toml";
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub datapath: DatapathConfig,
+    /// The VIPs, in file order.
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<Spanned<VipConfig>>,
+}
+
+/// `[daemon]`: where the daemon keeps its socket and pinned state.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// The control socket the CLI talks to.
+    pub control_socket: PathBuf,
+    /// The bpffs directory where maps and links are pinned.
+    pub pin_path: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            control_socket: PathBuf::from("/run/balancer/control.sock"),
+            pin_path: PathBuf::from("/sys/fs/bpf/balancer"),
+        }
+    }
+}
+
+/// `[datapath]`: how the XDP program runs.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatapathConfig {
+    /// Interfaces the program is attached to.
+    pub interfaces: Vec<Spanned<String>>,
+    pub xdp_mode: XdpModeConfig,
+    /// Slots of every Maglev ring: a prime.
+    pub ring_size: Spanned<u32>,
+    /// Entries of the connection table.
+    pub flow_table_size: Spanned<u32>,
+    #[serde(deserialize_with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub udp_idle_timeout: Duration,
+    /// Seed of the flow hashes: the same on every balancer host of an ECMP
+    /// group.
+    pub hash_seed: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeConfig::Auto,
+            ring_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_RING_SIZE),
+            flow_table_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_FLOWS),
+            tcp_idle_timeout: Duration::from_secs(300),
+            udp_idle_timeout: Duration::from_secs(30),
+            hash_seed: 0,
+        }
+    }
+}
+
+/// `xdp_mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpModeConfig {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<XdpModeConfig> for XdpMode {
+    fn from(mode: XdpModeConfig) -> XdpMode {
+        match mode {
+            XdpModeConfig::Auto => XdpMode::Auto,
+            XdpModeConfig::Native => XdpMode::Native,
+            XdpModeConfig::Generic => XdpMode::Generic,
+        }
+    }
+}
+
+/// `[[vip]]`: one virtual service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    /// Unique name, used by the CLI.
+    pub name: Spanned<String>,
+    pub address: Spanned<IpAddr>,
+    /// 0 takes every port of the address and protocol.
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// Absent: a TCP check with the defaults.
+    #[serde(default)]
+    pub health_check: Option<Spanned<HealthCheckConfig>>,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Spanned<BackendConfig>>,
+}
+
+impl VipConfig {
+    /// The VIP's health check, the default one when the file has none.
+    pub fn check(&self) -> HealthCheckConfig {
+        self.health_check
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Transport protocol of a VIP.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => balancer_common::proto::TCP,
+            Protocol::Udp => balancer_common::proto::UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How new flows are placed on backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Maglev consistent hashing of the 5-tuple.
+    #[default]
+    Maglev,
+    /// Maglev consistent hashing of the client address: a client sticks
+    /// to one backend.
+    SourceHash,
+}
+
+/// How packets reach backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// L2 direct server return.
+    #[default]
+    Dsr,
+}
+
+/// `[vip.health_check]`: how the daemon decides a backend is up.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub kind: CheckKind,
+    /// Port to check; the VIP's port when absent.
+    pub port: Option<u16>,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// `http`: the path to GET.
+    pub path: String,
+    /// `http`: the status that means healthy.
+    pub expect_status: u16,
+    /// `udp`: the datagram to send.
+    pub send: Option<String>,
+    /// `udp`: the reply that means healthy (a prefix of it).
+    pub expect: Option<String>,
+    /// `exec`: the command, run with `sh -c`; exit status 0 is healthy.
+    /// `BALANCER_BACKEND` and `BALANCER_PORT` are set.
+    pub command: Option<String>,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: CheckKind::Tcp,
+            port: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            path: "/".to_owned(),
+            expect_status: 200,
+            send: None,
+            expect: None,
+            command: None,
+        }
+    }
+}
+
+/// Kind of health check.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connection is accepted.
+    #[default]
+    Tcp,
+    /// An HTTP GET returns the expected status.
+    Http,
+    /// A UDP request gets the expected reply.
+    Udp,
+    /// A command exits with status 0.
+    Exec,
+    /// No check: backends are always up.
+    None,
+}
+
+impl CheckKind {
+    /// Whether the check connects to a port.
+    pub fn needs_port(self) -> bool {
+        matches!(self, CheckKind::Tcp | CheckKind::Http | CheckKind::Udp)
+    }
+}
+
+/// `[[vip.backend]]`: one backend of a VIP.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: Spanned<IpAddr>,
+    /// Share of new flows relative to the other backends; 0 drains.
+    #[serde(default = "default_weight")]
+    pub weight: Spanned<u32>,
+}
+
+fn default_weight() -> Spanned<u32> {
+    Spanned::new(0..0, 100)
+}
+
+/// Reads a duration written as a string: "500ms", "2s", "5m".
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|err| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?}: {err} (write it like \"500ms\" or \"2s\")"
+        ))
+    })
+}
+
+/// One problem of a configuration file, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem of a file, ready to print: one line each, as
+/// `FILE:LINE: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, err) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match err.line {
+                Some(line) => write!(f, "{}:{line}: {}", self.file, err.message)?,
+                None => write!(f, "{}: {}", self.file, err.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// 1-based line of byte `offset` in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parses and validates `text`, read from `file` (used in messages).
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let config: Config = toml::from_str(text).map_err(|err| ConfigErrors {
+        file: file.to_owned(),
+        errors: vec![ConfigError {
+            line: err.span().map(|span| line_of(text, span.start)),
+            message: err.message().trim().to_owned(),
+        }],
+    })?;
+    let errors = validate(&config, text);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors {
+            file: file.to_owned(),
+            errors,
+        })
+    }
+}
+
+/// Reads and parses the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+        file: file.clone(),
+        errors: vec![ConfigError {
+            line: None,
+            message: format!("cannot read the configuration: {err}"),
+        }],
+    })?;
+    parse(&text, &file)
+}
+
+#[cfg(test)]
+mod tests;

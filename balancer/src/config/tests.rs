@@ -1,0 +1,201 @@
+//! Parsing and validation of configuration files.
+
+use super::*;
+
+fn errors(text: &str) -> Vec<(Option<usize>, String)> {
+    match parse(text, "test.toml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors.into_iter().map(|e| (e.line, e.message)).collect(),
+    }
+}
+
+fn assert_rejected(text: &str, line: usize, fragment: &str) {
+    let errs = errors(text);
+    assert!(
+        errs.iter()
+            .any(|(l, m)| *l == Some(line) && m.contains(fragment)),
+        "expected an error on line {line} containing {fragment:?}, got {errs:#?}"
+    );
+}
+
+const VALID: &str = r#"
+[datapath]
+interfaces = ["eth0"]
+tcp_idle_timeout = "5m"
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+
+[vip.health_check]
+kind = "http"
+path = "/health"
+interval = "500ms"
+timeout = "200ms"
+
+[[vip.backend]]
+address = "10.0.0.1"
+
+[[vip.backend]]
+address = "10.0.0.2"
+weight = 0
+"#;
+
+#[test]
+fn a_valid_file_parses_with_defaults_filled_in() {
+    let config = parse(VALID, "t").unwrap();
+    assert_eq!(config.daemon, DaemonConfig::default());
+    assert_eq!(config.datapath.tcp_idle_timeout, Duration::from_secs(300));
+    assert_eq!(config.datapath.udp_idle_timeout, Duration::from_secs(30));
+    assert_eq!(*config.datapath.ring_size.get_ref(), 65_537);
+    let vip = config.vips[0].get_ref();
+    assert_eq!(vip.scheduler, Scheduler::Maglev);
+    let check = vip.check();
+    assert_eq!(
+        (check.kind, check.interval, check.rise, check.fall),
+        (CheckKind::Http, Duration::from_millis(500), 2, 3)
+    );
+    assert_eq!(*vip.backends[0].get_ref().weight.get_ref(), 100);
+    assert_eq!(*vip.backends[1].get_ref().weight.get_ref(), 0);
+}
+
+#[test]
+fn the_example_in_the_docs_is_valid() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let start = doc.find("```toml\n").expect("the doc has a toml example") + 8;
+    let end = start + doc[start..].find("```").expect("the example ends");
+    let config = parse(&doc[start..end], "docs/configuration.md").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.vips.is_empty());
+}
+
+#[test]
+fn an_empty_file_is_a_valid_configuration_with_nothing_to_do() {
+    assert_eq!(parse("", "t").unwrap(), Config::default());
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_line() {
+    assert_rejected(
+        "[datapath]\ninterfaces = []\nring = 3\n",
+        3,
+        "unknown field `ring`",
+    );
+    assert_rejected(
+        &VALID.replace("weight = 0", "wieght = 0"),
+        23,
+        "unknown field `wieght`",
+    );
+}
+
+#[test]
+fn bad_values_are_rejected_with_their_line() {
+    assert_rejected(
+        &VALID.replace("\"500ms\"", "\"soon\""),
+        15,
+        "invalid duration \"soon\"",
+    );
+    assert_rejected(
+        &VALID.replace("\"tcp\"", "\"sctp\""),
+        10,
+        "unknown variant `sctp`",
+    );
+    assert_rejected(
+        &VALID.replace("192.0.2.10", "192.0.2.300"),
+        8,
+        "invalid IP address",
+    );
+    assert_rejected(
+        "[datapath]\nring_size = 65536\n",
+        2,
+        "ring_size 65536 must be a prime",
+    );
+}
+
+#[test]
+fn duplicates_are_rejected() {
+    let twice = format!(
+        "{VALID}\n[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"\n"
+    );
+    assert_rejected(&twice, 26, "duplicate VIP name \"web\" (first on line 7)");
+    assert_rejected(&twice, 27, "duplicate VIP 192.0.2.10 port 80 tcp");
+    let backend = VALID.replace("10.0.0.2", "10.0.0.1");
+    assert_rejected(&backend, 22, "duplicate backend 10.0.0.1 in VIP \"web\"");
+    assert_rejected(
+        "[datapath]\ninterfaces = [\"eth0\", \"eth0\"]\n",
+        2,
+        "interface \"eth0\" is listed twice",
+    );
+}
+
+#[test]
+fn a_backend_of_the_wrong_family_is_rejected() {
+    assert_rejected(
+        &VALID.replace("10.0.0.2", "fd00::2"),
+        22,
+        "not of the VIP's address family",
+    );
+}
+
+#[test]
+fn a_weight_out_of_range_is_rejected() {
+    assert_rejected(
+        &VALID.replace("weight = 0", "weight = 10001"),
+        23,
+        "weight 10001 of backend 10.0.0.2 is out of range",
+    );
+}
+
+#[test]
+fn a_port_zero_vip_needs_a_health_check_port() {
+    let any = VALID.replace("port = 80", "port = 0");
+    assert_rejected(&any, 12, "needs a port: set health_check.port");
+    let with_port = any.replace("kind = \"http\"", "kind = \"http\"\nport = 8080");
+    assert!(errors(&with_port).is_empty(), "{:?}", errors(&with_port));
+    let without_check =
+        "[[vip]]\nname = \"any\"\naddress = \"192.0.2.1\"\nport = 0\nprotocol = \"udp\"\n";
+    assert_rejected(without_check, 1, "needs a port");
+}
+
+#[test]
+fn health_check_settings_are_checked() {
+    assert_rejected(
+        &VALID.replace("\"200ms\"", "\"2s\""),
+        12,
+        "timeout (2s) is longer than its interval",
+    );
+    assert_rejected(
+        &VALID.replace("\"/health\"", "\"health\""),
+        12,
+        "must start with '/'",
+    );
+    assert_rejected(
+        &VALID.replace("kind = \"http\"", "kind = \"udp\""),
+        12,
+        "needs both send and expect",
+    );
+    assert_rejected(
+        &VALID.replace("kind = \"http\"", "kind = \"exec\""),
+        12,
+        "needs a command",
+    );
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let bad = VALID
+        .replace("weight = 0", "weight = 20000")
+        .replace("10.0.0.1", "fd00::1");
+    assert_eq!(errors(&bad).len(), 2, "{:#?}", errors(&bad));
+}
+
+#[test]
+fn errors_print_as_file_line_message() {
+    let err = parse("[datapath]\nring_size = 4\n", "/etc/balancer/balancer.toml").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/etc/balancer/balancer.toml:2: ring_size 4"),
+        "{err}"
+    );
+}

@@ -1,0 +1,249 @@
+//! Every rule a configuration must follow beyond its syntax, each broken
+//! rule reported with its line.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Range,
+};
+
+use balancer_common::maps::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
+use toml::Spanned;
+
+use super::{CheckKind, Config, ConfigError, line_of};
+use crate::maglev::{MAX_WEIGHT, is_prime};
+
+/// Checks `config` (parsed from `text`) and returns every problem found,
+/// in file order; empty when the configuration is valid.
+pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
+    let mut errors = Errors {
+        text,
+        list: Vec::new(),
+    };
+    datapath(config, &mut errors);
+    vips(config, &mut errors);
+    errors.list.sort_by_key(|e| e.line);
+    errors.list
+}
+
+struct Errors<'a> {
+    text: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, span: Range<usize>, message: String) {
+        let line = (span != (0..0)).then(|| line_of(self.text, span.start));
+        self.list.push(ConfigError { line, message });
+    }
+}
+
+fn datapath(config: &Config, errors: &mut Errors<'_>) {
+    let d = &config.datapath;
+    let ring = *d.ring_size.get_ref();
+    if !is_prime(ring) || ring > MAX_RING_SIZE {
+        errors.at(
+            d.ring_size.span(),
+            format!("ring_size {ring} must be a prime number up to {MAX_RING_SIZE} (65537 is the default)"),
+        );
+    }
+    let flows = *d.flow_table_size.get_ref();
+    if flows == 0 {
+        errors.at(
+            d.flow_table_size.span(),
+            "flow_table_size must be above 0".to_owned(),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for interface in &d.interfaces {
+        let name = interface.get_ref();
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            errors.at(
+                interface.span(),
+                format!("interface name {name:?} is not a valid Linux interface name"),
+            );
+        } else if !seen.insert(name) {
+            errors.at(
+                interface.span(),
+                format!("interface {name:?} is listed twice"),
+            );
+        }
+    }
+    for (key, value) in [
+        ("tcp_idle_timeout", d.tcp_idle_timeout),
+        ("udp_idle_timeout", d.udp_idle_timeout),
+    ] {
+        if value.is_zero() {
+            errors.at(0..0, format!("[datapath] {key} must be above 0"));
+        }
+    }
+}
+
+fn vips(config: &Config, errors: &mut Errors<'_>) {
+    if config.vips.len() > MAX_VIPS as usize {
+        errors.at(
+            0..0,
+            format!(
+                "{} VIPs: at most {MAX_VIPS} are supported",
+                config.vips.len()
+            ),
+        );
+    }
+    let total: usize = config.vips.iter().map(|v| v.get_ref().backends.len()).sum();
+    if total > MAX_BACKENDS as usize {
+        errors.at(
+            0..0,
+            format!("{total} backends over all VIPs: at most {MAX_BACKENDS} are supported"),
+        );
+    }
+    let mut names = BTreeMap::new();
+    let mut services = BTreeMap::new();
+    for spanned in &config.vips {
+        let vip = spanned.get_ref();
+        let name = vip.name.get_ref();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.at(
+                vip.name.span(),
+                format!("VIP name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        if let Some(first) = names.insert(name.clone(), line_of(errors.text, vip.name.span().start))
+        {
+            errors.at(
+                vip.name.span(),
+                format!("duplicate VIP name {name:?} (first on line {first})"),
+            );
+        }
+        let address = *vip.address.get_ref();
+        let service = (address, vip.port, vip.protocol);
+        if let Some(first) = services.insert(service, line_of(errors.text, spanned.span().start)) {
+            errors.at(
+                vip.address.span(),
+                format!(
+                    "duplicate VIP {address} port {} {} (first on line {first})",
+                    vip.port, vip.protocol
+                ),
+            );
+        }
+        let check = vip.check();
+        let check_span = vip
+            .health_check
+            .as_ref()
+            .map_or(spanned.span(), Spanned::span);
+        health_check(name, vip.port, &check, check_span, errors);
+        let mut backends = BTreeMap::new();
+        for b in &vip.backends {
+            let backend = b.get_ref();
+            let addr = *backend.address.get_ref();
+            if addr.is_ipv4() != address.is_ipv4() {
+                errors.at(
+                    backend.address.span(),
+                    format!("backend {addr} of VIP {name:?} is not of the VIP's address family ({address})"),
+                );
+            }
+            if addr.is_unspecified() || addr.is_multicast() {
+                errors.at(
+                    backend.address.span(),
+                    format!("backend address {addr} cannot receive traffic"),
+                );
+            }
+            if let Some(first) = backends.insert(addr, line_of(errors.text, b.span().start)) {
+                errors.at(
+                    backend.address.span(),
+                    format!("duplicate backend {addr} in VIP {name:?} (first on line {first})"),
+                );
+            }
+            let weight = *backend.weight.get_ref();
+            if weight > MAX_WEIGHT {
+                errors.at(
+                    backend.weight.span(),
+                    format!("weight {weight} of backend {addr} is out of range (0 to {MAX_WEIGHT}; 0 drains)"),
+                );
+            }
+        }
+    }
+}
+
+fn health_check(
+    vip: &str,
+    vip_port: u16,
+    check: &super::HealthCheckConfig,
+    span: Range<usize>,
+    errors: &mut Errors<'_>,
+) {
+    if check.kind.needs_port() && vip_port == 0 && check.port.is_none_or(|p| p == 0) {
+        errors.at(
+            span.clone(),
+            format!(
+                "VIP {vip:?} takes every port (port 0), so its {:?} health check needs a port: set health_check.port",
+                check.kind
+            ),
+        );
+    }
+    if check.kind == CheckKind::None {
+        return;
+    }
+    if check.interval.is_zero() || check.timeout.is_zero() {
+        errors.at(
+            span.clone(),
+            format!("VIP {vip:?}: health check interval and timeout must be above 0"),
+        );
+    } else if check.timeout > check.interval {
+        errors.at(
+            span.clone(),
+            format!(
+                "VIP {vip:?}: health check timeout ({:?}) is longer than its interval ({:?})",
+                check.timeout, check.interval
+            ),
+        );
+    }
+    if check.rise == 0 || check.fall == 0 {
+        errors.at(
+            span.clone(),
+            format!("VIP {vip:?}: health check rise and fall must be at least 1"),
+        );
+    }
+    match check.kind {
+        CheckKind::Http => {
+            if !check.path.starts_with('/') {
+                errors.at(
+                    span.clone(),
+                    format!(
+                        "VIP {vip:?}: health check path {:?} must start with '/'",
+                        check.path
+                    ),
+                );
+            }
+            if !(100..=599).contains(&check.expect_status) {
+                errors.at(
+                    span,
+                    format!(
+                        "VIP {vip:?}: expect_status {} is not an HTTP status",
+                        check.expect_status
+                    ),
+                );
+            }
+        }
+        CheckKind::Udp => {
+            if check.send.is_none() || check.expect.is_none() {
+                errors.at(
+                    span,
+                    format!("VIP {vip:?}: a udp health check needs both send and expect"),
+                );
+            }
+        }
+        CheckKind::Exec => {
+            if check.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                errors.at(
+                    span,
+                    format!("VIP {vip:?}: an exec health check needs a command"),
+                );
+            }
+        }
+        CheckKind::Tcp | CheckKind::None => {}
+    }
+}

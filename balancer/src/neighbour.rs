@@ -1,0 +1,206 @@
+//! Where a backend is on the wire: the interface that reaches it, that
+//! interface's MAC, and the backend's MAC from the kernel's neighbour table.
+//!
+//! Direct server return only reaches backends on a directly connected
+//! network, so a backend behind a gateway is an error, not a guess.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, UdpSocket},
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    link::LinkAttribute,
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    route::{RouteAddress, RouteAttribute},
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use thiserror::Error;
+
+/// How to reach one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Path {
+    /// The interface the backend is reached through.
+    pub ifindex: u32,
+    /// That interface's MAC: the frames' new source.
+    pub src_mac: [u8; 6],
+    /// The backend's MAC, when the neighbour table has it.
+    pub dst_mac: Option<[u8; 6]>,
+}
+
+/// Why a backend cannot be reached at L2.
+#[derive(Debug, Error)]
+pub enum NeighbourError {
+    #[error("netlink request failed: {0}")]
+    Netlink(String),
+    #[error("no route to backend {backend}")]
+    NoRoute { backend: IpAddr },
+    #[error(
+        "backend {backend} is reached through gateway {gateway}: direct server return needs backends on a directly connected network"
+    )]
+    NotOnLink { backend: IpAddr, gateway: IpAddr },
+    #[error("interface {ifindex} of backend {backend} has no MAC address")]
+    NoMac { backend: IpAddr, ifindex: u32 },
+}
+
+/// Reads routes, links and neighbours from the kernel.
+#[derive(Clone)]
+pub struct Neighbours {
+    handle: Handle,
+}
+
+impl Neighbours {
+    /// Opens a netlink connection; must be called within a tokio runtime
+    /// (the connection runs as a task of it).
+    pub fn connect() -> std::io::Result<Neighbours> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Neighbours { handle })
+    }
+
+    /// Resolves every backend in `backends` with one dump of the neighbour
+    /// table. A backend whose MAC is unknown gets `dst_mac: None`, and the
+    /// kernel is asked to resolve it (a datagram to its discard port), so
+    /// the next call finds it.
+    pub async fn resolve_all(
+        &self,
+        backends: &[IpAddr],
+    ) -> Vec<(IpAddr, Result<L2Path, NeighbourError>)> {
+        let table = match self.neighbour_table().await {
+            Ok(table) => table,
+            Err(err) => {
+                let message = err.to_string();
+                return backends
+                    .iter()
+                    .map(|b| (*b, Err(NeighbourError::Netlink(message.clone()))))
+                    .collect();
+            }
+        };
+        let mut out = Vec::with_capacity(backends.len());
+        for &backend in backends {
+            let result = self.path(backend, &table).await;
+            if let Ok(L2Path { dst_mac: None, .. }) = result {
+                provoke_resolution(backend);
+            }
+            out.push((backend, result));
+        }
+        out
+    }
+
+    async fn path(
+        &self,
+        backend: IpAddr,
+        table: &BTreeMap<(u32, IpAddr), [u8; 6]>,
+    ) -> Result<L2Path, NeighbourError> {
+        let route = match backend {
+            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .build(),
+        };
+        let mut routes = self.handle.route().get(route).execute();
+        let route = routes
+            .try_next()
+            .await
+            .map_err(netlink)?
+            .ok_or(NeighbourError::NoRoute { backend })?;
+        let mut ifindex = None;
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Oif(index) => ifindex = Some(*index),
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                    return Err(NeighbourError::NotOnLink {
+                        backend,
+                        gateway: IpAddr::V4(*gw),
+                    });
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                    return Err(NeighbourError::NotOnLink {
+                        backend,
+                        gateway: IpAddr::V6(*gw),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let ifindex = ifindex.ok_or(NeighbourError::NoRoute { backend })?;
+        let src_mac = self
+            .link_mac(ifindex)
+            .await?
+            .ok_or(NeighbourError::NoMac { backend, ifindex })?;
+        Ok(L2Path {
+            ifindex,
+            src_mac,
+            dst_mac: table.get(&(ifindex, backend)).copied(),
+        })
+    }
+
+    async fn link_mac(&self, ifindex: u32) -> Result<Option<[u8; 6]>, NeighbourError> {
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let Some(link) = links.try_next().await.map_err(netlink)? else {
+            return Ok(None);
+        };
+        Ok(link.attributes.iter().find_map(|attr| match attr {
+            LinkAttribute::Address(mac) => mac.as_slice().try_into().ok(),
+            _ => None,
+        }))
+    }
+
+    /// Usable entries of the neighbour table: (ifindex, address) → MAC.
+    async fn neighbour_table(&self) -> Result<BTreeMap<(u32, IpAddr), [u8; 6]>, NeighbourError> {
+        let mut table = BTreeMap::new();
+        let mut entries = self.handle.neighbours().get().execute();
+        while let Some(entry) = entries.try_next().await.map_err(netlink)? {
+            let usable = matches!(
+                entry.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+            );
+            if !usable {
+                continue;
+            }
+            let mut address = None;
+            let mut mac = None;
+            for attr in &entry.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        address = Some(IpAddr::V4(*v4))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        address = Some(IpAddr::V6(*v6))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(bytes) => {
+                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok()
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(address), Some(mac)) = (address, mac) {
+                table.insert((entry.header.ifindex, address), mac);
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// Makes the kernel resolve `backend`'s MAC by sending it one datagram on
+/// the discard port; the neighbour table has it a moment later.
+fn provoke_resolution(backend: IpAddr) {
+    let bind: SocketAddr = match backend {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("valid address"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("valid address"),
+    };
+    if let Ok(socket) = UdpSocket::bind(bind) {
+        let _ = socket.send_to(&[], (backend, 9));
+    }
+}
+
+fn netlink(err: rtnetlink::Error) -> NeighbourError {
+    NeighbourError::Netlink(err.to_string())
+}

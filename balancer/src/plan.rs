@@ -1,0 +1,232 @@
+//! From a configuration to what the datapath must hold: VIP indexes,
+//! backend ids, settings, the VIP addresses' entries, and each VIP's ring
+//! members. Pure logic, no I/O.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use balancer_common::{
+    Addr, addr_from_octets, addr_from_v4,
+    settings::Settings,
+    vip::{ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VIP_SOURCE_HASH, VipInfo, VipKey},
+};
+
+use crate::{
+    config::{Config, Scheduler},
+    datapath::VipSlot,
+    maglev::{self, MaglevError, Member},
+};
+
+/// The datapath's whole content for a configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub settings: Settings,
+    pub vips: Vec<VipPlan>,
+    /// One entry per (address, protocol) that carries VIPs.
+    pub addrs: Vec<(AddrKey, AddrInfo)>,
+}
+
+/// One VIP: where it lives in the maps and its backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipPlan {
+    pub name: String,
+    pub slot: VipSlot,
+    pub backends: Vec<BackendPlan>,
+}
+
+/// One backend of one VIP, with its id in the `backends` map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPlan {
+    pub id: u32,
+    pub address: IpAddr,
+    pub weight: u32,
+}
+
+/// An address in the maps' form.
+pub fn addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => addr_from_v4(v4.octets()),
+        IpAddr::V6(v6) => addr_from_octets(v6.octets()),
+    }
+}
+
+/// Lays out a (validated) configuration: VIP `i` in file order gets index
+/// `i`; backends get ids in file order across VIPs.
+pub fn plan(config: &Config) -> Plan {
+    let d = &config.datapath;
+    let settings = Settings {
+        hash_seed: d.hash_seed,
+        ring_size: *d.ring_size.get_ref(),
+        tcp_idle_ns: d.tcp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        udp_idle_ns: d.udp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+    };
+    let mut next_backend = 0u32;
+    let mut vips = Vec::with_capacity(config.vips.len());
+    let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
+    for (index, vip) in config.vips.iter().enumerate() {
+        let vip = vip.get_ref();
+        let address = *vip.address.get_ref();
+        let proto = vip.protocol.number();
+        let flags = match vip.scheduler {
+            Scheduler::SourceHash => VIP_SOURCE_HASH,
+            Scheduler::Maglev => 0,
+        };
+        let backends = vip
+            .backends
+            .iter()
+            .map(|b| {
+                let b = b.get_ref();
+                next_backend += 1;
+                BackendPlan {
+                    id: next_backend - 1,
+                    address: *b.address.get_ref(),
+                    weight: *b.weight.get_ref(),
+                }
+            })
+            .collect();
+        let index = index as u32;
+        // Fragments to an address go to its wildcard VIP if it has one,
+        // else to its first VIP.
+        let entry = addrs.entry((address, proto)).or_insert(AddrInfo {
+            fragment_vip: index,
+            flags: 0,
+        });
+        if vip.port == 0 {
+            entry.fragment_vip = index;
+            entry.flags |= ADDR_HAS_WILDCARD;
+        }
+        vips.push(VipPlan {
+            name: vip.name.get_ref().clone(),
+            slot: VipSlot {
+                key: VipKey {
+                    addr: addr(address),
+                    port: vip.port.to_be(),
+                    proto,
+                    _pad: 0,
+                },
+                info: VipInfo { index, flags },
+            },
+            backends,
+        });
+    }
+    let addrs = addrs
+        .into_iter()
+        .map(|((address, proto), info)| {
+            let key = AddrKey {
+                addr: addr(address),
+                proto,
+                _pad1: 0,
+                _pad2: 0,
+            };
+            (key, info)
+        })
+        .collect();
+    Plan {
+        settings,
+        vips,
+        addrs,
+    }
+}
+
+impl VipPlan {
+    /// The VIP's ring over the backends `usable` accepts (up, reachable)
+    /// with a weight above 0. `None` when no backend qualifies: the caller
+    /// keeps the ring it has rather than black-holing the VIP.
+    pub fn ring(
+        &self,
+        ring_size: u32,
+        usable: impl Fn(&BackendPlan) -> bool,
+    ) -> Result<Option<Vec<u32>>, MaglevError> {
+        let members: Vec<Member> = self
+            .backends
+            .iter()
+            .filter(|b| b.weight > 0 && usable(b))
+            .map(|b| Member {
+                id: b.id,
+                key: b.address.to_string().into_bytes(),
+                weight: b.weight,
+            })
+            .collect();
+        if members.is_empty() {
+            return Ok(None);
+        }
+        maglev::build(&members, ring_size).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const TWO_VIPS: &str = r#"
+[datapath]
+hash_seed = 7
+ring_size = 13
+udp_idle_timeout = "10s"
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+scheduler = "source-hash"
+[[vip.backend]]
+address = "10.0.0.1"
+[[vip.backend]]
+address = "10.0.0.2"
+weight = 0
+
+[[vip]]
+name = "any"
+address = "192.0.2.10"
+port = 0
+protocol = "tcp"
+[vip.health_check]
+kind = "none"
+[[vip.backend]]
+address = "10.0.0.3"
+"#;
+
+    #[test]
+    fn vips_and_backends_are_numbered_in_file_order() {
+        let plan = plan(&parse(TWO_VIPS, "t").unwrap());
+        assert_eq!(plan.settings.hash_seed, 7);
+        assert_eq!(plan.settings.udp_idle_ns, 10_000_000_000);
+        assert_eq!(
+            plan.vips[0].slot.info,
+            VipInfo {
+                index: 0,
+                flags: VIP_SOURCE_HASH
+            }
+        );
+        assert_eq!(plan.vips[0].slot.key.port, 80u16.to_be());
+        assert_eq!(plan.vips[1].slot.info.index, 1);
+        let ids: Vec<u32> = plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        assert_eq!(ids, [0, 1, 2]);
+    }
+
+    #[test]
+    fn an_address_with_a_wildcard_vip_sends_fragments_to_it() {
+        let plan = plan(&parse(TWO_VIPS, "t").unwrap());
+        assert_eq!(plan.addrs.len(), 1);
+        assert_eq!(
+            plan.addrs[0].1,
+            AddrInfo {
+                fragment_vip: 1,
+                flags: ADDR_HAS_WILDCARD
+            }
+        );
+    }
+
+    #[test]
+    fn rings_leave_out_draining_and_unusable_backends() {
+        let plan = plan(&parse(TWO_VIPS, "t").unwrap());
+        let ring = plan.vips[0].ring(13, |_| true).unwrap().unwrap();
+        assert!(ring.iter().all(|&id| id == 0), "{ring:?}");
+        assert_eq!(plan.vips[0].ring(13, |b| b.id != 0).unwrap(), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! The standard end-to-end topology: a client, the balancer and backends on
+//! one L2 segment (a bridge in a switch namespace), IPv4 and IPv6, set up
+//! for L2 direct server return.
+//!
+//! ```text
+//!   client ──┐
+//!   lb ──────┼── br0 (switch)
+//!   backend0 ┤
+//!   backend1 ┤ ...
+//! ```
+//!
+//! The client routes the VIPs through the balancer; backends hold the VIPs
+//! on loopback and do not answer ARP for them (arp_ignore=1,
+//! arp_announce=2), and reply to clients directly.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::Result;
+
+use crate::{Lab, Netns, VethOptions};
+
+/// The IPv4 VIP of the topology.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 80);
+/// The IPv6 VIP of the topology.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x80);
+/// The client's IPv4 address.
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 1);
+/// The client's IPv6 address.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd50, 0, 0, 0, 0, 0, 0, 1);
+/// The balancer's IPv4 address.
+pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 2);
+/// The balancer's IPv6 address.
+pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd50, 0, 0, 0, 0, 0, 0, 2);
+
+/// The IPv4 address of backend `i`.
+pub fn backend4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 50, 0, 10 + i as u8)
+}
+
+/// The IPv6 address of backend `i`.
+pub fn backend6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd50, 0, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// The hosts of the topology. The balancer's interface is `eth0`.
+pub struct Topology {
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+}
+
+impl Topology {
+    /// Builds the topology with `backends` backends in `lab`.
+    pub fn build(lab: &Lab, backends: usize) -> Result<Topology> {
+        let switch = lab.netns("sw")?;
+        let client = lab.netns("client")?;
+        let lb = lab.netns("lb")?;
+        let mut ports = Vec::new();
+        let mut attach = |ns: &Netns, port: String| -> Result<()> {
+            lab.veth((ns, "eth0"), (&switch, &port), VethOptions::default())?;
+            ports.push(port);
+            Ok(())
+        };
+        attach(&client, "pc".into())?;
+        attach(&lb, "plb".into())?;
+        let mut hosts = Vec::new();
+        for i in 0..backends {
+            let ns = lab.netns(&format!("be{i}"))?;
+            attach(&ns, format!("pb{i}"))?;
+            hosts.push(ns);
+        }
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        lab.bridge(&switch, "br0", &ports)?;
+        // The balancer sends with XDP_TX into its veth: the switch's end of
+        // that pair must run an XDP program to take the frames in (a GRO
+        // toggle was not enough on a bridge port here).
+        lab.xdp_pass(&switch, "plb")?;
+
+        client.add_address("eth0", &format!("{CLIENT4}/24"))?;
+        client.add_address("eth0", &format!("{CLIENT6}/64"))?;
+        client.add_route(&format!("{VIP4}/32"), &LB4.to_string())?;
+        client.add_route(&format!("{VIP6}/128"), &LB6.to_string())?;
+        lb.add_address("eth0", &format!("{LB4}/24"))?;
+        lb.add_address("eth0", &format!("{LB6}/64"))?;
+        for (i, ns) in hosts.iter().enumerate() {
+            for key in ["all", "eth0"] {
+                ns.sysctl(&format!("net.ipv4.conf.{key}.arp_ignore"), "1")?;
+                ns.sysctl(&format!("net.ipv4.conf.{key}.arp_announce"), "2")?;
+            }
+            ns.add_address("eth0", &format!("{}/24", backend4(i)))?;
+            ns.add_address("eth0", &format!("{}/64", backend6(i)))?;
+            ns.add_address("lo", &format!("{VIP4}/32"))?;
+            ns.add_address("lo", &format!("{VIP6}/128"))?;
+        }
+        Ok(Topology {
+            client,
+            lb,
+            backends: hosts,
+        })
+    }
+
+    /// The backends' addresses of one family, in order.
+    pub fn backend_addresses(&self, v6: bool) -> Vec<IpAddr> {
+        (0..self.backends.len())
+            .map(|i| {
+                if v6 {
+                    IpAddr::V6(backend6(i))
+                } else {
+                    IpAddr::V4(backend4(i))
+                }
+            })
+            .collect()
+    }
+}
