@@ -99,7 +99,15 @@ async fn serve(
     }
     let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
     let mut state = State::new(plan::plan(config), datapath, neighbours)?;
-    state.resolve().await?;
+    // Give the neighbours a moment to resolve (the first round provokes
+    // it), so the first packets are not dropped as unresolved.
+    for _ in 0..20 {
+        state.resolve().await?;
+        if state.all_resolved() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     state.publish_all()?;
     for interface in interfaces {
         let mode = state
@@ -180,6 +188,7 @@ impl State {
             .collect();
         let addresses: Vec<_> = backends.iter().map(|(_, a)| *a).collect();
         let results = self.neighbours.resolve_all(&addresses).await;
+        let mut reported = std::collections::BTreeSet::new();
         for ((id, address), (_, result)) in backends.iter().zip(results) {
             let path = match result {
                 Ok(path) => Some(path),
@@ -193,11 +202,19 @@ impl State {
             let before = self.paths.insert(*id, path);
             if before.flatten().and_then(|p| p.dst_mac) != path.and_then(|p| p.dst_mac)
                 && let Some(mac) = path.and_then(|p| p.dst_mac)
+                && reported.insert(*address)
             {
                 tracing::info!(backend = %address, mac = %format_mac(mac), "backend neighbour resolved");
             }
         }
         Ok(())
+    }
+
+    /// Whether every backend's MAC is known.
+    fn all_resolved(&self) -> bool {
+        self.paths
+            .values()
+            .all(|p| p.is_some_and(|p| p.dst_mac.is_some()))
     }
 
     /// The `backends` map entry for backend `id`.

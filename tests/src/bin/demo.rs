@@ -1,28 +1,30 @@
-//! The demo that `cargo xtask demo` runs: the balancer on a small topology
-//! in namespaces.
-//!
-//! Two hosts, a client and the balancer, joined by a veth pair. The daemon
-//! attaches the XDP program to the balancer's interface and reports its
-//! counters every second, while the client sends UDP datagrams and opens
-//! TCP connections over IPv4 and IPv6. Everything is removed at the end.
+//! The demo that `cargo xtask demo` runs: the balancer with an embedded
+//! configuration on a topology in network namespaces (a client, the
+//! balancer, three backends on one L2 segment), with real TCP and UDP
+//! traffic, showing which backend answered each request.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::Stdio,
-    thread,
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::{ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
-use std::{path::PathBuf, process::ExitCode};
-
 use anyhow::{Context as _, Result, bail};
-use balancer_tests::{Lab, Netns, VethOptions, balancer_bin};
+use balancer_tests::{
+    Lab, balancer_bin,
+    servers::{tcp_ask_name, tcp_name_server, udp_name_server},
+    topology::{self, Topology},
+};
 use clap::Parser;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::{Pid, Uid},
 };
+
+/// The configuration the demo runs, embedded in this binary.
+const CONFIG: &str = include_str!("demo.toml");
 
 /// Runs the balancer on a demo topology in network namespaces (needs root).
 #[derive(Parser)]
@@ -34,11 +36,6 @@ struct DemoArgs {
     #[arg(long)]
     balancer: Option<PathBuf>,
 }
-
-const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
-const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
-const LB_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
 
 fn main() -> ExitCode {
     match run(&DemoArgs::parse()) {
@@ -60,92 +57,99 @@ fn run(args: &DemoArgs) -> Result<()> {
         Some(path) => path.clone(),
         None => balancer_bin()?,
     };
-
     let lab = Lab::new("demo")?;
-    let client = lab.netns("client")?;
-    let lb = lab.netns("lb")?;
-    lab.veth((&client, "eth0"), (&lb, "eth0"), VethOptions::default())?;
-    for (ns, v4, v6) in [(&client, CLIENT_V4, CLIENT_V6), (&lb, LB_V4, LB_V6)] {
-        ns.add_address("eth0", &format!("{v4}/24"))?;
-        ns.add_address("eth0", &format!("{v6}/64"))?;
+    let t = Topology::build(&lab, 3)?;
+    for (i, backend) in t.backends.iter().enumerate() {
+        let name = format!("backend{i}");
+        tcp_name_server(backend, SocketAddr::new(topology::VIP4.into(), 80), &name)?;
+        tcp_name_server(backend, SocketAddr::new(topology::VIP6.into(), 80), &name)?;
+        udp_name_server(backend, SocketAddr::new(topology::VIP4.into(), 53), &name)?;
     }
     println!(
-        "demo topology: {} ({CLIENT_V4}, {CLIENT_V6}) <-veth-> {} ({LB_V4}, {LB_V6})",
-        client.name(),
-        lb.name()
+        "demo topology: client {} | balancer {} (XDP on eth0) | backends {}, {}, {}",
+        topology::CLIENT4,
+        topology::LB4,
+        topology::backend4(0),
+        topology::backend4(1),
+        topology::backend4(2)
+    );
+    println!(
+        "VIPs: {}:80/tcp (weights 1:1:2), [{}]:80/tcp, {}:53/udp; backends answer clients directly (DSR)\n",
+        topology::VIP4,
+        topology::VIP6,
+        topology::VIP4
     );
 
-    let mut daemon = lb
-        .command(&balancer)
-        .args(["run", "--interface", "eth0", "--stats-interval", "1s"])
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start the balancer daemon")?;
-    let result = drive_traffic(&client, &lb, Duration::from_secs(args.seconds));
-    // SIGTERM lets the daemon log its final counters and detach.
+    let config = lab.write_file("balancer.toml", CONFIG)?;
+    let mut daemon =
+        t.lb.command(&balancer)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--stats-interval", "2s"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the balancer daemon")?;
+    let result = drive(&t, Duration::from_secs(args.seconds));
+    // SIGTERM: the daemon logs its final counters and detaches.
     let _ = kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
     let status = daemon.wait().context("cannot wait for the daemon")?;
-    let (udp, tcp) = result?;
+    result?;
     if !status.success() {
         bail!("the daemon exited with {status}");
     }
-    println!(
-        "demo done: the client sent {udp} UDP datagrams and opened {tcp} TCP connections through the XDP program; the daemon detached and the namespaces are being removed"
-    );
+    println!("\ndemo done; the namespaces are being removed");
     Ok(())
 }
 
-/// Waits for the daemon to attach, then sends UDP datagrams and opens TCP
-/// connections to servers on the balancer host until `duration` passes.
-/// Returns how many of each went through.
-fn drive_traffic(client: &Netns, lb: &Netns, duration: Duration) -> Result<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lb.xdp_attachment("eth0")?.is_none() {
-        if Instant::now() > deadline {
-            bail!("the daemon did not attach its XDP program within 30 s");
+/// Waits for the balancer, then opens TCP connections and sends UDP
+/// requests to the VIPs for `duration`, and prints who answered.
+fn drive(t: &Topology, duration: Duration) -> Result<()> {
+    let ready = Instant::now() + Duration::from_secs(30);
+    // Ready once a connection through the balancer succeeds.
+    let web4 = SocketAddr::new(topology::VIP4.into(), 80);
+    while tcp_ask_name(&t.client, web4).is_err() {
+        if Instant::now() > ready {
+            bail!("the balancer did not start forwarding within 30 s");
         }
-        thread::sleep(Duration::from_millis(100));
     }
-    let servers: Vec<SocketAddr> = vec![(LB_V4, 9000).into(), (LB_V6, 9000).into()];
-    let mut udp_servers = Vec::new();
-    for addr in &servers {
-        udp_servers.push(lb.run(|| UdpSocket::bind(addr))??);
-        let listener = lb.run(|| TcpListener::bind(addr))??;
-        thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut buf = [0u8; 64];
-                if let Ok(n) = stream.read(&mut buf) {
-                    let _ = stream.write_all(&buf[..n]);
-                }
-            }
-        });
-    }
-    let sources = [CLIENT_V4.into(), CLIENT_V6.into()];
-    let senders: Vec<UdpSocket> = sources
-        .iter()
-        .map(|ip: &std::net::IpAddr| {
-            client
-                .run(|| UdpSocket::bind((*ip, 0)))?
-                .map_err(Into::into)
-        })
-        .collect::<Result<_>>()?;
-    let (mut udp, mut tcp) = (0u64, 0u64);
+    let web6 = SocketAddr::new(topology::VIP6.into(), 80);
+    let dns = SocketAddr::new(topology::VIP4.into(), 53);
+    let mut tallies: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
     let end = Instant::now() + duration;
+    let mut port = 20000u16;
     while Instant::now() < end {
-        for (sender, server) in senders.iter().zip(&servers) {
-            for _ in 0..50 {
-                sender.send_to(b"hello from the demo client", server)?;
-                udp += 1;
-            }
-            let mut stream =
-                client.run(|| TcpStream::connect_timeout(server, Duration::from_secs(2)))??;
-            stream.write_all(b"ping")?;
-            let mut echo = [0u8; 4];
-            stream.read_exact(&mut echo)?;
-            tcp += 1;
+        for (label, vip) in [
+            ("tcp 198.51.100.80:80", web4),
+            ("tcp [2001:db8::80]:80", web6),
+        ] {
+            let name = tcp_ask_name(&t.client, vip)?;
+            *tallies.entry(label).or_default().entry(name).or_default() += 1;
         }
-        thread::sleep(Duration::from_millis(100));
+        // A new UDP flow each time: a fresh source port.
+        port = port.wrapping_add(1).max(20000);
+        let socket = t
+            .client
+            .run(|| UdpSocket::bind((IpAddr::from(topology::CLIENT4), port)))??;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(b"who?", dns)?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).context("no UDP answer")?;
+        let name = String::from_utf8_lossy(&buf[..n]).into_owned();
+        *tallies
+            .entry("udp 198.51.100.80:53")
+            .or_default()
+            .entry(name)
+            .or_default() += 1;
     }
-    drop(udp_servers);
-    Ok((udp, tcp))
+    println!("\nwho answered (requests per backend):");
+    for (label, counts) in &tallies {
+        let total: usize = counts.values().sum();
+        let shares: Vec<String> = counts
+            .iter()
+            .map(|(name, n)| format!("{name} {n} ({:.0} %)", *n as f64 * 100.0 / total as f64))
+            .collect();
+        println!("  {label:<24} {}", shares.join(", "));
+    }
+    Ok(())
 }
