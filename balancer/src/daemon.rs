@@ -19,6 +19,7 @@ use crate::{
     cli::RunArgs,
     config::{self, Config},
     datapath::{Datapath, DecisionLog, LoadOptions, XdpMode},
+    health::{self, Health, Report, Tracker},
     neighbour::{L2Path, Neighbours},
     plan::{self, Plan},
 };
@@ -99,6 +100,25 @@ async fn serve(
     }
     let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
     let mut state = State::new(plan::plan(config), datapath, neighbours)?;
+    let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<Report>(1024);
+    let mut checks = Vec::new();
+    for (vip, planned) in config.vips.iter().zip(&state.plan.vips) {
+        let vip = vip.get_ref();
+        let check = vip.check();
+        for backend in &planned.backends {
+            state
+                .health
+                .insert(backend.id, Tracker::new(check.rise, check.fall));
+            checks.extend(health::spawn(
+                backend.id,
+                backend.address,
+                vip.port,
+                &check,
+                reports_tx.clone(),
+            ));
+        }
+    }
+    drop(reports_tx);
     // Give the neighbours a moment to resolve (the first round provokes
     // it), so the first packets are not dropped as unresolved.
     for _ in 0..20 {
@@ -130,9 +150,17 @@ async fn serve(
                 state.resolve().await?;
                 state.publish_changes()?;
             }
+            Some(report) = reports.recv() => {
+                if state.health_report(report) {
+                    state.publish_changes()?;
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+    }
+    for check in checks {
+        check.abort();
     }
     log_stats(&state.datapath)?;
     let attached: Vec<String> = state
@@ -161,6 +189,12 @@ struct State {
     written: BTreeMap<u32, BackendInfo>,
     /// VIP index → the ring in place.
     rings: BTreeMap<u32, Vec<u32>>,
+    /// Backend id → its health checks' verdict.
+    health: BTreeMap<u32, Tracker>,
+    /// Backend id → how long its last check took.
+    latency: BTreeMap<u32, Duration>,
+    /// VIP indexes whose backends are all unusable (warned once).
+    all_down: std::collections::BTreeSet<u32>,
 }
 
 impl State {
@@ -175,6 +209,9 @@ impl State {
             paths: BTreeMap::new(),
             written: BTreeMap::new(),
             rings: BTreeMap::new(),
+            health: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            all_down: std::collections::BTreeSet::new(),
         })
     }
 
@@ -210,6 +247,44 @@ impl State {
         Ok(())
     }
 
+    /// Takes one check result; true when the backend changed state (the
+    /// maps must follow).
+    fn health_report(&mut self, report: Report) -> bool {
+        self.latency.insert(report.backend, report.latency);
+        let Some(tracker) = self.health.get_mut(&report.backend) else {
+            return false;
+        };
+        let before = tracker.state();
+        let Some(after) = tracker.record(report.success) else {
+            return false;
+        };
+        let (vip, address) = self.describe(report.backend);
+        tracing::info!(
+            vip,
+            backend = %address,
+            from = %before,
+            to = %after,
+            reason = report.detail.as_str(),
+            latency_ms = report.latency.as_secs_f64() * 1e3,
+            "backend health changed"
+        );
+        true
+    }
+
+    /// The VIP name and address of backend `id`, for logs.
+    fn describe(&self, id: u32) -> (&str, std::net::IpAddr) {
+        self.plan
+            .vips
+            .iter()
+            .find_map(|v| {
+                v.backends
+                    .iter()
+                    .find(|b| b.id == id)
+                    .map(|b| (v.name.as_str(), b.address))
+            })
+            .unwrap_or(("?", std::net::IpAddr::from([0, 0, 0, 0])))
+    }
+
     /// Whether every backend's MAC is known.
     fn all_resolved(&self) -> bool {
         self.paths
@@ -220,7 +295,8 @@ impl State {
     /// The `backends` map entry for backend `id`.
     fn backend_info(&self, id: u32, address: std::net::IpAddr) -> BackendInfo {
         let path = self.paths.get(&id).copied().flatten();
-        let mut flags = BACKEND_UP;
+        let up = self.health.get(&id).is_none_or(|t| t.state() == Health::Up);
+        let mut flags = if up { BACKEND_UP } else { 0 };
         let (macs, ifindex) = match path {
             Some(L2Path {
                 ifindex,
@@ -281,6 +357,12 @@ impl State {
             let ring = match vip.ring(ring_size, usable)? {
                 Some(ring) => ring,
                 None if self.rings.contains_key(&vip.slot.info.index) => {
+                    if self.all_down.insert(vip.slot.info.index) {
+                        tracing::warn!(
+                            vip = vip.name.as_str(),
+                            "every backend of the VIP is down or unreachable: keeping its last ring rather than dropping its traffic"
+                        );
+                    }
                     continue;
                 }
                 // No usable backend yet: place flows on every weighted
@@ -297,11 +379,16 @@ impl State {
                     }
                 },
             };
+            self.all_down.remove(&vip.slot.info.index);
             if self.rings.get(&vip.slot.info.index) == Some(&ring) {
                 continue;
             }
             self.datapath.publish_vip(&vip.slot, &ring)?;
-            tracing::info!(vip = vip.name.as_str(), "ring published");
+            tracing::info!(
+                vip = vip.name.as_str(),
+                backends = vip.backends.iter().filter(|b| ring.contains(&b.id)).count(),
+                "ring published"
+            );
             self.rings.insert(vip.slot.info.index, ring);
         }
         Ok(())

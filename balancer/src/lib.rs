@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod health;
 pub mod logging;
 pub mod maglev;
 pub mod neighbour;

@@ -56,3 +56,85 @@ pub fn tcp_ask_name(ns: &Netns, addr: SocketAddr) -> Result<String> {
         .with_context(|| format!("no reply from {addr}"))?;
     Ok(reply.trim().to_owned())
 }
+
+/// A health endpoint a test can turn off and on: a TCP listener on `addr`
+/// that answers every connection with an HTTP response of the current
+/// status (so it serves both `tcp` and `http` checks). Stopping it closes
+/// the port; dropping it stops it.
+pub struct HealthEndpoint {
+    ns: Netns,
+    addr: SocketAddr,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl HealthEndpoint {
+    /// Starts answering `200` on `addr` in `ns`.
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Result<HealthEndpoint> {
+        let mut endpoint = HealthEndpoint {
+            ns: ns.clone(),
+            addr,
+            status: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            stop: None,
+        };
+        endpoint.resume()?;
+        Ok(endpoint)
+    }
+
+    /// The HTTP status answered from now on.
+    pub fn set_status(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes the port: connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            // The accept loop notices within its poll period.
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Opens the port again.
+    pub fn resume(&mut self) -> Result<()> {
+        if self.stop.is_some() {
+            return Ok(());
+        }
+        let addr = self.addr;
+        let listener = self
+            .ns
+            .run(|| TcpListener::bind(addr))?
+            .with_context(|| format!("cannot listen on {addr} in {}", self.ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, status) = (stop.clone(), self.status.clone());
+        thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                        // Read the request head, if any (a tcp check sends none).
+                        let mut buf = [0u8; 1024];
+                        let _ = stream.read(&mut buf);
+                        let code = status.load(std::sync::atomic::Ordering::SeqCst);
+                        let reply = format!(
+                            "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = stream.write_all(reply.as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        self.stop = Some(stop);
+        Ok(())
+    }
+}
+
+impl Drop for HealthEndpoint {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,160 @@
+//! Active health checks: one task per backend per VIP probes the backend
+//! ([`probe`]) every interval, and a [`Tracker`] turns the results into up
+//! and down transitions with rise and fall thresholds.
+
+pub mod probe;
+
+use std::{net::IpAddr, time::Duration};
+
+use tokio::sync::mpsc;
+
+use crate::config::{CheckKind, HealthCheckConfig};
+
+/// A backend's health as the daemon sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Up => "up",
+            Health::Down => "down",
+        })
+    }
+}
+
+/// Counts consecutive results and decides transitions: `fall` failures in
+/// a row take an up backend down, `rise` successes bring a down one up.
+/// Pure logic.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    state: Health,
+    rise: u32,
+    fall: u32,
+    /// Consecutive results that disagree with `state`.
+    streak: u32,
+}
+
+impl Tracker {
+    /// A tracker that starts `Up`: a backend takes traffic until it fails
+    /// `fall` checks, so a daemon start does not wait for checks.
+    pub fn new(rise: u32, fall: u32) -> Tracker {
+        Tracker {
+            state: Health::Up,
+            rise: rise.max(1),
+            fall: fall.max(1),
+            streak: 0,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// Records one result; returns the new state when it changes.
+    pub fn record(&mut self, success: bool) -> Option<Health> {
+        let agrees = matches!(
+            (self.state, success),
+            (Health::Up, true) | (Health::Down, false)
+        );
+        if agrees {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = match self.state {
+            Health::Up => self.fall,
+            Health::Down => self.rise,
+        };
+        if self.streak < needed {
+            return None;
+        }
+        self.streak = 0;
+        self.state = match self.state {
+            Health::Up => Health::Down,
+            Health::Down => Health::Up,
+        };
+        Some(self.state)
+    }
+}
+
+/// One check's outcome, sent by a check task to the daemon.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The backend's id in the datapath.
+    pub backend: u32,
+    pub success: bool,
+    /// Why it failed (or what it saw), for the log.
+    pub detail: String,
+    /// How long the check took.
+    pub latency: Duration,
+}
+
+/// Starts the check task of one backend: it probes `address` every
+/// `check.interval` and reports every result. `None` for `kind = "none"`.
+pub fn spawn(
+    backend: u32,
+    address: IpAddr,
+    vip_port: u16,
+    check: &HealthCheckConfig,
+    reports: mpsc::Sender<Report>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if check.kind == CheckKind::None {
+        return None;
+    }
+    let check = check.clone();
+    let port = check.port.unwrap_or(vip_port);
+    Some(tokio::spawn(async move {
+        let client = probe::Client::new();
+        let mut ticker = tokio::time::interval(check.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let start = std::time::Instant::now();
+            let outcome = probe::run(&client, &check, address, port).await;
+            let report = Report {
+                backend,
+                success: outcome.is_ok(),
+                detail: match outcome {
+                    Ok(detail) | Err(detail) => detail,
+                },
+                latency: start.elapsed(),
+            };
+            if reports.send(report).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fall_failures_in_a_row_take_a_backend_down() {
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None, "a success resets the streak");
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some(Health::Down));
+        assert_eq!(t.state(), Health::Down);
+    }
+
+    #[test]
+    fn rise_successes_in_a_row_bring_it_back() {
+        let mut t = Tracker::new(2, 1);
+        assert_eq!(t.record(false), Some(Health::Down));
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(Health::Up));
+        assert_eq!(t.record(true), None);
+    }
+}

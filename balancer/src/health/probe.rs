@@ -1,0 +1,223 @@
+//! The probes: TCP connect, HTTP GET, UDP request and reply, and a command.
+//! Each returns `Ok(detail)` when the backend is healthy and `Err(reason)`
+//! otherwise, within the check's timeout.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Stdio,
+};
+
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    process::Command,
+    time::timeout,
+};
+
+use crate::config::{CheckKind, HealthCheckConfig};
+
+/// State shared by the checks of one task (the HTTP client keeps no
+/// connection between checks: each check is a fresh connection).
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Client { http }
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs one check of `check.kind` against `address:port`.
+pub async fn run(
+    client: &Client,
+    check: &HealthCheckConfig,
+    address: IpAddr,
+    port: u16,
+) -> Result<String, String> {
+    let target = SocketAddr::new(address, port);
+    let work = async {
+        match check.kind {
+            CheckKind::Tcp => tcp(target).await,
+            CheckKind::Http => http(client, check, target).await,
+            CheckKind::Udp => udp(check, target).await,
+            CheckKind::Exec => exec(check, address, port).await,
+            CheckKind::None => Ok("no check".to_owned()),
+        }
+    };
+    match timeout(check.timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(check.timeout)
+        )),
+    }
+}
+
+async fn tcp(target: SocketAddr) -> Result<String, String> {
+    TcpStream::connect(target)
+        .await
+        .map(|_| "connected".to_owned())
+        .map_err(|e| format!("tcp connect to {target}: {e}"))
+}
+
+async fn http(
+    client: &Client,
+    check: &HealthCheckConfig,
+    target: SocketAddr,
+) -> Result<String, String> {
+    let url = format!("http://{target}{}", check.path);
+    let response = client
+        .http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", crate::logging::error_chain(&e)))?;
+    let status = response.status().as_u16();
+    if status == check.expect_status {
+        Ok(format!("GET {url}: {status}"))
+    } else {
+        Err(format!(
+            "GET {url}: status {status}, expected {}",
+            check.expect_status
+        ))
+    }
+}
+
+async fn udp(check: &HealthCheckConfig, target: SocketAddr) -> Result<String, String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let socket = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("udp socket: {e}"))?;
+    socket
+        .connect(target)
+        .await
+        .map_err(|e| format!("udp connect to {target}: {e}"))?;
+    let send = check.send.as_deref().unwrap_or_default();
+    let expect = check.expect.as_deref().unwrap_or_default();
+    socket
+        .send(send.as_bytes())
+        .await
+        .map_err(|e| format!("udp send to {target}: {e}"))?;
+    let mut buf = vec![0u8; 65_536];
+    let n = socket
+        .recv(&mut buf)
+        .await
+        .map_err(|e| format!("udp reply from {target}: {e}"))?;
+    if buf[..n].starts_with(expect.as_bytes()) {
+        Ok(format!("udp {target}: expected reply"))
+    } else {
+        Err(format!(
+            "udp {target}: reply {:?} does not start with {expect:?}",
+            String::from_utf8_lossy(&buf[..n.min(64)])
+        ))
+    }
+}
+
+async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<String, String> {
+    let command = check.command.as_deref().unwrap_or_default();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("BALANCER_BACKEND", address.to_string())
+        .env("BALANCER_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("{command:?}: {e}"))?;
+    if status.success() {
+        Ok(format!("{command:?} exited 0"))
+    } else {
+        Err(format!("{command:?} exited with {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, time::Duration};
+
+    use super::*;
+
+    fn check(kind: CheckKind) -> HealthCheckConfig {
+        HealthCheckConfig {
+            kind,
+            timeout: Duration::from_millis(300),
+            ..HealthCheckConfig::default()
+        }
+    }
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn udp_checks_compare_the_reply() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = server.recv_from(&mut buf) {
+                let reply: &[u8] = if &buf[..n] == b"ping" {
+                    b"pong!"
+                } else {
+                    b"what?"
+                };
+                let _ = server.send_to(reply, from);
+            }
+        });
+        let mut c = check(CheckKind::Udp);
+        c.send = Some("ping".into());
+        c.expect = Some("pong".into());
+        assert!(run(&Client::new(), &c, LOCAL, port).await.is_ok());
+        c.send = Some("hello".into());
+        let err = run(&Client::new(), &c, LOCAL, port).await.unwrap_err();
+        assert!(err.contains("does not start with \"pong\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn exec_checks_use_the_exit_status_and_the_timeout() {
+        let mut c = check(CheckKind::Exec);
+        c.command = Some("test \"$BALANCER_BACKEND:$BALANCER_PORT\" = 127.0.0.1:8080".into());
+        assert!(run(&Client::new(), &c, LOCAL, 8080).await.is_ok());
+        assert!(run(&Client::new(), &c, LOCAL, 9090).await.is_err());
+        c.command = Some("sleep 5".into());
+        let started = std::time::Instant::now();
+        let err = run(&Client::new(), &c, LOCAL, 8080).await.unwrap_err();
+        assert!(err.contains("no answer within"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the timeout was not enforced"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_a_tcp_check() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = run(&Client::new(), &check(CheckKind::Tcp), LOCAL, port)
+            .await
+            .unwrap_err();
+        assert!(err.contains("tcp connect"), "{err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Active health checks through the daemon, with real traffic: a backend
+//! whose check fails is taken out of its VIP's ring within interval × fall
+//! (plus a second), new connections avoid it, and it comes back after rise
+//! successes.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use balancer_tests::{
+    Netns, Process, balancer_bin, netns_test,
+    servers::{HealthEndpoint, tcp_ask_name, tcp_name_server},
+    topology::{self, Topology},
+};
+
+const CHECK_PORT: u16 = 8080;
+
+fn config(t: &Topology, kind: &str) -> String {
+    let mut text = format!(
+        "[datapath]\ninterfaces = [\"eth0\"]\n\n[[vip]]\nname = \"web\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\n\
+         [vip.health_check]\nkind = \"{kind}\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n",
+        topology::VIP4
+    );
+    for backend in t.backend_addresses(false) {
+        text.push_str(&format!("[[vip.backend]]\naddress = \"{backend}\"\n"));
+    }
+    text
+}
+
+fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let name = tcp_ask_name(client, SocketAddr::new(topology::VIP4.into(), 80))?;
+        *counts.entry(name).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// Runs the scenario with check `kind`; `fail` and `heal` break and mend
+/// backend 1's check.
+fn scenario(
+    lab: &balancer_tests::Lab,
+    kind: &str,
+    fail: impl Fn(&mut HealthEndpoint),
+    heal: impl Fn(&mut HealthEndpoint) -> Result<()>,
+) -> Result<()> {
+    let t = Topology::build(lab, 3)?;
+    let mut endpoints = Vec::new();
+    for (i, backend) in t.backends.iter().enumerate() {
+        tcp_name_server(
+            backend,
+            SocketAddr::new(topology::VIP4.into(), 80),
+            &format!("be{i}"),
+        )?;
+        endpoints.push(HealthEndpoint::start(
+            backend,
+            SocketAddr::new(topology::backend4(i).into(), CHECK_PORT),
+        )?);
+    }
+    let path = lab.write_file("balancer.toml", &config(&t, kind))?;
+    let mut command = t.lb.command(balancer_bin()?);
+    command.arg("run").arg("--config").arg(&path);
+    let mut daemon = Process::start(command)?;
+    daemon.wait_for_output(Duration::from_secs(30), |out| {
+        out.contains("attached XDP program")
+    })?;
+    let before = tally(&t.client, 150)?;
+    ensure!(before.len() == 3, "before the failure: {before:?}");
+
+    let broken = Instant::now();
+    fail(&mut endpoints[1]);
+    let down = "backend=10.50.0.11 from=up to=down";
+    daemon.wait_for_output(Duration::from_secs(3), |out| out.contains(down))?;
+    // Out of the ring once it is republished without it.
+    daemon.wait_for_output(Duration::from_secs(3), |out| {
+        out.matches("ring published").count() >= 2
+    })?;
+    let detection = broken.elapsed();
+    // interval × fall + 1 s.
+    ensure!(
+        detection <= Duration::from_millis(200 * 2 + 1000),
+        "taken out after {detection:?}"
+    );
+    let during = tally(&t.client, 150)?;
+    ensure!(
+        !during.contains_key("be1"),
+        "be1 still got new connections while down: {during:?}"
+    );
+    ensure!(
+        during.len() == 2,
+        "the others must share the load: {during:?}"
+    );
+
+    heal(&mut endpoints[1])?;
+    let up = "backend=10.50.0.11 from=down to=up";
+    daemon.wait_for_output(Duration::from_secs(3), |out| out.contains(up))?;
+    daemon.wait_for_output(Duration::from_secs(3), |out| {
+        out.matches("ring published").count() >= 3
+    })?;
+    let after = tally(&t.client, 150)?;
+    ensure!(
+        after.get("be1").copied().unwrap_or(0) >= 20,
+        "be1 did not take its share back: {after:?}"
+    );
+    eprintln!(
+        "{kind} check: before {before:?}, down after {detection:?}: {during:?}, back: {after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failing_tcp_check_takes_a_backend_out_and_a_passing_one_brings_it_back() {
+    netns_test("health_tcp", Duration::from_secs(120), |lab| {
+        scenario(lab, "tcp", |e| e.stop(), |e| e.resume())
+    });
+}
+
+#[test]
+fn an_http_check_follows_the_status_the_backend_answers() {
+    netns_test("health_http", Duration::from_secs(120), |lab| {
+        scenario(
+            lab,
+            "http",
+            |e| e.set_status(503),
+            |e| {
+                e.set_status(200);
+                Ok(())
+            },
+        )
+    });
+}
+
+#[test]
+fn when_every_backend_is_down_the_vip_keeps_its_ring() {
+    netns_test("health_all_down", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 2)?;
+        let mut endpoints = Vec::new();
+        for (i, backend) in t.backends.iter().enumerate() {
+            tcp_name_server(
+                backend,
+                SocketAddr::new(topology::VIP4.into(), 80),
+                &format!("be{i}"),
+            )?;
+            endpoints.push(HealthEndpoint::start(
+                backend,
+                SocketAddr::new(topology::backend4(i).into(), CHECK_PORT),
+            )?);
+        }
+        let path = lab.write_file("balancer.toml", &config(&t, "tcp"))?;
+        let mut command = t.lb.command(balancer_bin()?);
+        command.arg("run").arg("--config").arg(&path);
+        let mut daemon = Process::start(command)?;
+        daemon.wait_for_output(Duration::from_secs(30), |out| {
+            out.contains("attached XDP program")
+        })?;
+        for e in &mut endpoints {
+            e.stop();
+        }
+        daemon.wait_for_output(Duration::from_secs(5), |out| {
+            out.contains("keeping its last ring")
+        })?;
+        // The services themselves still answer: traffic keeps flowing.
+        let counts = tally(&t.client, 20)?;
+        ensure!(counts.values().sum::<usize>() == 20, "{counts:?}");
+        Ok(())
+    });
+}
