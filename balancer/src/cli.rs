@@ -4,7 +4,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{daemon, datapath::XdpMode, logging::LogFormat};
+use crate::{
+    control::{self, Request},
+    daemon,
+    datapath::XdpMode,
+    logging::LogFormat,
+};
 
 /// Layer-4 TCP/UDP load balancer with an XDP fast path.
 #[derive(Debug, Parser)]
@@ -13,6 +18,13 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
+    /// The daemon's control socket (default: /run/balancer/control.sock,
+    /// or `[daemon] control_socket` for `run`).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the daemon's answer as JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +41,37 @@ pub enum Command {
     CheckConfig {
         /// The file to check.
         path: PathBuf,
+    },
+    /// The running daemon in brief: configuration, interfaces, backends.
+    Status,
+    /// VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Every datapath counter, and per-VIP counters.
+    Stats,
+    /// Make the daemon read its configuration file again and apply what
+    /// changed (like SIGHUP); an invalid file is refused with its errors.
+    Reload,
+}
+
+/// `balancer vip ...`.
+#[derive(Debug, Subcommand)]
+pub enum VipCommand {
+    /// Every VIP with its backends' health and counters.
+    List,
+}
+
+/// `balancer backend ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// The backends of VIP (of every VIP without it): state, MAC, last
+    /// check latency, counters.
+    List {
+        /// A VIP name.
+        vip: Option<String>,
     },
 }
 
@@ -62,9 +105,20 @@ pub struct RunArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init(cli.log_format);
+    let socket = cli.socket.clone().unwrap_or_else(control::default_socket);
+    let ask = |request: Request| -> anyhow::Result<()> {
+        let answer = control::call(&socket, &request)?;
+        print_answer(&answer, cli.json);
+        Ok(())
+    };
     let result = match cli.command {
-        Command::Run(args) => daemon::run(&args),
+        Command::Run(args) => daemon::run(&args, cli.socket.as_deref()),
         Command::CheckConfig { path } => check_config(&path),
+        Command::Status => ask(Request::Status {}),
+        Command::Vip(VipCommand::List) => ask(Request::VipList {}),
+        Command::Backend(BackendCommand::List { vip }) => ask(Request::BackendList { vip }),
+        Command::Stats => ask(Request::Stats {}),
+        Command::Reload => ask(Request::Reload {}),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,4 +146,83 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         config.vips.len()
     );
     Ok(())
+}
+
+/// Prints a daemon answer: JSON as is, or objects as `key: value` lines and
+/// arrays of objects as aligned tables.
+fn print_answer(answer: &serde_json::Value, json: bool) {
+    use serde_json::Value;
+    if json {
+        println!("{answer}");
+        return;
+    }
+    match answer {
+        Value::Array(rows) => print_table(rows),
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                match value {
+                    Value::Array(rows) if rows.iter().all(Value::is_object) && !rows.is_empty() => {
+                        println!("{key}:");
+                        print_table(rows);
+                    }
+                    Value::Object(inner) => {
+                        println!("{key}:");
+                        for (k, v) in inner {
+                            println!("  {k}: {}", cell(v));
+                        }
+                    }
+                    other => println!("{key}: {}", cell(other)),
+                }
+            }
+        }
+        other => println!("{}", cell(other)),
+    }
+}
+
+fn print_table(rows: &[serde_json::Value]) {
+    let Some(serde_json::Value::Object(first)) = rows.first() else {
+        println!("(none)");
+        return;
+    };
+    let columns: Vec<&String> = first.keys().collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| columns.iter().map(|c| cell(&row[c.as_str()])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<String>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in cells {
+        line(row);
+    }
+}
+
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.2}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
 }

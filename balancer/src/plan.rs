@@ -49,9 +49,90 @@ pub fn addr(ip: IpAddr) -> Addr {
     }
 }
 
-/// Lays out a (validated) configuration: VIP `i` in file order gets index
-/// `i`; backends get ids in file order across VIPs.
+/// The numbers handed out so far: a VIP keeps its index and a backend its
+/// id across reloads for as long as it stays in the configuration, so its
+/// counters and its flows' entries stay valid. A freed number is not handed
+/// out again until the counter reaches the maps' size: flows of a removed
+/// backend must fail over, not land on a newcomer that took its id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Numbering {
+    vips: BTreeMap<String, u32>,
+    backends: BTreeMap<(String, IpAddr), u32>,
+    next_vip: u32,
+    next_backend: u32,
+}
+
+impl Numbering {
+    /// Keeps only the numbers of what `config` still has.
+    fn retain(&mut self, config: &Config) {
+        let vips: std::collections::BTreeSet<&String> = config
+            .vips
+            .iter()
+            .map(|v| v.get_ref().name.get_ref())
+            .collect();
+        let backends: std::collections::BTreeSet<(String, IpAddr)> = config
+            .vips
+            .iter()
+            .flat_map(|v| {
+                let v = v.get_ref();
+                v.backends
+                    .iter()
+                    .map(|b| (v.name.get_ref().clone(), *b.get_ref().address.get_ref()))
+            })
+            .collect();
+        self.vips.retain(|name, _| vips.contains(name));
+        self.backends.retain(|key, _| backends.contains(key));
+    }
+
+    fn vip(&mut self, name: &str) -> u32 {
+        if let Some(index) = self.vips.get(name) {
+            return *index;
+        }
+        let index = next_free(
+            &mut self.next_vip,
+            self.vips.values(),
+            balancer_common::maps::MAX_VIPS,
+        );
+        self.vips.insert(name.to_owned(), index);
+        index
+    }
+
+    fn backend(&mut self, vip: &str, address: IpAddr) -> u32 {
+        let key = (vip.to_owned(), address);
+        if let Some(id) = self.backends.get(&key) {
+            return *id;
+        }
+        let id = next_free(
+            &mut self.next_backend,
+            self.backends.values(),
+            balancer_common::maps::MAX_BACKENDS,
+        );
+        self.backends.insert(key, id);
+        id
+    }
+}
+
+/// The next number from `counter`, or once it reached `limit` the lowest
+/// number not in `used` (validation keeps the count below `limit`).
+fn next_free<'a>(counter: &mut u32, used: impl Iterator<Item = &'a u32>, limit: u32) -> u32 {
+    if *counter < limit {
+        *counter += 1;
+        return *counter - 1;
+    }
+    let used: std::collections::BTreeSet<u32> = used.copied().collect();
+    (0..limit).find(|n| !used.contains(n)).unwrap_or(0)
+}
+
+/// Lays out a (validated) configuration with fresh numbers: VIP `i` in
+/// file order gets index `i`; backends get ids in file order across VIPs.
 pub fn plan(config: &Config) -> Plan {
+    plan_with(config, &mut Numbering::default())
+}
+
+/// Lays out a (validated) configuration, keeping the numbers `numbering`
+/// gave before and handing out the lowest free ones to newcomers.
+pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
+    numbering.retain(config);
     let d = &config.datapath;
     let settings = Settings {
         hash_seed: d.hash_seed,
@@ -59,11 +140,12 @@ pub fn plan(config: &Config) -> Plan {
         tcp_idle_ns: d.tcp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
         udp_idle_ns: d.udp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
     };
-    let mut next_backend = 0u32;
     let mut vips = Vec::with_capacity(config.vips.len());
     let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
-    for (index, vip) in config.vips.iter().enumerate() {
+    for vip in &config.vips {
         let vip = vip.get_ref();
+        let name = vip.name.get_ref();
+        let index = numbering.vip(name);
         let address = *vip.address.get_ref();
         let proto = vip.protocol.number();
         let flags = match vip.scheduler {
@@ -75,15 +157,14 @@ pub fn plan(config: &Config) -> Plan {
             .iter()
             .map(|b| {
                 let b = b.get_ref();
-                next_backend += 1;
+                let address = *b.address.get_ref();
                 BackendPlan {
-                    id: next_backend - 1,
-                    address: *b.address.get_ref(),
+                    id: numbering.backend(name, address),
+                    address,
                     weight: *b.weight.get_ref(),
                 }
             })
             .collect();
-        let index = index as u32;
         // Fragments to an address go to its wildcard VIP if it has one,
         // else to its first VIP.
         let entry = addrs.entry((address, proto)).or_insert(AddrInfo {
@@ -219,6 +300,40 @@ address = "10.0.0.3"
                 fragment_vip: 1,
                 flags: ADDR_HAS_WILDCARD
             }
+        );
+    }
+
+    #[test]
+    fn numbers_survive_a_reload_and_newcomers_take_free_ones() {
+        let mut numbering = Numbering::default();
+        let first = plan_with(&parse(TWO_VIPS, "t").unwrap(), &mut numbering);
+        assert_eq!(first.vips[1].backends[0].id, 2);
+        // "web" loses a backend and a new VIP arrives before "any".
+        let edited = TWO_VIPS
+            .replace("[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 0\n", "")
+            .replace(
+                "[[vip]]\nname = \"any\"",
+                "[[vip]]\nname = \"new\"\naddress = \"192.0.2.11\"\nport = 1\nprotocol = \"udp\"\n[vip.health_check]\nkind = \"none\"\n[[vip.backend]]\naddress = \"10.0.0.9\"\n\n[[vip]]\nname = \"any\"",
+            );
+        let second = plan_with(&parse(&edited, "t").unwrap(), &mut numbering);
+        let index = |p: &Plan, name: &str| {
+            p.vips
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap()
+                .slot
+                .info
+                .index
+        };
+        assert_eq!(index(&second, "web"), 0);
+        assert_eq!(index(&second, "any"), 1);
+        assert_eq!(index(&second, "new"), 2);
+        let any = second.vips.iter().find(|v| v.name == "any").unwrap();
+        assert_eq!(any.backends[0].id, 2, "a kept backend keeps its id");
+        let new = second.vips.iter().find(|v| v.name == "new").unwrap();
+        assert_eq!(
+            new.backends[0].id, 3,
+            "a freed id is not handed out again at once"
         );
     }
 

@@ -187,6 +187,15 @@ impl Lab {
     /// Writes `contents` to file `name` in the lab's scratch directory
     /// (removed with the lab) and returns its path.
     pub fn write_file(&self, name: &str, contents: &str) -> Result<std::path::PathBuf> {
+        let path = self.scratch(name)?;
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The path of `name` in the lab's scratch directory (created on first
+    /// use, removed with the lab).
+    pub fn scratch(&self, name: &str) -> Result<std::path::PathBuf> {
         let dir = {
             let mut resources = self.resources.lock();
             resources
@@ -196,10 +205,7 @@ impl Lab {
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(name);
-        std::fs::write(&path, contents)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(path)
+        Ok(dir.join(name))
     }
 
     /// Creates a bridge `name` in `ns`, enslaves `ports` (interfaces already

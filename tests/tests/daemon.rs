@@ -48,16 +48,16 @@ fn the_daemon_balances_tcp_connections_over_its_backends() {
             )?;
         }
         let path = lab.write_file("balancer.toml", &config(&t))?;
-        let mut command = t.lb.command(balancer_bin()?);
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .args(["--stats-interval", "1s"]);
-        let mut daemon = Process::start(command)?;
-        daemon.wait_for_output(Duration::from_secs(30), |out| {
-            out.contains("attached XDP program")
-        })?;
+        let mut daemon = balancer_tests::daemon::start(
+            lab,
+            &t.lb,
+            [
+                "--config".as_ref(),
+                path.as_os_str(),
+                "--stats-interval".as_ref(),
+                "1s".as_ref(),
+            ],
+        )?;
         // Neighbours resolve within a second or two of the start.
         daemon.wait_for_output(Duration::from_secs(15), |out| {
             out.matches("backend neighbour resolved").count() >= 6

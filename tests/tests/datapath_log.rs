@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, ensure};
 use balancer::datapath::{LoadOptions, action};
 use balancer_common::proto;
 use balancer_tests::{
-    Process, VethOptions, balancer_bin,
+    VethOptions,
     fixture::{Backend, Fixture, Vip, default_settings, flow_key},
     netns_test,
     packet::Packet,
@@ -104,12 +104,8 @@ fn the_daemon_prints_datapath_decisions_with_datapath_log() {
         lab.veth((&client, "eth0"), (&lb, "eth0"), VethOptions::default())?;
         client.add_address("eth0", "10.97.0.1/24")?;
         lb.add_address("eth0", "10.97.0.2/24")?;
-        let mut command = lb.command(balancer_bin()?);
-        command.args(["run", "--interface", "eth0", "--datapath-log"]);
-        let mut daemon = Process::start(command)?;
-        daemon.wait_for_output(Duration::from_secs(20), |out| {
-            out.contains("attached XDP program")
-        })?;
+        let mut daemon =
+            balancer_tests::daemon::start(lab, &lb, ["--interface", "eth0", "--datapath-log"])?;
         let rx = lb.run(|| std::net::UdpSocket::bind("10.97.0.2:9000"))??;
         let tx = client.run(|| std::net::UdpSocket::bind("10.97.0.1:0"))??;
         tx.send_to(b"hello", rx.local_addr()?)?;

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use balancer_tests::{
-    Netns, Process, balancer_bin, netns_test,
+    Netns, netns_test,
     servers::{HealthEndpoint, tcp_ask_name, tcp_name_server},
     topology::{self, Topology},
 };
@@ -61,12 +61,8 @@ fn scenario(
         )?);
     }
     let path = lab.write_file("balancer.toml", &config(&t, kind))?;
-    let mut command = t.lb.command(balancer_bin()?);
-    command.arg("run").arg("--config").arg(&path);
-    let mut daemon = Process::start(command)?;
-    daemon.wait_for_output(Duration::from_secs(30), |out| {
-        out.contains("attached XDP program")
-    })?;
+    let mut daemon =
+        balancer_tests::daemon::start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
     let before = tally(&t.client, 150)?;
     ensure!(before.len() == 3, "before the failure: {before:?}");
 
@@ -150,12 +146,8 @@ fn when_every_backend_is_down_the_vip_keeps_its_ring() {
             )?);
         }
         let path = lab.write_file("balancer.toml", &config(&t, "tcp"))?;
-        let mut command = t.lb.command(balancer_bin()?);
-        command.arg("run").arg("--config").arg(&path);
-        let mut daemon = Process::start(command)?;
-        daemon.wait_for_output(Duration::from_secs(30), |out| {
-            out.contains("attached XDP program")
-        })?;
+        let mut daemon =
+            balancer_tests::daemon::start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
         for e in &mut endpoints {
             e.stop();
         }

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use balancer::datapath::{AttachedMode, Datapath, Reasons, XdpMode};
 use balancer_common::stats::{PacketCount, Stat};
-use balancer_tests::{Lab, Netns, Process, VethOptions, balancer_bin, netns_test};
+use balancer_tests::{Lab, Netns, VethOptions, netns_test};
 use nix::sys::signal::Signal;
 
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -212,20 +212,18 @@ fn native_only_mode_fails_clearly_where_the_driver_refuses() {
 fn daemon_attaches_counts_and_detaches_on_sigterm() {
     netns_test("daemon_run", Duration::from_secs(60), |lab| {
         let (client, lb) = two_hosts(lab)?;
-        let mut command = lb.command(balancer_bin()?);
-        command.args([
-            "run",
-            "--interface",
-            "eth0",
-            "--xdp-mode",
-            "native",
-            "--stats-interval",
-            "100ms",
-        ]);
-        let mut daemon = Process::start(command)?;
-        daemon.wait_for_output(Duration::from_secs(20), |out| {
-            out.contains("attached XDP program")
-        })?;
+        let mut daemon = balancer_tests::daemon::start(
+            lab,
+            &lb,
+            [
+                "--interface",
+                "eth0",
+                "--xdp-mode",
+                "native",
+                "--stats-interval",
+                "100ms",
+            ],
+        )?;
         ensure!(lb.xdp_attachment("eth0")?.as_deref() == Some("xdp"));
 
         const N: usize = 30;

@@ -1,0 +1,235 @@
+//! The control socket: a Unix stream socket (mode 0600) on which each
+//! connection carries one request and one response, each a single line of
+//! JSON (docs/control-api.md). The daemon's main loop answers every
+//! request, so requests and map writes never race.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{
+        AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader,
+    },
+    net::{UnixListener, UnixStream},
+    sync::{Semaphore, mpsc, oneshot},
+    time::timeout,
+};
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait.
+const MAX_CONNECTIONS: usize = 32;
+
+/// A request, as the `command` field names it. (Variants without fields
+/// are written `{}` so that serde refuses unknown fields for them too.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// The daemon's state in brief.
+    Status {},
+    /// Every VIP with its counters.
+    VipList {},
+    /// The backends of one VIP, or of all.
+    BackendList {
+        #[serde(default)]
+        vip: Option<String>,
+    },
+    /// Every counter.
+    Stats {},
+    /// Read the configuration file again and apply what changed.
+    Reload {},
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Response {
+        Response {
+            ok: true,
+            result: Some(serde_json::to_value(result).unwrap_or(serde_json::Value::Null)),
+            error: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// A request waiting for the main loop, with where its answer goes.
+pub type Pending = (Request, oneshot::Sender<Response>);
+
+/// Parses one request line; the error is the response to send.
+pub fn parse_request(line: &str) -> Result<Request, Response> {
+    serde_json::from_str(line.trim())
+        .map_err(|e| Response::error(format!("malformed request: {e}")))
+}
+
+/// Creates the socket at `path` (its directory too; a stale socket is
+/// replaced), mode 0600, and serves it: each request goes to `requests`.
+pub fn listen(path: &Path, requests: mpsc::Sender<Pending>) -> Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(err) = serve_one(stream, requests).await {
+                    tracing::debug!(error = %err, "control connection ended badly");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve_one(stream: UnixStream, requests: mpsc::Sender<Pending>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let mut line = String::new();
+    let response = match timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Response::error("no request within 5 s"),
+        Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::error("request longer than 64 KiB"),
+        Ok(Ok(_)) => match parse_request(&line) {
+            Err(response) => response,
+            Ok(request) => {
+                let (answer, answered) = oneshot::channel();
+                if requests.send((request, answer)).await.is_err() {
+                    Response::error("the daemon is shutting down")
+                } else {
+                    answered
+                        .await
+                        .unwrap_or_else(|_| Response::error("the daemon dropped the request"))
+                }
+            }
+        },
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+/// Sends `request` to the daemon at `socket` and returns its result, or
+/// its error as an error.
+pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+    let mut stream = StdUnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the daemon at {} (is `balancer run` running? --socket sets another path)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .context("no answer from the daemon")?;
+    let response: Response =
+        serde_json::from_str(&reply).context("the daemon's answer is not valid JSON")?;
+    match (response.ok, response.error) {
+        (true, _) => Ok(response.result.unwrap_or(serde_json::Value::Null)),
+        (false, Some(error)) => bail!("{error}"),
+        (false, None) => bail!("the daemon refused the request"),
+    }
+}
+
+/// Where the CLI finds the socket by default.
+pub fn default_socket() -> PathBuf {
+    crate::config::DaemonConfig::default().control_socket
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_json_objects_named_by_command() {
+        assert_eq!(
+            parse_request(r#"{"command":"status"}"#),
+            Ok(Request::Status {})
+        );
+        assert_eq!(
+            parse_request(r#"{"command":"backend-list","vip":"web"}"#),
+            Ok(Request::BackendList {
+                vip: Some("web".into())
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"command":"backend-list"}"#),
+            Ok(Request::BackendList { vip: None })
+        );
+    }
+
+    #[test]
+    fn malformed_requests_get_an_error_response() {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"command":"explode"}"#,
+            r#"{"command":"status","extra":1}"#,
+        ] {
+            let response = parse_request(bad).unwrap_err();
+            assert!(!response.ok);
+            assert!(
+                response.error.unwrap().starts_with("malformed request"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn responses_serialize_without_empty_fields() {
+        assert_eq!(
+            serde_json::to_string(&Response::ok(3)).unwrap(),
+            r#"{"ok":true,"result":3}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::error("no")).unwrap(),
+            r#"{"ok":false,"error":"no"}"#
+        );
+    }
+}

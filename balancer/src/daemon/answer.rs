@@ -1,0 +1,220 @@
+//! Answers to control requests, built from the daemon's state and the
+//! datapath's counters.
+
+use serde::Serialize;
+
+use super::state::State;
+use crate::{
+    control::{Request, Response},
+    health::Health,
+};
+
+/// `status`.
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    config: Option<String>,
+    interfaces: Vec<Attachment>,
+    vips: usize,
+    backends: usize,
+    backends_up: usize,
+    backends_unresolved: usize,
+}
+
+#[derive(Serialize)]
+struct Attachment {
+    interface: String,
+    mode: String,
+}
+
+/// One row of `vip list`.
+#[derive(Serialize)]
+struct VipRow {
+    name: String,
+    address: String,
+    port: u16,
+    protocol: String,
+    scheduler: String,
+    backends: usize,
+    backends_up: usize,
+    /// Every backend down or unreachable: the last ring stays in place.
+    all_down: bool,
+    packets: u64,
+    bytes: u64,
+    new_flows: u64,
+}
+
+/// One row of `backend list`.
+#[derive(Serialize)]
+struct BackendRow {
+    vip: String,
+    address: String,
+    weight: u32,
+    /// up, down or draining (up with weight 0).
+    state: &'static str,
+    /// The backend's MAC, when resolved.
+    mac: Option<String>,
+    /// The last health check's duration.
+    latency_ms: Option<f64>,
+    packets: u64,
+    bytes: u64,
+}
+
+/// `stats`.
+#[derive(Serialize)]
+struct Stats {
+    counters: std::collections::BTreeMap<&'static str, Count>,
+    vips: Vec<VipRow>,
+}
+
+#[derive(Serialize)]
+struct Count {
+    packets: u64,
+    bytes: u64,
+}
+
+impl State {
+    /// Answers one control request.
+    pub(super) async fn answer(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Status {} => Ok(Response::ok(self.status())),
+            Request::VipList {} => self.vip_rows().map(Response::ok),
+            Request::BackendList { vip } => self.backend_rows(vip.as_deref()).map(Response::ok),
+            Request::Stats {} => self.stats().map(Response::ok),
+            Request::Reload {} => Ok(match self.reload().await {
+                Ok(done) => {
+                    tracing::info!("reload: {done}");
+                    Response::ok(done)
+                }
+                Err(error) => {
+                    tracing::error!("reload refused: {error}");
+                    Response::error(error)
+                }
+            }),
+        };
+        result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
+    }
+
+    fn backend_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+    }
+
+    fn is_up(&self, id: u32) -> bool {
+        self.health.get(&id).is_none_or(|t| t.state() == Health::Up)
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            config: self.config_path.as_ref().map(|p| p.display().to_string()),
+            interfaces: self
+                .datapath
+                .attachments()
+                .map(|(interface, mode)| Attachment {
+                    interface: interface.to_owned(),
+                    mode: mode.to_string(),
+                })
+                .collect(),
+            vips: self.plan.vips.len(),
+            backends: self.backend_ids().count(),
+            backends_up: self.backend_ids().filter(|id| self.is_up(*id)).count(),
+            backends_unresolved: self
+                .backend_ids()
+                .filter(|id| {
+                    !self
+                        .paths
+                        .get(id)
+                        .is_some_and(|p| p.is_some_and(|p| p.dst_mac.is_some()))
+                })
+                .count(),
+        }
+    }
+
+    fn vip_rows(&self) -> anyhow::Result<Vec<VipRow>> {
+        self.plan
+            .vips
+            .iter()
+            .zip(&self.config.vips)
+            .map(|(vip, config)| {
+                let config = config.get_ref();
+                let counters = self.datapath.vip_counters(vip.slot.info.index)?;
+                Ok(VipRow {
+                    name: vip.name.clone(),
+                    address: config.address.get_ref().to_string(),
+                    port: config.port,
+                    protocol: config.protocol.to_string(),
+                    scheduler: format!("{:?}", config.scheduler).to_lowercase(),
+                    backends: vip.backends.len(),
+                    backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
+                    all_down: self.all_down.contains(&vip.slot.info.index),
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                })
+            })
+            .collect()
+    }
+
+    fn backend_rows(&self, only: Option<&str>) -> anyhow::Result<Vec<BackendRow>> {
+        if let Some(name) = only
+            && !self.plan.vips.iter().any(|v| v.name == name)
+        {
+            anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
+        }
+        let mut rows = Vec::new();
+        for vip in self
+            .plan
+            .vips
+            .iter()
+            .filter(|v| only.is_none_or(|n| v.name == n))
+        {
+            for b in &vip.backends {
+                let counters = self.datapath.backend_counters(b.id)?;
+                let state = match (self.is_up(b.id), b.weight) {
+                    (false, _) => "down",
+                    (true, 0) => "draining",
+                    (true, _) => "up",
+                };
+                rows.push(BackendRow {
+                    vip: vip.name.clone(),
+                    address: b.address.to_string(),
+                    weight: b.weight,
+                    state,
+                    mac: self
+                        .paths
+                        .get(&b.id)
+                        .copied()
+                        .flatten()
+                        .and_then(|p| p.dst_mac)
+                        .map(super::state::format_mac),
+                    latency_ms: self.latency.get(&b.id).map(|d| d.as_secs_f64() * 1e3),
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    fn stats(&self) -> anyhow::Result<Stats> {
+        let reasons = self.datapath.reasons()?;
+        Ok(Stats {
+            counters: reasons
+                .named()
+                .map(|(name, c)| {
+                    (
+                        name,
+                        Count {
+                            packets: c.packets,
+                            bytes: c.bytes,
+                        },
+                    )
+                })
+                .collect(),
+            vips: self.vip_rows()?,
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! `balancer run`: the long-running daemon.
+//!
+//! It loads the configuration, lays it out ([`crate::plan`]), resolves every
+//! backend's MACs from the kernel's neighbour table, writes the datapath's
+//! maps through [`Datapath`], attaches the program, and then keeps the maps
+//! in line: backends whose neighbour changes or resolves are rewritten, and
+//! a VIP's ring is rebuilt whenever its set of usable backends changes. It
+//! serves the control socket and reloads its configuration on SIGHUP or a
+//! `reload` request.
+
+mod answer;
+mod state;
+
+use std::{path::Path, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::RunArgs,
+    config::{self, Config},
+    control,
+    datapath::{Datapath, DecisionLog, LoadOptions, XdpMode},
+    health::Report,
+    neighbour::Neighbours,
+};
+
+use state::State;
+
+/// How often backends' neighbours are read again.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Loads everything, serves until SIGINT or SIGTERM, then detaches.
+/// `socket` (the global `--socket`) replaces `[daemon] control_socket`.
+pub fn run(args: &RunArgs, socket: Option<&Path>) -> Result<()> {
+    let (mut config, path) = load_config(args)?;
+    let socket_override = socket.map(Path::to_path_buf);
+    if let Some(socket) = &socket_override {
+        config.daemon.control_socket.clone_from(socket);
+    }
+    let mut interfaces: Vec<String> = config
+        .datapath
+        .interfaces
+        .iter()
+        .map(|i| i.get_ref().clone())
+        .collect();
+    if !args.interfaces.is_empty() {
+        interfaces.clone_from(&args.interfaces);
+    }
+    if interfaces.is_empty() {
+        bail!(
+            "no interface to attach to: set [datapath] interfaces in the configuration or pass --interface"
+        );
+    }
+    let mode = args
+        .xdp_mode
+        .unwrap_or_else(|| config.datapath.xdp_mode.into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(serve(
+        args,
+        config,
+        path,
+        socket_override,
+        &interfaces,
+        mode,
+    ))
+}
+
+/// The configuration named by `--config`, or the default file if it
+/// exists, or an empty configuration; with the file's path.
+fn load_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>)> {
+    let path = match &args.config {
+        Some(path) => path.clone(),
+        None if Path::new(config::DEFAULT_PATH).exists() => config::DEFAULT_PATH.into(),
+        None => {
+            tracing::warn!(
+                path = config::DEFAULT_PATH,
+                "no configuration file: running with no VIPs"
+            );
+            return Ok((Config::default(), None));
+        }
+    };
+    let config = config::load(&path).map_err(|errors| {
+        for line in errors.to_string().lines() {
+            tracing::error!("{line}");
+        }
+        anyhow::anyhow!(
+            "{} is not a valid configuration; nothing was changed",
+            path.display()
+        )
+    })?;
+    tracing::info!(path = %path.display(), vips = config.vips.len(), "configuration loaded");
+    Ok((config, Some(path)))
+}
+
+async fn serve(
+    args: &RunArgs,
+    config: Config,
+    path: Option<PathBuf>,
+    socket_override: Option<PathBuf>,
+    interfaces: &[String],
+    mode: XdpMode,
+) -> Result<()> {
+    let options = LoadOptions {
+        flow_table_size: *config.datapath.flow_table_size.get_ref(),
+        decision_log: args.datapath_log,
+    };
+    let mut datapath = Datapath::load_with(options).context("failed to load the XDP program")?;
+    if let Some(log) = datapath.take_logger() {
+        tracing::warn!(
+            "datapath decision logging is on: every packet is logged, which costs speed"
+        );
+        tokio::spawn(forward_decision_log(log)?);
+    }
+    let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
+    let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<Report>(1024);
+    let socket = config.daemon.control_socket.clone();
+    let mut state = State::new(config, path, datapath, neighbours, reports_tx)?;
+    state.socket_override = socket_override;
+    // Give the neighbours a moment to resolve (the first round provokes
+    // it), so the first packets are not dropped as unresolved.
+    for _ in 0..20 {
+        state.resolve().await?;
+        if state.all_resolved() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    state.publish_all()?;
+    for interface in interfaces {
+        let mode = state
+            .datapath
+            .attach(interface, mode)
+            .with_context(|| format!("failed to start on {interface}"))?;
+        tracing::info!(interface = interface.as_str(), %mode, "attached XDP program");
+    }
+
+    let (requests_tx, mut requests) = tokio::sync::mpsc::channel::<control::Pending>(64);
+    let control = control::listen(&socket, requests_tx)?;
+    tracing::info!(socket = %socket.display(), "control socket ready");
+    let mut sighup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
+    let mut stats = tokio::time::interval(args.stats_interval);
+    let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
+    stats.tick().await;
+    resolve.tick().await;
+    loop {
+        tokio::select! {
+            _ = stats.tick() => log_stats(&state.datapath)?,
+            _ = resolve.tick() => {
+                state.resolve().await?;
+                state.publish_changes()?;
+            }
+            Some(report) = reports.recv() => {
+                if state.health_report(report) {
+                    state.publish_changes()?;
+                }
+            }
+            Some((request, answer)) = requests.recv() => {
+                let response = state.answer(request).await;
+                let _ = answer.send(response);
+            }
+            _ = sighup.recv() => match state.reload().await {
+                Ok(done) => tracing::info!("reload on SIGHUP: {done}"),
+                Err(error) => tracing::error!("reload on SIGHUP refused: {error}"),
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    state.stop_checks();
+    control.abort();
+    let _ = std::fs::remove_file(&socket);
+    log_stats(&state.datapath)?;
+    let attached: Vec<String> = state
+        .datapath
+        .attachments()
+        .map(|(i, _)| i.to_owned())
+        .collect();
+    for interface in attached {
+        state
+            .datapath
+            .detach(&interface)
+            .with_context(|| format!("failed to detach from {interface}"))?;
+        tracing::info!(interface = interface.as_str(), "detached XDP program");
+    }
+    Ok(())
+}
+
+fn log_stats(datapath: &Datapath) -> Result<()> {
+    let reasons = datapath.reasons().context("failed to read the counters")?;
+    let summary: Vec<String> = reasons
+        .named()
+        .filter(|(_, count)| count.packets > 0)
+        .map(|(name, count)| format!("{name}={}/{}B", count.packets, count.bytes))
+        .collect();
+    tracing::info!(counters = summary.join(" "), "packet counters");
+    Ok(())
+}
+
+/// Copies the debug variant's log records into the daemon's log whenever
+/// the kernel has some.
+fn forward_decision_log(log: DecisionLog) -> Result<impl std::future::Future<Output = ()>> {
+    // SAFETY: the descriptor is the logger's ring buffer map, which it owns
+    // and keeps open, unchanged, until the AsyncFd (which owns the logger)
+    // is dropped.
+    let mut log = unsafe { AsyncFd::register_with_interest(log, Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("cannot watch the datapath's decision log: {err}"))?;
+    Ok(async move {
+        loop {
+            let Ok(mut ready) = log.readable_mut().await else {
+                tracing::error!("the datapath's decision log stopped");
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    })
+}

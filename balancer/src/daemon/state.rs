@@ -1,0 +1,399 @@
+//! What the daemon knows of each backend and VIP, and how it keeps the
+//! datapath's maps in line with it: one owner of every map write, driven by
+//! neighbour changes, health transitions and reloads.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo};
+use tokio::sync::mpsc;
+
+use crate::{
+    config::Config,
+    datapath::Datapath,
+    health::{self, Health, Report, Tracker},
+    neighbour::{L2Path, Neighbours},
+    plan::{self, Numbering, Plan},
+};
+
+/// What the daemon knows of each backend, and what it has written.
+pub(super) struct State {
+    pub(super) datapath: Datapath,
+    pub(super) plan: Plan,
+    neighbours: Neighbours,
+    /// The configuration in force, and the file it came from.
+    pub(super) config: Config,
+    pub(super) config_path: Option<std::path::PathBuf>,
+    /// `--socket`, which replaces the file's control_socket.
+    pub(super) socket_override: Option<std::path::PathBuf>,
+    numbering: Numbering,
+    /// The running check tasks, and where they report.
+    checks: Vec<tokio::task::JoinHandle<()>>,
+    reports: mpsc::Sender<Report>,
+    /// Backend id → how to reach it (None: no route or not on link).
+    pub(super) paths: BTreeMap<u32, Option<L2Path>>,
+    /// Backend id → what the `backends` map holds.
+    pub(super) written: BTreeMap<u32, BackendInfo>,
+    /// VIP index → the ring in place.
+    pub(super) rings: BTreeMap<u32, Vec<u32>>,
+    /// Backend id → its health checks' verdict.
+    pub(super) health: BTreeMap<u32, Tracker>,
+    /// Backend id → how long its last check took.
+    pub(super) latency: BTreeMap<u32, Duration>,
+    /// VIP indexes whose backends are all unusable (warned once).
+    pub(super) all_down: BTreeSet<u32>,
+}
+
+impl State {
+    /// Lays `config` out, writes the settings and starts the checks.
+    pub(super) fn new(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+        mut datapath: Datapath,
+        neighbours: Neighbours,
+        reports: mpsc::Sender<Report>,
+    ) -> Result<State> {
+        let mut numbering = Numbering::default();
+        let plan = plan::plan_with(&config, &mut numbering);
+        datapath
+            .set_settings(&plan.settings)
+            .context("cannot write the datapath settings")?;
+        let mut state = State {
+            datapath,
+            plan,
+            neighbours,
+            config,
+            config_path,
+            socket_override: None,
+            numbering,
+            checks: Vec::new(),
+            reports,
+            paths: BTreeMap::new(),
+            written: BTreeMap::new(),
+            rings: BTreeMap::new(),
+            health: BTreeMap::new(),
+            latency: BTreeMap::new(),
+            all_down: BTreeSet::new(),
+        };
+        state.spawn_checks();
+        Ok(state)
+    }
+
+    /// (Re)starts one check task per backend per VIP. A backend that was
+    /// already checked keeps its verdict.
+    fn spawn_checks(&mut self) {
+        for check in self.checks.drain(..) {
+            check.abort();
+        }
+        let mut trackers = std::mem::take(&mut self.health);
+        for (vip, planned) in self.config.vips.iter().zip(&self.plan.vips) {
+            let vip = vip.get_ref();
+            let check = vip.check();
+            for backend in &planned.backends {
+                let tracker = trackers
+                    .remove(&backend.id)
+                    .unwrap_or_else(|| Tracker::new(check.rise, check.fall));
+                self.health.insert(backend.id, tracker);
+                self.checks.extend(health::spawn(
+                    backend.id,
+                    backend.address,
+                    vip.port,
+                    &check,
+                    self.reports.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Stops the check tasks.
+    pub(super) fn stop_checks(&mut self) {
+        for check in self.checks.drain(..) {
+            check.abort();
+        }
+    }
+
+    /// Reads the configuration file again and applies it. An invalid file,
+    /// or one that changes what only a restart can change, is refused with
+    /// the reason and changes nothing.
+    pub(super) async fn reload(&mut self) -> Result<String, String> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(
+                "the daemon runs without a configuration file: nothing to reload".to_owned(),
+            );
+        };
+        let mut config = crate::config::load(&path).map_err(|errors| errors.to_string())?;
+        if let Some(socket) = &self.socket_override {
+            config.daemon.control_socket.clone_from(socket);
+        }
+        let (old, new) = (&self.config.datapath, &config.datapath);
+        let mut fixed = Vec::new();
+        if old.interfaces != new.interfaces {
+            fixed.push("[datapath] interfaces");
+        }
+        if old.xdp_mode != new.xdp_mode {
+            fixed.push("[datapath] xdp_mode");
+        }
+        if old.ring_size.get_ref() != new.ring_size.get_ref() {
+            fixed.push("[datapath] ring_size");
+        }
+        if old.flow_table_size.get_ref() != new.flow_table_size.get_ref() {
+            fixed.push("[datapath] flow_table_size");
+        }
+        if self.config.daemon != config.daemon {
+            fixed.push("[daemon]");
+        }
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{}: {} cannot change while the daemon runs (restart it); nothing was changed",
+                path.display(),
+                fixed.join(", ")
+            ));
+        }
+        self.apply(config).await.map_err(|e| format!("{e:#}"))?;
+        Ok(format!(
+            "{} applied ({} VIPs, {} backends)",
+            path.display(),
+            self.plan.vips.len(),
+            self.plan
+                .vips
+                .iter()
+                .map(|v| v.backends.len())
+                .sum::<usize>()
+        ))
+    }
+
+    /// Moves the datapath from the plan in force to the plan of `config`:
+    /// removed VIPs and addresses go, removed backends are marked down (so
+    /// their flows fail over), settings are rewritten, then everything new
+    /// or changed is published as at start. Flows of what stays are
+    /// untouched.
+    async fn apply(&mut self, config: Config) -> Result<()> {
+        let plan = plan::plan_with(&config, &mut self.numbering);
+        for old in &self.plan.vips {
+            let kept = plan.vips.iter().any(|v| v.slot == old.slot);
+            if !kept {
+                self.datapath.remove_vip(&old.slot)?;
+                self.rings.remove(&old.slot.info.index);
+                tracing::info!(vip = old.name.as_str(), "VIP removed");
+            }
+        }
+        for (key, _) in &self.plan.addrs {
+            if !plan.addrs.iter().any(|(k, _)| k == key) {
+                self.datapath.remove_vip_addr(key)?;
+            }
+        }
+        let ids: BTreeSet<u32> = plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        for old in self.plan.vips.iter().flat_map(|v| v.backends.iter()) {
+            if !ids.contains(&old.id) {
+                let mut info = self.written.remove(&old.id).unwrap_or_default();
+                info.flags = 0;
+                self.datapath.set_backend(old.id, &info)?;
+                self.paths.remove(&old.id);
+                self.health.remove(&old.id);
+            }
+        }
+        if plan.settings != self.plan.settings {
+            self.datapath.set_settings(&plan.settings)?;
+        }
+        self.plan = plan;
+        self.config = config;
+        self.spawn_checks();
+        self.resolve().await?;
+        self.publish_all()?;
+        Ok(())
+    }
+
+    /// Reads every backend's path from the kernel.
+    pub(super) async fn resolve(&mut self) -> Result<()> {
+        let backends: Vec<(u32, IpAddr)> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
+            .collect();
+        let addresses: Vec<_> = backends.iter().map(|(_, a)| *a).collect();
+        let results = self.neighbours.resolve_all(&addresses).await;
+        let mut reported = BTreeSet::new();
+        for ((id, address), (_, result)) in backends.iter().zip(results) {
+            let path = match result {
+                Ok(path) => Some(path),
+                Err(err) => {
+                    if self.paths.get(id).is_none_or(Option::is_some) {
+                        tracing::warn!(backend = %address, error = %err, "backend unreachable");
+                    }
+                    None
+                }
+            };
+            let before = self.paths.insert(*id, path);
+            if before.flatten().and_then(|p| p.dst_mac) != path.and_then(|p| p.dst_mac)
+                && let Some(mac) = path.and_then(|p| p.dst_mac)
+                && reported.insert(*address)
+            {
+                tracing::info!(backend = %address, mac = %format_mac(mac), "backend neighbour resolved");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one check result; true when the backend changed state (the
+    /// maps must follow).
+    pub(super) fn health_report(&mut self, report: Report) -> bool {
+        self.latency.insert(report.backend, report.latency);
+        let Some(tracker) = self.health.get_mut(&report.backend) else {
+            return false;
+        };
+        let before = tracker.state();
+        let Some(after) = tracker.record(report.success) else {
+            return false;
+        };
+        let (vip, address) = self.describe(report.backend);
+        tracing::info!(
+            vip,
+            backend = %address,
+            from = %before,
+            to = %after,
+            reason = report.detail.as_str(),
+            latency_ms = report.latency.as_secs_f64() * 1e3,
+            "backend health changed"
+        );
+        true
+    }
+
+    /// The VIP name and address of backend `id`, for logs.
+    fn describe(&self, id: u32) -> (&str, IpAddr) {
+        self.plan
+            .vips
+            .iter()
+            .find_map(|v| {
+                v.backends
+                    .iter()
+                    .find(|b| b.id == id)
+                    .map(|b| (v.name.as_str(), b.address))
+            })
+            .unwrap_or(("?", IpAddr::from([0, 0, 0, 0])))
+    }
+
+    /// Whether every backend's MAC is known.
+    pub(super) fn all_resolved(&self) -> bool {
+        self.paths
+            .values()
+            .all(|p| p.is_some_and(|p| p.dst_mac.is_some()))
+    }
+
+    /// The `backends` map entry for backend `id`.
+    fn backend_info(&self, id: u32, address: IpAddr) -> BackendInfo {
+        let path = self.paths.get(&id).copied().flatten();
+        let up = self.health.get(&id).is_none_or(|t| t.state() == Health::Up);
+        let mut flags = if up { BACKEND_UP } else { 0 };
+        let (macs, ifindex) = match path {
+            Some(L2Path {
+                ifindex,
+                src_mac,
+                dst_mac: Some(dst),
+            }) => {
+                flags |= BACKEND_RESOLVED;
+                (BackendInfo::mac_words(dst, src_mac), ifindex)
+            }
+            _ => ([0; 6], 0),
+        };
+        BackendInfo {
+            addr: plan::addr(address),
+            macs,
+            ifindex,
+            flags,
+        }
+    }
+
+    /// Writes settings, backends, rings, VIPs and addresses, in that order:
+    /// a VIP is published only once everything it points to is in place.
+    pub(super) fn publish_all(&mut self) -> Result<()> {
+        self.publish_changes()?;
+        for (key, info) in &self.plan.addrs {
+            self.datapath.set_vip_addr(key, info)?;
+        }
+        Ok(())
+    }
+
+    /// Writes backends whose entry changed, lets the program redirect to
+    /// their interfaces, and rebuilds the rings whose usable backends
+    /// changed (a VIP with none keeps the ring it has).
+    pub(super) fn publish_changes(&mut self) -> Result<()> {
+        let backends: Vec<(u32, IpAddr)> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
+            .collect();
+        for (id, address) in backends {
+            let info = self.backend_info(id, address);
+            if self.written.get(&id) == Some(&info) {
+                continue;
+            }
+            if info.ifindex != 0 {
+                self.datapath.add_egress(info.ifindex)?;
+            }
+            self.datapath.set_backend(id, &info)?;
+            self.written.insert(id, info);
+        }
+        let ring_size = self.plan.settings.ring_size;
+        for vip in &self.plan.vips {
+            let usable = |b: &plan::BackendPlan| {
+                self.written.get(&b.id).is_some_and(|i| {
+                    i.flags & (BACKEND_UP | BACKEND_RESOLVED) == BACKEND_UP | BACKEND_RESOLVED
+                })
+            };
+            let ring = match vip.ring(ring_size, usable)? {
+                Some(ring) => ring,
+                None if self.rings.contains_key(&vip.slot.info.index) => {
+                    if self.all_down.insert(vip.slot.info.index) {
+                        tracing::warn!(
+                            vip = vip.name.as_str(),
+                            "every backend of the VIP is down or unreachable: keeping its last ring rather than dropping its traffic"
+                        );
+                    }
+                    continue;
+                }
+                // No usable backend yet: place flows on every weighted
+                // backend, so packets are counted as unresolved, not lost
+                // without a trace, until neighbours resolve.
+                None => match vip.ring(ring_size, |_| true)? {
+                    Some(ring) => ring,
+                    None => {
+                        tracing::warn!(
+                            vip = vip.name.as_str(),
+                            "VIP has no backend with a weight above 0: its traffic passes"
+                        );
+                        continue;
+                    }
+                },
+            };
+            self.all_down.remove(&vip.slot.info.index);
+            if self.rings.get(&vip.slot.info.index) == Some(&ring) {
+                continue;
+            }
+            self.datapath.publish_vip(&vip.slot, &ring)?;
+            tracing::info!(
+                vip = vip.name.as_str(),
+                backends = vip.backends.iter().filter(|b| ring.contains(&b.id)).count(),
+                "ring published"
+            );
+            self.rings.insert(vip.slot.info.index, ring);
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -1,0 +1,66 @@
+//! Running the `balancer` binary in tests: the daemon inside a namespace,
+//! and CLI commands, both on the lab's own control socket (tests run in
+//! parallel, so none may use the default path).
+
+use std::{ffi::OsStr, process::Output, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Lab, Netns, Process, balancer_bin};
+
+/// Starts `balancer run ARGS` in `ns` on the lab's control socket and waits
+/// until it serves it.
+pub fn start<I, S>(lab: &Lab, ns: &Netns, args: I) -> Result<Process>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = ns.command(balancer_bin()?);
+    command
+        .arg("--socket")
+        .arg(lab.scratch("control.sock")?)
+        .arg("run")
+        .args(args);
+    let mut daemon = Process::start(command)?;
+    daemon.wait_for_output(Duration::from_secs(30), |out| {
+        out.contains("control socket ready")
+    })?;
+    Ok(daemon)
+}
+
+/// Runs `balancer ARGS` against the lab's daemon and returns its output,
+/// whatever its exit status.
+pub fn cli<I, S>(lab: &Lab, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    std::process::Command::new(balancer_bin()?)
+        .arg("--socket")
+        .arg(lab.scratch("control.sock")?)
+        .args(args)
+        .output()
+        .context("cannot run the balancer CLI")
+}
+
+/// Runs `balancer --json ARGS` and parses the answer; fails if the command
+/// fails.
+pub fn cli_json<I, S>(lab: &Lab, args: I) -> Result<serde_json::Value>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = cli(
+        lab,
+        std::iter::once(OsStr::new("--json").to_owned())
+            .chain(args.into_iter().map(|a| a.as_ref().to_owned())),
+    )?;
+    if !out.status.success() {
+        bail!(
+            "balancer failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("the CLI's JSON output does not parse")
+}

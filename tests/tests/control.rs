@@ -1,0 +1,148 @@
+//! The control socket and the CLI against a running daemon: status and
+//! lists, a reload that adds a backend (which then takes traffic), a
+//! refused reload, and requests that are malformed or never sent.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use balancer_tests::{
+    daemon::{cli, cli_json, start},
+    netns_test,
+    servers::{tcp_ask_name, tcp_name_server},
+    topology::{self, Topology},
+};
+
+fn config(backends: usize, weight_line: &str) -> String {
+    let mut text = format!(
+        "[datapath]\ninterfaces = [\"eth0\"]\n\n[[vip]]\nname = \"web\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"none\"\n",
+        topology::VIP4
+    );
+    for i in 0..backends {
+        text.push_str(&format!(
+            "[[vip.backend]]\naddress = \"{}\"\n{weight_line}",
+            topology::backend4(i)
+        ));
+    }
+    text
+}
+
+#[test]
+fn the_cli_reports_and_reloads_through_the_control_socket() {
+    netns_test("control_reload", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 4)?;
+        let vip = SocketAddr::new(topology::VIP4.into(), 80);
+        for (i, backend) in t.backends.iter().enumerate() {
+            tcp_name_server(backend, vip, &format!("be{i}"))?;
+        }
+        let path = lab.write_file("balancer.toml", &config(3, ""))?;
+        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+
+        let socket = lab.scratch("control.sock")?;
+        let mode = std::fs::metadata(&socket)?.permissions();
+        ensure!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777 == 0o600,
+            "socket mode {mode:?}"
+        );
+
+        let status = cli_json(lab, ["status"])?;
+        ensure!(status["vips"] == 1 && status["backends"] == 3, "{status}");
+        ensure!(status["interfaces"][0]["interface"] == "eth0", "{status}");
+        let vips = cli_json(lab, ["vip", "list"])?;
+        ensure!(
+            vips[0]["name"] == "web" && vips[0]["backends"] == 3,
+            "{vips}"
+        );
+        let table = cli(lab, ["backend", "list", "web"])?;
+        let text = String::from_utf8_lossy(&table.stdout);
+        ensure!(
+            table.status.success() && text.contains("10.50.0.12") && text.contains("up"),
+            "{text}"
+        );
+        let missing = cli(lab, ["backend", "list", "nope"])?;
+        ensure!(
+            !missing.status.success()
+                && String::from_utf8_lossy(&missing.stderr).contains("no VIP named \"nope\""),
+            "{missing:?}"
+        );
+
+        // A valid reload adds a fourth backend: it takes new connections.
+        std::fs::write(&path, config(4, ""))?;
+        let reload = cli(lab, ["reload"])?;
+        ensure!(
+            reload.status.success(),
+            "reload failed: {}",
+            String::from_utf8_lossy(&reload.stderr)
+        );
+        let backends = cli_json(lab, ["backend", "list"])?;
+        ensure!(backends.as_array().map(Vec::len) == Some(4), "{backends}");
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..200 {
+            *counts.entry(tcp_ask_name(&t.client, vip)?).or_default() += 1;
+        }
+        ensure!(
+            counts.get("be3").copied().unwrap_or(0) >= 20,
+            "the new backend took no share: {counts:?}"
+        );
+
+        // An invalid file is refused with its line; nothing changes.
+        std::fs::write(&path, config(4, "weight = -1\n"))?;
+        let refused = cli(lab, ["reload"])?;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && err.contains("balancer.toml:13: invalid value: integer `-1`"),
+            "{err}"
+        );
+        ensure!(cli_json(lab, ["backend", "list"])?.as_array().map(Vec::len) == Some(4));
+        ensure!(
+            tcp_ask_name(&t.client, vip).is_ok(),
+            "traffic stopped after a refused reload"
+        );
+
+        // Malformed requests get an error; silence times out; the daemon lives.
+        let mut raw = UnixStream::connect(&socket)?;
+        raw.write_all(b"{\"command\":\"explode\"}\n")?;
+        let mut reply = String::new();
+        raw.read_to_string(&mut reply)?;
+        ensure!(
+            reply.contains("\"ok\":false") && reply.contains("malformed request"),
+            "{reply}"
+        );
+        let silent = UnixStream::connect(&socket)?;
+        let stats = cli_json(lab, ["stats"])?;
+        ensure!(
+            stats["counters"]["tx"]["packets"].as_u64().unwrap_or(0) > 0,
+            "{stats}"
+        );
+        drop(silent);
+        ensure!(
+            cli(lab, ["status"])?.status.success(),
+            "the daemon stopped answering"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn the_cli_says_clearly_when_no_daemon_runs() -> Result<()> {
+    let socket = std::env::temp_dir().join(format!("balancer-none-{}.sock", std::process::id()));
+    let out = std::process::Command::new(balancer_tests::balancer_bin()?)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .output()
+        .context("cannot run the CLI")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && err.contains("cannot reach the daemon"),
+        "{err}"
+    );
+    Ok(())
+}
