@@ -1,10 +1,11 @@
 //! Command-line interface: argument parsing and dispatch to subcommands.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    config::{Protocol, Scheduler},
     control::{self, Request},
     daemon,
     datapath::XdpMode,
@@ -57,14 +58,31 @@ pub enum Command {
     Reload,
 }
 
-/// `balancer vip ...`.
+/// `balancer vip ...`. Changes are written to the configuration file
+/// (comments and layout kept) and applied at once.
 #[derive(Debug, Subcommand)]
 pub enum VipCommand {
     /// Every VIP with its backends' health and counters.
     List,
+    /// Add a VIP (with the default TCP health check; edit the file for
+    /// another).
+    Add {
+        /// A unique name.
+        name: String,
+        /// ADDRESS:PORT/PROTO, such as 192.0.2.10:80/tcp or
+        /// [2001:db8::10]:53/udp.
+        #[arg(value_parser = parse_service)]
+        service: Service,
+        /// How new flows are placed.
+        #[arg(long, value_enum)]
+        scheduler: Option<Scheduler>,
+    },
+    /// Remove a VIP.
+    Remove { name: String },
 }
 
-/// `balancer backend ...`.
+/// `balancer backend ...`. Changes are written to the configuration file
+/// and applied at once.
 #[derive(Debug, Subcommand)]
 pub enum BackendCommand {
     /// The backends of VIP (of every VIP without it): state, MAC, last
@@ -73,6 +91,54 @@ pub enum BackendCommand {
         /// A VIP name.
         vip: Option<String>,
     },
+    /// Add a backend to a VIP.
+    Add {
+        vip: String,
+        address: IpAddr,
+        /// Share of new flows relative to the other backends (default 100).
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend from a VIP (its flows fail over).
+    Remove { vip: String, address: IpAddr },
+    /// Set a backend's weight (0 to 10000).
+    Weight {
+        vip: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    /// Stop sending new flows to a backend; established ones stay.
+    Drain { vip: String, address: IpAddr },
+    /// End a drain.
+    Undrain { vip: String, address: IpAddr },
+}
+
+/// A VIP's address, port and protocol, as `vip add` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Parses ADDRESS:PORT/PROTO.
+fn parse_service(text: &str) -> Result<Service, String> {
+    let usage = "expected ADDRESS:PORT/PROTO, such as 192.0.2.10:80/tcp or [2001:db8::10]:53/udp";
+    let (socket, protocol) = text
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{text:?}: {usage}"))?;
+    let protocol = match protocol {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => return Err(format!("protocol {other:?} is neither tcp nor udp")),
+    };
+    let socket: std::net::SocketAddr =
+        socket.parse().map_err(|_| format!("{socket:?}: {usage}"))?;
+    Ok(Service {
+        address: socket.ip(),
+        port: socket.port(),
+        protocol,
+    })
 }
 
 /// Arguments of `balancer run`.
@@ -116,7 +182,46 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { path } => check_config(&path),
         Command::Status => ask(Request::Status {}),
         Command::Vip(VipCommand::List) => ask(Request::VipList {}),
+        Command::Vip(VipCommand::Add {
+            name,
+            service,
+            scheduler,
+        }) => ask(Request::VipAdd {
+            name,
+            address: service.address,
+            port: service.port,
+            protocol: service.protocol,
+            scheduler,
+        }),
+        Command::Vip(VipCommand::Remove { name }) => ask(Request::VipRemove { name }),
         Command::Backend(BackendCommand::List { vip }) => ask(Request::BackendList { vip }),
+        Command::Backend(BackendCommand::Add {
+            vip,
+            address,
+            weight,
+        }) => ask(Request::BackendAdd {
+            vip,
+            address,
+            weight,
+        }),
+        Command::Backend(BackendCommand::Remove { vip, address }) => {
+            ask(Request::BackendRemove { vip, address })
+        }
+        Command::Backend(BackendCommand::Weight {
+            vip,
+            address,
+            weight,
+        }) => ask(Request::BackendWeight {
+            vip,
+            address,
+            weight,
+        }),
+        Command::Backend(BackendCommand::Drain { vip, address }) => {
+            ask(Request::BackendDrain { vip, address })
+        }
+        Command::Backend(BackendCommand::Undrain { vip, address }) => {
+            ask(Request::BackendUndrain { vip, address })
+        }
         Command::Stats => ask(Request::Stats {}),
         Command::Reload => ask(Request::Reload {}),
     };
@@ -224,5 +329,39 @@ fn cell(value: &serde_json::Value) -> String {
             _ => n.to_string(),
         },
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_parse_as_address_port_protocol() {
+        let v4 = parse_service("192.0.2.10:80/tcp").unwrap();
+        assert_eq!(
+            (v4.address.to_string(), v4.port, v4.protocol),
+            ("192.0.2.10".into(), 80, Protocol::Tcp)
+        );
+        let v6 = parse_service("[2001:db8::10]:53/udp").unwrap();
+        assert_eq!(
+            (v6.address.to_string(), v6.port, v6.protocol),
+            ("2001:db8::10".into(), 53, Protocol::Udp)
+        );
+        assert!(
+            parse_service("192.0.2.10:80")
+                .unwrap_err()
+                .contains("expected ADDRESS:PORT/PROTO")
+        );
+        assert!(
+            parse_service("192.0.2.10:80/sctp")
+                .unwrap_err()
+                .contains("neither tcp nor udp")
+        );
+        assert!(
+            parse_service("192.0.2.10/tcp")
+                .unwrap_err()
+                .contains("expected")
+        );
     }
 }

@@ -47,6 +47,98 @@ pub enum Request {
     Stats {},
     /// Read the configuration file again and apply what changed.
     Reload {},
+    /// Add a VIP (written to the configuration file, then applied).
+    VipAdd {
+        name: String,
+        address: std::net::IpAddr,
+        port: u16,
+        protocol: crate::config::Protocol,
+        #[serde(default)]
+        scheduler: Option<crate::config::Scheduler>,
+    },
+    /// Remove a VIP.
+    VipRemove { name: String },
+    /// Add a backend to a VIP.
+    BackendAdd {
+        vip: String,
+        address: std::net::IpAddr,
+        #[serde(default)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend from a VIP.
+    BackendRemove {
+        vip: String,
+        address: std::net::IpAddr,
+    },
+    /// Set a backend's weight.
+    BackendWeight {
+        vip: String,
+        address: std::net::IpAddr,
+        weight: u32,
+    },
+    /// Drain a backend: no new flows, established ones stay.
+    BackendDrain {
+        vip: String,
+        address: std::net::IpAddr,
+    },
+    /// End a drain: the backend's weight applies again.
+    BackendUndrain {
+        vip: String,
+        address: std::net::IpAddr,
+    },
+}
+
+impl Request {
+    /// The configuration change a request makes, if it makes one.
+    pub fn edit(&self) -> Option<crate::config::edit::Edit> {
+        use crate::config::edit::Edit;
+        Some(match self.clone() {
+            Request::VipAdd {
+                name,
+                address,
+                port,
+                protocol,
+                scheduler,
+            } => Edit::AddVip {
+                name,
+                address,
+                port,
+                protocol: protocol.to_string(),
+                scheduler: scheduler.map(|s| s.name().to_owned()),
+            },
+            Request::VipRemove { name } => Edit::RemoveVip { name },
+            Request::BackendAdd {
+                vip,
+                address,
+                weight,
+            } => Edit::AddBackend {
+                vip,
+                address,
+                weight,
+            },
+            Request::BackendRemove { vip, address } => Edit::RemoveBackend { vip, address },
+            Request::BackendWeight {
+                vip,
+                address,
+                weight,
+            } => Edit::SetWeight {
+                vip,
+                address,
+                weight,
+            },
+            Request::BackendDrain { vip, address } => Edit::Drain {
+                vip,
+                address,
+                drain: true,
+            },
+            Request::BackendUndrain { vip, address } => Edit::Drain {
+                vip,
+                address,
+                drain: false,
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// The answer to a request.

@@ -161,7 +161,7 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
                 BackendPlan {
                     id: numbering.backend(name, address),
                     address,
-                    weight: *b.weight.get_ref(),
+                    weight: b.effective_weight(),
                 }
             })
             .collect();

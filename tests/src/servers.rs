@@ -138,3 +138,31 @@ impl Drop for HealthEndpoint {
         self.stop();
     }
 }
+
+/// Starts a TCP server on `addr` in `ns` that writes `name` and a newline
+/// to every connection, then echoes what it receives until the client
+/// closes: a long-lived connection that shows which backend holds it.
+pub fn tcp_echo_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {
+    let listener = ns
+        .run(|| TcpListener::bind(addr))?
+        .with_context(|| format!("cannot listen on {addr} in {}", ns.name()))?;
+    let greeting = format!("{name}\n");
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let greeting = greeting.clone();
+            thread::spawn(move || {
+                if stream.write_all(greeting.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
+pub mod edit;
 mod validate;
 
 use std::{
@@ -141,7 +142,9 @@ impl VipConfig {
 }
 
 /// Transport protocol of a VIP.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -168,7 +171,9 @@ impl fmt::Display for Protocol {
 }
 
 /// How new flows are placed on backends.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
     /// Maglev consistent hashing of the 5-tuple.
@@ -177,6 +182,16 @@ pub enum Scheduler {
     /// Maglev consistent hashing of the client address: a client sticks
     /// to one backend.
     SourceHash,
+}
+
+impl Scheduler {
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::SourceHash => "source-hash",
+        }
+    }
 }
 
 /// How packets reach backends.
@@ -266,6 +281,21 @@ pub struct BackendConfig {
     /// Share of new flows relative to the other backends; 0 drains.
     #[serde(default = "default_weight")]
     pub weight: Spanned<u32>,
+    /// Drained: no new flows, established ones stay; `weight` is kept for
+    /// when the drain ends (`balancer backend drain` / `undrain`).
+    #[serde(default)]
+    pub drain: bool,
+}
+
+impl BackendConfig {
+    /// The weight the rings use: 0 while drained.
+    pub fn effective_weight(&self) -> u32 {
+        if self.drain {
+            0
+        } else {
+            *self.weight.get_ref()
+        }
+    }
 }
 
 fn default_weight() -> Spanned<u32> {
@@ -355,3 +385,29 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 #[cfg(test)]
 mod tests;
+
+/// Writes `text` to `path` atomically: a temporary file in the same
+/// directory, flushed to disk, then renamed over the file, so a crash
+/// leaves the old file or the new one, never half of one. The file keeps
+/// its permissions.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("config");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = file.set_permissions(meta.permissions());
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}

@@ -91,6 +91,21 @@ impl State {
                     Response::error(error)
                 }
             }),
+            change => {
+                let Some(edit) = change.edit() else {
+                    return Response::error("unsupported request");
+                };
+                Ok(match self.change(&edit).await {
+                    Ok(done) => {
+                        tracing::info!(change = ?edit, "configuration changed: {done}");
+                        Response::ok(done)
+                    }
+                    Err(error) => {
+                        tracing::warn!(change = ?edit, "change refused: {error}");
+                        Response::error(error)
+                    }
+                })
+            }
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
@@ -146,7 +161,7 @@ impl State {
                     address: config.address.get_ref().to_string(),
                     port: config.port,
                     protocol: config.protocol.to_string(),
-                    scheduler: format!("{:?}", config.scheduler).to_lowercase(),
+                    scheduler: config.scheduler.name().to_owned(),
                     backends: vip.backends.len(),
                     backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
                     all_down: self.all_down.contains(&vip.slot.info.index),

@@ -120,15 +120,39 @@ impl State {
     /// or one that changes what only a restart can change, is refused with
     /// the reason and changes nothing.
     pub(super) async fn reload(&mut self) -> Result<String, String> {
-        let Some(path) = self.config_path.clone() else {
-            return Err(
-                "the daemon runs without a configuration file: nothing to reload".to_owned(),
-            );
-        };
-        let mut config = crate::config::load(&path).map_err(|errors| errors.to_string())?;
-        if let Some(socket) = &self.socket_override {
-            config.daemon.control_socket.clone_from(socket);
-        }
+        let path = self.config_file()?;
+        let config = crate::config::load(&path).map_err(|errors| errors.to_string())?;
+        self.take(config, &path).await
+    }
+
+    /// Applies a CLI change: edits the file's text (comments and layout
+    /// kept), checks the result like any configuration, writes it back
+    /// atomically and applies it. Refused changes touch neither the file
+    /// nor the datapath.
+    pub(super) async fn change(
+        &mut self,
+        edit: &crate::config::edit::Edit,
+    ) -> Result<String, String> {
+        let path = self.config_file()?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let edited = crate::config::edit::apply(&text, edit)?;
+        let config = crate::config::parse(&edited, &path.display().to_string())
+            .map_err(|e| e.to_string())?;
+        self.check_restart_keys(&config, &path)?;
+        crate::config::write_atomically(&path, &edited)
+            .map_err(|e| format!("cannot write {}: {e}; nothing was changed", path.display()))?;
+        self.take(config, &path).await
+    }
+
+    fn config_file(&self) -> Result<std::path::PathBuf, String> {
+        self.config_path.clone().ok_or_else(|| {
+            "the daemon runs without a configuration file (start it with --config)".to_owned()
+        })
+    }
+
+    /// Refuses a configuration that changes what only a restart can.
+    fn check_restart_keys(&self, config: &Config, path: &std::path::Path) -> Result<(), String> {
         let (old, new) = (&self.config.datapath, &config.datapath);
         let mut fixed = Vec::new();
         if old.interfaces != new.interfaces {
@@ -143,15 +167,28 @@ impl State {
         if old.flow_table_size.get_ref() != new.flow_table_size.get_ref() {
             fixed.push("[datapath] flow_table_size");
         }
-        if self.config.daemon != config.daemon {
+        let mut daemon = config.daemon.clone();
+        if let Some(socket) = &self.socket_override {
+            daemon.control_socket.clone_from(socket);
+        }
+        if self.config.daemon != daemon {
             fixed.push("[daemon]");
         }
-        if !fixed.is_empty() {
-            return Err(format!(
-                "{}: {} cannot change while the daemon runs (restart it); nothing was changed",
-                path.display(),
-                fixed.join(", ")
-            ));
+        if fixed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: {} cannot change while the daemon runs (restart it); nothing was changed",
+            path.display(),
+            fixed.join(", ")
+        ))
+    }
+
+    /// Applies a checked configuration read from `path`.
+    async fn take(&mut self, mut config: Config, path: &std::path::Path) -> Result<String, String> {
+        self.check_restart_keys(&config, path)?;
+        if let Some(socket) = &self.socket_override {
+            config.daemon.control_socket.clone_from(socket);
         }
         self.apply(config).await.map_err(|e| format!("{e:#}"))?;
         Ok(format!(
@@ -176,8 +213,11 @@ impl State {
         for old in &self.plan.vips {
             let kept = plan.vips.iter().any(|v| v.slot == old.slot);
             if !kept {
-                self.datapath.remove_vip(&old.slot)?;
-                self.rings.remove(&old.slot.info.index);
+                // Only a VIP with a ring was ever published.
+                if self.rings.remove(&old.slot.info.index).is_some() {
+                    self.datapath.remove_vip(&old.slot)?;
+                }
+                self.all_down.remove(&old.slot.info.index);
                 tracing::info!(vip = old.name.as_str(), "VIP removed");
             }
         }

@@ -1,0 +1,183 @@
+//! Runtime changes through the CLI: each is reflected in the datapath at
+//! once and written back to the configuration file with its comments; a
+//! drained backend keeps its established connection; a refused change
+//! leaves the file as it was.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Result, ensure};
+use balancer_tests::{
+    Lab, Netns,
+    daemon::{cli, cli_json, start},
+    netns_test,
+    servers::{tcp_ask_name, tcp_echo_server, tcp_name_server},
+    topology::{self, Topology},
+};
+
+const COMMENT: &str = "# Operator's note: keep this line.";
+
+fn config() -> String {
+    let mut text = format!("{COMMENT}\n[datapath]\ninterfaces = [\"eth0\"]\n");
+    for (name, port) in [("web", 80), ("chat", 81)] {
+        text.push_str(&format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{}\"\nport = {port}\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"none\"\n",
+            topology::VIP4
+        ));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{}\"\n",
+                topology::backend4(i)
+            ));
+        }
+    }
+    text
+}
+
+fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
+    let out = cli(lab, args)?;
+    ensure!(
+        out.status.success(),
+        "balancer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
+    let vip = SocketAddr::new(topology::VIP4.into(), 80);
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(tcp_ask_name(client, vip)?).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// Opens a connection to the chat VIP and returns it with the name of the
+/// backend that holds it.
+fn chat(client: &Netns) -> Result<(BufReader<TcpStream>, String)> {
+    let vip = SocketAddr::new(topology::VIP4.into(), 81);
+    let stream = client.run(|| TcpStream::connect_timeout(&vip, Duration::from_secs(3)))??;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut reader = BufReader::new(stream);
+    let mut name = String::new();
+    reader.read_line(&mut name)?;
+    Ok((reader, name.trim().to_owned()))
+}
+
+fn echo(conn: &mut BufReader<TcpStream>, text: &str) -> Result<()> {
+    conn.get_mut().write_all(format!("{text}\n").as_bytes())?;
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    ensure!(line.trim() == text, "echo returned {line:?}");
+    Ok(())
+}
+
+#[test]
+fn cli_changes_apply_at_once_and_are_written_back() {
+    netns_test("cli_changes", Duration::from_secs(180), |lab| {
+        let t = Topology::build(lab, 3)?;
+        for (i, backend) in t.backends.iter().enumerate() {
+            tcp_name_server(
+                backend,
+                SocketAddr::new(topology::VIP4.into(), 80),
+                &format!("be{i}"),
+            )?;
+            tcp_echo_server(
+                backend,
+                SocketAddr::new(topology::VIP4.into(), 81),
+                &format!("be{i}"),
+            )?;
+        }
+        let path = lab.write_file("balancer.toml", &config())?;
+        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+
+        // Drain: the held connection goes on, new ones avoid the backend.
+        let (mut held, holder) = chat(&t.client)?;
+        let index: usize = holder.trim_start_matches("be").parse()?;
+        let address = topology::backend4(index).to_string();
+        ok(lab, &["backend", "drain", "chat", &address])?;
+        let text = std::fs::read_to_string(&path)?;
+        ensure!(
+            text.contains("drain = true") && text.starts_with(COMMENT),
+            "{text}"
+        );
+        echo(&mut held, "still here after the drain")?;
+        for _ in 0..60 {
+            let (_, name) = chat(&t.client)?;
+            ensure!(
+                name != holder,
+                "a new connection reached the draining {holder}"
+            );
+        }
+        echo(&mut held, "still here after 60 new connections")?;
+        ok(lab, &["backend", "undrain", "chat", &address])?;
+        ensure!(!std::fs::read_to_string(&path)?.contains("drain = true"));
+        let mut reached = false;
+        for _ in 0..60 {
+            reached |= chat(&t.client)?.1 == holder;
+        }
+        ensure!(reached, "{holder} took no new connection after undrain");
+
+        // Remove and add back with a large weight.
+        ok(lab, &["backend", "remove", "web", "10.50.0.12"])?;
+        let without = tally(&t.client, 100)?;
+        ensure!(
+            !without.contains_key("be2"),
+            "a removed backend got connections: {without:?}"
+        );
+        ok(
+            lab,
+            &["backend", "add", "web", "10.50.0.12", "--weight", "400"],
+        )?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let with = tally(&t.client, 200)?;
+        ensure!(
+            with.get("be2").copied().unwrap_or(0) >= 100,
+            "weight 400 of 600 got {with:?}"
+        );
+        ensure!(std::fs::read_to_string(&path)?.contains("weight = 400"));
+
+        // VIPs.
+        ok(
+            lab,
+            &[
+                "vip",
+                "add",
+                "dns",
+                "198.51.100.80:53/udp",
+                "--scheduler",
+                "source-hash",
+            ],
+        )?;
+        ensure!(cli_json(lab, ["vip", "list"])?.as_array().map(Vec::len) == Some(3));
+        ensure!(std::fs::read_to_string(&path)?.contains("name = \"dns\""));
+        ok(lab, &["vip", "remove", "dns"])?;
+        ensure!(cli_json(lab, ["vip", "list"])?.as_array().map(Vec::len) == Some(2));
+
+        // A refused change: a clear error, the file untouched.
+        let before = std::fs::read_to_string(&path)?;
+        let refused = cli(lab, ["backend", "weight", "web", "10.50.0.10", "20000"])?;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success()
+                && err.contains("weight 20000 of backend 10.50.0.10 is out of range"),
+            "{err}"
+        );
+        let missing = cli(lab, ["backend", "remove", "web", "10.9.9.9"])?;
+        ensure!(
+            String::from_utf8_lossy(&missing.stderr)
+                .contains("VIP \"web\" has no backend 10.9.9.9")
+        );
+        ensure!(
+            std::fs::read_to_string(&path)? == before,
+            "a refused change modified the file"
+        );
+        ensure!(tcp_ask_name(&t.client, SocketAddr::new(topology::VIP4.into(), 80)).is_ok());
+        Ok(())
+    });
+}
