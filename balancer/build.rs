@@ -16,6 +16,13 @@ fn main() -> anyhow::Result<()> {
         .context("balancer's manifest directory has no parent")?
         .join("balancer-ebpf");
     check_toolchain()?;
+    // The object embeds balancer-common's map types too; aya-build only
+    // watches the eBPF crate's own directory.
+    let common_dir = manifest_dir
+        .parent()
+        .context("balancer's manifest directory has no parent")?
+        .join("balancer-common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
     let root_dir = ebpf_dir
         .to_str()
         .context("the path of balancer-ebpf is not UTF-8")?;

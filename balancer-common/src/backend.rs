@@ -18,11 +18,14 @@ pub struct BackendInfo {
     /// That interface's index: XDP_TX when it is the ingress interface,
     /// a redirect through `egress` otherwise.
     pub ifindex: u32,
-    /// [`BACKEND_UP`], [`BACKEND_RESOLVED`].
+    /// [`BACKEND_UP`], [`BACKEND_RESOLVED`]; 0 for an unused id.
     pub flags: u32,
+    /// Index of the VIP the backend serves: with `addr`, what a restarted
+    /// daemon reads back to give every backend the id its flows use.
+    pub vip: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<BackendInfo>() == 36);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
 
 impl BackendInfo {
     /// The `macs` words for destination `dst` and source `src`.
@@ -41,6 +44,6 @@ impl BackendInfo {
 /// Healthy: established flows stay on it. A flow whose backend lost this
 /// flag picks a new one (fail over).
 pub const BACKEND_UP: u32 = 1;
-/// `dst_mac`, `src_mac` and `ifindex` are valid. Without it the packet is
+/// `macs` and `ifindex` are valid. Without it the packet is
 /// dropped and counted, never sent to a wrong MAC.
 pub const BACKEND_RESOLVED: u32 = 1 << 1;

@@ -56,6 +56,17 @@ pub enum Command {
     /// Make the daemon read its configuration file again and apply what
     /// changed (like SIGHUP); an invalid file is refused with its errors.
     Reload,
+    /// Detach the XDP program from every interface and remove its pinned
+    /// state (run it with the daemon stopped: the datapath keeps
+    /// forwarding after `balancer run` exits, until this).
+    Teardown {
+        /// The configuration whose `[daemon] pin_path` to use.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// The pin directory, instead of the configuration's.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
 }
 
 /// `balancer vip ...`. Changes are written to the configuration file
@@ -159,6 +170,9 @@ pub struct RunArgs {
     /// How often to log the packet counters ("10s", "500ms").
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
+    /// Where maps and links are pinned, replacing `[daemon] pin_path`.
+    #[arg(long, value_name = "PATH")]
+    pub pin_path: Option<PathBuf>,
     /// Load the debug variant of the XDP program, which logs every decision
     /// (VIP matched, flow hit or miss, backend picked, verdict and reason)
     /// through the daemon's log. Costs speed: for troubleshooting.
@@ -224,6 +238,7 @@ pub fn main() -> ExitCode {
         }
         Command::Stats => ask(Request::Stats {}),
         Command::Reload => ask(Request::Reload {}),
+        Command::Teardown { config, pin_path } => teardown(config.as_deref(), pin_path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -232,6 +247,26 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `balancer teardown`.
+fn teardown(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = match (pin_path, config) {
+        (Some(dir), _) => dir,
+        (None, Some(path)) => crate::config::load(path)?.daemon.pin_path,
+        (None, None) => crate::config::DaemonConfig::default().pin_path,
+    };
+    let detached = crate::datapath::pin::teardown(&dir)?;
+    println!(
+        "{}: detached from {} and unpinned",
+        dir.display(),
+        if detached.is_empty() {
+            "no interface".to_owned()
+        } else {
+            detached.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// `balancer check-config PATH`.

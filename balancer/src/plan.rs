@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use balancer_common::{
     Addr, addr_from_octets, addr_from_v4,
+    backend::BackendInfo,
     settings::Settings,
     vip::{ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VIP_SOURCE_HASH, VipInfo, VipKey},
 };
@@ -82,6 +83,45 @@ impl Numbering {
             .collect();
         self.vips.retain(|name, _| vips.contains(name));
         self.backends.retain(|key, _| backends.contains(key));
+    }
+
+    /// The numbers a previous daemon gave, read back from the maps it
+    /// pinned: a VIP of `config` with the same (address, port, protocol)
+    /// keeps its index, a backend with the same VIP and address its id, so
+    /// established flows keep their backends across a restart.
+    pub fn recover(
+        config: &Config,
+        vips: &[(VipKey, VipInfo)],
+        backends: &[(u32, BackendInfo)],
+    ) -> Numbering {
+        let mut numbering = Numbering::default();
+        for vip in &config.vips {
+            let vip = vip.get_ref();
+            let key = VipKey {
+                addr: addr(*vip.address.get_ref()),
+                port: vip.port.to_be(),
+                proto: vip.protocol.number(),
+                _pad: 0,
+            };
+            let Some((_, info)) = vips.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            let name = vip.name.get_ref().clone();
+            numbering.vips.insert(name.clone(), info.index);
+            for b in &vip.backends {
+                let address = *b.get_ref().address.get_ref();
+                if let Some((id, _)) = backends
+                    .iter()
+                    .find(|(_, i)| i.vip == info.index && i.addr == addr(address))
+                {
+                    numbering.backends.insert((name.clone(), address), *id);
+                }
+            }
+        }
+        // New numbers start after every number in use, adopted or not.
+        numbering.next_vip = vips.iter().map(|(_, i)| i.index + 1).max().unwrap_or(0);
+        numbering.next_backend = backends.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+        numbering
     }
 
     fn vip(&mut self, name: &str) -> u32 {

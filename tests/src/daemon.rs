@@ -20,6 +20,8 @@ where
         .arg("--socket")
         .arg(lab.scratch("control.sock")?)
         .arg("run")
+        .arg("--pin-path")
+        .arg(lab.pin_dir()?)
         .args(args);
     let mut daemon = Process::start(command)?;
     daemon.wait_for_output(Duration::from_secs(30), |out| {

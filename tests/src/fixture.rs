@@ -80,6 +80,7 @@ impl Backend {
             macs: BackendInfo::mac_words(backend_mac(self.id), LB_MAC),
             ifindex: self.ifindex,
             flags,
+            vip: 0,
         }
     }
 }

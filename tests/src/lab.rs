@@ -38,11 +38,13 @@ impl Default for VethOptions {
     }
 }
 
-/// What a lab must remove: its namespaces and its scratch directory.
+/// What a lab must remove: its namespaces, its scratch directory and its
+/// bpffs pin directory.
 #[derive(Debug, Default)]
 struct Resources {
     namespaces: Vec<String>,
     dir: Option<std::path::PathBuf>,
+    pins: Option<std::path::PathBuf>,
 }
 
 /// Removes a lab's namespaces from another thread (used when a test times
@@ -53,17 +55,21 @@ pub struct TeardownHandle(Arc<Mutex<Resources>>);
 impl TeardownHandle {
     /// Kills every process inside the lab's namespaces and deletes them.
     pub fn run(&self) {
-        let (namespaces, dir) = {
+        let (namespaces, dir, pins) = {
             let mut resources = self.lock();
             (
                 std::mem::take(&mut resources.namespaces),
                 resources.dir.take(),
+                resources.pins.take(),
             )
         };
         for name in namespaces.iter().rev() {
             if let Err(err) = sweep::remove_namespace(name) {
                 eprintln!("warning: {err:#}");
             }
+        }
+        if let Some(pins) = pins {
+            sweep::unmount(&pins);
         }
         if let Some(dir) = dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -191,6 +197,29 @@ impl Lab {
         std::fs::write(&path, contents)
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
+    }
+
+    /// The lab's own directory for a daemon's pinned state: a bpffs
+    /// mounted in the lab's scratch directory (in the test's mount
+    /// namespace, so that daemons started with `ip netns exec`, which gets a
+    /// mount namespace of its own copied from it, see the same pins across
+    /// restarts). Unmounted and removed with the lab.
+    pub fn pin_dir(&self) -> Result<std::path::PathBuf> {
+        let mount = self.scratch("bpf")?;
+        let mut resources = self.resources.lock();
+        if resources.pins.is_none() {
+            std::fs::create_dir_all(&mount)?;
+            nix::mount::mount(
+                Some("bpf"),
+                &mount,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .with_context(|| format!("cannot mount bpffs on {}", mount.display()))?;
+            resources.pins = Some(mount.clone());
+        }
+        Ok(mount.join("balancer"))
     }
 
     /// The path of `name` in the lab's scratch directory (created on first

@@ -34,7 +34,7 @@ use std::{
 pub use lab::{Lab, VethOptions};
 pub use netns::Netns;
 pub use process::Process;
-pub use sweep::{NAME_PREFIX, leftover_namespaces, sweep_stale};
+pub use sweep::{NAME_PREFIX, leftover_namespaces, leftover_pins, sweep_stale};
 
 /// Runs a privileged test body in a fresh [`Lab`], with a deadline.
 ///

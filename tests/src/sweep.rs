@@ -12,6 +12,33 @@ use crate::cmd;
 /// made it.
 pub const NAME_PREFIX: &str = "lbt";
 
+/// bpffs mounts of the harness (one per lab that pinned state) that exist
+/// now, live or stale: their mount points.
+pub fn leftover_pins() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let point = fields.nth(1)?;
+            (fields.next() == Some("bpf") && lab_of(point).is_some()).then(|| point.to_owned())
+        })
+        .collect()
+}
+
+/// The lab name in a path of the harness's scratch directories.
+fn lab_of(path: &str) -> Option<&str> {
+    Path::new(path)
+        .components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .find(|c| owner_pid(c).is_some())
+}
+
+/// Unmounts a lab's bpffs (lazily: the kernel frees it once unused).
+pub(crate) fn unmount(point: &Path) {
+    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+}
+
 /// Namespaces of the harness that exist now, live or stale.
 pub fn leftover_namespaces() -> Result<Vec<String>> {
     let out = cmd::run("ip", ["netns", "list"])?;
@@ -37,6 +64,16 @@ pub fn sweep_stale() -> Result<Vec<String>> {
         }
         remove_namespace(&name)?;
         removed.push(name);
+    }
+    for point in leftover_pins() {
+        let Some(pid) = lab_of(&point).and_then(owner_pid) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        unmount(Path::new(&point));
+        removed.push(point);
     }
     Ok(removed)
 }

@@ -209,7 +209,7 @@ fn native_only_mode_fails_clearly_where_the_driver_refuses() {
 }
 
 #[test]
-fn daemon_attaches_counts_and_detaches_on_sigterm() {
+fn daemon_attaches_counts_and_leaves_forwarding_until_teardown() {
     netns_test("daemon_run", Duration::from_secs(60), |lab| {
         let (client, lb) = two_hosts(lab)?;
         let mut daemon = balancer_tests::daemon::start(
@@ -233,6 +233,7 @@ fn daemon_attaches_counts_and_detaches_on_sigterm() {
         let expected = format!("pass_not_vip={N}/{}B", N as u64 * V4_FRAME);
         daemon.wait_for_output(Duration::from_secs(10), |out| out.contains(&expected))?;
 
+        // SIGTERM leaves the datapath forwarding (pinned) ...
         daemon.signal(Signal::SIGTERM)?;
         let status = daemon.wait_timeout(Duration::from_secs(10))?;
         ensure!(
@@ -240,10 +241,41 @@ fn daemon_attaches_counts_and_detaches_on_sigterm() {
             "daemon exited with {status}:\n{}",
             daemon.output()
         );
-        ensure!(daemon.output().contains("detached XDP program"));
+        ensure!(
+            daemon.output().contains("leaving the datapath forwarding"),
+            "{}",
+            daemon.output()
+        );
+        ensure!(
+            lb.xdp_attachment("eth0")?.as_deref() == Some("xdp"),
+            "the datapath stopped with the daemon"
+        );
+        send_and_receive(&tx, &rx, 5)?;
+        // ... until `balancer teardown` detaches and unpins everything.
+        let pins = lab.pin_dir()?;
+        let out = std::process::Command::new(balancer_tests::balancer_bin()?)
+            .arg("teardown")
+            .arg("--pin-path")
+            .arg(&pins)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "teardown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).contains("detached from eth0"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         ensure!(
             lb.xdp_attachment("eth0")?.is_none(),
-            "XDP still attached after the daemon exited"
+            "XDP still attached after teardown"
+        );
+        ensure!(
+            !pins.exists(),
+            "{} still exists after teardown",
+            pins.display()
         );
         Ok(())
     });

@@ -43,6 +43,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    let default_pins = std::path::Path::new("/sys/fs/bpf/balancer");
+    let pins_before = default_pins.exists();
     let outcome = shell::run(
         shell::cargo()
             .args(["test", "--workspace"])
@@ -51,6 +53,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
     );
     if privileged {
         check_leftovers(&veths_before)?;
+        if default_pins.exists() && !pins_before {
+            bail!(
+                "the tests pinned state at {} (tests must use their lab's pin directory)",
+                default_pins.display()
+            );
+        }
     }
     outcome
 }

@@ -55,6 +55,12 @@ pub fn run(args: &RunArgs, socket: Option<&Path>) -> Result<()> {
             "no interface to attach to: set [datapath] interfaces in the configuration or pass --interface"
         );
     }
+    // Before anything is loaded or pinned: a wrong name changes nothing.
+    for interface in &interfaces {
+        if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
+            bail!("interface {interface} does not exist; nothing was changed");
+        }
+    }
     let mode = args
         .xdp_mode
         .unwrap_or_else(|| config.datapath.xdp_mode.into());
@@ -107,9 +113,14 @@ async fn serve(
     interfaces: &[String],
     mode: XdpMode,
 ) -> Result<()> {
+    let pin_dir = args
+        .pin_path
+        .clone()
+        .unwrap_or_else(|| config.daemon.pin_path.clone());
     let options = LoadOptions {
         flow_table_size: *config.datapath.flow_table_size.get_ref(),
         decision_log: args.datapath_log,
+        pin_dir: Some(pin_dir.clone()),
     };
     let mut datapath = Datapath::load_with(options).context("failed to load the XDP program")?;
     if let Some(log) = datapath.take_logger() {
@@ -121,7 +132,11 @@ async fn serve(
     let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
     let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<Report>(1024);
     let socket = config.daemon.control_socket.clone();
-    let mut state = State::new(config, path, datapath, neighbours, reports_tx)?;
+    let published = datapath
+        .published()
+        .context("cannot read the pinned maps")?;
+    let numbering = crate::plan::Numbering::recover(&config, &published.vips, &published.backends);
+    let mut state = State::new(config, path, datapath, neighbours, reports_tx, numbering)?;
     state.socket_override = socket_override;
     // Give the neighbours a moment to resolve (the first round provokes
     // it), so the first packets are not dropped as unresolved.
@@ -179,18 +194,10 @@ async fn serve(
     control.abort();
     let _ = std::fs::remove_file(&socket);
     log_stats(&state.datapath)?;
-    let attached: Vec<String> = state
-        .datapath
-        .attachments()
-        .map(|(i, _)| i.to_owned())
-        .collect();
-    for interface in attached {
-        state
-            .datapath
-            .detach(&interface)
-            .with_context(|| format!("failed to detach from {interface}"))?;
-        tracing::info!(interface = interface.as_str(), "detached XDP program");
-    }
+    tracing::info!(
+        pin_path = %pin_dir.display(),
+        "leaving the datapath forwarding with its pinned state; a new `balancer run` adopts it, `balancer teardown` removes it"
+    );
     Ok(())
 }
 

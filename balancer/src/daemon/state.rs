@@ -56,8 +56,8 @@ impl State {
         mut datapath: Datapath,
         neighbours: Neighbours,
         reports: mpsc::Sender<Report>,
+        mut numbering: Numbering,
     ) -> Result<State> {
-        let mut numbering = Numbering::default();
         let plan = plan::plan_with(&config, &mut numbering);
         datapath
             .set_settings(&plan.settings)
@@ -329,7 +329,7 @@ impl State {
     }
 
     /// The `backends` map entry for backend `id`.
-    fn backend_info(&self, id: u32, address: IpAddr) -> BackendInfo {
+    fn backend_info(&self, id: u32, address: IpAddr, vip: u32) -> BackendInfo {
         let path = self.paths.get(&id).copied().flatten();
         let up = self.health.get(&id).is_none_or(|t| t.state() == Health::Up);
         let mut flags = if up { BACKEND_UP } else { 0 };
@@ -349,6 +349,7 @@ impl State {
             macs,
             ifindex,
             flags,
+            vip,
         }
     }
 
@@ -366,14 +367,18 @@ impl State {
     /// their interfaces, and rebuilds the rings whose usable backends
     /// changed (a VIP with none keeps the ring it has).
     pub(super) fn publish_changes(&mut self) -> Result<()> {
-        let backends: Vec<(u32, IpAddr)> = self
+        let backends: Vec<(u32, IpAddr, u32)> = self
             .plan
             .vips
             .iter()
-            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
+            .flat_map(|v| {
+                v.backends
+                    .iter()
+                    .map(|b| (b.id, b.address, v.slot.info.index))
+            })
             .collect();
-        for (id, address) in backends {
-            let info = self.backend_info(id, address);
+        for (id, address, vip) in backends {
+            let info = self.backend_info(id, address, vip);
             if self.written.get(&id) == Some(&info) {
                 continue;
             }

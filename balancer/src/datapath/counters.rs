@@ -2,8 +2,10 @@
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use balancer_common::{
+    backend::BackendInfo,
     maps,
     stats::{Event, PacketCount, STATS_SLOTS, Stat, VipCounters},
+    vip::{VipInfo, VipKey},
 };
 
 use super::{Datapath, DatapathError};
@@ -43,7 +45,47 @@ pub struct Counters {
     pub backends: Vec<(u32, PacketCount)>,
 }
 
+/// What the `vips` and `backends` maps hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    pub vips: Vec<(VipKey, VipInfo)>,
+    /// Backend ids in use, with their records.
+    pub backends: Vec<(u32, BackendInfo)>,
+}
+
 impl Datapath {
+    /// What pinned maps adopted from a previous daemon hold: every VIP key
+    /// with its info, and every backend id in use with its record. Empty
+    /// for fresh maps.
+    pub fn published(&self) -> Result<Published, DatapathError> {
+        let map = self
+            .ebpf
+            .map(maps::VIPS)
+            .ok_or(DatapathError::MissingMap { name: maps::VIPS })?;
+        let vips: aya::maps::HashMap<_, VipKey, VipInfo> =
+            aya::maps::HashMap::try_from(map).map_err(DatapathError::map("open", maps::VIPS))?;
+        let vips = vips
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DatapathError::map("read", maps::VIPS))?;
+        let map = self
+            .ebpf
+            .map(maps::BACKENDS)
+            .ok_or(DatapathError::MissingMap {
+                name: maps::BACKENDS,
+            })?;
+        let array: aya::maps::Array<_, BackendInfo> =
+            aya::maps::Array::try_from(map).map_err(DatapathError::map("open", maps::BACKENDS))?;
+        let mut backends = Vec::new();
+        for (id, info) in array.iter().enumerate() {
+            let info = info.map_err(DatapathError::map("read", maps::BACKENDS))?;
+            if info != BackendInfo::default() {
+                backends.push((id as u32, info));
+            }
+        }
+        Ok(Published { vips, backends })
+    }
+
     /// Reads the global counters.
     pub fn reasons(&self) -> Result<Reasons, DatapathError> {
         let map = self.percpu::<PacketCount>(maps::STATS)?;

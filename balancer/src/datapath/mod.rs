@@ -6,6 +6,7 @@
 
 mod counters;
 pub mod floor;
+pub mod pin;
 mod write;
 
 use std::{collections::BTreeMap, fmt};
@@ -20,7 +21,7 @@ use aya::{
 use balancer_common::{XDP_PROGRAM, maps};
 use thiserror::Error;
 
-pub use counters::{Counters, Reasons};
+pub use counters::{Counters, Published, Reasons};
 pub use write::VipSlot;
 
 /// The XDP object built by build.rs from balancer-ebpf.
@@ -48,6 +49,18 @@ pub enum AttachedMode {
     Native,
     /// Run by the kernel's network stack on socket buffers.
     Generic,
+    /// A pinned link of a previous daemon, whose program was replaced in
+    /// place: the mode it was created in holds.
+    Adopted,
+}
+
+/// How the program holds an interface.
+enum Link {
+    /// A link the program owns: dropping the program detaches it.
+    Owned(XdpLinkId),
+    /// A link pinned under the pin directory: it stays attached when the
+    /// daemon exits, until `balancer teardown`.
+    Pinned(aya::programs::links::FdLink),
 }
 
 impl fmt::Display for AttachedMode {
@@ -55,6 +68,7 @@ impl fmt::Display for AttachedMode {
         f.write_str(match self {
             AttachedMode::Native => "native",
             AttachedMode::Generic => "generic",
+            AttachedMode::Adopted => "adopted",
         })
     }
 }
@@ -109,6 +123,11 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::xdp::XdpMapError>,
     },
+    #[error("pinned state at {path}: {reason}")]
+    Pin {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("ring of {len} slots does not match the configured ring size {expected}")]
     RingSize { len: usize, expected: u32 },
     #[error("{what} {value} is out of range (at most {max})")]
@@ -133,13 +152,16 @@ impl DatapathError {
 }
 
 /// What is fixed when the program is loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Entries of the connection table.
     pub flow_table_size: u32,
     /// Load the debug variant, which logs every decision through aya-log
     /// (see [`Datapath::take_logger`]). Slower: for troubleshooting only.
     pub decision_log: bool,
+    /// Pin every map and link under this bpffs directory, adopting what a
+    /// previous daemon pinned there (see [`pin`]).
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -147,6 +169,7 @@ impl Default for LoadOptions {
         LoadOptions {
             flow_table_size: maps::DEFAULT_FLOWS,
             decision_log: false,
+            pin_dir: None,
         }
     }
 }
@@ -160,8 +183,10 @@ pub type DecisionLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// from every interface it was attached to and frees it.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Where links are pinned (and maps), if anywhere.
+    pin_dir: Option<std::path::PathBuf>,
     logger: Option<DecisionLog>,
-    links: BTreeMap<String, (XdpLinkId, AttachedMode)>,
+    links: BTreeMap<String, (Link, AttachedMode)>,
     /// Ring size of the settings last written; every ring must have it.
     ring_size: u32,
 }
@@ -180,10 +205,29 @@ impl Datapath {
         } else {
             OBJECT
         };
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::FLOWS, options.flow_table_size)
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::FLOWS, options.flow_table_size);
+        let mut adopted = false;
+        let pin_paths: Vec<(&'static str, std::path::PathBuf)> = match &options.pin_dir {
+            Some(dir) => {
+                pin::prepare(dir)?;
+                adopted = pin::check_compatible(dir, options.flow_table_size)?;
+                pin::layouts(options.flow_table_size)
+                    .iter()
+                    .map(|(name, ..)| (*name, dir.join(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(object)
             .map_err(|err| DatapathError::Load(Box::new(err)))?;
+        if adopted {
+            tracing::info!("adopted the pinned maps: established flows and counters carry on");
+        }
         let logger = if options.decision_log {
             Some(DecisionLog::init(&mut ebpf).map_err(|err| DatapathError::Log(Box::new(err)))?)
         } else {
@@ -197,6 +241,7 @@ impl Datapath {
             })?;
         Ok(Datapath {
             ebpf,
+            pin_dir: options.pin_dir.clone(),
             logger,
             links: BTreeMap::new(),
             ring_size: 0,
@@ -216,11 +261,18 @@ impl Datapath {
                 interface: interface.to_owned(),
             });
         }
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|dir| pin::link_path(dir, interface));
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            return self.adopt(interface, path);
+        }
         let prog = program(&mut self.ebpf)?;
         let attach = |prog: &mut Xdp, mode: AttachedMode| {
             let flags = match mode {
                 AttachedMode::Native => AyaXdpMode::Driver,
-                AttachedMode::Generic => AyaXdpMode::Skb,
+                AttachedMode::Generic | AttachedMode::Adopted => AyaXdpMode::Skb,
             };
             prog.attach(interface, flags)
         };
@@ -257,8 +309,78 @@ impl Datapath {
                 }
             },
         };
+        let link = match pin {
+            None => Link::Owned(link),
+            Some(path) => {
+                let prog = program(&mut self.ebpf)?;
+                let owned = prog
+                    .take_link(link)
+                    .map_err(|source| DatapathError::Program {
+                        action: "take the link of",
+                        source: Box::new(source),
+                    })?;
+                let fd_link = aya::programs::links::FdLink::try_from(owned).map_err(|e| {
+                    DatapathError::Pin {
+                        path: path.clone(),
+                        reason: format!("the link of {interface} cannot be pinned: {e}"),
+                    }
+                })?;
+                let pinned = fd_link.pin(&path).map_err(|e| DatapathError::Pin {
+                    path: path.clone(),
+                    reason: format!("cannot pin the link of {interface}: {e}"),
+                })?;
+                Link::Pinned(pinned.into())
+            }
+        };
         self.links.insert(interface.to_owned(), (link, attached));
         Ok(attached)
+    }
+
+    /// Takes over the link a previous daemon pinned for `interface`: the
+    /// new program replaces the old one in place (one atomic update), and
+    /// the link stays pinned.
+    fn adopt(
+        &mut self,
+        interface: &str,
+        path: &std::path::Path,
+    ) -> Result<AttachedMode, DatapathError> {
+        let pin_error = |reason: String| DatapathError::Pin {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pinned = aya::programs::links::PinnedLink::from_pin(path)
+            .map_err(|e| pin_error(format!("cannot open the pinned link of {interface}: {e}")))?;
+        let fd_link: aya::programs::links::FdLink = pinned.into();
+        let xdp_link = aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| {
+            pin_error(format!(
+                "the pinned link of {interface} is not an XDP link: {e}"
+            ))
+        })?;
+        let prog = program(&mut self.ebpf)?;
+        let id = prog
+            .attach_to_link(xdp_link)
+            .map_err(|source| DatapathError::Program {
+                action: "replace in place",
+                source: Box::new(source),
+            })?;
+        let owned = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                action: "take the link of",
+                source: Box::new(source),
+            })?;
+        let fd_link = aya::programs::links::FdLink::try_from(owned)
+            .map_err(|e| pin_error(format!("the link of {interface}: {e}")))?;
+        self.links.insert(
+            interface.to_owned(),
+            (Link::Pinned(fd_link), AttachedMode::Adopted),
+        );
+        Ok(AttachedMode::Adopted)
+    }
+
+    /// Whether the program's links are pinned (they outlive the daemon).
+    pub fn is_pinned(&self) -> bool {
+        self.pin_dir.is_some()
     }
 
     /// The decision log of the debug variant (once; `None` for the default
@@ -275,12 +397,24 @@ impl Datapath {
             .ok_or_else(|| DatapathError::NotAttached {
                 interface: interface.to_owned(),
             })?;
-        program(&mut self.ebpf)?
-            .detach(link)
-            .map_err(|source| DatapathError::Program {
-                action: "detach",
-                source: Box::new(source),
-            })
+        match link {
+            Link::Owned(id) => {
+                program(&mut self.ebpf)?
+                    .detach(id)
+                    .map_err(|source| DatapathError::Program {
+                        action: "detach",
+                        source: Box::new(source),
+                    })
+            }
+            Link::Pinned(fd_link) => {
+                // Unpinned and closed, the link goes and the program with it.
+                if let Some(dir) = &self.pin_dir {
+                    let _ = std::fs::remove_file(pin::link_path(dir, interface));
+                }
+                drop(fd_link);
+                Ok(())
+            }
+        }
     }
 
     /// The interfaces the program is attached to, with their modes.

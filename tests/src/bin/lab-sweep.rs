@@ -4,24 +4,31 @@
 
 use std::process::ExitCode;
 
-use balancer_tests::{leftover_namespaces, sweep_stale};
+use balancer_tests::{leftover_namespaces, leftover_pins, sweep_stale};
 
 fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
     let left = match leftover_namespaces() {
-        Ok(left) => left,
+        Ok(mut left) => {
+            left.extend(leftover_pins());
+            left
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             return ExitCode::FAILURE;
         }
     };
     if left.is_empty() {
-        eprintln!("no test namespace left behind");
+        eprintln!("no test namespace or bpffs pin left behind");
         return ExitCode::SUCCESS;
     }
     match sweep_stale() {
-        Ok(removed) => eprintln!("test namespaces left behind: {left:?}; removed: {removed:?}"),
-        Err(err) => eprintln!("test namespaces left behind: {left:?}; cannot remove them: {err:#}"),
+        Ok(removed) => {
+            eprintln!("test namespaces or pins left behind: {left:?}; removed: {removed:?}")
+        }
+        Err(err) => {
+            eprintln!("test namespaces or pins left behind: {left:?}; cannot remove them: {err:#}")
+        }
     }
     if check {
         ExitCode::FAILURE

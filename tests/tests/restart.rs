@@ -1,0 +1,137 @@
+//! Hitless restarts: the daemon is killed with SIGKILL during traffic and
+//! started again. The pinned datapath forwards while no daemon runs, the
+//! long-lived connection survives, new connections are balanced by the new
+//! daemon, and the counters carry on.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Result, ensure};
+use balancer_tests::{
+    Netns,
+    daemon::{cli_json, start},
+    netns_test,
+    servers::{tcp_ask_name, tcp_echo_server, tcp_name_server},
+    topology::{self, Topology},
+};
+use nix::sys::signal::Signal;
+
+fn config() -> String {
+    let mut text = String::from("[datapath]\ninterfaces = [\"eth0\"]\n");
+    for (name, port) in [("web", 80), ("chat", 81)] {
+        text.push_str(&format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{}\"\nport = {port}\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"200ms\"\n",
+            topology::VIP4
+        ));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{}\"\n",
+                topology::backend4(i)
+            ));
+        }
+    }
+    text
+}
+
+fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
+    let vip = SocketAddr::new(topology::VIP4.into(), 80);
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(tcp_ask_name(client, vip)?).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+fn echo(conn: &mut BufReader<TcpStream>, text: &str) -> Result<()> {
+    conn.get_mut().write_all(format!("{text}\n").as_bytes())?;
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    ensure!(line.trim() == text, "the held connection answered {line:?}");
+    Ok(())
+}
+
+#[test]
+fn a_killed_daemon_restarts_without_dropping_connections() {
+    netns_test("restart", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 3)?;
+        for (i, backend) in t.backends.iter().enumerate() {
+            // Health checks go to the backend's own address.
+            tcp_name_server(
+                backend,
+                SocketAddr::new(topology::backend4(i).into(), 80),
+                "check",
+            )?;
+            tcp_name_server(
+                backend,
+                SocketAddr::new(topology::VIP4.into(), 80),
+                &format!("be{i}"),
+            )?;
+            tcp_echo_server(
+                backend,
+                SocketAddr::new(topology::VIP4.into(), 81),
+                &format!("be{i}"),
+            )?;
+        }
+        let path = lab.write_file("balancer.toml", &config())?;
+        let args = ["--config".as_ref(), path.as_os_str()];
+        let mut daemon = start(lab, &t.lb, args)?;
+
+        let chat = SocketAddr::new(topology::VIP4.into(), 81);
+        let stream = t
+            .client
+            .run(|| TcpStream::connect_timeout(&chat, Duration::from_secs(3)))??;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut held = BufReader::new(stream);
+        let mut holder = String::new();
+        held.read_line(&mut holder)?;
+        echo(&mut held, "before")?;
+        let before = tally(&t.client, 90)?;
+        ensure!(before.len() == 3, "{before:?}");
+        let tx_before = cli_json(lab, ["stats"])?["counters"]["tx"]["packets"]
+            .as_u64()
+            .unwrap_or(0);
+
+        daemon.signal(Signal::SIGKILL)?;
+        daemon.wait_timeout(Duration::from_secs(5))?;
+        // No daemon: the pinned datapath still forwards.
+        ensure!(
+            t.lb.xdp_attachment("eth0")?.is_some(),
+            "the datapath went with the daemon"
+        );
+        echo(&mut held, "while the daemon is dead")?;
+        let orphaned = tally(&t.client, 30)?;
+        ensure!(orphaned.values().sum::<usize>() == 30, "{orphaned:?}");
+
+        let daemon = start(lab, &t.lb, args)?;
+        ensure!(
+            daemon.output().contains("adopted the pinned maps"),
+            "{}",
+            daemon.output()
+        );
+        ensure!(
+            daemon.output().contains("mode=adopted"),
+            "{}",
+            daemon.output()
+        );
+        echo(&mut held, "after the restart")?;
+        let after = tally(&t.client, 90)?;
+        ensure!(after.len() == 3, "after the restart: {after:?}");
+        let tx_after = cli_json(lab, ["stats"])?["counters"]["tx"]["packets"]
+            .as_u64()
+            .unwrap_or(0);
+        ensure!(
+            tx_after > tx_before,
+            "the counters restarted: {tx_before} then {tx_after}"
+        );
+        echo(&mut held, "at the end")?;
+        eprintln!(
+            "held connection on {} survived; before {before:?}, daemon dead {orphaned:?}, after {after:?}; tx {tx_before} -> {tx_after}",
+            holder.trim()
+        );
+        Ok(())
+    });
+}
