@@ -116,6 +116,33 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
             "{reply}"
         );
         let silent = UnixStream::connect(&socket)?;
+        // A flood: many clients at once, half of them sending garbage.
+        let flood: Vec<_> = (0..200)
+            .map(|i| {
+                let socket = socket.clone();
+                std::thread::spawn(move || -> Result<String> {
+                    let mut s = UnixStream::connect(&socket)?;
+                    let line: &[u8] = if i % 2 == 0 {
+                        b"{\"command\":\"status\"}\n"
+                    } else {
+                        b"\x00\xff garbage\n"
+                    };
+                    s.write_all(line)?;
+                    let mut reply = String::new();
+                    s.read_to_string(&mut reply)?;
+                    Ok(reply)
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for client in flood {
+            let reply = client
+                .join()
+                .map_err(|_| anyhow::anyhow!("a flood client panicked"))??;
+            ensure!(reply.starts_with("{\"ok\":"), "{reply}");
+            answered += 1;
+        }
+        ensure!(answered == 200);
         let stats = cli_json(lab, ["stats"])?;
         ensure!(
             stats["counters"]["tx"]["packets"].as_u64().unwrap_or(0) > 0,

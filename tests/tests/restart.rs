@@ -135,3 +135,29 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
         Ok(())
     });
 }
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused_with_the_way_out() {
+    netns_test("pin_layout", Duration::from_secs(30), |lab| {
+        let dir = lab.pin_dir()?;
+        std::fs::create_dir_all(&dir)?;
+        // A 'backends' map as an older binary could have pinned it.
+        let old = aya::maps::Array::<aya::maps::MapData, [u8; 36]>::create(16384, 0)?;
+        aya::maps::Array::<aya::maps::MapData, [u8; 36]>::pin(old, dir.join("backends"))?;
+        let options = balancer::datapath::LoadOptions {
+            pin_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let err = match balancer::datapath::Datapath::load_with(options) {
+            Ok(_) => anyhow::bail!("a pinned map of another layout was adopted"),
+            Err(err) => format!("{err:#}"),
+        };
+        ensure!(
+            err.contains("backends")
+                && err.contains("value 36")
+                && err.contains("balancer teardown"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
