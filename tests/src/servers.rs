@@ -166,3 +166,58 @@ pub fn tcp_echo_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {
     });
     Ok(())
 }
+
+/// Opens `n` connections from `client` to `addr` (name servers behind it)
+/// and counts which backend answered each.
+pub fn tally_names(
+    client: &Netns,
+    addr: SocketAddr,
+    n: usize,
+) -> Result<std::collections::BTreeMap<String, usize>> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(tcp_ask_name(client, addr)?).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// A long-lived connection to an echo server ([`tcp_echo_server`]).
+pub struct EchoConnection {
+    reader: std::io::BufReader<TcpStream>,
+    /// The backend that holds the connection.
+    pub backend: String,
+}
+
+impl EchoConnection {
+    /// Connects from `client` to `addr` and reads the backend's name.
+    pub fn open(client: &Netns, addr: SocketAddr) -> Result<EchoConnection> {
+        use std::io::BufRead as _;
+        let stream = client
+            .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))?
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut backend = String::new();
+        reader.read_line(&mut backend)?;
+        Ok(EchoConnection {
+            reader,
+            backend: backend.trim().to_owned(),
+        })
+    }
+
+    /// Sends a line and checks that it comes back: the connection works.
+    pub fn echo(&mut self, text: &str) -> Result<()> {
+        use std::io::BufRead as _;
+        self.reader
+            .get_mut()
+            .write_all(format!("{text}\n").as_bytes())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        anyhow::ensure!(
+            line.trim() == text,
+            "the connection to {} answered {line:?}",
+            self.backend
+        );
+        Ok(())
+    }
+}

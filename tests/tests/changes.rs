@@ -3,19 +3,14 @@
 //! drained backend keeps its established connection; a refused change
 //! leaves the file as it was.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Result, ensure};
 use balancer_tests::{
     Lab, Netns,
     daemon::{cli, cli_json, start},
     netns_test,
-    servers::{tcp_ask_name, tcp_echo_server, tcp_name_server},
+    servers::{EchoConnection, tally_names, tcp_ask_name, tcp_echo_server, tcp_name_server},
     topology::{self, Topology},
 };
 
@@ -49,32 +44,12 @@ fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
 }
 
 fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
-    let vip = SocketAddr::new(topology::VIP4.into(), 80);
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        *counts.entry(tcp_ask_name(client, vip)?).or_default() += 1;
-    }
-    Ok(counts)
+    tally_names(client, SocketAddr::new(topology::VIP4.into(), 80), n)
 }
 
-/// Opens a connection to the chat VIP and returns it with the name of the
-/// backend that holds it.
-fn chat(client: &Netns) -> Result<(BufReader<TcpStream>, String)> {
-    let vip = SocketAddr::new(topology::VIP4.into(), 81);
-    let stream = client.run(|| TcpStream::connect_timeout(&vip, Duration::from_secs(3)))??;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut reader = BufReader::new(stream);
-    let mut name = String::new();
-    reader.read_line(&mut name)?;
-    Ok((reader, name.trim().to_owned()))
-}
-
-fn echo(conn: &mut BufReader<TcpStream>, text: &str) -> Result<()> {
-    conn.get_mut().write_all(format!("{text}\n").as_bytes())?;
-    let mut line = String::new();
-    conn.read_line(&mut line)?;
-    ensure!(line.trim() == text, "echo returned {line:?}");
-    Ok(())
+/// A connection to the chat VIP.
+fn chat(client: &Netns) -> Result<EchoConnection> {
+    EchoConnection::open(client, SocketAddr::new(topology::VIP4.into(), 81))
 }
 
 #[test]
@@ -97,7 +72,8 @@ fn cli_changes_apply_at_once_and_are_written_back() {
         let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
 
         // Drain: the held connection goes on, new ones avoid the backend.
-        let (mut held, holder) = chat(&t.client)?;
+        let mut held = chat(&t.client)?;
+        let holder = held.backend.clone();
         let index: usize = holder.trim_start_matches("be").parse()?;
         let address = topology::backend4(index).to_string();
         ok(lab, &["backend", "drain", "chat", &address])?;
@@ -106,20 +82,20 @@ fn cli_changes_apply_at_once_and_are_written_back() {
             text.contains("drain = true") && text.starts_with(COMMENT),
             "{text}"
         );
-        echo(&mut held, "still here after the drain")?;
+        held.echo("still here after the drain")?;
         for _ in 0..60 {
-            let (_, name) = chat(&t.client)?;
+            let name = chat(&t.client)?.backend;
             ensure!(
                 name != holder,
                 "a new connection reached the draining {holder}"
             );
         }
-        echo(&mut held, "still here after 60 new connections")?;
+        held.echo("still here after 60 new connections")?;
         ok(lab, &["backend", "undrain", "chat", &address])?;
         ensure!(!std::fs::read_to_string(&path)?.contains("drain = true"));
         let mut reached = false;
         for _ in 0..60 {
-            reached |= chat(&t.client)?.1 == holder;
+            reached |= chat(&t.client)?.backend == holder;
         }
         ensure!(reached, "{holder} took no new connection after undrain");
 

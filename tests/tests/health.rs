@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Result, ensure};
 use balancer_tests::{
     Netns, netns_test,
-    servers::{HealthEndpoint, tcp_ask_name, tcp_name_server},
+    servers::{HealthEndpoint, tally_names, tcp_name_server},
     topology::{self, Topology},
 };
 
@@ -31,12 +31,7 @@ fn config(t: &Topology, kind: &str) -> String {
 }
 
 fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        let name = tcp_ask_name(client, SocketAddr::new(topology::VIP4.into(), 80))?;
-        *counts.entry(name).or_default() += 1;
-    }
-    Ok(counts)
+    tally_names(client, SocketAddr::new(topology::VIP4.into(), 80), n)
 }
 
 /// Runs the scenario with check `kind`; `fail` and `heal` break and mend

@@ -3,19 +3,14 @@
 //! long-lived connection survives, new connections are balanced by the new
 //! daemon, and the counters carry on.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Result, ensure};
 use balancer_tests::{
     Netns,
     daemon::{cli_json, start},
     netns_test,
-    servers::{tcp_ask_name, tcp_echo_server, tcp_name_server},
+    servers::{EchoConnection, tally_names, tcp_echo_server, tcp_name_server},
     topology::{self, Topology},
 };
 use nix::sys::signal::Signal;
@@ -38,20 +33,7 @@ fn config() -> String {
 }
 
 fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
-    let vip = SocketAddr::new(topology::VIP4.into(), 80);
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        *counts.entry(tcp_ask_name(client, vip)?).or_default() += 1;
-    }
-    Ok(counts)
-}
-
-fn echo(conn: &mut BufReader<TcpStream>, text: &str) -> Result<()> {
-    conn.get_mut().write_all(format!("{text}\n").as_bytes())?;
-    let mut line = String::new();
-    conn.read_line(&mut line)?;
-    ensure!(line.trim() == text, "the held connection answered {line:?}");
-    Ok(())
+    tally_names(client, SocketAddr::new(topology::VIP4.into(), 80), n)
 }
 
 #[test]
@@ -80,15 +62,8 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
         let args = ["--config".as_ref(), path.as_os_str()];
         let mut daemon = start(lab, &t.lb, args)?;
 
-        let chat = SocketAddr::new(topology::VIP4.into(), 81);
-        let stream = t
-            .client
-            .run(|| TcpStream::connect_timeout(&chat, Duration::from_secs(3)))??;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let mut held = BufReader::new(stream);
-        let mut holder = String::new();
-        held.read_line(&mut holder)?;
-        echo(&mut held, "before")?;
+        let mut held = EchoConnection::open(&t.client, SocketAddr::new(topology::VIP4.into(), 81))?;
+        held.echo("before")?;
         let before = tally(&t.client, 90)?;
         ensure!(before.len() == 3, "{before:?}");
         let tx_before = cli_json(lab, ["stats"])?["counters"]["tx"]["packets"]
@@ -102,7 +77,7 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
             t.lb.xdp_attachment("eth0")?.is_some(),
             "the datapath went with the daemon"
         );
-        echo(&mut held, "while the daemon is dead")?;
+        held.echo("while the daemon is dead")?;
         let orphaned = tally(&t.client, 30)?;
         ensure!(orphaned.values().sum::<usize>() == 30, "{orphaned:?}");
 
@@ -117,7 +92,7 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
             "{}",
             daemon.output()
         );
-        echo(&mut held, "after the restart")?;
+        held.echo("after the restart")?;
         let after = tally(&t.client, 90)?;
         ensure!(after.len() == 3, "after the restart: {after:?}");
         let tx_after = cli_json(lab, ["stats"])?["counters"]["tx"]["packets"]
@@ -127,10 +102,10 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
             tx_after > tx_before,
             "the counters restarted: {tx_before} then {tx_after}"
         );
-        echo(&mut held, "at the end")?;
+        held.echo("at the end")?;
         eprintln!(
             "held connection on {} survived; before {before:?}, daemon dead {orphaned:?}, after {after:?}; tx {tx_before} -> {tx_after}",
-            holder.trim()
+            held.backend
         );
         Ok(())
     });
