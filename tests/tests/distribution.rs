@@ -110,3 +110,93 @@ fn new_flows_follow_the_weights_for_tcp_and_udp() {
         within_three_points("udp", &udp, N)
     });
 }
+
+#[test]
+fn source_hash_keeps_every_connection_of_a_client_on_one_backend_and_ipv6_udp_balances() {
+    netns_test("source_hash_v6", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 3)?;
+        for (i, backend) in t.backends.iter().enumerate() {
+            tcp_name_server(
+                backend,
+                SocketAddr::new(topology::VIP4.into(), 443),
+                &format!("be{i}"),
+            )?;
+            udp_name_server(
+                backend,
+                SocketAddr::new(topology::VIP6.into(), 53),
+                &format!("be{i}"),
+            )?;
+        }
+        // A second client address, to see two clients placed independently.
+        t.client.add_address("eth0", "10.50.0.3/24")?;
+        let mut text = format!(
+            "[datapath]\ninterfaces = [\"eth0\"]\n\n[[vip]]\nname = \"sticky\"\naddress = \"{}\"\nport = 443\nprotocol = \"tcp\"\nscheduler = \"source-hash\"\n[vip.health_check]\nkind = \"none\"\n",
+            topology::VIP4
+        );
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{}\"\n",
+                topology::backend4(i)
+            ));
+        }
+        text.push_str(&format!(
+            "\n[[vip]]\nname = \"dns6\"\naddress = \"{}\"\nport = 53\nprotocol = \"udp\"\n[vip.health_check]\nkind = \"none\"\n",
+            topology::VIP6
+        ));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{}\"\n",
+                topology::backend6(i)
+            ));
+        }
+        let path = lab.write_file("balancer.toml", &text)?;
+        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+
+        // 3. Every connection from one client address reaches one backend.
+        let sticky = SocketAddr::new(topology::VIP4.into(), 443);
+        for source in ["10.50.0.1", "10.50.0.3"] {
+            let source: IpAddr = source.parse()?;
+            let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+            for _ in 0..100 {
+                let stream = t.client.run(|| -> std::io::Result<std::net::TcpStream> {
+                    let socket =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                    socket.bind(&SocketAddr::new(source, 0).into())?;
+                    socket.connect_timeout(&sticky.into(), Duration::from_secs(3))?;
+                    Ok(socket.into())
+                })??;
+                let mut reply = String::new();
+                std::io::Read::read_to_string(&mut &stream, &mut reply)?;
+                *seen.entry(reply.trim().to_owned()).or_default() += 1;
+            }
+            ensure!(
+                seen.len() == 1,
+                "client {source} reached several backends: {seen:?}"
+            );
+            eprintln!("source-hash: client {source}: {seen:?}");
+        }
+
+        // 10. IPv6 UDP over IPv6 backends.
+        let dns6 = SocketAddr::new(topology::VIP6.into(), 53);
+        let mut udp: BTreeMap<String, usize> = BTreeMap::new();
+        for flow in 0..300u16 {
+            let socket = t
+                .client
+                .run(|| UdpSocket::bind((IpAddr::from(topology::CLIENT6), 30000 + flow)))??;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.send_to(b"who?", dns6)?;
+            let mut buf = [0u8; 64];
+            let (n, _) = socket
+                .recv_from(&mut buf)
+                .with_context(|| format!("IPv6 flow {flow}: no answer"))?;
+            *udp.entry(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .or_default() += 1;
+        }
+        ensure!(
+            udp.len() == 3 && udp.values().all(|&c| c >= 50),
+            "IPv6 UDP flows: {udp:?}"
+        );
+        eprintln!("ipv6 udp: 300 flows: {udp:?}");
+        Ok(())
+    });
+}
