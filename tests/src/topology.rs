@@ -112,3 +112,79 @@ impl Topology {
             .collect()
     }
 }
+
+/// A test server every backend runs; backend `i` answers as `be{i}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// TCP: writes the name and closes ([`crate::servers::tcp_name_server`]).
+    TcpName,
+    /// UDP: answers every datagram with the name.
+    UdpName,
+    /// TCP: writes the name, then echoes until the client closes.
+    TcpEcho,
+}
+
+impl Topology {
+    /// Starts `server` on `address:port` on every backend.
+    pub fn serve(&self, server: Server, address: IpAddr, port: u16) -> Result<()> {
+        let addr = std::net::SocketAddr::new(address, port);
+        for (i, backend) in self.backends.iter().enumerate() {
+            let name = format!("be{i}");
+            match server {
+                Server::TcpName => crate::servers::tcp_name_server(backend, addr, &name)?,
+                Server::UdpName => crate::servers::udp_name_server(backend, addr, &name)?,
+                Server::TcpEcho => crate::servers::tcp_echo_server(backend, addr, &name)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `[vip.health_check]` table that turns checks off.
+pub const NO_CHECK: &str = "[vip.health_check]\nkind = \"none\"\n";
+
+/// Configuration text for the balancer of this topology: `[datapath]` on
+/// `eth0`, then the VIPs added.
+#[derive(Clone, Debug)]
+pub struct ConfigText(String);
+
+impl Default for ConfigText {
+    fn default() -> Self {
+        ConfigText("[datapath]\ninterfaces = [\"eth0\"]\n".to_owned())
+    }
+}
+
+impl ConfigText {
+    /// Adds a VIP. `options` are further lines of its table (a scheduler,
+    /// a `[vip.health_check]` table); each backend comes with the extra
+    /// lines of its own table (a weight), often none.
+    pub fn vip(
+        mut self,
+        name: &str,
+        address: IpAddr,
+        port: u16,
+        protocol: &str,
+        options: &str,
+        backends: &[(IpAddr, &str)],
+    ) -> ConfigText {
+        self.0.push_str(&format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\n{options}"
+        ));
+        for (backend, extra) in backends {
+            self.0.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{backend}\"\n{extra}"
+            ));
+        }
+        self
+    }
+
+    /// The text.
+    pub fn build(self) -> String {
+        self.0
+    }
+}
+
+/// `addresses` as backends without extra lines.
+pub fn plain(addresses: &[IpAddr]) -> Vec<(IpAddr, &'static str)> {
+    addresses.iter().map(|a| (*a, "")).collect()
+}

@@ -10,27 +10,26 @@ use balancer_tests::{
     Lab, Netns,
     daemon::{cli, cli_json, start},
     netns_test,
-    servers::{EchoConnection, tally_names, tcp_ask_name, tcp_echo_server, tcp_name_server},
-    topology::{self, Topology},
+    servers::{EchoConnection, tally_names, tcp_ask_name},
+    topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
 
 const COMMENT: &str = "# Operator's note: keep this line.";
 
-fn config() -> String {
-    let mut text = format!("{COMMENT}\n[datapath]\ninterfaces = [\"eth0\"]\n");
-    for (name, port) in [("web", 80), ("chat", 81)] {
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{}\"\nport = {port}\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"none\"\n",
-            topology::VIP4
-        ));
-        for i in 0..3 {
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"{}\"\n",
-                topology::backend4(i)
-            ));
-        }
-    }
-    text
+fn config(t: &Topology) -> String {
+    let backends = plain(&t.backend_addresses(false));
+    let text = ConfigText::default()
+        .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
+        .vip(
+            "chat",
+            topology::VIP4.into(),
+            81,
+            "tcp",
+            NO_CHECK,
+            &backends,
+        )
+        .build();
+    format!("{COMMENT}\n{text}")
 }
 
 fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
@@ -56,19 +55,9 @@ fn chat(client: &Netns) -> Result<EchoConnection> {
 fn cli_changes_apply_at_once_and_are_written_back() {
     netns_test("cli_changes", Duration::from_secs(180), |lab| {
         let t = Topology::build(lab, 3)?;
-        for (i, backend) in t.backends.iter().enumerate() {
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 80),
-                &format!("be{i}"),
-            )?;
-            tcp_echo_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 81),
-                &format!("be{i}"),
-            )?;
-        }
-        let path = lab.write_file("balancer.toml", &config())?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        t.serve(Server::TcpEcho, topology::VIP4.into(), 81)?;
+        let path = lab.write_file("balancer.toml", &config(&t))?;
         let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
 
         // Drain: the held connection goes on, new ones avoid the backend.

@@ -14,22 +14,18 @@ use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     daemon::{cli, cli_json, start},
     netns_test,
-    servers::{tcp_ask_name, tcp_name_server},
-    topology::{self, Topology},
+    servers::tcp_ask_name,
+    topology::{self, ConfigText, NO_CHECK, Server, Topology},
 };
 
-fn config(backends: usize, weight_line: &str) -> String {
-    let mut text = format!(
-        "[datapath]\ninterfaces = [\"eth0\"]\n\n[[vip]]\nname = \"web\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"none\"\n",
-        topology::VIP4
-    );
-    for i in 0..backends {
-        text.push_str(&format!(
-            "[[vip.backend]]\naddress = \"{}\"\n{weight_line}",
-            topology::backend4(i)
-        ));
-    }
-    text
+fn config(t: &Topology, backends: usize, weight_line: &str) -> String {
+    let backends: Vec<_> = t.backend_addresses(false)[..backends]
+        .iter()
+        .map(|a| (*a, weight_line))
+        .collect();
+    ConfigText::default()
+        .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
+        .build()
 }
 
 #[test]
@@ -37,10 +33,8 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
     netns_test("control_reload", Duration::from_secs(120), |lab| {
         let t = Topology::build(lab, 4)?;
         let vip = SocketAddr::new(topology::VIP4.into(), 80);
-        for (i, backend) in t.backends.iter().enumerate() {
-            tcp_name_server(backend, vip, &format!("be{i}"))?;
-        }
-        let path = lab.write_file("balancer.toml", &config(3, ""))?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        let path = lab.write_file("balancer.toml", &config(&t, 3, ""))?;
         let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
 
         let socket = lab.scratch("control.sock")?;
@@ -72,7 +66,7 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
         );
 
         // A valid reload adds a fourth backend: it takes new connections.
-        std::fs::write(&path, config(4, ""))?;
+        std::fs::write(&path, config(&t, 4, ""))?;
         let reload = cli(lab, ["reload"])?;
         ensure!(
             reload.status.success(),
@@ -92,7 +86,7 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
         );
 
         // An invalid file is refused with its line; nothing changes.
-        std::fs::write(&path, config(4, "weight = -1\n"))?;
+        std::fs::write(&path, config(&t, 4, "weight = -1\n"))?;
         let refused = cli(lab, ["reload"])?;
         let err = String::from_utf8_lossy(&refused.stderr);
         ensure!(

@@ -10,43 +10,38 @@ use std::{
 use anyhow::ensure;
 use balancer_tests::{
     Process, balancer_bin, netns_test,
-    servers::{tcp_ask_name, tcp_name_server},
-    topology::{self, Topology},
+    servers::tcp_ask_name,
+    topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
 
-/// A configuration with one TCP VIP per family over `backends`.
+/// A configuration with one TCP VIP per family over the backends.
 fn config(t: &Topology) -> String {
-    let mut text = String::from("[datapath]\ninterfaces = [\"eth0\"]\n");
-    for (name, vip, v6) in [
-        ("web4", IpAddr::V4(topology::VIP4), false),
-        ("web6", IpAddr::V6(topology::VIP6), true),
-    ] {
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"none\"\n"
-        ));
-        for backend in t.backend_addresses(v6) {
-            text.push_str(&format!("[[vip.backend]]\naddress = \"{backend}\"\n"));
-        }
-    }
-    text
+    ConfigText::default()
+        .vip(
+            "web4",
+            topology::VIP4.into(),
+            80,
+            "tcp",
+            NO_CHECK,
+            &plain(&t.backend_addresses(false)),
+        )
+        .vip(
+            "web6",
+            topology::VIP6.into(),
+            80,
+            "tcp",
+            NO_CHECK,
+            &plain(&t.backend_addresses(true)),
+        )
+        .build()
 }
 
 #[test]
 fn the_daemon_balances_tcp_connections_over_its_backends() {
     netns_test("daemon_balances", Duration::from_secs(120), |lab| {
         let t = Topology::build(lab, 3)?;
-        for (i, backend) in t.backends.iter().enumerate() {
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 80),
-                &format!("be{i}"),
-            )?;
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP6.into(), 80),
-                &format!("be{i}"),
-            )?;
-        }
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        t.serve(Server::TcpName, topology::VIP6.into(), 80)?;
         let path = lab.write_file("balancer.toml", &config(&t))?;
         let mut daemon = balancer_tests::daemon::start(
             lab,

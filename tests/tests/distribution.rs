@@ -11,26 +11,22 @@ use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     daemon::start,
     netns_test,
-    servers::{tally_names, tcp_name_server, udp_name_server},
-    topology::{self, Topology},
+    servers::tally_names,
+    topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
 
 /// Weights 1:1:2 over three backends, TCP port 80 and UDP port 53.
-fn config() -> String {
-    let mut text = String::from("[datapath]\ninterfaces = [\"eth0\"]\n");
-    for (name, port, protocol) in [("web", 80, "tcp"), ("dns", 53, "udp")] {
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{}\"\nport = {port}\nprotocol = \"{protocol}\"\n[vip.health_check]\nkind = \"none\"\n",
-            topology::VIP4
-        ));
-        for (i, weight) in [1, 1, 2].iter().enumerate() {
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"{}\"\nweight = {weight}\n",
-                topology::backend4(i)
-            ));
-        }
-    }
-    text
+fn config(t: &Topology) -> String {
+    let addresses = t.backend_addresses(false);
+    let weighted: Vec<_> = addresses
+        .iter()
+        .zip(["weight = 1\n", "weight = 1\n", "weight = 2\n"])
+        .map(|(a, w)| (*a, w))
+        .collect();
+    ConfigText::default()
+        .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &weighted)
+        .vip("dns", topology::VIP4.into(), 53, "udp", NO_CHECK, &weighted)
+        .build()
 }
 
 /// Checks that `counts` over `n` flows lies within ±3 percentage points of
@@ -62,19 +58,9 @@ fn within_three_points(what: &str, counts: &BTreeMap<String, usize>, n: usize) -
 fn new_flows_follow_the_weights_for_tcp_and_udp() {
     netns_test("distribution", Duration::from_secs(240), |lab| {
         let t = Topology::build(lab, 3)?;
-        for (i, backend) in t.backends.iter().enumerate() {
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 80),
-                &format!("be{i}"),
-            )?;
-            udp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 53),
-                &format!("be{i}"),
-            )?;
-        }
-        let path = lab.write_file("balancer.toml", &config())?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        t.serve(Server::UdpName, topology::VIP4.into(), 53)?;
+        let path = lab.write_file("balancer.toml", &config(&t))?;
         let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
 
         // 1. TCP: 3,000 connections.
@@ -115,40 +101,28 @@ fn new_flows_follow_the_weights_for_tcp_and_udp() {
 fn source_hash_keeps_every_connection_of_a_client_on_one_backend_and_ipv6_udp_balances() {
     netns_test("source_hash_v6", Duration::from_secs(120), |lab| {
         let t = Topology::build(lab, 3)?;
-        for (i, backend) in t.backends.iter().enumerate() {
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 443),
-                &format!("be{i}"),
-            )?;
-            udp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP6.into(), 53),
-                &format!("be{i}"),
-            )?;
-        }
+        t.serve(Server::TcpName, topology::VIP4.into(), 443)?;
+        t.serve(Server::UdpName, topology::VIP6.into(), 53)?;
         // A second client address, to see two clients placed independently.
         t.client.add_address("eth0", "10.50.0.3/24")?;
-        let mut text = format!(
-            "[datapath]\ninterfaces = [\"eth0\"]\n\n[[vip]]\nname = \"sticky\"\naddress = \"{}\"\nport = 443\nprotocol = \"tcp\"\nscheduler = \"source-hash\"\n[vip.health_check]\nkind = \"none\"\n",
-            topology::VIP4
-        );
-        for i in 0..3 {
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"{}\"\n",
-                topology::backend4(i)
-            ));
-        }
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"dns6\"\naddress = \"{}\"\nport = 53\nprotocol = \"udp\"\n[vip.health_check]\nkind = \"none\"\n",
-            topology::VIP6
-        ));
-        for i in 0..3 {
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"{}\"\n",
-                topology::backend6(i)
-            ));
-        }
+        let text = ConfigText::default()
+            .vip(
+                "sticky",
+                topology::VIP4.into(),
+                443,
+                "tcp",
+                &format!("scheduler = \"source-hash\"\n{NO_CHECK}"),
+                &plain(&t.backend_addresses(false)),
+            )
+            .vip(
+                "dns6",
+                topology::VIP6.into(),
+                53,
+                "udp",
+                NO_CHECK,
+                &plain(&t.backend_addresses(true)),
+            )
+            .build();
         let path = lab.write_file("balancer.toml", &text)?;
         let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
 

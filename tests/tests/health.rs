@@ -12,22 +12,42 @@ use std::{
 use anyhow::{Result, ensure};
 use balancer_tests::{
     Netns, netns_test,
-    servers::{HealthEndpoint, tally_names, tcp_name_server},
-    topology::{self, Topology},
+    servers::{HealthEndpoint, tally_names},
+    topology::{self, ConfigText, Server, Topology, plain},
 };
 
 const CHECK_PORT: u16 = 8080;
 
 fn config(t: &Topology, kind: &str) -> String {
-    let mut text = format!(
-        "[datapath]\ninterfaces = [\"eth0\"]\n\n[[vip]]\nname = \"web\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\n\
-         [vip.health_check]\nkind = \"{kind}\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n",
-        topology::VIP4
+    let check = format!(
+        "[vip.health_check]\nkind = \"{kind}\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
     );
-    for backend in t.backend_addresses(false) {
-        text.push_str(&format!("[[vip.backend]]\naddress = \"{backend}\"\n"));
-    }
-    text
+    ConfigText::default()
+        .vip(
+            "web",
+            topology::VIP4.into(),
+            80,
+            "tcp",
+            &check,
+            &plain(&t.backend_addresses(false)),
+        )
+        .build()
+}
+
+/// Name servers on the VIP and a health endpoint on every backend's own
+/// address.
+fn serve(t: &Topology) -> Result<Vec<HealthEndpoint>> {
+    t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+    t.backends
+        .iter()
+        .enumerate()
+        .map(|(i, backend)| {
+            HealthEndpoint::start(
+                backend,
+                SocketAddr::new(topology::backend4(i).into(), CHECK_PORT),
+            )
+        })
+        .collect()
 }
 
 fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
@@ -43,18 +63,7 @@ fn scenario(
     heal: impl Fn(&mut HealthEndpoint) -> Result<()>,
 ) -> Result<()> {
     let t = Topology::build(lab, 3)?;
-    let mut endpoints = Vec::new();
-    for (i, backend) in t.backends.iter().enumerate() {
-        tcp_name_server(
-            backend,
-            SocketAddr::new(topology::VIP4.into(), 80),
-            &format!("be{i}"),
-        )?;
-        endpoints.push(HealthEndpoint::start(
-            backend,
-            SocketAddr::new(topology::backend4(i).into(), CHECK_PORT),
-        )?);
-    }
+    let mut endpoints = serve(&t)?;
     let path = lab.write_file("balancer.toml", &config(&t, kind))?;
     let mut daemon =
         balancer_tests::daemon::start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
@@ -128,18 +137,7 @@ fn an_http_check_follows_the_status_the_backend_answers() {
 fn when_every_backend_is_down_the_vip_keeps_its_ring() {
     netns_test("health_all_down", Duration::from_secs(120), |lab| {
         let t = Topology::build(lab, 2)?;
-        let mut endpoints = Vec::new();
-        for (i, backend) in t.backends.iter().enumerate() {
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 80),
-                &format!("be{i}"),
-            )?;
-            endpoints.push(HealthEndpoint::start(
-                backend,
-                SocketAddr::new(topology::backend4(i).into(), CHECK_PORT),
-            )?);
-        }
+        let mut endpoints = serve(&t)?;
         let path = lab.write_file("balancer.toml", &config(&t, "tcp"))?;
         let mut daemon =
             balancer_tests::daemon::start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;

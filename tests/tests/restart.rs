@@ -10,26 +10,19 @@ use balancer_tests::{
     Netns,
     daemon::{cli_json, start},
     netns_test,
-    servers::{EchoConnection, tally_names, tcp_echo_server, tcp_name_server},
-    topology::{self, Topology},
+    servers::{EchoConnection, tally_names, tcp_name_server},
+    topology::{self, ConfigText, Server, Topology, plain},
 };
 use nix::sys::signal::Signal;
 
-fn config() -> String {
-    let mut text = String::from("[datapath]\ninterfaces = [\"eth0\"]\n");
-    for (name, port) in [("web", 80), ("chat", 81)] {
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"{name}\"\naddress = \"{}\"\nport = {port}\nprotocol = \"tcp\"\n[vip.health_check]\nkind = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"200ms\"\n",
-            topology::VIP4
-        ));
-        for i in 0..3 {
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"{}\"\n",
-                topology::backend4(i)
-            ));
-        }
-    }
-    text
+fn config(t: &Topology) -> String {
+    // Checked on the backends' own address, port 80.
+    let check = "[vip.health_check]\nkind = \"tcp\"\nport = 80\ninterval = \"500ms\"\ntimeout = \"200ms\"\n";
+    let backends = plain(&t.backend_addresses(false));
+    ConfigText::default()
+        .vip("web", topology::VIP4.into(), 80, "tcp", check, &backends)
+        .vip("chat", topology::VIP4.into(), 81, "tcp", check, &backends)
+        .build()
 }
 
 fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
@@ -47,18 +40,10 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
                 SocketAddr::new(topology::backend4(i).into(), 80),
                 "check",
             )?;
-            tcp_name_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 80),
-                &format!("be{i}"),
-            )?;
-            tcp_echo_server(
-                backend,
-                SocketAddr::new(topology::VIP4.into(), 81),
-                &format!("be{i}"),
-            )?;
         }
-        let path = lab.write_file("balancer.toml", &config())?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        t.serve(Server::TcpEcho, topology::VIP4.into(), 81)?;
+        let path = lab.write_file("balancer.toml", &config(&t))?;
         let args = ["--config".as_ref(), path.as_os_str()];
         let mut daemon = start(lab, &t.lb, args)?;
 
