@@ -102,7 +102,7 @@ mod user {
         flow::FlowState,
         settings::Settings,
         stats::PacketCount,
-        stats::VipCounters,
+        stats::FlowCounters,
         vip::VipKey,
         vip::VipInfo,
         vip::AddrKey,

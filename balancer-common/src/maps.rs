@@ -25,9 +25,9 @@ pub const FLOWS: &str = "flows";
 pub const EGRESS: &str = "egress";
 /// Settings of the datapath: one [`crate::settings::Settings`].
 pub const SETTINGS: &str = "settings";
-/// Per-VIP per-CPU counters: [`crate::stats::VipCounters`] by VIP index.
+/// Per-VIP per-CPU counters: [`crate::stats::FlowCounters`] by VIP index.
 pub const VIP_STATS: &str = "vip_stats";
-/// Per-backend per-CPU counters: [`crate::stats::PacketCount`] by backend id.
+/// Per-backend per-CPU counters: [`crate::stats::FlowCounters`] by backend id.
 pub const BACKEND_STATS: &str = "backend_stats";
 
 /// Most VIPs the datapath holds (VIP indexes are below this).

@@ -143,11 +143,12 @@ impl PacketCount {
     }
 }
 
-/// Per-VIP counters on one CPU.
+/// Per-VIP or per-backend counters on one CPU: traffic forwarded, and the
+/// flows that started there (what `backend list` shows as connections).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipCounters {
-    /// Packets forwarded to a backend of the VIP.
+pub struct FlowCounters {
+    /// Packets forwarded (to a backend of the VIP, or to the backend).
     pub packets: u64,
     /// Their bytes (frame length).
     pub bytes: u64,
@@ -155,12 +156,12 @@ pub struct VipCounters {
     pub new_flows: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<VipCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 24);
 
-impl VipCounters {
+impl FlowCounters {
     /// Sum of two counts, as when adding up the per-CPU slots.
-    pub const fn merged(self, other: VipCounters) -> VipCounters {
-        VipCounters {
+    pub const fn merged(self, other: FlowCounters) -> FlowCounters {
+        FlowCounters {
             packets: self.packets.wrapping_add(other.packets),
             bytes: self.bytes.wrapping_add(other.bytes),
             new_flows: self.new_flows.wrapping_add(other.new_flows),

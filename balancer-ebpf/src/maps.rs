@@ -13,7 +13,7 @@ use balancer_common::{
         MAX_EGRESS, MAX_VIPS,
     },
     settings::Settings,
-    stats::{PacketCount, STATS_SLOTS, VipCounters},
+    stats::{FlowCounters, PacketCount, STATS_SLOTS},
     vip::{AddrInfo, AddrKey, VipInfo, VipKey},
 };
 
@@ -54,7 +54,7 @@ pub static SETTINGS: Array<Settings, 1> = Array::new();
 pub static STATS: PerCpuArray<PacketCount, { STATS_SLOTS as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "vip_stats")]
-pub static VIP_STATS: PerCpuArray<VipCounters, VIPS_N> = PerCpuArray::new();
+pub static VIP_STATS: PerCpuArray<FlowCounters, VIPS_N> = PerCpuArray::new();
 
 #[btf_map(name = "backend_stats")]
-pub static BACKEND_STATS: PerCpuArray<PacketCount, BACKENDS_N> = PerCpuArray::new();
+pub static BACKEND_STATS: PerCpuArray<FlowCounters, BACKENDS_N> = PerCpuArray::new();

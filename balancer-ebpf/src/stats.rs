@@ -45,6 +45,7 @@ pub fn forwarded(vip: u32, backend: u32, len: u64, new_flow: bool) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len;
+            (*c).new_flows += new_flow as u64;
         }
     }
 }

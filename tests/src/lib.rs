@@ -11,10 +11,12 @@
 //! Everything here needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); see
 //! [`privilege`] for how tests behave without it.
 
+pub mod backend;
 pub mod cmd;
 pub mod daemon;
 pub mod fixture;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod privilege;
@@ -34,7 +36,7 @@ use std::{
 pub use lab::{Lab, VethOptions};
 pub use netns::Netns;
 pub use process::Process;
-pub use sweep::{NAME_PREFIX, leftover_namespaces, leftover_pins, sweep_stale};
+pub use sweep::{NAME_PREFIX, leftover_namespaces, leftover_pins, leftover_processes, sweep_stale};
 
 /// Runs a privileged test body in a fresh [`Lab`], with a deadline.
 ///

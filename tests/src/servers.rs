@@ -10,22 +10,124 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::Netns;
+use crate::{Netns, topology::Server};
 
 /// Starts a TCP server on `addr` in `ns` that writes `name` and a newline
 /// to every connection, then closes it. It runs until the namespace goes.
 pub fn tcp_name_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {
-    let listener = ns
-        .run(|| TcpListener::bind(addr))?
-        .with_context(|| format!("cannot listen on {addr} in {}", ns.name()))?;
-    let reply = format!("{name}\n");
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
+    serve(Server::TcpName, bind_tcp(ns, addr)?.into(), name);
     Ok(())
+}
+
+/// A bound socket for [`serve`].
+pub enum Bound {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A UDP socket.
+    Udp(UdpSocket),
+}
+
+impl From<TcpListener> for Bound {
+    fn from(listener: TcpListener) -> Bound {
+        Bound::Tcp(listener)
+    }
+}
+
+impl From<UdpSocket> for Bound {
+    fn from(socket: UdpSocket) -> Bound {
+        Bound::Udp(socket)
+    }
+}
+
+/// Binds the socket `server` needs on `addr` in the current namespace.
+pub fn bind(server: Server, addr: SocketAddr) -> std::io::Result<Bound> {
+    Ok(match server {
+        Server::UdpName => UdpSocket::bind(addr)?.into(),
+        _ => TcpListener::bind(addr)?.into(),
+    })
+}
+
+fn bind_tcp(ns: &Netns, addr: SocketAddr) -> Result<TcpListener> {
+    ns.run(|| TcpListener::bind(addr))?
+        .with_context(|| format!("cannot listen on {addr} in {}", ns.name()))
+}
+
+/// Serves `server` as `name` on a socket bound for it, on background
+/// threads, until the process ends.
+pub fn serve(server: Server, socket: Bound, name: &str) {
+    let greeting = format!("{name}\n");
+    match (server, socket) {
+        (Server::UdpName, Bound::Udp(socket)) => {
+            let reply = name.as_bytes().to_vec();
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&reply, from);
+                }
+            });
+        }
+        (server, Bound::Tcp(listener)) => {
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { break };
+                    let greeting = greeting.clone();
+                    match server {
+                        Server::TcpName => {
+                            let mut stream = stream;
+                            let _ = stream.write_all(greeting.as_bytes());
+                        }
+                        Server::TcpEcho => {
+                            thread::spawn(move || echo(stream, &greeting));
+                        }
+                        Server::TcpBulk { bytes } => {
+                            thread::spawn(move || bulk(stream, &greeting, bytes));
+                        }
+                        Server::UdpName => {}
+                    }
+                }
+            });
+        }
+        (server, Bound::Udp(_)) => {
+            panic!("{server:?} needs a TCP listener, not a UDP socket")
+        }
+    }
+}
+
+/// Writes the greeting, then echoes until the client closes.
+fn echo(mut stream: TcpStream, greeting: &str) {
+    if stream.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// Writes the greeting, then `bytes` bytes of [`bulk_byte`], then closes.
+fn bulk(mut stream: TcpStream, greeting: &str, bytes: usize) {
+    if stream.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    // A whole number of pattern periods, so every chunk starts at byte 0
+    // of the pattern.
+    let chunk: Vec<u8> = (0..251 * 256).map(bulk_byte).collect();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len());
+        if stream.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+        sent += n;
+    }
+}
+
+/// Byte `i` of a bulk transfer: a pattern a reader can check, with a
+/// period (251, a prime) that does not divide segment sizes.
+pub fn bulk_byte(i: usize) -> u8 {
+    (i % 251) as u8
 }
 
 /// Starts a UDP server on `addr` in `ns` that answers every datagram with
@@ -34,13 +136,7 @@ pub fn udp_name_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {
     let socket = ns
         .run(|| UdpSocket::bind(addr))?
         .with_context(|| format!("cannot bind {addr} in {}", ns.name()))?;
-    let reply = name.as_bytes().to_vec();
-    thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((_, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(&reply, from);
-        }
-    });
+    serve(Server::UdpName, socket.into(), name);
     Ok(())
 }
 
@@ -143,27 +239,14 @@ impl Drop for HealthEndpoint {
 /// to every connection, then echoes what it receives until the client
 /// closes: a long-lived connection that shows which backend holds it.
 pub fn tcp_echo_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {
-    let listener = ns
-        .run(|| TcpListener::bind(addr))?
-        .with_context(|| format!("cannot listen on {addr} in {}", ns.name()))?;
-    let greeting = format!("{name}\n");
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let greeting = greeting.clone();
-            thread::spawn(move || {
-                if stream.write_all(greeting.as_bytes()).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    serve(Server::TcpEcho, bind_tcp(ns, addr)?.into(), name);
+    Ok(())
+}
+
+/// Starts a TCP server on `addr` in `ns` that writes `name` and a newline,
+/// then `bytes` bytes of a known pattern ([`bulk_byte`]), then closes.
+pub fn tcp_bulk_server(ns: &Netns, addr: SocketAddr, name: &str, bytes: usize) -> Result<()> {
+    serve(Server::TcpBulk { bytes }, bind_tcp(ns, addr)?.into(), name);
     Ok(())
 }
 

@@ -39,6 +39,55 @@ pub(crate) fn unmount(point: &Path) {
     let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
 }
 
+/// Processes of the suite still running: any process (other than this one
+/// and its ancestors, such as `cargo xtask`) that runs a binary from the
+/// build's target directory `target` (the balancer, test servers, test
+/// executables), or whose command line names a harness lab. Returns pid
+/// and command line.
+pub fn leftover_processes(target: &Path) -> Vec<(i32, String)> {
+    let ancestors = ancestors();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| !ancestors.contains(pid))
+        .filter_map(|pid| {
+            let proc = Path::new("/proc").join(pid.to_string());
+            let cmdline = std::fs::read(proc.join("cmdline")).ok()?;
+            // Kernel threads and zombies have no command line.
+            if cmdline.is_empty() {
+                return None;
+            }
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let from_target =
+                std::fs::read_link(proc.join("exe")).is_ok_and(|exe| exe.starts_with(target));
+            let names_a_lab = args.iter().any(|a| lab_of(a).is_some());
+            (from_target || names_a_lab).then(|| (pid, args.join(" ")))
+        })
+        .collect()
+}
+
+/// This process and its ancestors.
+fn ancestors() -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut pid = std::process::id() as i32;
+    while pid > 0 && !pids.contains(&pid) {
+        pids.push(pid);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The command name (field 2) may hold spaces: fields restart after ')'.
+        pid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+    }
+    pids
+}
+
 /// Namespaces of the harness that exist now, live or stale.
 pub fn leftover_namespaces() -> Result<Vec<String>> {
     let out = cmd::run("ip", ["netns", "list"])?;

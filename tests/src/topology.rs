@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{Lab, Netns, VethOptions};
 
@@ -42,26 +42,69 @@ pub fn backend6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd50, 0, 0, 0, 0, 0, 0, 0x10 + i as u16)
 }
 
+/// The router's address on the shared segment, in the routed variant
+/// ([`Topology::build_routed`]).
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 254);
+/// The router's IPv6 address on the shared segment.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd50, 0, 0, 0, 0, 0, 0, 0xfe);
+/// The client's IPv4 address in the routed variant, behind the router.
+pub const REMOTE_CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 60, 0, 1);
+/// The client's IPv6 address in the routed variant.
+pub const REMOTE_CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd60, 0, 0, 0, 0, 0, 0, 1);
+
 /// The hosts of the topology. The balancer's interface is `eth0`.
 pub struct Topology {
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<Netns>,
+    /// The router between the client and the segment, in the routed
+    /// variant.
+    pub router: Option<Netns>,
 }
 
 impl Topology {
-    /// Builds the topology with `backends` backends in `lab`.
+    /// Builds the topology with `backends` backends in `lab`, the client on
+    /// the shared segment.
     pub fn build(lab: &Lab, backends: usize) -> Result<Topology> {
+        Topology::build_with(lab, backends, None)
+    }
+
+    /// Builds the topology with the client behind a router, in a subnet of
+    /// its own (10.60.0.0/24, fd60::/64), as clients on the Internet are:
+    ///
+    /// ```text
+    ///   client ── rt ──┐  (rt's link to the client has MTU `client_link_mtu`)
+    ///   lb ────────────┼── br0
+    ///   backend0..n ───┘
+    /// ```
+    ///
+    /// The router sends traffic for the VIPs to the balancer; backends reach
+    /// the client through it. Packets from backends larger than the client
+    /// link's MTU make the router send ICMP fragmentation-needed or
+    /// packet-too-big to their source, the VIP: that error reaches the
+    /// balancer, which must pass it to the right backend.
+    pub fn build_routed(lab: &Lab, backends: usize, client_link_mtu: u32) -> Result<Topology> {
+        Topology::build_with(lab, backends, Some(client_link_mtu))
+    }
+
+    fn build_with(lab: &Lab, backends: usize, routed: Option<u32>) -> Result<Topology> {
         let switch = lab.netns("sw")?;
         let client = lab.netns("client")?;
         let lb = lab.netns("lb")?;
+        let router = match routed {
+            Some(_) => Some(lab.netns("rt")?),
+            None => None,
+        };
         let mut ports = Vec::new();
         let mut attach = |ns: &Netns, port: String| -> Result<()> {
             lab.veth((ns, "eth0"), (&switch, &port), VethOptions::default())?;
             ports.push(port);
             Ok(())
         };
-        attach(&client, "pc".into())?;
+        match &router {
+            Some(rt) => attach(rt, "prt".into())?,
+            None => attach(&client, "pc".into())?,
+        }
         attach(&lb, "plb".into())?;
         let mut hosts = Vec::new();
         for i in 0..backends {
@@ -76,12 +119,35 @@ impl Topology {
         // toggle was not enough on a bridge port here).
         lab.xdp_pass(&switch, "plb")?;
 
-        client.add_address("eth0", &format!("{CLIENT4}/24"))?;
-        client.add_address("eth0", &format!("{CLIENT6}/64"))?;
-        client.add_route(&format!("{VIP4}/32"), &LB4.to_string())?;
-        client.add_route(&format!("{VIP6}/128"), &LB6.to_string())?;
         lb.add_address("eth0", &format!("{LB4}/24"))?;
         lb.add_address("eth0", &format!("{LB6}/64"))?;
+        match (&router, routed) {
+            (Some(rt), Some(mtu)) => {
+                lab.veth((rt, "eth1"), (&client, "eth0"), VethOptions::default())?;
+                // Only the router's end is small: the client still offers
+                // a 1500-byte MSS, so the backends' full-size segments meet
+                // the small link at the router.
+                rt.ip(["link", "set", "eth1", "mtu", &mtu.to_string()])?;
+                rt.sysctl("net.ipv4.ip_forward", "1")?;
+                rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                rt.add_address("eth0", &format!("{ROUTER4}/24"))?;
+                rt.add_address("eth0", &format!("{ROUTER6}/64"))?;
+                rt.add_address("eth1", "10.60.0.254/24")?;
+                rt.add_address("eth1", "fd60::fe/64")?;
+                rt.add_route(&format!("{VIP4}/32"), &LB4.to_string())?;
+                rt.add_route(&format!("{VIP6}/128"), &LB6.to_string())?;
+                client.add_address("eth0", &format!("{REMOTE_CLIENT4}/24"))?;
+                client.add_address("eth0", &format!("{REMOTE_CLIENT6}/64"))?;
+                client.add_route("default", "10.60.0.254")?;
+                client.add_route("default", "fd60::fe")?;
+            }
+            _ => {
+                client.add_address("eth0", &format!("{CLIENT4}/24"))?;
+                client.add_address("eth0", &format!("{CLIENT6}/64"))?;
+                client.add_route(&format!("{VIP4}/32"), &LB4.to_string())?;
+                client.add_route(&format!("{VIP6}/128"), &LB6.to_string())?;
+            }
+        }
         for (i, ns) in hosts.iter().enumerate() {
             for key in ["all", "eth0"] {
                 ns.sysctl(&format!("net.ipv4.conf.{key}.arp_ignore"), "1")?;
@@ -91,11 +157,16 @@ impl Topology {
             ns.add_address("eth0", &format!("{}/64", backend6(i)))?;
             ns.add_address("lo", &format!("{VIP4}/32"))?;
             ns.add_address("lo", &format!("{VIP6}/128"))?;
+            if router.is_some() {
+                ns.add_route("10.60.0.0/24", &ROUTER4.to_string())?;
+                ns.add_route("fd60::/64", &ROUTER6.to_string())?;
+            }
         }
         Ok(Topology {
             client,
             lb,
             backends: hosts,
+            router,
         })
     }
 
@@ -122,6 +193,12 @@ pub enum Server {
     UdpName,
     /// TCP: writes the name, then echoes until the client closes.
     TcpEcho,
+    /// TCP: writes the name, then `bytes` bytes of a known pattern
+    /// ([`crate::servers::bulk_byte`]), then closes.
+    TcpBulk {
+        /// Bytes sent after the name.
+        bytes: usize,
+    },
 }
 
 impl Topology {
@@ -129,12 +206,10 @@ impl Topology {
     pub fn serve(&self, server: Server, address: IpAddr, port: u16) -> Result<()> {
         let addr = std::net::SocketAddr::new(address, port);
         for (i, backend) in self.backends.iter().enumerate() {
-            let name = format!("be{i}");
-            match server {
-                Server::TcpName => crate::servers::tcp_name_server(backend, addr, &name)?,
-                Server::UdpName => crate::servers::udp_name_server(backend, addr, &name)?,
-                Server::TcpEcho => crate::servers::tcp_echo_server(backend, addr, &name)?,
-            }
+            let socket = backend
+                .run(|| crate::servers::bind(server, addr))?
+                .with_context(|| format!("cannot bind {addr} in {}", backend.name()))?;
+            crate::servers::serve(server, socket, &format!("be{i}"));
         }
         Ok(())
     }

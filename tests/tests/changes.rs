@@ -146,3 +146,59 @@ fn cli_changes_apply_at_once_and_are_written_back() {
         Ok(())
     });
 }
+
+#[test]
+fn a_backend_added_at_runtime_takes_a_quarter_of_new_connections_and_resets_none() {
+    netns_test("runtime_add", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 4)?;
+        t.serve(Server::TcpEcho, topology::VIP4.into(), 80)?;
+        let three = plain(&t.backend_addresses(false)[..3]);
+        let text = ConfigText::default()
+            .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &three)
+            .build();
+        let path = lab.write_file("balancer.toml", &text)?;
+        let mut daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let vip = SocketAddr::new(topology::VIP4.into(), 80);
+        let mut held = (0..30)
+            .map(|_| EchoConnection::open(&t.client, vip))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mark = daemon.output().len();
+        ok(lab, &["backend", "add", "web", "10.50.0.13"])?;
+        daemon.wait_for_output(Duration::from_secs(5), |out| {
+            out.get(mark..)
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.contains("ring published") && line.contains("backends=4"))
+        })?;
+        let n = 800;
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..n {
+            *counts
+                .entry(EchoConnection::open(&t.client, vip)?.backend)
+                .or_default() += 1;
+        }
+        let share = counts.get("be3").copied().unwrap_or(0) as f64 * 100.0 / n as f64;
+        ensure!(
+            (share - 25.0).abs() <= 5.0,
+            "the added backend took {share:.1} % of {n} new connections (expected 25 ± 5): {counts:?}"
+        );
+        let mut reset = Vec::new();
+        for c in &mut held {
+            if let Err(err) = c.echo("still here after the add") {
+                reset.push(format!("{}: {err:#}", c.backend));
+            }
+        }
+        ensure!(
+            reset.is_empty(),
+            "{} of {} established connections broke after the add: {reset:?}",
+            reset.len(),
+            held.len()
+        );
+        eprintln!(
+            "the added backend took {share:.1} % of {n} new connections ({counts:?}); all {} established connections answer",
+            held.len()
+        );
+        Ok(())
+    });
+}

@@ -179,8 +179,10 @@ fn tcp_and_udp_to_a_vip_go_to_the_ring_backend_with_only_the_macs_rewritten() ->
         );
         let backend_after = f.datapath.backend_counters(want)?;
         ensure!(
-            backend_after.packets == backend_before.packets + 1,
-            "{name}: backend not counted"
+            backend_after.packets == backend_before.packets + 1
+                && backend_after.bytes == backend_before.bytes + frame.len() as u64
+                && backend_after.new_flows == backend_before.new_flows + 1,
+            "{name}: backend counters {backend_before:?} -> {backend_after:?}"
         );
         // The second packet of the flow hits the connection table.
         let next = p.clone().established().build();
@@ -195,6 +197,12 @@ fn tcp_and_udp_to_a_vip_go_to_the_ring_backend_with_only_the_macs_rewritten() ->
         ensure!(
             event_grew(&after, &again, Event::NEW_FLOW) == 0,
             "{name}: an established packet counted as new"
+        );
+        let backend_again = f.datapath.backend_counters(want)?;
+        ensure!(
+            backend_again.packets == backend_after.packets + 1
+                && backend_again.new_flows == backend_after.new_flows,
+            "{name}: established packet on the backend: {backend_after:?} -> {backend_again:?}"
         );
     }
     Ok(())

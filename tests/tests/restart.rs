@@ -9,6 +9,7 @@ use anyhow::{Result, ensure};
 use balancer_tests::{
     Netns,
     daemon::{cli_json, start},
+    load::SteadyLoad,
     netns_test,
     servers::{EchoConnection, tally_names, tcp_name_server},
     topology::{self, ConfigText, Server, Topology, plain},
@@ -55,6 +56,12 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
             .as_u64()
             .unwrap_or(0);
 
+        // New connections at a steady pace through the kill and restart.
+        let load = SteadyLoad::start(
+            &t.client,
+            SocketAddr::new(topology::VIP4.into(), 80),
+            Duration::from_millis(20),
+        );
         daemon.signal(Signal::SIGKILL)?;
         daemon.wait_timeout(Duration::from_secs(5))?;
         // No daemon: the pinned datapath still forwards.
@@ -78,6 +85,15 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
             daemon.output()
         );
         held.echo("after the restart")?;
+        let attempts = load.stop()?;
+        let failed: Vec<_> = attempts.iter().filter(|a| a.outcome.is_err()).collect();
+        ensure!(
+            failed.is_empty(),
+            "{} of {} connections opened across the kill and restart failed: {:?}",
+            failed.len(),
+            attempts.len(),
+            failed.first()
+        );
         let after = tally(&t.client, 90)?;
         ensure!(after.len() == 3, "after the restart: {after:?}");
         let tx_after = cli_json(lab, ["stats"])?["counters"]["tx"]["packets"]
@@ -89,8 +105,10 @@ fn a_killed_daemon_restarts_without_dropping_connections() {
         );
         held.echo("at the end")?;
         eprintln!(
-            "held connection on {} survived; before {before:?}, daemon dead {orphaned:?}, after {after:?}; tx {tx_before} -> {tx_after}",
-            held.backend
+            "held connection on {} survived; {} connections across the kill and restart, none failed; \
+             before {before:?}, daemon dead {orphaned:?}, after {after:?}; tx {tx_before} -> {tx_after}",
+            held.backend,
+            attempts.len()
         );
         Ok(())
     });

@@ -79,8 +79,8 @@ pub fn build_balancer() -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// Fails if the suite left harness namespaces (removing them) or added
-/// veth interfaces to the root namespace.
+/// Fails if the suite left harness namespaces, bpffs pins or processes
+/// (removing them) or added veth interfaces to the root namespace.
 fn check_leftovers(veths_before: &[String]) -> Result<()> {
     shell::run(shell::cargo().args([
         "run",
@@ -92,7 +92,7 @@ fn check_leftovers(veths_before: &[String]) -> Result<()> {
         "--",
         "--check",
     ]))
-    .context("the tests left namespaces behind")?;
+    .context("the tests left namespaces, bpffs pins or processes behind")?;
     let new_veths: Vec<String> = root_veths()?
         .into_iter()
         .filter(|v| !veths_before.contains(v))

@@ -58,6 +58,8 @@ struct BackendRow {
     latency_ms: Option<f64>,
     packets: u64,
     bytes: u64,
+    /// Flows the datapath placed on this backend (connections, for TCP).
+    new_flows: u64,
 }
 
 /// `stats`.
@@ -208,6 +210,7 @@ impl State {
                     latency_ms: self.latency.get(&b.id).map(|d| d.as_secs_f64() * 1e3),
                     packets: counters.packets,
                     bytes: counters.bytes,
+                    new_flows: counters.new_flows,
                 });
             }
         }

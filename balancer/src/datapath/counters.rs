@@ -4,7 +4,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use balancer_common::{
     backend::BackendInfo,
     maps,
-    stats::{Event, PacketCount, STATS_SLOTS, Stat, VipCounters},
+    stats::{Event, FlowCounters, PacketCount, STATS_SLOTS, Stat},
     vip::{VipInfo, VipKey},
 };
 
@@ -41,8 +41,8 @@ impl Reasons {
 /// Per-VIP and per-backend counters for the indexes asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    pub vips: Vec<(u32, VipCounters)>,
-    pub backends: Vec<(u32, PacketCount)>,
+    pub vips: Vec<(u32, FlowCounters)>,
+    pub backends: Vec<(u32, FlowCounters)>,
 }
 
 /// What the `vips` and `backends` maps hold.
@@ -100,18 +100,18 @@ impl Datapath {
     }
 
     /// Reads the counters of VIP `index`.
-    pub fn vip_counters(&self, index: u32) -> Result<VipCounters, DatapathError> {
-        let map = self.percpu::<VipCounters>(maps::VIP_STATS)?;
+    pub fn vip_counters(&self, index: u32) -> Result<FlowCounters, DatapathError> {
+        let map = self.percpu::<FlowCounters>(maps::VIP_STATS)?;
         map.get(&index, 0)
-            .map(|v| sum(&v, VipCounters::merged))
+            .map(|v| sum(&v, FlowCounters::merged))
             .map_err(DatapathError::map("read", maps::VIP_STATS))
     }
 
     /// Reads the counters of backend `id`.
-    pub fn backend_counters(&self, id: u32) -> Result<PacketCount, DatapathError> {
-        let map = self.percpu::<PacketCount>(maps::BACKEND_STATS)?;
+    pub fn backend_counters(&self, id: u32) -> Result<FlowCounters, DatapathError> {
+        let map = self.percpu::<FlowCounters>(maps::BACKEND_STATS)?;
         map.get(&id, 0)
-            .map(|v| sum(&v, PacketCount::merged))
+            .map(|v| sum(&v, FlowCounters::merged))
             .map_err(DatapathError::map("read", maps::BACKEND_STATS))
     }
 

@@ -14,7 +14,7 @@ use balancer_common::{
     flow::{FlowKey, FlowState},
     maps,
     settings::Settings,
-    stats::{PacketCount, STATS_SLOTS, VipCounters},
+    stats::{FlowCounters, PacketCount, STATS_SLOTS},
     vip::{AddrInfo, AddrKey, VipInfo, VipKey},
 };
 
@@ -61,13 +61,13 @@ pub(super) fn layouts(flow_table_size: u32) -> [(&'static str, u32, u32, Option<
         (
             maps::VIP_STATS,
             4,
-            s(size_of::<VipCounters>()),
+            s(size_of::<FlowCounters>()),
             Some(maps::MAX_VIPS),
         ),
         (
             maps::BACKEND_STATS,
             4,
-            s(size_of::<PacketCount>()),
+            s(size_of::<FlowCounters>()),
             Some(maps::MAX_BACKENDS),
         ),
     ]
