@@ -41,14 +41,16 @@ enum Task {
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// How long the demo client sends traffic, in seconds.
-    #[arg(long, default_value_t = 5)]
+    /// How long each phase of the demo sends traffic, in seconds.
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
 }
 
-/// Bootstraps, builds the balancer, and runs the demo binary of
-/// balancer-tests against it.
+/// Bootstraps, builds the balancer and the demo, and replaces this process
+/// with the demo (so Ctrl-C reaches the demo alone, which then removes
+/// everything it made).
 fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (`sudo -E cargo xtask demo`)"
@@ -56,22 +58,14 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     }
     bootstrap::run(bootstrap::Needs::ALL)?;
     let balancer = test::build_balancer()?;
-    shell::run(
-        shell::cargo()
-            .args([
-                "run",
-                "--quiet",
-                "--package",
-                "balancer-tests",
-                "--bin",
-                "demo",
-                "--",
-            ])
-            .arg("--seconds")
-            .arg(args.seconds.to_string())
-            .arg("--balancer")
-            .arg(&balancer),
-    )
+    shell::run(shell::cargo().args(["build", "--quiet", "--package", "balancer-tests", "--bins"]))?;
+    let demo = balancer.with_file_name("demo");
+    let err = std::process::Command::new(&demo)
+        .arg("--seconds")
+        .arg(args.seconds.to_string())
+        .env("BALANCER_BIN", &balancer)
+        .exec();
+    Err(anyhow::Error::new(err).context(format!("cannot run {}", demo.display())))
 }
 
 /// Options of `cargo xtask bench`.
