@@ -229,3 +229,40 @@ fn a_backend_that_comes_back_takes_its_share_after_rise_checks() {
         Ok(())
     });
 }
+
+#[test]
+fn a_backend_down_when_the_daemon_dies_stays_down_after_the_restart() {
+    netns_test("down_restart", Duration::from_secs(120), |lab| {
+        let mut s = setup(lab)?;
+        kill_be1(&mut s)?;
+        s.daemon.signal(nix::sys::signal::Signal::SIGKILL)?;
+        s.daemon.wait_timeout(Duration::from_secs(5))?;
+        let path = lab.scratch("balancer.toml")?;
+        let mut daemon = start(lab, &s.t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        // Right after the restart, before any check of the new daemon
+        // could have taken be1 out again: no new connection may reach it.
+        let counts = tally_names(&s.t.client, web(), 100)?;
+        ensure!(
+            !counts.contains_key("be1") && counts.len() == 2,
+            "right after the restart: {counts:?}"
+        );
+        ensure!(
+            daemon
+                .output()
+                .contains("backend starts down, as the previous daemon left it"),
+            "{}",
+            daemon.output()
+        );
+        // It still comes back after rise successes.
+        s.servers[1].restart()?;
+        wait_for_line(
+            &mut daemon,
+            0,
+            &["backend health changed", "web", "10.50.0.11", "to=up"],
+        )?;
+        eprintln!(
+            "after the restart, with be1 still down: {counts:?}; be1 came back after rise checks"
+        );
+        Ok(())
+    });
+}

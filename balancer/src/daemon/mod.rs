@@ -136,7 +136,15 @@ async fn serve(
         .published()
         .context("cannot read the pinned maps")?;
     let numbering = crate::plan::Numbering::recover(&config, &published.vips, &published.backends);
-    let mut state = State::new(config, path, datapath, neighbours, reports_tx, numbering)?;
+    let left_down = published
+        .backends
+        .iter()
+        .filter(|(_, info)| info.flags & balancer_common::backend::BACKEND_UP == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut state = State::new(
+        config, path, datapath, neighbours, reports_tx, numbering, &left_down,
+    )?;
     state.socket_override = socket_override;
     // Give the neighbours a moment to resolve (the first round provokes
     // it), so the first packets are not dropped as unresolved.

@@ -50,6 +50,9 @@ pub(super) struct State {
 
 impl State {
     /// Lays `config` out, writes the settings and starts the checks.
+    /// Backends in `left_down` (ids a previous daemon left down in the
+    /// pinned maps) start down when they are checked, and come back after
+    /// `rise` successes, rather than taking new flows until `fall` failures.
     pub(super) fn new(
         config: Config,
         config_path: Option<std::path::PathBuf>,
@@ -57,6 +60,7 @@ impl State {
         neighbours: Neighbours,
         reports: mpsc::Sender<Report>,
         mut numbering: Numbering,
+        left_down: &BTreeSet<u32>,
     ) -> Result<State> {
         let plan = plan::plan_with(&config, &mut numbering);
         datapath
@@ -79,6 +83,27 @@ impl State {
             latency: BTreeMap::new(),
             all_down: BTreeSet::new(),
         };
+        for (vip, planned) in state.config.vips.iter().zip(&state.plan.vips) {
+            let check = vip.get_ref().check();
+            if check.kind == crate::config::CheckKind::None {
+                continue;
+            }
+            for backend in planned
+                .backends
+                .iter()
+                .filter(|b| left_down.contains(&b.id))
+            {
+                tracing::info!(
+                    vip = planned.name.as_str(),
+                    backend = %backend.address,
+                    rise = check.rise,
+                    "backend starts down, as the previous daemon left it"
+                );
+                state
+                    .health
+                    .insert(backend.id, Tracker::down(check.rise, check.fall));
+            }
+        }
         state.spawn_checks();
         Ok(state)
     }

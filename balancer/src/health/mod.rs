@@ -50,6 +50,16 @@ impl Tracker {
         }
     }
 
+    /// A tracker that starts `Down`: for a backend a previous daemon left
+    /// down, so that a restart does not send it new flows before `rise`
+    /// successful checks.
+    pub fn down(rise: u32, fall: u32) -> Tracker {
+        Tracker {
+            state: Health::Down,
+            ..Tracker::new(rise, fall)
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> Health {
         self.state
@@ -156,5 +166,15 @@ mod tests {
         assert_eq!(t.record(true), None);
         assert_eq!(t.record(true), Some(Health::Up));
         assert_eq!(t.record(true), None);
+    }
+
+    #[test]
+    fn a_tracker_started_down_needs_rise_successes() {
+        let mut t = Tracker::down(3, 2);
+        assert_eq!(t.state(), Health::Down);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(Health::Up));
     }
 }
