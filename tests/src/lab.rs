@@ -127,12 +127,20 @@ impl Lab {
     }
 
     /// Creates a namespace for the host `role` ("client", "lb", ...), with
-    /// loopback up.
+    /// loopback up and IPv6 duplicate address detection off for the
+    /// interfaces made in it.
     pub fn netns(&self, role: &str) -> Result<Netns> {
         let name = format!("{}-{role}", self.prefix);
         // Registered before creation, so a half-made namespace is removed too.
         self.resources.lock().namespaces.push(name.clone());
-        Netns::create(name)
+        let ns = Netns::create(name)?;
+        // A new interface's link-local address is tentative for about a
+        // second while DAD runs, and neighbour discovery waits for it: the
+        // first IPv6 packets of a fresh topology were held a second (a TCP
+        // SYN retransmitted). Nothing else is on these links.
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        Ok(ns)
     }
 
     /// Creates a veth pair with end `a_if` in `a` and end `b_if` in `b`,
