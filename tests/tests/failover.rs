@@ -89,22 +89,27 @@ fn wait_for_line(daemon: &mut Process, from: usize, parts: &[&str]) -> Result<In
     Ok(Instant::now())
 }
 
+/// Waits, after byte `from` of the daemon's output, for be1's health to
+/// change `to` ("down" or "up") on the web VIP and for that VIP's ring to be
+/// published with `backends` backends; returns when the ring was seen.
+fn wait_for_be1(daemon: &mut Process, from: usize, to: &str, backends: u32) -> Result<Instant> {
+    let change = format!("to={to}");
+    wait_for_line(
+        daemon,
+        from,
+        &["backend health changed", "web", "10.50.0.11", &change],
+    )?;
+    let ring = format!("backends={backends}");
+    wait_for_line(daemon, from, &["ring published", "web", &ring])
+}
+
 /// Kills be1's servers and waits until the web VIP's ring is published
 /// without it; returns when the kill happened and when the ring was seen.
 fn kill_be1(s: &mut Setup) -> Result<(Instant, Instant)> {
     let mark = s.daemon.output().len();
     let killed = Instant::now();
     s.servers[1].kill()?;
-    wait_for_line(
-        &mut s.daemon,
-        mark,
-        &["backend health changed", "web", "10.50.0.11", "to=down"],
-    )?;
-    let out = wait_for_line(
-        &mut s.daemon,
-        mark,
-        &["ring published", "web", "backends=2"],
-    )?;
+    let out = wait_for_be1(&mut s.daemon, mark, "down", 2)?;
     Ok((killed, out))
 }
 
@@ -188,16 +193,7 @@ fn a_backend_that_comes_back_takes_its_share_after_rise_checks() {
         let mark = s.daemon.output().len();
         let restarted = Instant::now();
         s.servers[1].restart()?;
-        wait_for_line(
-            &mut s.daemon,
-            mark,
-            &["backend health changed", "web", "10.50.0.11", "to=up"],
-        )?;
-        let back = wait_for_line(
-            &mut s.daemon,
-            mark,
-            &["ring published", "web", "backends=3"],
-        )?;
+        let back = wait_for_be1(&mut s.daemon, mark, "up", 3)?;
         let recovery = back - restarted;
         std::thread::sleep(Duration::from_millis(500));
         let attempts = load.stop()?;
@@ -255,11 +251,7 @@ fn a_backend_down_when_the_daemon_dies_stays_down_after_the_restart() {
         );
         // It still comes back after rise successes.
         s.servers[1].restart()?;
-        wait_for_line(
-            &mut daemon,
-            0,
-            &["backend health changed", "web", "10.50.0.11", "to=up"],
-        )?;
+        wait_for_be1(&mut daemon, 0, "up", 3)?;
         eprintln!(
             "after the restart, with be1 still down: {counts:?}; be1 came back after rise checks"
         );
