@@ -249,16 +249,11 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
 }
 
 impl VipPlan {
-    /// The VIP's ring over the backends `usable` accepts (up, reachable)
-    /// with a weight above 0. `None` when no backend qualifies: the caller
-    /// keeps the ring it has rather than black-holing the VIP.
-    pub fn ring(
-        &self,
-        ring_size: u32,
-        usable: impl Fn(&BackendPlan) -> bool,
-    ) -> Result<Option<Vec<u32>>, MaglevError> {
-        let members: Vec<Member> = self
-            .backends
+    /// The members of the VIP's ring: the backends `usable` accepts (up,
+    /// reachable) with a weight above 0. Empty when none qualifies: the
+    /// caller keeps the ring it has rather than black-holing the VIP.
+    pub fn members(&self, usable: impl Fn(&BackendPlan) -> bool) -> Vec<Member> {
+        self.backends
             .iter()
             .filter(|b| b.weight > 0 && usable(b))
             .map(|b| Member {
@@ -266,7 +261,16 @@ impl VipPlan {
                 key: b.address.to_string().into_bytes(),
                 weight: b.weight,
             })
-            .collect();
+            .collect()
+    }
+
+    /// The VIP's ring over [`VipPlan::members`]; `None` without members.
+    pub fn ring(
+        &self,
+        ring_size: u32,
+        usable: impl Fn(&BackendPlan) -> bool,
+    ) -> Result<Option<Vec<u32>>, MaglevError> {
+        let members = self.members(usable);
         if members.is_empty() {
             return Ok(None);
         }

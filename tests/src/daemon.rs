@@ -15,6 +15,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    start_within(lab, ns, args, Duration::from_secs(30))
+}
+
+/// [`start`], waiting up to `timeout` (a large configuration takes longer
+/// than the tests' small ones).
+pub fn start_within<I, S>(lab: &Lab, ns: &Netns, args: I, timeout: Duration) -> Result<Process>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut command = ns.command(balancer_bin()?);
     command
         .arg("--socket")
@@ -24,9 +34,7 @@ where
         .arg(lab.pin_dir()?)
         .args(args);
     let mut daemon = Process::start(command)?;
-    daemon.wait_for_output(Duration::from_secs(30), |out| {
-        out.contains("control socket ready")
-    })?;
+    daemon.wait_for_output(timeout, |out| out.contains("control socket ready"))?;
     Ok(daemon)
 }
 

@@ -202,3 +202,49 @@ fn a_backend_added_at_runtime_takes_a_quarter_of_new_connections_and_resets_none
         Ok(())
     });
 }
+
+/// A backend added at runtime is in the ring as soon as its neighbour
+/// resolves, not at the next periodic read of the neighbour table (which
+/// made `backend add` take up to a second to reach the new backend).
+#[test]
+fn an_added_backend_is_in_the_ring_within_milliseconds() {
+    netns_test("add_latency", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 6)?;
+        let addresses = t.backend_addresses(false);
+        let text = ConfigText::default()
+            .vip(
+                "web",
+                topology::VIP4.into(),
+                80,
+                "tcp",
+                NO_CHECK,
+                &plain(&addresses[..3]),
+            )
+            .build();
+        let path = lab.write_file("balancer.toml", &text)?;
+        let mut daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let bound = Duration::from_millis(300);
+        let mut times = Vec::new();
+        // Each a backend the balancer never talked to, so its neighbour
+        // entry is made by the add.
+        for (n, address) in addresses[3..].iter().enumerate() {
+            let mark = daemon.output().len();
+            ok(lab, &["backend", "add", "web", &address.to_string()])?;
+            let returned = std::time::Instant::now();
+            let ring = format!("backends={}", 4 + n);
+            daemon.wait_for_output(Duration::from_secs(5), |out| {
+                out.get(mark..)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|line| line.contains("ring published") && line.contains(&ring))
+            })?;
+            times.push(returned.elapsed());
+        }
+        ensure!(
+            times.iter().all(|t| *t <= bound),
+            "rings with the added backends were published {times:?} after the CLI returned (bound {bound:?} each)"
+        );
+        eprintln!("rings with the added backends published {times:?} after the CLI returned");
+        Ok(())
+    });
+}

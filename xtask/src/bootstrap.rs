@@ -20,6 +20,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo run: `ip` and `ethtool`.
 const PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool")];
 
+/// Debian packages the benchmarks add: the alternatives they compare
+/// against (nftables, HAProxy, nginx with its stream module) and the font
+/// of the plots.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nft"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("libnginx-mod-stream", "nginx"),
+    ("fonts-dejavu-core", "fc-list"),
+];
+
 /// What a task needs installed.
 #[derive(Clone, Copy)]
 pub struct Needs {
@@ -28,16 +39,25 @@ pub struct Needs {
     pub build: bool,
     /// The Debian packages of the namespace tests and the demo.
     pub packages: bool,
+    /// The Debian packages of the benchmarks.
+    pub bench: bool,
 }
 
 impl Needs {
     pub const BUILD: Needs = Needs {
         build: true,
         packages: false,
+        bench: false,
     };
     pub const ALL: Needs = Needs {
         build: true,
         packages: true,
+        bench: false,
+    };
+    pub const BENCH: Needs = Needs {
+        build: true,
+        packages: true,
+        bench: true,
     };
 }
 
@@ -53,7 +73,10 @@ pub fn run(needs: Needs) -> Result<()> {
         ensure_bpf_linker(&nightly, &cargo_home)?;
     }
     if needs.packages {
-        ensure_packages()?;
+        ensure_packages(PACKAGES)?;
+    }
+    if needs.bench {
+        ensure_packages(BENCH_PACKAGES)?;
     }
     Ok(())
 }
@@ -182,10 +205,10 @@ fn ensure_bpf_linker(nightly: &Nightly, cargo_home: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", stamp.display()))
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
-        .filter(|(package, _)| !package_installed(package))
+        .filter(|(package, command)| !package_installed(package, command))
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
@@ -215,12 +238,7 @@ fn ensure_packages() -> Result<()> {
 
 /// Whether a Debian package is installed; on a system without dpkg, whether
 /// the command it provides is on `PATH`.
-fn package_installed(package: &str) -> bool {
-    let command = PACKAGES
-        .iter()
-        .find(|(p, _)| *p == package)
-        .map(|(_, c)| *c)
-        .unwrap_or(package);
+fn package_installed(package: &str, command: &str) -> bool {
     match shell::probe("dpkg-query", ["-W", "-f=${db:Status-Abbrev}", package]) {
         Some(out) => out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ii"),
         None => on_path(command),

@@ -33,7 +33,8 @@ enum Task {
     /// Build the balancer and run it on a small demo topology in network
     /// namespaces, with live traffic (needs root).
     Demo(DemoArgs),
-    /// Run benchmarks (needs root): `cargo xtask bench [datapath] [--json]`;
+    /// Run benchmarks (needs root) and write docs/benchmarks.md and its
+    /// plots: `cargo xtask bench [datapath|e2e|control|scale]... [--json]`;
     /// arguments go to the bench binary (`cargo xtask bench -- --help`).
     Bench(BenchArgs),
 }
@@ -76,28 +77,36 @@ struct BenchArgs {
     args: Vec<String>,
 }
 
-/// Bootstraps and runs the bench binary of balancer-tests, optimised.
+/// Bootstraps (with the packages of the alternatives the benchmarks compare
+/// against), builds the balancer and the bench binary optimised, and runs
+/// the bench with that balancer.
 fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!(
             "the benchmarks load BPF programs: run them as root (`sudo -E cargo xtask bench`)"
         );
     }
-    bootstrap::run(bootstrap::Needs::ALL)?;
-    shell::run(
-        shell::cargo()
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "--package",
-                "balancer-tests",
-                "--bin",
-                "bench",
-                "--",
-            ])
-            .args(&args.args),
-    )
+    bootstrap::run(bootstrap::Needs::BENCH)?;
+    shell::run(shell::cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "balancer",
+        "--package",
+        "balancer-tests",
+        "--bins",
+    ]))?;
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| shell::workspace_root().join("target"))
+        .join("release");
+    let err = std::process::Command::new(release.join("bench"))
+        .args(&args.args)
+        .env("BALANCER_BIN", release.join("balancer"))
+        .exec();
+    Err(anyhow::Error::new(err).context("cannot run the bench binary"))
 }
 
 fn main() -> ExitCode {

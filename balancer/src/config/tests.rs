@@ -226,3 +226,13 @@ fn write_atomically_replaces_the_file_and_keeps_its_mode() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn lines_of_offsets_match_a_count_of_newlines() {
+    let text = "a\n\nbc\nd\n";
+    let lines = super::Lines::new(text);
+    for offset in 0..=text.len() + 2 {
+        let naive = text[..offset.min(text.len())].matches('\n').count() + 1;
+        assert_eq!(lines.line(offset), naive, "offset {offset}");
+    }
+}

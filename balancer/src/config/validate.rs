@@ -9,14 +9,14 @@ use std::{
 use balancer_common::maps::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 use toml::Spanned;
 
-use super::{CheckKind, Config, ConfigError, line_of};
+use super::{CheckKind, Config, ConfigError, Lines};
 use crate::maglev::{MAX_WEIGHT, is_prime};
 
 /// Checks `config` (parsed from `text`) and returns every problem found,
 /// in file order; empty when the configuration is valid.
 pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     let mut errors = Errors {
-        text,
+        lines: Lines::new(text),
         list: Vec::new(),
     };
     datapath(config, &mut errors);
@@ -25,19 +25,19 @@ pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     errors.list
 }
 
-struct Errors<'a> {
-    text: &'a str,
+struct Errors {
+    lines: Lines,
     list: Vec<ConfigError>,
 }
 
-impl Errors<'_> {
+impl Errors {
     fn at(&mut self, span: Range<usize>, message: String) {
-        let line = (span != (0..0)).then(|| line_of(self.text, span.start));
+        let line = (span != (0..0)).then(|| self.lines.line(span.start));
         self.list.push(ConfigError { line, message });
     }
 }
 
-fn datapath(config: &Config, errors: &mut Errors<'_>) {
+fn datapath(config: &Config, errors: &mut Errors) {
     let d = &config.datapath;
     let ring = *d.ring_size.get_ref();
     if !is_prime(ring) || ring > MAX_RING_SIZE {
@@ -78,7 +78,7 @@ fn datapath(config: &Config, errors: &mut Errors<'_>) {
     }
 }
 
-fn vips(config: &Config, errors: &mut Errors<'_>) {
+fn vips(config: &Config, errors: &mut Errors) {
     if config.vips.len() > MAX_VIPS as usize {
         errors.at(
             0..0,
@@ -111,8 +111,7 @@ fn vips(config: &Config, errors: &mut Errors<'_>) {
                 format!("VIP name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
             );
         }
-        if let Some(first) = names.insert(name.clone(), line_of(errors.text, vip.name.span().start))
-        {
+        if let Some(first) = names.insert(name.clone(), errors.lines.line(vip.name.span().start)) {
             errors.at(
                 vip.name.span(),
                 format!("duplicate VIP name {name:?} (first on line {first})"),
@@ -120,7 +119,7 @@ fn vips(config: &Config, errors: &mut Errors<'_>) {
         }
         let address = *vip.address.get_ref();
         let service = (address, vip.port, vip.protocol);
-        if let Some(first) = services.insert(service, line_of(errors.text, spanned.span().start)) {
+        if let Some(first) = services.insert(service, errors.lines.line(spanned.span().start)) {
             errors.at(
                 vip.address.span(),
                 format!(
@@ -151,7 +150,7 @@ fn vips(config: &Config, errors: &mut Errors<'_>) {
                     format!("backend address {addr} cannot receive traffic"),
                 );
             }
-            if let Some(first) = backends.insert(addr, line_of(errors.text, b.span().start)) {
+            if let Some(first) = backends.insert(addr, errors.lines.line(b.span().start)) {
                 errors.at(
                     backend.address.span(),
                     format!("duplicate backend {addr} in VIP {name:?} (first on line {first})"),
@@ -173,7 +172,7 @@ fn health_check(
     vip_port: u16,
     check: &super::HealthCheckConfig,
     span: Range<usize>,
-    errors: &mut Errors<'_>,
+    errors: &mut Errors,
 ) {
     if check.kind.needs_port() && vip_port == 0 && check.port.is_none_or(|p| p == 0) {
         errors.at(

@@ -32,6 +32,14 @@ use state::State;
 
 /// How often backends' neighbours are read again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// After a change that adds a backend not resolved yet, its neighbour is
+/// read again this often (the change itself provoked resolution), so the
+/// backend takes traffic within milliseconds of resolving instead of at the
+/// next RESOLVE_INTERVAL tick...
+const QUICK_RESOLVE_INTERVAL: Duration = Duration::from_millis(10);
+/// ...for at most this long; an unreachable backend is left to the
+/// periodic reads.
+const QUICK_RESOLVE_FOR: Duration = Duration::from_secs(2);
 
 /// Loads everything, serves until SIGINT or SIGTERM, then detaches.
 /// `socket` (the global `--socket`) replaces `[daemon] control_socket`.
@@ -174,12 +182,21 @@ async fn serve(
     let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
     stats.tick().await;
     resolve.tick().await;
+    // Until when unresolved backends are read again quickly.
+    let mut quick_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stats.tick() => log_stats(&state.datapath)?,
             _ = resolve.tick() => {
                 state.resolve().await?;
                 state.publish_changes()?;
+            }
+            _ = tokio::time::sleep(QUICK_RESOLVE_INTERVAL), if quick_until.is_some() => {
+                state.resolve().await?;
+                state.publish_changes()?;
+                if state.all_resolved() || quick_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    quick_until = None;
+                }
             }
             Some(report) = reports.recv() => {
                 if state.health_report(report) {
@@ -189,11 +206,19 @@ async fn serve(
             Some((request, answer)) = requests.recv() => {
                 let response = state.answer(request).await;
                 let _ = answer.send(response);
+                if !state.all_resolved() {
+                    quick_until = Some(tokio::time::Instant::now() + QUICK_RESOLVE_FOR);
+                }
             }
-            _ = sighup.recv() => match state.reload().await {
-                Ok(done) => tracing::info!("reload on SIGHUP: {done}"),
-                Err(error) => tracing::error!("reload on SIGHUP refused: {error}"),
-            },
+            _ = sighup.recv() => {
+                match state.reload().await {
+                    Ok(done) => tracing::info!("reload on SIGHUP: {done}"),
+                    Err(error) => tracing::error!("reload on SIGHUP refused: {error}"),
+                }
+                if !state.all_resolved() {
+                    quick_until = Some(tokio::time::Instant::now() + QUICK_RESOLVE_FOR);
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

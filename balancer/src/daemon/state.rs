@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     datapath::Datapath,
     health::{self, Health, Report, Tracker},
+    maglev,
     neighbour::{L2Path, Neighbours},
     plan::{self, Numbering, Plan},
 };
@@ -40,6 +41,8 @@ pub(super) struct State {
     pub(super) written: BTreeMap<u32, BackendInfo>,
     /// VIP index → the ring in place.
     pub(super) rings: BTreeMap<u32, Vec<u32>>,
+    /// VIP index → the ring size and members its ring was built from.
+    pub(super) recipes: BTreeMap<u32, (u32, Vec<maglev::Member>)>,
     /// Backend id → its health checks' verdict.
     pub(super) health: BTreeMap<u32, Tracker>,
     /// Backend id → how long its last check took.
@@ -79,6 +82,7 @@ impl State {
             paths: BTreeMap::new(),
             written: BTreeMap::new(),
             rings: BTreeMap::new(),
+            recipes: BTreeMap::new(),
             health: BTreeMap::new(),
             latency: BTreeMap::new(),
             all_down: BTreeSet::new(),
@@ -235,17 +239,20 @@ impl State {
     /// untouched.
     async fn apply(&mut self, config: Config) -> Result<()> {
         let plan = plan::plan_with(&config, &mut self.numbering);
+        let mut removed = Vec::new();
         for old in &self.plan.vips {
             let kept = plan.vips.iter().any(|v| v.slot == old.slot);
             if !kept {
                 // Only a VIP with a ring was ever published.
                 if self.rings.remove(&old.slot.info.index).is_some() {
-                    self.datapath.remove_vip(&old.slot)?;
+                    removed.push(old.slot);
                 }
+                self.recipes.remove(&old.slot.info.index);
                 self.all_down.remove(&old.slot.info.index);
                 tracing::info!(vip = old.name.as_str(), "VIP removed");
             }
         }
+        self.datapath.remove_vips(&removed)?;
         for (key, _) in &self.plan.addrs {
             if !plan.addrs.iter().any(|(k, _)| k == key) {
                 self.datapath.remove_vip_addr(key)?;
@@ -284,14 +291,25 @@ impl State {
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| (b.id, b.address)))
             .collect();
-        let addresses: Vec<_> = backends.iter().map(|(_, a)| *a).collect();
-        let results = self.neighbours.resolve_all(&addresses).await;
+        // A backend of many VIPs is resolved once.
+        let addresses: Vec<IpAddr> = backends
+            .iter()
+            .map(|(_, a)| *a)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let results: BTreeMap<IpAddr, _> = self
+            .neighbours
+            .resolve_all(&addresses)
+            .await
+            .into_iter()
+            .collect();
         let mut reported = BTreeSet::new();
-        for ((id, address), (_, result)) in backends.iter().zip(results) {
-            let path = match result {
-                Ok(path) => Some(path),
+        for (id, address) in &backends {
+            let path: Option<L2Path> = match &results[address] {
+                Ok(path) => Some(*path),
                 Err(err) => {
-                    if self.paths.get(id).is_none_or(Option::is_some) {
+                    if self.paths.get(id).is_none_or(Option::is_some) && reported.insert(*address) {
                         tracing::warn!(backend = %address, error = %err, "backend unreachable");
                     }
                     None
@@ -414,16 +432,18 @@ impl State {
             self.written.insert(id, info);
         }
         let ring_size = self.plan.settings.ring_size;
+        let mut changed = Vec::new();
         for vip in &self.plan.vips {
             let usable = |b: &plan::BackendPlan| {
                 self.written.get(&b.id).is_some_and(|i| {
                     i.flags & (BACKEND_UP | BACKEND_RESOLVED) == BACKEND_UP | BACKEND_RESOLVED
                 })
             };
-            let ring = match vip.ring(ring_size, usable)? {
-                Some(ring) => ring,
-                None if self.rings.contains_key(&vip.slot.info.index) => {
-                    if self.all_down.insert(vip.slot.info.index) {
+            let index = vip.slot.info.index;
+            let mut members = vip.members(usable);
+            if members.is_empty() {
+                if self.rings.contains_key(&index) {
+                    if self.all_down.insert(index) {
                         tracing::warn!(
                             vip = vip.name.as_str(),
                             "every backend of the VIP is down or unreachable: keeping its last ring rather than dropping its traffic"
@@ -434,28 +454,43 @@ impl State {
                 // No usable backend yet: place flows on every weighted
                 // backend, so packets are counted as unresolved, not lost
                 // without a trace, until neighbours resolve.
-                None => match vip.ring(ring_size, |_| true)? {
-                    Some(ring) => ring,
-                    None => {
-                        tracing::warn!(
-                            vip = vip.name.as_str(),
-                            "VIP has no backend with a weight above 0: its traffic passes"
-                        );
-                        continue;
-                    }
-                },
-            };
-            self.all_down.remove(&vip.slot.info.index);
-            if self.rings.get(&vip.slot.info.index) == Some(&ring) {
+                members = vip.members(|_| true);
+                if members.is_empty() {
+                    tracing::warn!(
+                        vip = vip.name.as_str(),
+                        "VIP has no backend with a weight above 0: its traffic passes"
+                    );
+                    continue;
+                }
+            }
+            self.all_down.remove(&index);
+            // The same members make the same ring: with many VIPs, one
+            // backend's change rebuilds one ring, not all of them.
+            let recipe = (ring_size, members);
+            if self.rings.contains_key(&index) && self.recipes.get(&index) == Some(&recipe) {
                 continue;
             }
-            self.datapath.publish_vip(&vip.slot, &ring)?;
+            let ring = maglev::build(&recipe.1, ring_size)?;
+            if self.rings.get(&index) == Some(&ring) {
+                self.recipes.insert(index, recipe);
+                continue;
+            }
+            changed.push((vip, ring, recipe));
+        }
+        // All changed rings at once: the datapath swaps them in batches.
+        let rings: Vec<(crate::datapath::VipSlot, &[u32])> = changed
+            .iter()
+            .map(|(vip, ring, _)| (vip.slot, ring.as_slice()))
+            .collect();
+        self.datapath.publish_vips(&rings)?;
+        for (vip, ring, recipe) in changed {
             tracing::info!(
                 vip = vip.name.as_str(),
-                backends = vip.backends.iter().filter(|b| ring.contains(&b.id)).count(),
+                backends = recipe.1.len(),
                 "ring published"
             );
             self.rings.insert(vip.slot.info.index, ring);
+            self.recipes.insert(vip.slot.info.index, recipe);
         }
         Ok(())
     }

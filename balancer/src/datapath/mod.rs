@@ -4,6 +4,7 @@
 //!
 //! Nothing else in the daemon touches the BPF object or its maps.
 
+mod batch;
 mod counters;
 pub mod floor;
 pub mod pin;
@@ -22,7 +23,7 @@ use balancer_common::{XDP_PROGRAM, maps};
 use thiserror::Error;
 
 pub use counters::{Counters, Published, Reasons};
-pub use write::VipSlot;
+pub use write::{VipSlot, ring_map};
 
 /// The XDP object built by build.rs from balancer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));
@@ -127,6 +128,18 @@ pub enum DatapathError {
     Pin {
         path: std::path::PathBuf,
         reason: String,
+    },
+    #[error("failed to swap the rings of {vips} VIPs into the rings map")]
+    RingSwap {
+        vips: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to fill a ring map of {slots} slots")]
+    RingFill {
+        slots: usize,
+        #[source]
+        source: std::io::Error,
     },
     #[error("ring of {len} slots does not match the configured ring size {expected}")]
     RingSize { len: usize, expected: u32 },

@@ -4,7 +4,9 @@
 //! with one update of `rings`, and a new VIP's key is inserted only after
 //! its ring is in place.
 
-use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, xdp::DevMapHash};
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, xdp::DevMapHash};
 use balancer_common::{
     backend::BackendInfo,
     maps::{self, BPF_F_INNER_MAP, MAX_BACKENDS, MAX_VIPS},
@@ -47,42 +49,81 @@ impl Datapath {
     /// swaps its ring atomically: every packet sees the old ring or the
     /// new one, never a mix.
     pub fn publish_vip(&mut self, slot: &VipSlot, ring: &[u32]) -> Result<(), DatapathError> {
-        check_range("VIP index", slot.info.index, MAX_VIPS)?;
-        if ring.len() != self.ring_size as usize {
-            return Err(DatapathError::RingSize {
-                len: ring.len(),
-                expected: self.ring_size,
-            });
+        self.publish_vips(&[(*slot, ring)])
+    }
+
+    /// [`Datapath::publish_vip`] for many VIPs, their rings swapped in with
+    /// one batched update per [`RINGS_PER_BATCH`] VIPs, since each update
+    /// of `rings` waits for an RCU grace period.
+    pub fn publish_vips(&mut self, vips: &[(VipSlot, &[u32])]) -> Result<(), DatapathError> {
+        for (slot, ring) in vips {
+            check_range("VIP index", slot.info.index, MAX_VIPS)?;
+            if ring.len() != self.ring_size as usize {
+                return Err(DatapathError::RingSize {
+                    len: ring.len(),
+                    expected: self.ring_size,
+                });
+            }
         }
-        let mut inner = Array::<MapData, u32>::create(self.ring_size, BPF_F_INNER_MAP)
-            .map_err(DatapathError::map("create", "ring"))?;
-        for (i, id) in ring.iter().enumerate() {
-            inner
-                .set(i as u32, id, 0)
-                .map_err(DatapathError::map("fill", "ring"))?;
+        for chunk in vips.chunks(RINGS_PER_BATCH) {
+            let inner = chunk
+                .iter()
+                .map(|(_, ring)| ring_map(ring))
+                .collect::<Result<Vec<_>, _>>()?;
+            let indices: Vec<u32> = chunk.iter().map(|(slot, _)| slot.info.index).collect();
+            let fds: Vec<u32> = inner
+                .iter()
+                .map(|map| map.map().fd().as_fd().as_raw_fd() as u32)
+                .collect();
+            self.swap_rings(&indices, &fds)?;
+            let mut keys: HashMap<_, VipKey, VipInfo> = self.map_mut(maps::VIPS)?;
+            for (slot, _) in chunk {
+                keys.insert(slot.key, slot.info, 0)
+                    .map_err(DatapathError::map("write", maps::VIPS))?;
+            }
         }
-        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> = self.map_mut(maps::RINGS)?;
-        rings
-            .set(slot.info.index, &inner, 0)
-            .map_err(DatapathError::map("write", maps::RINGS))?;
-        let mut vips: HashMap<_, VipKey, VipInfo> = self.map_mut(maps::VIPS)?;
-        vips.insert(slot.key, slot.info, 0)
-            .map_err(DatapathError::map("write", maps::VIPS))
+        Ok(())
     }
 
     /// Removes a VIP: its key first, so no new packet finds it, then its
     /// ring, replaced by a one-slot placeholder so the kernel frees the
     /// ring's memory once no program run uses it.
     pub fn remove_vip(&mut self, slot: &VipSlot) -> Result<(), DatapathError> {
-        let mut vips: HashMap<_, VipKey, VipInfo> = self.map_mut(maps::VIPS)?;
-        vips.remove(&slot.key)
-            .map_err(DatapathError::map("remove from", maps::VIPS))?;
+        self.remove_vips(&[*slot])
+    }
+
+    /// [`Datapath::remove_vip`] for many VIPs, with one batched update of
+    /// `rings` per [`RINGS_PER_BATCH`] VIPs.
+    pub fn remove_vips(&mut self, slots: &[VipSlot]) -> Result<(), DatapathError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut keys: HashMap<_, VipKey, VipInfo> = self.map_mut(maps::VIPS)?;
+        for slot in slots {
+            keys.remove(&slot.key)
+                .map_err(DatapathError::map("remove from", maps::VIPS))?;
+        }
         let placeholder = Array::<MapData, u32>::create(1, BPF_F_INNER_MAP)
             .map_err(DatapathError::map("create", "ring"))?;
-        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> = self.map_mut(maps::RINGS)?;
-        rings
-            .set(slot.info.index, &placeholder, 0)
-            .map_err(DatapathError::map("write", maps::RINGS))
+        let fd = placeholder.map().fd().as_fd().as_raw_fd() as u32;
+        for chunk in slots.chunks(RINGS_PER_BATCH) {
+            let indices: Vec<u32> = chunk.iter().map(|slot| slot.info.index).collect();
+            self.swap_rings(&indices, &vec![fd; indices.len()])?;
+        }
+        Ok(())
+    }
+
+    /// Points `rings[indices[i]]` at the map whose descriptor is `fds[i]`.
+    fn swap_rings(&mut self, indices: &[u32], fds: &[u32]) -> Result<(), DatapathError> {
+        let Some(aya::maps::Map::ArrayOfMaps(rings)) = self.ebpf.map(maps::RINGS) else {
+            return Err(DatapathError::MissingMap { name: maps::RINGS });
+        };
+        super::batch::update_u32(rings.fd().as_fd(), indices, fds).map_err(|source| {
+            DatapathError::RingSwap {
+                vips: indices.len(),
+                source,
+            }
+        })
     }
 
     /// Records that `key` (an address and protocol) carries VIPs.
@@ -120,6 +161,26 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap { name })?;
         M::try_from(map).map_err(DatapathError::map("open", name))
     }
+}
+
+/// VIPs whose rings are swapped in by one batched update: few enough that
+/// the inner maps' descriptors, open together, stay far below the common
+/// limit of 1,024 open files.
+pub const RINGS_PER_BATCH: usize = 128;
+
+/// A fresh ring map holding `ring`, ready to be swapped into `rings`:
+/// filled in one batched system call (one call per slot took 70-140 ms for
+/// a ring of 65,537 slots).
+pub fn ring_map(ring: &[u32]) -> Result<Array<MapData, u32>, DatapathError> {
+    let inner = Array::<MapData, u32>::create(ring.len() as u32, BPF_F_INNER_MAP)
+        .map_err(DatapathError::map("create", "ring"))?;
+    super::batch::write_u32_array(inner.map().fd().as_fd(), ring).map_err(|source| {
+        DatapathError::RingFill {
+            slots: ring.len(),
+            source,
+        }
+    })?;
+    Ok(inner)
 }
 
 fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), DatapathError> {

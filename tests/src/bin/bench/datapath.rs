@@ -1,0 +1,424 @@
+//! `datapath`: the XDP program's cost per packet through BPF_PROG_TEST_RUN,
+//! against a floor program measured the same way, with 1,000 flows in the
+//! connection table and again with 1,000,000.
+//!
+//! Method: many calls with repeat=1, each on a fresh copy of the packet
+//! (the kernel copies the input on every call), taking the median of the
+//! durations the kernel reports. repeat>1 would rerun the program on its
+//! own output, which is only fair for idempotent rewrites. Every figure
+//! includes the kernel's fixed cost per call (about 100 ns here), the same
+//! for every program, which is why the floor is measured the same way.
+
+use std::{
+    cell::RefCell,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Result, ensure};
+use balancer::datapath::{LoadOptions, action, floor::Floor};
+use balancer_common::{maps::DEFAULT_RING_SIZE, proto, settings::Settings};
+use balancer_tests::{
+    fixture::{Backend, Fixture, Vip, backend_mac, default_settings},
+    packet::{LB_MAC, Packet},
+};
+
+use crate::{
+    plot::{self, Bar},
+    report::{self, Section, Table},
+    stats::{Rng, Summary, quantile, sorted_ns},
+};
+
+/// Options of the datapath benchmark.
+pub struct Options {
+    /// Measured calls per path in each round.
+    pub calls: usize,
+    /// Rounds: every path is measured once per round, in turn, and the
+    /// figure reported is the median over rounds of each round's median,
+    /// so a burst of noise from the rest of the machine moves one round,
+    /// not the result.
+    pub rounds: usize,
+    /// Only these paths (the floor is always measured).
+    pub paths: Vec<String>,
+}
+
+const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10));
+/// Flows of the small table: the established paths' working set.
+const SMALL_TABLE: usize = 1_000;
+/// Live flows of the large table, half IPv4 and half IPv6.
+const LARGE_TABLE: usize = 1_000_000;
+/// Connection table size for the large table: entries are split evenly
+/// between the CPUs' LRU lists and every insert here comes from one CPU,
+/// so that CPU's share (1,048,576 on 2 CPUs) must hold the live flows.
+const LARGE_TABLE_SIZE: u32 = 1 << 21;
+
+/// One measured path.
+pub struct Row {
+    pub name: &'static str,
+    /// What the table held and what the packet was.
+    pub what: &'static str,
+    /// Median of each round, in ns.
+    pub rounds: Vec<f64>,
+    /// p10 and p90 over every call, in ns.
+    pub p10: f64,
+    pub p90: f64,
+}
+
+/// A path under measurement: one call of it, and what it measured so far.
+struct Measured<'a> {
+    name: &'static str,
+    what: &'static str,
+    run: Box<dyn FnMut() -> Result<Duration> + 'a>,
+    rounds: Vec<f64>,
+    samples: Vec<Duration>,
+}
+
+impl<'a> Measured<'a> {
+    fn new(
+        name: &'static str,
+        what: &'static str,
+        run: impl FnMut() -> Result<Duration> + 'a,
+    ) -> Measured<'a> {
+        Measured {
+            name,
+            what,
+            run: Box::new(run),
+            rounds: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// Settings as the daemon writes them by default (full-size ring).
+fn settings() -> Settings {
+    Settings {
+        ring_size: DEFAULT_RING_SIZE,
+        ..default_settings(0xbe9c)
+    }
+}
+
+fn backends(first: u32, v6: bool) -> Vec<Backend> {
+    (first..first + 10)
+        .map(|id| {
+            let addr = if v6 {
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, id as u16 + 1))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(10, 3, 0, id as u8 + 1))
+            };
+            Backend::new(id, addr)
+        })
+        .collect()
+}
+
+/// A fixture with one TCP VIP per family, ten backends each.
+fn fixture(flow_table_size: u32) -> Result<Fixture> {
+    let options = LoadOptions {
+        flow_table_size,
+        ..LoadOptions::default()
+    };
+    let mut f = Fixture::with_options(settings(), options)?;
+    for (index, (addr, v6)) in [(VIP4, false), (VIP6, true)].into_iter().enumerate() {
+        f.put_vip(Vip {
+            index: index as u32,
+            addr,
+            port: 80,
+            proto: proto::TCP,
+            source_hash: false,
+            backends: backends(index as u32 * 10, v6),
+        })?;
+    }
+    Ok(f)
+}
+
+/// A client address and port for flow `i`, distinct for every `i`.
+fn client(i: usize, v6: bool) -> (IpAddr, u16) {
+    let n = i as u32;
+    let addr = if v6 {
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0xc,
+            0,
+            0,
+            0,
+            (n >> 16) as u16,
+            n as u16,
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(0x6440_0000 | (n >> 8)))
+    };
+    (addr, 1024 + (n & 0xff) as u16)
+}
+
+/// Packet of flow `i` of a family: a SYN, or a segment of an established
+/// connection.
+fn packet(i: usize, v6: bool, established: bool) -> Vec<u8> {
+    let (src, port) = client(i, v6);
+    let packet = Packet::tcp(src, port, if v6 { VIP6 } else { VIP4 }, 80);
+    if established {
+        packet.established().build()
+    } else {
+        packet.build()
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(options: &Options) -> Result<Vec<Row>> {
+    // One CPU for every measurement: BPF_PROG_TEST_RUN runs the program
+    // on the calling CPU, and the two CPUs' caches differ.
+    let _pinned = crate::PinnedCpu::to(1);
+    let new_flows = (options.calls + options.calls / 10) * options.rounds;
+    // Large enough that no round evicts: an evicted established flow would
+    // be measured as a new one.
+    let small_size = ((2 * new_flows + 4 * SMALL_TABLE).next_power_of_two() * 2) as u32;
+    let small = RefCell::new(fixture(small_size)?);
+    let large = RefCell::new(fixture(LARGE_TABLE_SIZE)?);
+    eprintln!("datapath: filling a table with {LARGE_TABLE} flows");
+    for i in 0..SMALL_TABLE {
+        for v6 in [false, true] {
+            small
+                .borrow_mut()
+                .datapath
+                .test_run(&packet(i, v6, false), 0)?;
+        }
+    }
+    for i in 0..LARGE_TABLE {
+        large
+            .borrow_mut()
+            .datapath
+            .test_run(&packet(i / 2, i % 2 == 1, false), 0)?;
+    }
+    let mut floor = Floor::load(backend_mac(0), LB_MAC)?;
+    let floor_packet = Packet::tcp(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 1000, VIP4, 80).build();
+    let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let pass_packet = Packet::tcp(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 1000, other, 80)
+        .established()
+        .build();
+
+    let mut paths = vec![
+        Measured::new("floor", "floor program, any packet", || {
+            let out = floor.test_run(&floor_packet)?;
+            ensure!(out.verdict == action::TX, "floor verdict {}", out.verdict);
+            Ok(out.duration)
+        }),
+        Measured::new("pass_v4", "not for a VIP", || {
+            call(&small, &pass_packet, action::PASS)
+        }),
+        // Established before new in every round: a new-flow phase fills
+        // the table and the caches with entries of its own.
+        Measured::new(
+            "established_v4",
+            "1,000 flows",
+            established(&small, SMALL_TABLE, false),
+        ),
+        Measured::new(
+            "established_v6",
+            "1,000 flows",
+            established(&small, SMALL_TABLE, true),
+        ),
+        Measured::new(
+            "new_v4",
+            "1,000 flows, new SYN",
+            fresh(&small, SMALL_TABLE, false),
+        ),
+        Measured::new(
+            "new_v6",
+            "1,000 flows, new SYN",
+            fresh(&small, SMALL_TABLE, true),
+        ),
+        Measured::new(
+            "established_v4_1m",
+            "1,000,000 flows",
+            established(&large, LARGE_TABLE / 2, false),
+        ),
+        Measured::new(
+            "established_v6_1m",
+            "1,000,000 flows",
+            established(&large, LARGE_TABLE / 2, true),
+        ),
+        Measured::new(
+            "new_v4_1m",
+            "1,000,000 flows, new SYN",
+            fresh(&large, LARGE_TABLE / 2, false),
+        ),
+        Measured::new(
+            "new_v6_1m",
+            "1,000,000 flows, new SYN",
+            fresh(&large, LARGE_TABLE / 2, true),
+        ),
+    ];
+    if !options.paths.is_empty() {
+        paths.retain(|p| p.name == "floor" || options.paths.iter().any(|n| n == p.name));
+    }
+    for round in 0..options.rounds {
+        eprintln!("datapath: round {} of {}", round + 1, options.rounds);
+        for path in &mut paths {
+            let warmup = options.calls / 10;
+            let mut samples = Vec::with_capacity(options.calls);
+            for i in 0..warmup + options.calls {
+                let d = (path.run)()?;
+                if i >= warmup {
+                    samples.push(d);
+                }
+            }
+            path.rounds.push(quantile(&sorted_ns(&samples), 0.5));
+            path.samples.extend(samples);
+        }
+    }
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let all = sorted_ns(&p.samples);
+            Row {
+                name: p.name,
+                what: p.what,
+                p10: quantile(&all, 0.1),
+                p90: quantile(&all, 0.9),
+                rounds: p.rounds,
+            }
+        })
+        .collect())
+}
+
+/// One call on `table`, checking the verdict.
+fn call(table: &RefCell<Fixture>, packet: &[u8], want: u32) -> Result<Duration> {
+    let out = table.borrow_mut().datapath.test_run(packet, 0)?;
+    ensure!(
+        out.verdict == want,
+        "verdict {} instead of {want}",
+        out.verdict
+    );
+    Ok(out.duration)
+}
+
+/// Established flows: a random one of the table's first `flows` flows of
+/// a family on every call (fixed seed).
+fn established(
+    table: &RefCell<Fixture>,
+    flows: usize,
+    v6: bool,
+) -> impl FnMut() -> Result<Duration> + '_ {
+    let mut rng = Rng::new(flows as u64 * 2 + u64::from(v6));
+    move || call(table, &packet(rng.below(flows), v6, true), action::TX)
+}
+
+/// New flows: a 5-tuple never seen before on every call, numbered from
+/// `first` on (past the flows already in the table).
+fn fresh(
+    table: &RefCell<Fixture>,
+    first: usize,
+    v6: bool,
+) -> impl FnMut() -> Result<Duration> + '_ {
+    let mut next = first;
+    move || {
+        next += 1;
+        call(table, &packet(next, v6, false), action::TX)
+    }
+}
+
+/// One key per path: `{"floor_ns": .., "established_v4_ns": .., ...}`.
+pub fn json(rows: &[Row]) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    for row in rows {
+        object.insert(
+            format!("{}_ns", row.name),
+            serde_json::json!(Summary::of(&row.rounds).median),
+        );
+    }
+    serde_json::Value::Object(object)
+}
+
+/// The table, for the terminal and the document.
+pub fn table(rows: &[Row]) -> Table {
+    let floor = Summary::of(&rows[0].rounds).median;
+    let mut table = Table::new(&[
+        "path",
+        "table",
+        "median ns",
+        "min",
+        "max",
+        "p10",
+        "p90",
+        "x floor",
+    ]);
+    for row in rows {
+        let s = Summary::of(&row.rounds);
+        let [median, min, max] = report::spread(&s, 0);
+        table.row(vec![
+            format!("`{}`", row.name),
+            row.what.to_owned(),
+            median,
+            min,
+            max,
+            report::number(row.p10, 0),
+            report::number(row.p90, 0),
+            format!("{:.2}", s.median / floor),
+        ]);
+    }
+    table
+}
+
+/// The document's section, with its plot written to `img`.
+pub fn section(rows: &[Row], options: &Options, img: &Path) -> Result<Section> {
+    let bars: Vec<Bar> = rows
+        .iter()
+        .map(|r| Bar {
+            label: r.name.to_owned(),
+            value: Summary::of(&r.rounds),
+        })
+        .collect();
+    plot::bars(
+        &img.join("datapath.png"),
+        "XDP program, ns per packet (BPF_PROG_TEST_RUN, repeat=1)",
+        "ns per packet (median over rounds; whiskers: lowest and highest round)",
+        &bars,
+    )?;
+    let body = format!(
+        "## Datapath: cost per packet
+
+Measured on {machine}.
+
+Each path is one packet through BPF_PROG_TEST_RUN with repeat=1, on a
+fresh copy of the packet every call (repeat>1 would rerun the program on its
+own rewritten output). A round measures every path in turn with {calls}
+calls after {warmup} warm-up calls; the figure is the median over
+{rounds} rounds of each round's median, with the lowest and highest round, and
+p10/p90 over every call. All calls run on one CPU. Every figure includes the
+kernel's fixed cost of a call (about 100 ns here), which is why the floor
+program (parse Ethernet, read one map, rewrite both MACs, XDP_TX) is
+measured the same way: `x floor` is the path's median over the floor's.
+
+- `pass`: a TCP packet to an address that is not a VIP (XDP_PASS).
+- `established`: a segment of a known flow, a random one of the table's
+  flows on every call (fixed seed), forwarded (XDP_TX).
+- `new`: a SYN of a 5-tuple never seen before: Maglev ring lookup and
+  connection-table insert.
+- `1,000 flows`: the connection table holds 1,000 flows per family;
+  `1,000,000 flows`: it holds 500,000 IPv4 and 500,000 IPv6 flows
+  (`flow_table_size` 2,097,152, so one CPU's LRU share holds them all), and
+  the new-flow paths insert into that full table.
+
+VIPs: one TCP VIP per family, ten backends, ring of {ring} slots.
+
+{table}
+![datapath](img/datapath.png)
+
+Reading: at 1,000 flows the table and ring stay in the CPU caches; at
+1,000,000 random flows most lookups miss the caches and the TLB, which is
+the cost a busy edge host pays. `cargo xtask bench datapath --json` prints
+the medians as one JSON object.
+",
+        machine = report::machine(),
+        calls = options.calls,
+        warmup = options.calls / 10,
+        rounds = options.rounds,
+        ring = report::number(f64::from(DEFAULT_RING_SIZE), 0),
+        table = table(rows).markdown(),
+    );
+    Ok(Section {
+        name: "datapath",
+        body,
+    })
+}

@@ -1,0 +1,124 @@
+//! Benchmarks, run by `cargo xtask bench [NAME...]` as root: `datapath`
+//! (cost per packet), `e2e` (against nftables, HAProxy and nginx),
+//! `control` (control-plane timings) and `scale` (connection-table memory
+//! and eviction). They print their tables, and write docs/benchmarks.md
+//! and the plots in docs/img/. They assert nothing about speed.
+
+mod control;
+mod datapath;
+mod plot;
+mod report;
+mod stats;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+/// Runs the balancer's benchmarks (needs root for BPF).
+#[derive(Parser)]
+struct Args {
+    /// Benchmarks to run (default: all): datapath, e2e, control, scale.
+    names: Vec<String>,
+    /// Print the datapath figures as one JSON object (one key per path)
+    /// instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Datapath: measured calls per path in each round.
+    #[arg(long, default_value_t = 10_000)]
+    calls: usize,
+    /// Rounds (datapath) or counted runs (the others) behind each median.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// Datapath: measure only these paths (default: all).
+    #[arg(long = "path")]
+    paths: Vec<String>,
+    /// Where to write benchmarks.md and img/ (default: the repository's
+    /// docs directory).
+    #[arg(long)]
+    docs: Option<PathBuf>,
+    /// Print only; leave the documents alone.
+    #[arg(long)]
+    no_write: bool,
+}
+
+/// Pins the calling thread to one CPU until dropped, then lets it run on
+/// every CPU again.
+pub struct PinnedCpu(Option<nix::sched::CpuSet>);
+
+impl PinnedCpu {
+    /// Pins to `cpu` (nothing happens where that fails, for example on a
+    /// machine with one CPU).
+    pub fn to(cpu: usize) -> PinnedCpu {
+        let this = nix::unistd::Pid::from_raw(0);
+        let before = nix::sched::sched_getaffinity(this).ok();
+        let mut one = nix::sched::CpuSet::new();
+        if one.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(this, &one);
+        }
+        PinnedCpu(before)
+    }
+}
+
+impl Drop for PinnedCpu {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), before);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    for name in &args.names {
+        if !report::ORDER.contains(&name.as_str()) {
+            bail!(
+                "unknown benchmark {name:?}; known: {}",
+                report::ORDER.join(", ")
+            );
+        }
+    }
+    let selected = |name: &str| args.names.is_empty() || args.names.iter().any(|n| n == name);
+    let docs = args
+        .docs
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs"));
+    let img = docs.join("img");
+    std::fs::create_dir_all(&img)?;
+    let mut sections = Vec::new();
+    if selected("datapath") {
+        let options = datapath::Options {
+            calls: args.calls,
+            rounds: args.rounds,
+            paths: args.paths.clone(),
+        };
+        let rows = datapath::run(&options)?;
+        if args.json {
+            println!("{}", datapath::json(&rows));
+        } else {
+            println!("{}", datapath::table(&rows).text());
+        }
+        sections.push(datapath::section(&rows, &options, &img)?);
+    }
+    if selected("control") {
+        let results = control::run(args.rounds)?;
+        println!("{}", control::table(&results).text());
+        sections.push(control::section(&results, &img)?);
+    }
+    if !args.no_write {
+        let path = docs.join("benchmarks.md");
+        report::write(&path, &sections)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! PNG plots for docs/img/, drawn with plotters. Text is rendered with
+//! DejaVu Sans (Debian's fonts-dejavu-core, which `cargo xtask bench`
+//! installs), loaded from its file, so no font library is linked.
+
+use std::{path::Path, sync::Once};
+
+use anyhow::{Context as _, Result, anyhow};
+use plotters::{coord::ranged1d::SegmentValue, prelude::*};
+
+use crate::stats::Summary;
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// One bar: a label and a figure with its spread.
+pub struct Bar {
+    pub label: String,
+    pub value: Summary,
+}
+
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = std::fs::read(FONT)
+            .with_context(|| {
+                format!("cannot read the plots' font {FONT} (package fonts-dejavu-core)")
+            })
+            .and_then(|bytes| {
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes.leak())
+                    .map_err(|_| anyhow!("{FONT} is not a usable font"))
+            });
+    });
+    result
+}
+
+/// Horizontal bars with min-max whiskers, one per entry, top to bottom.
+pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
+    register_font()?;
+    let height = 120 + 44 * bars.len() as u32;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let top = bars
+        .iter()
+        .map(|b| b.value.max)
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.2;
+    let n = bars.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(220)
+        // A segmented range 0..k has k + 1 segments.
+        .build_cartesian_2d(0.0..top, (0..n.saturating_sub(1)).into_segmented())
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            // Segment i is drawn from the bottom: the first bar goes on top.
+            SegmentValue::CenterOf(i) if *i < n => bars[n - 1 - *i].label.clone(),
+            _ => String::new(),
+        })
+        .x_desc(unit)
+        .x_label_formatter(&|v| crate::report::number(*v, if top < 10.0 { 1 } else { 0 }))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(draw_error)?;
+    let row = |i: usize| n - 1 - i;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(row(i))),
+                    (b.value.median, SegmentValue::Exact(row(i) + 1)),
+                ],
+                RGBColor(70, 120, 190).filled(),
+            );
+            bar.set_margin(8, 8, 0, 0);
+            bar
+        }))
+        .map_err(draw_error)?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            ErrorBar::new_horizontal(
+                SegmentValue::CenterOf(row(i)),
+                b.value.min,
+                b.value.median,
+                b.value.max,
+                BLACK.stroke_width(2),
+                12,
+            )
+        }))
+        .map_err(draw_error)?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            Text::new(
+                crate::report::number(b.value.median, if b.value.median < 10.0 { 2 } else { 0 }),
+                (b.value.max + top * 0.01, SegmentValue::CenterOf(row(i))),
+                ("sans-serif", 14),
+            )
+        }))
+        .map_err(draw_error)?;
+    root.present().map_err(draw_error)?;
+    Ok(())
+}
+
+fn draw_error<E: std::error::Error + Send + Sync + 'static>(err: E) -> anyhow::Error {
+    anyhow!("drawing a plot: {err}")
+}
