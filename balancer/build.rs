@@ -2,7 +2,9 @@
 //! nightly toolchain, so that `cargo build -p balancer` yields one
 //! self-contained binary with the object embedded: the default program in
 //! `$OUT_DIR`, and the debug variant with decision logging (feature `log`)
-//! in `$OUT_DIR/log`.
+//! in `$OUT_DIR/log`. Every binary of balancer-ebpf is built, so the
+//! benchmarks' floor, load generator and sink land beside it
+//! (`$OUT_DIR/balancer-floor`, `balancer-gen`, `balancer-sink`).
 
 use std::{env, path::PathBuf, process::Command};
 

@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod flow;
 pub mod hash;
+pub mod loadgen;
 pub mod maps;
 pub mod settings;
 pub mod stats;
@@ -87,7 +88,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{backend, flow, settings, stats, vip};
+    use crate::{backend, flow, loadgen, settings, stats, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -100,6 +101,9 @@ mod user {
         backend::BackendInfo,
         flow::FlowKey,
         flow::FlowState,
+        loadgen::Template,
+        loadgen::GenCursor,
+        loadgen::SinkConfig,
         settings::Settings,
         stats::PacketCount,
         stats::FlowCounters,

@@ -1,12 +1,14 @@
 //! The typed layer over the XDP program: loading the embedded object,
 //! attaching it to interfaces, writing its maps ([`write`]) and reading its
-//! counters ([`counters`]).
+//! counters ([`counters`]); the benchmarks' floor ([`floor`]), load generator
+//! and sink ([`loadgen`]).
 //!
 //! Nothing else in the daemon touches the BPF object or its maps.
 
 mod batch;
 mod counters;
 pub mod floor;
+pub mod loadgen;
 pub mod pin;
 mod write;
 
@@ -143,6 +145,19 @@ pub enum DatapathError {
     },
     #[error("ring of {len} slots does not match the configured ring size {expected}")]
     RingSize { len: usize, expected: u32 },
+    #[error("the load generator cannot send this frame: {reason}")]
+    Frame { reason: String },
+    #[error(
+        "{flows} flows from source port {base} do not fit: at least 1, and the last port at most 65535"
+    )]
+    Flows { flows: u32, base: u16 },
+    #[error("failed to run {program} in live-frames mode out of interface {ifindex}")]
+    TestRun {
+        program: &'static str,
+        ifindex: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} {value} is out of range (at most {max})")]
     OutOfRange {
         what: &'static str,
