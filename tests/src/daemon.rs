@@ -74,3 +74,21 @@ where
     }
     serde_json::from_slice(&out.stdout).context("the CLI's JSON output does not parse")
 }
+
+/// Waits up to `timeout` for a line of the daemon's output, written after
+/// byte `from` (take `daemon.output().len()` before the action), that
+/// holds every one of `parts`, such as `["ring published", "web",
+/// "backends=2"]`.
+pub fn wait_for_log(
+    daemon: &mut Process,
+    from: usize,
+    parts: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    daemon.wait_for_output(timeout, |out| {
+        out.get(from..)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
+    })
+}

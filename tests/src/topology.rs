@@ -54,6 +54,9 @@ pub const REMOTE_CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd60, 0, 0, 0, 0, 0, 0, 1);
 
 /// The hosts of the topology. The balancer's interface is `eth0`.
 pub struct Topology {
+    /// The switch: the bridge and the other ends of every host's veth
+    /// (`pc` the client's, `plb` the balancer's, `pb0`... the backends').
+    pub switch: Netns,
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<Netns>,
@@ -66,7 +69,15 @@ impl Topology {
     /// Builds the topology with `backends` backends in `lab`, the client on
     /// the shared segment.
     pub fn build(lab: &Lab, backends: usize) -> Result<Topology> {
-        Topology::build_with(lab, backends, None)
+        Topology::build_with(lab, backends, None, true)
+    }
+
+    /// [`Topology::build`] without the XDP program on the switch's end of
+    /// the balancer's veth (`plb`), for a caller that attaches its own
+    /// there (the benchmarks count what leaves the balancer at that point);
+    /// until it does, the balancer's XDP_TX frames are lost.
+    pub fn build_bare_lb_port(lab: &Lab, backends: usize) -> Result<Topology> {
+        Topology::build_with(lab, backends, None, false)
     }
 
     /// Builds the topology with the client behind a router, in a subnet of
@@ -84,10 +95,15 @@ impl Topology {
     /// packet-too-big to their source, the VIP: that error reaches the
     /// balancer, which must pass it to the right backend.
     pub fn build_routed(lab: &Lab, backends: usize, client_link_mtu: u32) -> Result<Topology> {
-        Topology::build_with(lab, backends, Some(client_link_mtu))
+        Topology::build_with(lab, backends, Some(client_link_mtu), true)
     }
 
-    fn build_with(lab: &Lab, backends: usize, routed: Option<u32>) -> Result<Topology> {
+    fn build_with(
+        lab: &Lab,
+        backends: usize,
+        routed: Option<u32>,
+        lb_port_pass: bool,
+    ) -> Result<Topology> {
         let switch = lab.netns("sw")?;
         let client = lab.netns("client")?;
         let lb = lab.netns("lb")?;
@@ -117,7 +133,9 @@ impl Topology {
         // The balancer sends with XDP_TX into its veth: the switch's end of
         // that pair must run an XDP program to take the frames in (a GRO
         // toggle was not enough on a bridge port here).
-        lab.xdp_pass(&switch, "plb")?;
+        if lb_port_pass {
+            lab.xdp_pass(&switch, "plb")?;
+        }
 
         lb.add_address("eth0", &format!("{LB4}/24"))?;
         lb.add_address("eth0", &format!("{LB6}/64"))?;
@@ -163,6 +181,7 @@ impl Topology {
             }
         }
         Ok(Topology {
+            switch,
             client,
             lb,
             backends: hosts,

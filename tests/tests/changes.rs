@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use anyhow::{Result, ensure};
 use balancer_tests::{
     Lab, Netns,
-    daemon::{cli, cli_json, start},
+    daemon::{cli, cli_json, start, wait_for_log},
     netns_test,
     servers::{EchoConnection, tally_names, tcp_ask_name},
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
@@ -165,12 +165,12 @@ fn a_backend_added_at_runtime_takes_a_quarter_of_new_connections_and_resets_none
 
         let mark = daemon.output().len();
         ok(lab, &["backend", "add", "web", "10.50.0.13"])?;
-        daemon.wait_for_output(Duration::from_secs(5), |out| {
-            out.get(mark..)
-                .unwrap_or_default()
-                .lines()
-                .any(|line| line.contains("ring published") && line.contains("backends=4"))
-        })?;
+        wait_for_log(
+            &mut daemon,
+            mark,
+            &["ring published", "backends=4"],
+            Duration::from_secs(5),
+        )?;
         let n = 800;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..n {
@@ -232,12 +232,12 @@ fn an_added_backend_is_in_the_ring_within_milliseconds() {
             ok(lab, &["backend", "add", "web", &address.to_string()])?;
             let returned = std::time::Instant::now();
             let ring = format!("backends={}", 4 + n);
-            daemon.wait_for_output(Duration::from_secs(5), |out| {
-                out.get(mark..)
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|line| line.contains("ring published") && line.contains(&ring))
-            })?;
+            wait_for_log(
+                &mut daemon,
+                mark,
+                &["ring published", &ring],
+                Duration::from_secs(5),
+            )?;
             times.push(returned.elapsed());
         }
         ensure!(

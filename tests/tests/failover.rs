@@ -14,7 +14,7 @@ use anyhow::{Result, ensure};
 use balancer_tests::{
     Lab, Process,
     backend::ServerProcess,
-    daemon::start,
+    daemon::{start, wait_for_log},
     load::{SteadyLoad, failures_between},
     netns_test,
     servers::{EchoConnection, tally_names},
@@ -80,12 +80,7 @@ fn setup(lab: &Lab) -> Result<Setup> {
 /// Waits for a daemon log line, written after byte `from` of its output,
 /// that holds every one of `parts`; returns when it was seen.
 fn wait_for_line(daemon: &mut Process, from: usize, parts: &[&str]) -> Result<Instant> {
-    daemon.wait_for_output(Duration::from_secs(10), |out| {
-        out.get(from..)
-            .unwrap_or_default()
-            .lines()
-            .any(|line| parts.iter().all(|p| line.contains(p)))
-    })?;
+    wait_for_log(daemon, from, parts, Duration::from_secs(10))?;
     Ok(Instant::now())
 }
 

@@ -76,7 +76,15 @@ pub fn run(needs: Needs) -> Result<()> {
         ensure_packages(PACKAGES)?;
     }
     if needs.bench {
-        ensure_packages(BENCH_PACKAGES)?;
+        let installed = ensure_packages(BENCH_PACKAGES)?;
+        // The benchmarks start HAProxy and nginx in namespaces of their own;
+        // a package that came with them must not leave a service running
+        // (or starting at boot) on the host.
+        for service in ["haproxy", "nginx"] {
+            if installed.contains(&service) && on_path("systemctl") {
+                let _ = shell::probe("systemctl", ["disable", "--now", service]);
+            }
+        }
     }
     Ok(())
 }
@@ -205,14 +213,16 @@ fn ensure_bpf_linker(nightly: &Nightly, cargo_home: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", stamp.display()))
 }
 
-fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+/// Installs the packages of `packages` that are missing; returns those it
+/// installed.
+fn ensure_packages<'a>(packages: &[(&'a str, &str)]) -> Result<Vec<&'a str>> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(package, command)| !package_installed(package, command))
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(missing);
     }
     if !Uid::effective().is_root() {
         bail!(
@@ -233,7 +243,8 @@ fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .with_context(|| format!("cannot install {missing:?} with apt-get"))
+    .with_context(|| format!("cannot install {missing:?} with apt-get"))?;
+    Ok(missing)
 }
 
 /// Whether a Debian package is installed; on a system without dpkg, whether

@@ -3,7 +3,9 @@
 
 use aya::{Ebpf, maps::Array};
 
-use super::{DatapathError, TestOutput, test_run, xdp_program};
+use aya::programs::xdp::XdpMode as AyaXdpMode;
+
+use super::{AttachedMode, DatapathError, TestOutput, test_run, xdp_program};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-floor"));
 
@@ -36,6 +38,21 @@ impl Floor {
                 source: Box::new(source),
             })?;
         Ok(Floor { ebpf })
+    }
+
+    /// Attaches the program to `interface` (in the calling thread's
+    /// namespace) in native mode, until the floor is dropped: every frame
+    /// there goes back out to the MAC given at load, the cheapest XDP
+    /// forwarder, as the end-to-end benchmark's reference.
+    pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {
+        xdp_program(&mut self.ebpf, PROGRAM)?
+            .attach(interface, AyaXdpMode::Driver)
+            .map_err(|source| DatapathError::Attach {
+                interface: interface.to_owned(),
+                mode: AttachedMode::Native,
+                source: Box::new(source),
+            })?;
+        Ok(())
     }
 
     /// Runs the floor program once on `packet` (BPF_PROG_TEST_RUN).

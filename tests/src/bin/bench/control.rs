@@ -19,7 +19,7 @@ use balancer_tests::{
     Lab, Process,
     backend::ServerProcess,
     balancer_bin,
-    daemon::{cli, start, start_within},
+    daemon::{cli, start, start_within, wait_for_log},
     load::SteadyLoad,
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
@@ -65,10 +65,8 @@ pub fn run(runs: usize) -> Result<Results> {
     let (ring_batch, ring_per_slot) = ring_write_ms(runs)?;
     eprintln!("control: backend add to first connection");
     let (add_cli, add_first) = backend_add(runs)?;
-    eprintln!("control: add {add_cli:?}, first {add_first:?}");
     eprintln!("control: {LARGE_VIPS} VIPs x {LARGE_BACKENDS} backends");
     let (large_start, large_reload, large_change) = large_config(runs.min(3))?;
-    eprintln!("control: start {large_start:?}, reload {large_reload:?}, change {large_change:?}");
     eprintln!("control: failover detection");
     let failover = failover(runs)?;
     Ok(Results {
@@ -344,28 +342,26 @@ fn failover(runs: usize) -> Result<Summary> {
         let mark = daemon.output().len();
         let killed = Instant::now();
         servers[1].kill()?;
-        wait_for_ring(&mut daemon, mark, 2)?;
+        wait_for_log(
+            &mut daemon,
+            mark,
+            &["ring published", "backends=2"],
+            Duration::from_secs(10),
+        )?;
         let out = killed.elapsed();
         let mark = daemon.output().len();
         servers[1].restart()?;
-        wait_for_ring(&mut daemon, mark, 3)?;
+        wait_for_log(
+            &mut daemon,
+            mark,
+            &["ring published", "backends=3"],
+            Duration::from_secs(10),
+        )?;
         if run > 0 {
             times.push(ms(out));
         }
     }
     Ok(Summary::of(&times))
-}
-
-/// Waits for the web VIP's ring to be published with `backends` backends,
-/// after byte `from` of the daemon's output.
-fn wait_for_ring(daemon: &mut Process, from: usize, backends: u32) -> Result<()> {
-    let ring = format!("backends={backends}");
-    daemon.wait_for_output(Duration::from_secs(10), |out| {
-        out.get(from..)
-            .unwrap_or_default()
-            .lines()
-            .any(|line| line.contains("ring published") && line.contains(&ring))
-    })
 }
 
 /// The table, for the terminal and the document.
@@ -392,15 +388,24 @@ pub fn table(r: &Results) -> Table {
         &r.add_first,
     );
     row(
-        format!("daemon start with {LARGE_VIPS} VIPs x {LARGE_BACKENDS} backends"),
+        format!(
+            "daemon start with {} VIPs x {LARGE_BACKENDS} backends",
+            report::number(LARGE_VIPS as f64, 0)
+        ),
         &r.large_start,
     );
     row(
-        format!("`reload` from 1 VIP to {LARGE_VIPS}"),
+        format!(
+            "`reload` from 1 VIP to {}",
+            report::number(LARGE_VIPS as f64, 0)
+        ),
         &r.large_reload,
     );
     row(
-        format!("`backend weight` on one VIP of {LARGE_VIPS}"),
+        format!(
+            "`backend weight` on one VIP of {}",
+            report::number(LARGE_VIPS as f64, 0)
+        ),
         &r.large_change,
     );
     row(

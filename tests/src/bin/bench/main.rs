@@ -6,8 +6,10 @@
 
 mod control;
 mod datapath;
+mod e2e;
 mod plot;
 mod report;
+mod scale;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -33,6 +35,9 @@ struct Args {
     /// Datapath: measure only these paths (default: all).
     #[arg(long = "path")]
     paths: Vec<String>,
+    /// e2e: seconds of one run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
     /// Where to write benchmarks.md and img/ (default: the repository's
     /// docs directory).
     #[arg(long)]
@@ -110,15 +115,36 @@ fn run(args: &Args) -> Result<()> {
         }
         sections.push(datapath::section(&rows, &options, &img)?);
     }
+    if selected("e2e") {
+        let options = e2e::Options {
+            runs: args.rounds,
+            seconds: args.seconds,
+        };
+        let results = e2e::run(&options)?;
+        let (tcp, udp) = e2e::tables(&results);
+        println!("{}\n{}", tcp.text(), udp.text());
+        if let Some((ours, sink)) = results.xdp_ns {
+            println!(
+                "XDP run time per packet (bpf_stats): balancer {ours:.0} ns, sink {sink:.0} ns\n"
+            );
+        }
+        sections.push(e2e::section(&results, &img)?);
+    }
     if selected("control") {
         let results = control::run(args.rounds)?;
         println!("{}", control::table(&results).text());
         sections.push(control::section(&results, &img)?);
     }
+    if selected("scale") {
+        let results = scale::run()?;
+        let (memory, eviction) = scale::tables(&results);
+        println!("{}\n{}", memory.text(), eviction.text());
+        sections.push(scale::section(&results, &img)?);
+    }
     if !args.no_write {
         let path = docs.join("benchmarks.md");
         report::write(&path, &sections)?;
-        eprintln!("wrote {}", path.display());
+        eprintln!("wrote {}", path.canonicalize().unwrap_or(path).display());
     }
     Ok(())
 }

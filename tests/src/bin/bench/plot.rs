@@ -2,7 +2,7 @@
 //! DejaVu Sans (Debian's fonts-dejavu-core, which `cargo xtask bench`
 //! installs), loaded from its file, so no font library is linked.
 
-use std::{path::Path, sync::Once};
+use std::{ops::Range, path::Path, sync::Once};
 
 use anyhow::{Context as _, Result, anyhow};
 use plotters::{coord::ranged1d::SegmentValue, prelude::*};
@@ -15,6 +15,12 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 pub struct Bar {
     pub label: String,
     pub value: Summary,
+}
+
+/// One line of a line plot.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
 }
 
 fn register_font() -> Result<()> {
@@ -64,7 +70,7 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
             _ => String::new(),
         })
         .x_desc(unit)
-        .x_label_formatter(&|v| crate::report::number(*v, if top < 10.0 { 1 } else { 0 }))
+        .x_label_formatter(&|v| crate::report::number(*v, if top < 10.0 { 2 } else { 0 }))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(draw_error)?;
@@ -102,6 +108,56 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
                 ("sans-serif", 14),
             )
         }))
+        .map_err(draw_error)?;
+    root.present().map_err(draw_error)?;
+    Ok(())
+}
+
+/// Lines over a common x axis.
+pub fn lines(
+    path: &Path,
+    title: &str,
+    (x_desc, x_range): (&str, Range<f64>),
+    (y_desc, y_range): (&str, Range<f64>),
+    lines: &[Line],
+) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(90)
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 15))
+        .x_label_formatter(&|v| crate::report::number(*v, 0))
+        .y_label_formatter(&|v| crate::report::number(*v, 0))
+        .draw()
+        .map_err(draw_error)?;
+    for (i, line) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                line.points.iter().copied(),
+                color.stroke_width(3),
+            ))
+            .map_err(draw_error)?
+            .label(line.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
         .map_err(draw_error)?;
     root.present().map_err(draw_error)?;
     Ok(())
