@@ -161,7 +161,7 @@ fn cli_ok(lab: &Lab, args: &[&str]) -> Result<()> {
 /// connections back to back: the time until the CLI returned, and until
 /// the first connection that reached the new backend was started.
 fn backend_add(runs: usize) -> Result<(Summary, Summary)> {
-    let lab = Lab::new("bench-add")?;
+    let lab = crate::new_lab("bench-add")?;
     let t = Topology::build(&lab, 3)?;
     t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
     let addresses = t.backend_addresses(false);
@@ -234,7 +234,7 @@ fn large_config_text(vips: usize, backends: &[IpAddr]) -> String {
 /// Daemon start with 1,000 VIPs, reload from one VIP to 1,000, and one
 /// weight change with the 1,000 in place (it rebuilds what changed).
 fn large_config(runs: usize) -> Result<(Summary, Summary, Summary)> {
-    let lab = Lab::new("bench-large")?;
+    let lab = crate::new_lab("bench-large")?;
     let t = Topology::build(&lab, LARGE_BACKENDS)?;
     let backends = t.backend_addresses(false);
     let large = large_config_text(LARGE_VIPS, &backends);
@@ -305,7 +305,7 @@ fn stop_and_teardown(lab: &Lab, t: &Topology, daemon: Process) -> Result<()> {
 /// without it (the log line), then brings it back; TCP checks every
 /// INTERVAL_MS, down after FALL failures.
 fn failover(runs: usize) -> Result<Summary> {
-    let lab = Lab::new("bench-failover")?;
+    let lab = crate::new_lab("bench-failover")?;
     let t = Topology::build(&lab, 3)?;
     let mut servers = t
         .backends

@@ -12,9 +12,14 @@ mod report;
 mod scale;
 mod stats;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Mutex, PoisonError},
+};
 
 use anyhow::{Result, bail};
+use balancer_tests::{Lab, lab::TeardownHandle};
 use clap::Parser;
 
 /// Runs the balancer's benchmarks (needs root for BPF).
@@ -73,8 +78,34 @@ impl Drop for PinnedCpu {
     }
 }
 
+/// The lab of the benchmark running now, torn down on Ctrl-C.
+static CURRENT_LAB: Mutex<Option<TeardownHandle>> = Mutex::new(None);
+
+/// A new lab for a benchmark; Ctrl-C removes it (namespaces, processes,
+/// pins) before the bench exits.
+pub fn new_lab(label: &str) -> Result<Lab> {
+    let lab = Lab::new(label)?;
+    *CURRENT_LAB.lock().unwrap_or_else(PoisonError::into_inner) = Some(lab.teardown_handle());
+    Ok(lab)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let handler = || {
+        if let Some(lab) = CURRENT_LAB
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            lab.run();
+        }
+        e2e::stats_off();
+        eprintln!("\ninterrupted: the benchmark's namespaces and processes are removed");
+        std::process::exit(130);
+    };
+    if let Err(err) = ctrlc::set_handler(handler) {
+        eprintln!("warning: cannot handle Ctrl-C: {err}");
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
