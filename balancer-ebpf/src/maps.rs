@@ -9,8 +9,8 @@ use balancer_common::{
     backend::BackendInfo,
     flow::{FlowKey, FlowState},
     maps::{
-        BPF_F_INNER_MAP, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS,
-        MAX_EGRESS, MAX_VIPS,
+        BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS,
+        RING_FLAGS,
     },
     settings::Settings,
     stats::{FlowCounters, PacketCount, STATS_SLOTS},
@@ -27,10 +27,10 @@ pub static VIPS: HashMap<VipKey, VipInfo, VIPS_N> = HashMap::new();
 pub static VIP_ADDRS: HashMap<AddrKey, AddrInfo, VIPS_N> = HashMap::new();
 
 /// The inner template: rings made by the daemon may have any size
-/// (`BPF_F_INNER_MAP`), the settings say which.
-pub type Ring = Array<u32, { DEFAULT_RING_SIZE as usize }, { BPF_F_INNER_MAP as usize }>;
+/// (`BPF_F_INNER_MAP`), the settings say which, and are mmap-able.
+pub type Ring = Array<u32, { DEFAULT_RING_SIZE as usize }, { RING_FLAGS as usize }>;
 
-#[btf_map(name = "rings")]
+#[btf_map(name = "rings_mm")]
 pub static RINGS: ArrayOfMaps<Ring, VIPS_N> = ArrayOfMaps::new();
 
 #[btf_map(name = "backends")]

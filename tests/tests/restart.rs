@@ -139,3 +139,32 @@ fn pinned_maps_of_another_layout_are_refused_with_the_way_out() {
         Ok(())
     });
 }
+
+/// The rings map of the layout before mmap-able rings ("rings") is unpinned
+/// when a daemon adopts the directory, so its rings are freed once the old
+/// program is replaced rather than at `balancer teardown`.
+#[test]
+fn the_rings_pin_of_the_earlier_layout_is_removed_on_adoption() {
+    netns_test("pin_obsolete", Duration::from_secs(30), |lab| {
+        let dir = lab.pin_dir()?;
+        std::fs::create_dir_all(&dir)?;
+        let old = aya::maps::Array::<aya::maps::MapData, u32>::create(1024, 0)?;
+        aya::maps::Array::<aya::maps::MapData, u32>::pin(old, dir.join("rings"))?;
+        let options = balancer::datapath::LoadOptions {
+            pin_dir: Some(dir.clone()),
+            ..Default::default()
+        };
+        let datapath = balancer::datapath::Datapath::load_with(options)?;
+        ensure!(
+            !dir.join("rings").exists(),
+            "the earlier layout's rings pin is still there"
+        );
+        ensure!(
+            dir.join(balancer_common::maps::RINGS).exists(),
+            "the rings map of this layout was not pinned"
+        );
+        drop(datapath);
+        balancer::datapath::pin::teardown(&dir)?;
+        Ok(())
+    });
+}

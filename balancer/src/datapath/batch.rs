@@ -1,10 +1,9 @@
-//! BPF_MAP_UPDATE_BATCH, which aya 0.14 does not wrap. Two uses:
-//! - a whole ring in one system call instead of one per slot (a ring of
-//!   65,537 slots took 70-140 ms slot by slot);
-//! - many rings swapped into `rings` at once: every update of a map of maps
-//!   waits for an RCU grace period (about 30 ms here) so that no program
-//!   still runs on the old inner map when the call returns, and a batch
-//!   waits once. One VIP at a time, 1,000 VIPs took 30 s to apply.
+//! BPF_MAP_UPDATE_BATCH, which aya 0.14 does not wrap: many rings swapped
+//! into `rings` at once. Every update of a map of maps waits for an RCU
+//! grace period (about 30 ms here) so that no program still runs on the
+//! old inner map when the call returns, and a batch waits once: one VIP at
+//! a time, 1,000 VIPs took 30 s to apply. Public for the benchmarks, which
+//! compare ways of filling a ring.
 
 use std::{
     io,

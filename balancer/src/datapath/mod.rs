@@ -5,10 +5,11 @@
 //!
 //! Nothing else in the daemon touches the BPF object or its maps.
 
-mod batch;
+pub mod batch;
 mod counters;
 pub mod floor;
 pub mod loadgen;
+mod mapped;
 pub mod pin;
 mod write;
 
@@ -255,6 +256,9 @@ impl Datapath {
             .map_err(|err| DatapathError::Load(Box::new(err)))?;
         if adopted {
             tracing::info!("adopted the pinned maps: established flows and counters carry on");
+        }
+        if let Some(dir) = &options.pin_dir {
+            pin::remove_obsolete(dir)?;
         }
         let logger = if options.decision_log {
             Some(DecisionLog::init(&mut ebpf).map_err(|err| DatapathError::Log(Box::new(err)))?)

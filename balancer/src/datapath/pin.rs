@@ -137,6 +137,24 @@ pub(super) fn check_compatible(dir: &Path, flow_table_size: u32) -> Result<bool,
     Ok(found)
 }
 
+/// Unpins the maps of earlier layouts ([`maps::OBSOLETE_PINS`]) left in
+/// `dir`, once this binary's maps are loaded: a program still attached
+/// keeps the maps it uses until it is replaced, and the kernel frees them
+/// then, instead of when the operator runs `balancer teardown`.
+pub(super) fn remove_obsolete(dir: &Path) -> Result<(), DatapathError> {
+    for name in maps::OBSOLETE_PINS {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| DatapathError::Pin {
+                path: path.clone(),
+                reason: format!("cannot remove the pin of an earlier layout: {e}"),
+            })?;
+            tracing::info!(path = %path.display(), "removed the pin of an earlier layout");
+        }
+    }
+    Ok(())
+}
+
 /// Where the XDP link of `interface` is pinned.
 pub(super) fn link_path(dir: &Path, interface: &str) -> PathBuf {
     dir.join(format!("link_{interface}"))

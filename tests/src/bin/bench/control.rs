@@ -7,12 +7,14 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{Array, MapData};
+
+use aya::maps::{Array, IterableMap as _, MapData};
 use balancer::maglev::{self, Member};
 use balancer_common::maps::{BPF_F_INNER_MAP, DEFAULT_RING_SIZE};
 use balancer_tests::{
@@ -44,6 +46,7 @@ const FALL: u64 = 2;
 pub struct Results {
     runs: usize,
     maglev: Vec<(u32, Summary)>,
+    ring_mapped: Summary,
     ring_batch: Summary,
     ring_per_slot: Summary,
     add_cli: Summary,
@@ -62,7 +65,7 @@ pub fn run(runs: usize) -> Result<Results> {
         .map(|&n| Ok((n, maglev_ms(n, runs)?)))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("control: ring writes");
-    let (ring_batch, ring_per_slot) = ring_write_ms(runs)?;
+    let [ring_mapped, ring_batch, ring_per_slot] = ring_write_ms(runs)?;
     eprintln!("control: backend add to first connection");
     let (add_cli, add_first) = backend_add(runs)?;
     eprintln!("control: {LARGE_VIPS} VIPs x {LARGE_BACKENDS} backends");
@@ -72,6 +75,7 @@ pub fn run(runs: usize) -> Result<Results> {
     Ok(Results {
         runs,
         maglev,
+        ring_mapped,
         ring_batch,
         ring_per_slot,
         add_cli,
@@ -109,9 +113,10 @@ fn maglev_ms(backends: u32, runs: usize) -> Result<Summary> {
     Ok(Summary::of(&times))
 }
 
-/// Time to fill a fresh ring map of the default size: in one batched
-/// system call as the daemon does, and slot by slot as it used to.
-fn ring_write_ms(runs: usize) -> Result<(Summary, Summary)> {
+/// Time to fill a fresh ring map of the default size: through a mapping
+/// of its memory as the daemon does, in one batched system call, and slot
+/// by slot.
+fn ring_write_ms(runs: usize) -> Result<[Summary; 3]> {
     let members: Vec<Member> = (0..10)
         .map(|i| Member {
             id: i,
@@ -120,11 +125,14 @@ fn ring_write_ms(runs: usize) -> Result<(Summary, Summary)> {
         })
         .collect();
     let ring = maglev::build(&members, DEFAULT_RING_SIZE)?;
-    let mut batch = Vec::new();
-    let mut per_slot = Vec::new();
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..=runs {
         let start = Instant::now();
         balancer::datapath::ring_map(&ring)?;
+        let mapped = ms(start.elapsed());
+        let start = Instant::now();
+        let map = Array::<MapData, u32>::create(DEFAULT_RING_SIZE, BPF_F_INNER_MAP)?;
+        balancer::datapath::batch::write_u32_array(map.map().fd().as_fd(), &ring)?;
         let batched = ms(start.elapsed());
         let start = Instant::now();
         let mut map = Array::<MapData, u32>::create(DEFAULT_RING_SIZE, BPF_F_INNER_MAP)?;
@@ -133,11 +141,12 @@ fn ring_write_ms(runs: usize) -> Result<(Summary, Summary)> {
         }
         let slotted = ms(start.elapsed());
         if run > 0 {
-            batch.push(batched);
-            per_slot.push(slotted);
+            for (list, t) in times.iter_mut().zip([mapped, batched, slotted]) {
+                list.push(t);
+            }
         }
     }
-    Ok((Summary::of(&batch), Summary::of(&per_slot)))
+    Ok(times.map(|t| Summary::of(&t)))
 }
 
 fn web() -> SocketAddr {
@@ -380,6 +389,7 @@ pub fn table(r: &Results) -> Table {
             s,
         );
     }
+    row("ring map write, through mmap".into(), &r.ring_mapped);
     row("ring map write, one batched call".into(), &r.ring_batch);
     row("ring map write, one call per slot".into(), &r.ring_per_slot);
     row("`backend add`: CLI returned".into(), &r.add_cli);
@@ -445,9 +455,10 @@ and highest run.
 - Maglev: building one ring of {ring} slots (the default `ring_size`) for N
   backends of equal weight, in the daemon's code, without I/O.
 - Ring map write: filling a fresh ring map of {ring} slots, as the daemon
-  does before swapping it in: in one `BPF_MAP_UPDATE_BATCH` call (what the
-  daemon does now), and with one update call per slot (what it did before
-  this benchmark showed the cost).
+  does before swapping it in: through a mapping of its memory (the rings
+  are `BPF_F_MMAPABLE`; what the daemon does now), in one
+  `BPF_MAP_UPDATE_BATCH` call, and with one update call per slot (what it
+  did before this benchmark showed the cost).
 - `backend add`: a client in a namespace opens connections back to back
   (about one per ms) to a TCP VIP of two backends with health checks off;
   the clock starts when `balancer backend add` is run and stops when the
