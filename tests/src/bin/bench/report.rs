@@ -147,7 +147,16 @@ pub fn machine() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     let mut commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) {
+    // The documents this run rewrites do not count as changes.
+    let status = [
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ":(top)",
+        ":(top,exclude)docs",
+    ];
+    if git(&status).is_some_and(|s| !s.is_empty()) {
         commit.push_str(" with uncommitted changes");
     }
     format!(
