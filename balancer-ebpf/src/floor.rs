@@ -5,6 +5,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::Array,
@@ -35,16 +37,5 @@ pub fn floor_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects any program that could reach a panic.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -12,6 +12,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, PerCpuArray},
@@ -101,16 +103,5 @@ fn field(ctx: &XdpContext, offset: u16) -> Option<*mut u16> {
     Some(start as *mut u16)
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects any program that could reach a panic.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

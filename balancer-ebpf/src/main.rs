@@ -16,6 +16,7 @@ mod log;
 mod lookup;
 mod maps;
 mod parse;
+mod runtime;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -213,18 +214,5 @@ fn send(ctx: &XdpContext, vip: u32, pick: &Pick, len: u64, new_flow: bool) -> (u
     (action, stat)
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects any program that could reach a panic, so
-    // this is never called in a loaded program.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
-
-/// The kernel only lets GPL-compatible programs call GPL helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -7,6 +7,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, PerCpuArray},
@@ -141,16 +143,5 @@ fn read_port(l4: usize, end: usize) -> Option<u16> {
     Some(unsafe { ((l4 + 2) as *const u16).read_unaligned() })
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects any program that could reach a panic.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -128,6 +128,26 @@ impl Netns {
             .collect())
     }
 
+    /// The MAC address of `interface`, from `ip link` (/sys/class/net would
+    /// show the namespace sysfs was mounted in, not this one).
+    pub fn mac(&self, interface: &str) -> Result<[u8; 6]> {
+        let out = self.ip(["-o", "link", "show", "dev", interface])?;
+        let text = out
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no MAC address for {interface} in: {out}"))?;
+        let mut mac = [0u8; 6];
+        let mut bytes = text.split(':');
+        for byte in &mut mac {
+            let hex = bytes
+                .next()
+                .with_context(|| format!("MAC address {text}"))?;
+            *byte = u8::from_str_radix(hex, 16).with_context(|| format!("MAC address {text}"))?;
+        }
+        Ok(mac)
+    }
+
     /// The XDP attachment of `interface` as `ip link` reports it:
     /// `Some("xdp")` (native), `Some("xdpgeneric")`, or `None`.
     pub fn xdp_attachment(&self, interface: &str) -> Result<Option<String>> {

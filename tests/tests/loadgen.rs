@@ -51,23 +51,8 @@ fn two_hosts(lab: &Lab) -> Result<(Netns, Netns, [u8; 6], [u8; 6])> {
     lab.veth((&a, "eth0"), (&b, "eth0"), VethOptions::default())?;
     a.add_address("eth0", &format!("{A_V4}/24"))?;
     b.add_address("eth0", &format!("{B_V4}/24"))?;
-    let (a_mac, b_mac) = (mac(&a, "eth0")?, mac(&b, "eth0")?);
+    let (a_mac, b_mac) = (a.mac("eth0")?, b.mac("eth0")?);
     Ok((a, b, a_mac, b_mac))
-}
-
-/// The MAC address of `interface` in `ns`, from `ip link`.
-fn mac(ns: &Netns, interface: &str) -> Result<[u8; 6]> {
-    let out = ns.ip(["-o", "link", "show", "dev", interface])?;
-    let text = out
-        .split_whitespace()
-        .skip_while(|word| *word != "link/ether")
-        .nth(1)
-        .with_context(|| format!("no MAC address for {interface} in: {out}"))?;
-    let mut mac = [0u8; 6];
-    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(hex, 16).with_context(|| format!("MAC address {text}"))?;
-    }
-    Ok(mac)
 }
 
 /// The payload of every generated datagram.

@@ -3,7 +3,7 @@
 //! grace period (about 30 ms here) so that no program still runs on the
 //! old inner map when the call returns, and a batch waits once: one VIP at
 //! a time, 1,000 VIPs took 30 s to apply. Public for the benchmarks, which
-//! compare ways of filling a ring.
+//! compare it with the mmap write of a ring.
 
 use std::{
     io,
@@ -25,13 +25,6 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-/// Writes `values[i]` at index `i` of the array map `map`, for every `i`,
-/// in one call.
-pub fn write_u32_array(map: BorrowedFd<'_>, values: &[u32]) -> io::Result<()> {
-    let keys: Vec<u32> = (0..values.len() as u32).collect();
-    update_u32(map, &keys, values)
 }
 
 /// Writes `values[i]` under `keys[i]` in `map` (4-byte keys and values:

@@ -1,11 +1,9 @@
 //! The benchmarks' floor program (see balancer-ebpf/src/floor.rs), loaded
 //! and run the same way as the balancer's program.
 
-use aya::{Ebpf, maps::Array};
+use aya::Ebpf;
 
-use aya::programs::xdp::XdpMode as AyaXdpMode;
-
-use super::{AttachedMode, DatapathError, TestOutput, test_run, xdp_program};
+use super::{DatapathError, TestOutput, attach_native, load_configured, test_run, xdp_program};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-floor"));
 
@@ -20,23 +18,10 @@ pub struct Floor {
 impl Floor {
     /// Loads the floor program; it writes `dst` and `src` as the MACs.
     pub fn load(dst: [u8; 6], src: [u8; 6]) -> Result<Floor, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|err| DatapathError::Load(Box::new(err)))?;
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&dst);
         macs[6..].copy_from_slice(&src);
-        let map = ebpf
-            .map_mut(MACS)
-            .ok_or(DatapathError::MissingMap { name: MACS })?;
-        let mut map: Array<_, [u8; 12]> =
-            Array::try_from(map).map_err(DatapathError::map("open", MACS))?;
-        map.set(0, macs, 0)
-            .map_err(DatapathError::map("write", MACS))?;
-        xdp_program(&mut ebpf, PROGRAM)?
-            .load()
-            .map_err(|source| DatapathError::Program {
-                action: "load",
-                source: Box::new(source),
-            })?;
+        let ebpf = load_configured(OBJECT, MACS, macs, PROGRAM)?;
         Ok(Floor { ebpf })
     }
 
@@ -45,14 +30,7 @@ impl Floor {
     /// there goes back out to the MAC given at load, the cheapest XDP
     /// forwarder, as the end-to-end benchmark's reference.
     pub fn attach(&mut self, interface: &str) -> Result<(), DatapathError> {
-        xdp_program(&mut self.ebpf, PROGRAM)?
-            .attach(interface, AyaXdpMode::Driver)
-            .map_err(|source| DatapathError::Attach {
-                interface: interface.to_owned(),
-                mode: AttachedMode::Native,
-                source: Box::new(source),
-            })?;
-        Ok(())
+        attach_native(&mut self.ebpf, PROGRAM, interface)
     }
 
     /// Runs the floor program once on `packet` (BPF_PROG_TEST_RUN).

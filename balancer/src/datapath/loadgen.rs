@@ -12,8 +12,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
-    programs::xdp::XdpMode as AyaXdpMode,
+    maps::{MapData, PerCpuArray},
 };
 use balancer_common::{
     loadgen::{
@@ -24,7 +23,7 @@ use balancer_common::{
     stats::PacketCount,
 };
 
-use super::{AttachedMode, DatapathError, TestOutput, test_run, xdp_program};
+use super::{DatapathError, TestOutput, attach_native, load_configured, test_run, xdp_program};
 
 static GEN_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-gen"));
 static SINK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-sink"));
@@ -74,20 +73,7 @@ impl Generator {
     /// the transport checksum adjusted to match.
     pub fn load(frame: &[u8], flows: u32) -> Result<Generator, DatapathError> {
         let template = template(frame, flows)?;
-        let mut ebpf = Ebpf::load(GEN_OBJECT).map_err(|err| DatapathError::Load(Box::new(err)))?;
-        let map = ebpf
-            .map_mut(GEN_TEMPLATE)
-            .ok_or(DatapathError::MissingMap { name: GEN_TEMPLATE })?;
-        let mut map: Array<_, Template> =
-            Array::try_from(map).map_err(DatapathError::map("open", GEN_TEMPLATE))?;
-        map.set(0, template, 0)
-            .map_err(DatapathError::map("write", GEN_TEMPLATE))?;
-        xdp_program(&mut ebpf, GEN_PROGRAM)?
-            .load()
-            .map_err(|source| DatapathError::Program {
-                action: "load",
-                source: Box::new(source),
-            })?;
+        let ebpf = load_configured(GEN_OBJECT, GEN_TEMPLATE, template, GEN_PROGRAM)?;
         Ok(Generator {
             ebpf,
             frame: frame.to_vec(),
@@ -216,29 +202,12 @@ impl Sink {
     /// frame passes (`None`: every frame is counted and dropped). The name
     /// is resolved in the calling thread's network namespace.
     pub fn attach(interface: &str, dst_port: Option<u16>) -> Result<Sink, DatapathError> {
-        let mut ebpf = Ebpf::load(SINK_OBJECT).map_err(|err| DatapathError::Load(Box::new(err)))?;
         let config = SinkConfig {
             dst_port: dst_port.unwrap_or(0).to_be(),
             ..SinkConfig::default()
         };
-        let map = ebpf
-            .map_mut(SINK_CONFIG)
-            .ok_or(DatapathError::MissingMap { name: SINK_CONFIG })?;
-        let mut map: Array<_, SinkConfig> =
-            Array::try_from(map).map_err(DatapathError::map("open", SINK_CONFIG))?;
-        map.set(0, config, 0)
-            .map_err(DatapathError::map("write", SINK_CONFIG))?;
-        let prog = xdp_program(&mut ebpf, SINK_PROGRAM)?;
-        prog.load().map_err(|source| DatapathError::Program {
-            action: "load",
-            source: Box::new(source),
-        })?;
-        prog.attach(interface, AyaXdpMode::Driver)
-            .map_err(|source| DatapathError::Attach {
-                interface: interface.to_owned(),
-                mode: AttachedMode::Native,
-                source: Box::new(source),
-            })?;
+        let mut ebpf = load_configured(SINK_OBJECT, SINK_CONFIG, config, SINK_PROGRAM)?;
+        attach_native(&mut ebpf, SINK_PROGRAM, interface)?;
         Ok(Sink { ebpf })
     }
 

@@ -494,6 +494,51 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     xdp_program(ebpf, XDP_PROGRAM)
 }
 
+/// Loads `object`, writes `value` at index 0 of its array map `map` and
+/// loads its XDP program `program`: how the benchmarks' small programs
+/// (floor, generator, sink) are all set up.
+fn load_configured<T: aya::Pod>(
+    object: &[u8],
+    map: &'static str,
+    value: T,
+    program: &'static str,
+) -> Result<Ebpf, DatapathError> {
+    let mut ebpf = Ebpf::load(object).map_err(|err| DatapathError::Load(Box::new(err)))?;
+    let config = ebpf
+        .map_mut(map)
+        .ok_or(DatapathError::MissingMap { name: map })?;
+    let mut config: aya::maps::Array<_, T> =
+        aya::maps::Array::try_from(config).map_err(DatapathError::map("open", map))?;
+    config
+        .set(0, value, 0)
+        .map_err(DatapathError::map("write", map))?;
+    xdp_program(&mut ebpf, program)?
+        .load()
+        .map_err(|source| DatapathError::Program {
+            action: "load",
+            source: Box::new(source),
+        })?;
+    Ok(ebpf)
+}
+
+/// Attaches the loaded XDP program `program` of `ebpf` to `interface` (in
+/// the calling thread's namespace) in native mode; the link lasts as long
+/// as `ebpf`.
+fn attach_native(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    interface: &str,
+) -> Result<(), DatapathError> {
+    xdp_program(ebpf, program)?
+        .attach(interface, AyaXdpMode::Driver)
+        .map_err(|source| DatapathError::Attach {
+            interface: interface.to_owned(),
+            mode: AttachedMode::Native,
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
 /// The XDP program `name` of a loaded object.
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
     ebpf.program_mut(name)

@@ -125,6 +125,7 @@ fn ring_write_ms(runs: usize) -> Result<[Summary; 3]> {
         })
         .collect();
     let ring = maglev::build(&members, DEFAULT_RING_SIZE)?;
+    let slots: Vec<u32> = (0..DEFAULT_RING_SIZE).collect();
     let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..=runs {
         let start = Instant::now();
@@ -132,7 +133,7 @@ fn ring_write_ms(runs: usize) -> Result<[Summary; 3]> {
         let mapped = ms(start.elapsed());
         let start = Instant::now();
         let map = Array::<MapData, u32>::create(DEFAULT_RING_SIZE, BPF_F_INNER_MAP)?;
-        balancer::datapath::batch::write_u32_array(map.map().fd().as_fd(), &ring)?;
+        balancer::datapath::batch::update_u32(map.map().fd().as_fd(), &slots, &ring)?;
         let batched = ms(start.elapsed());
         let start = Instant::now();
         let mut map = Array::<MapData, u32>::create(DEFAULT_RING_SIZE, BPF_F_INNER_MAP)?;

@@ -206,7 +206,7 @@ impl<'a> Bed<'a> {
         // benchmark's port dropped) on the switch's end of its veth, before
         // the bridge: the rest passes on.
         let sinks = vec![t.switch.run(|| Sink::attach("plb", Some(UDP_PORT)))??];
-        let lb_mac = Bed::mac(&t.lb)?;
+        let lb_mac = t.lb.mac("eth0")?;
         // The floor setup forwards every frame on the balancer's host, ARP
         // included: the client must know the host's MAC without asking.
         t.client.ip([
@@ -225,23 +225,12 @@ impl<'a> Bed<'a> {
         }
         Ok(Bed {
             lb_mac,
-            client_mac: Bed::mac(&t.client)?,
-            backend0_mac: Bed::mac(&t.backends[0])?,
+            client_mac: t.client.mac("eth0")?,
+            backend0_mac: t.backends[0].mac("eth0")?,
             lab,
             t,
             sinks,
         })
-    }
-
-    /// The MAC of `ns`'s eth0, from `ip` (/sys/class/net shows the
-    /// namespace sysfs was mounted in, not the thread's).
-    fn mac(ns: &Netns) -> Result<[u8; 6]> {
-        let json: serde_json::Value =
-            serde_json::from_str(&ns.ip(["-j", "link", "show", "eth0"])?)?;
-        let text = json[0]["address"]
-            .as_str()
-            .with_context(|| format!("no MAC on eth0 in {}", ns.name()))?;
-        parse_mac(text)
     }
 
     fn vip(&self) -> IpAddr {
@@ -670,18 +659,8 @@ fn xdp_run_stats(ns: &Netns, interface: &str) -> Result<(u64, u64)> {
         .find(|p| p.id() == id)
         .with_context(|| format!("program {id} is not loaded"))?;
     let fd = info.fd()?;
-    let fdinfo = std::fs::read_to_string(format!(
-        "/proc/self/fdinfo/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&fd))
-    ))?;
-    let field = |name: &str| -> Result<u64> {
-        fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no {name} in the program's fdinfo"))
-    };
-    Ok((field("run_time_ns:")?, field("run_cnt:")?))
+    let [time, count] = crate::fdinfo(std::os::fd::AsFd::as_fd(&fd), ["run_time_ns", "run_cnt"])?;
+    Ok((time, count))
 }
 
 fn format_mac(mac: [u8; 6]) -> String {
@@ -689,15 +668,6 @@ fn format_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad MAC {text:?}"))?;
-    bytes.try_into().map_err(|_| anyhow!("bad MAC {text:?}"))
 }
 
 /// A DNAT balancer as kube-proxy's nftables mode makes one: a numgen map

@@ -18,7 +18,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use balancer_tests::{Lab, lab::TeardownHandle};
 use clap::Parser;
 
@@ -76,6 +76,25 @@ impl Drop for PinnedCpu {
             let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), before);
         }
     }
+}
+
+/// The numeric fields `names` (such as `memlock` or `run_cnt`) of what the
+/// kernel says of BPF object `fd` in /proc/self/fdinfo.
+pub fn fdinfo<const N: usize>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    names: [&str; N],
+) -> Result<[u64; N]> {
+    use std::os::fd::AsRawFd as _;
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let mut values = [0; N];
+    for (value, name) in values.iter_mut().zip(names) {
+        *value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {name} in a BPF object's fdinfo"))?;
+    }
+    Ok(values)
 }
 
 /// The lab of the benchmark running now, torn down on Ctrl-C.

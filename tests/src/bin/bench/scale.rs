@@ -117,12 +117,8 @@ fn map_ids() -> BTreeSet<u32> {
 /// Bytes the kernel charges for map `info` (`memlock` in its fdinfo).
 fn memlock(info: &MapInfo) -> Result<u64> {
     let fd = info.fd()?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&fd));
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no memlock in a map's fdinfo")
+    let [bytes] = crate::fdinfo(std::os::fd::AsFd::as_fd(&fd), ["memlock"])?;
+    Ok(bytes)
 }
 
 /// Every map the datapath made, loaded with `flow_table_size` and one VIP
