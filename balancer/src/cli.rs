@@ -84,9 +84,23 @@ pub enum VipCommand {
         /// [2001:db8::10]:53/udp.
         #[arg(value_parser = parse_service)]
         service: Service,
-        /// How new flows are placed.
+        /// How new flows are placed (default maglev).
         #[arg(long, value_enum)]
         scheduler: Option<Scheduler>,
+        /// Session persistence: each client's new flows go to the backend
+        /// it last used, for this long after its last packet ("30s", "5m";
+        /// 1s to 24h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_persistence_timeout)]
+        persistence_timeout: Option<Duration>,
+        /// For IPv6 VIPs with persistence: the leading bits of a client's
+        /// address that make one client (1 to 128, default 64).
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "persistence_timeout",
+            value_parser = clap::value_parser!(u8).range(1..=128)
+        )]
+        persistence_ipv6_prefix: Option<u8>,
     },
     /// Remove a VIP.
     Remove { name: String },
@@ -152,6 +166,13 @@ fn parse_service(text: &str) -> Result<Service, String> {
     })
 }
 
+/// Parses `--persistence-timeout`, refusing what the configuration would.
+fn parse_persistence_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = crate::config::parse_duration(text)?;
+    crate::config::check_persistence_timeout(timeout)?;
+    Ok(timeout)
+}
+
 /// Arguments of `balancer run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -200,12 +221,16 @@ pub fn main() -> ExitCode {
             name,
             service,
             scheduler,
+            persistence_timeout,
+            persistence_ipv6_prefix,
         }) => ask(Request::VipAdd {
             name,
             address: service.address,
             port: service.port,
             protocol: service.protocol,
             scheduler,
+            persistence_timeout,
+            persistence_ipv6_prefix,
         }),
         Command::Vip(VipCommand::Remove { name }) => ask(Request::VipRemove { name }),
         Command::Backend(BackendCommand::List { vip }) => ask(Request::BackendList { vip }),
@@ -370,6 +395,90 @@ fn cell(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vip_add(args: &[&str]) -> Result<VipCommand, clap::Error> {
+        let argv = ["balancer", "vip", "add", "app", "[2001:db8::80]:443/tcp"];
+        let cli = Cli::try_parse_from(argv.iter().chain(args))?;
+        match cli.command {
+            Command::Vip(command) => Ok(command),
+            other => panic!("not a vip command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vip_add_takes_a_scheduler_and_persistence() {
+        let VipCommand::Add {
+            scheduler,
+            persistence_timeout,
+            persistence_ipv6_prefix,
+            ..
+        } = vip_add(&[
+            "--scheduler",
+            "least-latency",
+            "--persistence-timeout",
+            "5m",
+            "--persistence-ipv6-prefix",
+            "48",
+        ])
+        .unwrap()
+        else {
+            panic!("not vip add");
+        };
+        assert_eq!(
+            (scheduler, persistence_timeout, persistence_ipv6_prefix),
+            (
+                Some(Scheduler::LeastLatency),
+                Some(Duration::from_secs(300)),
+                Some(48)
+            )
+        );
+        for name in [
+            "maglev",
+            "source-hash",
+            "round-robin",
+            "least-connections",
+            "least-latency",
+        ] {
+            assert!(vip_add(&["--scheduler", name]).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn vip_add_refuses_bad_scheduler_and_persistence_values() {
+        let refused = |args: &[&str], fragment: &str| {
+            let err = vip_add(args).unwrap_err().to_string();
+            assert!(err.contains(fragment), "{args:?}: {err}");
+        };
+        refused(&["--scheduler", "random"], "invalid value 'random'");
+        refused(
+            &["--persistence-timeout", "soon"],
+            "invalid duration \"soon\"",
+        );
+        refused(&["--persistence-timeout", "500ms"], "is below 1s");
+        refused(&["--persistence-timeout", "2days"], "is above 24h");
+        refused(
+            &[
+                "--persistence-timeout",
+                "1m",
+                "--persistence-ipv6-prefix",
+                "0",
+            ],
+            "0 is not in 1..=128",
+        );
+        refused(
+            &[
+                "--persistence-timeout",
+                "1m",
+                "--persistence-ipv6-prefix",
+                "129",
+            ],
+            "129 is not in 1..=128",
+        );
+        refused(
+            &["--persistence-ipv6-prefix", "64"],
+            "--persistence-timeout <DURATION>",
+        );
+    }
 
     #[test]
     fn services_parse_as_address_port_protocol() {

@@ -55,6 +55,12 @@ pub enum Request {
         protocol: crate::config::Protocol,
         #[serde(default)]
         scheduler: Option<crate::config::Scheduler>,
+        /// Session persistence, written like the file's durations ("30s").
+        #[serde(default, with = "duration_text")]
+        persistence_timeout: Option<Duration>,
+        /// Leading bits that make one IPv6 client, for persistence.
+        #[serde(default)]
+        persistence_ipv6_prefix: Option<u8>,
     },
     /// Remove a VIP.
     VipRemove { name: String },
@@ -99,12 +105,16 @@ impl Request {
                 port,
                 protocol,
                 scheduler,
+                persistence_timeout,
+                persistence_ipv6_prefix,
             } => Edit::AddVip {
                 name,
                 address,
                 port,
                 protocol: protocol.to_string(),
                 scheduler: scheduler.map(|s| s.name().to_owned()),
+                persistence_timeout,
+                persistence_ipv6_prefix,
             },
             Request::VipRemove { name } => Edit::RemoveVip { name },
             Request::BackendAdd {
@@ -138,6 +148,27 @@ impl Request {
             },
             _ => return None,
         })
+    }
+}
+
+/// Durations in requests: strings as the configuration file writes them
+/// ("500ms", "30s", "5m"), so a script writes the same value in both.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_some(&crate::config::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| crate::config::parse_duration(&text).map_err(D::Error::custom))
+            .transpose()
     }
 }
 
@@ -292,6 +323,59 @@ mod tests {
         assert_eq!(
             parse_request(r#"{"command":"backend-list"}"#),
             Ok(Request::BackendList { vip: None })
+        );
+    }
+
+    #[test]
+    fn vip_add_takes_scheduler_and_persistence() {
+        let request = parse_request(
+            r#"{"command":"vip-add","name":"app","address":"2001:db8::80","port":443,"protocol":"tcp","scheduler":"round-robin","persistence_timeout":"5m","persistence_ipv6_prefix":56}"#,
+        )
+        .unwrap();
+        let Some(crate::config::edit::Edit::AddVip {
+            scheduler,
+            persistence_timeout,
+            persistence_ipv6_prefix,
+            ..
+        }) = request.edit()
+        else {
+            panic!("vip-add is an edit: {request:?}");
+        };
+        assert_eq!(
+            (
+                scheduler.as_deref(),
+                persistence_timeout,
+                persistence_ipv6_prefix
+            ),
+            (
+                Some("round-robin"),
+                Some(Duration::from_secs(300)),
+                Some(56)
+            )
+        );
+        let text = serde_json::to_string(&request).unwrap();
+        assert!(text.contains(r#""persistence_timeout":"5m""#), "{text}");
+        assert_eq!(parse_request(&text), Ok(request));
+        let without = parse_request(
+            r#"{"command":"vip-add","name":"web","address":"192.0.2.10","port":80,"protocol":"tcp"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            without,
+            Request::VipAdd {
+                scheduler: None,
+                persistence_timeout: None,
+                persistence_ipv6_prefix: None,
+                ..
+            }
+        ));
+        let bad = parse_request(
+            r#"{"command":"vip-add","name":"web","address":"192.0.2.10","port":80,"protocol":"tcp","persistence_timeout":"soon"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            bad.error.unwrap().contains("invalid duration \"soon\""),
+            "a bad duration is named"
         );
     }
 

@@ -14,3 +14,4 @@ pub mod logging;
 pub mod maglev;
 pub mod neighbour;
 pub mod plan;
+pub mod schedule;

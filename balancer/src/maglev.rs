@@ -48,6 +48,10 @@ pub enum MaglevError {
     DuplicateKey(Vec<u8>),
     #[error("weight {weight} is above the maximum of {MAX_WEIGHT}")]
     WeightTooLarge { weight: u32 },
+    #[error(
+        "ring size {size} cannot hold a scheduler's table of {entries} entries and their count"
+    )]
+    TableTooSmall { size: u32, entries: usize },
 }
 
 /// Builds a ring of `size` slots, each holding the id of a member with a
@@ -56,17 +60,7 @@ pub fn build(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
     if !is_prime(size) {
         return Err(MaglevError::SizeNotPrime(size));
     }
-    let mut seen = BTreeSet::new();
-    for member in members {
-        if !seen.insert(member.key.as_slice()) {
-            return Err(MaglevError::DuplicateKey(member.key.clone()));
-        }
-        if member.weight > MAX_WEIGHT {
-            return Err(MaglevError::WeightTooLarge {
-                weight: member.weight,
-            });
-        }
-    }
+    check_members(members)?;
     // Order by key, so the list's order does not matter.
     let mut active: Vec<&Member> = members.iter().filter(|m| m.weight > 0).collect();
     if active.is_empty() {
@@ -118,6 +112,24 @@ pub fn build(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
         }
     }
     Ok(ring)
+}
+
+/// Refuses members no table can be built from: a key given twice (the
+/// order by key that makes tables independent of the list's order would be
+/// ambiguous) or a weight above [`MAX_WEIGHT`].
+pub(crate) fn check_members(members: &[Member]) -> Result<(), MaglevError> {
+    let mut seen = BTreeSet::new();
+    for member in members {
+        if !seen.insert(member.key.as_slice()) {
+            return Err(MaglevError::DuplicateKey(member.key.clone()));
+        }
+        if member.weight > MAX_WEIGHT {
+            return Err(MaglevError::WeightTooLarge {
+                weight: member.weight,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A member's walk through its permutation of the slots.

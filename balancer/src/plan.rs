@@ -190,7 +190,10 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
         let proto = vip.protocol.number();
         let flags = match vip.scheduler {
             Scheduler::SourceHash => VIP_SOURCE_HASH,
-            Scheduler::Maglev => 0,
+            Scheduler::Maglev
+            | Scheduler::RoundRobin
+            | Scheduler::LeastConnections
+            | Scheduler::LeastLatency => 0,
         };
         let backends = vip
             .backends

@@ -3,7 +3,7 @@
 //! the operator wrote them. Pure: text in, text out. The result is checked
 //! by the caller like any configuration before it is written.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
@@ -16,6 +16,9 @@ pub enum Edit {
         port: u16,
         protocol: String,
         scheduler: Option<String>,
+        /// Written as the file writes durations ("30s", "5m").
+        persistence_timeout: Option<Duration>,
+        persistence_ipv6_prefix: Option<u8>,
     },
     RemoveVip {
         name: String,
@@ -56,6 +59,8 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
             port,
             protocol,
             scheduler,
+            persistence_timeout,
+            persistence_ipv6_prefix,
         } => {
             if find_vip(&mut doc, name).is_ok() {
                 return Err(format!("a VIP named {name:?} already exists"));
@@ -67,6 +72,12 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
             table["protocol"] = value(protocol.as_str());
             if let Some(scheduler) = scheduler {
                 table["scheduler"] = value(scheduler.as_str());
+            }
+            if let Some(timeout) = persistence_timeout {
+                table["persistence_timeout"] = value(super::format_duration(*timeout));
+            }
+            if let Some(prefix) = persistence_ipv6_prefix {
+                table["persistence_ipv6_prefix"] = value(i64::from(*prefix));
             }
             vips(&mut doc)?.push(table);
         }
@@ -275,6 +286,8 @@ weight = 150
                 port: 53,
                 protocol: "udp".into(),
                 scheduler: Some("source-hash".into()),
+                persistence_timeout: None,
+                persistence_ipv6_prefix: None,
             },
         )
         .unwrap();
@@ -282,6 +295,7 @@ weight = 150
             out.starts_with(FILE) && out.contains("name = \"dns\""),
             "{out}"
         );
+        assert!(!out.contains("persistence"), "{out}");
         let config = crate::config::parse(&out, "t").unwrap();
         assert_eq!(config.vips.len(), 2);
         let removed = apply(&out, &Edit::RemoveVip { name: "web".into() }).unwrap();
@@ -289,6 +303,68 @@ weight = 150
             !removed.contains("\"web\"") && removed.contains("\"dns\""),
             "{removed}"
         );
+    }
+
+    #[test]
+    fn a_vip_is_added_with_its_scheduler_and_persistence() {
+        let out = apply(
+            FILE,
+            &Edit::AddVip {
+                name: "app".into(),
+                address: ip("2001:db8::80"),
+                port: 443,
+                protocol: "tcp".into(),
+                scheduler: Some("least-connections".into()),
+                persistence_timeout: Some(Duration::from_secs(300)),
+                persistence_ipv6_prefix: Some(56),
+            },
+        )
+        .unwrap();
+        assert!(
+            out.ends_with(
+                "scheduler = \"least-connections\"\npersistence_timeout = \"5m\"\npersistence_ipv6_prefix = 56\n"
+            ),
+            "{out}"
+        );
+        let config = crate::config::parse(&out, "t").unwrap();
+        let vip = config.vips[1].get_ref();
+        assert_eq!(vip.scheduler, crate::config::Scheduler::LeastConnections);
+        assert_eq!(
+            vip.persistence(),
+            Some(crate::config::Persistence {
+                timeout: Duration::from_secs(300),
+                ipv6_prefix: 56
+            })
+        );
+    }
+
+    #[test]
+    fn a_vip_added_with_bad_persistence_is_refused_by_validation() {
+        let add = |address: &str, timeout: u64, prefix: Option<u8>| {
+            let out = apply(
+                FILE,
+                &Edit::AddVip {
+                    name: "app".into(),
+                    address: ip(address),
+                    port: 443,
+                    protocol: "tcp".into(),
+                    scheduler: None,
+                    persistence_timeout: Some(Duration::from_millis(timeout)),
+                    persistence_ipv6_prefix: prefix,
+                },
+            )
+            .unwrap();
+            crate::config::parse(&out, "t").unwrap_err().to_string()
+        };
+        let short = add("192.0.2.80", 500, None);
+        assert!(
+            short.contains("persistence_timeout 500ms is below 1s"),
+            "{short}"
+        );
+        let v4 = add("192.0.2.80", 30_000, Some(24));
+        assert!(v4.contains("applies to IPv6 VIPs only"), "{v4}");
+        let zero = add("2001:db8::80", 30_000, Some(0));
+        assert!(zero.contains("between 1 and 128"), "{zero}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-pub use validate::validate;
+pub use validate::{check_persistence_timeout, validate};
 
 use crate::datapath::XdpMode;
 
@@ -122,6 +122,16 @@ pub struct VipConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub scheduler: Scheduler,
+    /// Session persistence: a client's new flows go to the backend it last
+    /// used, for this long after its last packet, unless that backend is
+    /// down or drained. Absent: no persistence.
+    #[serde(default, deserialize_with = "spanned_duration")]
+    pub persistence_timeout: Option<Spanned<Duration>>,
+    /// IPv6 VIPs with persistence: the leading bits of a client's address
+    /// that make one client (default [`DEFAULT_PERSISTENCE_IPV6_PREFIX`]),
+    /// since one host often uses many addresses of its prefix.
+    #[serde(default)]
+    pub persistence_ipv6_prefix: Option<Spanned<u8>>,
     #[serde(default)]
     pub forwarding: Forwarding,
     /// Absent: a TCP check with the defaults.
@@ -139,6 +149,41 @@ impl VipConfig {
             .map(|c| c.get_ref().clone())
             .unwrap_or_default()
     }
+
+    /// The VIP's session persistence, defaults filled in; `None` without
+    /// `persistence_timeout`.
+    pub fn persistence(&self) -> Option<Persistence> {
+        let timeout = *self.persistence_timeout.as_ref()?.get_ref();
+        let ipv6_prefix = self
+            .persistence_ipv6_prefix
+            .as_ref()
+            .map_or(DEFAULT_PERSISTENCE_IPV6_PREFIX, |p| *p.get_ref());
+        Some(Persistence {
+            timeout,
+            ipv6_prefix,
+        })
+    }
+}
+
+/// Prefix length that groups IPv6 clients for persistence when
+/// `persistence_ipv6_prefix` is absent: a /64 is usually one host or one
+/// site, whose privacy addresses change but should stay together.
+pub const DEFAULT_PERSISTENCE_IPV6_PREFIX: u8 = 64;
+
+/// Shortest `persistence_timeout` accepted.
+pub const MIN_PERSISTENCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Longest `persistence_timeout` accepted.
+pub const MAX_PERSISTENCE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A VIP's session persistence, as [`VipConfig::persistence`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// How long after a client's last packet its backend is remembered.
+    pub timeout: Duration,
+    /// For IPv6 clients: the leading bits of the address that identify a
+    /// client (unused for IPv4 VIPs).
+    pub ipv6_prefix: u8,
 }
 
 /// Transport protocol of a VIP.
@@ -170,7 +215,9 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// How new flows are placed on backends.
+/// How new flows are placed on backends. Every scheduler leaves out
+/// backends that are down or drained (weight 0), and established flows stay
+/// on their backend whatever the scheduler.
 #[derive(
     Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq, clap::ValueEnum,
 )]
@@ -182,6 +229,17 @@ pub enum Scheduler {
     /// Maglev consistent hashing of the client address: a client sticks
     /// to one backend.
     SourceHash,
+    /// New flows go to the backends in turn, in a smooth weighted order
+    /// (each backend exactly its share over a cycle of total-weight flows),
+    /// kept per CPU.
+    RoundRobin,
+    /// Of two backends drawn at random, the one with fewer active
+    /// connections divided by its weight.
+    LeastConnections,
+    /// Of two backends drawn at random, the one with the lower smoothed
+    /// health-check latency times (active connections + 1), divided by its
+    /// weight.
+    LeastLatency,
 }
 
 impl Scheduler {
@@ -190,6 +248,9 @@ impl Scheduler {
         match self {
             Scheduler::Maglev => "maglev",
             Scheduler::SourceHash => "source-hash",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::LeastConnections => "least-connections",
+            Scheduler::LeastLatency => "least-latency",
         }
     }
 }
@@ -305,11 +366,32 @@ fn default_weight() -> Spanned<u32> {
 /// Reads a duration written as a string: "500ms", "2s", "5m".
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|err| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?}: {err} (write it like \"500ms\" or \"2s\")"
-        ))
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Reads a duration as [`duration`] does, keeping its place in the file for
+/// validation messages; for optional keys (`#[serde(default)]`).
+fn spanned_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Spanned<Duration>>, D::Error> {
+    let text = Spanned::<String>::deserialize(deserializer)?;
+    let value = parse_duration(text.get_ref()).map_err(serde::de::Error::custom)?;
+    Ok(Some(Spanned::new(text.span(), value)))
+}
+
+/// Parses a duration written like "500ms", "2s" or "5m"; the error says
+/// how to write one. Shared with the control API, which takes durations as
+/// the file writes them.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| {
+        format!("invalid duration {text:?}: {err} (write it like \"500ms\" or \"2s\")")
     })
+}
+
+/// Writes a duration as the file and the control API write them: "30s",
+/// "5m", "1h 30m".
+pub fn format_duration(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
 }
 
 /// One problem of a configuration file, located.

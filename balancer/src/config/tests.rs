@@ -148,6 +148,129 @@ fn a_weight_out_of_range_is_rejected() {
 }
 
 #[test]
+fn every_scheduler_is_read_by_its_name() {
+    for scheduler in [
+        Scheduler::Maglev,
+        Scheduler::SourceHash,
+        Scheduler::RoundRobin,
+        Scheduler::LeastConnections,
+        Scheduler::LeastLatency,
+    ] {
+        let text = VALID.replace(
+            "protocol = \"tcp\"",
+            &format!("protocol = \"tcp\"\nscheduler = \"{}\"", scheduler.name()),
+        );
+        let config = parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.vips[0].get_ref().scheduler, scheduler);
+    }
+    assert_rejected(
+        &VALID.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nscheduler = \"random\"",
+        ),
+        11,
+        "unknown variant `random`",
+    );
+}
+
+/// An IPv6 VIP with persistence; its timeout is on line 6, its prefix on
+/// line 7.
+const V6: &str = r#"[[vip]]
+name = "v6"
+address = "2001:db8::1"
+port = 443
+protocol = "tcp"
+persistence_timeout = "5m"
+persistence_ipv6_prefix = 48
+"#;
+
+#[test]
+fn persistence_is_read_with_its_defaults() {
+    let config = parse(V6, "t").unwrap();
+    assert_eq!(
+        config.vips[0].get_ref().persistence(),
+        Some(Persistence {
+            timeout: Duration::from_secs(300),
+            ipv6_prefix: 48
+        })
+    );
+    let default_prefix = V6.replace("persistence_ipv6_prefix = 48\n", "");
+    let config = parse(&default_prefix, "t").unwrap();
+    assert_eq!(
+        config.vips[0].get_ref().persistence(),
+        Some(Persistence {
+            timeout: Duration::from_secs(300),
+            ipv6_prefix: DEFAULT_PERSISTENCE_IPV6_PREFIX
+        })
+    );
+    let v4 = VALID.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\npersistence_timeout = \"30s\"",
+    );
+    let config = parse(&v4, "t").unwrap();
+    assert_eq!(
+        config.vips[0].get_ref().persistence().map(|p| p.timeout),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        parse(VALID, "t").unwrap().vips[0].get_ref().persistence(),
+        None
+    );
+}
+
+#[test]
+fn a_persistence_timeout_out_of_range_is_rejected() {
+    assert_rejected(
+        &V6.replace("\"5m\"", "\"500ms\""),
+        6,
+        "VIP \"v6\": persistence_timeout 500ms is below 1s: a client's next connection seldom comes sooner",
+    );
+    assert_rejected(
+        &V6.replace("\"5m\"", "\"25h\""),
+        6,
+        "persistence_timeout 1day 1h is above 24h: clients would stay on their backends for days",
+    );
+    assert_rejected(
+        &V6.replace("\"5m\"", "\"soon\""),
+        6,
+        "invalid duration \"soon\"",
+    );
+    assert!(errors(&V6.replace("\"5m\"", "\"1s\"")).is_empty());
+    assert!(errors(&V6.replace("\"5m\"", "\"24h\"")).is_empty());
+}
+
+#[test]
+fn a_persistence_ipv6_prefix_out_of_range_is_rejected() {
+    for bits in ["0", "129", "255"] {
+        assert_rejected(
+            &V6.replace("= 48", &format!("= {bits}")),
+            7,
+            &format!("persistence_ipv6_prefix {bits} must be between 1 and 128"),
+        );
+    }
+    assert!(errors(&V6.replace("= 48", "= 128")).is_empty());
+    assert!(errors(&V6.replace("= 48", "= 1")).is_empty());
+}
+
+#[test]
+fn a_persistence_ipv6_prefix_on_an_ipv4_vip_is_rejected() {
+    assert_rejected(
+        &V6.replace("2001:db8::1", "192.0.2.1"),
+        7,
+        "persistence_ipv6_prefix applies to IPv6 VIPs only, and 192.0.2.1 is IPv4",
+    );
+}
+
+#[test]
+fn a_persistence_ipv6_prefix_without_a_timeout_is_rejected() {
+    assert_rejected(
+        &V6.replace("persistence_timeout = \"5m\"\n", ""),
+        6,
+        "persistence_ipv6_prefix needs persistence_timeout",
+    );
+}
+
+#[test]
 fn a_port_zero_vip_needs_a_health_check_port() {
     let any = VALID.replace("port = 80", "port = 0");
     assert_rejected(&any, 12, "needs a port: set health_check.port");

@@ -4,12 +4,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ops::Range,
+    time::Duration,
 };
 
 use balancer_common::maps::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 use toml::Spanned;
 
-use super::{CheckKind, Config, ConfigError, Lines};
+use super::{
+    CheckKind, Config, ConfigError, Lines, MAX_PERSISTENCE_TIMEOUT, MIN_PERSISTENCE_TIMEOUT,
+    VipConfig, format_duration,
+};
 use crate::maglev::{MAX_WEIGHT, is_prime};
 
 /// Checks `config` (parsed from `text`) and returns every problem found,
@@ -134,6 +138,7 @@ fn vips(config: &Config, errors: &mut Errors) {
             .as_ref()
             .map_or(spanned.span(), Spanned::span);
         health_check(name, vip.port, &check, check_span, errors);
+        persistence(vip, errors);
         let mut backends = BTreeMap::new();
         for b in &vip.backends {
             let backend = b.get_ref();
@@ -164,6 +169,62 @@ fn vips(config: &Config, errors: &mut Errors) {
                 );
             }
         }
+    }
+}
+
+/// Whether `timeout` is a usable `persistence_timeout`; the error says why
+/// not. The CLI checks its option with it too.
+pub fn check_persistence_timeout(timeout: Duration) -> Result<(), String> {
+    if timeout < MIN_PERSISTENCE_TIMEOUT {
+        Err(format!(
+            "persistence_timeout {} is below {}s: a client's next connection seldom comes sooner, so it would keep almost no client on its backend",
+            format_duration(timeout),
+            MIN_PERSISTENCE_TIMEOUT.as_secs()
+        ))
+    } else if timeout > MAX_PERSISTENCE_TIMEOUT {
+        Err(format!(
+            "persistence_timeout {} is above {}h: clients would stay on their backends for days after backends or weights change, and the datapath would remember clients long gone",
+            format_duration(timeout),
+            MAX_PERSISTENCE_TIMEOUT.as_secs() / 3600
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn persistence(vip: &VipConfig, errors: &mut Errors) {
+    let name = vip.name.get_ref();
+    if let Some(timeout) = &vip.persistence_timeout
+        && let Err(problem) = check_persistence_timeout(*timeout.get_ref())
+    {
+        errors.at(timeout.span(), format!("VIP {name:?}: {problem}"));
+    }
+    let Some(prefix) = &vip.persistence_ipv6_prefix else {
+        return;
+    };
+    let bits = *prefix.get_ref();
+    if !(1..=128).contains(&bits) {
+        errors.at(
+            prefix.span(),
+            format!("VIP {name:?}: persistence_ipv6_prefix {bits} must be between 1 and 128"),
+        );
+    }
+    let address = vip.address.get_ref();
+    if address.is_ipv4() {
+        errors.at(
+            prefix.span(),
+            format!(
+                "VIP {name:?}: persistence_ipv6_prefix applies to IPv6 VIPs only, and {address} is IPv4"
+            ),
+        );
+    }
+    if vip.persistence_timeout.is_none() {
+        errors.at(
+            prefix.span(),
+            format!(
+                "VIP {name:?}: persistence_ipv6_prefix needs persistence_timeout, without which there is no persistence"
+            ),
+        );
     }
 }
 

@@ -35,6 +35,8 @@ struct VipRow {
     port: u16,
     protocol: String,
     scheduler: String,
+    /// Session persistence ("5m"), null without.
+    persistence_timeout: Option<String>,
     backends: usize,
     backends_up: usize,
     /// Every backend down or unreachable: the last ring stays in place.
@@ -164,6 +166,9 @@ impl State {
                     port: config.port,
                     protocol: config.protocol.to_string(),
                     scheduler: config.scheduler.name().to_owned(),
+                    persistence_timeout: config
+                        .persistence()
+                        .map(|p| crate::config::format_duration(p.timeout)),
                     backends: vip.backends.len(),
                     backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
                     all_down: self.all_down.contains(&vip.slot.info.index),
