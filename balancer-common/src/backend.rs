@@ -47,3 +47,33 @@ pub const BACKEND_UP: u32 = 1;
 /// `macs` and `ifindex` are valid. Without it the packet is
 /// dropped and counted, never sent to a wrong MAC.
 pub const BACKEND_RESOLVED: u32 = 1 << 1;
+
+/// What the least-* schedulers compare, per backend id, in an mmap-able
+/// array: the datapath counts connections with atomic adds on a new flow
+/// and on its FIN or RST (per flow, not per packet), and the daemon writes
+/// the weight and latency, and corrects the count for flows that ended
+/// without either, through its mapping of the array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendLoad {
+    /// Active connections of counting VIPs (see
+    /// [`crate::vip::counts_connections`]). Read as signed: a correction
+    /// racing a close may leave it briefly below zero.
+    pub conns: u64,
+    /// The backend's weight; 0 while it drains (no new flows, and no
+    /// persistence).
+    pub weight: u32,
+    /// Smoothed health-check latency in microseconds; 0 before the first
+    /// check.
+    pub latency_us: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BackendLoad>() == 16);
+
+impl BackendLoad {
+    /// The connection count, a value briefly below zero read as zero.
+    pub const fn active(&self) -> u64 {
+        let conns = self.conns as i64;
+        if conns < 0 { 0 } else { conns as u64 }
+    }
+}

@@ -26,7 +26,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 pub struct FlowState {
     pub backend: u32,
     /// Index of the flow's VIP, so that a packet of a known flow is
-    /// forwarded and counted without looking the VIP up.
+    /// forwarded and counted without looking the VIP up, with
+    /// [`FLOW_COUNTED`] on top (see [`FlowState::vip_index`]).
     pub vip: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet, refreshed at most
     /// every [`LAST_SEEN_GRANULARITY_NS`].
@@ -34,6 +35,21 @@ pub struct FlowState {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// The flow counts in its backend's active connections
+/// ([`crate::backend::BackendLoad::conns`]) until its FIN or RST, which
+/// clears the flag, or until it expires. Kept in the top bit of
+/// [`FlowState::vip`] so that the entry's layout, and with it the pinned
+/// table of a running balancer, stays as it was.
+pub const FLOW_COUNTED: u32 = 1 << 31;
+
+impl FlowState {
+    /// The index of the flow's VIP, without flags.
+    #[inline(always)]
+    pub const fn vip_index(&self) -> u32 {
+        self.vip & !FLOW_COUNTED
+    }
+}
 
 /// The datapath refreshes a flow's `last_seen_ns` only when it is older
 /// than this, to avoid a write to a shared cache line on every packet.

@@ -17,6 +17,7 @@ pub mod flow;
 pub mod hash;
 pub mod loadgen;
 pub mod maps;
+pub mod persist;
 pub mod settings;
 pub mod stats;
 pub mod vip;
@@ -88,7 +89,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{backend, flow, loadgen, settings, stats, vip};
+    use crate::{backend, flow, loadgen, persist, settings, stats, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -99,6 +100,7 @@ mod user {
 
     pod!(
         backend::BackendInfo,
+        backend::BackendLoad,
         flow::FlowKey,
         flow::FlowState,
         loadgen::Template,
@@ -111,6 +113,9 @@ mod user {
         vip::VipInfo,
         vip::AddrKey,
         vip::AddrInfo,
+        vip::VipPolicy,
+        persist::PersistKey,
+        persist::PersistState,
     );
 }
 

@@ -33,6 +33,17 @@ pub const SETTINGS: &str = "settings";
 pub const VIP_STATS: &str = "vip_stats";
 /// Per-backend per-CPU counters: [`crate::stats::FlowCounters`] by backend id.
 pub const BACKEND_STATS: &str = "backend_stats";
+/// Per-VIP policy: [`crate::vip::VipPolicy`] by VIP index.
+pub const VIP_POLICY: &str = "vip_policy";
+/// Per-backend load: [`crate::backend::BackendLoad`] by backend id, created
+/// with `BPF_F_MMAPABLE` so the daemon writes it in place.
+pub const BACKEND_LOAD: &str = "backend_load";
+/// Round-robin position of each VIP on each CPU: a per-CPU array of `u32`
+/// by VIP index.
+pub const RR_CURSOR: &str = "rr_cursor";
+/// Session persistence: LRU hash of [`crate::persist::PersistKey`] to
+/// [`crate::persist::PersistState`].
+pub const PERSIST: &str = "persist";
 
 /// Most VIPs the datapath holds (VIP indexes are below this).
 pub const MAX_VIPS: u32 = 1024;
@@ -44,6 +55,9 @@ pub const MAX_EGRESS: u32 = 64;
 pub const DEFAULT_FLOWS: u32 = 262_144;
 /// Default Maglev ring size: a prime, so every skip is coprime with it.
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Entries of the persistence table: clients remembered over all VIPs
+/// with persistence; the least recently seen are forgotten first.
+pub const PERSIST_ENTRIES: u32 = 131_072;
 /// Largest ring size the daemon accepts.
 pub const MAX_RING_SIZE: u32 = 4_194_301;
 
@@ -78,4 +92,8 @@ assert_name_len!(
     SETTINGS,
     VIP_STATS,
     BACKEND_STATS,
+    VIP_POLICY,
+    BACKEND_LOAD,
+    RR_CURSOR,
+    PERSIST,
 );

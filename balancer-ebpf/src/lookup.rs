@@ -1,18 +1,26 @@
-//! From a packet to a backend: VIP match, connection table, Maglev ring.
+//! From a packet to a backend: VIP match, connection table, the VIP's
+//! table (a Maglev ring or a list; the schedulers that use lists are in
+//! the schedule module).
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use balancer_common::{
     Addr,
     backend::{BACKEND_UP, BackendInfo},
-    flow::{FlowKey, FlowState, LAST_SEEN_GRANULARITY_NS},
+    flow::{FLOW_COUNTED, FlowKey, FlowState, LAST_SEEN_GRANULARITY_NS},
     hash::{addr_pair_hash, flow_hash, ring_slot, source_hash},
     proto,
     settings::Settings,
     stats::Stat,
-    vip::{ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VIP_SOURCE_HASH, VipInfo, VipKey},
+    vip::{
+        ADDR_HAS_WILDCARD, AddrInfo, AddrKey, LIST_LEN_SLOT, SCHED_SOURCE_HASH, VipInfo, VipKey,
+        counts_connections, has_list, scheduler,
+    },
 };
 
-use crate::maps::{BACKENDS, FLOWS, RINGS, SETTINGS, VIP_ADDRS, VIPS};
+use crate::{
+    maps::{BACKENDS, FLOWS, RINGS, SETTINGS, VIP_ADDRS, VIPS},
+    schedule,
+};
 
 /// The VIP for `(addr, port, proto)`, or the address's port-0 VIP if it has
 /// one. `addr_flags` are the address's [`AddrInfo`] flags.
@@ -79,9 +87,12 @@ pub fn now() -> u64 {
 }
 
 /// Looks flow `key` up in the connection table, refreshing its last-seen
-/// time at most every [`LAST_SEEN_GRANULARITY_NS`].
+/// time (and its client's persistence) at most every
+/// [`LAST_SEEN_GRANULARITY_NS`]. `end` (a FIN or RST) ends the flow's
+/// count in its backend's active connections; the entry stays, for the
+/// rest of the close.
 #[inline(always)]
-pub fn known_flow(key: &FlowKey, settings: &Settings, now: u64) -> Known {
+pub fn known_flow(key: &FlowKey, settings: &Settings, now: u64, end: bool) -> Known {
     let Some(state) = FLOWS.get_ptr_mut(key) else {
         return Known::Unknown;
     };
@@ -104,61 +115,105 @@ pub fn known_flow(key: &FlowKey, settings: &Settings, now: u64) -> Known {
     if backend.flags & BACKEND_UP == 0 {
         return Known::Down;
     }
+    let vip = state.vip_index();
+    if end && state.vip & FLOW_COUNTED != 0 {
+        state.vip = vip;
+        schedule::closed(id);
+    }
     if age > LAST_SEEN_GRANULARITY_NS {
         state.last_seen_ns = now;
+        schedule::touch(vip, key, id, now);
     }
     Known::Live {
         pick: Pick { id, backend },
-        vip: state.vip,
+        vip,
     }
 }
 
-/// The backend the ring of `vip` gives flow `key`.
+/// The backend the table of `vip` gives flow `key` by hashing: its 5-tuple,
+/// or its client address for source affinity. For a VIP whose table is a
+/// list (ICMP errors of flows it does not know), the hash indexes the list.
 #[inline(always)]
-pub fn ring_pick(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pick, Stat> {
-    let hash = if vip.flags & VIP_SOURCE_HASH != 0 {
+pub fn hash_pick(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pick, Stat> {
+    let hash = if scheduler(vip.flags) == SCHED_SOURCE_HASH {
         source_hash(&key.src, settings.hash_seed)
     } else {
         flow_hash(key, settings.hash_seed)
     };
-    from_ring(vip.index, hash, settings)
+    from_table(vip.index, hash, has_list(vip.flags), settings)
 }
 
 /// Remembers that flow `key` of `vip` uses `pick`. A full table evicts its
 /// least recently used entry; an insert that still fails only costs this
-/// flow its stickiness.
+/// flow its stickiness. For a VIP whose scheduler compares connections,
+/// the flow counts on its backend unless its first packet already ends
+/// it, and an entry it replaces (a reused port, a failed-over or expired
+/// flow) stops counting.
 #[inline(always)]
-pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64) {
+pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool) {
+    let mut flags = 0;
+    if counts_connections(vip.flags) {
+        if let Some(old) = FLOWS.get_ptr(key) {
+            // SAFETY: plain data, read once.
+            let old = unsafe { *old };
+            if old.vip & FLOW_COUNTED != 0 {
+                schedule::closed(old.backend);
+            }
+        }
+        if !end {
+            schedule::opened(pick.id);
+            flags = FLOW_COUNTED;
+        }
+    }
     let state = FlowState {
         backend: pick.id,
-        vip: vip.index,
+        vip: vip.index | flags,
         last_seen_ns: now,
     };
     let _ = FLOWS.insert(key, state, 0);
 }
 
 /// The backend of a fragment: placed by its addresses alone, so every
-/// fragment of a datagram reaches the same backend.
+/// fragment of a datagram reaches the same backend. `list` says the VIP's
+/// table is a list.
 #[inline(always)]
 pub fn backend_for_fragment(
     vip_index: u32,
+    list: bool,
     src: &Addr,
     dst: &Addr,
     settings: &Settings,
 ) -> Result<Pick, Stat> {
-    from_ring(
+    from_table(
         vip_index,
         addr_pair_hash(src, dst, settings.hash_seed),
+        list,
         settings,
     )
 }
 
+/// The backend at the slot `hash` selects in VIP `vip_index`'s table: a
+/// Maglev ring of the settings' size, or a list (`list`) indexed modulo
+/// its length.
 #[inline(always)]
-fn from_ring(vip_index: u32, hash: u32, settings: &Settings) -> Result<Pick, Stat> {
-    let slot = ring_slot(hash, settings.ring_size);
-    let id = *RINGS
-        .get_value(vip_index, &slot)
-        .ok_or(Stat::DROP_NO_BACKEND)?;
+fn from_table(vip_index: u32, hash: u32, list: bool, settings: &Settings) -> Result<Pick, Stat> {
+    let table = RINGS.get(vip_index).ok_or(Stat::DROP_NO_BACKEND)?;
+    let slot = if list {
+        let len = *table.get(LIST_LEN_SLOT).ok_or(Stat::DROP_NO_BACKEND)?;
+        if len == 0 {
+            return Err(Stat::DROP_NO_BACKEND);
+        }
+        1 + hash % len
+    } else {
+        ring_slot(hash, settings.ring_size)
+    };
+    let id = *table.get(slot).ok_or(Stat::DROP_NO_BACKEND)?;
+    backend(id)
+}
+
+/// Backend `id`, as a pick.
+#[inline(always)]
+pub fn backend(id: u32) -> Result<Pick, Stat> {
     let backend = BACKENDS.get(id).ok_or(Stat::DROP_NO_BACKEND)?;
     Ok(Pick { id, backend })
 }

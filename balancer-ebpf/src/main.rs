@@ -9,6 +9,8 @@
 //! and `cargo test --workspace` type-check and lint it with the rest.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod forward;
 mod icmp;
@@ -17,6 +19,7 @@ mod lookup;
 mod maps;
 mod parse;
 mod runtime;
+mod schedule;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -25,6 +28,7 @@ use balancer_common::{
     proto,
     settings::Settings,
     stats::{Event, Stat},
+    vip::ADDR_FRAGMENT_LIST,
 };
 
 use crate::{
@@ -107,7 +111,7 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
     // ring).
     let mut failover = false;
     if !ports.syn {
-        match lookup::known_flow(&key, settings, lookup::now()) {
+        match lookup::known_flow(&key, settings, lookup::now(), ports.end) {
             Known::Live { pick, vip } => {
                 decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
                 return send(ctx, vip, &pick, len, false);
@@ -128,10 +132,11 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
         vip.index,
         u16::from_be(ports.dst)
     );
-    match lookup::ring_pick(&vip, &key, settings) {
+    let now = lookup::now();
+    match schedule::pick(&vip, &key, settings, now) {
         Ok(pick) => {
-            decision!(ctx, "new flow: backend {} picked from the ring", pick.id);
-            lookup::remember(&key, &vip, &pick, lookup::now());
+            decision!(ctx, "new flow: backend {} picked", pick.id);
+            lookup::remember(&key, &vip, &pick, now, ports.end);
             stats::event(Event::NEW_FLOW, len);
             if failover {
                 stats::event(Event::FAILOVER, len);
@@ -158,7 +163,8 @@ fn fragment(ctx: &XdpContext, ip: &Ip, settings: &Settings, len: u64) -> (u32, S
     let Some(addr) = lookup::vip_addr(&ip.dst, ip.proto) else {
         return pass(Stat::PASS_NOT_VIP);
     };
-    match lookup::backend_for_fragment(addr.fragment_vip, &ip.src, &ip.dst, settings) {
+    let list = addr.flags & ADDR_FRAGMENT_LIST != 0;
+    match lookup::backend_for_fragment(addr.fragment_vip, list, &ip.src, &ip.dst, settings) {
         Ok(pick) => {
             stats::event(Event::FRAGMENT, len);
             send(ctx, addr.fragment_vip, &pick, len, false)
@@ -186,7 +192,7 @@ fn icmp_error(
     }
     // The flow's backend, without touching the table: an error message is
     // not traffic of the flow.
-    if let Known::Live { pick, vip } = lookup::known_flow(&key, settings, lookup::now()) {
+    if let Known::Live { pick, vip } = lookup::known_flow(&key, settings, lookup::now(), false) {
         stats::event(Event::ICMP_PMTU, len);
         return send(ctx, vip, &pick, len, false);
     }
@@ -196,7 +202,7 @@ fn icmp_error(
     let Some(vip) = lookup::vip(&key.dst, key.dst_port, key.proto, addr.flags) else {
         return pass(Stat::PASS_ICMP);
     };
-    match lookup::ring_pick(&vip, &key, settings) {
+    match lookup::hash_pick(&vip, &key, settings) {
         Ok(pick) => {
             stats::event(Event::ICMP_PMTU, len);
             send(ctx, vip.index, &pick, len, false)

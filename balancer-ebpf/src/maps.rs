@@ -6,15 +6,16 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use balancer_common::{
-    backend::BackendInfo,
+    backend::{BackendInfo, BackendLoad},
     flow::{FlowKey, FlowState},
     maps::{
-        BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS,
-        RING_FLAGS,
+        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS,
+        MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
     },
+    persist::{PersistKey, PersistState},
     settings::Settings,
     stats::{FlowCounters, PacketCount, STATS_SLOTS},
-    vip::{AddrInfo, AddrKey, VipInfo, VipKey},
+    vip::{AddrInfo, AddrKey, VipInfo, VipKey, VipPolicy},
 };
 
 const VIPS_N: usize = MAX_VIPS as usize;
@@ -58,3 +59,16 @@ pub static VIP_STATS: PerCpuArray<FlowCounters, VIPS_N> = PerCpuArray::new();
 
 #[btf_map(name = "backend_stats")]
 pub static BACKEND_STATS: PerCpuArray<FlowCounters, BACKENDS_N> = PerCpuArray::new();
+
+#[btf_map(name = "vip_policy")]
+pub static VIP_POLICY: Array<VipPolicy, VIPS_N> = Array::new();
+
+#[btf_map(name = "backend_load")]
+pub static BACKEND_LOAD: Array<BackendLoad, BACKENDS_N, { BPF_F_MMAPABLE as usize }> = Array::new();
+
+#[btf_map(name = "rr_cursor")]
+pub static RR_CURSOR: PerCpuArray<u32, VIPS_N> = PerCpuArray::new();
+
+#[btf_map(name = "persist")]
+pub static PERSIST: LruHashMap<PersistKey, PersistState, { PERSIST_ENTRIES as usize }> =
+    LruHashMap::new();

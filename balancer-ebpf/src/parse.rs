@@ -306,11 +306,18 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
 pub struct Ports {
     pub src: u16,
     pub dst: u16,
+    /// TCP SYN: the packet starts a flow.
     pub syn: bool,
+    /// TCP FIN or RST: the client ends the flow.
+    pub end: bool,
 }
 
-/// TCP SYN, in the flags byte (the high byte of `off_flags` as loaded).
+/// TCP FIN, in the flags byte (the high byte of `off_flags` as loaded).
+const TCP_FIN: u16 = 0x01 << 8;
+/// TCP SYN, likewise.
 const TCP_SYN: u16 = 0x02 << 8;
+/// TCP RST, likewise.
+const TCP_RST: u16 = 0x04 << 8;
 
 /// Reads the ports of a TCP or UDP header. `Err` carries the drop reason.
 #[inline(always)]
@@ -327,6 +334,7 @@ pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
             src: t.src,
             dst: t.dst,
             syn: t.off_flags & TCP_SYN != 0,
+            end: t.off_flags & (TCP_FIN | TCP_RST) != 0,
         })
     } else {
         let u = c.header::<UdpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
@@ -336,6 +344,7 @@ pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
             src: u.src,
             dst: u.dst,
             syn: false,
+            end: false,
         })
     }
 }

@@ -48,9 +48,7 @@ pub enum MaglevError {
     DuplicateKey(Vec<u8>),
     #[error("weight {weight} is above the maximum of {MAX_WEIGHT}")]
     WeightTooLarge { weight: u32 },
-    #[error(
-        "ring size {size} cannot hold a scheduler's table of {entries} entries and their count"
-    )]
+    #[error("a scheduler's list holds at most {size} entries, not {entries}")]
     TableTooSmall { size: u32, entries: usize },
 }
 

@@ -8,13 +8,18 @@ use balancer_common::{
     Addr, addr_from_octets, addr_from_v4,
     backend::BackendInfo,
     settings::Settings,
-    vip::{ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VIP_SOURCE_HASH, VipInfo, VipKey},
+    vip::{
+        ADDR_FRAGMENT_LIST, ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
+        SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VIP_PERSIST,
+        VipInfo, VipKey, VipPolicy, has_list,
+    },
 };
 
 use crate::{
-    config::{Config, Scheduler},
+    config::{Config, Persistence, Scheduler},
     datapath::VipSlot,
-    maglev::{self, MaglevError, Member},
+    maglev::{MaglevError, Member},
+    schedule,
 };
 
 /// The datapath's whole content for a configuration.
@@ -31,6 +36,9 @@ pub struct Plan {
 pub struct VipPlan {
     pub name: String,
     pub slot: VipSlot,
+    pub scheduler: Scheduler,
+    /// What `vip_policy` holds for the VIP (zeros without persistence).
+    pub policy: VipPolicy,
     pub backends: Vec<BackendPlan>,
 }
 
@@ -188,13 +196,8 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
         let index = numbering.vip(name);
         let address = *vip.address.get_ref();
         let proto = vip.protocol.number();
-        let flags = match vip.scheduler {
-            Scheduler::SourceHash => VIP_SOURCE_HASH,
-            Scheduler::Maglev
-            | Scheduler::RoundRobin
-            | Scheduler::LeastConnections
-            | Scheduler::LeastLatency => 0,
-        };
+        let persistence = vip.persistence();
+        let flags = vip_flags(vip.scheduler, persistence.as_ref());
         let backends = vip
             .backends
             .iter()
@@ -218,6 +221,12 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
             entry.fragment_vip = index;
             entry.flags |= ADDR_HAS_WILDCARD;
         }
+        if entry.fragment_vip == index {
+            entry.flags &= !ADDR_FRAGMENT_LIST;
+            if has_list(flags) {
+                entry.flags |= ADDR_FRAGMENT_LIST;
+            }
+        }
         vips.push(VipPlan {
             name: vip.name.get_ref().clone(),
             slot: VipSlot {
@@ -229,6 +238,8 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
                 },
                 info: VipInfo { index, flags },
             },
+            scheduler: vip.scheduler,
+            policy: vip_policy(address, persistence.as_ref()),
             backends,
         });
     }
@@ -267,7 +278,8 @@ impl VipPlan {
             .collect()
     }
 
-    /// The VIP's ring over [`VipPlan::members`]; `None` without members.
+    /// The VIP's table over [`VipPlan::members`] (see
+    /// [`schedule::table`]); `None` without members.
     pub fn ring(
         &self,
         ring_size: u32,
@@ -277,7 +289,42 @@ impl VipPlan {
         if members.is_empty() {
             return Ok(None);
         }
-        maglev::build(&members, ring_size).map(Some)
+        schedule::table(self.scheduler, &members, ring_size).map(Some)
+    }
+}
+
+/// The [`VipInfo`] flags of a VIP scheduled by `scheduler`, with
+/// `persistence` or not.
+pub fn vip_flags(scheduler: Scheduler, persistence: Option<&Persistence>) -> u32 {
+    let kind = match scheduler {
+        Scheduler::Maglev => SCHED_MAGLEV,
+        Scheduler::SourceHash => SCHED_SOURCE_HASH,
+        Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+        Scheduler::LeastConnections => SCHED_LEAST_CONNECTIONS,
+        Scheduler::LeastLatency => SCHED_LEAST_LATENCY,
+    };
+    if persistence.is_some() {
+        kind | VIP_PERSIST
+    } else {
+        kind
+    }
+}
+
+/// The policy of a VIP at `address`: the persistence timeout, and the mask
+/// that groups its clients (IPv4 clients by their whole address, IPv6
+/// clients by the configured prefix).
+pub fn vip_policy(address: IpAddr, persistence: Option<&Persistence>) -> VipPolicy {
+    let Some(persistence) = persistence else {
+        return VipPolicy::default();
+    };
+    let prefix = match address {
+        IpAddr::V4(_) => 128,
+        IpAddr::V6(_) => u32::from(persistence.ipv6_prefix.min(128)),
+    };
+    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+    VipPolicy {
+        persist_ns: persistence.timeout.as_nanos().min(u64::MAX as u128) as u64,
+        client_mask: balancer_common::addr_from_octets(mask.to_be_bytes()),
     }
 }
 
@@ -324,7 +371,7 @@ address = "10.0.0.3"
             plan.vips[0].slot.info,
             VipInfo {
                 index: 0,
-                flags: VIP_SOURCE_HASH
+                flags: SCHED_SOURCE_HASH
             }
         );
         assert_eq!(plan.vips[0].slot.key.port, 80u16.to_be());

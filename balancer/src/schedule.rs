@@ -33,20 +33,19 @@ pub fn smooth_weighted(members: &[Member]) -> Vec<u32> {
     sequence(members, MAX_SEQUENCE)
 }
 
-/// What the datapath's table of a VIP scheduled by `scheduler` holds, for
-/// tables of `ring_size` slots:
-/// - maglev and source-hash: the Maglev ring, from [`maglev::build`];
+/// What the datapath's table of a VIP scheduled by `scheduler` holds:
+/// - maglev and source-hash: the Maglev ring of `ring_size` slots, from
+///   [`maglev::build`];
 /// - round-robin: slot 0 holds the number of entries n, slots 1..=n the
-///   sequence of [`smooth_weighted`] (shortened to fit when `ring_size`
-///   is below `MAX_SEQUENCE + 1`);
+///   sequence of [`smooth_weighted`];
 /// - least-connections and least-latency: slot 0 holds the number of
 ///   entries n, slots 1..=n the ids of the members of weight above 0 in
 ///   the order of their keys; the datapath picks among them.
 ///
-/// Slots after the entries are 0; every table has `ring_size` slots. Without
-/// a member of weight above 0 the list kinds give an empty table (the caller
-/// keeps the one in place), and the hash kinds an error, as
-/// [`maglev::build`] does.
+/// A list has exactly n + 1 slots (a ring's size would cost 512 KiB per
+/// VIP for nothing). Without a member of weight above 0 the list kinds give
+/// an empty table (the caller keeps the one in place), and the hash kinds
+/// an error, as [`maglev::build`] does.
 pub fn table(
     scheduler: Scheduler,
     members: &[Member],
@@ -56,15 +55,14 @@ pub fn table(
         Scheduler::Maglev | Scheduler::SourceHash => return maglev::build(members, ring_size),
         Scheduler::RoundRobin => {
             maglev::check_members(members)?;
-            let room = (ring_size as usize).saturating_sub(1).min(MAX_SEQUENCE);
             let active = members.iter().filter(|m| m.weight > 0).count();
-            if active > room {
+            if active > MAX_SEQUENCE {
                 return Err(MaglevError::TableTooSmall {
-                    size: ring_size,
+                    size: MAX_SEQUENCE as u32,
                     entries: active,
                 });
             }
-            sequence(members, room)
+            sequence(members, MAX_SEQUENCE)
         }
         Scheduler::LeastConnections | Scheduler::LeastLatency => {
             maglev::check_members(members)?;
@@ -74,16 +72,9 @@ pub fn table(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    if entries.len() >= ring_size as usize {
-        return Err(MaglevError::TableTooSmall {
-            size: ring_size,
-            entries: entries.len(),
-        });
-    }
-    let mut table = Vec::with_capacity(ring_size as usize);
+    let mut table = Vec::with_capacity(entries.len() + 1);
     table.push(entries.len() as u32);
     table.extend(entries);
-    table.resize(ring_size as usize, 0);
     Ok(table)
 }
 
@@ -338,26 +329,11 @@ mod tests {
     fn a_round_robin_table_is_the_count_then_the_sequence() {
         let list = members(&[5, 1, 1]);
         let table = table(Scheduler::RoundRobin, &list, 13).unwrap();
-        assert_eq!(table, [7, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
-        let full = super::table(Scheduler::RoundRobin, &list, RING).unwrap();
-        assert_eq!(full.len(), RING as usize);
-        assert_eq!(full[..8], table[..8]);
-        assert!(full[8..].iter().all(|&slot| slot == 0));
-    }
-
-    #[test]
-    fn a_round_robin_sequence_is_shortened_to_fit_its_table() {
-        let weights = [3, 5, 7];
-        let table = table(Scheduler::RoundRobin, &members(&weights), 13).unwrap();
-        let n = table[0] as usize;
-        assert!(n <= 12, "{table:?}");
-        assert_proportional(&weights, &table[1..=n]);
+        assert_eq!(table, [7, 0, 0, 1, 0, 2, 0, 0]);
+        // A list's length does not depend on the ring size.
         assert_eq!(
-            super::table(Scheduler::RoundRobin, &members(&[1; 13]), 13),
-            Err(MaglevError::TableTooSmall {
-                size: 13,
-                entries: 13
-            })
+            super::table(Scheduler::RoundRobin, &list, RING).unwrap(),
+            table
         );
     }
 
@@ -368,14 +344,7 @@ mod tests {
         list[0].id = 9;
         for kind in [Scheduler::LeastConnections, Scheduler::LeastLatency] {
             let table = table(kind, &list, 13).unwrap();
-            assert_eq!(table, [3, 2, 3, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0], "{kind:?}");
-            assert_eq!(
-                super::table(kind, &members(&[1; 13]), 13),
-                Err(MaglevError::TableTooSmall {
-                    size: 13,
-                    entries: 13
-                })
-            );
+            assert_eq!(table, [3, 2, 3, 9], "{kind:?}");
         }
     }
 

@@ -8,8 +8,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use balancer::{
+    config::{Persistence, Scheduler},
     datapath::{Datapath, LoadOptions, VipSlot},
-    maglev::{self, Member},
+    maglev::Member,
+    plan, schedule,
 };
 use balancer_common::{
     Addr,
@@ -17,7 +19,7 @@ use balancer_common::{
     flow::FlowKey,
     hash::{addr_pair_hash, flow_hash, ring_slot, source_hash},
     settings::Settings,
-    vip::{ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VIP_SOURCE_HASH, VipInfo, VipKey},
+    vip::{ADDR_FRAGMENT_LIST, ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VipInfo, VipKey, has_list},
 };
 
 use crate::packet::LB_MAC;
@@ -67,7 +69,7 @@ impl Backend {
         }
     }
 
-    fn info(&self) -> BackendInfo {
+    fn info(&self, vip: u32) -> BackendInfo {
         let mut flags = 0;
         if self.up {
             flags |= BACKEND_UP;
@@ -80,7 +82,7 @@ impl Backend {
             macs: BackendInfo::mac_words(backend_mac(self.id), LB_MAC),
             ifindex: self.ifindex,
             flags,
-            vip: 0,
+            vip,
         }
     }
 }
@@ -92,8 +94,24 @@ pub struct Vip {
     pub addr: IpAddr,
     pub port: u16,
     pub proto: u8,
-    pub source_hash: bool,
+    pub scheduler: Scheduler,
+    pub persistence: Option<Persistence>,
     pub backends: Vec<Backend>,
+}
+
+impl Vip {
+    /// A Maglev VIP without persistence.
+    pub fn new(index: u32, addr: IpAddr, port: u16, proto: u8, backends: Vec<Backend>) -> Vip {
+        Vip {
+            index,
+            addr,
+            port,
+            proto,
+            scheduler: Scheduler::Maglev,
+            persistence: None,
+            backends,
+        }
+    }
 }
 
 /// A loaded datapath and what was put in it.
@@ -125,11 +143,16 @@ impl Fixture {
         })
     }
 
-    /// Puts `vip` with its backends in place (or replaces it): backends
-    /// first, then the ring, then the VIP and its address.
+    /// Puts `vip` with its backends in place (or replaces it), as the
+    /// daemon does: backends and their weights first, then the policy, the
+    /// table (built from the backends that are up, by the daemon's own
+    /// code), then the VIP and its address.
     pub fn put_vip(&mut self, vip: Vip) -> Result<()> {
         for backend in &vip.backends {
-            self.datapath.set_backend(backend.id, &backend.info())?;
+            self.datapath
+                .set_backend_weight(backend.id, backend.weight)?;
+            self.datapath
+                .set_backend(backend.id, &backend.info(vip.index))?;
         }
         let members: Vec<Member> = vip
             .backends
@@ -140,7 +163,13 @@ impl Fixture {
                 weight: if b.up { b.weight } else { 0 },
             })
             .collect();
-        let ring = maglev::build(&members, self.settings.ring_size).context("building the ring")?;
+        let ring = schedule::table(vip.scheduler, &members, self.settings.ring_size)
+            .context("building the table")?;
+        let flags = plan::vip_flags(vip.scheduler, vip.persistence.as_ref());
+        self.datapath.set_vip_policy(
+            vip.index,
+            &plan::vip_policy(vip.addr, vip.persistence.as_ref()),
+        )?;
         let slot = VipSlot {
             key: VipKey {
                 addr: addr(vip.addr),
@@ -150,7 +179,7 @@ impl Fixture {
             },
             info: VipInfo {
                 index: vip.index,
-                flags: if vip.source_hash { VIP_SOURCE_HASH } else { 0 },
+                flags,
             },
         };
         self.datapath.publish_vip(&slot, &ring)?;
@@ -160,28 +189,39 @@ impl Fixture {
             _pad1: 0,
             _pad2: 0,
         };
-        let flags = if vip.port == 0 { ADDR_HAS_WILDCARD } else { 0 };
+        let mut addr_flags = if vip.port == 0 { ADDR_HAS_WILDCARD } else { 0 };
+        if has_list(flags) {
+            addr_flags |= ADDR_FRAGMENT_LIST;
+        }
         self.datapath.set_vip_addr(
             &addr_key,
             &AddrInfo {
                 fragment_vip: vip.index,
-                flags,
+                flags: addr_flags,
             },
         )?;
         self.vips.insert(vip.index, (vip, ring));
         Ok(())
     }
 
-    /// Rewrites one backend (to take it down, say) without touching rings.
-    pub fn set_backend(&mut self, backend: &Backend) -> Result<()> {
-        self.datapath.set_backend(backend.id, &backend.info())?;
+    /// Rewrites one backend of VIP `vip` (to take it down, say) without
+    /// touching tables.
+    pub fn set_backend(&mut self, vip: u32, backend: &Backend) -> Result<()> {
+        self.datapath
+            .set_backend_weight(backend.id, backend.weight)?;
+        self.datapath.set_backend(backend.id, &backend.info(vip))?;
         Ok(())
+    }
+
+    /// The table of VIP `index` as it was written.
+    pub fn table(&self, index: u32) -> &[u32] {
+        &self.vips[&index].1
     }
 
     /// The backend id the ring of VIP `index` gives a new flow `key`.
     pub fn expected_backend(&self, index: u32, key: &FlowKey) -> u32 {
         let (vip, ring) = &self.vips[&index];
-        let hash = if vip.source_hash {
+        let hash = if vip.scheduler == Scheduler::SourceHash {
             source_hash(&key.src, self.settings.hash_seed)
         } else {
             flow_hash(key, self.settings.hash_seed)

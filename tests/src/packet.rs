@@ -13,9 +13,11 @@ pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x1b, 0x01];
 /// Transport of a test packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
-    /// TCP with these flags.
+    /// TCP with these flags (ACK on every packet but a SYN).
     Tcp {
         syn: bool,
+        fin: bool,
+        rst: bool,
     },
     Udp,
 }
@@ -40,7 +42,11 @@ impl Packet {
             dst,
             src_port,
             dst_port,
-            l4: L4::Tcp { syn: true },
+            l4: L4::Tcp {
+                syn: true,
+                fin: false,
+                rst: false,
+            },
             vlan: None,
             payload: Vec::new(),
         }
@@ -62,9 +68,29 @@ impl Packet {
     /// The same packet without the SYN flag (a packet of an established
     /// flow).
     pub fn established(mut self) -> Packet {
-        if let L4::Tcp { syn } = &mut self.l4 {
+        if let L4::Tcp { syn, .. } = &mut self.l4 {
             *syn = false;
         }
+        self
+    }
+
+    /// The same packet as the client's FIN (with ACK).
+    pub fn fin(mut self) -> Packet {
+        self.l4 = L4::Tcp {
+            syn: false,
+            fin: true,
+            rst: false,
+        };
+        self
+    }
+
+    /// The same packet as the client's RST.
+    pub fn rst(mut self) -> Packet {
+        self.l4 = L4::Tcp {
+            syn: false,
+            fin: false,
+            rst: true,
+        };
         self
     }
 
@@ -85,13 +111,19 @@ impl Packet {
                     L4::Udp => ip
                         .udp(self.src_port, self.dst_port)
                         .write(&mut out, &self.payload),
-                    L4::Tcp { syn } => {
-                        let tcp = ip.tcp(self.src_port, self.dst_port, 1000, 64240);
+                    L4::Tcp { syn, fin, rst } => {
+                        let mut tcp = ip.tcp(self.src_port, self.dst_port, 1000, 64240);
                         if syn {
-                            tcp.syn().write(&mut out, &self.payload)
+                            tcp = tcp.syn();
+                        } else if rst {
+                            tcp = tcp.rst();
                         } else {
-                            tcp.ack(1).write(&mut out, &self.payload)
+                            tcp = tcp.ack(1);
                         }
+                        if fin {
+                            tcp = tcp.fin();
+                        }
+                        tcp.write(&mut out, &self.payload)
                     }
                 }
             }};

@@ -5,7 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, ensure};
-use balancer::datapath::{Reasons, action};
+use balancer::{
+    config::Scheduler,
+    datapath::{Reasons, action},
+};
 use balancer_common::{
     proto,
     stats::{Event, Stat},
@@ -45,7 +48,8 @@ fn fixture() -> Result<Fixture> {
         addr: VIP4,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends4(0..3),
     })?;
     f.put_vip(Vip {
@@ -53,7 +57,8 @@ fn fixture() -> Result<Fixture> {
         addr: VIP4,
         port: 53,
         proto: proto::UDP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends4(3..6),
     })?;
     f.put_vip(Vip {
@@ -61,7 +66,8 @@ fn fixture() -> Result<Fixture> {
         addr: VIP6,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends6(6..9),
     })?;
     f.put_vip(Vip {
@@ -69,7 +75,8 @@ fn fixture() -> Result<Fixture> {
         addr: VIP6,
         port: 53,
         proto: proto::UDP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends6(9..12),
     })?;
     Ok(f)
@@ -275,7 +282,8 @@ fn a_port_zero_vip_takes_every_port() -> Result<()> {
         addr: any,
         port: 0,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends4(20..23),
     })?;
     for port in [1u16, 80, 443, 65535] {
@@ -307,7 +315,8 @@ fn source_affinity_sends_every_flow_of_a_client_to_one_backend() -> Result<()> {
         addr: vip,
         port: 443,
         proto: proto::TCP,
-        source_hash: true,
+        scheduler: Scheduler::SourceHash,
+        persistence: None,
         backends: backends4(30..40),
     })?;
     let mut seen = std::collections::BTreeSet::new();
@@ -542,7 +551,8 @@ fn established_flows_keep_their_backend_when_the_ring_changes() -> Result<()> {
         addr: VIP4,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends4(0..3),
     };
     vip.backends
@@ -600,7 +610,8 @@ fn a_flow_fails_over_when_its_backend_goes_down_and_draining_keeps_it() -> Resul
         addr: VIP4,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends4(0..3),
     };
     vip.backends[owner as usize].weight = 0;
@@ -667,7 +678,8 @@ fn idle_flows_expire_and_pick_again() -> Result<()> {
         addr: VIP4,
         port: 53,
         proto: proto::UDP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: backends4(0..3),
     };
     f.put_vip(vip.clone())?;
@@ -719,7 +731,8 @@ fn an_unresolved_backend_is_dropped_and_counted_never_sent() -> Result<()> {
         addr: vip,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends,
     })?;
     let frame = Packet::tcp(CLIENT4, 1, vip, 80).build();
@@ -788,7 +801,8 @@ fn a_backend_behind_another_interface_is_reached_by_redirect() {
                     addr: vip,
                     port: 80,
                     proto: proto::TCP,
-                    source_hash: false,
+                    scheduler: Scheduler::Maglev,
+                    persistence: None,
                     backends,
                 })?;
                 let frame = Packet::tcp(CLIENT4, 1, vip, 80).build();
@@ -813,7 +827,8 @@ fn a_backend_behind_another_interface_is_reached_by_redirect() {
                     addr: vip2,
                     port: 80,
                     proto: proto::TCP,
-                    source_hash: false,
+                    scheduler: Scheduler::Maglev,
+                    persistence: None,
                     backends: same,
                 })?;
                 let out = f

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use balancer::datapath::action;
+use balancer::{config::Scheduler, datapath::action};
 use balancer_common::proto;
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip},
@@ -41,7 +41,8 @@ fn fixture() -> Result<Fixture> {
             addr,
             port,
             proto: l4,
-            source_hash: false,
+            scheduler: Scheduler::Maglev,
+            persistence: None,
             backends: (index * 4..index * 4 + 3).map(b4).collect(),
         })?;
     }
@@ -51,7 +52,8 @@ fn fixture() -> Result<Fixture> {
             addr,
             port,
             proto: l4,
-            source_hash: false,
+            scheduler: Scheduler::Maglev,
+            persistence: None,
             backends: (index * 4..index * 4 + 3).map(b6).collect(),
         })?;
     }

@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use balancer::datapath::{LoadOptions, action};
+use balancer::{
+    config::Scheduler,
+    datapath::{LoadOptions, action},
+};
 use balancer_common::proto;
 use balancer_tests::{
     VethOptions,
@@ -54,7 +57,8 @@ fn the_debug_variant_logs_each_decision() -> Result<()> {
         addr: vip,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends,
     })?;
     let mut log = f
@@ -83,7 +87,7 @@ fn the_debug_variant_logs_each_decision() -> Result<()> {
     let records = RECORDS.lock().unwrap().clone();
     for expected in [
         "vip 0 matched, port 80".to_owned(),
-        format!("new flow: backend {want} picked from the ring"),
+        format!("new flow: backend {want} picked"),
         format!("flow hit: vip 0 backend {want}"),
         "verdict 3 (tx)".to_owned(),
         "verdict 2 (pass_not_vip)".to_owned(),

@@ -9,6 +9,7 @@
 //! `reload` request.
 
 mod answer;
+mod connections;
 mod state;
 
 use std::{path::Path, path::PathBuf, time::Duration};
@@ -32,6 +33,10 @@ use state::State;
 
 /// How often backends' neighbours are read again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the connection table is read: expired entries removed,
+/// connection counts corrected, each backend's activity recorded (the
+/// interval `vip show` reports new flows over).
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// After a change that adds a backend not resolved yet, its neighbour is
 /// read again this often (the change itself provoked resolution), so the
 /// backend takes traffic within milliseconds of resolving instead of at the
@@ -180,8 +185,10 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
     let mut stats = tokio::time::interval(args.stats_interval);
     let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
+    let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
     stats.tick().await;
     resolve.tick().await;
+    reconcile.tick().await;
     // Until when unresolved backends are read again quickly.
     let mut quick_until: Option<tokio::time::Instant> = None;
     loop {
@@ -190,6 +197,11 @@ async fn serve(
             _ = resolve.tick() => {
                 state.resolve().await?;
                 state.publish_changes()?;
+            }
+            _ = reconcile.tick() => {
+                if let Err(err) = state.reconcile() {
+                    tracing::warn!(error = format!("{err:#}"), "cannot reconcile the connection table");
+                }
             }
             _ = tokio::time::sleep(QUICK_RESOLVE_INTERVAL), if quick_until.is_some() => {
                 state.resolve().await?;

@@ -9,16 +9,21 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo};
+use balancer_common::{
+    backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo},
+    vip::{VipPolicy, counts_connections},
+};
 use tokio::sync::mpsc;
 
 use crate::{
     config::Config,
-    datapath::Datapath,
+    daemon::connections,
+    datapath::{Datapath, now_ns},
     health::{self, Health, Report, Tracker},
     maglev,
     neighbour::{L2Path, Neighbours},
     plan::{self, Numbering, Plan},
+    schedule,
 };
 
 /// What the daemon knows of each backend, and what it has written.
@@ -42,14 +47,40 @@ pub(super) struct State {
     /// VIP index → the ring in place.
     pub(super) rings: BTreeMap<u32, Vec<u32>>,
     /// VIP index → the ring size and members its ring was built from.
-    pub(super) recipes: BTreeMap<u32, (u32, Vec<maglev::Member>)>,
+    pub(super) recipes: BTreeMap<u32, Recipe>,
+    /// VIP index → the policy written for it.
+    policies: BTreeMap<u32, VipPolicy>,
     /// Backend id → its health checks' verdict.
     pub(super) health: BTreeMap<u32, Tracker>,
     /// Backend id → how long its last check took.
     pub(super) latency: BTreeMap<u32, Duration>,
     /// VIP indexes whose backends are all unusable (warned once).
     pub(super) all_down: BTreeSet<u32>,
+    /// Backend id → smoothed latency of its successful checks, in
+    /// microseconds (what least-latency compares).
+    pub(super) smoothed_us: BTreeMap<u32, f64>,
+    /// Backend id → what the last read of the connection table and the
+    /// counters said of it.
+    pub(super) activity: BTreeMap<u32, Activity>,
+    /// Backend id → its new-flow counter at the last read.
+    new_flows_seen: BTreeMap<u32, u64>,
 }
+
+/// A backend's activity over the last reconciliation interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Activity {
+    /// Live entries in the connection table.
+    pub(super) connections: u64,
+    /// New flows during the interval.
+    pub(super) new_flows: u64,
+}
+
+/// What a VIP's table is built from: ring size, VIP flags (scheduler and
+/// persistence) and members. The same recipe makes the same table.
+pub(super) type Recipe = (u32, u32, Vec<maglev::Member>);
+
+/// Weight of a new latency sample in the smoothed latency.
+const LATENCY_SMOOTHING: f64 = 0.3;
 
 impl State {
     /// Lays `config` out, writes the settings and starts the checks.
@@ -83,9 +114,13 @@ impl State {
             written: BTreeMap::new(),
             rings: BTreeMap::new(),
             recipes: BTreeMap::new(),
+            policies: BTreeMap::new(),
             health: BTreeMap::new(),
             latency: BTreeMap::new(),
             all_down: BTreeSet::new(),
+            smoothed_us: BTreeMap::new(),
+            activity: BTreeMap::new(),
+            new_flows_seen: BTreeMap::new(),
         };
         for (vip, planned) in state.config.vips.iter().zip(&state.plan.vips) {
             let check = vip.get_ref().check();
@@ -248,6 +283,7 @@ impl State {
                     removed.push(old.slot);
                 }
                 self.recipes.remove(&old.slot.info.index);
+                self.policies.remove(&old.slot.info.index);
                 self.all_down.remove(&old.slot.info.index);
                 tracing::info!(vip = old.name.as_str(), "VIP removed");
             }
@@ -268,6 +304,10 @@ impl State {
                 let mut info = self.written.remove(&old.id).unwrap_or_default();
                 info.flags = 0;
                 self.datapath.set_backend(old.id, &info)?;
+                self.datapath.set_backend_weight(old.id, 0)?;
+                self.smoothed_us.remove(&old.id);
+                self.activity.remove(&old.id);
+                self.new_flows_seen.remove(&old.id);
                 self.paths.remove(&old.id);
                 self.health.remove(&old.id);
             }
@@ -330,6 +370,20 @@ impl State {
     /// maps must follow).
     pub(super) fn health_report(&mut self, report: Report) -> bool {
         self.latency.insert(report.backend, report.latency);
+        if report.success {
+            let sample = report.latency.as_secs_f64() * 1e6;
+            let smoothed = match self.smoothed_us.get(&report.backend) {
+                Some(old) => old + LATENCY_SMOOTHING * (sample - old),
+                None => sample,
+            };
+            self.smoothed_us.insert(report.backend, smoothed);
+            if let Err(err) = self
+                .datapath
+                .set_backend_latency(report.backend, smoothed.round().min(u32::MAX as f64) as u32)
+            {
+                tracing::warn!(error = %err, "cannot write a backend's latency");
+            }
+        }
         let Some(tracker) = self.health.get_mut(&report.backend) else {
             return false;
         };
@@ -410,17 +464,20 @@ impl State {
     /// their interfaces, and rebuilds the rings whose usable backends
     /// changed (a VIP with none keeps the ring it has).
     pub(super) fn publish_changes(&mut self) -> Result<()> {
-        let backends: Vec<(u32, IpAddr, u32)> = self
+        let backends: Vec<(u32, IpAddr, u32, u32)> = self
             .plan
             .vips
             .iter()
             .flat_map(|v| {
                 v.backends
                     .iter()
-                    .map(|b| (b.id, b.address, v.slot.info.index))
+                    .map(|b| (b.id, b.address, v.slot.info.index, b.weight))
             })
             .collect();
-        for (id, address, vip) in backends {
+        for (id, address, vip, weight) in backends {
+            // Before the backend's entry: a backend put in place is never
+            // seen with the weight of its id's previous owner.
+            self.datapath.set_backend_weight(id, weight)?;
             let info = self.backend_info(id, address, vip);
             if self.written.get(&id) == Some(&info) {
                 continue;
@@ -430,6 +487,15 @@ impl State {
             }
             self.datapath.set_backend(id, &info)?;
             self.written.insert(id, info);
+        }
+        // Policies before tables and keys: a VIP is never seen with
+        // another's policy.
+        for vip in &self.plan.vips {
+            let index = vip.slot.info.index;
+            if self.policies.get(&index) != Some(&vip.policy) {
+                self.datapath.set_vip_policy(index, &vip.policy)?;
+                self.policies.insert(index, vip.policy);
+            }
         }
         let ring_size = self.plan.settings.ring_size;
         let mut changed = Vec::new();
@@ -466,12 +532,16 @@ impl State {
             self.all_down.remove(&index);
             // The same members make the same ring: with many VIPs, one
             // backend's change rebuilds one ring, not all of them.
-            let recipe = (ring_size, members);
+            let recipe = (ring_size, vip.slot.info.flags, members);
             if self.rings.contains_key(&index) && self.recipes.get(&index) == Some(&recipe) {
                 continue;
             }
-            let ring = maglev::build(&recipe.1, ring_size)?;
-            if self.rings.get(&index) == Some(&ring) {
+            let ring = schedule::table(vip.scheduler, &recipe.2, ring_size)?;
+            let same_flags = self
+                .recipes
+                .get(&index)
+                .is_some_and(|r| r.1 == vip.slot.info.flags);
+            if same_flags && self.rings.get(&index) == Some(&ring) {
                 self.recipes.insert(index, recipe);
                 continue;
             }
@@ -486,11 +556,69 @@ impl State {
         for (vip, ring, recipe) in changed {
             tracing::info!(
                 vip = vip.name.as_str(),
-                backends = recipe.1.len(),
+                backends = recipe.2.len(),
                 "ring published"
             );
             self.rings.insert(vip.slot.info.index, ring);
             self.recipes.insert(vip.slot.info.index, recipe);
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// Reads the connection table: removes entries idle past their
+    /// timeout, corrects the connection counts of backends of counting
+    /// VIPs (see [`connections::correction`]), and records every
+    /// backend's live connections and new flows since the last call.
+    pub(super) fn reconcile(&mut self) -> Result<()> {
+        let counting: Vec<u32> = self
+            .plan
+            .vips
+            .iter()
+            .filter(|v| counts_connections(v.slot.info.flags))
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        let conns = |datapath: &Datapath| -> Result<Vec<i64>> {
+            counting
+                .iter()
+                .map(|id| Ok(datapath.backend_load(*id)?.conns as i64))
+                .collect()
+        };
+        let before = conns(&self.datapath)?;
+        let entries = self.datapath.flows()?;
+        let after = conns(&self.datapath)?;
+        let tally = connections::tally(&entries, now_ns(), &self.plan.settings);
+        self.datapath.remove_flows(&tally.expired)?;
+        for (i, id) in counting.iter().enumerate() {
+            let get = |m: &BTreeMap<u32, u64>| m.get(id).copied().unwrap_or(0);
+            let delta = connections::correction(
+                before[i],
+                after[i],
+                get(&tally.counted),
+                get(&tally.expired_counted),
+            );
+            if delta != 0 {
+                self.datapath.correct_backend_conns(*id, delta)?;
+                tracing::debug!(backend = id, delta, "connection count corrected");
+            }
+        }
+        let ids: Vec<u32> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        for id in ids {
+            let total = self.datapath.backend_counters(id)?.new_flows;
+            let seen = self.new_flows_seen.insert(id, total).unwrap_or(total);
+            self.activity.insert(
+                id,
+                Activity {
+                    connections: tally.live.get(&id).copied().unwrap_or(0),
+                    new_flows: total.saturating_sub(seen),
+                },
+            );
         }
         Ok(())
     }

@@ -8,6 +8,8 @@
 pub mod batch;
 mod counters;
 pub mod floor;
+mod flows;
+mod load;
 pub mod loadgen;
 mod mapped;
 pub mod pin;
@@ -26,6 +28,7 @@ use balancer_common::{XDP_PROGRAM, maps};
 use thiserror::Error;
 
 pub use counters::{Counters, Published, Reasons};
+pub use flows::now_ns;
 pub use write::{VipSlot, ring_map};
 
 /// The XDP object built by build.rs from balancer-ebpf.
@@ -146,6 +149,20 @@ pub enum DatapathError {
     },
     #[error("ring of {len} slots does not match the configured ring size {expected}")]
     RingSize { len: usize, expected: u32 },
+    #[error("list of {len} slots is not one length slot and 1 to {max} entries")]
+    ListSize { len: usize, max: u32 },
+    #[error("failed to map the memory of map {name}")]
+    MapMemory {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read map {name} in batches")]
+    MapBatch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the load generator cannot send this frame: {reason}")]
     Frame { reason: String },
     #[error(
@@ -218,6 +235,8 @@ pub struct Datapath {
     links: BTreeMap<String, (Link, AttachedMode)>,
     /// Ring size of the settings last written; every ring must have it.
     ring_size: u32,
+    /// The mapping of `backend_load`.
+    loads: load::Loads,
 }
 
 impl Datapath {
@@ -271,12 +290,14 @@ impl Datapath {
                 action: "load",
                 source: Box::new(source),
             })?;
+        let loads = load::Loads::map(&ebpf)?;
         Ok(Datapath {
             ebpf,
             pin_dir: options.pin_dir.clone(),
             logger,
             links: BTreeMap::new(),
             ring_size: 0,
+            loads,
         })
     }
 

@@ -10,19 +10,20 @@ use std::{
 
 use aya::maps::MapInfo;
 use balancer_common::{
-    backend::BackendInfo,
+    backend::{BackendInfo, BackendLoad},
     flow::{FlowKey, FlowState},
     maps,
+    persist::{PersistKey, PersistState},
     settings::Settings,
     stats::{FlowCounters, PacketCount, STATS_SLOTS},
-    vip::{AddrInfo, AddrKey, VipInfo, VipKey},
+    vip::{AddrInfo, AddrKey, VipInfo, VipKey, VipPolicy},
 };
 
 use super::DatapathError;
 
 /// Every pinned map with the key size, value size and entries this binary
 /// expects (`None`: set at load). A pinned map that differs is refused.
-pub(super) fn layouts(flow_table_size: u32) -> [(&'static str, u32, u32, Option<u32>); 10] {
+pub(super) fn layouts(flow_table_size: u32) -> [(&'static str, u32, u32, Option<u32>); 14] {
     let s = |n: usize| n as u32;
     [
         (
@@ -69,6 +70,25 @@ pub(super) fn layouts(flow_table_size: u32) -> [(&'static str, u32, u32, Option<
             4,
             s(size_of::<FlowCounters>()),
             Some(maps::MAX_BACKENDS),
+        ),
+        (
+            maps::VIP_POLICY,
+            4,
+            s(size_of::<VipPolicy>()),
+            Some(maps::MAX_VIPS),
+        ),
+        (
+            maps::BACKEND_LOAD,
+            4,
+            s(size_of::<BackendLoad>()),
+            Some(maps::MAX_BACKENDS),
+        ),
+        (maps::RR_CURSOR, 4, 4, Some(maps::MAX_VIPS)),
+        (
+            maps::PERSIST,
+            s(size_of::<PersistKey>()),
+            s(size_of::<PersistState>()),
+            Some(maps::PERSIST_ENTRIES),
         ),
     ]
 }

@@ -11,7 +11,7 @@ use balancer_common::{
     backend::BackendInfo,
     maps::{self, MAX_BACKENDS, MAX_VIPS, RING_FLAGS},
     settings::Settings,
-    vip::{AddrInfo, AddrKey, VipInfo, VipKey},
+    vip::{AddrInfo, AddrKey, MAX_LIST_LEN, VipInfo, VipKey, VipPolicy, has_list},
 };
 
 use super::{Datapath, DatapathError};
@@ -44,10 +44,12 @@ impl Datapath {
             .map_err(DatapathError::map("write", maps::BACKENDS))
     }
 
-    /// Puts VIP `slot` in place with `ring` (backend ids, one per slot, as
-    /// many as the settings' ring size). For a VIP already in place this
-    /// swaps its ring atomically: every packet sees the old ring or the
-    /// new one, never a mix.
+    /// Puts VIP `slot` in place with `ring`, its table: for the hashing
+    /// schedulers a Maglev ring (backend ids, one per slot, as many as the
+    /// settings' ring size), for the others a list (its length, then that
+    /// many backend ids; see [`balancer_common::vip::has_list`]). For a VIP
+    /// already in place this swaps its table atomically: every packet sees
+    /// the old table or the new one, never a mix.
     pub fn publish_vip(&mut self, slot: &VipSlot, ring: &[u32]) -> Result<(), DatapathError> {
         self.publish_vips(&[(*slot, ring)])
     }
@@ -58,7 +60,15 @@ impl Datapath {
     pub fn publish_vips(&mut self, vips: &[(VipSlot, &[u32])]) -> Result<(), DatapathError> {
         for (slot, ring) in vips {
             check_range("VIP index", slot.info.index, MAX_VIPS)?;
-            if ring.len() != self.ring_size as usize {
+            if has_list(slot.info.flags) {
+                let len = ring.first().copied().unwrap_or(0);
+                if len == 0 || len > MAX_LIST_LEN || ring.len() != len as usize + 1 {
+                    return Err(DatapathError::ListSize {
+                        len: ring.len(),
+                        max: MAX_LIST_LEN,
+                    });
+                }
+            } else if ring.len() != self.ring_size as usize {
                 return Err(DatapathError::RingSize {
                     len: ring.len(),
                     expected: self.ring_size,
@@ -124,6 +134,16 @@ impl Datapath {
                 source,
             }
         })
+    }
+
+    /// Writes the policy of VIP `index` (persistence). Written before the
+    /// VIP's key, and with zeros for a VIP without persistence, so that
+    /// the program never reads another VIP's policy.
+    pub fn set_vip_policy(&mut self, index: u32, policy: &VipPolicy) -> Result<(), DatapathError> {
+        check_range("VIP index", index, MAX_VIPS)?;
+        let mut map: Array<_, VipPolicy> = self.map_mut(maps::VIP_POLICY)?;
+        map.set(index, policy, 0)
+            .map_err(DatapathError::map("write", maps::VIP_POLICY))
     }
 
     /// Records that `key` (an address and protocol) carries VIPs.

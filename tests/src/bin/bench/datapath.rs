@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use balancer::datapath::{LoadOptions, action, floor::Floor};
+use balancer::{
+    config::Scheduler,
+    datapath::{LoadOptions, action, floor::Floor},
+};
 use balancer_common::{maps::DEFAULT_RING_SIZE, proto, settings::Settings};
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip, backend_mac, default_settings},
@@ -125,7 +128,8 @@ fn fixture(flow_table_size: u32) -> Result<Fixture> {
             addr,
             port: 80,
             proto: proto::TCP,
-            source_hash: false,
+            scheduler: Scheduler::Maglev,
+            persistence: None,
             backends: backends(index as u32 * 10, v6),
         })?;
     }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapInfo, loaded_maps};
-use balancer::datapath::LoadOptions;
+use balancer::{config::Scheduler, datapath::LoadOptions};
 use balancer_common::{
     flow::{FlowKey, FlowState},
     maps::{DEFAULT_FLOWS, DEFAULT_RING_SIZE, FLOWS},
@@ -99,7 +99,8 @@ fn fixture(flow_table_size: u32) -> Result<Fixture> {
         addr: VIP,
         port: 80,
         proto: proto::TCP,
-        source_hash: false,
+        scheduler: Scheduler::Maglev,
+        persistence: None,
         backends: (0..10)
             .map(|i| Backend::new(i, IpAddr::V4(Ipv4Addr::new(10, 3, 0, i as u8 + 1))))
             .collect(),

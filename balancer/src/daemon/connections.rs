@@ -1,0 +1,125 @@
+//! Active connections per backend, counted from the connection table:
+//! what `vip show` reports for every scheduler, and what corrects the
+//! counts the datapath keeps for the least-* schedulers. Pure logic.
+
+use std::collections::BTreeMap;
+
+use balancer_common::{
+    flow::{FLOW_COUNTED, FlowKey, FlowState},
+    proto,
+    settings::Settings,
+};
+
+/// What one read of the connection table says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Backend id → entries not idle past their timeout.
+    pub live: BTreeMap<u32, u64>,
+    /// Backend id → live entries the datapath counts (not yet closed by a
+    /// FIN or RST): what its connection count must be.
+    pub counted: BTreeMap<u32, u64>,
+    /// Entries idle past their timeout: the datapath ignores them, and
+    /// removing them frees their slots. Those still counted are also
+    /// tallied per backend in `expired_counted`.
+    pub expired: Vec<FlowKey>,
+    /// Backend id → expired entries still counted.
+    pub expired_counted: BTreeMap<u32, u64>,
+}
+
+/// Tallies `entries` at time `now` (the program's clock), with the idle
+/// timeouts of `settings`.
+pub fn tally(entries: &[(FlowKey, FlowState)], now: u64, settings: &Settings) -> Tally {
+    let mut tally = Tally::default();
+    for (key, state) in entries {
+        let idle = if key.proto == proto::TCP {
+            settings.tcp_idle_ns
+        } else {
+            settings.udp_idle_ns
+        };
+        let counted = state.vip & FLOW_COUNTED != 0;
+        if now.saturating_sub(state.last_seen_ns) > idle {
+            tally.expired.push(*key);
+            if counted {
+                *tally.expired_counted.entry(state.backend).or_default() += 1;
+            }
+            continue;
+        }
+        *tally.live.entry(state.backend).or_default() += 1;
+        if counted {
+            *tally.counted.entry(state.backend).or_default() += 1;
+        }
+    }
+    tally
+}
+
+/// How much to add to a backend's connection count. `before` and `after`
+/// are the count read just before and just after the table was read:
+/// when they agree nothing opened or closed meanwhile, and the count is
+/// set to what the table says (this also repairs entries lost to LRU
+/// eviction or a race between CPUs); otherwise only the expired entries
+/// the caller removes are taken off, exactly.
+pub fn correction(before: i64, after: i64, counted: u64, expired_counted: u64) -> i64 {
+    if before == after {
+        counted as i64 - after
+    } else {
+        -(expired_counted as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn settings() -> Settings {
+        Settings {
+            tcp_idle_ns: 60 * SECOND,
+            udp_idle_ns: 10 * SECOND,
+            ..Settings::default()
+        }
+    }
+
+    fn entry(port: u16, l4: u8, backend: u32, counted: bool, seen: u64) -> (FlowKey, FlowState) {
+        (
+            FlowKey {
+                src_port: port,
+                proto: l4,
+                ..FlowKey::default()
+            },
+            FlowState {
+                backend,
+                vip: 3 | if counted { FLOW_COUNTED } else { 0 },
+                last_seen_ns: seen,
+            },
+        )
+    }
+
+    #[test]
+    fn live_counted_and_expired_entries_are_told_apart_by_protocol_timeout() {
+        let now = 100 * SECOND;
+        let entries = [
+            entry(1, proto::TCP, 7, true, now - 30 * SECOND),
+            entry(2, proto::TCP, 7, false, now - 30 * SECOND),
+            entry(3, proto::TCP, 7, true, now - 61 * SECOND),
+            entry(4, proto::UDP, 8, false, now - 5 * SECOND),
+            entry(5, proto::UDP, 8, true, now - 11 * SECOND),
+        ];
+        let t = tally(&entries, now, &settings());
+        assert_eq!(t.live, BTreeMap::from([(7, 2), (8, 1)]));
+        assert_eq!(t.counted, BTreeMap::from([(7, 1)]));
+        assert_eq!(t.expired.len(), 2);
+        assert_eq!(t.expired[0].src_port, 3);
+        assert_eq!(t.expired_counted, BTreeMap::from([(7, 1), (8, 1)]));
+    }
+
+    #[test]
+    fn a_quiet_count_is_set_to_the_table_a_busy_one_loses_only_the_expired() {
+        // Drifted to 12 while the table counts 10: set to 10.
+        assert_eq!(correction(12, 12, 10, 2), -2);
+        assert_eq!(correction(-1, -1, 0, 0), 1);
+        // Moving during the read: take off the expired entries only.
+        assert_eq!(correction(12, 14, 10, 2), -2);
+        assert_eq!(correction(5, 4, 10, 0), 0);
+    }
+}

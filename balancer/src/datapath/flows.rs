@@ -1,0 +1,59 @@
+//! The connection table as the daemon sees it: read whole (in batches),
+//! expired entries removed, and the clock its times are on.
+
+use std::os::fd::AsFd as _;
+
+use aya::maps::HashMap;
+use balancer_common::{
+    flow::{FlowKey, FlowState},
+    maps,
+};
+
+use super::{Datapath, DatapathError};
+
+/// Entries read per batched call.
+const CHUNK: usize = 4096;
+
+impl Datapath {
+    /// Every entry of the connection table. Entries written during the
+    /// read may be missed; the program is not slowed (it never waits for
+    /// the reader).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, DatapathError> {
+        let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map(maps::FLOWS) else {
+            return Err(DatapathError::MissingMap { name: maps::FLOWS });
+        };
+        super::batch::lookup_all(data.fd().as_fd(), CHUNK).map_err(|source| {
+            DatapathError::MapBatch {
+                name: maps::FLOWS,
+                source,
+            }
+        })
+    }
+
+    /// Removes `keys` from the connection table (entries found expired);
+    /// a key already gone is not an error.
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::FLOWS)
+            .ok_or(DatapathError::MissingMap { name: maps::FLOWS })?;
+        let mut map: HashMap<_, FlowKey, FlowState> =
+            HashMap::try_from(map).map_err(DatapathError::map("open", maps::FLOWS))?;
+        for key in keys {
+            match map.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(DatapathError::map("remove from", maps::FLOWS)(err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The time on the program's clock (`bpf_ktime_get_coarse_ns`, the
+/// monotonic clock at tick resolution) in nanoseconds, to age the
+/// connection table's entries.
+pub fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
