@@ -18,7 +18,7 @@ use balancer_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, RINGS, SETTINGS, VIP_ADDRS, VIPS},
+    maps::{BACKENDS, FLOWS, RINGS, Ring, SETTINGS, VIP_ADDRS, VIPS},
     schedule,
 };
 
@@ -197,18 +197,31 @@ pub fn backend_for_fragment(
 /// its length.
 #[inline(always)]
 fn from_table(vip_index: u32, hash: u32, list: bool, settings: &Settings) -> Result<Pick, Stat> {
-    let table = RINGS.get(vip_index).ok_or(Stat::DROP_NO_BACKEND)?;
-    let slot = if list {
-        let len = *table.get(LIST_LEN_SLOT).ok_or(Stat::DROP_NO_BACKEND)?;
-        if len == 0 {
-            return Err(Stat::DROP_NO_BACKEND);
-        }
-        1 + hash % len
+    let id = if list {
+        let (table, len) = self::list(vip_index)?;
+        entry(table, 1 + hash % len)?
     } else {
-        ring_slot(hash, settings.ring_size)
+        let table = RINGS.get(vip_index).ok_or(Stat::DROP_NO_BACKEND)?;
+        entry(table, ring_slot(hash, settings.ring_size))?
     };
-    let id = *table.get(slot).ok_or(Stat::DROP_NO_BACKEND)?;
     backend(id)
+}
+
+/// The list of VIP `vip_index` and its length (never 0): the table of
+/// every scheduler that is not a hash.
+#[inline(always)]
+pub fn list(vip_index: u32) -> Result<(&'static Ring, u32), Stat> {
+    let table = RINGS.get(vip_index).ok_or(Stat::DROP_NO_BACKEND)?;
+    match entry(table, LIST_LEN_SLOT)? {
+        0 => Err(Stat::DROP_NO_BACKEND),
+        len => Ok((table, len)),
+    }
+}
+
+/// Slot `slot` of a VIP's table.
+#[inline(always)]
+pub fn entry(table: &Ring, slot: u32) -> Result<u32, Stat> {
+    table.get(slot).copied().ok_or(Stat::DROP_NO_BACKEND)
 }
 
 /// Backend `id`, as a pick.

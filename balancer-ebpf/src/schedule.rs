@@ -12,14 +12,14 @@ use balancer_common::{
     settings::Settings,
     stats::Stat,
     vip::{
-        LIST_LEN_SLOT, SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_ROUND_ROBIN,
-        VIP_PERSIST, VipInfo, scheduler,
+        SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_ROUND_ROBIN, VIP_PERSIST, VipInfo,
+        scheduler,
     },
 };
 
 use crate::{
     lookup::{self, Pick},
-    maps::{BACKEND_LOAD, BACKENDS, PERSIST, RINGS, RR_CURSOR, VIP_POLICY},
+    maps::{BACKEND_LOAD, BACKENDS, PERSIST, RR_CURSOR, VIP_POLICY},
 };
 
 /// The backend for new flow `key` of `vip`.
@@ -48,11 +48,7 @@ fn by_scheduler(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pic
 /// often as its weight says.
 #[inline(always)]
 fn round_robin(vip_index: u32) -> Result<Pick, Stat> {
-    let table = RINGS.get(vip_index).ok_or(Stat::DROP_NO_BACKEND)?;
-    let len = *table.get(LIST_LEN_SLOT).ok_or(Stat::DROP_NO_BACKEND)?;
-    if len == 0 {
-        return Err(Stat::DROP_NO_BACKEND);
-    }
+    let (table, len) = lookup::list(vip_index)?;
     let cursor = RR_CURSOR
         .get_ptr_mut(vip_index)
         .ok_or(Stat::DROP_NO_BACKEND)?;
@@ -61,8 +57,7 @@ fn round_robin(vip_index: u32) -> Result<Pick, Stat> {
     let at = unsafe { *cursor } % len;
     // SAFETY: as above.
     unsafe { *cursor = if at + 1 >= len { 0 } else { at + 1 } };
-    let id = *table.get(1 + at).ok_or(Stat::DROP_NO_BACKEND)?;
-    lookup::backend(id)
+    lookup::backend(lookup::entry(table, 1 + at)?)
 }
 
 /// Power of two choices over the VIP's member list: two distinct random
@@ -73,11 +68,7 @@ fn round_robin(vip_index: u32) -> Result<Pick, Stat> {
 /// is not (the daemon takes it out of the list soon after).
 #[inline(always)]
 fn two_choices(vip_index: u32, latency: bool) -> Result<Pick, Stat> {
-    let table = RINGS.get(vip_index).ok_or(Stat::DROP_NO_BACKEND)?;
-    let len = *table.get(LIST_LEN_SLOT).ok_or(Stat::DROP_NO_BACKEND)?;
-    if len == 0 {
-        return Err(Stat::DROP_NO_BACKEND);
-    }
+    let (table, len) = lookup::list(vip_index)?;
     // SAFETY: plain helper call.
     let random = unsafe { bpf_get_prandom_u32() };
     let a = (random & 0xffff) % len;
@@ -86,17 +77,16 @@ fn two_choices(vip_index: u32, latency: bool) -> Result<Pick, Stat> {
     } else {
         a
     };
-    let id_a = *table.get(1 + a).ok_or(Stat::DROP_NO_BACKEND)?;
-    let id_b = *table.get(1 + b).ok_or(Stat::DROP_NO_BACKEND)?;
-    let cost_a = Cost::of(id_a, latency);
-    let cost_b = Cost::of(id_b, latency);
-    let id = if cost_a.beats(&cost_b) { id_a } else { id_b };
-    lookup::backend(id)
+    let a = Candidate::new(lookup::entry(table, 1 + a)?, latency)?;
+    let b = Candidate::new(lookup::entry(table, 1 + b)?, latency)?;
+    Ok(if a.beats(&b) { a.pick } else { b.pick })
 }
 
-/// What two candidates compare: whether the backend may take new flows,
-/// its load (connections, or latency times connections + 1) and weight.
-struct Cost {
+/// A member of the list as two choices compare it: the backend (so the
+/// winner is not looked up again), whether it may take new flows, its load
+/// (connections, or latency times connections + 1) and weight.
+struct Candidate {
+    pick: Pick,
     eligible: bool,
     load: u64,
     weight: u64,
@@ -106,39 +96,37 @@ struct Cost {
 /// bits: 2^24 connections, 2^24 µs (16 s), weight at most 10,000 (< 2^14).
 const CAP: u64 = (1 << 24) - 1;
 
-impl Cost {
+impl Candidate {
     #[inline(always)]
-    fn of(id: u32, latency: bool) -> Cost {
-        let up = BACKENDS
-            .get(id)
-            .is_some_and(|backend| backend.flags & BACKEND_UP != 0);
+    fn new(id: u32, latency: bool) -> Result<Candidate, Stat> {
+        let pick = lookup::backend(id)?;
+        let up = pick.backend.flags & BACKEND_UP != 0;
         let Some(load) = BACKEND_LOAD.get(id) else {
-            return Cost {
+            return Ok(Candidate {
+                pick,
                 eligible: false,
                 load: 0,
                 weight: 0,
-            };
+            });
         };
-        // A count briefly below zero (a correction racing a close) is zero.
-        let conns = (load.conns as i64).max(0) as u64;
-        let conns = if conns > CAP { CAP } else { conns };
+        let conns = load.active().min(CAP);
         let load_value = if latency {
-            let micros = (load.latency_us as u64).clamp(1, CAP);
-            micros * (conns + 1)
+            (load.latency_us as u64).clamp(1, CAP) * (conns + 1)
         } else {
             conns
         };
-        Cost {
+        Ok(Candidate {
+            pick,
             eligible: up && load.weight > 0,
             load: load_value,
             weight: load.weight as u64,
-        }
+        })
     }
 
     /// Whether this candidate should win over `other`: eligibility first,
     /// then load / weight, ties to this one.
     #[inline(always)]
-    fn beats(&self, other: &Cost) -> bool {
+    fn beats(&self, other: &Candidate) -> bool {
         if self.eligible != other.eligible {
             return self.eligible;
         }

@@ -18,6 +18,13 @@ where
     start_within(lab, ns, args, Duration::from_secs(30))
 }
 
+/// Writes `config` to the lab's balancer.toml and starts the daemon with
+/// it ([`start`]): how most namespace tests begin.
+pub fn start_with_config(lab: &Lab, ns: &Netns, config: &str) -> Result<Process> {
+    let path = lab.write_file("balancer.toml", config)?;
+    start(lab, ns, ["--config".as_ref(), path.as_os_str()])
+}
+
 /// [`start`], waiting up to `timeout` (a large configuration takes longer
 /// than the tests' small ones).
 pub fn start_within<I, S>(lab: &Lab, ns: &Netns, args: I, timeout: Duration) -> Result<Process>

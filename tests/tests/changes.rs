@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use anyhow::{Result, ensure};
 use balancer_tests::{
     Lab, Netns,
-    daemon::{cli, cli_json, start, wait_for_log},
+    daemon::{cli, cli_json, start, start_with_config, wait_for_log},
     netns_test,
     servers::{EchoConnection, tally_names, tcp_ask_name},
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
@@ -156,8 +156,7 @@ fn a_backend_added_at_runtime_takes_a_quarter_of_new_connections_and_resets_none
         let text = ConfigText::default()
             .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &three)
             .build();
-        let path = lab.write_file("balancer.toml", &text)?;
-        let mut daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let mut daemon = start_with_config(lab, &t.lb, &text)?;
         let vip = SocketAddr::new(topology::VIP4.into(), 80);
         let mut held = (0..30)
             .map(|_| EchoConnection::open(&t.client, vip))
@@ -221,8 +220,7 @@ fn an_added_backend_is_in_the_ring_within_milliseconds() {
                 &plain(&addresses[..3]),
             )
             .build();
-        let path = lab.write_file("balancer.toml", &text)?;
-        let mut daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let mut daemon = start_with_config(lab, &t.lb, &text)?;
         let bound = Duration::from_millis(300);
         let mut times = Vec::new();
         // Each a backend the balancer never talked to, so its neighbour

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
-    daemon::start,
+    daemon::start_with_config,
     netns_test,
     servers::tally_names,
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
@@ -60,8 +60,7 @@ fn new_flows_follow_the_weights_for_tcp_and_udp() {
         let t = Topology::build(lab, 3)?;
         t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
         t.serve(Server::UdpName, topology::VIP4.into(), 53)?;
-        let path = lab.write_file("balancer.toml", &config(&t))?;
-        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let _daemon = start_with_config(lab, &t.lb, &config(&t))?;
 
         // 1. TCP: 3,000 connections.
         const N: usize = 3000;
@@ -123,8 +122,7 @@ fn source_hash_keeps_every_connection_of_a_client_on_one_backend_and_ipv6_udp_ba
                 &plain(&t.backend_addresses(true)),
             )
             .build();
-        let path = lab.write_file("balancer.toml", &text)?;
-        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let _daemon = start_with_config(lab, &t.lb, &text)?;
 
         // 3. Every connection from one client address reaches one backend.
         let sticky = SocketAddr::new(topology::VIP4.into(), 443);

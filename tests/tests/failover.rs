@@ -14,7 +14,7 @@ use anyhow::{Result, ensure};
 use balancer_tests::{
     Lab, Process,
     backend::ServerProcess,
-    daemon::{start, wait_for_log},
+    daemon::{start, start_with_config, wait_for_log},
     load::{SteadyLoad, failures_between},
     netns_test,
     servers::{EchoConnection, tally_names},
@@ -70,8 +70,7 @@ fn setup(lab: &Lab) -> Result<Setup> {
         .vip("web", topology::VIP4.into(), 80, "tcp", &check, &backends)
         .vip("chat", topology::VIP4.into(), 81, "tcp", &check, &backends)
         .build();
-    let path = lab.write_file("balancer.toml", &config)?;
-    let daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+    let daemon = start_with_config(lab, &t.lb, &config)?;
     let first = tally_names(&t.client, web(), 60)?;
     ensure!(first.len() == 3, "before the failure: {first:?}");
     Ok(Setup { t, servers, daemon })

@@ -64,9 +64,7 @@ fn scenario(
 ) -> Result<()> {
     let t = Topology::build(lab, 3)?;
     let mut endpoints = serve(&t)?;
-    let path = lab.write_file("balancer.toml", &config(&t, kind))?;
-    let mut daemon =
-        balancer_tests::daemon::start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+    let mut daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &config(&t, kind))?;
     let before = tally(&t.client, 150)?;
     ensure!(before.len() == 3, "before the failure: {before:?}");
 
@@ -138,9 +136,7 @@ fn when_every_backend_is_down_the_vip_keeps_its_ring() {
     netns_test("health_all_down", Duration::from_secs(120), |lab| {
         let t = Topology::build(lab, 2)?;
         let mut endpoints = serve(&t)?;
-        let path = lab.write_file("balancer.toml", &config(&t, "tcp"))?;
-        let mut daemon =
-            balancer_tests::daemon::start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let mut daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &config(&t, "tcp"))?;
         for e in &mut endpoints {
             e.stop();
         }

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     Lab, Netns,
-    daemon::{cli_json, start},
+    daemon::{cli_json, start_with_config},
     netns_test,
     servers::bulk_byte,
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
@@ -112,8 +112,7 @@ fn path_mtu_errors_for_the_vip_reach_the_backend_of_the_flow() {
                 &plain(&t.backend_addresses(true)),
             )
             .build();
-        let path = lab.write_file("balancer.toml", &text)?;
-        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let _daemon = start_with_config(lab, &t.lb, &text)?;
 
         let mut figures = Vec::new();
         for (vip, client) in [

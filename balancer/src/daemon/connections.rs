@@ -1,6 +1,6 @@
-//! Active connections per backend, counted from the connection table:
-//! what `vip show` reports for every scheduler, and what corrects the
-//! counts the datapath keeps for the least-* schedulers. Pure logic.
+//! Active connections per backend, counted from the connection table
+//! (live entries for every scheduler; counted ones for the least-*
+//! schedulers, whose datapath counts they correct). Pure logic.
 
 use std::collections::BTreeMap;
 

@@ -33,9 +33,8 @@ use state::State;
 
 /// How often backends' neighbours are read again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the connection table is read: expired entries removed,
-/// connection counts corrected, each backend's activity recorded (the
-/// interval `vip show` reports new flows over).
+/// How often the connection table is read: expired entries removed and
+/// connection counts corrected.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// After a change that adds a backend not resolved yet, its neighbour is
 /// read again this often (the change itself provoked resolution), so the

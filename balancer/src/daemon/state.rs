@@ -59,20 +59,6 @@ pub(super) struct State {
     /// Backend id → smoothed latency of its successful checks, in
     /// microseconds (what least-latency compares).
     pub(super) smoothed_us: BTreeMap<u32, f64>,
-    /// Backend id → what the last read of the connection table and the
-    /// counters said of it.
-    pub(super) activity: BTreeMap<u32, Activity>,
-    /// Backend id → its new-flow counter at the last read.
-    new_flows_seen: BTreeMap<u32, u64>,
-}
-
-/// A backend's activity over the last reconciliation interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Activity {
-    /// Live entries in the connection table.
-    pub(super) connections: u64,
-    /// New flows during the interval.
-    pub(super) new_flows: u64,
 }
 
 /// What a VIP's table is built from: ring size, VIP flags (scheduler and
@@ -119,8 +105,6 @@ impl State {
             latency: BTreeMap::new(),
             all_down: BTreeSet::new(),
             smoothed_us: BTreeMap::new(),
-            activity: BTreeMap::new(),
-            new_flows_seen: BTreeMap::new(),
         };
         for (vip, planned) in state.config.vips.iter().zip(&state.plan.vips) {
             let check = vip.get_ref().check();
@@ -306,8 +290,6 @@ impl State {
                 self.datapath.set_backend(old.id, &info)?;
                 self.datapath.set_backend_weight(old.id, 0)?;
                 self.smoothed_us.remove(&old.id);
-                self.activity.remove(&old.id);
-                self.new_flows_seen.remove(&old.id);
                 self.paths.remove(&old.id);
                 self.health.remove(&old.id);
             }
@@ -537,11 +519,7 @@ impl State {
                 continue;
             }
             let ring = schedule::table(vip.scheduler, &recipe.2, ring_size)?;
-            let same_flags = self
-                .recipes
-                .get(&index)
-                .is_some_and(|r| r.1 == vip.slot.info.flags);
-            if same_flags && self.rings.get(&index) == Some(&ring) {
+            if self.rings.get(&index) == Some(&ring) {
                 self.recipes.insert(index, recipe);
                 continue;
             }
@@ -568,9 +546,8 @@ impl State {
 
 impl State {
     /// Reads the connection table: removes entries idle past their
-    /// timeout, corrects the connection counts of backends of counting
-    /// VIPs (see [`connections::correction`]), and records every
-    /// backend's live connections and new flows since the last call.
+    /// timeout and corrects the connection counts of backends of counting
+    /// VIPs (see [`connections::correction`]).
     pub(super) fn reconcile(&mut self) -> Result<()> {
         let counting: Vec<u32> = self
             .plan
@@ -602,23 +579,6 @@ impl State {
                 self.datapath.correct_backend_conns(*id, delta)?;
                 tracing::debug!(backend = id, delta, "connection count corrected");
             }
-        }
-        let ids: Vec<u32> = self
-            .plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
-        for id in ids {
-            let total = self.datapath.backend_counters(id)?.new_flows;
-            let seen = self.new_flows_seen.insert(id, total).unwrap_or(total);
-            self.activity.insert(
-                id,
-                Activity {
-                    connections: tally.live.get(&id).copied().unwrap_or(0),
-                    new_flows: total.saturating_sub(seen),
-                },
-            );
         }
         Ok(())
     }

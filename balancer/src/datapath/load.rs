@@ -45,6 +45,22 @@ impl Loads {
         Ok(unsafe { element.add(offset) }.cast())
     }
 
+    /// Writes the u32 field at `offset` of element `id` (the program only
+    /// reads those).
+    fn write_u32(&self, id: u32, offset: usize, value: u32) -> Result<(), DatapathError> {
+        let ptr = self.field::<u32>(id, offset)?;
+        // SAFETY: an aligned u32 of the mapping.
+        unsafe { ptr.write_volatile(value) };
+        Ok(())
+    }
+
+    /// Reads the u32 field at `offset` of element `id`.
+    fn read_u32(&self, id: u32, offset: usize) -> Result<u32, DatapathError> {
+        let ptr = self.field::<u32>(id, offset)?;
+        // SAFETY: an aligned u32 of the mapping.
+        Ok(unsafe { ptr.read_volatile() })
+    }
+
     fn conns(&self, id: u32) -> Result<&AtomicU64, DatapathError> {
         let ptr = self.field::<u64>(id, offset_of!(BackendLoad, conns))?;
         // SAFETY: 8-byte aligned (elements are 16 bytes apart from a page
@@ -58,40 +74,25 @@ impl Datapath {
     /// Writes backend `id`'s weight as the schedulers see it (0: draining,
     /// no new flows and no persistence).
     pub fn set_backend_weight(&self, id: u32, weight: u32) -> Result<(), DatapathError> {
-        let ptr = self
-            .loads
-            .field::<u32>(id, offset_of!(BackendLoad, weight))?;
-        // SAFETY: an aligned u32 of the mapping; the program only reads it.
-        unsafe { ptr.write_volatile(weight) };
-        Ok(())
+        self.loads
+            .write_u32(id, offset_of!(BackendLoad, weight), weight)
     }
 
     /// Writes backend `id`'s smoothed health-check latency, in
     /// microseconds.
     pub fn set_backend_latency(&self, id: u32, latency_us: u32) -> Result<(), DatapathError> {
-        let ptr = self
-            .loads
-            .field::<u32>(id, offset_of!(BackendLoad, latency_us))?;
-        // SAFETY: as in `set_backend_weight`.
-        unsafe { ptr.write_volatile(latency_us) };
-        Ok(())
+        self.loads
+            .write_u32(id, offset_of!(BackendLoad, latency_us), latency_us)
     }
 
     /// Backend `id`'s load as the program sees it.
     pub fn backend_load(&self, id: u32) -> Result<BackendLoad, DatapathError> {
-        let conns = self.loads.conns(id)?.load(Ordering::Relaxed);
-        let weight = self
-            .loads
-            .field::<u32>(id, offset_of!(BackendLoad, weight))?;
-        let latency = self
-            .loads
-            .field::<u32>(id, offset_of!(BackendLoad, latency_us))?;
-        // SAFETY: aligned u32s of the mapping.
-        let (weight, latency_us) = unsafe { (weight.read_volatile(), latency.read_volatile()) };
         Ok(BackendLoad {
-            conns,
-            weight,
-            latency_us,
+            conns: self.loads.conns(id)?.load(Ordering::Relaxed),
+            weight: self.loads.read_u32(id, offset_of!(BackendLoad, weight))?,
+            latency_us: self
+                .loads
+                .read_u32(id, offset_of!(BackendLoad, latency_us))?,
         })
     }
 

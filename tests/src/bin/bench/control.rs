@@ -21,7 +21,7 @@ use balancer_tests::{
     Lab, Process,
     backend::ServerProcess,
     balancer_bin,
-    daemon::{cli, start, start_within, wait_for_log},
+    daemon::{cli, start_with_config, start_within, wait_for_log},
     load::SteadyLoad,
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
@@ -185,8 +185,7 @@ fn backend_add(runs: usize) -> Result<(Summary, Summary)> {
             &plain(&addresses[..2]),
         )
         .build();
-    let path = lab.write_file("balancer.toml", &config)?;
-    let _daemon = start(&lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+    let _daemon = start_with_config(&lab, &t.lb, &config)?;
     let new = addresses[2].to_string();
     let (mut returned, mut first) = (Vec::new(), Vec::new());
     for run in 0..=runs {
@@ -343,8 +342,7 @@ fn failover(runs: usize) -> Result<Summary> {
             &plain(&t.backend_addresses(false)),
         )
         .build();
-    let path = lab.write_file("balancer.toml", &config)?;
-    let mut daemon = start(&lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+    let mut daemon = start_with_config(&lab, &t.lb, &config)?;
     let mut times = Vec::new();
     for run in 0..=runs {
         // Between two checks at a random point, as a real failure is.
