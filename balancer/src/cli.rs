@@ -75,6 +75,13 @@ pub enum Command {
 pub enum VipCommand {
     /// Every VIP with its backends' health and counters.
     List,
+    /// One VIP in detail: per backend its weight, state, active
+    /// connections, smoothed check latency and share of new flows over
+    /// the last interval (`balancer run --reconcile-interval`).
+    Show {
+        /// The VIP's name.
+        name: String,
+    },
     /// Add a VIP (with the default TCP health check; edit the file for
     /// another).
     Add {
@@ -173,6 +180,16 @@ fn parse_persistence_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// Parses `--reconcile-interval`: a scan reads the whole connection
+/// table, so more often than every 100 ms would cost the host for nothing.
+fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("{text:?} is shorter than 100ms"));
+    }
+    Ok(interval)
+}
+
 /// Arguments of `balancer run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -191,6 +208,11 @@ pub struct RunArgs {
     /// How often to log the packet counters ("10s", "500ms").
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
+    /// How often the connection table is scanned: idle entries removed,
+    /// connection counts corrected, and the interval over which `vip show`
+    /// reports shares of new flows ("5s", "1s"; at least 100ms).
+    #[arg(long, default_value = "5s", value_parser = parse_reconcile_interval)]
+    pub reconcile_interval: Duration,
     /// Where maps and links are pinned, replacing `[daemon] pin_path`.
     #[arg(long, value_name = "PATH")]
     pub pin_path: Option<PathBuf>,
@@ -217,6 +239,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { path } => check_config(&path),
         Command::Status => ask(Request::Status {}),
         Command::Vip(VipCommand::List) => ask(Request::VipList {}),
+        Command::Vip(VipCommand::Show { name }) => ask(Request::VipShow { name }),
         Command::Vip(VipCommand::Add {
             name,
             service,
@@ -441,6 +464,29 @@ mod tests {
         ] {
             assert!(vip_add(&["--scheduler", name]).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn vip_show_needs_a_name_and_run_bounds_the_reconcile_interval() {
+        let cli = Cli::try_parse_from(["balancer", "vip", "show", "web"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Vip(VipCommand::Show { ref name }) if name == "web"),
+            "{:?}",
+            cli.command
+        );
+        assert!(Cli::try_parse_from(["balancer", "vip", "show"]).is_err());
+        let run = |interval: &str| {
+            Cli::try_parse_from(["balancer", "run", "--reconcile-interval", interval]).map(|cli| {
+                match cli.command {
+                    Command::Run(args) => args.reconcile_interval,
+                    other => panic!("not run: {other:?}"),
+                }
+            })
+        };
+        assert_eq!(run("1s").unwrap(), Duration::from_secs(1));
+        let short = run("10ms").unwrap_err().to_string();
+        assert!(short.contains("shorter than 100ms"), "{short}");
+        assert!(run("soon").is_err());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum Request {
     Status {},
     /// Every VIP with its counters.
     VipList {},
+    /// One VIP in detail: per backend its weight, state, active
+    /// connections, smoothed latency and share of new flows.
+    VipShow { name: String },
     /// The backends of one VIP, or of all.
     BackendList {
         #[serde(default)]
@@ -324,6 +327,11 @@ mod tests {
             parse_request(r#"{"command":"backend-list"}"#),
             Ok(Request::BackendList { vip: None })
         );
+        assert_eq!(
+            parse_request(r#"{"command":"vip-show","name":"web"}"#),
+            Ok(Request::VipShow { name: "web".into() })
+        );
+        assert!(parse_request(r#"{"command":"vip-show"}"#).is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use super::state::State;
+use balancer_common::vip::counts_connections;
+
+use super::{connections, state::State};
 use crate::{
     control::{Request, Response},
     health::Health,
@@ -46,6 +48,46 @@ struct VipRow {
     new_flows: u64,
 }
 
+/// `vip show`: one VIP and how its backends share the load.
+#[derive(Serialize)]
+struct VipDetail {
+    name: String,
+    address: String,
+    port: u16,
+    protocol: String,
+    scheduler: String,
+    /// Session persistence ("5m"), null without.
+    persistence_timeout: Option<String>,
+    /// Leading bits that make one IPv6 client for persistence (IPv6 VIPs
+    /// with persistence only).
+    persistence_ipv6_prefix: Option<u8>,
+    /// Length of the interval `new_flows` and `share_percent` cover: the
+    /// last one between two scans of the connection table (null until
+    /// the second scan).
+    interval_s: Option<f64>,
+    backends: Vec<BackendDetail>,
+}
+
+/// One backend in `vip show`.
+#[derive(Serialize)]
+struct BackendDetail {
+    address: String,
+    weight: u32,
+    /// up, down or draining (up with weight 0).
+    state: &'static str,
+    /// Open connections: the datapath's count for the least-* schedulers
+    /// (a TCP flow until its FIN or RST), else connection-table entries
+    /// not idle at the last scan.
+    active_connections: u64,
+    /// Smoothed duration of the successful health checks (what
+    /// least-latency compares).
+    latency_ms: Option<f64>,
+    /// New flows placed on the backend during the interval.
+    new_flows: Option<u64>,
+    /// Their share of the VIP's new flows during the interval.
+    share_percent: Option<f64>,
+}
+
 /// One row of `backend list`.
 #[derive(Serialize)]
 struct BackendRow {
@@ -83,6 +125,7 @@ impl State {
         let result = match request {
             Request::Status {} => Ok(Response::ok(self.status())),
             Request::VipList {} => self.vip_rows().map(Response::ok),
+            Request::VipShow { name } => self.vip_detail(&name).map(Response::ok),
             Request::BackendList { vip } => self.backend_rows(vip.as_deref()).map(Response::ok),
             Request::Stats {} => self.stats().map(Response::ok),
             Request::Reload {} => Ok(match self.reload().await {
@@ -180,6 +223,68 @@ impl State {
             .collect()
     }
 
+    fn vip_detail(&self, name: &str) -> anyhow::Result<VipDetail> {
+        let Some((vip, config)) = self
+            .plan
+            .vips
+            .iter()
+            .zip(&self.config.vips)
+            .find(|(v, _)| v.name == name)
+        else {
+            anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
+        };
+        let config = config.get_ref();
+        let counting = counts_connections(vip.slot.info.flags);
+        let activity = self.activity.as_ref();
+        let new_flows: Vec<Option<u64>> = vip
+            .backends
+            .iter()
+            .map(|b| activity.and_then(|a| a.new_flows.get(&b.id).copied()))
+            .collect();
+        let shares =
+            connections::shares(&new_flows.iter().map(|n| n.unwrap_or(0)).collect::<Vec<_>>());
+        let mut backends = Vec::with_capacity(vip.backends.len());
+        for ((b, new_flows), share_percent) in vip.backends.iter().zip(new_flows).zip(shares) {
+            let active_connections = if counting {
+                self.datapath.backend_load(b.id)?.active()
+            } else {
+                self.live.get(&b.id).copied().unwrap_or(0)
+            };
+            backends.push(BackendDetail {
+                address: b.address.to_string(),
+                weight: b.weight,
+                state: self.backend_state(b.id, b.weight),
+                active_connections,
+                latency_ms: self.smoothed_us.get(&b.id).map(|us| us / 1e3),
+                new_flows,
+                share_percent: share_percent.filter(|_| new_flows.is_some()),
+            });
+        }
+        let persistence = config.persistence();
+        Ok(VipDetail {
+            name: vip.name.clone(),
+            address: config.address.get_ref().to_string(),
+            port: config.port,
+            protocol: config.protocol.to_string(),
+            scheduler: config.scheduler.name().to_owned(),
+            persistence_timeout: persistence.map(|p| crate::config::format_duration(p.timeout)),
+            persistence_ipv6_prefix: persistence
+                .filter(|_| config.address.get_ref().is_ipv6())
+                .map(|p| p.ipv6_prefix),
+            interval_s: activity.map(|a| a.interval.as_secs_f64()),
+            backends,
+        })
+    }
+
+    /// up, down or draining (up with weight 0).
+    fn backend_state(&self, id: u32, weight: u32) -> &'static str {
+        match (self.is_up(id), weight) {
+            (false, _) => "down",
+            (true, 0) => "draining",
+            (true, _) => "up",
+        }
+    }
+
     fn backend_rows(&self, only: Option<&str>) -> anyhow::Result<Vec<BackendRow>> {
         if let Some(name) = only
             && !self.plan.vips.iter().any(|v| v.name == name)
@@ -195,11 +300,7 @@ impl State {
         {
             for b in &vip.backends {
                 let counters = self.datapath.backend_counters(b.id)?;
-                let state = match (self.is_up(b.id), b.weight) {
-                    (false, _) => "down",
-                    (true, 0) => "draining",
-                    (true, _) => "up",
-                };
+                let state = self.backend_state(b.id, b.weight);
                 rows.push(BackendRow {
                     vip: vip.name.clone(),
                     address: b.address.to_string(),

@@ -1,6 +1,7 @@
 //! Active connections per backend, counted from the connection table
 //! (live entries for every scheduler; counted ones for the least-*
-//! schedulers, whose datapath counts they correct). Pure logic.
+//! schedulers, whose datapath counts they correct), and each backend's
+//! share of new flows between two scans. Pure logic.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +67,26 @@ pub fn correction(before: i64, after: i64, counted: u64, expired_counted: u64) -
     }
 }
 
+/// How much each backend's new-flow counter grew from `before` to `after`
+/// (both read from the datapath). A backend without a `before` reading
+/// (added during the interval) is left out: its growth is unknown.
+pub fn growth(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
+    after
+        .iter()
+        .filter_map(|(id, now)| Some((*id, now.saturating_sub(*before.get(id)?))))
+        .collect()
+}
+
+/// Each count's share of their sum, in percent; None for all when the
+/// sum is zero (no new flow: no share to speak of).
+pub fn shares(counts: &[u64]) -> Vec<Option<f64>> {
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|c| (total > 0).then(|| *c as f64 * 100.0 / total as f64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +142,19 @@ mod tests {
         // Moving during the read: take off the expired entries only.
         assert_eq!(correction(12, 14, 10, 2), -2);
         assert_eq!(correction(5, 4, 10, 0), 0);
+    }
+
+    #[test]
+    fn growth_is_per_backend_and_skips_backends_without_a_first_reading() {
+        let before = BTreeMap::from([(1, 10), (2, 5), (3, 7)]);
+        let after = BTreeMap::from([(1, 25), (2, 5), (4, 9)]);
+        assert_eq!(growth(&before, &after), BTreeMap::from([(1, 15), (2, 0)]));
+    }
+
+    #[test]
+    fn shares_are_percent_of_the_sum_and_absent_without_flows() {
+        assert_eq!(shares(&[1, 3, 0]), vec![Some(25.0), Some(75.0), Some(0.0)]);
+        assert_eq!(shares(&[0, 0]), vec![None, None]);
+        assert_eq!(shares(&[]), Vec::<Option<f64>>::new());
     }
 }

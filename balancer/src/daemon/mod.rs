@@ -33,9 +33,6 @@ use state::State;
 
 /// How often backends' neighbours are read again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the connection table is read: expired entries removed and
-/// connection counts corrected.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// After a change that adds a backend not resolved yet, its neighbour is
 /// read again this often (the change itself provoked resolution), so the
 /// backend takes traffic within milliseconds of resolving instead of at the
@@ -184,7 +181,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
     let mut stats = tokio::time::interval(args.stats_interval);
     let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
-    let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+    let mut reconcile = tokio::time::interval(args.reconcile_interval);
     stats.tick().await;
     resolve.tick().await;
     reconcile.tick().await;

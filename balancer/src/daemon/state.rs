@@ -59,6 +59,21 @@ pub(super) struct State {
     /// Backend id → smoothed latency of its successful checks, in
     /// microseconds (what least-latency compares).
     pub(super) smoothed_us: BTreeMap<u32, f64>,
+    /// Backend id → live connection-table entries at the last scan.
+    pub(super) live: BTreeMap<u32, u64>,
+    /// Backend id → its new-flow counter at the last scan, and when that
+    /// scan was.
+    new_flow_totals: BTreeMap<u32, u64>,
+    scanned_at: Option<std::time::Instant>,
+    /// New flows per backend between the last two scans.
+    pub(super) activity: Option<Activity>,
+}
+
+/// New flows per backend over one interval between two scans of the
+/// connection table: what `vip show` reports as shares.
+pub(super) struct Activity {
+    pub(super) interval: Duration,
+    pub(super) new_flows: BTreeMap<u32, u64>,
 }
 
 /// What a VIP's table is built from: ring size, VIP flags (scheduler and
@@ -105,6 +120,10 @@ impl State {
             latency: BTreeMap::new(),
             all_down: BTreeSet::new(),
             smoothed_us: BTreeMap::new(),
+            live: BTreeMap::new(),
+            new_flow_totals: BTreeMap::new(),
+            scanned_at: None,
+            activity: None,
         };
         for (vip, planned) in state.config.vips.iter().zip(&state.plan.vips) {
             let check = vip.get_ref().check();
@@ -546,8 +565,9 @@ impl State {
 
 impl State {
     /// Reads the connection table: removes entries idle past their
-    /// timeout and corrects the connection counts of backends of counting
-    /// VIPs (see [`connections::correction`]).
+    /// timeout, corrects the connection counts of backends of counting
+    /// VIPs (see [`connections::correction`]), and records each backend's
+    /// live entries and new flows since the previous scan.
     pub(super) fn reconcile(&mut self) -> Result<()> {
         let counting: Vec<u32> = self
             .plan
@@ -580,6 +600,32 @@ impl State {
                 tracing::debug!(backend = id, delta, "connection count corrected");
             }
         }
+        self.live = tally.live;
+        self.record_activity()
+    }
+
+    /// Reads every backend's new-flow counter and keeps its growth since
+    /// the previous scan.
+    fn record_activity(&mut self) -> Result<()> {
+        let ids: Vec<u32> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        let mut totals = BTreeMap::new();
+        for id in ids {
+            totals.insert(id, self.datapath.backend_counters(id)?.new_flows);
+        }
+        let now = std::time::Instant::now();
+        if let Some(before) = self.scanned_at {
+            self.activity = Some(Activity {
+                interval: now - before,
+                new_flows: connections::growth(&self.new_flow_totals, &totals),
+            });
+        }
+        self.new_flow_totals = totals;
+        self.scanned_at = Some(now);
         Ok(())
     }
 }
