@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod health;
 pub mod logging;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbour;
 pub mod plan;
 pub mod schedule;

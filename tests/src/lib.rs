@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod fixture;
 pub mod lab;
 pub mod load;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod privilege;

@@ -45,15 +45,41 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     /// The bpffs directory where maps and links are pinned.
     pub pin_path: PathBuf,
+    /// Where `/metrics` is served over HTTP; None (written `""`) turns it
+    /// off.
+    #[serde(deserialize_with = "listen_address")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
+
+/// The default of `metrics_listen`: loopback only, the port Prometheus
+/// exporters conventionally start from.
+pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9100),
+);
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             control_socket: PathBuf::from("/run/balancer/control.sock"),
             pin_path: PathBuf::from("/sys/fs/bpf/balancer"),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN),
         }
     }
+}
+
+/// Reads `ADDRESS:PORT` (`[IPv6]:PORT`), or `""` for none.
+fn listen_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid listen address {text:?}: write ADDRESS:PORT, such as \"127.0.0.1:9100\" or \"[::1]:9100\", or \"\" to turn it off"
+        ))
+    })
 }
 
 /// `[datapath]`: how the XDP program runs.

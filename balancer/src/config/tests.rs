@@ -359,3 +359,23 @@ fn lines_of_offsets_match_a_count_of_newlines() {
         assert_eq!(lines.line(offset), naive, "offset {offset}");
     }
 }
+
+#[test]
+fn metrics_listen_defaults_to_loopback_and_can_be_moved_or_turned_off() {
+    let listen =
+        |line: &str| parse(&format!("[daemon]\n{line}\n"), "t").map(|c| c.daemon.metrics_listen);
+    assert_eq!(
+        parse("", "t").unwrap().daemon.metrics_listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert_eq!(
+        listen("metrics_listen = \"[::]:9200\"").unwrap(),
+        Some("[::]:9200".parse().unwrap())
+    );
+    assert_eq!(listen("metrics_listen = \"\"").unwrap(), None);
+    assert_rejected(
+        "[daemon]\nmetrics_listen = \"localhost\"\n",
+        2,
+        "invalid listen address \"localhost\"",
+    );
+}

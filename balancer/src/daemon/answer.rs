@@ -164,7 +164,7 @@ impl State {
             .flat_map(|v| v.backends.iter().map(|b| b.id))
     }
 
-    fn is_up(&self, id: u32) -> bool {
+    pub(super) fn is_up(&self, id: u32) -> bool {
         self.health.get(&id).is_none_or(|t| t.state() == Health::Up)
     }
 
@@ -234,7 +234,6 @@ impl State {
             anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
         };
         let config = config.get_ref();
-        let counting = counts_connections(vip.slot.info.flags);
         let activity = self.activity.as_ref();
         let new_flows: Vec<Option<u64>> = vip
             .backends
@@ -245,11 +244,7 @@ impl State {
             connections::shares(&new_flows.iter().map(|n| n.unwrap_or(0)).collect::<Vec<_>>());
         let mut backends = Vec::with_capacity(vip.backends.len());
         for ((b, new_flows), share_percent) in vip.backends.iter().zip(new_flows).zip(shares) {
-            let active_connections = if counting {
-                self.datapath.backend_load(b.id)?.active()
-            } else {
-                self.live.get(&b.id).copied().unwrap_or(0)
-            };
+            let active_connections = self.active_connections(vip.slot.info.flags, b.id)?;
             backends.push(BackendDetail {
                 address: b.address.to_string(),
                 weight: b.weight,
@@ -273,6 +268,18 @@ impl State {
                 .map(|p| p.ipv6_prefix),
             interval_s: activity.map(|a| a.interval.as_secs_f64()),
             backends,
+        })
+    }
+
+    /// Open connections of backend `id` of a VIP with `flags`: the
+    /// datapath's count for the least-* schedulers (a TCP connection until
+    /// its FIN or RST), else the backend's live connection-table entries
+    /// at the last scan.
+    pub(super) fn active_connections(&self, flags: u32, id: u32) -> anyhow::Result<u64> {
+        Ok(if counts_connections(flags) {
+            self.datapath.backend_load(id)?.active()
+        } else {
+            self.live.get(&id).copied().unwrap_or(0)
         })
     }
 

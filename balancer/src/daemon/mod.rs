@@ -5,11 +5,12 @@
 //! maps through [`Datapath`], attaches the program, and then keeps the maps
 //! in line: backends whose neighbour changes or resolves are rewritten, and
 //! a VIP's ring is rebuilt whenever its set of usable backends changes. It
-//! serves the control socket and reloads its configuration on SIGHUP or a
-//! `reload` request.
+//! serves the control socket and the metrics endpoint, and reloads its
+//! configuration on SIGHUP or a `reload` request.
 
 mod answer;
 mod connections;
+mod snapshot;
 mod state;
 
 use std::{path::Path, path::PathBuf, time::Duration};
@@ -26,6 +27,7 @@ use crate::{
     control,
     datapath::{Datapath, DecisionLog, LoadOptions, XdpMode},
     health::Report,
+    metrics,
     neighbour::Neighbours,
 };
 
@@ -126,6 +128,11 @@ async fn serve(
         .pin_path
         .clone()
         .unwrap_or_else(|| config.daemon.pin_path.clone());
+    // Bound before anything is loaded: a port in use changes nothing.
+    let metrics_listener = match config.daemon.metrics_listen {
+        Some(addr) => Some(metrics::serve::bind(addr).await?),
+        None => None,
+    };
     let options = LoadOptions {
         flow_table_size: *config.datapath.flow_table_size.get_ref(),
         decision_log: args.datapath_log,
@@ -175,6 +182,15 @@ async fn serve(
 
     let (requests_tx, mut requests) = tokio::sync::mpsc::channel::<control::Pending>(64);
     let control = control::listen(&socket, requests_tx)?;
+    let (scrapes_tx, mut scrapes) = tokio::sync::mpsc::channel::<metrics::serve::Pending>(16);
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "metrics served at http://{addr}/metrics");
+            Some(metrics::serve::serve(listener, scrapes_tx))
+        }
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), "control socket ready");
     let mut sighup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
     let mut sigterm = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
@@ -211,6 +227,13 @@ async fn serve(
                     state.publish_changes()?;
                 }
             }
+            Some(answer) = scrapes.recv() => {
+                let snapshot = state.metrics_snapshot().map_err(|e| format!("{e:#}"));
+                if let Err(error) = &snapshot {
+                    tracing::warn!(error, "cannot take a metrics snapshot");
+                }
+                let _ = answer.send(snapshot);
+            }
             Some((request, answer)) = requests.recv() => {
                 let response = state.answer(request).await;
                 let _ = answer.send(response);
@@ -233,6 +256,9 @@ async fn serve(
     }
     state.stop_checks();
     control.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     log_stats(&state.datapath)?;
     tracing::info!(

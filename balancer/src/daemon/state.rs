@@ -67,6 +67,19 @@ pub(super) struct State {
     scanned_at: Option<std::time::Instant>,
     /// New flows per backend between the last two scans.
     pub(super) activity: Option<Activity>,
+    /// Connection-table entries at the last scan.
+    pub(super) flow_entries: Option<u64>,
+    /// Backend id → its health-check results and transitions so far.
+    pub(super) health_counts: BTreeMap<u32, HealthCounts>,
+}
+
+/// Health-check results and transitions of one backend, for the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct HealthCounts {
+    pub(super) ok: u64,
+    pub(super) failed: u64,
+    pub(super) went_up: u64,
+    pub(super) went_down: u64,
 }
 
 /// New flows per backend over one interval between two scans of the
@@ -124,6 +137,8 @@ impl State {
             new_flow_totals: BTreeMap::new(),
             scanned_at: None,
             activity: None,
+            flow_entries: None,
+            health_counts: BTreeMap::new(),
         };
         for (vip, planned) in state.config.vips.iter().zip(&state.plan.vips) {
             let check = vip.get_ref().check();
@@ -371,6 +386,12 @@ impl State {
     /// maps must follow).
     pub(super) fn health_report(&mut self, report: Report) -> bool {
         self.latency.insert(report.backend, report.latency);
+        let counts = self.health_counts.entry(report.backend).or_default();
+        if report.success {
+            counts.ok += 1;
+        } else {
+            counts.failed += 1;
+        }
         if report.success {
             let sample = report.latency.as_secs_f64() * 1e6;
             let smoothed = match self.smoothed_us.get(&report.backend) {
@@ -392,6 +413,12 @@ impl State {
         let Some(after) = tracker.record(report.success) else {
             return false;
         };
+        let counts = self.health_counts.entry(report.backend).or_default();
+        if after == Health::Up {
+            counts.went_up += 1;
+        } else {
+            counts.went_down += 1;
+        }
         let (vip, address) = self.describe(report.backend);
         tracing::info!(
             vip,
@@ -586,6 +613,7 @@ impl State {
         let entries = self.datapath.flows()?;
         let after = conns(&self.datapath)?;
         let tally = connections::tally(&entries, now_ns(), &self.plan.settings);
+        self.flow_entries = Some(entries.len() as u64);
         self.datapath.remove_flows(&tally.expired)?;
         for (i, id) in counting.iter().enumerate() {
             let get = |m: &BTreeMap<u32, u64>| m.get(id).copied().unwrap_or(0);

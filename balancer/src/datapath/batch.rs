@@ -1,6 +1,7 @@
 //! BPF_MAP_UPDATE_BATCH and BPF_MAP_LOOKUP_BATCH, which aya 0.14 does not
-//! wrap: many rings swapped into `rings` at once, and the connection table
-//! read in a few calls instead of two per entry.
+//! wrap: many rings swapped into `rings` at once, the connection table
+//! read in a few calls instead of two per entry, and the per-CPU counter
+//! arrays read whole for a metrics scrape.
 //!
 //! Updates: many rings swapped into `rings` at once. Every update of a map of maps waits for an RCU
 //! grace period (about 30 ms here) so that no program still runs on the
@@ -125,4 +126,75 @@ pub fn lookup_all<K: aya::Pod + Default, V: aya::Pod + Default>(
         token = next;
         first = false;
     }
+}
+
+/// The first `entries` elements of the per-CPU array `map`, each summed
+/// over the possible CPUs with `merge`, read `chunk` elements per call.
+pub fn sum_percpu_array<V: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    entries: u32,
+    chunk: u32,
+    merge: fn(V, V) -> V,
+) -> io::Result<Vec<V>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
+    // The kernel lays each element out as one 8-byte aligned slot per CPU.
+    let stride = std::mem::size_of::<V>().next_multiple_of(8);
+    let chunk = chunk.clamp(1, entries.max(1));
+    let mut out = Vec::with_capacity(entries as usize);
+    let mut token = 0u32;
+    let mut first = true;
+    while (out.len() as u32) < entries {
+        let count = chunk.min(entries - out.len() as u32);
+        let mut keys = vec![0u32; count as usize];
+        let mut values = vec![0u8; count as usize * cpus * stride];
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &mut token as *mut u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix for this command and
+        // lives through the call; `keys` has room for `count` 4-byte keys,
+        // `values` for `count` elements of `cpus` slots of `stride` bytes
+        // (the value size rounded up to 8, as the kernel copies per-CPU
+        // values), the tokens for an array index.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let err = (ret < 0).then(io::Error::last_os_error);
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            Some(libc::ENOENT) | None => {}
+            Some(_) => return Err(err.unwrap_or_else(io::Error::last_os_error)),
+        }
+        for element in values.chunks_exact(cpus * stride).take(attr.count as usize) {
+            let total = element
+                .chunks_exact(stride)
+                .fold(V::default(), |acc, slot| {
+                    // SAFETY: `slot` holds at least size_of::<V>() bytes the
+                    // kernel wrote, and V is plain data (Pod).
+                    let value = unsafe { std::ptr::read_unaligned(slot.as_ptr().cast::<V>()) };
+                    merge(acc, value)
+                });
+            out.push(total);
+        }
+        if err.is_some() || attr.count == 0 {
+            break;
+        }
+        token = next;
+        first = false;
+    }
+    Ok(out)
 }

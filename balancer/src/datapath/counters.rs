@@ -32,17 +32,31 @@ impl Reasons {
 
     /// Every counter with its name: reasons, then events.
     pub fn named(&self) -> impl Iterator<Item = (&'static str, PacketCount)> + '_ {
-        let stats = Stat::ALL.iter().map(|s| (s.name(), self.stat(*s)));
-        let events = Event::ALL.iter().map(|e| (e.name(), self.event(*e)));
-        stats.chain(events)
+        self.verdicts().chain(self.events())
+    }
+
+    /// Every verdict reason with its name; each frame counts in one.
+    pub fn verdicts(&self) -> impl Iterator<Item = (&'static str, PacketCount)> + '_ {
+        Stat::ALL.iter().map(|s| (s.name(), self.stat(*s)))
+    }
+
+    /// Every event with its name, counted on top of the verdicts.
+    pub fn events(&self) -> impl Iterator<Item = (&'static str, PacketCount)> + '_ {
+        Event::ALL.iter().map(|e| (e.name(), self.event(*e)))
     }
 }
 
-/// Per-VIP and per-backend counters for the indexes asked for.
+/// Elements per BPF_MAP_LOOKUP_BATCH call of a counter array.
+const BATCH_CHUNK: u32 = 1024;
+
+/// Every counter, as one scrape reads them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub vips: Vec<(u32, FlowCounters)>,
-    pub backends: Vec<(u32, FlowCounters)>,
+pub struct AllCounters {
+    pub reasons: Reasons,
+    /// By VIP index, from 0.
+    pub vips: Vec<FlowCounters>,
+    /// By backend id, from 0.
+    pub backends: Vec<FlowCounters>,
 }
 
 /// What the `vips` and `backends` maps hold.
@@ -113,6 +127,33 @@ impl Datapath {
         map.get(&id, 0)
             .map(|v| sum(&v, FlowCounters::merged))
             .map_err(DatapathError::map("read", maps::BACKEND_STATS))
+    }
+
+    /// Every counter at once, for a metrics scrape: the global counters
+    /// and the first `vips` VIP and `backends` backend slots, each map
+    /// read in a few batched calls (BPF_MAP_LOOKUP_BATCH) rather than one
+    /// call per slot.
+    pub fn all_counters(&self, vips: u32, backends: u32) -> Result<AllCounters, DatapathError> {
+        let slots = self.sum_all(maps::STATS, STATS_SLOTS, PacketCount::merged)?;
+        Ok(AllCounters {
+            reasons: Reasons { slots },
+            vips: self.sum_all(maps::VIP_STATS, vips, FlowCounters::merged)?,
+            backends: self.sum_all(maps::BACKEND_STATS, backends, FlowCounters::merged)?,
+        })
+    }
+
+    fn sum_all<V: aya::Pod + Default>(
+        &self,
+        name: &'static str,
+        entries: u32,
+        merge: fn(V, V) -> V,
+    ) -> Result<Vec<V>, DatapathError> {
+        use std::os::fd::AsFd as _;
+        let Some(aya::maps::Map::PerCpuArray(data)) = self.ebpf.map(name) else {
+            return Err(DatapathError::MissingMap { name });
+        };
+        super::batch::sum_percpu_array(data.fd().as_fd(), entries, BATCH_CHUNK, merge)
+            .map_err(|source| DatapathError::MapBatch { name, source })
     }
 
     fn percpu<V: aya::Pod>(

@@ -27,7 +27,7 @@ use aya::{
 use balancer_common::{XDP_PROGRAM, maps};
 use thiserror::Error;
 
-pub use counters::{Counters, Published, Reasons};
+pub use counters::{AllCounters, Published, Reasons};
 pub use flows::now_ns;
 pub use write::{VipSlot, ring_map};
 
@@ -471,6 +471,20 @@ impl Datapath {
     }
 
     /// The interfaces the program is attached to, with their modes.
+    /// The loaded program's tag: the kernel's hash of its instructions,
+    /// as `bpftool prog` shows it, which tells which build is running.
+    pub fn program_tag(&self) -> Result<u64, DatapathError> {
+        let program = self
+            .ebpf
+            .program(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingProgram { name: XDP_PROGRAM })?;
+        let info = program.info().map_err(|source| DatapathError::Program {
+            action: "describe",
+            source: Box::new(source),
+        })?;
+        Ok(info.tag())
+    }
+
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
         self.links
             .iter()

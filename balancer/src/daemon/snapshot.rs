@@ -1,0 +1,95 @@
+//! The metrics snapshot: what the daemon knows of every VIP and backend,
+//! with every counter read in one batched pass over each counter map.
+
+use anyhow::{Context as _, Result};
+
+use super::state::State;
+use crate::metrics::{BackendMetrics, Snapshot, Traffic, VipMetrics};
+
+impl State {
+    /// Everything a scrape reports, read now.
+    pub(super) fn metrics_snapshot(&self) -> Result<Snapshot> {
+        let vip_slots = self
+            .plan
+            .vips
+            .iter()
+            .map(|v| v.slot.info.index + 1)
+            .max()
+            .unwrap_or(0);
+        let backend_slots = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id + 1))
+            .max()
+            .unwrap_or(0);
+        let counters = self
+            .datapath
+            .all_counters(vip_slots, backend_slots)
+            .context("cannot read the counters")?;
+        let traffic = |c: &balancer_common::stats::FlowCounters| Traffic {
+            packets: c.packets,
+            bytes: c.bytes,
+        };
+        let mut vips = Vec::with_capacity(self.plan.vips.len());
+        let mut backends = Vec::new();
+        for vip in &self.plan.vips {
+            let c = counters
+                .vips
+                .get(vip.slot.info.index as usize)
+                .copied()
+                .unwrap_or_default();
+            vips.push(VipMetrics {
+                name: vip.name.clone(),
+                traffic: traffic(&c),
+                new_flows: c.new_flows,
+            });
+            for b in &vip.backends {
+                let c = counters
+                    .backends
+                    .get(b.id as usize)
+                    .copied()
+                    .unwrap_or_default();
+                let health = self.health_counts.get(&b.id).copied().unwrap_or_default();
+                backends.push(BackendMetrics {
+                    vip: vip.name.clone(),
+                    backend: b.address.to_string(),
+                    traffic: traffic(&c),
+                    new_flows: c.new_flows,
+                    up: self.is_up(b.id),
+                    weight: b.weight,
+                    active_connections: self.active_connections(vip.slot.info.flags, b.id)?,
+                    check_latency: self.latency.get(&b.id).copied(),
+                    checks_ok: health.ok,
+                    checks_failed: health.failed,
+                    went_up: health.went_up,
+                    went_down: health.went_down,
+                });
+            }
+        }
+        let traffic_of = |(name, c): (&'static str, balancer_common::stats::PacketCount)| {
+            (
+                name,
+                Traffic {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+            )
+        };
+        Ok(Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            program_tag: format!("{:016x}", self.datapath.program_tag()?),
+            attachments: self
+                .datapath
+                .attachments()
+                .map(|(interface, mode)| (interface.to_owned(), mode.to_string()))
+                .collect(),
+            vips,
+            backends,
+            reasons: counters.reasons.verdicts().map(traffic_of).collect(),
+            events: counters.reasons.events().map(traffic_of).collect(),
+            flow_entries: self.flow_entries,
+            flow_capacity: u64::from(*self.config.datapath.flow_table_size.get_ref()),
+        })
+    }
+}

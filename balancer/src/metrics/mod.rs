@@ -1,0 +1,577 @@
+//! Prometheus metrics: what the daemon knows at one moment ([`Snapshot`],
+//! filled by the daemon from its state and one batched read of each
+//! counter map) and its exposition in the OpenMetrics text format, which
+//! Prometheus scrapes natively ([`encode`]), through prometheus-client.
+//! Names and labels follow Prometheus conventions: base units (seconds,
+//! bytes), `_total` on counters, labels of low cardinality (`vip`,
+//! `backend`, `reason`, ...). Pure logic: the HTTP side is [`serve`].
+
+pub mod serve;
+
+use std::fmt::Write as _;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+/// Everything one scrape reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// The daemon's version.
+    pub version: String,
+    /// The XDP program's tag (the kernel's hash of its instructions), in
+    /// hex.
+    pub program_tag: String,
+    /// Interfaces the program is attached to, with the mode.
+    pub attachments: Vec<(String, String)>,
+    /// Every VIP.
+    pub vips: Vec<VipMetrics>,
+    /// Every backend of every VIP.
+    pub backends: Vec<BackendMetrics>,
+    /// Packets and bytes per verdict reason (`pass_not_vip`, `tx`,
+    /// `drop_malformed`, ...).
+    pub reasons: Vec<(&'static str, Traffic)>,
+    /// Packets and bytes per datapath event (`new_flow`, `failover`, ...).
+    pub events: Vec<(&'static str, Traffic)>,
+    /// Connection-table entries at the last scan, and the table's size.
+    pub flow_entries: Option<u64>,
+    pub flow_capacity: u64,
+}
+
+/// Packets and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One VIP's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipMetrics {
+    pub name: String,
+    pub traffic: Traffic,
+    pub new_flows: u64,
+}
+
+/// One backend of a VIP: counters and what the daemon knows of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendMetrics {
+    pub vip: String,
+    /// Its address.
+    pub backend: String,
+    pub traffic: Traffic,
+    pub new_flows: u64,
+    /// Passing its health checks (or not checked).
+    pub up: bool,
+    /// Its configured weight (0 while draining).
+    pub weight: u32,
+    /// Open connections (see `vip show`).
+    pub active_connections: u64,
+    /// Duration of the last health check.
+    pub check_latency: Option<std::time::Duration>,
+    /// Health-check results so far: successes and failures.
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+    /// Health transitions so far: to up, to down.
+    pub went_up: u64,
+    pub went_down: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabel {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vip: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    vip: String,
+    backend: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    vip: String,
+    backend: String,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: String,
+    program_tag: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttachLabels {
+    interface: String,
+    mode: String,
+}
+
+/// A family of counters set to the values given.
+fn counters<L>(values: impl IntoIterator<Item = (L, u64)>) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).inc_by(value);
+    }
+    family
+}
+
+/// A family of integer gauges set to the values given.
+fn gauges<L>(values: impl IntoIterator<Item = (L, i64)>) -> Family<L, Gauge>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).set(value);
+    }
+    family
+}
+
+/// A gauge without labels set to `value`.
+fn gauge(value: u64) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge
+}
+
+/// The registry of one snapshot. Every metric is created afresh from the
+/// snapshot, so a removed VIP or backend disappears from the next scrape.
+fn registry(s: &Snapshot) -> Registry {
+    let mut r = Registry::with_prefix("balancer");
+    let vip = |v: &VipMetrics| VipLabel {
+        vip: v.name.clone(),
+    };
+    let backend = |b: &BackendMetrics| BackendLabels {
+        vip: b.vip.clone(),
+        backend: b.backend.clone(),
+    };
+
+    r.register(
+        "info",
+        "The daemon's version and the XDP program's tag (always 1)",
+        gauges([(
+            InfoLabels {
+                version: s.version.clone(),
+                program_tag: s.program_tag.clone(),
+            },
+            1,
+        )]),
+    );
+    r.register(
+        "attached",
+        "Interfaces the XDP program is attached to, with the mode (always 1)",
+        gauges(s.attachments.iter().map(|(interface, mode)| {
+            (
+                AttachLabels {
+                    interface: interface.clone(),
+                    mode: mode.clone(),
+                },
+                1,
+            )
+        })),
+    );
+
+    r.register(
+        "vip_packets",
+        "Packets forwarded to a backend of the VIP",
+        counters(s.vips.iter().map(|v| (vip(v), v.traffic.packets))),
+    );
+    r.register_with_unit(
+        "vip",
+        "Bytes (frame length) forwarded to a backend of the VIP",
+        Unit::Bytes,
+        counters(s.vips.iter().map(|v| (vip(v), v.traffic.bytes))),
+    );
+    r.register(
+        "vip_new_flows",
+        "Flows of the VIP that got a connection-table entry",
+        counters(s.vips.iter().map(|v| (vip(v), v.new_flows))),
+    );
+
+    r.register(
+        "backend_packets",
+        "Packets forwarded to the backend",
+        counters(s.backends.iter().map(|b| (backend(b), b.traffic.packets))),
+    );
+    r.register_with_unit(
+        "backend",
+        "Bytes (frame length) forwarded to the backend",
+        Unit::Bytes,
+        counters(s.backends.iter().map(|b| (backend(b), b.traffic.bytes))),
+    );
+    r.register(
+        "backend_new_flows",
+        "Flows placed on the backend",
+        counters(s.backends.iter().map(|b| (backend(b), b.new_flows))),
+    );
+    r.register(
+        "backend_up",
+        "1 while the backend passes its health checks (or has none), else 0",
+        gauges(s.backends.iter().map(|b| (backend(b), i64::from(b.up)))),
+    );
+    r.register(
+        "backend_weight",
+        "The backend's weight (0 while draining)",
+        gauges(s.backends.iter().map(|b| (backend(b), i64::from(b.weight)))),
+    );
+    r.register(
+        "backend_active_connections",
+        "Open connections on the backend (the datapath's count for least-* schedulers, else live connection-table entries at the last scan)",
+        gauges(s.backends.iter().map(|b| {
+            (
+                backend(b),
+                i64::try_from(b.active_connections).unwrap_or(i64::MAX),
+            )
+        })),
+    );
+    let latency = Family::<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for b in &s.backends {
+        if let Some(d) = b.check_latency {
+            latency.get_or_create(&backend(b)).set(d.as_secs_f64());
+        }
+    }
+    r.register_with_unit(
+        "backend_check_latency",
+        "Duration of the backend's last health check",
+        Unit::Seconds,
+        latency,
+    );
+    r.register(
+        "health_checks",
+        "Health-check results by outcome (success, failure)",
+        counters(s.backends.iter().flat_map(|b| {
+            [("success", b.checks_ok), ("failure", b.checks_failed)].map(|(outcome, n)| {
+                (
+                    OutcomeLabels {
+                        vip: b.vip.clone(),
+                        backend: b.backend.clone(),
+                        outcome,
+                    },
+                    n,
+                )
+            })
+        })),
+    );
+    r.register(
+        "health_transitions",
+        "Health transitions of the backend, by the state it went to (up, down)",
+        counters(s.backends.iter().flat_map(|b| {
+            [("up", b.went_up), ("down", b.went_down)].map(|(to, n)| {
+                (
+                    TransitionLabels {
+                        vip: b.vip.clone(),
+                        backend: b.backend.clone(),
+                        to,
+                    },
+                    n,
+                )
+            })
+        })),
+    );
+
+    r.register(
+        "datapath_packets",
+        "Packets by the XDP program's verdict reason (pass_*, tx, redirect, drop_*)",
+        counters(
+            s.reasons
+                .iter()
+                .map(|(reason, t)| (ReasonLabel { reason }, t.packets)),
+        ),
+    );
+    r.register_with_unit(
+        "datapath",
+        "Bytes (frame length) by the XDP program's verdict reason",
+        Unit::Bytes,
+        counters(
+            s.reasons
+                .iter()
+                .map(|(reason, t)| (ReasonLabel { reason }, t.bytes)),
+        ),
+    );
+    r.register(
+        "datapath_events",
+        "Datapath events (new_flow, failover, fragment, icmp_pmtu), counted on top of the verdicts",
+        counters(
+            s.events
+                .iter()
+                .map(|(event, t)| (EventLabel { event }, t.packets)),
+        ),
+    );
+
+    if let Some(entries) = s.flow_entries {
+        r.register(
+            "flow_table_entries",
+            "Connection-table entries at the last scan (idle ones included until that scan removed them)",
+            gauge(entries),
+        );
+    }
+    r.register(
+        "flow_table_capacity",
+        "Entries the connection table holds (flow_table_size)",
+        gauge(s.flow_capacity),
+    );
+    r
+}
+
+/// The content type of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The exposition of `snapshot` in the OpenMetrics text format.
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut text = String::new();
+    if let Err(err) = text::encode(&mut text, &registry(snapshot)) {
+        // Writing to a String cannot fail; keep the scrape well-formed
+        // anyway.
+        text.clear();
+        let _ = writeln!(text, "# encoding failed: {err}\n# EOF");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            version: "0.1.0".into(),
+            program_tag: "a1b2c3d4e5f60718".into(),
+            attachments: vec![("eth0".into(), "native".into())],
+            vips: vec![VipMetrics {
+                name: "web".into(),
+                traffic: Traffic {
+                    packets: 30,
+                    bytes: 3000,
+                },
+                new_flows: 3,
+            }],
+            backends: vec![
+                BackendMetrics {
+                    vip: "web".into(),
+                    backend: "10.0.0.1".into(),
+                    traffic: Traffic {
+                        packets: 20,
+                        bytes: 2000,
+                    },
+                    new_flows: 2,
+                    up: true,
+                    weight: 100,
+                    active_connections: 2,
+                    check_latency: Some(Duration::from_micros(1500)),
+                    checks_ok: 9,
+                    checks_failed: 1,
+                    went_up: 1,
+                    went_down: 1,
+                },
+                BackendMetrics {
+                    vip: "web".into(),
+                    backend: "2001:db8::1".into(),
+                    traffic: Traffic {
+                        packets: 10,
+                        bytes: 1000,
+                    },
+                    new_flows: 1,
+                    up: false,
+                    weight: 0,
+                    ..BackendMetrics::default()
+                },
+            ],
+            reasons: vec![
+                (
+                    "tx",
+                    Traffic {
+                        packets: 30,
+                        bytes: 3000,
+                    },
+                ),
+                (
+                    "drop_malformed",
+                    Traffic {
+                        packets: 2,
+                        bytes: 120,
+                    },
+                ),
+            ],
+            events: vec![(
+                "new_flow",
+                Traffic {
+                    packets: 3,
+                    bytes: 180,
+                },
+            )],
+            flow_entries: Some(3),
+            flow_capacity: 262_144,
+        }
+    }
+
+    /// Parses `text` with a Prometheus text-format parser and returns
+    /// every sample as "name{label=value,...}" → value, with the types
+    /// the parser read.
+    fn parse(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+        let mut samples = BTreeMap::new();
+        for s in &scrape.samples {
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("unexpected sample type {other:?}"),
+            };
+            let key = format!("{}{{{}}}", s.metric, labels.join(","));
+            assert!(samples.insert(key.clone(), value).is_none(), "{key} twice");
+        }
+        let types = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+            .collect();
+        (samples, types)
+    }
+
+    #[test]
+    fn the_exposition_parses_with_every_sample_typed_named_and_labelled() {
+        let text = encode(&snapshot());
+        let (samples, types) = parse(&text);
+        let expect = [
+            ("balancer_vip_packets_total{vip=web}", 30.0),
+            ("balancer_vip_bytes_total{vip=web}", 3000.0),
+            ("balancer_vip_new_flows_total{vip=web}", 3.0),
+            (
+                "balancer_backend_packets_total{backend=10.0.0.1,vip=web}",
+                20.0,
+            ),
+            (
+                "balancer_backend_bytes_total{backend=2001:db8::1,vip=web}",
+                1000.0,
+            ),
+            (
+                "balancer_backend_new_flows_total{backend=10.0.0.1,vip=web}",
+                2.0,
+            ),
+            ("balancer_backend_up{backend=10.0.0.1,vip=web}", 1.0),
+            ("balancer_backend_up{backend=2001:db8::1,vip=web}", 0.0),
+            ("balancer_backend_weight{backend=10.0.0.1,vip=web}", 100.0),
+            (
+                "balancer_backend_active_connections{backend=10.0.0.1,vip=web}",
+                2.0,
+            ),
+            (
+                "balancer_backend_check_latency_seconds{backend=10.0.0.1,vip=web}",
+                0.0015,
+            ),
+            (
+                "balancer_health_checks_total{backend=10.0.0.1,outcome=failure,vip=web}",
+                1.0,
+            ),
+            (
+                "balancer_health_checks_total{backend=10.0.0.1,outcome=success,vip=web}",
+                9.0,
+            ),
+            (
+                "balancer_health_transitions_total{backend=10.0.0.1,to=down,vip=web}",
+                1.0,
+            ),
+            (
+                "balancer_datapath_packets_total{reason=drop_malformed}",
+                2.0,
+            ),
+            ("balancer_datapath_bytes_total{reason=tx}", 3000.0),
+            ("balancer_datapath_events_total{event=new_flow}", 3.0),
+            ("balancer_flow_table_entries{}", 3.0),
+            ("balancer_flow_table_capacity{}", 262_144.0),
+            (
+                "balancer_info{program_tag=a1b2c3d4e5f60718,version=0.1.0}",
+                1.0,
+            ),
+            ("balancer_attached{interface=eth0,mode=native}", 1.0),
+        ];
+        for (key, value) in expect {
+            assert_eq!(samples.get(key), Some(&value), "{key} in\n{text}");
+        }
+        // No latency for a backend never checked.
+        assert!(
+            !samples.contains_key(
+                "balancer_backend_check_latency_seconds{backend=2001:db8::1,vip=web}"
+            ),
+            "{text}"
+        );
+        for (name, kind) in [
+            ("balancer_vip_packets", "counter"),
+            ("balancer_backend_bytes", "counter"),
+            ("balancer_backend_up", "gauge"),
+            ("balancer_backend_check_latency_seconds", "gauge"),
+            ("balancer_health_transitions", "counter"),
+            ("balancer_datapath_packets", "counter"),
+        ] {
+            assert_eq!(types.get(name).map(String::as_str), Some(kind), "{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // Every sample name is a valid metric name; every counter sample
+        // ends in _total.
+        for key in samples.keys() {
+            let name = &key[..key.find('{').unwrap_or(key.len())];
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{name}"
+            );
+        }
+        for (name, kind) in &types {
+            if kind == "counter" {
+                assert!(
+                    samples.keys().all(|k| !k.starts_with(&format!("{name}{{"))),
+                    "counter {name} has a sample without _total"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_scan_there_is_no_entry_count_and_label_values_are_escaped() {
+        let mut s = snapshot();
+        s.flow_entries = None;
+        s.vips[0].name = "we\"b\\".into();
+        let text = encode(&s);
+        let (samples, _) = parse(&text);
+        assert!(
+            !samples
+                .keys()
+                .any(|k| k.starts_with("balancer_flow_table_entries")),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"balancer_vip_packets_total{vip="we\"b\\"} 30"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! The daemon's `/metrics` with real traffic: the VIP, backend and verdict
+//! counters grow by exactly the packets this test sent, a health
+//! transition shows in the metrics and as a structured JSON log event,
+//! and a port already in use stops the daemon before it touches anything.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use balancer_tests::{
+    Process,
+    daemon::start,
+    metrics::{Scrape, scrape},
+    netns_test,
+    servers::HealthEndpoint,
+    topology::{self, ConfigText, Server, Topology, plain},
+};
+
+const CHECK_PORT: u16 = 8080;
+/// The default `metrics_listen`, inside the balancer's namespace.
+const METRICS: &str = "127.0.0.1:9100";
+/// UDP flows sent through the VIP.
+const FLOWS: u16 = 200;
+/// The datagram each flow sends.
+const PAYLOAD: &[u8] = b"who is there?";
+
+fn config(t: &Topology) -> String {
+    let check = format!(
+        "[vip.health_check]\nkind = \"http\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
+    );
+    ConfigText::default()
+        .vip(
+            "dns",
+            topology::VIP4.into(),
+            53,
+            "udp",
+            &check,
+            &plain(&t.backend_addresses(false)),
+        )
+        .build()
+}
+
+/// Scrapes until `ready` holds (the daemon caches a scrape for a second).
+fn scrape_until(t: &Topology, what: &str, ready: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = scrape(&t.lb, METRICS.parse()?)?;
+        if ready(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("no scrape with {what} within 10 s; the last:\n{}", s.text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn backend(i: usize) -> String {
+    topology::backend4(i).to_string()
+}
+
+/// The first JSON log line in `output` whose fields include all of
+/// `fields`.
+fn json_event(output: &str, fields: &[(&str, &str)]) -> Option<serde_json::Value> {
+    output.lines().find_map(|line| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        fields
+            .iter()
+            .all(|(k, v)| event[*k].as_str() == Some(*v))
+            .then_some(event)
+    })
+}
+
+#[test]
+fn metrics_count_the_traffic_sent_and_show_a_health_transition() {
+    netns_test("metrics_traffic", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 3)?;
+        t.serve(Server::UdpName, topology::VIP4.into(), 53)?;
+        let mut endpoints = t
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                HealthEndpoint::start(
+                    ns,
+                    SocketAddr::new(topology::backend4(i).into(), CHECK_PORT),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let path = lab.write_file("balancer.toml", &config(&t))?;
+        let mut daemon = start(
+            lab,
+            &t.lb,
+            [
+                "--log-format".as_ref(),
+                "json".as_ref(),
+                "--config".as_ref(),
+                path.as_os_str(),
+                "--reconcile-interval".as_ref(),
+                "1s".as_ref(),
+            ],
+        )?;
+        let all_up = |s: &Scrape| {
+            (0..3).all(|i| s.value("balancer_backend_up", &[("backend", &backend(i))]) == Some(1.0))
+        };
+        let before = scrape_until(&t, "every backend up", all_up)?;
+
+        // Static facts of the daemon.
+        let info = before.labels("balancer_info");
+        ensure!(
+            info.len() == 1
+                && info[0]["version"] == env!("CARGO_PKG_VERSION")
+                && info[0]["program_tag"].len() == 16,
+            "balancer_info: {info:?}"
+        );
+        let attached = before.labels("balancer_attached");
+        ensure!(
+            attached.len() == 1 && attached[0]["interface"] == "eth0",
+            "balancer_attached: {attached:?}"
+        );
+        ensure!(
+            before.value("balancer_flow_table_capacity", &[]) == Some(262_144.0),
+            "{}",
+            before.text
+        );
+
+        // FLOWS new UDP flows, one datagram each, every one answered.
+        let vip = SocketAddr::new(topology::VIP4.into(), 53);
+        for flow in 0..FLOWS {
+            let socket = t
+                .client
+                .run(|| UdpSocket::bind((IpAddr::from(topology::CLIENT4), 20_000 + flow)))??;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.send_to(PAYLOAD, vip)?;
+            let mut buf = [0u8; 64];
+            socket
+                .recv_from(&mut buf)
+                .with_context(|| format!("flow {flow} got no answer"))?;
+        }
+        let sent = f64::from(FLOWS);
+        // Ethernet + IPv4 + UDP headers and the payload.
+        let frame = (14 + 20 + 8 + PAYLOAD.len()) as f64;
+        let grew = |s: &Scrape, name: &str, labels: &[(&str, &str)]| {
+            s.sum(name, labels) - before.sum(name, labels)
+        };
+        let after = scrape_until(&t, "the flows counted", |s| {
+            grew(s, "balancer_vip_packets_total", &[("vip", "dns")]) >= sent
+                && s.value("balancer_flow_table_entries", &[]).unwrap_or(0.0) >= sent
+        })?;
+        for (name, labels, want) in [
+            ("balancer_vip_packets_total", vec![("vip", "dns")], sent),
+            (
+                "balancer_vip_bytes_total",
+                vec![("vip", "dns")],
+                sent * frame,
+            ),
+            ("balancer_vip_new_flows_total", vec![("vip", "dns")], sent),
+            ("balancer_backend_packets_total", vec![("vip", "dns")], sent),
+            (
+                "balancer_backend_new_flows_total",
+                vec![("vip", "dns")],
+                sent,
+            ),
+            (
+                "balancer_datapath_packets_total",
+                vec![("reason", "tx")],
+                sent,
+            ),
+            (
+                "balancer_datapath_bytes_total",
+                vec![("reason", "tx")],
+                sent * frame,
+            ),
+            (
+                "balancer_datapath_events_total",
+                vec![("event", "new_flow")],
+                sent,
+            ),
+        ] {
+            let got = grew(&after, name, &labels);
+            ensure!(
+                got == want,
+                "{name}{labels:?} grew by {got}, the test sent {want}:\n{}",
+                after.text
+            );
+        }
+        for i in 0..3 {
+            let flows = grew(
+                &after,
+                "balancer_backend_new_flows_total",
+                &[("backend", &backend(i))],
+            );
+            ensure!(flows > 0.0, "backend {i} got no flow:\n{}", after.text);
+        }
+        ensure!(
+            after
+                .value(
+                    "balancer_health_checks_total",
+                    &[("backend", &backend(1)), ("outcome", "success")]
+                )
+                .unwrap_or(0.0)
+                > 0.0
+                && after
+                    .value(
+                        "balancer_backend_check_latency_seconds",
+                        &[("backend", &backend(1))]
+                    )
+                    .is_some_and(|s| s > 0.0 && s < 1.0),
+            "{}",
+            after.text
+        );
+
+        // Backend 1's check fails: the transition is in the metrics and in
+        // the log, as one JSON event with its fields.
+        endpoints[1].stop();
+        let down = scrape_until(&t, "backend 1 down", |s| {
+            s.value("balancer_backend_up", &[("backend", &backend(1))]) == Some(0.0)
+        })?;
+        let transitions = |to: &str| {
+            down.value(
+                "balancer_health_transitions_total",
+                &[("backend", &backend(1)), ("to", to)],
+            )
+        };
+        ensure!(
+            transitions("down") == Some(1.0) && transitions("up") == Some(0.0),
+            "{}",
+            down.text
+        );
+        ensure!(
+            down.value(
+                "balancer_health_checks_total",
+                &[("backend", &backend(1)), ("outcome", "failure")]
+            )
+            .unwrap_or(0.0)
+                >= 2.0,
+            "{}",
+            down.text
+        );
+        let be1 = backend(1);
+        let fields = [
+            ("message", "backend health changed"),
+            ("vip", "dns"),
+            ("backend", be1.as_str()),
+            ("from", "up"),
+            ("to", "down"),
+        ];
+        daemon
+            .wait_for_output(Duration::from_secs(3), |out| {
+                json_event(out, &fields).is_some()
+            })
+            .context("no JSON log event of the transition")?;
+        let event = json_event(&daemon.output(), &fields).context("the event went away")?;
+        ensure!(
+            event["reason"].is_string() && event["latency_ms"].is_number(),
+            "{event}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_metrics_port_in_use_stops_the_daemon_before_it_attaches() {
+    netns_test("metrics_port_in_use", Duration::from_secs(60), |lab| {
+        let t = Topology::build(lab, 1)?;
+        let _taken = t.lb.run(|| std::net::TcpListener::bind(METRICS))??;
+        let path = lab.write_file("balancer.toml", &config(&t))?;
+        let mut command = t.lb.command(balancer_tests::balancer_bin()?);
+        command
+            .arg("--socket")
+            .arg(lab.scratch("control.sock")?)
+            .arg("run")
+            .arg("--pin-path")
+            .arg(lab.pin_dir()?)
+            .arg("--config")
+            .arg(&path);
+        let mut daemon = Process::start(command)?;
+        let status = daemon.wait_timeout(Duration::from_secs(20))?;
+        let out = daemon.output();
+        ensure!(status.code() == Some(1), "exit status {status}:\n{out}");
+        ensure!(
+            out.contains("cannot serve metrics on 127.0.0.1:9100 ([daemon] metrics_listen"),
+            "{out}"
+        );
+        ensure!(
+            t.lb.xdp_attachment("eth0")?.is_none(),
+            "the daemon attached XDP although it could not serve metrics"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_empty_metrics_listen_turns_the_endpoint_off() {
+    netns_test("metrics_off", Duration::from_secs(60), |lab| {
+        let t = Topology::build(lab, 1)?;
+        let text = format!("[daemon]\nmetrics_listen = \"\"\n{}", config(&t));
+        let _daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &text)?;
+        let refused = t.lb.run(|| std::net::TcpStream::connect(METRICS))?;
+        ensure!(refused.is_err(), "something listens on {METRICS}");
+        Ok(())
+    });
+}
