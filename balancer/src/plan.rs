@@ -293,6 +293,111 @@ impl VipPlan {
     }
 }
 
+/// One difference between two plans, as the daemon logs it when it applies
+/// a configuration (`vip`, `backend`, `from`, `to` fields).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change<'a> {
+    VipAdded {
+        vip: &'a str,
+    },
+    VipRemoved {
+        vip: &'a str,
+    },
+    /// Scheduler or persistence changed: `from` and `to` name them.
+    VipPolicy {
+        vip: &'a str,
+        from: String,
+        to: String,
+    },
+    BackendAdded {
+        vip: &'a str,
+        backend: IpAddr,
+        weight: u32,
+    },
+    BackendRemoved {
+        vip: &'a str,
+        backend: IpAddr,
+    },
+    /// Effective weight changed (0 while draining).
+    Weight {
+        vip: &'a str,
+        backend: IpAddr,
+        from: u32,
+        to: u32,
+    },
+}
+
+/// What changes from plan `old` to plan `new`, VIPs matched by name and
+/// backends by address within their VIP; in the new plan's order, removals
+/// first.
+pub fn changes<'a>(old: &'a Plan, new: &'a Plan) -> Vec<Change<'a>> {
+    let mut out = Vec::new();
+    for vip in &old.vips {
+        if !new.vips.iter().any(|v| v.name == vip.name) {
+            out.push(Change::VipRemoved { vip: &vip.name });
+        }
+    }
+    let policy = |v: &VipPlan| {
+        let persist = if v.slot.info.flags & VIP_PERSIST != 0 {
+            format!(
+                " with persistence {}",
+                crate::config::format_duration(std::time::Duration::from_nanos(
+                    v.policy.persist_ns
+                ))
+            )
+        } else {
+            String::new()
+        };
+        format!("{}{persist}", v.scheduler.name())
+    };
+    for vip in &new.vips {
+        let Some(before) = old.vips.iter().find(|v| v.name == vip.name) else {
+            out.push(Change::VipAdded { vip: &vip.name });
+            for b in &vip.backends {
+                out.push(Change::BackendAdded {
+                    vip: &vip.name,
+                    backend: b.address,
+                    weight: b.weight,
+                });
+            }
+            continue;
+        };
+        let (from, to) = (policy(before), policy(vip));
+        if from != to {
+            out.push(Change::VipPolicy {
+                vip: &vip.name,
+                from,
+                to,
+            });
+        }
+        for b in &before.backends {
+            if !vip.backends.iter().any(|n| n.address == b.address) {
+                out.push(Change::BackendRemoved {
+                    vip: &vip.name,
+                    backend: b.address,
+                });
+            }
+        }
+        for b in &vip.backends {
+            match before.backends.iter().find(|o| o.address == b.address) {
+                None => out.push(Change::BackendAdded {
+                    vip: &vip.name,
+                    backend: b.address,
+                    weight: b.weight,
+                }),
+                Some(o) if o.weight != b.weight => out.push(Change::Weight {
+                    vip: &vip.name,
+                    backend: b.address,
+                    from: o.weight,
+                    to: b.weight,
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
 /// The [`VipInfo`] flags of a VIP scheduled by `scheduler`, with
 /// `persistence` or not.
 pub fn vip_flags(scheduler: Scheduler, persistence: Option<&Persistence>) -> u32 {
@@ -437,5 +542,47 @@ address = "10.0.0.3"
         let ring = plan.vips[0].ring(13, |_| true).unwrap().unwrap();
         assert!(ring.iter().all(|&id| id == 0), "{ring:?}");
         assert_eq!(plan.vips[0].ring(13, |b| b.id != 0).unwrap(), None);
+    }
+
+    #[test]
+    fn changes_name_every_vip_and_backend_difference() {
+        let old = plan(&parse(TWO_VIPS, "t").unwrap());
+        let text = TWO_VIPS
+            .replace("scheduler = \"source-hash\"", "scheduler = \"round-robin\"\npersistence_timeout = \"30s\"")
+            .replace("[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 0\n", "[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 5\n[[vip.backend]]\naddress = \"10.0.0.3\"\n")
+            .replace("name = \"any\"", "name = \"every\"");
+        let new = plan(&parse(&text, "t").unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let changes = changes(&old, &new);
+        assert_eq!(
+            changes,
+            vec![
+                Change::VipRemoved { vip: "any" },
+                Change::VipPolicy {
+                    vip: "web",
+                    from: "source-hash".into(),
+                    to: "round-robin with persistence 30s".into()
+                },
+                Change::Weight {
+                    vip: "web",
+                    backend: ip("10.0.0.2"),
+                    from: 0,
+                    to: 5
+                },
+                Change::BackendAdded {
+                    vip: "web",
+                    backend: ip("10.0.0.3"),
+                    weight: 100
+                },
+                Change::VipAdded { vip: "every" },
+                Change::BackendAdded {
+                    vip: "every",
+                    backend: new.vips[1].backends[0].address,
+                    weight: new.vips[1].backends[0].weight
+                },
+            ],
+            "{changes:#?}"
+        );
+        assert_eq!(super::changes(&new, &new), vec![]);
     }
 }

@@ -63,14 +63,24 @@ fn backend(i: usize) -> String {
 
 /// The first JSON log line in `output` whose fields include all of
 /// `fields`.
-fn json_event(output: &str, fields: &[(&str, &str)]) -> Option<serde_json::Value> {
+fn json_event(output: &str, fields: &[(&str, serde_json::Value)]) -> Option<serde_json::Value> {
     output.lines().find_map(|line| {
         let event: serde_json::Value = serde_json::from_str(line).ok()?;
-        fields
-            .iter()
-            .all(|(k, v)| event[*k].as_str() == Some(*v))
-            .then_some(event)
+        fields.iter().all(|(k, v)| event[*k] == *v).then_some(event)
     })
+}
+
+/// Waits for the JSON log event with `fields` and returns it.
+fn wait_for_event(
+    daemon: &mut Process,
+    fields: &[(&str, serde_json::Value)],
+) -> Result<serde_json::Value> {
+    daemon
+        .wait_for_output(Duration::from_secs(3), |out| {
+            json_event(out, fields).is_some()
+        })
+        .with_context(|| format!("no JSON log event with {fields:?}"))?;
+    json_event(&daemon.output(), fields).context("the event went away")
 }
 
 #[test]
@@ -239,23 +249,45 @@ fn metrics_count_the_traffic_sent_and_show_a_health_transition() {
             "{}",
             down.text
         );
-        let be1 = backend(1);
-        let fields = [
-            ("message", "backend health changed"),
-            ("vip", "dns"),
-            ("backend", be1.as_str()),
-            ("from", "up"),
-            ("to", "down"),
-        ];
-        daemon
-            .wait_for_output(Duration::from_secs(3), |out| {
-                json_event(out, &fields).is_some()
-            })
-            .context("no JSON log event of the transition")?;
-        let event = json_event(&daemon.output(), &fields).context("the event went away")?;
+        let event = wait_for_event(
+            &mut daemon,
+            &[
+                ("message", "backend health changed".into()),
+                ("vip", "dns".into()),
+                ("backend", backend(1).into()),
+                ("from", "up".into()),
+                ("to", "down".into()),
+            ],
+        )?;
         ensure!(
             event["reason"].is_string() && event["latency_ms"].is_number(),
             "{event}"
+        );
+
+        // A configuration change is an event with its fields too.
+        let out = balancer_tests::daemon::cli(lab, ["backend", "weight", "dns", &backend(0), "7"])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for_event(
+            &mut daemon,
+            &[
+                ("message", "backend weight changed".into()),
+                ("vip", "dns".into()),
+                ("backend", backend(0).into()),
+                ("from", 100.into()),
+                ("to", 7.into()),
+            ],
+        )?;
+        let weighted = scrape_until(&t, "the new weight", |s| {
+            s.value("balancer_backend_weight", &[("backend", &backend(0))]) == Some(7.0)
+        })?;
+        ensure!(
+            weighted.value("balancer_backend_weight", &[("backend", &backend(1))]) == Some(100.0),
+            "{}",
+            weighted.text
         );
         Ok(())
     });

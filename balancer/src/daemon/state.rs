@@ -292,6 +292,9 @@ impl State {
     /// untouched.
     async fn apply(&mut self, config: Config) -> Result<()> {
         let plan = plan::plan_with(&config, &mut self.numbering);
+        for change in plan::changes(&self.plan, &plan) {
+            log_change(&change);
+        }
         let mut removed = Vec::new();
         for old in &self.plan.vips {
             let kept = plan.vips.iter().any(|v| v.slot == old.slot);
@@ -303,7 +306,6 @@ impl State {
                 self.recipes.remove(&old.slot.info.index);
                 self.policies.remove(&old.slot.info.index);
                 self.all_down.remove(&old.slot.info.index);
-                tracing::info!(vip = old.name.as_str(), "VIP removed");
             }
         }
         self.datapath.remove_vips(&removed)?;
@@ -655,6 +657,38 @@ impl State {
         self.new_flow_totals = totals;
         self.scanned_at = Some(now);
         Ok(())
+    }
+}
+
+/// Logs one configuration change as a structured event: `vip`,
+/// `backend`, `from`, `to` as fields, so JSON logs carry them as keys.
+fn log_change(change: &plan::Change<'_>) {
+    use plan::Change;
+    match change {
+        Change::VipAdded { vip } => tracing::info!(vip, "VIP added"),
+        Change::VipRemoved { vip } => tracing::info!(vip, "VIP removed"),
+        Change::VipPolicy { vip, from, to } => {
+            tracing::info!(
+                vip,
+                from = from.as_str(),
+                to = to.as_str(),
+                "VIP scheduling changed"
+            );
+        }
+        Change::BackendAdded {
+            vip,
+            backend,
+            weight,
+        } => tracing::info!(vip, %backend, weight, "backend added"),
+        Change::BackendRemoved { vip, backend } => {
+            tracing::info!(vip, %backend, "backend removed");
+        }
+        Change::Weight {
+            vip,
+            backend,
+            from,
+            to,
+        } => tracing::info!(vip, %backend, from, to, "backend weight changed"),
     }
 }
 
