@@ -108,3 +108,32 @@ pub fn parse(text: String) -> Result<Scrape> {
     }
     Ok(Scrape { text, samples })
 }
+
+/// The metric names a document lists: the first cell of every table row
+/// that starts with `` | `balancer_ `` (docs/observability.md).
+pub fn documented(doc: &str) -> Vec<String> {
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("balancer_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The metrics of docs/observability.md, as embedded at build time.
+pub const OBSERVABILITY_DOC: &str = include_str!("../../docs/observability.md");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_metrics_are_the_table_rows() {
+        let names = documented(OBSERVABILITY_DOC);
+        assert!(names.len() >= 15, "{names:?}");
+        assert!(names.contains(&"balancer_vip_packets_total".to_owned()));
+        assert!(names.contains(&"balancer_flow_table_capacity".to_owned()));
+        assert!(names.iter().all(|n| !n.contains(' ')), "{names:?}");
+    }
+}

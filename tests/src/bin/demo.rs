@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use balancer_tests::{
     Lab, Netns, Process,
     backend::ServerProcess,
-    balancer_bin, daemon,
+    balancer_bin, daemon, metrics,
     topology::{self, Server, Topology},
 };
 use nix::{sys::signal::Signal, unistd::Uid};
@@ -109,6 +109,10 @@ fn run(phase: Duration) -> Result<()> {
             "json".as_ref(),
             "--config".as_ref(),
             config.as_os_str(),
+            // The table is small: scan it every second, so the metrics
+            // show its entries early.
+            "--reconcile-interval".as_ref(),
+            "1s".as_ref(),
         ],
     )?;
     for line in log_events(&daemon.output(), 0) {
@@ -130,6 +134,7 @@ fn run(phase: Duration) -> Result<()> {
     let result = phases(&lab, &mut daemon, &mut servers, &traffic, phase);
     let totals = traffic.stop()?;
     result?;
+    show_metrics(&t)?;
 
     step("stopping the daemon (SIGTERM)");
     daemon.signal(Signal::SIGTERM)?;
@@ -164,6 +169,41 @@ fn run(phase: Duration) -> Result<()> {
         totals.udp_answered(),
         totals.tcp_failed + totals.udp_failed
     );
+    Ok(())
+}
+
+/// Scrapes the daemon's metrics, checks that every metric of
+/// docs/observability.md is there, and shows a few.
+fn show_metrics(t: &Topology) -> Result<()> {
+    step("scraping the Prometheus metrics");
+    let scrape = metrics::scrape(&t.lb, "127.0.0.1:9100".parse()?)?;
+    let documented = metrics::documented(metrics::OBSERVABILITY_DOC);
+    let missing: Vec<&String> = documented
+        .iter()
+        .filter(|name| !scrape.names().any(|n| n == name.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        bail!("the metrics lack {missing:?}:\n{}", scrape.text);
+    }
+    detail(&format!(
+        "http://127.0.0.1:9100/metrics in the balancer's namespace: every one of the {} metrics of docs/observability.md present",
+        documented.len()
+    ));
+    for vip in ["web", "dns"] {
+        detail(&format!(
+            "{vip}: {} packets, {} new flows; backend1 went down {} time(s) and up {} time(s)",
+            scrape.sum("balancer_vip_packets_total", &[("vip", vip)]),
+            scrape.sum("balancer_vip_new_flows_total", &[("vip", vip)]),
+            scrape.sum(
+                "balancer_health_transitions_total",
+                &[("vip", vip), ("backend", "10.50.0.11"), ("to", "down")]
+            ),
+            scrape.sum(
+                "balancer_health_transitions_total",
+                &[("vip", vip), ("backend", "10.50.0.11"), ("to", "up")]
+            ),
+        ));
+    }
     Ok(())
 }
 
