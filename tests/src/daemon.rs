@@ -32,6 +32,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let mut daemon = Process::start(command(lab, ns, args)?)?;
+    daemon.wait_for_output(timeout, |out| out.contains("control socket ready"))?;
+    Ok(daemon)
+}
+
+/// The command `balancer run ARGS` in `ns`, on the lab's control socket
+/// and pin directory, not started: for tests that expect it to fail.
+pub fn command<I, S>(lab: &Lab, ns: &Netns, args: I) -> Result<std::process::Command>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut command = ns.command(balancer_bin()?);
     command
         .arg("--socket")
@@ -40,9 +52,7 @@ where
         .arg("--pin-path")
         .arg(lab.pin_dir()?)
         .args(args);
-    let mut daemon = Process::start(command)?;
-    daemon.wait_for_output(timeout, |out| out.contains("control socket ready"))?;
-    Ok(daemon)
+    Ok(command)
 }
 
 /// Runs `balancer ARGS` against the lab's daemon and returns its output,

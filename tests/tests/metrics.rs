@@ -299,16 +299,11 @@ fn a_metrics_port_in_use_stops_the_daemon_before_it_attaches() {
         let t = Topology::build(lab, 1)?;
         let _taken = t.lb.run(|| std::net::TcpListener::bind(METRICS))??;
         let path = lab.write_file("balancer.toml", &config(&t))?;
-        let mut command = t.lb.command(balancer_tests::balancer_bin()?);
-        command
-            .arg("--socket")
-            .arg(lab.scratch("control.sock")?)
-            .arg("run")
-            .arg("--pin-path")
-            .arg(lab.pin_dir()?)
-            .arg("--config")
-            .arg(&path);
-        let mut daemon = Process::start(command)?;
+        let mut daemon = Process::start(balancer_tests::daemon::command(
+            lab,
+            &t.lb,
+            ["--config".as_ref(), path.as_os_str()],
+        )?)?;
         let status = daemon.wait_timeout(Duration::from_secs(20))?;
         let out = daemon.output();
         ensure!(status.code() == Some(1), "exit status {status}:\n{out}");

@@ -96,19 +96,9 @@ pub fn lookup_all<K: aya::Pod + Default, V: aya::Pod + Default>(
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is a valid bpf_attr prefix for this command and
-        // lives through the call; `keys` and `values` have room for
-        // `count` elements of the map's key and value types, the tokens
-        // for a bucket index.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let err = (ret < 0).then(io::Error::last_os_error);
+        // SAFETY: `keys` and `values` have room for `count` elements of
+        // the map's key and value types, the tokens for a bucket index.
+        let err = unsafe { lookup_batch(&mut attr) };
         match err.as_ref().and_then(io::Error::raw_os_error) {
             // A bucket holds more entries than `chunk`: retry larger.
             Some(libc::ENOSPC) => {
@@ -161,20 +151,11 @@ pub fn sum_percpu_array<V: aya::Pod + Default>(
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is a valid bpf_attr prefix for this command and
-        // lives through the call; `keys` has room for `count` 4-byte keys,
-        // `values` for `count` elements of `cpus` slots of `stride` bytes
-        // (the value size rounded up to 8, as the kernel copies per-CPU
-        // values), the tokens for an array index.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let err = (ret < 0).then(io::Error::last_os_error);
+        // SAFETY: `keys` has room for `count` 4-byte keys, `values` for
+        // `count` elements of `cpus` slots of `stride` bytes (the value
+        // size rounded up to 8, as the kernel copies per-CPU values), the
+        // tokens for an array index.
+        let err = unsafe { lookup_batch(&mut attr) };
         match err.as_ref().and_then(io::Error::raw_os_error) {
             Some(libc::ENOENT) | None => {}
             Some(_) => return Err(err.unwrap_or_else(io::Error::last_os_error)),
@@ -197,4 +178,24 @@ pub fn sum_percpu_array<V: aya::Pod + Default>(
         first = false;
     }
     Ok(out)
+}
+
+/// One BPF_MAP_LOOKUP_BATCH call; the error, if it failed.
+///
+/// # Safety
+///
+/// The buffers `attr` points to (keys, values, tokens) must have room for
+/// `attr.count` elements of the map's types and live through the call.
+unsafe fn lookup_batch(attr: &mut BatchAttr) -> Option<io::Error> {
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command and lives
+    // through the call; the caller vouches for the buffers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    (ret < 0).then(io::Error::last_os_error)
 }
