@@ -21,6 +21,7 @@ pub mod netns;
 pub mod packet;
 pub mod privilege;
 pub mod process;
+pub mod pty;
 pub mod servers;
 mod sweep;
 pub mod topology;
