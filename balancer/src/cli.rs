@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to subcommands.
 
+mod watch;
+
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
@@ -51,8 +53,9 @@ pub enum Command {
     /// Backends.
     #[command(subcommand)]
     Backend(BackendCommand),
-    /// Every datapath counter, and per-VIP counters.
-    Stats,
+    /// Every datapath counter, and per-VIP counters; with --watch, a
+    /// live view of them as rates.
+    Stats(StatsArgs),
     /// Make the daemon read its configuration file again and apply what
     /// changed (like SIGHUP); an invalid file is refused with its errors.
     Reload,
@@ -143,6 +146,24 @@ pub enum BackendCommand {
     Drain { vip: String, address: IpAddr },
     /// End a drain.
     Undrain { vip: String, address: IpAddr },
+}
+
+/// Arguments of `balancer stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Show a live view, refreshed in place until q or Ctrl-C: per VIP and
+    /// backend the state, weight, packets and new flows per second and
+    /// share of new flows, and the global forwarded, passed and dropped
+    /// counters. When stdout is not a terminal, prints one plain block
+    /// per refresh instead.
+    // (`--json` before the subcommand escapes `conflicts_with`: main
+    // refuses that order.)
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// How often the view refreshes ("500ms", "2s"; at least 100ms;
+    /// default 1s).
+    #[arg(long, value_name = "DURATION", requires = "watch", value_parser = watch::parse_interval)]
+    pub interval: Option<Duration>,
 }
 
 /// A VIP's address, port and protocol, as `vip add` takes them.
@@ -284,7 +305,14 @@ pub fn main() -> ExitCode {
         Command::Backend(BackendCommand::Undrain { vip, address }) => {
             ask(Request::BackendUndrain { vip, address })
         }
-        Command::Stats => ask(Request::Stats {}),
+        Command::Stats(StatsArgs { watch: false, .. }) => ask(Request::Stats {}),
+        Command::Stats(StatsArgs { watch: true, .. }) if cli.json => Err(anyhow::anyhow!(
+            "--json and --watch cannot be used together: --watch shows a view, --json prints one answer"
+        )),
+        Command::Stats(StatsArgs {
+            watch: true,
+            interval,
+        }) => watch::run(&socket, interval.unwrap_or(Duration::from_secs(1))),
         Command::Reload => ask(Request::Reload {}),
         Command::Teardown { config, pin_path } => teardown(config.as_deref(), pin_path),
     };
@@ -487,6 +515,35 @@ mod tests {
         let short = run("10ms").unwrap_err().to_string();
         assert!(short.contains("shorter than 100ms"), "{short}");
         assert!(run("soon").is_err());
+    }
+
+    #[test]
+    fn stats_watch_takes_an_interval_of_at_least_100ms() {
+        let stats = |args: &[&str]| {
+            Cli::try_parse_from(["balancer", "stats"].iter().chain(args)).map(|cli| {
+                match cli.command {
+                    Command::Stats(args) => (args.watch, args.interval),
+                    other => panic!("not stats: {other:?}"),
+                }
+            })
+        };
+        assert_eq!(stats(&[]).unwrap(), (false, None));
+        assert_eq!(stats(&["--watch"]).unwrap(), (true, None));
+        assert_eq!(
+            stats(&["--watch", "--interval", "300ms"]).unwrap(),
+            (true, Some(Duration::from_millis(300)))
+        );
+        let refused = |args: &[&str], fragment: &str| {
+            let err = stats(args).unwrap_err().to_string();
+            assert!(err.contains(fragment), "{args:?}: {err}");
+        };
+        refused(
+            &["--interval", "1s"],
+            "required arguments were not provided",
+        );
+        refused(&["--watch", "--interval", "50ms"], "shorter than 100ms");
+        refused(&["--watch", "--interval", "soon"], "soon");
+        refused(&["--watch", "--json"], "cannot be used with");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod packet;
 pub mod privilege;
 pub mod process;
+pub mod pty;
 pub mod servers;
 mod sweep;
 pub mod topology;
