@@ -162,7 +162,7 @@ pub struct StatsArgs {
     pub watch: bool,
     /// How often the view refreshes ("500ms", "2s"; at least 100ms;
     /// default 1s).
-    #[arg(long, value_name = "DURATION", requires = "watch", value_parser = watch::parse_interval)]
+    #[arg(long, value_name = "DURATION", requires = "watch", value_parser = parse_interval)]
     pub interval: Option<Duration>,
 }
 
@@ -201,9 +201,10 @@ fn parse_persistence_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
-/// Parses `--reconcile-interval`: a scan reads the whole connection
-/// table, so more often than every 100 ms would cost the host for nothing.
-fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
+/// Parses an interval of periodic work (`--reconcile-interval`, `stats
+/// --interval`): each round reads maps or polls the daemon, so more often
+/// than every 100 ms would cost the host for nothing.
+fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
     if interval < Duration::from_millis(100) {
         return Err(format!("{text:?} is shorter than 100ms"));
@@ -232,7 +233,7 @@ pub struct RunArgs {
     /// How often the connection table is scanned: idle entries removed,
     /// connection counts corrected, and the interval over which `vip show`
     /// reports shares of new flows ("5s", "1s"; at least 100ms).
-    #[arg(long, default_value = "5s", value_parser = parse_reconcile_interval)]
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
     pub reconcile_interval: Duration,
     /// Where maps and links are pinned, replacing `[daemon] pin_path`.
     #[arg(long, value_name = "PATH")]

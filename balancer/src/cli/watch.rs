@@ -31,21 +31,8 @@ use self::{
 };
 use crate::control::{self, Request};
 
-/// Shortest refresh interval: each refresh costs the daemon two requests
-/// and a read of every counter.
-const MIN_INTERVAL: Duration = Duration::from_millis(100);
-
 /// How often the live view looks for keys, signals and new polls.
 const TICK: Duration = Duration::from_millis(50);
-
-/// Parses `--interval`.
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
-    if interval < MIN_INTERVAL {
-        return Err(format!("{text:?} is shorter than 100ms"));
-    }
-    Ok(interval)
-}
 
 /// Runs the view against the daemon at `socket` until the user quits
 /// (terminal) or forever (plain output). Fails as soon as a poll fails,
@@ -213,15 +200,6 @@ fn quits(key: &KeyEvent) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_interval_is_at_least_100ms() {
-        assert_eq!(parse_interval("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
-        let short = parse_interval("50ms").unwrap_err();
-        assert!(short.contains("shorter than 100ms"), "{short}");
-        assert!(parse_interval("soon").is_err());
-    }
 
     #[test]
     fn q_esc_and_ctrl_c_quit() {
