@@ -1,6 +1,8 @@
 //! `datapath`: the XDP program's cost per packet through BPF_PROG_TEST_RUN,
 //! against a floor program measured the same way, with 1,000 flows in the
-//! connection table and again with 1,000,000.
+//! connection table and again with 1,000,000; and at 1,000 flows, the cost
+//! of a new flow under every scheduler and with session persistence,
+//! against Maglev's.
 //!
 //! Method: many calls with repeat=1, each on a fresh copy of the packet
 //! (the kernel copies the input on every call), taking the median of the
@@ -16,16 +18,18 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use balancer::{
     config::Scheduler,
-    datapath::{LoadOptions, action, floor::Floor},
+    datapath::{LoadOptions, TestOutput, action, floor::Floor},
 };
 use balancer_common::{maps::DEFAULT_RING_SIZE, proto, settings::Settings};
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip, backend_mac, default_settings},
     packet::{LB_MAC, Packet},
 };
+
+mod schedulers;
 
 use crate::{
     plot::{self, Bar},
@@ -42,7 +46,9 @@ pub struct Options {
     /// so a burst of noise from the rest of the machine moves one round,
     /// not the result.
     pub rounds: usize,
-    /// Only these paths (the floor is always measured).
+    /// Only these paths (the floor is always measured). The table of
+    /// 1,000,000 flows is only filled when one of its paths (`..._1m`) is
+    /// measured.
     pub paths: Vec<String>,
 }
 
@@ -57,11 +63,29 @@ const LARGE_TABLE: usize = 1_000_000;
 /// so that CPU's share (1,048,576 on 2 CPUs) must hold the live flows.
 const LARGE_TABLE_SIZE: u32 = 1 << 21;
 
+/// Calls of each path over a run, warm-up included: the flows a new-flow
+/// path inserts.
+fn new_flows(options: &Options) -> usize {
+    (options.calls + options.calls / 10) * options.rounds
+}
+
+/// Connection table size for the small table: large enough that no round
+/// evicts (an evicted established flow would be measured as a new one).
+/// Every new-flow path at 1,000 flows inserts [`new_flows`] flows:
+/// Maglev's and the others, in both families.
+fn small_table_size(options: &Options) -> u32 {
+    let inserts = 2 * (1 + schedulers::PATHS.len()) * new_flows(options);
+    ((inserts + 4 * SMALL_TABLE).next_power_of_two() * 2) as u32
+}
+
 /// One measured path.
 pub struct Row {
     pub name: &'static str,
     /// What the table held and what the packet was.
     pub what: &'static str,
+    /// The row a new-flow row's cost is compared with: Maglev's `new` of
+    /// the same family at 1,000 flows.
+    pub compared_with: Option<&'static str>,
     /// Median of each round, in ns.
     pub rounds: Vec<f64>,
     /// p10 and p90 over every call, in ns.
@@ -73,6 +97,9 @@ pub struct Row {
 struct Measured<'a> {
     name: &'static str,
     what: &'static str,
+    compared_with: Option<&'static str>,
+    /// Unmeasured work before each of the path's rounds.
+    before_round: Option<Box<dyn FnMut() -> Result<()> + 'a>>,
     run: Box<dyn FnMut() -> Result<Duration> + 'a>,
     rounds: Vec<f64>,
     samples: Vec<Duration>,
@@ -87,9 +114,27 @@ impl<'a> Measured<'a> {
         Measured {
             name,
             what,
+            compared_with: None,
+            before_round: None,
             run: Box::new(run),
             rounds: Vec::new(),
             samples: Vec::new(),
+        }
+    }
+
+    /// The same path, its cost compared with row `name`'s.
+    fn compared_with(self, name: &'static str) -> Measured<'a> {
+        Measured {
+            compared_with: Some(name),
+            ..self
+        }
+    }
+
+    /// The same path, with `prepare` run (unmeasured) before each round.
+    fn before_each_round(self, prepare: impl FnMut() -> Result<()> + 'a) -> Measured<'a> {
+        Measured {
+            before_round: Some(Box::new(prepare)),
+            ..self
         }
     }
 }
@@ -115,7 +160,7 @@ fn backends(first: u32, v6: bool) -> Vec<Backend> {
         .collect()
 }
 
-/// A fixture with one TCP VIP per family, ten backends each.
+/// A fixture with one TCP VIP per family, ten backends each (ids 0 to 19).
 fn fixture(flow_table_size: u32) -> Result<Fixture> {
     let options = LoadOptions {
         flow_table_size,
@@ -156,11 +201,11 @@ fn client(i: usize, v6: bool) -> (IpAddr, u16) {
     (addr, 1024 + (n & 0xff) as u16)
 }
 
-/// Packet of flow `i` of a family: a SYN, or a segment of an established
-/// connection.
-fn packet(i: usize, v6: bool, established: bool) -> Vec<u8> {
-    let (src, port) = client(i, v6);
-    let packet = Packet::tcp(src, port, if v6 { VIP6 } else { VIP4 }, 80);
+/// Packet of flow `i` of a family to `vip`: a SYN, or a segment of an
+/// established connection.
+fn packet(i: usize, vip: IpAddr, established: bool) -> Vec<u8> {
+    let (src, port) = client(i, vip.is_ipv6());
+    let packet = Packet::tcp(src, port, vip, 80);
     if established {
         packet.established().build()
     } else {
@@ -173,27 +218,27 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
     // One CPU for every measurement: BPF_PROG_TEST_RUN runs the program
     // on the calling CPU, and the two CPUs' caches differ.
     let _pinned = crate::PinnedCpu::to(1);
-    let new_flows = (options.calls + options.calls / 10) * options.rounds;
-    // Large enough that no round evicts: an evicted established flow would
-    // be measured as a new one.
-    let small_size = ((2 * new_flows + 4 * SMALL_TABLE).next_power_of_two() * 2) as u32;
-    let small = RefCell::new(fixture(small_size)?);
-    let large = RefCell::new(fixture(LARGE_TABLE_SIZE)?);
-    eprintln!("datapath: filling a table with {LARGE_TABLE} flows");
+    let mut small = fixture(small_table_size(options))?;
+    schedulers::put_vips(&mut small)?;
     for i in 0..SMALL_TABLE {
         for v6 in [false, true] {
-            small
-                .borrow_mut()
-                .datapath
-                .test_run(&packet(i, v6, false), 0)?;
+            small.datapath.test_run(&packet(i, vip(v6), false), 0)?;
         }
     }
-    for i in 0..LARGE_TABLE {
-        large
-            .borrow_mut()
-            .datapath
-            .test_run(&packet(i / 2, i % 2 == 1, false), 0)?;
-    }
+    let small = RefCell::new(small);
+    let large_wanted =
+        options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_1m"));
+    let large = if large_wanted {
+        let mut large = fixture(LARGE_TABLE_SIZE)?;
+        eprintln!("datapath: filling a table with {LARGE_TABLE} flows");
+        for i in 0..LARGE_TABLE {
+            let v6 = i % 2 == 1;
+            large.datapath.test_run(&packet(i / 2, vip(v6), false), 0)?;
+        }
+        Some(RefCell::new(large))
+    } else {
+        None
+    };
     let mut floor = Floor::load(backend_mac(0), LB_MAC)?;
     let floor_packet = Packet::tcp(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 1000, VIP4, 80).build();
     let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
@@ -225,40 +270,57 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
         Measured::new(
             "new_v4",
             "1,000 flows, new SYN",
-            fresh(&small, SMALL_TABLE, false),
-        ),
+            fresh(&small, SMALL_TABLE, VIP4),
+        )
+        .compared_with("new_v4"),
         Measured::new(
             "new_v6",
             "1,000 flows, new SYN",
-            fresh(&small, SMALL_TABLE, true),
-        ),
-        Measured::new(
-            "established_v4_1m",
-            "1,000,000 flows",
-            established(&large, LARGE_TABLE / 2, false),
-        ),
-        Measured::new(
-            "established_v6_1m",
-            "1,000,000 flows",
-            established(&large, LARGE_TABLE / 2, true),
-        ),
-        Measured::new(
-            "new_v4_1m",
-            "1,000,000 flows, new SYN",
-            fresh(&large, LARGE_TABLE / 2, false),
-        ),
-        Measured::new(
-            "new_v6_1m",
-            "1,000,000 flows, new SYN",
-            fresh(&large, LARGE_TABLE / 2, true),
-        ),
+            fresh(&small, SMALL_TABLE, VIP6),
+        )
+        .compared_with("new_v6"),
     ];
+    paths.extend(schedulers::measured(&small));
+    if let Some(large) = &large {
+        paths.extend([
+            Measured::new(
+                "established_v4_1m",
+                "1,000,000 flows",
+                established(large, LARGE_TABLE / 2, false),
+            ),
+            Measured::new(
+                "established_v6_1m",
+                "1,000,000 flows",
+                established(large, LARGE_TABLE / 2, true),
+            ),
+            Measured::new(
+                "new_v4_1m",
+                "1,000,000 flows, new SYN",
+                fresh(large, LARGE_TABLE / 2, VIP4),
+            ),
+            Measured::new(
+                "new_v6_1m",
+                "1,000,000 flows, new SYN",
+                fresh(large, LARGE_TABLE / 2, VIP6),
+            ),
+        ]);
+    }
+    if let Some(unknown) = options
+        .paths
+        .iter()
+        .find(|n| !paths.iter().any(|p| p.name == n.as_str()))
+    {
+        bail!("no datapath path is named {unknown:?}");
+    }
     if !options.paths.is_empty() {
         paths.retain(|p| p.name == "floor" || options.paths.iter().any(|n| n == p.name));
     }
     for round in 0..options.rounds {
         eprintln!("datapath: round {} of {}", round + 1, options.rounds);
         for path in &mut paths {
+            if let Some(prepare) = &mut path.before_round {
+                prepare()?;
+            }
             let warmup = options.calls / 10;
             let mut samples = Vec::with_capacity(options.calls);
             for i in 0..warmup + options.calls {
@@ -278,6 +340,7 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
             Row {
                 name: p.name,
                 what: p.what,
+                compared_with: p.compared_with,
                 p10: quantile(&all, 0.1),
                 p90: quantile(&all, 0.9),
                 rounds: p.rounds,
@@ -286,15 +349,25 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
         .collect())
 }
 
+/// The VIP of the fixture's family.
+fn vip(v6: bool) -> IpAddr {
+    if v6 { VIP6 } else { VIP4 }
+}
+
 /// One call on `table`, checking the verdict.
 fn call(table: &RefCell<Fixture>, packet: &[u8], want: u32) -> Result<Duration> {
+    Ok(checked_call(table, packet, want)?.duration)
+}
+
+/// One call on `table`, checking the verdict; what the program left.
+fn checked_call(table: &RefCell<Fixture>, packet: &[u8], want: u32) -> Result<TestOutput> {
     let out = table.borrow_mut().datapath.test_run(packet, 0)?;
     ensure!(
         out.verdict == want,
         "verdict {} instead of {want}",
         out.verdict
     );
-    Ok(out.duration)
+    Ok(out)
 }
 
 /// Established flows: a random one of the table's first `flows` flows of
@@ -305,20 +378,20 @@ fn established(
     v6: bool,
 ) -> impl FnMut() -> Result<Duration> + '_ {
     let mut rng = Rng::new(flows as u64 * 2 + u64::from(v6));
-    move || call(table, &packet(rng.below(flows), v6, true), action::TX)
+    move || call(table, &packet(rng.below(flows), vip(v6), true), action::TX)
 }
 
-/// New flows: a 5-tuple never seen before on every call, numbered from
-/// `first` on (past the flows already in the table).
+/// New flows to `vip`: a 5-tuple never seen before on every call,
+/// numbered from `first` on (past the flows already in the table).
 fn fresh(
     table: &RefCell<Fixture>,
     first: usize,
-    v6: bool,
+    vip: IpAddr,
 ) -> impl FnMut() -> Result<Duration> + '_ {
     let mut next = first;
     move || {
         next += 1;
-        call(table, &packet(next, v6, false), action::TX)
+        call(table, &packet(next, vip, false), action::TX)
     }
 }
 
@@ -336,7 +409,8 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
 
 /// The table, for the terminal and the document.
 pub fn table(rows: &[Row]) -> Table {
-    let floor = Summary::of(&rows[0].rounds).median;
+    let median = |row: &Row| Summary::of(&row.rounds).median;
+    let floor = median(&rows[0]);
     let mut table = Table::new(&[
         "path",
         "table",
@@ -346,19 +420,29 @@ pub fn table(rows: &[Row]) -> Table {
         "p10",
         "p90",
         "x floor",
+        "x maglev new",
     ]);
     for row in rows {
         let s = Summary::of(&row.rounds);
-        let [median, min, max] = report::spread(&s, 0);
+        let [median_ns, min, max] = report::spread(&s, 0);
+        // Blank where the row is not a new flow at 1,000 flows, or its
+        // family's Maglev row was not measured.
+        let against_maglev = row
+            .compared_with
+            .and_then(|name| rows.iter().find(|r| r.name == name))
+            .map_or_else(String::new, |maglev| {
+                format!("{:.2}", s.median / median(maglev))
+            });
         table.row(vec![
             format!("`{}`", row.name),
             row.what.to_owned(),
-            median,
+            median_ns,
             min,
             max,
             report::number(row.p10, 0),
             report::number(row.p90, 0),
             format!("{:.2}", s.median / floor),
+            against_maglev,
         ]);
     }
     table
@@ -399,12 +483,16 @@ measured the same way: `x floor` is the path's median over the floor's.
   flows on every call (fixed seed), forwarded (XDP_TX).
 - `new`: a SYN of a 5-tuple never seen before: Maglev ring lookup and
   connection-table insert.
-- `1,000 flows`: the connection table holds 1,000 flows per family;
+- `1,000 flows`: the connection table holds 1,000 flows per family when the
+  run starts, and every new-flow path adds its own (`flow_table_size`
+  {small_size}, so that nothing is evicted during the run);
   `1,000,000 flows`: it holds 500,000 IPv4 and 500,000 IPv6 flows
   (`flow_table_size` 2,097,152, so one CPU's LRU share holds them all), and
   the new-flow paths insert into that full table.
 
-VIPs: one TCP VIP per family, ten backends, ring of {ring} slots.
+{schedulers}
+VIPs: one TCP VIP per family and path, ten backends each; Maglev and
+source-hash rings of {ring} slots.
 
 {table}
 ![datapath](img/datapath.png)
@@ -419,6 +507,8 @@ the medians as one JSON object.
         warmup = options.calls / 10,
         rounds = options.rounds,
         ring = report::number(f64::from(DEFAULT_RING_SIZE), 0),
+        small_size = report::number(f64::from(small_table_size(options)), 0),
+        schedulers = schedulers::prose(options),
         table = table(rows).markdown(),
     );
     Ok(Section {

@@ -148,8 +148,12 @@ fn run(args: &Args) -> Result<()> {
         .docs
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs"));
-    let img = docs.join("img");
-    std::fs::create_dir_all(&img)?;
+    // The documents' sections (and their plots) are only made when they
+    // are written: --no-write leaves the docs directory untouched.
+    let img = (!args.no_write).then(|| docs.join("img"));
+    if let Some(img) = &img {
+        std::fs::create_dir_all(img)?;
+    }
     let mut sections = Vec::new();
     if selected("datapath") {
         let options = datapath::Options {
@@ -163,7 +167,9 @@ fn run(args: &Args) -> Result<()> {
         } else {
             println!("{}", datapath::table(&rows).text());
         }
-        sections.push(datapath::section(&rows, &options, &img)?);
+        if let Some(img) = &img {
+            sections.push(datapath::section(&rows, &options, img)?);
+        }
     }
     if selected("e2e") {
         let options = e2e::Options {
@@ -178,18 +184,24 @@ fn run(args: &Args) -> Result<()> {
                 "XDP run time per packet (bpf_stats): balancer {ours:.0} ns, sink {sink:.0} ns\n"
             );
         }
-        sections.push(e2e::section(&results, &img)?);
+        if let Some(img) = &img {
+            sections.push(e2e::section(&results, img)?);
+        }
     }
     if selected("control") {
         let results = control::run(args.rounds)?;
         println!("{}", control::table(&results).text());
-        sections.push(control::section(&results, &img)?);
+        if let Some(img) = &img {
+            sections.push(control::section(&results, img)?);
+        }
     }
     if selected("scale") {
         let results = scale::run()?;
         let (memory, eviction) = scale::tables(&results);
         println!("{}\n{}", memory.text(), eviction.text());
-        sections.push(scale::section(&results, &img)?);
+        if let Some(img) = &img {
+            sections.push(scale::section(&results, img)?);
+        }
     }
     if !args.no_write {
         let path = docs.join("benchmarks.md");
