@@ -228,7 +228,7 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
     /// How often to log the packet counters ("10s", "500ms").
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub stats_interval: Duration,
     /// How often the connection table is scanned: idle entries removed,
     /// connection counts corrected, and the interval over which `vip show`

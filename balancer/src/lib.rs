@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod neighbour;
 pub mod plan;
 pub mod schedule;
+pub mod stats;

@@ -293,79 +293,111 @@ impl VipPlan {
     }
 }
 
-/// One difference between two plans, as the daemon logs it when it applies
-/// a configuration (`vip`, `backend`, `from`, `to` fields).
+/// One difference between two plans, as the daemon logs it once it has
+/// applied a configuration (`vip`, `backend`, `from`, `to` fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change<'a> {
-    VipAdded {
-        vip: &'a str,
-    },
-    VipRemoved {
-        vip: &'a str,
-    },
-    /// Scheduler or persistence changed: `from` and `to` name them.
-    VipPolicy {
-        vip: &'a str,
+pub enum Change {
+    /// A VIP appeared.
+    VipAdded { vip: String },
+    /// A VIP went.
+    VipRemoved { vip: String },
+    /// A VIP kept its name but moved to another address, port or
+    /// protocol: `from` and `to` are `ADDRESS:PORT/PROTO`.
+    VipService {
+        vip: String,
         from: String,
         to: String,
     },
+    /// Scheduler or persistence changed: `from` and `to` name them.
+    VipPolicy {
+        vip: String,
+        from: String,
+        to: String,
+    },
+    /// A backend joined a VIP.
     BackendAdded {
-        vip: &'a str,
+        vip: String,
         backend: IpAddr,
         weight: u32,
     },
-    BackendRemoved {
-        vip: &'a str,
-        backend: IpAddr,
-    },
+    /// A backend left a VIP.
+    BackendRemoved { vip: String, backend: IpAddr },
     /// Effective weight changed (0 while draining).
     Weight {
-        vip: &'a str,
+        vip: String,
         backend: IpAddr,
         from: u32,
         to: u32,
     },
 }
 
+/// A VIP's service as `ADDRESS:PORT/PROTO`.
+fn service(v: &VipPlan) -> String {
+    let address =
+        std::net::Ipv6Addr::from(balancer_common::addr_octets(&v.slot.key.addr)).to_canonical();
+    let proto = match v.slot.key.proto {
+        balancer_common::proto::TCP => "tcp",
+        balancer_common::proto::UDP => "udp",
+        _ => "?",
+    };
+    format!(
+        "{}/{proto}",
+        std::net::SocketAddr::new(address, u16::from_be(v.slot.key.port))
+    )
+}
+
+/// A VIP's scheduler and persistence in words: "maglev", "round-robin
+/// with persistence 30s per /56".
+fn policy(v: &VipPlan) -> String {
+    if v.slot.info.flags & VIP_PERSIST == 0 {
+        return v.scheduler.name().to_owned();
+    }
+    let mask = u128::from_be_bytes(balancer_common::addr_octets(&v.policy.client_mask));
+    format!(
+        "{} with persistence {} per /{}",
+        v.scheduler.name(),
+        crate::config::format_duration(std::time::Duration::from_nanos(v.policy.persist_ns)),
+        mask.leading_ones()
+    )
+}
+
 /// What changes from plan `old` to plan `new`, VIPs matched by name and
-/// backends by address within their VIP; in the new plan's order, removals
-/// first.
-pub fn changes<'a>(old: &'a Plan, new: &'a Plan) -> Vec<Change<'a>> {
+/// backends by address within their VIP; removed VIPs first, then the new
+/// plan's VIPs in order.
+pub fn changes(old: &Plan, new: &Plan) -> Vec<Change> {
     let mut out = Vec::new();
     for vip in &old.vips {
         if !new.vips.iter().any(|v| v.name == vip.name) {
-            out.push(Change::VipRemoved { vip: &vip.name });
+            out.push(Change::VipRemoved {
+                vip: vip.name.clone(),
+            });
         }
     }
-    let policy = |v: &VipPlan| {
-        let persist = if v.slot.info.flags & VIP_PERSIST != 0 {
-            format!(
-                " with persistence {}",
-                crate::config::format_duration(std::time::Duration::from_nanos(
-                    v.policy.persist_ns
-                ))
-            )
-        } else {
-            String::new()
-        };
-        format!("{}{persist}", v.scheduler.name())
-    };
     for vip in &new.vips {
+        let name = || vip.name.clone();
         let Some(before) = old.vips.iter().find(|v| v.name == vip.name) else {
-            out.push(Change::VipAdded { vip: &vip.name });
+            out.push(Change::VipAdded { vip: name() });
             for b in &vip.backends {
                 out.push(Change::BackendAdded {
-                    vip: &vip.name,
+                    vip: name(),
                     backend: b.address,
                     weight: b.weight,
                 });
             }
             continue;
         };
+        let (from, to) = (service(before), service(vip));
+        if from != to {
+            out.push(Change::VipService {
+                vip: name(),
+                from,
+                to,
+            });
+        }
         let (from, to) = (policy(before), policy(vip));
         if from != to {
             out.push(Change::VipPolicy {
-                vip: &vip.name,
+                vip: name(),
                 from,
                 to,
             });
@@ -373,7 +405,7 @@ pub fn changes<'a>(old: &'a Plan, new: &'a Plan) -> Vec<Change<'a>> {
         for b in &before.backends {
             if !vip.backends.iter().any(|n| n.address == b.address) {
                 out.push(Change::BackendRemoved {
-                    vip: &vip.name,
+                    vip: name(),
                     backend: b.address,
                 });
             }
@@ -381,12 +413,12 @@ pub fn changes<'a>(old: &'a Plan, new: &'a Plan) -> Vec<Change<'a>> {
         for b in &vip.backends {
             match before.backends.iter().find(|o| o.address == b.address) {
                 None => out.push(Change::BackendAdded {
-                    vip: &vip.name,
+                    vip: name(),
                     backend: b.address,
                     weight: b.weight,
                 }),
                 Some(o) if o.weight != b.weight => out.push(Change::Weight {
-                    vip: &vip.name,
+                    vip: name(),
                     backend: b.address,
                     from: o.weight,
                     to: b.weight,
@@ -548,8 +580,16 @@ address = "10.0.0.3"
     fn changes_name_every_vip_and_backend_difference() {
         let old = plan(&parse(TWO_VIPS, "t").unwrap());
         let text = TWO_VIPS
-            .replace("scheduler = \"source-hash\"", "scheduler = \"round-robin\"\npersistence_timeout = \"30s\"")
-            .replace("[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 0\n", "[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 5\n[[vip.backend]]\naddress = \"10.0.0.3\"\n")
+            .replace(
+                "scheduler = \"source-hash\"",
+                "scheduler = \"round-robin\"\npersistence_timeout = \"30s\"",
+            )
+            .replace(
+                "[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 0\n",
+                "[[vip.backend]]\naddress = \"10.0.0.2\"\nweight = 5\n[[vip.backend]]\naddress = \"10.0.0.3\"\n",
+            )
+            .replace("[[vip.backend]]\naddress = \"10.0.0.1\"\n", "")
+            .replace("port = 80\n", "port = 8080\n")
             .replace("name = \"any\"", "name = \"every\"");
         let new = plan(&parse(&text, "t").unwrap());
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -557,26 +597,37 @@ address = "10.0.0.3"
         assert_eq!(
             changes,
             vec![
-                Change::VipRemoved { vip: "any" },
+                Change::VipRemoved { vip: "any".into() },
+                Change::VipService {
+                    vip: "web".into(),
+                    from: "192.0.2.10:80/tcp".into(),
+                    to: "192.0.2.10:8080/tcp".into()
+                },
                 Change::VipPolicy {
-                    vip: "web",
+                    vip: "web".into(),
                     from: "source-hash".into(),
-                    to: "round-robin with persistence 30s".into()
+                    to: "round-robin with persistence 30s per /128".into()
+                },
+                Change::BackendRemoved {
+                    vip: "web".into(),
+                    backend: ip("10.0.0.1"),
                 },
                 Change::Weight {
-                    vip: "web",
+                    vip: "web".into(),
                     backend: ip("10.0.0.2"),
                     from: 0,
                     to: 5
                 },
                 Change::BackendAdded {
-                    vip: "web",
+                    vip: "web".into(),
                     backend: ip("10.0.0.3"),
                     weight: 100
                 },
-                Change::VipAdded { vip: "every" },
+                Change::VipAdded {
+                    vip: "every".into()
+                },
                 Change::BackendAdded {
-                    vip: "every",
+                    vip: "every".into(),
                     backend: new.vips[1].backends[0].address,
                     weight: new.vips[1].backends[0].weight
                 },
@@ -584,5 +635,24 @@ address = "10.0.0.3"
             "{changes:#?}"
         );
         assert_eq!(super::changes(&new, &new), vec![]);
+    }
+
+    #[test]
+    fn a_new_ipv6_persistence_prefix_is_a_policy_change() {
+        let vip = |prefix: u8| {
+            format!(
+                "[[vip]]\nname = \"v6\"\naddress = \"2001:db8::1\"\nport = 443\nprotocol = \"tcp\"\npersistence_timeout = \"5m\"\npersistence_ipv6_prefix = {prefix}\n[[vip.backend]]\naddress = \"2001:db8::10\"\n"
+            )
+        };
+        let old = plan(&parse(&vip(64), "t").unwrap());
+        let new = plan(&parse(&vip(56), "t").unwrap());
+        assert_eq!(
+            changes(&old, &new),
+            vec![Change::VipPolicy {
+                vip: "v6".into(),
+                from: "maglev with persistence 5m per /64".into(),
+                to: "maglev with persistence 5m per /56".into()
+            }]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The daemon's `/metrics` with real traffic: the VIP, backend and verdict
 //! counters grow by exactly the packets this test sent, a health
 //! transition shows in the metrics and as a structured JSON log event,
-//! and a port already in use stops the daemon before it touches anything.
+//! and a port already in use costs the metrics but not the balancer.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use balancer_tests::{
     Process,
-    daemon::start,
+    daemon::{cli_json, start},
     metrics::{Scrape, scrape},
     netns_test,
     servers::HealthEndpoint,
@@ -294,27 +294,39 @@ fn metrics_count_the_traffic_sent_and_show_a_health_transition() {
 }
 
 #[test]
-fn a_metrics_port_in_use_stops_the_daemon_before_it_attaches() {
+fn a_metrics_port_in_use_costs_the_metrics_not_the_balancer() {
     netns_test("metrics_port_in_use", Duration::from_secs(60), |lab| {
         let t = Topology::build(lab, 1)?;
+        // What node_exporter does on many hosts.
         let _taken = t.lb.run(|| std::net::TcpListener::bind(METRICS))??;
-        let path = lab.write_file("balancer.toml", &config(&t))?;
-        let mut daemon = Process::start(balancer_tests::daemon::command(
-            lab,
-            &t.lb,
-            ["--config".as_ref(), path.as_os_str()],
-        )?)?;
-        let status = daemon.wait_timeout(Duration::from_secs(20))?;
-        let out = daemon.output();
-        ensure!(status.code() == Some(1), "exit status {status}:\n{out}");
+        t.serve(Server::UdpName, topology::VIP4.into(), 53)?;
+        let text = config(&t).replace("kind = \"http\"", "kind = \"none\"");
+        let daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &text)?;
         ensure!(
-            out.contains("cannot serve metrics on 127.0.0.1:9100 ([daemon] metrics_listen"),
-            "{out}"
+            daemon
+                .output()
+                .contains("cannot serve metrics on 127.0.0.1:9100 ([daemon] metrics_listen")
+                && daemon.output().contains("running without metrics"),
+            "{}",
+            daemon.output()
         );
+        let status = cli_json(lab, ["status"])?;
         ensure!(
-            t.lb.xdp_attachment("eth0")?.is_none(),
-            "the daemon attached XDP although it could not serve metrics"
+            status["metrics"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("failed: cannot serve metrics on 127.0.0.1:9100")),
+            "{status}"
         );
+        // The balancer itself runs: the VIP answers.
+        let socket = t
+            .client
+            .run(|| UdpSocket::bind((IpAddr::from(topology::CLIENT4), 0)))??;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(PAYLOAD, SocketAddr::new(topology::VIP4.into(), 53))?;
+        let mut buf = [0u8; 64];
+        socket
+            .recv_from(&mut buf)
+            .context("the VIP did not answer while metrics could not be served")?;
         Ok(())
     });
 }
@@ -327,6 +339,7 @@ fn an_empty_metrics_listen_turns_the_endpoint_off() {
         let _daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &text)?;
         let refused = t.lb.run(|| std::net::TcpStream::connect(METRICS))?;
         ensure!(refused.is_err(), "something listens on {METRICS}");
+        ensure!(cli_json(lab, ["status"])?["metrics"] == "off");
         Ok(())
     });
 }

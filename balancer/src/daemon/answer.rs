@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use balancer_common::vip::counts_connections;
 
-use super::{connections, state::State};
+use super::state::State;
 use crate::{
     control::{Request, Response},
     health::Health,
@@ -17,6 +17,8 @@ struct Status {
     version: &'static str,
     config: Option<String>,
     interfaces: Vec<Attachment>,
+    /// `http://ADDRESS/metrics`, "off", or "failed: why".
+    metrics: String,
     vips: usize,
     backends: usize,
     backends_up: usize,
@@ -80,8 +82,8 @@ struct BackendDetail {
     /// not idle at the last scan.
     active_connections: u64,
     /// Smoothed duration of the successful health checks (what
-    /// least-latency compares).
-    latency_ms: Option<f64>,
+    /// least-latency compares); `backend list` shows the last one.
+    smoothed_latency_ms: Option<f64>,
     /// New flows placed on the backend during the interval.
     new_flows: Option<u64>,
     /// Their share of the VIP's new flows during the interval.
@@ -180,6 +182,7 @@ impl State {
                     mode: mode.to_string(),
                 })
                 .collect(),
+            metrics: self.metrics_endpoint.clone(),
             vips: self.plan.vips.len(),
             backends: self.backend_ids().count(),
             backends_up: self.backend_ids().filter(|id| self.is_up(*id)).count(),
@@ -240,8 +243,7 @@ impl State {
             .iter()
             .map(|b| activity.and_then(|a| a.new_flows.get(&b.id).copied()))
             .collect();
-        let shares =
-            connections::shares(&new_flows.iter().map(|n| n.unwrap_or(0)).collect::<Vec<_>>());
+        let shares = crate::stats::shares(&new_flows);
         let mut backends = Vec::with_capacity(vip.backends.len());
         for ((b, new_flows), share_percent) in vip.backends.iter().zip(new_flows).zip(shares) {
             let active_connections = self.active_connections(vip.slot.info.flags, b.id)?;
@@ -250,9 +252,9 @@ impl State {
                 weight: b.weight,
                 state: self.backend_state(b.id, b.weight),
                 active_connections,
-                latency_ms: self.smoothed_us.get(&b.id).map(|us| us / 1e3),
+                smoothed_latency_ms: self.smoothed_us.get(&b.id).map(|us| us / 1e3),
                 new_flows,
-                share_percent: share_percent.filter(|_| new_flows.is_some()),
+                share_percent,
             });
         }
         let persistence = config.persistence();

@@ -1,7 +1,7 @@
 //! Active connections per backend, counted from the connection table
 //! (live entries for every scheduler; counted ones for the least-*
 //! schedulers, whose datapath counts they correct), and each backend's
-//! share of new flows between two scans. Pure logic.
+//! new flows between two scans. Pure logic.
 
 use std::collections::BTreeMap;
 
@@ -77,16 +77,6 @@ pub fn growth(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> BTreeM
         .collect()
 }
 
-/// Each count's share of their sum, in percent; None for all when the
-/// sum is zero (no new flow: no share to speak of).
-pub fn shares(counts: &[u64]) -> Vec<Option<f64>> {
-    let total: u64 = counts.iter().sum();
-    counts
-        .iter()
-        .map(|c| (total > 0).then(|| *c as f64 * 100.0 / total as f64))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,12 +139,5 @@ mod tests {
         let before = BTreeMap::from([(1, 10), (2, 5), (3, 7)]);
         let after = BTreeMap::from([(1, 25), (2, 5), (4, 9)]);
         assert_eq!(growth(&before, &after), BTreeMap::from([(1, 15), (2, 0)]));
-    }
-
-    #[test]
-    fn shares_are_percent_of_the_sum_and_absent_without_flows() {
-        assert_eq!(shares(&[1, 3, 0]), vec![Some(25.0), Some(75.0), Some(0.0)]);
-        assert_eq!(shares(&[0, 0]), vec![None, None]);
-        assert_eq!(shares(&[]), Vec::<Option<f64>>::new());
     }
 }

@@ -10,6 +10,7 @@
 
 mod answer;
 mod connections;
+mod scan;
 mod snapshot;
 mod state;
 
@@ -128,10 +129,18 @@ async fn serve(
         .pin_path
         .clone()
         .unwrap_or_else(|| config.daemon.pin_path.clone());
-    // Bound before anything is loaded: a port in use changes nothing.
-    let metrics_listener = match config.daemon.metrics_listen {
-        Some(addr) => Some(metrics::serve::bind(addr).await?),
-        None => None,
+    // A port in use (node_exporter's 9100, say) costs the metrics, not
+    // the balancer: health checks and changes matter more than a scrape.
+    let (metrics_listener, metrics_endpoint) = match config.daemon.metrics_listen {
+        None => (None, "off".to_owned()),
+        Some(addr) => match metrics::serve::bind(addr).await {
+            Ok(listener) => (Some(listener), format!("http://{addr}/metrics")),
+            Err(err) => {
+                let error = format!("{err:#}");
+                tracing::error!(error, "running without metrics");
+                (None, format!("failed: {error}"))
+            }
+        },
     };
     let options = LoadOptions {
         flow_table_size: *config.datapath.flow_table_size.get_ref(),
@@ -162,6 +171,7 @@ async fn serve(
         config, path, datapath, neighbours, reports_tx, numbering, &left_down,
     )?;
     state.socket_override = socket_override;
+    state.metrics_endpoint = metrics_endpoint;
     // Give the neighbours a moment to resolve (the first round provokes
     // it), so the first packets are not dropped as unresolved.
     for _ in 0..20 {
@@ -228,6 +238,10 @@ async fn serve(
                 }
             }
             Some(answer) = scrapes.recv() => {
+                // A scrape that gave up waiting needs no snapshot.
+                if answer.is_closed() {
+                    continue;
+                }
                 let snapshot = state.metrics_snapshot().map_err(|e| format!("{e:#}"));
                 if let Err(error) = &snapshot {
                     tracing::warn!(error, "cannot take a metrics snapshot");

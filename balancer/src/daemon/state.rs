@@ -11,14 +11,13 @@ use std::{
 use anyhow::{Context as _, Result};
 use balancer_common::{
     backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo},
-    vip::{VipPolicy, counts_connections},
+    vip::VipPolicy,
 };
 use tokio::sync::mpsc;
 
 use crate::{
     config::Config,
-    daemon::connections,
-    datapath::{Datapath, now_ns},
+    datapath::Datapath,
     health::{self, Health, Report, Tracker},
     maglev,
     neighbour::{L2Path, Neighbours},
@@ -63,14 +62,16 @@ pub(super) struct State {
     pub(super) live: BTreeMap<u32, u64>,
     /// Backend id → its new-flow counter at the last scan, and when that
     /// scan was.
-    new_flow_totals: BTreeMap<u32, u64>,
-    scanned_at: Option<std::time::Instant>,
+    pub(super) new_flow_totals: BTreeMap<u32, u64>,
+    pub(super) scanned_at: Option<std::time::Instant>,
     /// New flows per backend between the last two scans.
-    pub(super) activity: Option<Activity>,
+    pub(super) activity: Option<super::scan::Activity>,
     /// Connection-table entries at the last scan.
     pub(super) flow_entries: Option<u64>,
     /// Backend id → its health-check results and transitions so far.
     pub(super) health_counts: BTreeMap<u32, HealthCounts>,
+    /// Where the metrics are served, "off", or why they are not.
+    pub(super) metrics_endpoint: String,
 }
 
 /// Health-check results and transitions of one backend, for the metrics.
@@ -80,13 +81,6 @@ pub(super) struct HealthCounts {
     pub(super) failed: u64,
     pub(super) went_up: u64,
     pub(super) went_down: u64,
-}
-
-/// New flows per backend over one interval between two scans of the
-/// connection table: what `vip show` reports as shares.
-pub(super) struct Activity {
-    pub(super) interval: Duration,
-    pub(super) new_flows: BTreeMap<u32, u64>,
 }
 
 /// What a VIP's table is built from: ring size, VIP flags (scheduler and
@@ -139,6 +133,7 @@ impl State {
             activity: None,
             flow_entries: None,
             health_counts: BTreeMap::new(),
+            metrics_endpoint: "off".to_owned(),
         };
         for (vip, planned) in state.config.vips.iter().zip(&state.plan.vips) {
             let check = vip.get_ref().check();
@@ -292,9 +287,8 @@ impl State {
     /// untouched.
     async fn apply(&mut self, config: Config) -> Result<()> {
         let plan = plan::plan_with(&config, &mut self.numbering);
-        for change in plan::changes(&self.plan, &plan) {
-            log_change(&change);
-        }
+        let changes = plan::changes(&self.plan, &plan);
+        self.reset_new_numbers(&plan)?;
         let mut removed = Vec::new();
         for old in &self.plan.vips {
             let kept = plan.vips.iter().any(|v| v.slot == old.slot);
@@ -328,6 +322,8 @@ impl State {
                 self.smoothed_us.remove(&old.id);
                 self.paths.remove(&old.id);
                 self.health.remove(&old.id);
+                self.latency.remove(&old.id);
+                self.health_counts.remove(&old.id);
             }
         }
         if plan.settings != self.plan.settings {
@@ -338,6 +334,44 @@ impl State {
         self.spawn_checks();
         self.resolve().await?;
         self.publish_all()?;
+        // Logged once in force: a failed apply leaves no history behind.
+        for change in &changes {
+            log_change(change);
+        }
+        Ok(())
+    }
+
+    /// Zeroes the counters (and connection count) of VIP indexes and
+    /// backend ids that `plan` hands out and the plan in force does not
+    /// use: numbers are reused once every one has been handed out, and a
+    /// new VIP or backend must not start with its predecessor's totals.
+    fn reset_new_numbers(&mut self, plan: &Plan) -> Result<()> {
+        let vips: BTreeSet<u32> = self.plan.vips.iter().map(|v| v.slot.info.index).collect();
+        let ids: BTreeSet<u32> = self
+            .plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        let new_vips: Vec<u32> = plan
+            .vips
+            .iter()
+            .map(|v| v.slot.info.index)
+            .filter(|i| !vips.contains(i))
+            .collect();
+        let new_ids: Vec<u32> = plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .filter(|id| !ids.contains(id))
+            .collect();
+        self.datapath.reset_counters(&new_vips, &new_ids)?;
+        for id in new_ids {
+            let conns = self.datapath.backend_load(id)?.conns as i64;
+            if conns != 0 {
+                self.datapath.correct_backend_conns(id, -conns)?;
+            }
+        }
         Ok(())
     }
 
@@ -387,6 +421,11 @@ impl State {
     /// Takes one check result; true when the backend changed state (the
     /// maps must follow).
     pub(super) fn health_report(&mut self, report: Report) -> bool {
+        // A report still in flight from the check task of a backend just
+        // removed: its entries are gone and must stay gone.
+        if !self.health.contains_key(&report.backend) {
+            return false;
+        }
         self.latency.insert(report.backend, report.latency);
         let counts = self.health_counts.entry(report.backend).or_default();
         if report.success {
@@ -592,88 +631,18 @@ impl State {
     }
 }
 
-impl State {
-    /// Reads the connection table: removes entries idle past their
-    /// timeout, corrects the connection counts of backends of counting
-    /// VIPs (see [`connections::correction`]), and records each backend's
-    /// live entries and new flows since the previous scan.
-    pub(super) fn reconcile(&mut self) -> Result<()> {
-        let counting: Vec<u32> = self
-            .plan
-            .vips
-            .iter()
-            .filter(|v| counts_connections(v.slot.info.flags))
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
-        let conns = |datapath: &Datapath| -> Result<Vec<i64>> {
-            counting
-                .iter()
-                .map(|id| Ok(datapath.backend_load(*id)?.conns as i64))
-                .collect()
-        };
-        let before = conns(&self.datapath)?;
-        let entries = self.datapath.flows()?;
-        let after = conns(&self.datapath)?;
-        let tally = connections::tally(&entries, now_ns(), &self.plan.settings);
-        self.flow_entries = Some(entries.len() as u64);
-        self.datapath.remove_flows(&tally.expired)?;
-        for (i, id) in counting.iter().enumerate() {
-            let get = |m: &BTreeMap<u32, u64>| m.get(id).copied().unwrap_or(0);
-            let delta = connections::correction(
-                before[i],
-                after[i],
-                get(&tally.counted),
-                get(&tally.expired_counted),
-            );
-            if delta != 0 {
-                self.datapath.correct_backend_conns(*id, delta)?;
-                tracing::debug!(backend = id, delta, "connection count corrected");
-            }
-        }
-        self.live = tally.live;
-        self.record_activity()
-    }
-
-    /// Reads every backend's new-flow counter and keeps its growth since
-    /// the previous scan.
-    fn record_activity(&mut self) -> Result<()> {
-        let ids: Vec<u32> = self
-            .plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
-        let mut totals = BTreeMap::new();
-        for id in ids {
-            totals.insert(id, self.datapath.backend_counters(id)?.new_flows);
-        }
-        let now = std::time::Instant::now();
-        if let Some(before) = self.scanned_at {
-            self.activity = Some(Activity {
-                interval: now - before,
-                new_flows: connections::growth(&self.new_flow_totals, &totals),
-            });
-        }
-        self.new_flow_totals = totals;
-        self.scanned_at = Some(now);
-        Ok(())
-    }
-}
-
 /// Logs one configuration change as a structured event: `vip`,
 /// `backend`, `from`, `to` as fields, so JSON logs carry them as keys.
-fn log_change(change: &plan::Change<'_>) {
+fn log_change(change: &plan::Change) {
     use plan::Change;
     match change {
         Change::VipAdded { vip } => tracing::info!(vip, "VIP added"),
         Change::VipRemoved { vip } => tracing::info!(vip, "VIP removed"),
+        Change::VipService { vip, from, to } => {
+            tracing::info!(vip, from, to, "VIP service changed");
+        }
         Change::VipPolicy { vip, from, to } => {
-            tracing::info!(
-                vip,
-                from = from.as_str(),
-                to = to.as_str(),
-                "VIP scheduling changed"
-            );
+            tracing::info!(vip, from, to, "VIP scheduling changed");
         }
         Change::BackendAdded {
             vip,

@@ -52,6 +52,7 @@ const BATCH_CHUNK: u32 = 1024;
 /// Every counter, as one scrape reads them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllCounters {
+    /// The global counters.
     pub reasons: Reasons,
     /// By VIP index, from 0.
     pub vips: Vec<FlowCounters>,
@@ -140,6 +141,32 @@ impl Datapath {
             vips: self.sum_all(maps::VIP_STATS, vips, FlowCounters::merged)?,
             backends: self.sum_all(maps::BACKEND_STATS, backends, FlowCounters::merged)?,
         })
+    }
+
+    /// Zeroes the counters of VIP indexes `vips` and backend ids
+    /// `backends` on every CPU.
+    pub fn reset_counters(&mut self, vips: &[u32], backends: &[u32]) -> Result<(), DatapathError> {
+        for (name, indexes) in [(maps::VIP_STATS, vips), (maps::BACKEND_STATS, backends)] {
+            if indexes.is_empty() {
+                continue;
+            }
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(_, err)| DatapathError::MapBatch { name, source: err })?;
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DatapathError::MissingMap { name })?;
+            let mut array: PerCpuArray<&mut MapData, FlowCounters> =
+                PerCpuArray::try_from(map).map_err(DatapathError::map("open", name))?;
+            for index in indexes {
+                let zeros = PerCpuValues::try_from(vec![FlowCounters::default(); cpus])
+                    .map_err(|err| DatapathError::MapBatch { name, source: err })?;
+                array
+                    .set(*index, zeros, 0)
+                    .map_err(DatapathError::map("write", name))?;
+            }
+        }
+        Ok(())
     }
 
     fn sum_all<V: aya::Pod + Default>(

@@ -470,7 +470,6 @@ impl Datapath {
         }
     }
 
-    /// The interfaces the program is attached to, with their modes.
     /// The loaded program's tag: the kernel's hash of its instructions,
     /// as `bpftool prog` shows it, which tells which build is running.
     pub fn program_tag(&self) -> Result<u64, DatapathError> {
@@ -485,6 +484,7 @@ impl Datapath {
         Ok(info.tag())
     }
 
+    /// The interfaces the program is attached to, with their modes.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
         self.links
             .iter()

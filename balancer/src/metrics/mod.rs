@@ -35,33 +35,42 @@ pub struct Snapshot {
     pub reasons: Vec<(&'static str, Traffic)>,
     /// Packets and bytes per datapath event (`new_flow`, `failover`, ...).
     pub events: Vec<(&'static str, Traffic)>,
-    /// Connection-table entries at the last scan, and the table's size.
+    /// Connection-table entries left by the last scan (None before it).
     pub flow_entries: Option<u64>,
+    /// Entries the connection table holds (`flow_table_size`).
     pub flow_capacity: u64,
 }
 
 /// Packets and their bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
+    /// Frames.
     pub packets: u64,
+    /// Their length, Ethernet header included.
     pub bytes: u64,
 }
 
 /// One VIP's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VipMetrics {
+    /// The VIP's name (label `vip`).
     pub name: String,
+    /// Forwarded to its backends.
     pub traffic: Traffic,
+    /// Flows that got a connection-table entry.
     pub new_flows: u64,
 }
 
 /// One backend of a VIP: counters and what the daemon knows of it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackendMetrics {
+    /// Its VIP's name (label `vip`).
     pub vip: String,
-    /// Its address.
+    /// Its address (label `backend`).
     pub backend: String,
+    /// Forwarded to it.
     pub traffic: Traffic,
+    /// Flows placed on it.
     pub new_flows: u64,
     /// Passing its health checks (or not checked).
     pub up: bool,
@@ -71,11 +80,13 @@ pub struct BackendMetrics {
     pub active_connections: u64,
     /// Duration of the last health check.
     pub check_latency: Option<std::time::Duration>,
-    /// Health-check results so far: successes and failures.
+    /// Health checks that succeeded so far.
     pub checks_ok: u64,
+    /// Health checks that failed so far.
     pub checks_failed: u64,
-    /// Health transitions so far: to up, to down.
+    /// Health transitions to up so far.
     pub went_up: u64,
+    /// Health transitions to down so far.
     pub went_down: u64,
 }
 
@@ -554,6 +565,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_metric_exported_is_documented_and_every_documented_one_exported() {
+        let text = encode(&snapshot());
+        let exported: std::collections::BTreeSet<String> = parse(&text)
+            .0
+            .keys()
+            .map(|k| k[..k.find('{').unwrap_or(k.len())].to_owned())
+            .collect();
+        let documented: std::collections::BTreeSet<String> =
+            balancer_tests::metrics::documented(balancer_tests::metrics::OBSERVABILITY_DOC)
+                .into_iter()
+                .collect();
+        assert_eq!(
+            exported, documented,
+            "docs/observability.md must list exactly the metrics the daemon exports"
+        );
     }
 
     #[test]

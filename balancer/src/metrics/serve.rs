@@ -20,13 +20,16 @@ use super::{CONTENT_TYPE, Snapshot, encode};
 
 /// How long one scrape's text is served again.
 pub const CACHE_FOR: Duration = Duration::from_secs(1);
+/// How long a scrape waits for the main loop (busy with a large reload,
+/// say) before it is answered 503, which Prometheus records as a failed
+/// scrape instead of a hung one.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A scrape waiting for the main loop, with where the snapshot (or why
 /// there is none) goes.
 pub type Pending = oneshot::Sender<Result<Snapshot, String>>;
 
-/// Binds `addr` (before anything else starts, so a port in use changes
-/// nothing).
+/// Binds `addr`; the error names the setting to change.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot serve metrics on {addr} ([daemon] metrics_listen; \"\" disables it)")
@@ -73,12 +76,24 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response 
         return ([(header::CONTENT_TYPE, CONTENT_TYPE)], text.clone()).into_response();
     }
     let (answer, answered) = oneshot::channel();
-    let snapshot = match shared.snapshots.send(answer).await {
-        Ok(()) => answered
+    let ask = async {
+        shared
+            .snapshots
+            .send(answer)
             .await
-            .unwrap_or_else(|_| Err("the daemon is shutting down".to_owned())),
-        Err(_) => Err("the daemon is shutting down".to_owned()),
+            .map_err(|_| "the daemon is shutting down".to_owned())?;
+        answered
+            .await
+            .unwrap_or_else(|_| Err("the daemon is shutting down".to_owned()))
     };
+    let snapshot = tokio::time::timeout(SNAPSHOT_TIMEOUT, ask)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the daemon did not take a snapshot within {} s",
+                SNAPSHOT_TIMEOUT.as_secs()
+            ))
+        });
     let snapshot = match snapshot {
         Ok(snapshot) => snapshot,
         Err(error) => {

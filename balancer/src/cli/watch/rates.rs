@@ -187,7 +187,7 @@ pub fn view(previous: Option<&Snapshot>, current: &Snapshot, elapsed: Duration) 
                 .iter()
                 .map(|b| earlier(b).and_then(|e| b.new_flows.checked_sub(e.new_flows)))
                 .collect();
-            let shares = shares(&flow_deltas);
+            let shares = crate::stats::shares(&flow_deltas);
             VipRow {
                 name: vip.name.clone(),
                 service: service(vip),
@@ -232,22 +232,6 @@ pub fn view(previous: Option<&Snapshot>, current: &Snapshot, elapsed: Duration) 
         .collect();
     counters.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     View { vips, counters }
-}
-
-/// Each backend's percentage of its VIP's new flows in the interval: the
-/// VIP's new flows are the sum of its backends' (the datapath counts a
-/// new flow on both at once), taken from the same answer so that the
-/// shares add up to 100. Unknown where the delta is, and for all when the
-/// VIP had none.
-fn shares(deltas: &[Option<u64>]) -> Vec<Option<f64>> {
-    let total: u64 = deltas.iter().flatten().sum();
-    deltas
-        .iter()
-        .map(|delta| {
-            let delta = (*delta)?;
-            (total > 0).then(|| delta as f64 * 100.0 / total as f64)
-        })
-        .collect()
 }
 
 /// ADDRESS:PORT/PROTO.

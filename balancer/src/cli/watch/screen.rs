@@ -3,7 +3,10 @@
 //! and a hidden cursor. [`Screen`] restores all three when dropped, so on
 //! every way out: a key, a signal, an error, a panic.
 
-use std::io::{Stdout, Write as _};
+use std::{
+    io::{Stdout, Write as _},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::{Context as _, Result};
 use crossterm::{
@@ -16,11 +19,18 @@ pub struct Screen {
     out: Stdout,
 }
 
+/// Whether the terminal is in the live view's modes: [`restore`] undoes
+/// them once, so a panic (whose hook restores, then prints) followed by the
+/// screen's drop does not leave the main screen a second time, which on
+/// some terminals would move the cursor back over the panic's message.
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
 impl Screen {
     /// Switches the terminal to raw mode, the alternate screen and a hidden
     /// cursor.
     pub fn enter() -> Result<Screen> {
         terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
+        ENTERED.store(true, Ordering::SeqCst);
         // From here on, dropping the screen undoes what was done.
         let mut screen = Screen {
             out: std::io::stdout(),
@@ -69,9 +79,12 @@ impl Drop for Screen {
     }
 }
 
-/// Shows the cursor, leaves the alternate screen and raw mode. Harmless
-/// when repeated.
+/// Shows the cursor, leaves the alternate screen and raw mode, once per
+/// [`Screen::enter`].
 fn restore() {
+    if !ENTERED.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let mut out = std::io::stdout();
     let _ = out.queue(cursor::Show);
     let _ = out.queue(terminal::LeaveAlternateScreen);
