@@ -11,8 +11,8 @@ use balancer_tests::{
     daemon::{cli_json, start},
     load::SteadyLoad,
     netns_test,
-    servers::{EchoConnection, tally_names, tcp_name_server},
-    topology::{self, ConfigText, Server, Topology, plain},
+    servers::{EchoConnection, tally_names, tcp_ask_name, tcp_name_server},
+    topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
 use nix::sys::signal::Signal;
 
@@ -165,6 +165,72 @@ fn the_rings_pin_of_the_earlier_layout_is_removed_on_adoption() {
         );
         drop(datapath);
         balancer::datapath::pin::teardown(&dir)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_number_freed_before_a_restart_comes_back_with_zeroed_counters() {
+    netns_test("restart_numbers", Duration::from_secs(120), |lab| {
+        let t = Topology::build(lab, 2)?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 81)?;
+        let backends = plain(&t.backend_addresses(false));
+        let vips = |names: &[(&str, u16)]| {
+            names
+                .iter()
+                .fold(ConfigText::default(), |c, (name, port)| {
+                    c.vip(
+                        name,
+                        topology::VIP4.into(),
+                        *port,
+                        "tcp",
+                        NO_CHECK,
+                        &backends,
+                    )
+                })
+                .build()
+        };
+        let path = lab.write_file("balancer.toml", &vips(&[("a", 80), ("b", 81)]))?;
+        let daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        // Traffic counted on b and its backends.
+        for _ in 0..20 {
+            tcp_ask_name(&t.client, SocketAddr::new(topology::VIP4.into(), 81))?;
+        }
+        let counted = |name: &str| -> Result<u64> {
+            let vips = cli_json(lab, ["vip", "list"])?;
+            Ok(vips
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == name)
+                .and_then(|v| v["new_flows"].as_u64())
+                .unwrap_or(u64::MAX))
+        };
+        ensure!(counted("b")? == 20, "b counted {}", counted("b")?);
+        // b goes, the daemon stops; a new daemon numbers c with the index
+        // b had (the pinned maps no longer use it), whose pinned counters
+        // still hold b's totals.
+        std::fs::write(&path, vips(&[("a", 80)]))?;
+        ensure!(cli_json(lab, ["reload"]).is_ok());
+        daemon.signal(Signal::SIGTERM)?;
+        drop(daemon);
+        std::fs::write(&path, vips(&[("a", 80), ("c", 81)]))?;
+        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        ensure!(
+            counted("c")? == 0,
+            "c starts with {} new flows",
+            counted("c")?
+        );
+        let backends = cli_json(lab, ["backend", "list", "c"])?;
+        ensure!(
+            backends.as_array().is_some_and(|rows| rows
+                .iter()
+                .all(|r| r["new_flows"] == 0 && r["packets"] == 0)),
+            "{backends}"
+        );
+        tcp_ask_name(&t.client, SocketAddr::new(topology::VIP4.into(), 81))?;
+        ensure!(counted("c")? == 1, "c counted {}", counted("c")?);
         Ok(())
     });
 }

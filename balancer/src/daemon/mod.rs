@@ -161,14 +161,8 @@ async fn serve(
         .published()
         .context("cannot read the pinned maps")?;
     let numbering = crate::plan::Numbering::recover(&config, &published.vips, &published.backends);
-    let left_down = published
-        .backends
-        .iter()
-        .filter(|(_, info)| info.flags & balancer_common::backend::BACKEND_UP == 0)
-        .map(|(id, _)| *id)
-        .collect();
     let mut state = State::new(
-        config, path, datapath, neighbours, reports_tx, numbering, &left_down,
+        config, path, datapath, neighbours, reports_tx, numbering, &published,
     )?;
     state.socket_override = socket_override;
     state.metrics_endpoint = metrics_endpoint;

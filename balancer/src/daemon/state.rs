@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::Config,
-    datapath::Datapath,
+    datapath::{Datapath, Published},
     health::{self, Health, Report, Tracker},
     maglev,
     neighbour::{L2Path, Neighbours},
@@ -92,9 +92,10 @@ const LATENCY_SMOOTHING: f64 = 0.3;
 
 impl State {
     /// Lays `config` out, writes the settings and starts the checks.
-    /// Backends in `left_down` (ids a previous daemon left down in the
-    /// pinned maps) start down when they are checked, and come back after
-    /// `rise` successes, rather than taking new flows until `fall` failures.
+    /// `published` is what the pinned maps of a previous daemon hold:
+    /// backends it left down start down when they are checked, and come
+    /// back after `rise` successes, rather than taking new flows until
+    /// `fall` failures; numbers it did not use start with zeroed counters.
     pub(super) fn new(
         config: Config,
         config_path: Option<std::path::PathBuf>,
@@ -102,12 +103,22 @@ impl State {
         neighbours: Neighbours,
         reports: mpsc::Sender<Report>,
         mut numbering: Numbering,
-        left_down: &BTreeSet<u32>,
+        published: &Published,
     ) -> Result<State> {
         let plan = plan::plan_with(&config, &mut numbering);
+        let left_down: BTreeSet<u32> = published
+            .backends
+            .iter()
+            .filter(|(_, info)| info.flags & BACKEND_UP == 0)
+            .map(|(id, _)| *id)
+            .collect();
         datapath
             .set_settings(&plan.settings)
             .context("cannot write the datapath settings")?;
+        let vips = published.vips.iter().map(|(_, info)| info.index).collect();
+        let ids = published.backends.iter().map(|(id, _)| *id).collect();
+        reset_new_numbers(&mut datapath, &plan, &vips, &ids)
+            .context("cannot zero the counters of new VIPs and backends")?;
         let mut state = State {
             datapath,
             plan,
@@ -288,7 +299,8 @@ impl State {
     async fn apply(&mut self, config: Config) -> Result<()> {
         let plan = plan::plan_with(&config, &mut self.numbering);
         let changes = plan::changes(&self.plan, &plan);
-        self.reset_new_numbers(&plan)?;
+        let (vips, ids) = numbers(&self.plan);
+        reset_new_numbers(&mut self.datapath, &plan, &vips, &ids)?;
         let mut removed = Vec::new();
         for old in &self.plan.vips {
             let kept = plan.vips.iter().any(|v| v.slot == old.slot);
@@ -337,40 +349,6 @@ impl State {
         // Logged once in force: a failed apply leaves no history behind.
         for change in &changes {
             log_change(change);
-        }
-        Ok(())
-    }
-
-    /// Zeroes the counters (and connection count) of VIP indexes and
-    /// backend ids that `plan` hands out and the plan in force does not
-    /// use: numbers are reused once every one has been handed out, and a
-    /// new VIP or backend must not start with its predecessor's totals.
-    fn reset_new_numbers(&mut self, plan: &Plan) -> Result<()> {
-        let vips: BTreeSet<u32> = self.plan.vips.iter().map(|v| v.slot.info.index).collect();
-        let ids: BTreeSet<u32> = self
-            .plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
-        let new_vips: Vec<u32> = plan
-            .vips
-            .iter()
-            .map(|v| v.slot.info.index)
-            .filter(|i| !vips.contains(i))
-            .collect();
-        let new_ids: Vec<u32> = plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .filter(|id| !ids.contains(id))
-            .collect();
-        self.datapath.reset_counters(&new_vips, &new_ids)?;
-        for id in new_ids {
-            let conns = self.datapath.backend_load(id)?.conns as i64;
-            if conns != 0 {
-                self.datapath.correct_backend_conns(id, -conns)?;
-            }
         }
         Ok(())
     }
@@ -629,6 +607,41 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// The VIP indexes and backend ids `plan` uses.
+fn numbers(plan: &Plan) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let vips = plan.vips.iter().map(|v| v.slot.info.index).collect();
+    let ids = plan
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(|b| b.id))
+        .collect();
+    (vips, ids)
+}
+
+/// Zeroes the counters (and connection count) of the VIP indexes and
+/// backend ids `plan` uses outside `vips` and `ids` (those in use so far):
+/// numbers are reused once every one has been handed out, and a pinned map
+/// keeps what a number counted before a restart, so a new VIP or backend
+/// must not start with its predecessor's totals.
+fn reset_new_numbers(
+    datapath: &mut Datapath,
+    plan: &Plan,
+    vips: &BTreeSet<u32>,
+    ids: &BTreeSet<u32>,
+) -> Result<()> {
+    let (planned_vips, planned_ids) = numbers(plan);
+    let new_vips: Vec<u32> = planned_vips.difference(vips).copied().collect();
+    let new_ids: Vec<u32> = planned_ids.difference(ids).copied().collect();
+    datapath.reset_counters(&new_vips, &new_ids)?;
+    for id in new_ids {
+        let conns = datapath.backend_load(id)?.conns as i64;
+        if conns != 0 {
+            datapath.correct_backend_conns(id, -conns)?;
+        }
+    }
+    Ok(())
 }
 
 /// Logs one configuration change as a structured event: `vip`,
