@@ -31,6 +31,20 @@ pub struct Plan {
     pub addrs: Vec<(AddrKey, AddrInfo)>,
 }
 
+impl Plan {
+    /// The VIP indexes in use.
+    pub fn vip_indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.vips.iter().map(|v| v.slot.info.index)
+    }
+
+    /// The backend ids in use, VIP by VIP.
+    pub fn backend_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+    }
+}
+
 /// One VIP: where it lives in the maps and its backends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VipPlan {
@@ -375,34 +389,31 @@ pub fn changes(old: &Plan, new: &Plan) -> Vec<Change> {
     }
     for vip in &new.vips {
         let name = || vip.name.clone();
-        let Some(before) = old.vips.iter().find(|v| v.name == vip.name) else {
-            out.push(Change::VipAdded { vip: name() });
-            for b in &vip.backends {
-                out.push(Change::BackendAdded {
-                    vip: name(),
-                    backend: b.address,
-                    weight: b.weight,
-                });
+        let before = old.vips.iter().find(|v| v.name == vip.name);
+        match before {
+            None => out.push(Change::VipAdded { vip: name() }),
+            Some(before) => {
+                let (from, to) = (service(before), service(vip));
+                if from != to {
+                    out.push(Change::VipService {
+                        vip: name(),
+                        from,
+                        to,
+                    });
+                }
+                let (from, to) = (policy(before), policy(vip));
+                if from != to {
+                    out.push(Change::VipPolicy {
+                        vip: name(),
+                        from,
+                        to,
+                    });
+                }
             }
-            continue;
-        };
-        let (from, to) = (service(before), service(vip));
-        if from != to {
-            out.push(Change::VipService {
-                vip: name(),
-                from,
-                to,
-            });
         }
-        let (from, to) = (policy(before), policy(vip));
-        if from != to {
-            out.push(Change::VipPolicy {
-                vip: name(),
-                from,
-                to,
-            });
-        }
-        for b in &before.backends {
+        // A new VIP's backends are all added.
+        let before_backends = before.map_or(&[][..], |b| &b.backends[..]);
+        for b in before_backends {
             if !vip.backends.iter().any(|n| n.address == b.address) {
                 out.push(Change::BackendRemoved {
                     vip: name(),
@@ -411,7 +422,7 @@ pub fn changes(old: &Plan, new: &Plan) -> Vec<Change> {
             }
         }
         for b in &vip.backends {
-            match before.backends.iter().find(|o| o.address == b.address) {
+            match before_backends.iter().find(|o| o.address == b.address) {
                 None => out.push(Change::BackendAdded {
                     vip: name(),
                     backend: b.address,

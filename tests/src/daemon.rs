@@ -70,6 +70,18 @@ where
         .context("cannot run the balancer CLI")
 }
 
+/// Runs `balancer ARGS` on a control socket no daemon serves (a fresh
+/// path named after `label` and this process), for the CLI's errors.
+pub fn cli_without_daemon(label: &str, args: &[&str]) -> Result<Output> {
+    let socket = std::env::temp_dir().join(format!("balancer-{label}-{}.sock", std::process::id()));
+    std::process::Command::new(balancer_bin()?)
+        .arg("--socket")
+        .arg(&socket)
+        .args(args)
+        .output()
+        .context("cannot run the CLI")
+}
+
 /// Runs `balancer --json ARGS` and parses the answer; fails if the command
 /// fails.
 pub fn cli_json<I, S>(lab: &Lab, args: I) -> Result<serde_json::Value>

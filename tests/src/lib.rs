@@ -80,6 +80,28 @@ where
     }
 }
 
+/// Calls `probe` every `step` until it returns `Ok(Ok(value))`, and
+/// returns that value; `Ok(Err(why))` says why not yet, and after
+/// `timeout` the last `why` is the error. An `Err` from `probe` fails at
+/// once.
+pub fn poll<T>(
+    timeout: Duration,
+    step: Duration,
+    mut probe: impl FnMut() -> anyhow::Result<Result<T, String>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let why = match probe()? {
+            Ok(value) => return Ok(value),
+            Err(why) => why,
+        };
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("still not so after {timeout:?}: {why}");
+        }
+        std::thread::sleep(step);
+    }
+}
+
 /// Path of the `balancer` executable under test: `$BALANCER_BIN` when set
 /// (`cargo xtask` sets it to the binary it just built), otherwise the one
 /// cargo built next to the running test (`cargo test --workspace` builds it

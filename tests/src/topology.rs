@@ -278,6 +278,15 @@ impl ConfigText {
     }
 }
 
+/// The configuration most namespace tests start from: one TCP VIP named
+/// `web` on [`VIP4`] port 80 with `options` (a scheduler, a
+/// `[vip.health_check]` table) and `backends`.
+pub fn web_config(options: &str, backends: &[(IpAddr, &str)]) -> String {
+    ConfigText::default()
+        .vip("web", VIP4.into(), 80, "tcp", options, backends)
+        .build()
+}
+
 /// `addresses` as backends without extra lines.
 pub fn plain(addresses: &[IpAddr]) -> Vec<(IpAddr, &'static str)> {
     addresses.iter().map(|a| (*a, "")).collect()

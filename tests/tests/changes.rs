@@ -153,9 +153,7 @@ fn a_backend_added_at_runtime_takes_a_quarter_of_new_connections_and_resets_none
         let t = Topology::build(lab, 4)?;
         t.serve(Server::TcpEcho, topology::VIP4.into(), 80)?;
         let three = plain(&t.backend_addresses(false)[..3]);
-        let text = ConfigText::default()
-            .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &three)
-            .build();
+        let text = topology::web_config(NO_CHECK, &three);
         let mut daemon = start_with_config(lab, &t.lb, &text)?;
         let vip = SocketAddr::new(topology::VIP4.into(), 80);
         let mut held = (0..30)
@@ -210,16 +208,7 @@ fn an_added_backend_is_in_the_ring_within_milliseconds() {
     netns_test("add_latency", Duration::from_secs(120), |lab| {
         let t = Topology::build(lab, 6)?;
         let addresses = t.backend_addresses(false);
-        let text = ConfigText::default()
-            .vip(
-                "web",
-                topology::VIP4.into(),
-                80,
-                "tcp",
-                NO_CHECK,
-                &plain(&addresses[..3]),
-            )
-            .build();
+        let text = topology::web_config(NO_CHECK, &plain(&addresses[..3]));
         let mut daemon = start_with_config(lab, &t.lb, &text)?;
         let bound = Duration::from_millis(300);
         let mut times = Vec::new();

@@ -10,12 +10,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use balancer_tests::{
     daemon::{cli, cli_json, start},
     netns_test,
     servers::tcp_ask_name,
-    topology::{self, ConfigText, NO_CHECK, Server, Topology},
+    topology::{self, NO_CHECK, Server, Topology},
 };
 
 fn config(t: &Topology, backends: usize, weight_line: &str) -> String {
@@ -23,9 +23,7 @@ fn config(t: &Topology, backends: usize, weight_line: &str) -> String {
         .iter()
         .map(|a| (*a, weight_line))
         .collect();
-    ConfigText::default()
-        .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
-        .build()
+    topology::web_config(NO_CHECK, &backends)
 }
 
 #[test]
@@ -153,13 +151,7 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
 
 #[test]
 fn the_cli_says_clearly_when_no_daemon_runs() -> Result<()> {
-    let socket = std::env::temp_dir().join(format!("balancer-none-{}.sock", std::process::id()));
-    let out = std::process::Command::new(balancer_tests::balancer_bin()?)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("status")
-        .output()
-        .context("cannot run the CLI")?;
+    let out = balancer_tests::daemon::cli_without_daemon("none", &["status"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(1) && err.contains("cannot reach the daemon"),

@@ -13,7 +13,7 @@ use anyhow::{Result, ensure};
 use balancer_tests::{
     Netns, netns_test,
     servers::{HealthEndpoint, tally_names},
-    topology::{self, ConfigText, Server, Topology, plain},
+    topology::{self, Server, Topology, plain},
 };
 
 const CHECK_PORT: u16 = 8080;
@@ -22,16 +22,7 @@ fn config(t: &Topology, kind: &str) -> String {
     let check = format!(
         "[vip.health_check]\nkind = \"{kind}\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
     );
-    ConfigText::default()
-        .vip(
-            "web",
-            topology::VIP4.into(),
-            80,
-            "tcp",
-            &check,
-            &plain(&t.backend_addresses(false)),
-        )
-        .build()
+    topology::web_config(&check, &plain(&t.backend_addresses(false)))
 }
 
 /// Name servers on the VIP and a health endpoint on every backend's own

@@ -5,15 +5,15 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     Process,
     daemon::{cli_json, start},
     metrics::{Scrape, scrape},
-    netns_test,
+    netns_test, poll,
     servers::HealthEndpoint,
     topology::{self, ConfigText, Server, Topology, plain},
 };
@@ -44,17 +44,14 @@ fn config(t: &Topology) -> String {
 
 /// Scrapes until `ready` holds (the daemon caches a scrape for a second).
 fn scrape_until(t: &Topology, what: &str, ready: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    poll(Duration::from_secs(10), Duration::from_millis(200), || {
         let s = scrape(&t.lb, METRICS.parse()?)?;
-        if ready(&s) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("no scrape with {what} within 10 s; the last:\n{}", s.text);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Ok(if ready(&s) {
+            Ok(s)
+        } else {
+            Err(format!("no scrape with {what}; the last:\n{}", s.text))
+        })
+    })
 }
 
 fn backend(i: usize) -> String {

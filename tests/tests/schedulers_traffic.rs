@@ -7,14 +7,14 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     Lab, Netns,
     daemon::{cli, cli_json, start},
-    netns_test,
+    netns_test, poll,
     servers::{EchoConnection, tally_names},
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
@@ -46,19 +46,15 @@ fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
 /// its table holds them all (the daemon publishes tables in the same step
 /// as it resolves).
 fn wait_resolved(lab: &Lab, vip: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll(Duration::from_secs(5), Duration::from_millis(20), || {
         let rows = cli_json(lab, ["backend", "list", vip])?;
         let rows = rows.as_array().context("backend list is not an array")?;
-        if rows.iter().all(|r| !r["mac"].is_null()) {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "backends of {vip} unresolved after 5 s: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        Ok(if rows.iter().all(|r| !r["mac"].is_null()) {
+            Ok(())
+        } else {
+            Err(format!("backends of {vip} unresolved: {rows:?}"))
+        })
+    })
 }
 
 /// `vip show NAME`'s backends by name (`be0`, ...), with the whole answer.
@@ -95,17 +91,14 @@ fn active(lab: &Lab, vip: &str) -> Result<BTreeMap<String, u64>> {
 
 /// Waits until `vip show` reports `want` active connections per backend.
 fn wait_active(lab: &Lab, vip: &str, want: &BTreeMap<String, u64>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll(Duration::from_secs(5), Duration::from_millis(50), || {
         let now = active(lab, vip)?;
-        if &now == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("active connections {now:?}, expected {want:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(if &now == want {
+            Ok(())
+        } else {
+            Err(format!("active connections {now:?}, expected {want:?}"))
+        })
+    })
 }
 
 fn counts(connections: &[EchoConnection]) -> BTreeMap<String, u64> {

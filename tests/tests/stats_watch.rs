@@ -21,7 +21,7 @@ use balancer_tests::{
     netns_test,
     pty::PtyProcess,
     servers::tcp_ask_name,
-    topology::{self, ConfigText, NO_CHECK, Server, Topology},
+    topology::{self, NO_CHECK, Server, Topology},
 };
 
 const ROWS: u16 = 40;
@@ -32,9 +32,7 @@ fn config(t: &Topology) -> String {
     let addresses = t.backend_addresses(false);
     let weights = ["", "", "weight = 200\n"];
     let backends: Vec<_> = addresses.iter().copied().zip(weights).collect();
-    ConfigText::default()
-        .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
-        .build()
+    topology::web_config(NO_CHECK, &backends)
 }
 
 /// The arguments of `balancer --socket SOCKET stats --watch --interval I`.
@@ -280,16 +278,7 @@ fn piped_output_is_plain_blocks() {
     netns_test("stats_watch_plain", Duration::from_secs(90), |lab| {
         let t = Topology::build(lab, 2)?;
         let addresses = t.backend_addresses(false);
-        let text = ConfigText::default()
-            .vip(
-                "web",
-                topology::VIP4.into(),
-                80,
-                "tcp",
-                NO_CHECK,
-                &topology::plain(&addresses),
-            )
-            .build();
+        let text = topology::web_config(NO_CHECK, &topology::plain(&addresses));
         let _daemon = start_with_config(lab, &t.lb, &text)?;
         let mut command = t.client.command(balancer_bin()?);
         command.args(watch_args(lab, "200ms")?);
@@ -346,13 +335,7 @@ fn piped_output_is_plain_blocks() {
 
 #[test]
 fn without_a_daemon_the_view_fails_clearly() -> Result<()> {
-    let socket = std::env::temp_dir().join(format!("balancer-watch-{}.sock", std::process::id()));
-    let out = std::process::Command::new(balancer_bin()?)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["stats", "--watch"])
-        .output()
-        .context("cannot run the CLI")?;
+    let out = balancer_tests::daemon::cli_without_daemon("watch", &["stats", "--watch"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(1) && err.contains("cannot reach the daemon"),

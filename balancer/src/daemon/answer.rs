@@ -31,9 +31,9 @@ struct Attachment {
     mode: String,
 }
 
-/// One row of `vip list`.
+/// What `vip list` and `vip show` both say of a VIP, first.
 #[derive(Serialize)]
-struct VipRow {
+struct VipService {
     name: String,
     address: String,
     port: u16,
@@ -41,6 +41,28 @@ struct VipRow {
     scheduler: String,
     /// Session persistence ("5m"), null without.
     persistence_timeout: Option<String>,
+}
+
+impl VipService {
+    fn of(vip: &crate::plan::VipPlan, config: &crate::config::VipConfig) -> VipService {
+        VipService {
+            name: vip.name.clone(),
+            address: config.address.get_ref().to_string(),
+            port: config.port,
+            protocol: config.protocol.to_string(),
+            scheduler: config.scheduler.name().to_owned(),
+            persistence_timeout: config
+                .persistence()
+                .map(|p| crate::config::format_duration(p.timeout)),
+        }
+    }
+}
+
+/// One row of `vip list`.
+#[derive(Serialize)]
+struct VipRow {
+    #[serde(flatten)]
+    service: VipService,
     backends: usize,
     backends_up: usize,
     /// Every backend down or unreachable: the last ring stays in place.
@@ -53,13 +75,8 @@ struct VipRow {
 /// `vip show`: one VIP and how its backends share the load.
 #[derive(Serialize)]
 struct VipDetail {
-    name: String,
-    address: String,
-    port: u16,
-    protocol: String,
-    scheduler: String,
-    /// Session persistence ("5m"), null without.
-    persistence_timeout: Option<String>,
+    #[serde(flatten)]
+    service: VipService,
     /// Leading bits that make one IPv6 client for persistence (IPv6 VIPs
     /// with persistence only).
     persistence_ipv6_prefix: Option<u8>,
@@ -159,13 +176,6 @@ impl State {
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
 
-    fn backend_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-    }
-
     pub(super) fn is_up(&self, id: u32) -> bool {
         self.health.get(&id).is_none_or(|t| t.state() == Health::Up)
     }
@@ -184,9 +194,10 @@ impl State {
                 .collect(),
             metrics: self.metrics_endpoint.clone(),
             vips: self.plan.vips.len(),
-            backends: self.backend_ids().count(),
-            backends_up: self.backend_ids().filter(|id| self.is_up(*id)).count(),
+            backends: self.plan.backend_ids().count(),
+            backends_up: self.plan.backend_ids().filter(|id| self.is_up(*id)).count(),
             backends_unresolved: self
+                .plan
                 .backend_ids()
                 .filter(|id| {
                     !self
@@ -207,14 +218,7 @@ impl State {
                 let config = config.get_ref();
                 let counters = self.datapath.vip_counters(vip.slot.info.index)?;
                 Ok(VipRow {
-                    name: vip.name.clone(),
-                    address: config.address.get_ref().to_string(),
-                    port: config.port,
-                    protocol: config.protocol.to_string(),
-                    scheduler: config.scheduler.name().to_owned(),
-                    persistence_timeout: config
-                        .persistence()
-                        .map(|p| crate::config::format_duration(p.timeout)),
+                    service: VipService::of(vip, config),
                     backends: vip.backends.len(),
                     backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
                     all_down: self.all_down.contains(&vip.slot.info.index),
@@ -257,15 +261,10 @@ impl State {
                 share_percent,
             });
         }
-        let persistence = config.persistence();
         Ok(VipDetail {
-            name: vip.name.clone(),
-            address: config.address.get_ref().to_string(),
-            port: config.port,
-            protocol: config.protocol.to_string(),
-            scheduler: config.scheduler.name().to_owned(),
-            persistence_timeout: persistence.map(|p| crate::config::format_duration(p.timeout)),
-            persistence_ipv6_prefix: persistence
+            service: VipService::of(vip, config),
+            persistence_ipv6_prefix: config
+                .persistence()
                 .filter(|_| config.address.get_ref().is_ipv6())
                 .map(|p| p.ipv6_prefix),
             interval_s: activity.map(|a| a.interval.as_secs_f64()),

@@ -63,12 +63,7 @@ impl State {
     /// Reads every backend's new-flow counter (one batched read) and keeps
     /// its growth since the previous scan.
     fn record_activity(&mut self) -> Result<()> {
-        let ids: Vec<u32> = self
-            .plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
+        let ids: Vec<u32> = self.plan.backend_ids().collect();
         let slots = ids.iter().map(|id| id + 1).max().unwrap_or(0);
         let counters = self.datapath.all_counters(0, slots)?;
         let totals: BTreeMap<u32, u64> = ids

@@ -9,20 +9,8 @@ use crate::metrics::{BackendMetrics, Snapshot, Traffic, VipMetrics};
 impl State {
     /// Everything a scrape reports, read now.
     pub(super) fn metrics_snapshot(&self) -> Result<Snapshot> {
-        let vip_slots = self
-            .plan
-            .vips
-            .iter()
-            .map(|v| v.slot.info.index + 1)
-            .max()
-            .unwrap_or(0);
-        let backend_slots = self
-            .plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id + 1))
-            .max()
-            .unwrap_or(0);
+        let vip_slots = self.plan.vip_indexes().map(|i| i + 1).max().unwrap_or(0);
+        let backend_slots = self.plan.backend_ids().map(|id| id + 1).max().unwrap_or(0);
         let counters = self
             .datapath
             .all_counters(vip_slots, backend_slots)

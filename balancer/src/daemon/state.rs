@@ -320,11 +320,7 @@ impl State {
                 self.datapath.remove_vip_addr(key)?;
             }
         }
-        let ids: BTreeSet<u32> = plan
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
-            .collect();
+        let ids: BTreeSet<u32> = plan.backend_ids().collect();
         for old in self.plan.vips.iter().flat_map(|v| v.backends.iter()) {
             if !ids.contains(&old.id) {
                 let mut info = self.written.remove(&old.id).unwrap_or_default();
@@ -611,13 +607,7 @@ impl State {
 
 /// The VIP indexes and backend ids `plan` uses.
 fn numbers(plan: &Plan) -> (BTreeSet<u32>, BTreeSet<u32>) {
-    let vips = plan.vips.iter().map(|v| v.slot.info.index).collect();
-    let ids = plan
-        .vips
-        .iter()
-        .flat_map(|v| v.backends.iter().map(|b| b.id))
-        .collect();
-    (vips, ids)
+    (plan.vip_indexes().collect(), plan.backend_ids().collect())
 }
 
 /// Zeroes the counters (and connection count) of the VIP indexes and

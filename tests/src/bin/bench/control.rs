@@ -175,16 +175,7 @@ fn backend_add(runs: usize) -> Result<(Summary, Summary)> {
     let t = Topology::build(&lab, 3)?;
     t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
     let addresses = t.backend_addresses(false);
-    let config = ConfigText::default()
-        .vip(
-            "web",
-            topology::VIP4.into(),
-            80,
-            "tcp",
-            NO_CHECK,
-            &plain(&addresses[..2]),
-        )
-        .build();
+    let config = topology::web_config(NO_CHECK, &plain(&addresses[..2]));
     let _daemon = start_with_config(&lab, &t.lb, &config)?;
     let new = addresses[2].to_string();
     let (mut returned, mut first) = (Vec::new(), Vec::new());
@@ -332,16 +323,7 @@ fn failover(runs: usize) -> Result<Summary> {
     let check = format!(
         "[vip.health_check]\nkind = \"tcp\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = 2\nfall = {FALL}\n"
     );
-    let config = ConfigText::default()
-        .vip(
-            "web",
-            topology::VIP4.into(),
-            80,
-            "tcp",
-            &check,
-            &plain(&t.backend_addresses(false)),
-        )
-        .build();
+    let config = topology::web_config(&check, &plain(&t.backend_addresses(false)));
     let mut daemon = start_with_config(&lab, &t.lb, &config)?;
     let mut times = Vec::new();
     for run in 0..=runs {
