@@ -88,18 +88,11 @@ pub(super) fn reconcile(
         ..Writes::default()
     };
     let ops = &mut out.ops;
-    let vips: Vec<u32> = out
-        .numbers
-        .vips
-        .difference(&published.numbers.vips)
-        .copied()
-        .collect();
-    let backends: Vec<u32> = out
-        .numbers
-        .backends
-        .difference(&published.numbers.backends)
-        .copied()
-        .collect();
+    let fresh = |want: &BTreeSet<u32>, have: &BTreeSet<u32>| -> Vec<u32> {
+        want.difference(have).copied().collect()
+    };
+    let vips = fresh(&out.numbers.vips, &published.numbers.vips);
+    let backends = fresh(&out.numbers.backends, &published.numbers.backends);
     if !vips.is_empty() || !backends.is_empty() {
         ops.push(Write::ResetNumbers { vips, backends });
     }

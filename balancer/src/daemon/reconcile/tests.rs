@@ -23,25 +23,16 @@ name = "web"
 address = "192.0.2.10"
 port = 80
 protocol = "tcp"
-[vip.health_check]
-rise = 1
-fall = 1
-[[vip.backend]]
-address = "10.0.0.1"
-[[vip.backend]]
-address = "10.0.0.2"
-[[vip.backend]]
-address = "10.0.0.3"
+health_check = { rise = 1, fall = 1 }
+backend = [{ address = "10.0.0.1" }, { address = "10.0.0.2" }, { address = "10.0.0.3" }]
 
 [[vip]]
 name = "dns"
 address = "192.0.2.10"
 port = 53
 protocol = "udp"
-[vip.health_check]
-kind = "none"
-[[vip.backend]]
-address = "10.0.0.9"
+health_check = { kind = "none" }
+backend = [{ address = "10.0.0.9" }]
 "#;
 
 /// Records writes; fails the write of index `fail_at`.
@@ -147,6 +138,19 @@ impl World {
     }
 }
 
+/// `CONFIG` published, then reloaded with each (from, to) replaced, and
+/// the writes of that reload.
+fn reloaded(edits: &[(&str, &str)]) -> (World, Vec<Write>) {
+    let mut world = World::published();
+    let text = edits.iter().fold(CONFIG.to_owned(), |text, (from, to)| {
+        assert!(text.contains(from), "{from}");
+        text.replace(from, to)
+    });
+    world.reload(&text);
+    let writes = world.apply();
+    (world, writes)
+}
+
 fn mac(id: u32) -> [u8; 6] {
     [2, 0xbe, 0, 0, 0, id as u8]
 }
@@ -229,12 +233,10 @@ fn a_reload_that_changes_nothing_writes_nothing() {
 
 #[test]
 fn an_added_backend_gets_fresh_counters_its_entry_and_one_new_table() {
-    let mut world = World::published();
-    world.reload(&CONFIG.replace(
-        "address = \"10.0.0.3\"\n",
-        "address = \"10.0.0.3\"\n[[vip.backend]]\naddress = \"10.0.0.4\"\n",
-    ));
-    let writes = world.apply();
+    let (_, writes) = reloaded(&[(
+        r#"{ address = "10.0.0.3" }"#,
+        r#"{ address = "10.0.0.3" }, { address = "10.0.0.4" }"#,
+    )]);
     assert_eq!(kinds(&writes), ["reset", "weight", "backend", "tables"]);
     assert_eq!(
         writes[0],
@@ -248,9 +250,7 @@ fn an_added_backend_gets_fresh_counters_its_entry_and_one_new_table() {
 
 #[test]
 fn a_removed_backend_is_marked_down_with_weight_0_and_forgotten() {
-    let mut world = World::published();
-    world.reload(&CONFIG.replace("[[vip.backend]]\naddress = \"10.0.0.2\"\n", ""));
-    let writes = world.apply();
+    let (world, writes) = reloaded(&[(r#"{ address = "10.0.0.2" }, "#, "")]);
     assert_eq!(kinds(&writes), ["backend", "weight", "tables"]);
     assert_eq!(entries(&writes)[0].0, 1);
     assert_eq!(entries(&writes)[0].1.flags, 0);
@@ -261,24 +261,20 @@ fn a_removed_backend_is_marked_down_with_weight_0_and_forgotten() {
 
 #[test]
 fn a_weight_change_rewrites_the_weight_and_the_table() {
-    let mut world = World::published();
-    world.reload(&CONFIG.replace(
-        "address = \"10.0.0.1\"\n",
-        "address = \"10.0.0.1\"\nweight = 300\n",
-    ));
-    let writes = world.apply();
+    let (_, writes) = reloaded(&[(
+        r#"{ address = "10.0.0.1" }"#,
+        r#"{ address = "10.0.0.1", weight = 300 }"#,
+    )]);
     assert_eq!(writes[0], Write::Weight { id: 0, weight: 300 });
     assert_eq!(kinds(&writes), ["weight", "tables"]);
 }
 
 #[test]
 fn a_drained_backend_keeps_its_entry_and_leaves_the_table() {
-    let mut world = World::published();
-    world.reload(&CONFIG.replace(
-        "address = \"10.0.0.1\"\n",
-        "address = \"10.0.0.1\"\ndrain = true\n",
-    ));
-    let writes = world.apply();
+    let (_, writes) = reloaded(&[(
+        r#"{ address = "10.0.0.1" }"#,
+        r#"{ address = "10.0.0.1", drain = true }"#,
+    )]);
     assert_eq!(kinds(&writes), ["weight", "tables"]);
     assert_eq!(writes[0], Write::Weight { id: 0, weight: 0 });
     let Write::Tables(t) = &writes[1] else {
@@ -333,10 +329,8 @@ fn a_neighbour_change_rewrites_that_backend_only() {
 
 #[test]
 fn a_removed_vip_loses_its_key_and_table_and_its_backend() {
-    let mut world = World::published();
     let dns = CONFIG.find("[[vip]]\nname = \"dns\"").unwrap();
-    world.reload(&CONFIG[..dns]);
-    let writes = world.apply();
+    let (world, writes) = reloaded(&[(&CONFIG[dns..], "")]);
     assert_eq!(
         kinds(&writes),
         ["remove-vips", "remove-addr", "backend", "weight"]
