@@ -3,13 +3,8 @@
 
 use serde::Serialize;
 
-use balancer_common::vip::counts_connections;
-
-use super::state::State;
-use crate::{
-    control::{Request, Response},
-    health::Health,
-};
+use super::{reconcile::ApplyError, state::State, view::View};
+use crate::control::{Request, Response};
 
 /// `status`.
 #[derive(Serialize)]
@@ -23,6 +18,9 @@ struct Status {
     backends: usize,
     backends_up: usize,
     backends_unresolved: usize,
+    /// Why the maps are behind the configuration in force, since a set of
+    /// writes failed part-way (retried at every tick); null when in line.
+    maps_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -141,20 +139,24 @@ struct Count {
 impl State {
     /// Answers one control request.
     pub(super) async fn answer(&mut self, request: Request) -> Response {
+        let view = self.view();
         let result = match request {
-            Request::Status {} => Ok(Response::ok(self.status())),
-            Request::VipList {} => self.vip_rows().map(Response::ok),
-            Request::VipShow { name } => self.vip_detail(&name).map(Response::ok),
-            Request::BackendList { vip } => self.backend_rows(vip.as_deref()).map(Response::ok),
-            Request::Stats {} => self.stats().map(Response::ok),
+            Request::Status {} => Ok(Response::ok(view.status())),
+            Request::VipList {} => view.vip_rows().map(Response::ok),
+            Request::VipShow { name } => view.vip_detail(&name).map(Response::ok),
+            Request::BackendList { vip } => view.backend_rows(vip.as_deref()).map(Response::ok),
+            Request::Stats {} => view.stats().map(Response::ok),
             Request::Reload {} => Ok(match self.reload().await {
                 Ok(done) => {
                     tracing::info!("reload: {done}");
                     Response::ok(done)
                 }
                 Err(error) => {
-                    tracing::error!("reload refused: {error}");
-                    Response::error(error)
+                    match &error {
+                        ApplyError::Refused(_) => tracing::error!("reload refused: {error}"),
+                        ApplyError::Partial { .. } => tracing::error!("reload {error}"),
+                    }
+                    Response::error(error.to_string())
                 }
             }),
             change => {
@@ -166,24 +168,26 @@ impl State {
                         tracing::info!(change = ?edit, "configuration changed: {done}");
                         Response::ok(done)
                     }
-                    Err(error) => {
+                    Err(error @ ApplyError::Refused(_)) => {
                         tracing::warn!(change = ?edit, "change refused: {error}");
-                        Response::error(error)
+                        Response::error(error.to_string())
+                    }
+                    Err(error) => {
+                        tracing::error!(change = ?edit, "change {error}");
+                        Response::error(error.to_string())
                     }
                 })
             }
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
+}
 
-    pub(super) fn is_up(&self, id: u32) -> bool {
-        self.health.get(&id).is_none_or(|t| t.state() == Health::Up)
-    }
-
+impl View<'_> {
     fn status(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            config: self.config_path.as_ref().map(|p| p.display().to_string()),
+            config: self.desired.path.as_ref().map(|p| p.display().to_string()),
             interfaces: self
                 .datapath
                 .attachments()
@@ -192,28 +196,28 @@ impl State {
                     mode: mode.to_string(),
                 })
                 .collect(),
-            metrics: self.metrics_endpoint.clone(),
-            vips: self.plan.vips.len(),
-            backends: self.plan.backend_ids().count(),
-            backends_up: self.plan.backend_ids().filter(|id| self.is_up(*id)).count(),
-            backends_unresolved: self
-                .plan
+            metrics: self.metrics_endpoint.to_owned(),
+            vips: self.plan().vips.len(),
+            backends: self.plan().backend_ids().count(),
+            backends_up: self
+                .plan()
                 .backend_ids()
-                .filter(|id| {
-                    !self
-                        .paths
-                        .get(id)
-                        .is_some_and(|p| p.is_some_and(|p| p.dst_mac.is_some()))
-                })
+                .filter(|id| self.is_up(*id))
                 .count(),
+            backends_unresolved: self
+                .plan()
+                .backend_ids()
+                .filter(|id| self.observed.reach(*id).mac().is_none())
+                .count(),
+            maps_error: self.maps_error.map(str::to_owned),
         }
     }
 
     fn vip_rows(&self) -> anyhow::Result<Vec<VipRow>> {
-        self.plan
+        self.plan()
             .vips
             .iter()
-            .zip(&self.config.vips)
+            .zip(&self.desired.config.vips)
             .map(|(vip, config)| {
                 let config = config.get_ref();
                 let counters = self.datapath.vip_counters(vip.slot.info.index)?;
@@ -221,7 +225,7 @@ impl State {
                     service: VipService::of(vip, config),
                     backends: vip.backends.len(),
                     backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
-                    all_down: self.all_down.contains(&vip.slot.info.index),
+                    all_down: self.all_down(vip.slot.info.index),
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
@@ -232,20 +236,19 @@ impl State {
 
     fn vip_detail(&self, name: &str) -> anyhow::Result<VipDetail> {
         let Some((vip, config)) = self
-            .plan
+            .plan()
             .vips
             .iter()
-            .zip(&self.config.vips)
+            .zip(&self.desired.config.vips)
             .find(|(v, _)| v.name == name)
         else {
             anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
         };
         let config = config.get_ref();
-        let activity = self.activity.as_ref();
         let new_flows: Vec<Option<u64>> = vip
             .backends
             .iter()
-            .map(|b| activity.and_then(|a| a.new_flows.get(&b.id).copied()))
+            .map(|b| self.observed.get(b.id).and_then(|seen| seen.new_flows))
             .collect();
         let shares = crate::stats::shares(&new_flows);
         let mut backends = Vec::with_capacity(vip.backends.len());
@@ -256,7 +259,11 @@ impl State {
                 weight: b.weight,
                 state: self.backend_state(b.id, b.weight),
                 active_connections,
-                smoothed_latency_ms: self.smoothed_us.get(&b.id).map(|us| us / 1e3),
+                smoothed_latency_ms: self
+                    .observed
+                    .get(b.id)
+                    .and_then(|seen| seen.smoothed_us)
+                    .map(|us| us / 1e3),
                 new_flows,
                 share_percent,
             });
@@ -267,41 +274,20 @@ impl State {
                 .persistence()
                 .filter(|_| config.address.get_ref().is_ipv6())
                 .map(|p| p.ipv6_prefix),
-            interval_s: activity.map(|a| a.interval.as_secs_f64()),
+            interval_s: self.observed.scan.interval.map(|i| i.as_secs_f64()),
             backends,
         })
     }
 
-    /// Open connections of backend `id` of a VIP with `flags`: the
-    /// datapath's count for the least-* schedulers (a TCP connection until
-    /// its FIN or RST), else the backend's live connection-table entries
-    /// at the last scan.
-    pub(super) fn active_connections(&self, flags: u32, id: u32) -> anyhow::Result<u64> {
-        Ok(if counts_connections(flags) {
-            self.datapath.backend_load(id)?.active()
-        } else {
-            self.live.get(&id).copied().unwrap_or(0)
-        })
-    }
-
-    /// up, down or draining (up with weight 0).
-    fn backend_state(&self, id: u32, weight: u32) -> &'static str {
-        match (self.is_up(id), weight) {
-            (false, _) => "down",
-            (true, 0) => "draining",
-            (true, _) => "up",
-        }
-    }
-
     fn backend_rows(&self, only: Option<&str>) -> anyhow::Result<Vec<BackendRow>> {
         if let Some(name) = only
-            && !self.plan.vips.iter().any(|v| v.name == name)
+            && !self.plan().vips.iter().any(|v| v.name == name)
         {
             anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
         }
         let mut rows = Vec::new();
         for vip in self
-            .plan
+            .plan()
             .vips
             .iter()
             .filter(|v| only.is_none_or(|n| v.name == n))
@@ -315,13 +301,15 @@ impl State {
                     weight: b.weight,
                     state,
                     mac: self
-                        .paths
-                        .get(&b.id)
-                        .copied()
-                        .flatten()
-                        .and_then(|p| p.dst_mac)
-                        .map(super::state::format_mac),
-                    latency_ms: self.latency.get(&b.id).map(|d| d.as_secs_f64() * 1e3),
+                        .observed
+                        .reach(b.id)
+                        .mac()
+                        .map(super::events::format_mac),
+                    latency_ms: self
+                        .observed
+                        .get(b.id)
+                        .and_then(|seen| seen.latency)
+                        .map(|d| d.as_secs_f64() * 1e3),
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,

@@ -9,10 +9,17 @@
 //! configuration on SIGHUP or a `reload` request.
 
 mod answer;
+mod checks;
 mod connections;
+mod desired;
+mod events;
+mod observed;
+mod published;
+mod reconcile;
 mod scan;
 mod snapshot;
 mod state;
+mod view;
 
 use std::{path::Path, path::PathBuf, time::Duration};
 
@@ -157,25 +164,21 @@ async fn serve(
     let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
     let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<Report>(1024);
     let socket = config.daemon.control_socket.clone();
-    let published = datapath
-        .published()
-        .context("cannot read the pinned maps")?;
-    let numbering = crate::plan::Numbering::recover(&config, &published.vips, &published.backends);
-    let mut state = State::new(
-        config, path, datapath, neighbours, reports_tx, numbering, &published,
-    )?;
-    state.socket_override = socket_override;
+    let pinned = datapath.pinned().context("cannot read the pinned maps")?;
+    let numbering = crate::plan::Numbering::recover(&config, &pinned.vips, &pinned.backends);
+    let desired = desired::Desired::new(config, path, socket_override, numbering);
+    let mut state = State::new(desired, datapath, neighbours, reports_tx, &pinned);
     state.metrics_endpoint = metrics_endpoint;
     // Give the neighbours a moment to resolve (the first round provokes
     // it), so the first packets are not dropped as unresolved.
     for _ in 0..20 {
-        state.resolve().await?;
+        state.resolve().await;
         if state.all_resolved() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    state.publish_all()?;
+    state.publish().context("cannot fill the datapath's maps")?;
     for interface in interfaces {
         let mode = state
             .datapath
@@ -211,32 +214,30 @@ async fn serve(
         tokio::select! {
             _ = stats.tick() => log_stats(&state.datapath)?,
             _ = resolve.tick() => {
-                state.resolve().await?;
-                state.publish_changes()?;
+                state.resolve().await;
+                let _ = state.publish();
             }
             _ = reconcile.tick() => {
-                if let Err(err) = state.reconcile() {
+                if let Err(err) = state.scan() {
                     tracing::warn!(error = format!("{err:#}"), "cannot reconcile the connection table");
                 }
             }
             _ = tokio::time::sleep(QUICK_RESOLVE_INTERVAL), if quick_until.is_some() => {
-                state.resolve().await?;
-                state.publish_changes()?;
+                state.resolve().await;
+                let _ = state.publish();
                 if state.all_resolved() || quick_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     quick_until = None;
                 }
             }
             Some(report) = reports.recv() => {
-                if state.health_report(report) {
-                    state.publish_changes()?;
-                }
+                let _ = state.health_report(&report);
             }
             Some(answer) = scrapes.recv() => {
                 // A scrape that gave up waiting needs no snapshot.
                 if answer.is_closed() {
                     continue;
                 }
-                let snapshot = state.metrics_snapshot().map_err(|e| format!("{e:#}"));
+                let snapshot = state.view().metrics_snapshot().map_err(|e| format!("{e:#}"));
                 if let Err(error) = &snapshot {
                     tracing::warn!(error, "cannot take a metrics snapshot");
                 }
@@ -252,7 +253,10 @@ async fn serve(
             _ = sighup.recv() => {
                 match state.reload().await {
                     Ok(done) => tracing::info!("reload on SIGHUP: {done}"),
-                    Err(error) => tracing::error!("reload on SIGHUP refused: {error}"),
+                    Err(error @ reconcile::ApplyError::Refused(_)) => {
+                        tracing::error!("reload on SIGHUP refused: {error}");
+                    }
+                    Err(error) => tracing::error!("reload on SIGHUP {error}"),
                 }
                 if !state.all_resolved() {
                     quick_until = Some(tokio::time::Instant::now() + QUICK_RESOLVE_FOR);

@@ -3,14 +3,19 @@
 
 use anyhow::{Context as _, Result};
 
-use super::state::State;
+use super::view::View;
 use crate::metrics::{BackendMetrics, Snapshot, Traffic, VipMetrics};
 
-impl State {
+impl View<'_> {
     /// Everything a scrape reports, read now.
     pub(super) fn metrics_snapshot(&self) -> Result<Snapshot> {
-        let vip_slots = self.plan.vip_indexes().map(|i| i + 1).max().unwrap_or(0);
-        let backend_slots = self.plan.backend_ids().map(|id| id + 1).max().unwrap_or(0);
+        let vip_slots = self.plan().vip_indexes().map(|i| i + 1).max().unwrap_or(0);
+        let backend_slots = self
+            .plan()
+            .backend_ids()
+            .map(|id| id + 1)
+            .max()
+            .unwrap_or(0);
         let counters = self
             .datapath
             .all_counters(vip_slots, backend_slots)
@@ -19,9 +24,9 @@ impl State {
             packets: c.packets,
             bytes: c.bytes,
         };
-        let mut vips = Vec::with_capacity(self.plan.vips.len());
+        let mut vips = Vec::with_capacity(self.plan().vips.len());
         let mut backends = Vec::new();
-        for vip in &self.plan.vips {
+        for vip in &self.plan().vips {
             let c = counters
                 .vips
                 .get(vip.slot.info.index as usize)
@@ -38,7 +43,8 @@ impl State {
                     .get(b.id as usize)
                     .copied()
                     .unwrap_or_default();
-                let health = self.health_counts.get(&b.id).copied().unwrap_or_default();
+                let seen = self.observed.get(b.id);
+                let health = seen.map(|s| s.checks).unwrap_or_default();
                 backends.push(BackendMetrics {
                     vip: vip.name.clone(),
                     backend: b.address.to_string(),
@@ -47,7 +53,7 @@ impl State {
                     up: self.is_up(b.id),
                     weight: b.weight,
                     active_connections: self.active_connections(vip.slot.info.flags, b.id)?,
-                    check_latency: self.latency.get(&b.id).copied(),
+                    check_latency: seen.and_then(|s| s.latency),
                     checks_ok: health.ok,
                     checks_failed: health.failed,
                     went_up: health.went_up,
@@ -76,8 +82,8 @@ impl State {
             backends,
             reasons: counters.reasons.verdicts().map(traffic_of).collect(),
             events: counters.reasons.events().map(traffic_of).collect(),
-            flow_entries: self.flow_entries,
-            flow_capacity: u64::from(*self.config.datapath.flow_table_size.get_ref()),
+            flow_entries: self.observed.scan.flow_entries,
+            flow_capacity: u64::from(*self.desired.config.datapath.flow_table_size.get_ref()),
         })
     }
 }

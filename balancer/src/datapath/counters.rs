@@ -60,9 +60,9 @@ pub struct AllCounters {
     pub backends: Vec<FlowCounters>,
 }
 
-/// What the `vips` and `backends` maps hold.
+/// What the `vips` and `backends` maps hold when they are adopted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Published {
+pub struct Pinned {
     pub vips: Vec<(VipKey, VipInfo)>,
     /// Backend ids in use, with their records.
     pub backends: Vec<(u32, BackendInfo)>,
@@ -72,7 +72,7 @@ impl Datapath {
     /// What pinned maps adopted from a previous daemon hold: every VIP key
     /// with its info, and every backend id in use with its record. Empty
     /// for fresh maps.
-    pub fn published(&self) -> Result<Published, DatapathError> {
+    pub fn pinned(&self) -> Result<Pinned, DatapathError> {
         let map = self
             .ebpf
             .map(maps::VIPS)
@@ -98,7 +98,7 @@ impl Datapath {
                 backends.push((id as u32, info));
             }
         }
-        Ok(Published { vips, backends })
+        Ok(Pinned { vips, backends })
     }
 
     /// Reads the global counters.

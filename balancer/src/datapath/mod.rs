@@ -14,6 +14,7 @@ pub mod loadgen;
 mod mapped;
 pub mod pin;
 mod write;
+mod writes;
 
 use std::{collections::BTreeMap, fmt};
 
@@ -27,9 +28,10 @@ use aya::{
 use balancer_common::{XDP_PROGRAM, maps};
 use thiserror::Error;
 
-pub use counters::{AllCounters, Published, Reasons};
+pub use counters::{AllCounters, Pinned, Reasons};
 pub use flows::now_ns;
-pub use write::{VipSlot, ring_map};
+pub use write::{RINGS_PER_BATCH, VipSlot, ring_map};
+pub use writes::{Write, Writer};
 
 /// The XDP object built by build.rs from balancer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));

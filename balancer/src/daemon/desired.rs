@@ -1,0 +1,140 @@
+//! What the datapath should hold: the configuration in force (the file as
+//! last applied, with the CLI's edits), laid out as a [`Plan`], and the
+//! numbers handed out so far. Pure: building the next desired state
+//! touches nothing, so a refused configuration changes nothing.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    config::Config,
+    plan::{self, Numbering, Plan},
+};
+
+/// The configuration in force and its plan.
+pub(super) struct Desired {
+    pub(super) config: Config,
+    /// The file the configuration came from, if any.
+    pub(super) path: Option<PathBuf>,
+    /// `--socket`, which replaces the file's control_socket.
+    socket_override: Option<PathBuf>,
+    pub(super) plan: Plan,
+    numbering: Numbering,
+}
+
+impl Desired {
+    /// Lays `config` out with `numbering` (the numbers a previous daemon
+    /// gave, recovered from its pinned maps).
+    pub(super) fn new(
+        mut config: Config,
+        path: Option<PathBuf>,
+        socket_override: Option<PathBuf>,
+        mut numbering: Numbering,
+    ) -> Desired {
+        if let Some(socket) = &socket_override {
+            config.daemon.control_socket.clone_from(socket);
+        }
+        let plan = plan::plan_with(&config, &mut numbering);
+        Desired {
+            config,
+            path,
+            socket_override,
+            plan,
+            numbering,
+        }
+    }
+
+    /// The desired state for `config`, read from `path`, to replace this
+    /// one: VIPs and backends that stay keep their numbers. Refused, with
+    /// the reason, when it changes what only a restart can change.
+    pub(super) fn next(&self, mut config: Config, path: &Path) -> Result<Desired, String> {
+        self.check_restart_keys(&config, path)?;
+        if let Some(socket) = &self.socket_override {
+            config.daemon.control_socket.clone_from(socket);
+        }
+        let mut numbering = self.numbering.clone();
+        let plan = plan::plan_with(&config, &mut numbering);
+        Ok(Desired {
+            config,
+            path: Some(path.to_path_buf()),
+            socket_override: self.socket_override.clone(),
+            plan,
+            numbering,
+        })
+    }
+
+    /// The configuration file, or why there is none.
+    pub(super) fn config_file(&self) -> Result<PathBuf, String> {
+        self.path.clone().ok_or_else(|| {
+            "the daemon runs without a configuration file (start it with --config)".to_owned()
+        })
+    }
+
+    /// Refuses a configuration that changes what only a restart can.
+    pub(super) fn check_restart_keys(&self, config: &Config, path: &Path) -> Result<(), String> {
+        let (old, new) = (&self.config.datapath, &config.datapath);
+        let mut fixed = Vec::new();
+        if old.interfaces != new.interfaces {
+            fixed.push("[datapath] interfaces");
+        }
+        if old.xdp_mode != new.xdp_mode {
+            fixed.push("[datapath] xdp_mode");
+        }
+        if old.ring_size.get_ref() != new.ring_size.get_ref() {
+            fixed.push("[datapath] ring_size");
+        }
+        if old.flow_table_size.get_ref() != new.flow_table_size.get_ref() {
+            fixed.push("[datapath] flow_table_size");
+        }
+        let mut daemon = config.daemon.clone();
+        if let Some(socket) = &self.socket_override {
+            daemon.control_socket.clone_from(socket);
+        }
+        if self.config.daemon != daemon {
+            fixed.push("[daemon]");
+        }
+        if fixed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: {} cannot change while the daemon runs (restart it); nothing was changed",
+            path.display(),
+            fixed.join(", ")
+        ))
+    }
+
+    /// "N VIPs, M backends".
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "{} VIPs, {} backends",
+            self.plan.vips.len(),
+            self.plan.backend_ids().count()
+        )
+    }
+
+    /// The VIP name and address of backend `id`, for logs.
+    pub(super) fn describe(&self, id: u32) -> (&str, IpAddr) {
+        self.plan
+            .vips
+            .iter()
+            .find_map(|v| {
+                v.backends
+                    .iter()
+                    .find(|b| b.id == id)
+                    .map(|b| (v.name.as_str(), b.address))
+            })
+            .unwrap_or(("?", IpAddr::from([0, 0, 0, 0])))
+    }
+
+    /// Every backend with the VIP it belongs to, in plan order.
+    pub(super) fn backends(
+        &self,
+    ) -> impl Iterator<Item = (&plan::VipPlan, &plan::BackendPlan)> + '_ {
+        self.plan
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+    }
+}

@@ -1,0 +1,246 @@
+//! What the daemon has seen of each backend: one [`Seen`] per backend
+//! (health verdict, check latencies and counts, next hop, connections at
+//! the last scan), and what the last scans of the connection table said.
+//! Pure bookkeeping: the daemon feeds it reports, neighbour reads and
+//! scans; the reconciler reads it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use super::{connections, desired::Desired};
+use crate::{
+    config::CheckKind,
+    health::{Health, Report, Tracker},
+    neighbour::L2Path,
+};
+
+/// Weight of a new latency sample in the smoothed latency.
+const LATENCY_SMOOTHING: f64 = 0.3;
+
+/// Everything observed, per backend id.
+#[derive(Default)]
+pub(super) struct Observed {
+    backends: BTreeMap<u32, Seen>,
+    /// The last scans of the connection table.
+    pub(super) scan: Scans,
+}
+
+/// What has been seen of one backend.
+#[derive(Clone, Debug)]
+pub(super) struct Seen {
+    /// Its health checks' verdict.
+    pub(super) health: Tracker,
+    /// How long its last check took.
+    pub(super) latency: Option<Duration>,
+    /// Smoothed duration of its successful checks, in microseconds: what
+    /// least-latency compares.
+    pub(super) smoothed_us: Option<f64>,
+    /// Its check results and transitions so far.
+    pub(super) checks: HealthCounts,
+    /// How it is reached.
+    pub(super) path: Reach,
+    /// Live connection-table entries at the last scan.
+    pub(super) live: u64,
+    /// Its new-flow counter at the last scan.
+    new_flows_total: Option<u64>,
+    /// New flows placed on it between the last two scans.
+    pub(super) new_flows: Option<u64>,
+}
+
+/// How a backend is reached, as the last neighbour read said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Not read yet.
+    #[default]
+    Unknown,
+    /// No route, or not on a directly connected network.
+    Unreachable,
+    /// The interface that reaches it (and the MAC, once resolved).
+    Path(L2Path),
+}
+
+impl Reach {
+    /// The path, if any.
+    pub(super) fn path(self) -> Option<L2Path> {
+        match self {
+            Reach::Path(path) => Some(path),
+            Reach::Unknown | Reach::Unreachable => None,
+        }
+    }
+
+    /// The backend's MAC, once resolved.
+    pub(super) fn mac(self) -> Option<[u8; 6]> {
+        self.path().and_then(|p| p.dst_mac)
+    }
+}
+
+/// Health-check results and transitions of one backend, for the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct HealthCounts {
+    pub(super) ok: u64,
+    pub(super) failed: u64,
+    pub(super) went_up: u64,
+    pub(super) went_down: u64,
+}
+
+/// What the scans of the connection table said.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Scans {
+    /// When the last scan was.
+    at: Option<Instant>,
+    /// The interval between the last two scans (None before the second).
+    pub(super) interval: Option<Duration>,
+    /// Connection-table entries at the last scan.
+    pub(super) flow_entries: Option<u64>,
+}
+
+/// What one scan of the connection table found.
+pub(super) struct Scan {
+    /// Backend id → live entries.
+    pub(super) live: BTreeMap<u32, u64>,
+    /// Backend id → its new-flow counter now.
+    pub(super) new_flow_totals: BTreeMap<u32, u64>,
+    /// Entries left in the table.
+    pub(super) entries: u64,
+}
+
+/// A health transition one report caused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Transition {
+    pub(super) from: Health,
+    pub(super) to: Health,
+}
+
+impl Observed {
+    /// Starts observing every backend of `desired` that is not observed
+    /// yet (a backend that stays keeps what was seen of it): up, or down
+    /// when it is in `left_down` and health-checked (a previous daemon left
+    /// it down, so it comes back after `rise` successes rather than taking
+    /// new flows until `fall` failures).
+    pub(super) fn add(&mut self, desired: &Desired, left_down: &BTreeSet<u32>) {
+        for (vip, planned) in desired.config.vips.iter().zip(&desired.plan.vips) {
+            let check = vip.get_ref().check();
+            for backend in &planned.backends {
+                if self.backends.contains_key(&backend.id) {
+                    continue;
+                }
+                let health = if check.kind != CheckKind::None && left_down.contains(&backend.id) {
+                    tracing::info!(
+                        vip = planned.name.as_str(),
+                        backend = %backend.address,
+                        rise = check.rise,
+                        "backend starts down, as the previous daemon left it"
+                    );
+                    Tracker::down(check.rise, check.fall)
+                } else {
+                    Tracker::new(check.rise, check.fall)
+                };
+                self.backends.insert(backend.id, Seen::new(health));
+            }
+        }
+    }
+
+    /// Forgets every backend `desired` does not have.
+    pub(super) fn retain(&mut self, desired: &Desired) {
+        let ids: BTreeSet<u32> = desired.plan.backend_ids().collect();
+        self.backends.retain(|id, _| ids.contains(id));
+    }
+
+    /// What has been seen of backend `id`.
+    pub(super) fn get(&self, id: u32) -> Option<&Seen> {
+        self.backends.get(&id)
+    }
+
+    /// Whether backend `id` is up (a backend not checked yet is).
+    pub(super) fn is_up(&self, id: u32) -> bool {
+        self.get(id)
+            .is_none_or(|seen| seen.health.state() == Health::Up)
+    }
+
+    /// How backend `id` is reached.
+    pub(super) fn reach(&self, id: u32) -> Reach {
+        self.get(id).map_or(Reach::Unknown, |seen| seen.path)
+    }
+
+    /// Records how backend `id` is reached; returns what was known before.
+    pub(super) fn set_reach(&mut self, id: u32, reach: Reach) -> Option<Reach> {
+        let seen = self.backends.get_mut(&id)?;
+        Some(std::mem::replace(&mut seen.path, reach))
+    }
+
+    /// Whether every backend read so far has its MAC resolved.
+    pub(super) fn all_resolved(&self) -> bool {
+        self.backends
+            .values()
+            .filter(|seen| seen.path != Reach::Unknown)
+            .all(|seen| seen.path.mac().is_some())
+    }
+
+    /// Takes one check result; returns the transition it caused, if any.
+    /// A report of a backend no longer observed (still in flight from the
+    /// check task of a backend just removed) is ignored.
+    pub(super) fn record(&mut self, report: &Report) -> Option<Transition> {
+        let seen = self.backends.get_mut(&report.backend)?;
+        seen.latency = Some(report.latency);
+        if report.success {
+            seen.checks.ok += 1;
+            let sample = report.latency.as_secs_f64() * 1e6;
+            seen.smoothed_us = Some(match seen.smoothed_us {
+                Some(old) => old + LATENCY_SMOOTHING * (sample - old),
+                None => sample,
+            });
+        } else {
+            seen.checks.failed += 1;
+        }
+        let from = seen.health.state();
+        let to = seen.health.record(report.success)?;
+        if to == Health::Up {
+            seen.checks.went_up += 1;
+        } else {
+            seen.checks.went_down += 1;
+        }
+        Some(Transition { from, to })
+    }
+
+    /// Takes one scan of the connection table, made at `now`: each
+    /// backend's live entries, and its new flows since the previous scan.
+    pub(super) fn record_scan(&mut self, scan: Scan, now: Instant) {
+        let before: BTreeMap<u32, u64> = self
+            .backends
+            .iter()
+            .filter_map(|(id, seen)| Some((*id, seen.new_flows_total?)))
+            .collect();
+        let grown = connections::growth(&before, &scan.new_flow_totals);
+        for (id, seen) in &mut self.backends {
+            seen.live = scan.live.get(id).copied().unwrap_or(0);
+            seen.new_flows = grown.get(id).copied();
+            seen.new_flows_total = scan.new_flow_totals.get(id).copied();
+        }
+        self.scan.interval = self.scan.at.map(|before| now - before);
+        self.scan.at = Some(now);
+        self.scan.flow_entries = Some(scan.entries);
+    }
+}
+
+impl Seen {
+    fn new(health: Tracker) -> Seen {
+        Seen {
+            health,
+            latency: None,
+            smoothed_us: None,
+            checks: HealthCounts::default(),
+            path: Reach::Unknown,
+            live: 0,
+            new_flows_total: None,
+            new_flows: None,
+        }
+    }
+
+    /// The smoothed latency as the datapath holds it: whole microseconds.
+    pub(super) fn latency_us(&self) -> Option<u32> {
+        self.smoothed_us
+            .map(|us| us.round().min(f64::from(u32::MAX)) as u32)
+    }
+}

@@ -1,0 +1,167 @@
+//! What the maps hold, as far as this daemon has written them: the record
+//! the reconciler compares the desired state against. It changes only by
+//! committing a [`Write`] that succeeded, so it never claims more than the
+//! maps hold, and a write that failed is simply made again next time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use balancer_common::{
+    backend::BackendInfo,
+    settings::Settings,
+    vip::{AddrInfo, AddrKey, VipPolicy},
+};
+
+use crate::{
+    datapath::{VipSlot, Write},
+    maglev::Member,
+};
+
+/// What a VIP's table is built from: ring size, VIP flags (scheduler and
+/// persistence) and members. The same recipe makes the same table.
+pub(super) type Recipe = (u32, u32, Vec<Member>);
+
+/// The maps' content as written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Published {
+    pub(super) settings: Option<Settings>,
+    /// VIP indexes and backend ids whose counters belong to their current
+    /// owners (zeroed when handed out, or adopted from the pins).
+    pub(super) numbers: Numbers,
+    /// Backend id → what its entries hold.
+    pub(super) backends: BTreeMap<u32, BackendRecord>,
+    /// Interfaces the program may redirect to.
+    pub(super) egress: BTreeSet<u32>,
+    /// VIP index → what is written for it.
+    pub(super) vips: BTreeMap<u32, VipRecord>,
+    /// Addresses that carry VIPs.
+    pub(super) addrs: Vec<(AddrKey, AddrInfo)>,
+}
+
+/// VIP indexes and backend ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Numbers {
+    pub(super) vips: BTreeSet<u32>,
+    pub(super) backends: BTreeSet<u32>,
+}
+
+/// One backend's entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct BackendRecord {
+    pub(super) info: Option<BackendInfo>,
+    pub(super) weight: Option<u32>,
+    pub(super) latency_us: Option<u32>,
+}
+
+/// One VIP's entries.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct VipRecord {
+    /// Its key and info (the key is in `vips` once its table is).
+    pub(super) slot: VipSlot,
+    pub(super) policy: Option<VipPolicy>,
+    pub(super) table: Option<Table>,
+    /// Every backend is down or unreachable: the table is the last one,
+    /// kept rather than dropping the VIP's traffic.
+    pub(super) all_down: bool,
+}
+
+/// A VIP's table in force and what it was built from.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Table {
+    pub(super) entries: Vec<u32>,
+    pub(super) recipe: Recipe,
+}
+
+impl Published {
+    /// Nothing written yet by this daemon, over maps whose counters hold
+    /// `numbers` (those a previous daemon pinned).
+    pub(super) fn adopting(numbers: Numbers) -> Published {
+        Published {
+            numbers,
+            ..Published::default()
+        }
+    }
+
+    /// VIP `slot`'s record, if what is written is for that very slot (an
+    /// index handed to another VIP, or a VIP moved to another key or
+    /// scheduler, has nothing written yet).
+    pub(super) fn vip(&self, slot: &VipSlot) -> Option<&VipRecord> {
+        self.vips.get(&slot.info.index).filter(|r| r.slot == *slot)
+    }
+
+    /// Backend `id`'s record (empty when nothing is written).
+    pub(super) fn backend(&self, id: u32) -> BackendRecord {
+        self.backends.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Records `write`, which succeeded; `recipes` names what each table
+    /// written was built from.
+    pub(super) fn commit(&mut self, write: &Write, recipes: &BTreeMap<u32, Recipe>) {
+        match write {
+            Write::Settings(settings) => self.settings = Some(*settings),
+            Write::ResetNumbers { vips, backends } => {
+                self.numbers.vips.extend(vips);
+                self.numbers.backends.extend(backends);
+            }
+            Write::RemoveVips(slots) => {
+                for slot in slots {
+                    self.vips.remove(&slot.info.index);
+                }
+            }
+            Write::RemoveAddr(key) => self.addrs.retain(|(k, _)| k != key),
+            Write::Weight { id, weight } => {
+                self.backends.entry(*id).or_default().weight = Some(*weight);
+            }
+            Write::Latency { id, us } => {
+                self.backends.entry(*id).or_default().latency_us = Some(*us);
+            }
+            Write::Egress(ifindex) => {
+                self.egress.insert(*ifindex);
+            }
+            Write::Backend { id, info } => {
+                self.backends.entry(*id).or_default().info = Some(*info);
+            }
+            Write::Policy { slot, policy } => self.vip_mut(slot).policy = Some(*policy),
+            Write::Tables(tables) => {
+                for (slot, entries) in tables {
+                    let Some(recipe) = recipes.get(&slot.info.index) else {
+                        continue;
+                    };
+                    let record = self.vip_mut(slot);
+                    record.table = Some(Table {
+                        entries: entries.clone(),
+                        recipe: recipe.clone(),
+                    });
+                    record.all_down = false;
+                }
+            }
+            Write::Addr { key, info } => match self.addrs.iter_mut().find(|(k, _)| k == key) {
+                Some((_, old)) => *old = *info,
+                None => self.addrs.push((*key, *info)),
+            },
+        }
+    }
+
+    /// VIP `slot`'s record, replacing one written for another slot at its
+    /// index.
+    fn vip_mut(&mut self, slot: &VipSlot) -> &mut VipRecord {
+        let record = self
+            .vips
+            .entry(slot.info.index)
+            .or_insert_with(|| VipRecord::new(*slot));
+        if record.slot != *slot {
+            *record = VipRecord::new(*slot);
+        }
+        record
+    }
+}
+
+impl VipRecord {
+    fn new(slot: VipSlot) -> VipRecord {
+        VipRecord {
+            slot,
+            policy: None,
+            table: None,
+            all_down: false,
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The reconciler: from what should be ([`Desired`]), what has been seen
+//! ([`Observed`]) and what the maps hold ([`Published`]), the writes that
+//! bring the maps in line ([`reconcile`]), and carrying them out
+//! ([`apply`]). Deciding is pure: nothing is written until every write is
+//! known, so a configuration that cannot be laid out changes nothing.
+//!
+//! Writes come in the order the datapath needs: VIPs and addresses that
+//! go, then backends that go (marked down, so their flows fail over), the
+//! settings, every backend's weight before its entry (a backend put in
+//! place is never seen with the weight of its id's previous owner),
+//! policies before tables, tables before VIP keys (one write), and
+//! addresses last: a VIP is published only once all it points to is.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo};
+
+use super::{
+    desired::Desired,
+    observed::Observed,
+    published::{Numbers, Published, Recipe},
+};
+use crate::{
+    datapath::{RINGS_PER_BATCH, Write, Writer},
+    maglev::MaglevError,
+    plan::{self, BackendPlan, Plan},
+    schedule,
+};
+
+/// Everything to write, and what to record once it is written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Writes {
+    pub(super) ops: Vec<Write>,
+    /// VIP index → the recipe of its table, for every table written and
+    /// every table rebuilt identical to the one in force.
+    pub(super) recipes: BTreeMap<u32, Recipe>,
+    /// VIP indexes whose last table stays because no backend is usable.
+    pub(super) all_down: BTreeSet<u32>,
+    /// The numbers in use once written.
+    pub(super) numbers: Numbers,
+    /// What to log once written.
+    pub(super) notes: Vec<Note>,
+}
+
+/// Something worth a log line once the writes are in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Note {
+    /// A VIP's table was published, over this many backends.
+    TablePublished { vip: String, backends: usize },
+    /// Every backend of a VIP went down or unreachable: its last table
+    /// stays.
+    AllDown { vip: String },
+    /// A VIP has no backend with a weight above 0 and no table: its
+    /// traffic passes.
+    NoWeight { vip: String },
+}
+
+/// How a set of writes went wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum ApplyError {
+    /// Nothing was changed, for the reason given (which says so).
+    #[error("{0}")]
+    Refused(String),
+    /// The first `done` of `total` writes are in; the rest are not.
+    #[error(
+        "failed part-way: {done} of {total} map writes done, then: {error}; the rest is retried at every tick"
+    )]
+    Partial {
+        done: usize,
+        total: usize,
+        error: String,
+    },
+}
+
+/// The writes that bring `published` in line with `desired` as `observed`
+/// sees it. Fails only when a table cannot be built.
+pub(super) fn reconcile(
+    desired: &Desired,
+    observed: &Observed,
+    published: &Published,
+) -> Result<Writes, MaglevError> {
+    let plan = &desired.plan;
+    let mut out = Writes {
+        numbers: Numbers {
+            vips: plan.vip_indexes().collect(),
+            backends: plan.backend_ids().collect(),
+        },
+        ..Writes::default()
+    };
+    let ops = &mut out.ops;
+    let fresh = |want: &BTreeSet<u32>, have: &BTreeSet<u32>| -> Vec<u32> {
+        want.difference(have).copied().collect()
+    };
+    let vips = fresh(&out.numbers.vips, &published.numbers.vips);
+    let backends = fresh(&out.numbers.backends, &published.numbers.backends);
+    if !vips.is_empty() || !backends.is_empty() {
+        ops.push(Write::ResetNumbers { vips, backends });
+    }
+    let gone: Vec<_> = published
+        .vips
+        .values()
+        .filter(|r| r.table.is_some() && !plan.vips.iter().any(|v| v.slot == r.slot))
+        .map(|r| r.slot)
+        .collect();
+    if !gone.is_empty() {
+        ops.push(Write::RemoveVips(gone));
+    }
+    for (key, _) in &published.addrs {
+        if !plan.addrs.iter().any(|(k, _)| k == key) {
+            ops.push(Write::RemoveAddr(*key));
+        }
+    }
+    for (id, record) in &published.backends {
+        let down = record.info.is_some_and(|i| i.flags == 0) && record.weight == Some(0);
+        if !out.numbers.backends.contains(id) && !down {
+            let info = BackendInfo {
+                flags: 0,
+                ..record.info.unwrap_or_default()
+            };
+            ops.push(Write::Backend { id: *id, info });
+            ops.push(Write::Weight { id: *id, weight: 0 });
+        }
+    }
+    if published.settings != Some(plan.settings) {
+        ops.push(Write::Settings(plan.settings));
+    }
+    let infos = backend_infos(desired, observed);
+    let mut egress = published.egress.clone();
+    for (_, b) in desired.backends() {
+        let record = published.backend(b.id);
+        if record.weight != Some(b.weight) {
+            ops.push(Write::Weight {
+                id: b.id,
+                weight: b.weight,
+            });
+        }
+        let info = infos[&b.id];
+        if record.info != Some(info) {
+            if info.ifindex != 0 && egress.insert(info.ifindex) {
+                ops.push(Write::Egress(info.ifindex));
+            }
+            ops.push(Write::Backend { id: b.id, info });
+        }
+        let latency = observed.get(b.id).and_then(|seen| seen.latency_us());
+        if let Some(us) = latency.filter(|us| record.latency_us != Some(*us)) {
+            ops.push(Write::Latency { id: b.id, us });
+        }
+    }
+    for vip in &plan.vips {
+        let written = published.vip(&vip.slot).and_then(|r| r.policy);
+        if written != Some(vip.policy) {
+            ops.push(Write::Policy {
+                slot: vip.slot,
+                policy: vip.policy,
+            });
+        }
+    }
+    let tables = tables(plan, published, &infos, &mut out)?;
+    for chunk in tables.chunks(RINGS_PER_BATCH) {
+        out.ops.push(Write::Tables(chunk.to_vec()));
+    }
+    for (key, info) in &plan.addrs {
+        if !published.addrs.iter().any(|(k, i)| k == key && i == info) {
+            out.ops.push(Write::Addr {
+                key: *key,
+                info: *info,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The tables to write: those of VIPs whose usable backends changed (a
+/// VIP with none keeps the table it has; one that never had a table gets
+/// one over every weighted backend, so its packets are counted as
+/// unresolved rather than lost without a trace until neighbours resolve).
+fn tables(
+    plan: &Plan,
+    published: &Published,
+    infos: &BTreeMap<u32, BackendInfo>,
+    out: &mut Writes,
+) -> Result<Vec<(crate::datapath::VipSlot, Vec<u32>)>, MaglevError> {
+    let usable = |b: &BackendPlan| {
+        infos[&b.id].flags & (BACKEND_UP | BACKEND_RESOLVED) == BACKEND_UP | BACKEND_RESOLVED
+    };
+    let ring_size = plan.settings.ring_size;
+    let mut changed = Vec::new();
+    for vip in &plan.vips {
+        let index = vip.slot.info.index;
+        let record = published.vip(&vip.slot);
+        let in_force = record.and_then(|r| r.table.as_ref());
+        let mut members = vip.members(usable);
+        if members.is_empty() {
+            if in_force.is_some() {
+                out.all_down.insert(index);
+                if record.is_some_and(|r| !r.all_down) {
+                    out.notes.push(Note::AllDown {
+                        vip: vip.name.clone(),
+                    });
+                }
+                continue;
+            }
+            members = vip.members(|_| true);
+            if members.is_empty() {
+                out.notes.push(Note::NoWeight {
+                    vip: vip.name.clone(),
+                });
+                continue;
+            }
+        }
+        // The same members make the same table: with many VIPs, one
+        // backend's change rebuilds one table, not all of them.
+        let recipe = (ring_size, vip.slot.info.flags, members);
+        if in_force.is_some_and(|t| t.recipe == recipe) {
+            continue;
+        }
+        let table = schedule::table(vip.scheduler, &recipe.2, ring_size)?;
+        let backends = recipe.2.len();
+        out.recipes.insert(index, recipe);
+        if in_force.is_some_and(|t| t.entries == table) {
+            continue;
+        }
+        out.notes.push(Note::TablePublished {
+            vip: vip.name.clone(),
+            backends,
+        });
+        changed.push((vip.slot, table));
+    }
+    Ok(changed)
+}
+
+/// The `backends` map entry of every backend of `desired`: up unless its
+/// checks say down, resolved once its MAC is known.
+fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, BackendInfo> {
+    desired
+        .backends()
+        .map(|(vip, b)| {
+            let mut flags = if observed.is_up(b.id) { BACKEND_UP } else { 0 };
+            let (macs, ifindex) = match observed.reach(b.id).path() {
+                Some(crate::neighbour::L2Path {
+                    ifindex,
+                    src_mac,
+                    dst_mac: Some(dst),
+                }) => {
+                    flags |= BACKEND_RESOLVED;
+                    (BackendInfo::mac_words(dst, src_mac), ifindex)
+                }
+                _ => ([0; 6], 0),
+            };
+            let info = BackendInfo {
+                addr: plan::addr(b.address),
+                macs,
+                ifindex,
+                flags,
+                vip: vip.slot.info.index,
+            };
+            (b.id, info)
+        })
+        .collect()
+}
+
+/// Carries out `writes` in order, recording each in `published` once it
+/// succeeded; once all are in, records what they leave in force (tables
+/// kept, numbers in use) and forgets backends gone from `desired`.
+pub(super) fn apply(
+    writes: &Writes,
+    writer: &mut dyn Writer,
+    published: &mut Published,
+) -> Result<(), ApplyError> {
+    let total = writes.ops.len();
+    for (done, op) in writes.ops.iter().enumerate() {
+        if let Err(err) = writer.write(op) {
+            let error = crate::logging::error_chain(&err);
+            return Err(if done == 0 {
+                ApplyError::Refused(format!("{error}; nothing was changed"))
+            } else {
+                ApplyError::Partial { done, total, error }
+            });
+        }
+        published.commit(op, &writes.recipes);
+    }
+    for (index, recipe) in &writes.recipes {
+        if let Some(table) = published.vips.get_mut(index).and_then(|r| r.table.as_mut()) {
+            table.recipe.clone_from(recipe);
+        }
+    }
+    for (index, record) in &mut published.vips {
+        record.all_down = writes.all_down.contains(index);
+    }
+    published
+        .backends
+        .retain(|id, _| writes.numbers.backends.contains(id));
+    published.numbers = writes.numbers.clone();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,378 @@
+//! The reconciler and its apply outcomes without a kernel: desired states
+//! from configuration text, observations made by hand, and an in-memory
+//! writer that records every write and can fail at a chosen one.
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP};
+
+use super::*;
+use crate::daemon::observed::Reach;
+use crate::{
+    config::parse, datapath::DatapathError, health::Report, neighbour::L2Path, plan::Numbering,
+};
+
+/// Two VIPs on one address: web (TCP 80, three backends, checked with
+/// rise 1 and fall 1) and dns (UDP 53, one backend).
+const CONFIG: &str = r#"
+[datapath]
+ring_size = 13
+
+[[vip]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+health_check = { rise = 1, fall = 1 }
+backend = [{ address = "10.0.0.1" }, { address = "10.0.0.2" }, { address = "10.0.0.3" }]
+
+[[vip]]
+name = "dns"
+address = "192.0.2.10"
+port = 53
+protocol = "udp"
+health_check = { kind = "none" }
+backend = [{ address = "10.0.0.9" }]
+"#;
+
+/// Records writes; fails the write of index `fail_at`.
+#[derive(Default)]
+struct Fake {
+    writes: Vec<Write>,
+    fail_at: Option<usize>,
+}
+
+impl Writer for Fake {
+    fn write(&mut self, write: &Write) -> Result<(), DatapathError> {
+        if self.fail_at == Some(self.writes.len()) {
+            return Err(DatapathError::MissingMap { name: "rings" });
+        }
+        self.writes.push(write.clone());
+        Ok(())
+    }
+}
+
+/// The daemon's three parts, in memory.
+struct World {
+    desired: Desired,
+    observed: Observed,
+    published: Published,
+}
+
+impl World {
+    /// `CONFIG`, every backend resolved, nothing published.
+    fn new() -> World {
+        let desired = Desired::new(
+            parse(CONFIG, "t").unwrap(),
+            None,
+            None,
+            Numbering::default(),
+        );
+        let mut world = World {
+            desired,
+            observed: Observed::default(),
+            published: Published::default(),
+        };
+        world.observed.add(&world.desired, &BTreeSet::new());
+        for id in world.ids() {
+            world.resolve(id, mac(id));
+        }
+        world
+    }
+
+    /// `CONFIG`, published.
+    fn published() -> World {
+        let mut world = World::new();
+        world.apply();
+        world
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.desired.plan.backend_ids().collect()
+    }
+
+    fn resolve(&mut self, id: u32, dst: [u8; 6]) {
+        let path = L2Path {
+            ifindex: 2,
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: Some(dst),
+        };
+        self.observed.set_reach(id, Reach::Path(path));
+    }
+
+    fn reconcile(&self) -> Writes {
+        reconcile(&self.desired, &self.observed, &self.published).unwrap()
+    }
+
+    /// Reconciles and applies; returns the writes made.
+    fn apply(&mut self) -> Vec<Write> {
+        let writes = self.reconcile();
+        let mut fake = Fake::default();
+        apply(&writes, &mut fake, &mut self.published).unwrap();
+        fake.writes
+    }
+
+    /// Moves to the configuration `text`, as a reload does.
+    fn reload(&mut self, text: &str) {
+        let next = self
+            .desired
+            .next(parse(text, "t").unwrap(), Path::new("t"))
+            .unwrap();
+        self.observed.add(&next, &BTreeSet::new());
+        self.observed.retain(&next);
+        self.desired = next;
+        for id in self.ids() {
+            if self.observed.reach(id) == Reach::Unknown {
+                self.resolve(id, mac(id));
+            }
+        }
+    }
+
+    fn check(&mut self, id: u32, success: bool) {
+        self.observed.record(&Report {
+            backend: id,
+            success,
+            detail: String::new(),
+            latency: Duration::from_micros(250),
+        });
+    }
+}
+
+/// `CONFIG` published, then reloaded with each (from, to) replaced, and
+/// the writes of that reload.
+fn reloaded(edits: &[(&str, &str)]) -> (World, Vec<Write>) {
+    let mut world = World::published();
+    let text = edits.iter().fold(CONFIG.to_owned(), |text, (from, to)| {
+        assert!(text.contains(from), "{from}");
+        text.replace(from, to)
+    });
+    world.reload(&text);
+    let writes = world.apply();
+    (world, writes)
+}
+
+fn mac(id: u32) -> [u8; 6] {
+    [2, 0xbe, 0, 0, 0, id as u8]
+}
+
+/// The kind of each write, for order checks.
+fn kinds(writes: &[Write]) -> Vec<&'static str> {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::Settings(_) => "settings",
+            Write::ResetNumbers { .. } => "reset",
+            Write::RemoveVips(_) => "remove-vips",
+            Write::RemoveAddr(_) => "remove-addr",
+            Write::Weight { .. } => "weight",
+            Write::Latency { .. } => "latency",
+            Write::Egress(_) => "egress",
+            Write::Backend { .. } => "backend",
+            Write::Policy { .. } => "policy",
+            Write::Tables(_) => "tables",
+            Write::Addr { .. } => "addr",
+        })
+        .collect()
+}
+
+/// The VIP indexes whose tables `writes` publish.
+fn tables(writes: &[Write]) -> Vec<u32> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Tables(t) => Some(t.iter().map(|(slot, _)| slot.info.index)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// The backend entries `writes` make.
+fn entries(writes: &[Write]) -> Vec<(u32, BackendInfo)> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Backend { id, info } => Some((*id, *info)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_publish_writes_everything_a_vip_needs_before_its_key() {
+    let mut world = World::new();
+    let writes = world.apply();
+    assert_eq!(
+        kinds(&writes),
+        [
+            "reset", "settings", "weight", "egress", "backend", "weight", "backend", "weight",
+            "backend", "weight", "backend", "policy", "policy", "tables", "addr", "addr"
+        ]
+    );
+    assert_eq!(tables(&writes), [0, 1]);
+    assert!(
+        entries(&writes)
+            .iter()
+            .all(|(_, i)| i.flags == BACKEND_UP | BACKEND_RESOLVED)
+    );
+    assert!(world.reconcile().ops.is_empty(), "in line after one pass");
+}
+
+#[test]
+fn a_reload_that_changes_nothing_writes_nothing() {
+    let mut world = World::published();
+    world.reload(CONFIG);
+    assert_eq!(
+        world.reconcile(),
+        Writes {
+            numbers: world.published.numbers.clone(),
+            ..Writes::default()
+        }
+    );
+}
+
+#[test]
+fn an_added_backend_gets_fresh_counters_its_entry_and_one_new_table() {
+    let (_, writes) = reloaded(&[(
+        r#"{ address = "10.0.0.3" }"#,
+        r#"{ address = "10.0.0.3" }, { address = "10.0.0.4" }"#,
+    )]);
+    assert_eq!(kinds(&writes), ["reset", "weight", "backend", "tables"]);
+    assert_eq!(
+        writes[0],
+        Write::ResetNumbers {
+            vips: vec![],
+            backends: vec![4]
+        }
+    );
+    assert_eq!(tables(&writes), [0], "the other VIP's table stays");
+}
+
+#[test]
+fn a_removed_backend_is_marked_down_with_weight_0_and_forgotten() {
+    let (world, writes) = reloaded(&[(r#"{ address = "10.0.0.2" }, "#, "")]);
+    assert_eq!(kinds(&writes), ["backend", "weight", "tables"]);
+    assert_eq!(entries(&writes)[0].0, 1);
+    assert_eq!(entries(&writes)[0].1.flags, 0);
+    assert_eq!(writes[1], Write::Weight { id: 1, weight: 0 });
+    assert!(!world.published.backends.contains_key(&1));
+    assert!(world.reconcile().ops.is_empty());
+}
+
+#[test]
+fn a_weight_change_rewrites_the_weight_and_the_table() {
+    let (_, writes) = reloaded(&[(
+        r#"{ address = "10.0.0.1" }"#,
+        r#"{ address = "10.0.0.1", weight = 300 }"#,
+    )]);
+    assert_eq!(writes[0], Write::Weight { id: 0, weight: 300 });
+    assert_eq!(kinds(&writes), ["weight", "tables"]);
+}
+
+#[test]
+fn a_drained_backend_keeps_its_entry_and_leaves_the_table() {
+    let (_, writes) = reloaded(&[(
+        r#"{ address = "10.0.0.1" }"#,
+        r#"{ address = "10.0.0.1", drain = true }"#,
+    )]);
+    assert_eq!(kinds(&writes), ["weight", "tables"]);
+    assert_eq!(writes[0], Write::Weight { id: 0, weight: 0 });
+    let Write::Tables(t) = &writes[1] else {
+        unreachable!()
+    };
+    assert!(!t[0].1.contains(&0), "{:?}", t[0].1);
+}
+
+#[test]
+fn a_backend_going_down_and_up_rewrites_its_flags_and_its_vip_table() {
+    let mut world = World::published();
+    world.check(1, false);
+    let writes = world.apply();
+    assert_eq!(kinds(&writes), ["backend", "tables"]);
+    assert_eq!(entries(&writes)[0].1.flags, BACKEND_RESOLVED);
+    world.check(1, true);
+    let writes = world.apply();
+    assert_eq!(kinds(&writes), ["backend", "latency", "tables"]);
+    assert_eq!(entries(&writes)[0].1.flags, BACKEND_UP | BACKEND_RESOLVED);
+}
+
+#[test]
+fn a_vip_with_every_backend_down_keeps_its_last_table_and_says_so_once() {
+    let mut world = World::published();
+    for id in 0..3 {
+        world.check(id, false);
+    }
+    let writes = world.reconcile();
+    assert!(tables(&writes.ops).is_empty());
+    assert_eq!(writes.all_down, BTreeSet::from([0]));
+    assert!(writes.notes.contains(&Note::AllDown { vip: "web".into() }));
+    world.apply();
+    assert!(world.published.vips[&0].all_down);
+    assert!(world.reconcile().notes.is_empty(), "said once");
+    world.check(2, true);
+    let writes = world.apply();
+    assert_eq!(tables(&writes), [0]);
+    assert!(!world.published.vips[&0].all_down);
+}
+
+#[test]
+fn a_neighbour_change_rewrites_that_backend_only() {
+    let mut world = World::published();
+    world.resolve(2, [2, 0xbe, 0, 0, 0, 0x77]);
+    let writes = world.apply();
+    assert_eq!(kinds(&writes), ["backend"]);
+    assert_eq!(
+        entries(&writes)[0].1.macs,
+        BackendInfo::mac_words([2, 0xbe, 0, 0, 0, 0x77], [2, 0, 0, 0, 0, 1])
+    );
+}
+
+#[test]
+fn a_removed_vip_loses_its_key_and_table_and_its_backend() {
+    let dns = CONFIG.find("[[vip]]\nname = \"dns\"").unwrap();
+    let (world, writes) = reloaded(&[(&CONFIG[dns..], "")]);
+    assert_eq!(
+        kinds(&writes),
+        ["remove-vips", "remove-addr", "backend", "weight"]
+    );
+    assert!(!world.published.vips.contains_key(&1));
+    assert!(world.reconcile().ops.is_empty());
+}
+
+#[test]
+fn a_first_write_that_fails_is_refused_and_records_nothing() {
+    let mut world = World::published();
+    world.check(1, false);
+    let before = world.published.clone();
+    let writes = world.reconcile();
+    let mut fake = Fake {
+        fail_at: Some(0),
+        ..Fake::default()
+    };
+    let outcome = apply(&writes, &mut fake, &mut world.published);
+    assert!(
+        matches!(outcome, Err(ApplyError::Refused(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(world.published, before);
+}
+
+#[test]
+fn a_write_failing_part_way_records_what_went_in_and_the_rest_is_retried() {
+    let mut world = World::new();
+    let writes = world.reconcile();
+    let mut fake = Fake {
+        fail_at: Some(5),
+        ..Fake::default()
+    };
+    let outcome = apply(&writes, &mut fake, &mut world.published);
+    let total = writes.ops.len();
+    assert!(
+        matches!(&outcome, Err(ApplyError::Partial { done: 5, total: t, .. }) if *t == total),
+        "{outcome:?}"
+    );
+    let rest = world.apply();
+    assert_eq!(rest.len(), total - 5, "what went in is not made again");
+    assert_eq!(kinds(&rest)[0], "weight");
+    assert!(world.reconcile().ops.is_empty());
+}

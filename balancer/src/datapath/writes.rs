@@ -1,0 +1,80 @@
+//! The daemon's writes as data: one [`Write`] per change to the maps, and
+//! the narrow [`Writer`] trait that carries them out. The daemon's
+//! reconciler decides the writes without touching a map; [`Datapath`]
+//! performs them here, and unit tests use an in-memory writer instead.
+
+use balancer_common::{
+    backend::BackendInfo,
+    settings::Settings,
+    vip::{AddrInfo, AddrKey, VipPolicy},
+};
+
+use super::{Datapath, DatapathError, VipSlot};
+
+/// One change to the datapath's maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// The settings (hash seed, ring size, idle timeouts).
+    Settings(Settings),
+    /// Zero the counters and connection counts of VIP indexes and backend
+    /// ids new to the maps: a pinned map keeps what a number counted for
+    /// its previous owner.
+    ResetNumbers { vips: Vec<u32>, backends: Vec<u32> },
+    /// Remove VIPs: their keys, then their tables.
+    RemoveVips(Vec<VipSlot>),
+    /// Forget an address that no longer carries VIPs.
+    RemoveAddr(AddrKey),
+    /// Backend `id`'s weight as the schedulers see it (0: draining).
+    Weight { id: u32, weight: u32 },
+    /// Backend `id`'s smoothed check latency, in microseconds.
+    Latency { id: u32, us: u32 },
+    /// Let the program redirect frames to interface `ifindex`.
+    Egress(u32),
+    /// Backend `id`'s entry; its flags take it down or bring it back.
+    Backend { id: u32, info: BackendInfo },
+    /// The policy (persistence) of the VIP at `slot`'s index.
+    Policy { slot: VipSlot, policy: VipPolicy },
+    /// VIPs put in place with their tables (new VIPs) or their tables
+    /// swapped atomically (VIPs in place), in batches.
+    Tables(Vec<(VipSlot, Vec<u32>)>),
+    /// Record that an address carries VIPs.
+    Addr { key: AddrKey, info: AddrInfo },
+}
+
+/// Carries out [`Write`]s, one at a time, in the order given.
+pub trait Writer {
+    fn write(&mut self, write: &Write) -> Result<(), DatapathError>;
+}
+
+impl Writer for Datapath {
+    fn write(&mut self, write: &Write) -> Result<(), DatapathError> {
+        match write {
+            Write::Settings(settings) => self.set_settings(settings),
+            Write::ResetNumbers { vips, backends } => {
+                self.reset_counters(vips, backends)?;
+                for id in backends {
+                    let conns = self.backend_load(*id)?.conns as i64;
+                    if conns != 0 {
+                        self.correct_backend_conns(*id, -conns)?;
+                    }
+                }
+                Ok(())
+            }
+            Write::RemoveVips(slots) => self.remove_vips(slots),
+            Write::RemoveAddr(key) => self.remove_vip_addr(key),
+            Write::Weight { id, weight } => self.set_backend_weight(*id, *weight),
+            Write::Latency { id, us } => self.set_backend_latency(*id, *us),
+            Write::Egress(ifindex) => self.add_egress(*ifindex),
+            Write::Backend { id, info } => self.set_backend(*id, info),
+            Write::Policy { slot, policy } => self.set_vip_policy(slot.info.index, policy),
+            Write::Tables(tables) => {
+                let tables: Vec<(VipSlot, &[u32])> = tables
+                    .iter()
+                    .map(|(slot, table)| (*slot, table.as_slice()))
+                    .collect();
+                self.publish_vips(&tables)
+            }
+            Write::Addr { key, info } => self.set_vip_addr(key, info),
+        }
+    }
+}
