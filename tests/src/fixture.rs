@@ -8,6 +8,8 @@
 //! typed map layer; the oracle computes picks independently of the
 //! program, from the shared hash functions.
 
+pub mod standard;
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
