@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use balancer_common::{
     Addr, addr_from_octets, addr_from_v4,
-    backend::BackendInfo,
+    backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo},
     settings::Settings,
     vip::{
         ADDR_FRAGMENT_LIST, ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
@@ -19,6 +19,7 @@ use crate::{
     config::{Config, Persistence, Scheduler},
     datapath::VipSlot,
     maglev::{MaglevError, Member},
+    neighbour::L2Path,
     schedule,
 };
 
@@ -72,6 +73,11 @@ pub fn addr(ip: IpAddr) -> Addr {
     }
 }
 
+/// An address in the maps' form back as an IPv4 or IPv6 address.
+fn ip(addr: &Addr) -> IpAddr {
+    std::net::Ipv6Addr::from(balancer_common::addr_octets(addr)).to_canonical()
+}
+
 /// The numbers handed out so far: a VIP keeps its index and a backend its
 /// id across reloads for as long as it stays in the configuration, so its
 /// counters and its flows' entries stay valid. A freed number is not handed
@@ -119,12 +125,7 @@ impl Numbering {
         let mut numbering = Numbering::default();
         for vip in &config.vips {
             let vip = vip.get_ref();
-            let key = VipKey {
-                addr: addr(*vip.address.get_ref()),
-                port: vip.port.to_be(),
-                proto: vip.protocol.number(),
-                _pad: 0,
-            };
+            let key = vip_key(*vip.address.get_ref(), vip.port, vip.protocol.number());
             let Some((_, info)) = vips.iter().find(|(k, _)| *k == key) else {
                 continue;
             };
@@ -203,7 +204,6 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
         udp_idle_ns: d.udp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
     };
     let mut vips = Vec::with_capacity(config.vips.len());
-    let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
     for vip in &config.vips {
         let vip = vip.get_ref();
         let name = vip.name.get_ref();
@@ -225,31 +225,10 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
                 }
             })
             .collect();
-        // Fragments to an address go to its wildcard VIP if it has one,
-        // else to its first VIP.
-        let entry = addrs.entry((address, proto)).or_insert(AddrInfo {
-            fragment_vip: index,
-            flags: 0,
-        });
-        if vip.port == 0 {
-            entry.fragment_vip = index;
-            entry.flags |= ADDR_HAS_WILDCARD;
-        }
-        if entry.fragment_vip == index {
-            entry.flags &= !ADDR_FRAGMENT_LIST;
-            if has_list(flags) {
-                entry.flags |= ADDR_FRAGMENT_LIST;
-            }
-        }
         vips.push(VipPlan {
             name: vip.name.get_ref().clone(),
             slot: VipSlot {
-                key: VipKey {
-                    addr: addr(address),
-                    port: vip.port.to_be(),
-                    proto,
-                    _pad: 0,
-                },
+                key: vip_key(address, vip.port, proto),
                 info: VipInfo { index, flags },
             },
             scheduler: vip.scheduler,
@@ -257,7 +236,48 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
             backends,
         });
     }
-    let addrs = addrs
+    let addrs = addr_entries(&vips);
+    Plan {
+        settings,
+        vips,
+        addrs,
+    }
+}
+
+/// The `vips` map key of the VIP at `address:port` over protocol `proto`.
+pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
+    VipKey {
+        addr: addr(address),
+        port: port.to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// The `vip_addrs` entries of `vips`, one per address and protocol, in the
+/// order of the addresses: fragments to an address go to its wildcard
+/// (port 0) VIP if it has one, else to its first VIP in `vips`, and
+/// [`ADDR_FRAGMENT_LIST`] says whether that VIP's table is a list.
+pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
+    let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
+    for vip in vips {
+        let VipSlot { key, info } = vip.slot;
+        let entry = addrs.entry((ip(&key.addr), key.proto)).or_insert(AddrInfo {
+            fragment_vip: info.index,
+            flags: 0,
+        });
+        if key.port == 0 {
+            entry.fragment_vip = info.index;
+            entry.flags |= ADDR_HAS_WILDCARD;
+        }
+        if entry.fragment_vip == info.index {
+            entry.flags &= !ADDR_FRAGMENT_LIST;
+            if has_list(info.flags) {
+                entry.flags |= ADDR_FRAGMENT_LIST;
+            }
+        }
+    }
+    addrs
         .into_iter()
         .map(|((address, proto), info)| {
             let key = AddrKey {
@@ -268,11 +288,31 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
             };
             (key, info)
         })
-        .collect();
-    Plan {
-        settings,
-        vips,
-        addrs,
+        .collect()
+}
+
+/// The `backends` map entry of a backend at `address` serving VIP `vip`:
+/// [`BACKEND_UP`] when `up`, and [`BACKEND_RESOLVED`] with its MACs and
+/// interface once `path` knows its MAC (zeros before).
+pub fn backend_info(address: IpAddr, vip: u32, up: bool, path: Option<L2Path>) -> BackendInfo {
+    let mut flags = if up { BACKEND_UP } else { 0 };
+    let (macs, ifindex) = match path {
+        Some(L2Path {
+            ifindex,
+            src_mac,
+            dst_mac: Some(dst),
+        }) => {
+            flags |= BACKEND_RESOLVED;
+            (BackendInfo::mac_words(dst, src_mac), ifindex)
+        }
+        _ => ([0; 6], 0),
+    };
+    BackendInfo {
+        addr: addr(address),
+        macs,
+        ifindex,
+        flags,
+        vip,
     }
 }
 
@@ -347,8 +387,7 @@ pub enum Change {
 
 /// A VIP's service as `ADDRESS:PORT/PROTO`.
 fn service(v: &VipPlan) -> String {
-    let address =
-        std::net::Ipv6Addr::from(balancer_common::addr_octets(&v.slot.key.addr)).to_canonical();
+    let address = ip(&v.slot.key.addr);
     let proto = match v.slot.key.proto {
         balancer_common::proto::TCP => "tcp",
         balancer_common::proto::UDP => "udp",
@@ -542,6 +581,31 @@ address = "10.0.0.3"
                 fragment_vip: 1,
                 flags: ADDR_HAS_WILDCARD
             }
+        );
+    }
+
+    #[test]
+    fn a_backend_entry_is_resolved_only_with_a_known_mac() {
+        let address: IpAddr = "10.0.0.1".parse().unwrap();
+        let path = |dst_mac| L2Path {
+            ifindex: 4,
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac,
+        };
+        let known = backend_info(address, 3, true, Some(path(Some([2, 0, 0, 0, 0, 2]))));
+        assert_eq!(known.flags, BACKEND_UP | BACKEND_RESOLVED);
+        assert_eq!(
+            (known.macs, known.ifindex, known.vip),
+            (
+                BackendInfo::mac_words([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]),
+                4,
+                3
+            )
+        );
+        let unknown = backend_info(address, 3, false, Some(path(None)));
+        assert_eq!(
+            (unknown.flags, unknown.macs, unknown.ifindex),
+            (0, [0; 6], 0)
         );
     }
 

@@ -1,8 +1,14 @@
 //! A loaded datapath with VIPs and backends in place, for BPF_PROG_TEST_RUN
-//! tests and benchmarks. It writes the maps through the balancer's own
-//! typed layer and rings from its own Maglev builder, and it computes which
-//! backend a flow must get, independently of the program, from the shared
-//! hash functions.
+//! tests and benchmarks, and the oracle that says which backend a flow
+//! must get.
+//!
+//! Map entries come from the daemon's own plan helpers (`balancer::plan`:
+//! VIP keys, flags and policies, address entries, backend entries) and
+//! tables from its own builder (`VipPlan::ring`), written through its
+//! typed map layer; the oracle computes picks independently of the
+//! program, from the shared hash functions.
+
+pub mod standard;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -10,16 +16,15 @@ use anyhow::{Context as _, Result};
 use balancer::{
     config::{Persistence, Scheduler},
     datapath::{Datapath, LoadOptions, VipSlot},
-    maglev::Member,
-    plan, schedule,
+    neighbour::L2Path,
+    plan::{self, BackendPlan, VipPlan},
 };
 use balancer_common::{
-    Addr,
-    backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo},
+    backend::BackendInfo,
     flow::FlowKey,
     hash::{addr_pair_hash, flow_hash, ring_slot, source_hash},
     settings::Settings,
-    vip::{ADDR_FRAGMENT_LIST, ADDR_HAS_WILDCARD, AddrInfo, AddrKey, VipInfo, VipKey, has_list},
+    vip::VipInfo,
 };
 
 use crate::packet::LB_MAC;
@@ -29,14 +34,6 @@ pub const RING_SIZE: u32 = 4093;
 /// Interface index the kernel gives BPF_PROG_TEST_RUN packets (loopback):
 /// backends reached through it are sent with XDP_TX.
 pub const TEST_IFINDEX: u32 = 1;
-
-/// IPv4 or IPv6 address in the maps' form.
-pub fn addr(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => balancer_common::addr_from_v4(v4.octets()),
-        IpAddr::V6(v6) => balancer_common::addr_from_octets(v6.octets()),
-    }
-}
 
 /// The MAC a fixture gives backend `id`.
 pub fn backend_mac(id: u32) -> [u8; 6] {
@@ -51,6 +48,7 @@ pub struct Backend {
     pub addr: IpAddr,
     pub weight: u32,
     pub up: bool,
+    /// Whether its MAC is known ([`backend_mac`]).
     pub resolved: bool,
     pub ifindex: u32,
 }
@@ -69,21 +67,14 @@ impl Backend {
         }
     }
 
+    /// Its `backends` map entry as the daemon makes it, serving VIP `vip`.
     fn info(&self, vip: u32) -> BackendInfo {
-        let mut flags = 0;
-        if self.up {
-            flags |= BACKEND_UP;
-        }
-        if self.resolved {
-            flags |= BACKEND_RESOLVED;
-        }
-        BackendInfo {
-            addr: addr(self.addr),
-            macs: BackendInfo::mac_words(backend_mac(self.id), LB_MAC),
+        let path = L2Path {
             ifindex: self.ifindex,
-            flags,
-            vip,
-        }
+            src_mac: LB_MAC,
+            dst_mac: self.resolved.then(|| backend_mac(self.id)),
+        };
+        plan::backend_info(self.addr, vip, self.up, Some(path))
     }
 }
 
@@ -112,6 +103,56 @@ impl Vip {
             backends,
         }
     }
+
+    /// The VIP as the daemon's plan holds it.
+    pub fn plan(&self) -> VipPlan {
+        let persistence = self.persistence.as_ref();
+        VipPlan {
+            name: format!("vip{}", self.index),
+            slot: VipSlot {
+                key: plan::vip_key(self.addr, self.port, self.proto),
+                info: VipInfo {
+                    index: self.index,
+                    flags: plan::vip_flags(self.scheduler, persistence),
+                },
+            },
+            scheduler: self.scheduler,
+            policy: plan::vip_policy(self.addr, persistence),
+            backends: self
+                .backends
+                .iter()
+                .map(|b| BackendPlan {
+                    id: b.id,
+                    address: b.addr,
+                    weight: b.weight,
+                })
+                .collect(),
+        }
+    }
+
+    /// The VIP's table, built by the daemon's code over its backends that
+    /// are up with a weight above 0. Unlike the daemon, it keeps backends
+    /// whose MAC is unknown: the program must see them to drop their
+    /// packets.
+    pub fn table(&self, ring_size: u32) -> Result<Vec<u32>> {
+        let up = |b: &BackendPlan| self.backends.iter().any(|x| x.id == b.id && x.up);
+        self.plan()
+            .ring(ring_size, up)
+            .context("building the table")?
+            .with_context(|| format!("VIP {} has no backend up with a weight", self.index))
+    }
+}
+
+/// The backend id `table`, the table of `vip`, gives a new flow `key`: the
+/// slot of the flow's hash, or of the client address's alone for source
+/// hash. Only for VIPs whose table is a ring.
+pub fn ring_pick(vip: &Vip, table: &[u32], settings: &Settings, key: &FlowKey) -> u32 {
+    let hash = if vip.scheduler == Scheduler::SourceHash {
+        source_hash(&key.src, settings.hash_seed)
+    } else {
+        flow_hash(key, settings.hash_seed)
+    };
+    table[ring_slot(hash, settings.ring_size) as usize]
 }
 
 /// A loaded datapath and what was put in it.
@@ -145,62 +186,24 @@ impl Fixture {
 
     /// Puts `vip` with its backends in place (or replaces it), as the
     /// daemon does: backends and their weights first, then the policy, the
-    /// table (built from the backends that are up, by the daemon's own
-    /// code), then the VIP and its address.
+    /// table, the VIP, and the entry of its address, computed over every
+    /// VIP of the fixture in the order of their indexes.
     pub fn put_vip(&mut self, vip: Vip) -> Result<()> {
         for backend in &vip.backends {
-            self.datapath
-                .set_backend_weight(backend.id, backend.weight)?;
-            self.datapath
-                .set_backend(backend.id, &backend.info(vip.index))?;
+            self.set_backend(vip.index, backend)?;
         }
-        let members: Vec<Member> = vip
-            .backends
-            .iter()
-            .map(|b| Member {
-                id: b.id,
-                key: b.addr.to_string().into_bytes(),
-                weight: if b.up { b.weight } else { 0 },
-            })
-            .collect();
-        let ring = schedule::table(vip.scheduler, &members, self.settings.ring_size)
-            .context("building the table")?;
-        let flags = plan::vip_flags(vip.scheduler, vip.persistence.as_ref());
-        self.datapath.set_vip_policy(
-            vip.index,
-            &plan::vip_policy(vip.addr, vip.persistence.as_ref()),
-        )?;
-        let slot = VipSlot {
-            key: VipKey {
-                addr: addr(vip.addr),
-                port: vip.port.to_be(),
-                proto: vip.proto,
-                _pad: 0,
-            },
-            info: VipInfo {
-                index: vip.index,
-                flags,
-            },
-        };
-        self.datapath.publish_vip(&slot, &ring)?;
-        let addr_key = AddrKey {
-            addr: addr(vip.addr),
-            proto: vip.proto,
-            _pad1: 0,
-            _pad2: 0,
-        };
-        let mut addr_flags = if vip.port == 0 { ADDR_HAS_WILDCARD } else { 0 };
-        if has_list(flags) {
-            addr_flags |= ADDR_FRAGMENT_LIST;
+        let planned = vip.plan();
+        let table = vip.table(self.settings.ring_size)?;
+        self.datapath.set_vip_policy(vip.index, &planned.policy)?;
+        self.datapath.publish_vip(&planned.slot, &table)?;
+        self.vips.insert(vip.index, (vip, table));
+        let plans: Vec<VipPlan> = self.vips.values().map(|(v, _)| v.plan()).collect();
+        let key = planned.slot.key;
+        for (addr_key, info) in plan::addr_entries(&plans) {
+            if addr_key.addr == key.addr && addr_key.proto == key.proto {
+                self.datapath.set_vip_addr(&addr_key, &info)?;
+            }
         }
-        self.datapath.set_vip_addr(
-            &addr_key,
-            &AddrInfo {
-                fragment_vip: vip.index,
-                flags: addr_flags,
-            },
-        )?;
-        self.vips.insert(vip.index, (vip, ring));
         Ok(())
     }
 
@@ -220,19 +223,14 @@ impl Fixture {
 
     /// The backend id the ring of VIP `index` gives a new flow `key`.
     pub fn expected_backend(&self, index: u32, key: &FlowKey) -> u32 {
-        let (vip, ring) = &self.vips[&index];
-        let hash = if vip.scheduler == Scheduler::SourceHash {
-            source_hash(&key.src, self.settings.hash_seed)
-        } else {
-            flow_hash(key, self.settings.hash_seed)
-        };
-        ring[ring_slot(hash, self.settings.ring_size) as usize]
+        let (vip, table) = &self.vips[&index];
+        ring_pick(vip, table, &self.settings, key)
     }
 
     /// The backend id the ring of VIP `index` gives a fragment.
     pub fn expected_fragment_backend(&self, index: u32, src: IpAddr, dst: IpAddr) -> u32 {
         let (_, ring) = &self.vips[&index];
-        let hash = addr_pair_hash(&addr(src), &addr(dst), self.settings.hash_seed);
+        let hash = addr_pair_hash(&plan::addr(src), &plan::addr(dst), self.settings.hash_seed);
         ring[ring_slot(hash, self.settings.ring_size) as usize]
     }
 }
@@ -251,8 +249,8 @@ pub fn default_settings(seed: u32) -> Settings {
 /// The flow key of a packet from `src:src_port` to `dst:dst_port`.
 pub fn flow_key(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> FlowKey {
     FlowKey {
-        src: addr(src),
-        dst: addr(dst),
+        src: plan::addr(src),
+        dst: plan::addr(dst),
         src_port: src_port.to_be(),
         dst_port: dst_port.to_be(),
         proto,

@@ -12,6 +12,7 @@
 //! [`privilege`] for how tests behave without it.
 
 pub mod backend;
+pub mod case;
 pub mod cmd;
 pub mod daemon;
 pub mod fixture;

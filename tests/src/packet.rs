@@ -304,3 +304,22 @@ pub fn pmtu_error(
     }
     out
 }
+
+/// An ICMP (IPv4) or ICMPv6 echo request from `src` to `dst`.
+pub fn echo_request(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut out, b"ping"),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut out, b"ping"),
+        _ => panic!("mixed address families in a test packet"),
+    }
+    .expect("etherparse cannot build the echo request");
+    out
+}

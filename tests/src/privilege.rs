@@ -73,6 +73,17 @@ pub fn check(test: &str) -> bool {
     }
 }
 
+/// Runs the body of privileged test `test` that needs no namespace of its
+/// own (a BPF_PROG_TEST_RUN test, say): skipped, run or failed as [`check`]
+/// decides, and an `Err` from `body` fails the test with its whole chain.
+pub fn run(test: &str, body: impl FnOnce() -> anyhow::Result<()>) {
+    if check(test)
+        && let Err(err) = body()
+    {
+        panic!("{test} failed: {err:#}");
+    }
+}
+
 fn which(tool: &str) -> Option<std::path::PathBuf> {
     let path = env::var_os("PATH")?;
     env::split_paths(&path)

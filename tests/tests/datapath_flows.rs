@@ -1,0 +1,172 @@
+//! Known flows in the XDP program, through BPF_PROG_TEST_RUN: established
+//! flows across a ring change, fail-over and drain, idle expiry, and a
+//! mid-stream packet without an entry. Sequences of cases of
+//! `balancer_tests::case`, with changes to the fixture between them.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use balancer::datapath::action::TX;
+use balancer_common::{proto, settings::Settings, stats::Event};
+use balancer_tests::{
+    case::{Case, Counter, Out, check, run},
+    fixture::{
+        Backend, Fixture, RING_SIZE, Vip, flow_key, ring_pick,
+        standard::{self, CLIENT4, CLIENT6, VIP4, VIP6, standard},
+    },
+    packet::Packet,
+    privilege,
+};
+
+/// A client port whose flow to `before` the table of `after`, the same
+/// VIP with other backends, places on another backend.
+fn flow_moved_by(before: &Vip, after: &Vip, settings: &Settings) -> Result<u16> {
+    let (old, new) = (
+        before.table(settings.ring_size)?,
+        after.table(settings.ring_size)?,
+    );
+    (1024..60000u16)
+        .find(|&port| {
+            let key = flow_key(CLIENT4, port, before.addr, before.port, before.proto);
+            ring_pick(before, &old, settings, &key) != ring_pick(after, &new, settings, &key)
+        })
+        .context("some flow moves when a backend joins")
+}
+
+/// `vip` with one more backend, `id` at 10.1.0.`host`.
+fn grown(vip: &Vip, id: u32, host: u8) -> Vip {
+    let mut grown = vip.clone();
+    let address = IpAddr::V4(Ipv4Addr::new(10, 1, 0, host));
+    grown.backends.push(Backend::new(id, address));
+    grown
+}
+
+#[test]
+fn established_flows_keep_their_backend_when_the_ring_changes() {
+    privilege::run("datapath_ring_change", || {
+        let mut f = standard()?;
+        let grown = grown(&standard::vip(0), 50, 99);
+        let port = flow_moved_by(&standard::vip(0), &grown, &f.settings)?;
+        let p = Packet::tcp(CLIENT4, port, VIP4, 80);
+        let key = flow_key(CLIENT4, port, VIP4, 80, proto::TCP);
+        let old = f.expected_backend(0, &key);
+        run(
+            &mut f,
+            &[Case::new("before", p.build(), TX, Out::Backend(old), &[])],
+        )?;
+        // A fourth backend joins: the ring changes under the flow.
+        f.put_vip(grown)?;
+        let new = f.expected_backend(0, &key);
+        ensure!(new != old && new == 50);
+        let next = p.established().build();
+        run(
+            &mut f,
+            &[Case::new("after", next, TX, Out::Backend(old), &[])],
+        )?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_flow_fails_over_when_its_backend_goes_down_and_draining_keeps_it() {
+    privilege::run("datapath_failover_drain", || {
+        let mut f = standard()?;
+        let p = Packet::tcp(CLIENT4, 42000, VIP4, 80);
+        let key = flow_key(CLIENT4, 42000, VIP4, 80, proto::TCP);
+        let owner = f.expected_backend(0, &key);
+        run(
+            &mut f,
+            &[Case::new("first", p.build(), TX, Out::Backend(owner), &[])],
+        )?;
+
+        // Draining (weight 0, still up): the ring loses the backend, the
+        // flow keeps it, new flows never get it.
+        let mut vip = standard::vip(0);
+        vip.backends[owner as usize].weight = 0;
+        f.put_vip(vip.clone())?;
+        let next = p.established().build();
+        let draining = Case::new("draining", next.clone(), TX, Out::Backend(owner), &[]);
+        run(&mut f, &[draining])?;
+        ensure!(
+            !f.table(0).contains(&owner),
+            "the ring still holds the draining backend"
+        );
+        let new_flows: Vec<Case> = (1..2000u16)
+            .map(|port| {
+                let p = Packet::tcp(CLIENT4, port, VIP4, 80);
+                let name = format!("new flow from port {port}");
+                Case::new(name, p.build(), TX, Out::flow(0, &p), &[])
+            })
+            .collect();
+        run(&mut f, &new_flows)?;
+
+        // Down: the flow moves to the ring's choice, and that is counted.
+        vip.backends[owner as usize].up = false;
+        f.put_vip(vip)?;
+        ensure!(f.expected_backend(0, &key) != owner);
+        let moved = Out::Flow { vip: 0, key };
+        let failover = (Counter::Event(Event::FAILOVER), 1);
+        let cases = [
+            Case::new("failover", next.clone(), TX, moved, &[failover]),
+            // And it stays there.
+            Case::new("after failover", next, TX, moved, &[]),
+        ];
+        run(&mut f, &cases)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn idle_flows_expire_and_pick_again() {
+    privilege::run("datapath_idle", || {
+        let mut f = Fixture::with_settings(Settings {
+            hash_seed: 1,
+            ring_size: RING_SIZE,
+            tcp_idle_ns: 3_600_000_000_000,
+            udp_idle_ns: 200_000_000,
+        })?;
+        let vip = Vip::new(0, VIP4, 53, proto::UDP, standard::backends4(0..3));
+        f.put_vip(vip.clone())?;
+        let grown = grown(&vip, 60, 98);
+        let port = flow_moved_by(&vip, &grown, &f.settings)?;
+        let frame = Packet::udp(CLIENT4, port, VIP4, 53).build();
+        let key = flow_key(CLIENT4, port, VIP4, 53, proto::UDP);
+        let old = f.expected_backend(0, &key);
+        run(
+            &mut f,
+            &[Case::new(
+                "first",
+                frame.clone(),
+                TX,
+                Out::Backend(old),
+                &[],
+            )],
+        )?;
+        f.put_vip(grown)?;
+        run(
+            &mut f,
+            &[Case::new("live", frame.clone(), TX, Out::Backend(old), &[])],
+        )?;
+        std::thread::sleep(Duration::from_millis(400));
+        let expired = Case::new("expired", frame, TX, Out::Flow { vip: 0, key }, &[]);
+        run(&mut f, &[expired])?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_non_syn_packet_without_an_entry_is_placed_by_the_ring_and_remembered() {
+    // A flow that another balancer host started (after an ECMP change)
+    // arrives mid-stream: the ring places it where that host did.
+    let p = Packet::tcp(CLIENT6, 43000, VIP6, 80).established();
+    let new_flow = |n| [(Counter::Event(Event::NEW_FLOW), n)];
+    let cases = [
+        Case::new("mid-stream", p.build(), TX, Out::flow(2, &p), &new_flow(1)),
+        // The flow's entry is used.
+        Case::new("again", p.build(), TX, Out::flow(2, &p), &new_flow(0)),
+    ];
+    check("datapath_non_syn_unknown", standard, &cases);
+}
