@@ -235,25 +235,12 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
     desired
         .backends()
         .map(|(vip, b)| {
-            let mut flags = if observed.is_up(b.id) { BACKEND_UP } else { 0 };
-            let (macs, ifindex) = match observed.reach(b.id).path() {
-                Some(crate::neighbour::L2Path {
-                    ifindex,
-                    src_mac,
-                    dst_mac: Some(dst),
-                }) => {
-                    flags |= BACKEND_RESOLVED;
-                    (BackendInfo::mac_words(dst, src_mac), ifindex)
-                }
-                _ => ([0; 6], 0),
-            };
-            let info = BackendInfo {
-                addr: plan::addr(b.address),
-                macs,
-                ifindex,
-                flags,
-                vip: vip.slot.info.index,
-            };
+            let info = plan::backend_info(
+                b.address,
+                vip.slot.info.index,
+                observed.is_up(b.id),
+                observed.reach(b.id).path(),
+            );
             (b.id, info)
         })
         .collect()
