@@ -119,12 +119,11 @@ impl Numbering {
         let mut numbering = Numbering::default();
         for vip in &config.vips {
             let vip = vip.get_ref();
-            let key = VipKey {
-                addr: addr(*vip.address.get_ref()),
-                port: vip.port.to_be(),
-                proto: vip.protocol.number(),
-                _pad: 0,
-            };
+            let key = VipKey::new(
+                addr(*vip.address.get_ref()),
+                vip.port.to_be(),
+                vip.protocol.number(),
+            );
             let Some((_, info)) = vips.iter().find(|(k, _)| *k == key) else {
                 continue;
             };
@@ -244,12 +243,7 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
         vips.push(VipPlan {
             name: vip.name.get_ref().clone(),
             slot: VipSlot {
-                key: VipKey {
-                    addr: addr(address),
-                    port: vip.port.to_be(),
-                    proto,
-                    _pad: 0,
-                },
+                key: VipKey::new(addr(address), vip.port.to_be(), proto),
                 info: VipInfo { index, flags },
             },
             scheduler: vip.scheduler,
@@ -259,15 +253,7 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
     }
     let addrs = addrs
         .into_iter()
-        .map(|((address, proto), info)| {
-            let key = AddrKey {
-                addr: addr(address),
-                proto,
-                _pad1: 0,
-                _pad2: 0,
-            };
-            (key, info)
-        })
+        .map(|((address, proto), info)| (AddrKey::new(addr(address), proto), info))
         .collect();
     Plan {
         settings,
@@ -363,7 +349,7 @@ fn service(v: &VipPlan) -> String {
 /// A VIP's scheduler and persistence in words: "maglev", "round-robin
 /// with persistence 30s per /56".
 fn policy(v: &VipPlan) -> String {
-    if v.slot.info.flags & VIP_PERSIST == 0 {
+    if !v.slot.info.persists() {
         return v.scheduler.name().to_owned();
     }
     let mask = u128::from_be_bytes(balancer_common::addr_octets(&v.policy.client_mask));
