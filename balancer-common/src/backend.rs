@@ -28,6 +28,30 @@ pub struct BackendInfo {
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
 
 impl BackendInfo {
+    /// Whether the backend is healthy ([`BACKEND_UP`]).
+    #[inline(always)]
+    pub const fn is_up(&self) -> bool {
+        self.flags & BACKEND_UP != 0
+    }
+
+    /// Whether `macs` and `ifindex` are valid ([`BACKEND_RESOLVED`]).
+    #[inline(always)]
+    pub const fn is_resolved(&self) -> bool {
+        self.flags & BACKEND_RESOLVED != 0
+    }
+
+    /// Whether the datapath can send to the backend: up and resolved.
+    #[inline(always)]
+    pub const fn is_usable(&self) -> bool {
+        self.is_up() && self.is_resolved()
+    }
+
+    /// The flags of a backend that is `up` and `resolved` or not.
+    #[inline(always)]
+    pub const fn flags_for(up: bool, resolved: bool) -> u32 {
+        (if up { BACKEND_UP } else { 0 }) | (if resolved { BACKEND_RESOLVED } else { 0 })
+    }
+
     /// The `macs` words for destination `dst` and source `src`.
     pub const fn mac_words(dst: [u8; 6], src: [u8; 6]) -> [u16; 6] {
         [
@@ -75,5 +99,22 @@ impl BackendLoad {
     pub const fn active(&self) -> u64 {
         let conns = self.conns as i64;
         if conns < 0 { 0 } else { conns as u64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_is_usable_when_up_and_resolved() {
+        for (up, resolved) in [(false, false), (true, false), (false, true), (true, true)] {
+            let b = BackendInfo {
+                flags: BackendInfo::flags_for(up, resolved),
+                ..BackendInfo::default()
+            };
+            assert_eq!((b.is_up(), b.is_resolved()), (up, resolved));
+            assert_eq!(b.is_usable(), up && resolved);
+        }
     }
 }

@@ -20,6 +20,23 @@ pub struct FlowKey {
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The flow from `src`:`src_port` to `dst`:`dst_port` over `proto`
+    /// (ports in network byte order).
+    #[inline(always)]
+    pub const fn new(src: Addr, dst: Addr, src_port: u16, dst_port: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
+}
+
 /// The backend a flow uses, its VIP, and when it last saw a packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,13 +61,53 @@ const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 pub const FLOW_COUNTED: u32 = 1 << 31;
 
 impl FlowState {
+    /// A flow of VIP `vip_index` on `backend`, last seen at `last_seen_ns`,
+    /// [`counted`](FlowState::is_counted) or not.
+    #[inline(always)]
+    pub const fn new(backend: u32, vip_index: u32, counted: bool, last_seen_ns: u64) -> FlowState {
+        FlowState {
+            backend,
+            vip: vip_index | if counted { FLOW_COUNTED } else { 0 },
+            last_seen_ns,
+        }
+    }
+
     /// The index of the flow's VIP, without flags.
     #[inline(always)]
     pub const fn vip_index(&self) -> u32 {
         self.vip & !FLOW_COUNTED
+    }
+
+    /// Whether the flow counts in its backend's active connections
+    /// ([`FLOW_COUNTED`]).
+    #[inline(always)]
+    pub const fn is_counted(&self) -> bool {
+        self.vip & FLOW_COUNTED != 0
+    }
+
+    /// Stops counting the flow (its FIN or RST was seen).
+    #[inline(always)]
+    pub const fn uncount(&mut self) {
+        self.vip = self.vip_index();
     }
 }
 
 /// The datapath refreshes a flow's `last_seen_ns` only when it is older
 /// than this, to avoid a write to a shared cache line on every packet.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counted_flag_rides_on_the_vip_index() {
+        let mut state = FlowState::new(4, 9, true, 100);
+        assert_eq!(state.vip, 9 | FLOW_COUNTED);
+        assert_eq!(state.vip_index(), 9);
+        assert!(state.is_counted());
+        state.uncount();
+        assert_eq!(state, FlowState::new(4, 9, false, 100));
+        assert!(!state.is_counted());
+    }
+}

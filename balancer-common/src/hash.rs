@@ -95,15 +95,13 @@ mod tests {
     use crate::{addr_from_v4, proto};
 
     fn flow() -> FlowKey {
-        FlowKey {
-            src: addr_from_v4([192, 0, 2, 1]),
-            dst: addr_from_v4([198, 51, 100, 10]),
-            src_port: 40000u16.to_be(),
-            dst_port: 80u16.to_be(),
-            proto: proto::TCP,
-            _pad1: 0,
-            _pad2: 0,
-        }
+        FlowKey::new(
+            addr_from_v4([192, 0, 2, 1]),
+            addr_from_v4([198, 51, 100, 10]),
+            40000u16.to_be(),
+            80u16.to_be(),
+            proto::TCP,
+        )
     }
 
     /// Golden values: a change here moves every flow of every deployment.

@@ -5,8 +5,17 @@
 //! `#[repr(C)]`, explicit padding fields, a compile-time size assertion, no
 //! `bool`, `enum` or `Option` inside a map value, and addresses and ports in
 //! network byte order. Padding is made of scalar fields, not byte arrays:
-//! zeroing an array makes LLVM call memset, a byte loop on BPF. Kernel object names are cut to 15 bytes, so every
-//! name here is at most that long.
+//! zeroing an array makes LLVM call memset, a byte loop on BPF. Kernel
+//! object names are cut to 15 bytes, so every name here is at most that
+//! long.
+//!
+//! This crate is the whole contract between the kernel and userspace,
+//! stated once: every map's spec ([`maps::MAP_SPECS`]), the layout of a
+//! VIP's list table ([`vip::LIST_LEN_SLOT`], [`vip::list_slot`],
+//! [`vip::MAX_LIST_LEN`]), the idle timeout by protocol
+//! ([`settings::Settings::idle_ns`]), the flags and their one-line
+//! predicates (`is_up`, `is_counted`, `persists`, `has_list`, ...) and the
+//! key constructors (`VipKey::new`, `AddrKey::new`, `FlowKey::new`).
 //!
 //! The hash functions the datapath uses to pick backends are here too, so
 //! that userspace (tests, the daemon) computes exactly what the kernel does.

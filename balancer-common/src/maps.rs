@@ -1,4 +1,5 @@
-//! Names and default sizes of every BPF map of the datapath.
+//! Names, default sizes and specs ([`MAP_SPECS`]) of every BPF map of the
+//! datapath.
 //!
 //! Sizes marked "set at load" are defaults of the object; the daemon sizes
 //! them from its configuration when it loads the program.
@@ -74,26 +75,167 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// even batched).
 pub const RING_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
-macro_rules! assert_name_len {
-    ($($name:expr),* $(,)?) => {
-        $(const _: () = assert!($name.len() <= 15);)*
-    };
+/// A kind of BPF map, by its `bpf_map_type` number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapKind(pub u32);
+
+impl MapKind {
+    /// `BPF_MAP_TYPE_HASH`.
+    pub const HASH: MapKind = MapKind(1);
+    /// `BPF_MAP_TYPE_ARRAY`.
+    pub const ARRAY: MapKind = MapKind(2);
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    pub const PERCPU_ARRAY: MapKind = MapKind(6);
+    /// `BPF_MAP_TYPE_LRU_HASH`.
+    pub const LRU_HASH: MapKind = MapKind(9);
+    /// `BPF_MAP_TYPE_ARRAY_OF_MAPS`.
+    pub const ARRAY_OF_MAPS: MapKind = MapKind(12);
+    /// `BPF_MAP_TYPE_DEVMAP_HASH`.
+    pub const DEVMAP_HASH: MapKind = MapKind(25);
 }
 
-assert_name_len!(
-    crate::XDP_PROGRAM,
-    STATS,
-    VIPS,
-    VIP_ADDRS,
-    RINGS,
-    BACKENDS,
-    FLOWS,
-    EGRESS,
-    SETTINGS,
-    VIP_STATS,
-    BACKEND_STATS,
-    VIP_POLICY,
-    BACKEND_LOAD,
-    RR_CURSOR,
-    PERSIST,
-);
+/// How many entries a map has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// Always this many.
+    Fixed(u32),
+    /// Set at load from the configuration; the object declares
+    /// [`DEFAULT_FLOWS`].
+    FlowTable,
+}
+
+/// One map of the datapath as the kernel holds it: what the XDP program
+/// declares, what the daemon pins and what a restarted daemon must find
+/// again before it adopts a pinned map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// Name in the object, in the kernel and of its pin.
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes (for an array of maps, an inner map's id).
+    pub value_size: u32,
+    pub entries: Entries,
+    /// `map_flags` at creation.
+    pub flags: u32,
+}
+
+impl MapSpec {
+    /// The map's entries once loaded with a connection table of
+    /// `flow_table_size` entries.
+    pub const fn max_entries(&self, flow_table_size: u32) -> u32 {
+        match self.entries {
+            Entries::Fixed(n) => n,
+            Entries::FlowTable => flow_table_size,
+        }
+    }
+}
+
+/// Size of `T` as a map's key or value size.
+const fn size<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+/// A map keyed by a `u32` index.
+const fn indexed<V>(name: &'static str, kind: MapKind, entries: u32, flags: u32) -> MapSpec {
+    MapSpec {
+        name,
+        kind,
+        key_size: size::<u32>(),
+        value_size: size::<V>(),
+        entries: Entries::Fixed(entries),
+        flags,
+    }
+}
+
+/// A hash map keyed by `K`.
+const fn hashed<K, V>(name: &'static str, kind: MapKind, entries: Entries, flags: u32) -> MapSpec {
+    MapSpec {
+        name,
+        kind,
+        key_size: size::<K>(),
+        value_size: size::<V>(),
+        entries,
+        flags,
+    }
+}
+
+/// The value of `egress`: `struct bpf_devmap_val`, the interface index
+/// and a program descriptor (unused).
+pub type DevMapValue = [u32; 2];
+
+/// The template of every table in [`RINGS`]: `u32` backend ids (or a
+/// list's length, then ids), [`RING_FLAGS`]; each table the daemon makes
+/// has its own size.
+pub const RING_TEMPLATE: MapSpec =
+    indexed::<u32>("ring", MapKind::ARRAY, DEFAULT_RING_SIZE, RING_FLAGS);
+
+/// Every map of the datapath: the contract between the XDP program, which
+/// declares them, and the daemon, which pins, adopts and writes them. A
+/// unit test of `balancer` holds it to the maps of the built object.
+pub const MAP_SPECS: [MapSpec; 14] = {
+    use crate::{
+        backend::{BackendInfo, BackendLoad},
+        flow::{FlowKey, FlowState},
+        persist::{PersistKey, PersistState},
+        settings::Settings,
+        stats::{FlowCounters, PacketCount, STATS_SLOTS},
+        vip::{AddrInfo, AddrKey, VipInfo, VipKey, VipPolicy},
+    };
+    let lru = MapKind::LRU_HASH;
+    [
+        hashed::<VipKey, VipInfo>(VIPS, MapKind::HASH, Entries::Fixed(MAX_VIPS), 0),
+        hashed::<AddrKey, AddrInfo>(VIP_ADDRS, MapKind::HASH, Entries::Fixed(MAX_VIPS), 0),
+        indexed::<u32>(RINGS, MapKind::ARRAY_OF_MAPS, MAX_VIPS, 0),
+        indexed::<BackendInfo>(BACKENDS, MapKind::ARRAY, MAX_BACKENDS, 0),
+        hashed::<FlowKey, FlowState>(FLOWS, lru, Entries::FlowTable, BPF_F_NO_COMMON_LRU),
+        indexed::<DevMapValue>(EGRESS, MapKind::DEVMAP_HASH, MAX_EGRESS, 0),
+        indexed::<Settings>(SETTINGS, MapKind::ARRAY, 1, 0),
+        indexed::<PacketCount>(STATS, MapKind::PERCPU_ARRAY, STATS_SLOTS, 0),
+        indexed::<FlowCounters>(VIP_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
+        indexed::<FlowCounters>(BACKEND_STATS, MapKind::PERCPU_ARRAY, MAX_BACKENDS, 0),
+        indexed::<VipPolicy>(VIP_POLICY, MapKind::ARRAY, MAX_VIPS, 0),
+        indexed::<BackendLoad>(BACKEND_LOAD, MapKind::ARRAY, MAX_BACKENDS, BPF_F_MMAPABLE),
+        indexed::<u32>(RR_CURSOR, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
+        hashed::<PersistKey, PersistState>(PERSIST, lru, Entries::Fixed(PERSIST_ENTRIES), 0),
+    ]
+};
+
+// Kernel object names are cut to 15 bytes.
+const _: () = assert!(crate::XDP_PROGRAM.len() <= 15);
+const _: () = {
+    let mut i = 0;
+    while i < MAP_SPECS.len() {
+        assert!(MAP_SPECS[i].name.len() <= 15);
+        i += 1;
+    }
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_is_named_once() {
+        for (i, spec) in MAP_SPECS.iter().enumerate() {
+            assert!(
+                MAP_SPECS[..i].iter().all(|other| other.name != spec.name),
+                "{} twice",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_connection_table_is_sized_at_load() {
+        for spec in &MAP_SPECS {
+            assert_eq!(
+                spec.max_entries(7) == 7,
+                spec.name == FLOWS,
+                "{}",
+                spec.name
+            );
+        }
+    }
+}

@@ -16,3 +16,48 @@ pub struct Settings {
 }
 
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+
+impl Settings {
+    /// How long a flow of IP protocol `proto` may stay idle before it picks
+    /// its backend anew: the TCP timeout for TCP, the UDP one otherwise.
+    #[inline(always)]
+    pub const fn idle_ns(&self, proto: u8) -> u64 {
+        if proto == crate::proto::TCP {
+            self.tcp_idle_ns
+        } else {
+            self.udp_idle_ns
+        }
+    }
+
+    /// Whether a flow of IP protocol `proto` last seen at `last_seen_ns`
+    /// has been idle past its timeout at `now`.
+    #[inline(always)]
+    pub const fn expired(&self, proto: u8, last_seen_ns: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen_ns) > self.idle_ns(proto)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+
+    #[test]
+    fn tcp_has_its_own_idle_timeout_every_other_protocol_the_udp_one() {
+        let s = Settings {
+            tcp_idle_ns: 60,
+            udp_idle_ns: 10,
+            ..Settings::default()
+        };
+        assert_eq!(s.idle_ns(proto::TCP), 60);
+        assert_eq!(s.idle_ns(proto::UDP), 10);
+        assert_eq!(s.idle_ns(proto::ICMP), 10);
+        assert!(!s.expired(proto::TCP, 100, 160));
+        assert!(s.expired(proto::TCP, 100, 161));
+        assert!(s.expired(proto::UDP, 100, 111));
+        assert!(
+            !s.expired(proto::UDP, 200, 100),
+            "a clock behind the entry is not idle"
+        );
+    }
+}

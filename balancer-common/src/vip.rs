@@ -16,6 +16,20 @@ pub struct VipKey {
 
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
+impl VipKey {
+    /// The key of the VIP at `addr`, `port` (network byte order; 0 for
+    /// every port) and protocol `proto`.
+    #[inline(always)]
+    pub const fn new(addr: Addr, port: u16, proto: u8) -> VipKey {
+        VipKey {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// What the datapath knows of a VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,6 +43,33 @@ pub struct VipInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
+
+impl VipInfo {
+    /// The VIP's scheduler (`SCHED_*`).
+    #[inline(always)]
+    pub const fn scheduler(&self) -> u32 {
+        scheduler(self.flags)
+    }
+
+    /// Whether the VIP's table is a list rather than a Maglev ring.
+    #[inline(always)]
+    pub const fn has_list(&self) -> bool {
+        has_list(self.flags)
+    }
+
+    /// Whether the datapath counts the active connections of the VIP's
+    /// backends.
+    #[inline(always)]
+    pub const fn counts_connections(&self) -> bool {
+        counts_connections(self.flags)
+    }
+
+    /// Whether new flows of a client keep the backend it last used.
+    #[inline(always)]
+    pub const fn persists(&self) -> bool {
+        self.flags & VIP_PERSIST != 0
+    }
+}
 
 /// The bits of [`VipInfo::flags`] that hold the VIP's scheduler: how a new
 /// flow picks its backend.
@@ -76,11 +117,38 @@ pub const fn counts_connections(flags: u32) -> bool {
     s == SCHED_LEAST_CONNECTIONS || s == SCHED_LEAST_LATENCY
 }
 
-/// The slot of a list table that holds its number of entries; the entries
-/// follow it.
+/// The slot of a list table that holds its number of entries n; the
+/// entries follow it, in slots 1 to n (see [`list_slot`]).
 pub const LIST_LEN_SLOT: u32 = 0;
-/// Most entries of a list table (a round-robin cycle or a member list).
-pub const MAX_LIST_LEN: u32 = 65_536;
+/// Most entries of a list table (a round-robin cycle or a member list):
+/// one less than the default ring size, so that the length and the
+/// entries fill a default table exactly.
+pub const MAX_LIST_LEN: u32 = crate::maps::DEFAULT_RING_SIZE - 1;
+
+/// The slot of a list table that holds entry `i` (from 0).
+#[inline(always)]
+pub const fn list_slot(i: u32) -> u32 {
+    LIST_LEN_SLOT + 1 + i
+}
+
+/// The number of entries of list table `table` when it is well formed: a
+/// length between 1 and [`MAX_LIST_LEN`] in its length slot, followed by
+/// exactly that many entries.
+pub fn list_len(table: &[u32]) -> Option<u32> {
+    let len = *table.get(LIST_LEN_SLOT as usize)?;
+    if len == 0 || len > MAX_LIST_LEN {
+        return None;
+    }
+    (table.len() == list_slot(len) as usize).then_some(len)
+}
+
+/// Writes the list table of `entries` into `table` (its length slot, then
+/// the entries), which must hold exactly `entries.len() + 1` slots.
+pub fn fill_list(table: &mut [u32], entries: &[u32]) {
+    let (len, rest) = table.split_at_mut(list_slot(0) as usize);
+    len[LIST_LEN_SLOT as usize] = entries.len() as u32;
+    rest.copy_from_slice(entries);
+}
 
 /// What the datapath needs of a VIP beyond [`VipInfo`], read only for VIPs
 /// whose flags ask for it (persistence) and, at most once a second per
@@ -110,6 +178,19 @@ pub struct AddrKey {
 
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 
+impl AddrKey {
+    /// The key of address `addr` for protocol `proto`.
+    #[inline(always)]
+    pub const fn new(addr: Addr, proto: u8) -> AddrKey {
+        AddrKey {
+            addr,
+            proto,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
+}
+
 /// What the datapath knows of a VIP address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,6 +204,20 @@ pub struct AddrInfo {
 
 const _: () = assert!(core::mem::size_of::<AddrInfo>() == 8);
 
+impl AddrInfo {
+    /// Whether the address has a port-0 VIP for its protocol.
+    #[inline(always)]
+    pub const fn has_wildcard(&self) -> bool {
+        self.flags & ADDR_HAS_WILDCARD != 0
+    }
+
+    /// Whether the table of the VIP that places fragments is a list.
+    #[inline(always)]
+    pub const fn fragment_list(&self) -> bool {
+        self.flags & ADDR_FRAGMENT_LIST != 0
+    }
+}
+
 /// A port-0 VIP exists for this address and protocol: a packet to a port
 /// without a VIP of its own goes to it.
 pub const ADDR_HAS_WILDCARD: u32 = 1;
@@ -130,3 +225,49 @@ pub const ADDR_HAS_WILDCARD: u32 = 1;
 /// [`has_list`]): fragments index it by their address hash modulo its
 /// length.
 pub const ADDR_FRAGMENT_LIST: u32 = 1 << 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_is_its_length_then_its_entries() {
+        let mut table = [9; 4];
+        fill_list(&mut table, &[7, 8, 7]);
+        assert_eq!(table, [3, 7, 8, 7]);
+        assert_eq!(list_len(&table), Some(3));
+        assert_eq!(table[list_slot(1) as usize], 8);
+    }
+
+    #[test]
+    fn malformed_lists_have_no_length() {
+        assert_eq!(list_len(&[]), None);
+        assert_eq!(list_len(&[0]), None);
+        assert_eq!(list_len(&[2, 1]), None);
+        assert_eq!(list_len(&[1, 1, 1]), None);
+        assert_eq!(list_len(&[u32::MAX, 1]), None);
+        let longest = vec![MAX_LIST_LEN; MAX_LIST_LEN as usize + 1];
+        assert_eq!(list_len(&longest), Some(MAX_LIST_LEN));
+        let too_long = vec![MAX_LIST_LEN + 1; MAX_LIST_LEN as usize + 2];
+        assert_eq!(list_len(&too_long), None);
+    }
+
+    #[test]
+    fn flag_predicates_read_their_bits() {
+        let vip = |flags| VipInfo { index: 0, flags };
+        assert!(vip(SCHED_ROUND_ROBIN | VIP_PERSIST).persists());
+        assert!(vip(SCHED_ROUND_ROBIN).has_list());
+        assert!(!vip(SCHED_SOURCE_HASH | VIP_PERSIST).has_list());
+        assert!(vip(SCHED_LEAST_LATENCY).counts_connections());
+        assert!(!vip(SCHED_ROUND_ROBIN).counts_connections());
+        assert_eq!(
+            vip(SCHED_LEAST_CONNECTIONS | VIP_PERSIST).scheduler(),
+            SCHED_LEAST_CONNECTIONS
+        );
+        let addr = AddrInfo {
+            fragment_vip: 0,
+            flags: ADDR_FRAGMENT_LIST,
+        };
+        assert!(addr.fragment_list() && !addr.has_wildcard());
+    }
+}

@@ -1,10 +1,7 @@
 //! L2 direct server return: rewrite the MACs, send to the backend.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use balancer_common::{
-    backend::{BACKEND_RESOLVED, BackendInfo},
-    stats::Stat,
-};
+use balancer_common::{backend::BackendInfo, stats::Stat};
 use network_types::eth::EthHdr;
 
 use crate::maps::EGRESS;
@@ -15,7 +12,7 @@ use crate::maps::EGRESS;
 /// redirect through `egress` otherwise. Returns the action and its reason.
 #[inline(always)]
 pub fn to_backend(ctx: &XdpContext, backend: &BackendInfo) -> (u32, Stat) {
-    if backend.flags & BACKEND_RESOLVED == 0 {
+    if !backend.is_resolved() {
         return (xdp_action::XDP_DROP, Stat::DROP_NO_NEIGHBOUR);
     }
     let start = ctx.data();

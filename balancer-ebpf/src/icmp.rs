@@ -6,7 +6,7 @@
 //! from the client, picks the backend that sent the reply, and the message
 //! goes there.
 
-use balancer_common::{flow::FlowKey, proto};
+use balancer_common::{Addr, flow::FlowKey, proto};
 
 use crate::parse::{self, Cursor, IcmpHdr, Ipv4Hdr, Ipv6Hdr};
 
@@ -59,18 +59,7 @@ fn quoted_v4(c: &mut Cursor) -> Option<FlowKey> {
         return None;
     }
     c.skip(header_len - Ipv4Hdr::LEN)?;
-    let ports = c.header::<[u16; 2]>()?;
-    // SAFETY: both ports are inside the packet.
-    let [vip_port, client_port] = unsafe { *ports };
-    Some(FlowKey {
-        src: parse::v4(h.dst),
-        dst: parse::v4(h.src),
-        src_port: client_port,
-        dst_port: vip_port,
-        proto: h.proto,
-        _pad1: 0,
-        _pad2: 0,
-    })
+    turned_around(c, parse::v4(h.src), parse::v4(h.dst), h.proto)
 }
 
 /// The flow of a quoted IPv6 packet (VIP to client), turned around.
@@ -79,16 +68,15 @@ fn quoted_v6(c: &mut Cursor) -> Option<FlowKey> {
     let h = c.header::<Ipv6Hdr>()?;
     // SAFETY: the whole header is inside the packet.
     let h = unsafe { &*h };
+    turned_around(c, parse::v6(h.src), parse::v6(h.dst), h.next_hdr)
+}
+
+/// The client's flow of a quoted packet from `vip` to `client` over
+/// `proto`, whose ports follow at the cursor.
+#[inline(always)]
+fn turned_around(c: &mut Cursor, vip: Addr, client: Addr, proto: u8) -> Option<FlowKey> {
     let ports = c.header::<[u16; 2]>()?;
     // SAFETY: both ports are inside the packet.
     let [vip_port, client_port] = unsafe { *ports };
-    Some(FlowKey {
-        src: parse::v6(h.dst),
-        dst: parse::v6(h.src),
-        src_port: client_port,
-        dst_port: vip_port,
-        proto: h.next_hdr,
-        _pad1: 0,
-        _pad2: 0,
-    })
+    Some(FlowKey::new(client, vip, client_port, vip_port, proto))
 }

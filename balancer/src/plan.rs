@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use balancer_common::{
     Addr, addr_from_octets, addr_from_v4,
-    backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo},
+    backend::BackendInfo,
     settings::Settings,
     vip::{
         ADDR_FRAGMENT_LIST, ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
@@ -246,12 +246,7 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
 
 /// The `vips` map key of the VIP at `address:port` over protocol `proto`.
 pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
-    VipKey {
-        addr: addr(address),
-        port: port.to_be(),
-        proto,
-        _pad: 0,
-    }
+    VipKey::new(addr(address), port.to_be(), proto)
 }
 
 /// The `vip_addrs` entries of `vips`, one per address and protocol, in the
@@ -279,39 +274,27 @@ pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
     }
     addrs
         .into_iter()
-        .map(|((address, proto), info)| {
-            let key = AddrKey {
-                addr: addr(address),
-                proto,
-                _pad1: 0,
-                _pad2: 0,
-            };
-            (key, info)
-        })
+        .map(|((address, proto), info)| (AddrKey::new(addr(address), proto), info))
         .collect()
 }
 
 /// The `backends` map entry of a backend at `address` serving VIP `vip`:
-/// [`BACKEND_UP`] when `up`, and [`BACKEND_RESOLVED`] with its MACs and
+/// up when `up`, and resolved with its MACs and
 /// interface once `path` knows its MAC (zeros before).
 pub fn backend_info(address: IpAddr, vip: u32, up: bool, path: Option<L2Path>) -> BackendInfo {
-    let mut flags = if up { BACKEND_UP } else { 0 };
-    let (macs, ifindex) = match path {
+    let (macs, ifindex, resolved) = match path {
         Some(L2Path {
             ifindex,
             src_mac,
             dst_mac: Some(dst),
-        }) => {
-            flags |= BACKEND_RESOLVED;
-            (BackendInfo::mac_words(dst, src_mac), ifindex)
-        }
-        _ => ([0; 6], 0),
+        }) => (BackendInfo::mac_words(dst, src_mac), ifindex, true),
+        _ => ([0; 6], 0, false),
     };
     BackendInfo {
         addr: addr(address),
         macs,
         ifindex,
-        flags,
+        flags: BackendInfo::flags_for(up, resolved),
         vip,
     }
 }
@@ -402,7 +385,7 @@ fn service(v: &VipPlan) -> String {
 /// A VIP's scheduler and persistence in words: "maglev", "round-robin
 /// with persistence 30s per /56".
 fn policy(v: &VipPlan) -> String {
-    if v.slot.info.flags & VIP_PERSIST == 0 {
+    if !v.slot.info.persists() {
         return v.scheduler.name().to_owned();
     }
     let mask = u128::from_be_bytes(balancer_common::addr_octets(&v.policy.client_mask));
@@ -593,7 +576,10 @@ address = "10.0.0.3"
             dst_mac,
         };
         let known = backend_info(address, 3, true, Some(path(Some([2, 0, 0, 0, 0, 2]))));
-        assert_eq!(known.flags, BACKEND_UP | BACKEND_RESOLVED);
+        assert_eq!(
+            known.flags,
+            balancer_common::backend::BACKEND_UP | balancer_common::backend::BACKEND_RESOLVED
+        );
         assert_eq!(
             (known.macs, known.ifindex, known.vip),
             (

@@ -3,19 +3,20 @@
 //!
 //! Pure logic, no I/O. The hash schedulers (maglev, source-hash) fill the
 //! table with a Maglev ring: every slot a backend id. The others fill it
-//! with a list: slot 0 holds the number of entries n, slots 1..=n the
-//! entries, and the slots after them are 0. The list depends only on the
-//! backends (their keys and weights), never on the order they are given in,
-//! so every host and every restart builds the same table.
+//! with a list (balancer-common's layout: a length slot, then the entries;
+//! see [`balancer_common::vip::fill_list`]). The list depends only on the
+//! backends (their keys and weights), never on the order they are given
+//! in, so every host and every restart builds the same table.
+
+use balancer_common::vip::{MAX_LIST_LEN, fill_list, list_slot};
 
 use crate::{
     config::Scheduler,
     maglev::{self, MaglevError, Member},
 };
 
-/// Longest round-robin sequence: one less than the default ring size, so
-/// that the count and the sequence fill a default table exactly.
-pub const MAX_SEQUENCE: usize = 65_536;
+/// Longest round-robin sequence: the longest list the datapath holds.
+pub const MAX_SEQUENCE: usize = MAX_LIST_LEN as usize;
 
 /// One cycle of nginx's smooth weighted round robin over `members`: each
 /// id appears as many times as its weight, and the heavier backends are
@@ -36,16 +37,16 @@ pub fn smooth_weighted(members: &[Member]) -> Vec<u32> {
 /// What the datapath's table of a VIP scheduled by `scheduler` holds:
 /// - maglev and source-hash: the Maglev ring of `ring_size` slots, from
 ///   [`maglev::build`];
-/// - round-robin: slot 0 holds the number of entries n, slots 1..=n the
-///   sequence of [`smooth_weighted`];
-/// - least-connections and least-latency: slot 0 holds the number of
-///   entries n, slots 1..=n the ids of the members of weight above 0 in
-///   the order of their keys; the datapath picks among them.
+/// - round-robin: a list of the sequence of [`smooth_weighted`];
+/// - least-connections and least-latency: a list of the ids of the
+///   members of weight above 0 in the order of their keys; the datapath
+///   picks among them.
 ///
-/// A list has exactly n + 1 slots (a ring's size would cost 512 KiB per
-/// VIP for nothing). Without a member of weight above 0 the list kinds give
-/// an empty table (the caller keeps the one in place), and the hash kinds
-/// an error, as [`maglev::build`] does.
+/// A list is its length slot, then its n entries, and nothing after them
+/// (a ring's size would cost 512 KiB per VIP for nothing). Without a
+/// member of weight above 0 the list kinds give an empty table (the caller
+/// keeps the one in place), and the hash kinds an error, as
+/// [`maglev::build`] does.
 pub fn table(
     scheduler: Scheduler,
     members: &[Member],
@@ -72,9 +73,8 @@ pub fn table(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let mut table = Vec::with_capacity(entries.len() + 1);
-    table.push(entries.len() as u32);
-    table.extend(entries);
+    let mut table = vec![0; list_slot(entries.len() as u32) as usize];
+    fill_list(&mut table, &entries);
     Ok(table)
 }
 

@@ -248,13 +248,11 @@ pub fn default_settings(seed: u32) -> Settings {
 
 /// The flow key of a packet from `src:src_port` to `dst:dst_port`.
 pub fn flow_key(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        src: plan::addr(src),
-        dst: plan::addr(dst),
-        src_port: src_port.to_be(),
-        dst_port: dst_port.to_be(),
+    FlowKey::new(
+        plan::addr(src),
+        plan::addr(dst),
+        src_port.to_be(),
+        dst_port.to_be(),
         proto,
-        _pad1: 0,
-        _pad2: 0,
-    }
+    )
 }

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use balancer_common::{
-    flow::{FLOW_COUNTED, FlowKey, FlowState},
-    proto,
+    flow::{FlowKey, FlowState},
     settings::Settings,
 };
 
@@ -32,13 +31,8 @@ pub struct Tally {
 pub fn tally(entries: &[(FlowKey, FlowState)], now: u64, settings: &Settings) -> Tally {
     let mut tally = Tally::default();
     for (key, state) in entries {
-        let idle = if key.proto == proto::TCP {
-            settings.tcp_idle_ns
-        } else {
-            settings.udp_idle_ns
-        };
-        let counted = state.vip & FLOW_COUNTED != 0;
-        if now.saturating_sub(state.last_seen_ns) > idle {
+        let counted = state.is_counted();
+        if settings.expired(key.proto, state.last_seen_ns, now) {
             tally.expired.push(*key);
             if counted {
                 *tally.expired_counted.entry(state.backend).or_default() += 1;
@@ -79,6 +73,8 @@ pub fn growth(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> BTreeM
 
 #[cfg(test)]
 mod tests {
+    use balancer_common::proto;
+
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
@@ -98,11 +94,7 @@ mod tests {
                 proto: l4,
                 ..FlowKey::default()
             },
-            FlowState {
-                backend,
-                vip: 3 | if counted { FLOW_COUNTED } else { 0 },
-                last_seen_ns: seen,
-            },
+            FlowState::new(backend, 3, counted, seen),
         )
     }
 

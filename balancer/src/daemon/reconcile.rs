@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP, BackendInfo};
+use balancer_common::backend::BackendInfo;
 
 use super::{
     desired::Desired,
@@ -180,9 +180,7 @@ fn tables(
     infos: &BTreeMap<u32, BackendInfo>,
     out: &mut Writes,
 ) -> Result<Vec<(crate::datapath::VipSlot, Vec<u32>)>, MaglevError> {
-    let usable = |b: &BackendPlan| {
-        infos[&b.id].flags & (BACKEND_UP | BACKEND_RESOLVED) == BACKEND_UP | BACKEND_RESOLVED
-    };
+    let usable = |b: &BackendPlan| infos[&b.id].is_usable();
     let ring_size = plan.settings.ring_size;
     let mut changed = Vec::new();
     for vip in &plan.vips {

@@ -9,7 +9,6 @@ use std::{
     net::IpAddr,
 };
 
-use balancer_common::backend::BACKEND_UP;
 use tokio::sync::mpsc;
 
 use super::{
@@ -58,7 +57,7 @@ impl State {
         let left_down: BTreeSet<u32> = pinned
             .backends
             .iter()
-            .filter(|(_, info)| info.flags & BACKEND_UP == 0)
+            .filter(|(_, info)| !info.is_up())
             .map(|(id, _)| *id)
             .collect();
         let mut observed = Observed::default();

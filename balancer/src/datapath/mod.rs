@@ -262,9 +262,9 @@ impl Datapath {
             Some(dir) => {
                 pin::prepare(dir)?;
                 adopted = pin::check_compatible(dir, options.flow_table_size)?;
-                pin::layouts(options.flow_table_size)
+                maps::MAP_SPECS
                     .iter()
-                    .map(|(name, ..)| (*name, dir.join(name)))
+                    .map(|spec| (spec.name, dir.join(spec.name)))
                     .collect()
             }
             None => Vec::new(),

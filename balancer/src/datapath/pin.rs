@@ -3,95 +3,12 @@
 //! forwarding with its connection table and counters while no daemon runs,
 //! and a new daemon (or a new binary) adopts them.
 
-use std::{
-    mem::size_of,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
-use balancer_common::{
-    backend::{BackendInfo, BackendLoad},
-    flow::{FlowKey, FlowState},
-    maps,
-    persist::{PersistKey, PersistState},
-    settings::Settings,
-    stats::{FlowCounters, PacketCount, STATS_SLOTS},
-    vip::{AddrInfo, AddrKey, VipInfo, VipKey, VipPolicy},
-};
+use balancer_common::maps::{self, MAP_SPECS};
 
 use super::DatapathError;
-
-/// Every pinned map with the key size, value size and entries this binary
-/// expects (`None`: set at load). A pinned map that differs is refused.
-pub(super) fn layouts(flow_table_size: u32) -> [(&'static str, u32, u32, Option<u32>); 14] {
-    let s = |n: usize| n as u32;
-    [
-        (
-            maps::VIPS,
-            s(size_of::<VipKey>()),
-            s(size_of::<VipInfo>()),
-            Some(maps::MAX_VIPS),
-        ),
-        (
-            maps::VIP_ADDRS,
-            s(size_of::<AddrKey>()),
-            s(size_of::<AddrInfo>()),
-            Some(maps::MAX_VIPS),
-        ),
-        (maps::RINGS, 4, 4, Some(maps::MAX_VIPS)),
-        (
-            maps::BACKENDS,
-            4,
-            s(size_of::<BackendInfo>()),
-            Some(maps::MAX_BACKENDS),
-        ),
-        (
-            maps::FLOWS,
-            s(size_of::<FlowKey>()),
-            s(size_of::<FlowState>()),
-            Some(flow_table_size),
-        ),
-        (maps::EGRESS, 4, 8, Some(maps::MAX_EGRESS)),
-        (maps::SETTINGS, 4, s(size_of::<Settings>()), Some(1)),
-        (
-            maps::STATS,
-            4,
-            s(size_of::<PacketCount>()),
-            Some(STATS_SLOTS),
-        ),
-        (
-            maps::VIP_STATS,
-            4,
-            s(size_of::<FlowCounters>()),
-            Some(maps::MAX_VIPS),
-        ),
-        (
-            maps::BACKEND_STATS,
-            4,
-            s(size_of::<FlowCounters>()),
-            Some(maps::MAX_BACKENDS),
-        ),
-        (
-            maps::VIP_POLICY,
-            4,
-            s(size_of::<VipPolicy>()),
-            Some(maps::MAX_VIPS),
-        ),
-        (
-            maps::BACKEND_LOAD,
-            4,
-            s(size_of::<BackendLoad>()),
-            Some(maps::MAX_BACKENDS),
-        ),
-        (maps::RR_CURSOR, 4, 4, Some(maps::MAX_VIPS)),
-        (
-            maps::PERSIST,
-            s(size_of::<PersistKey>()),
-            s(size_of::<PersistState>()),
-            Some(maps::PERSIST_ENTRIES),
-        ),
-    ]
-}
 
 /// Mounts bpffs on /sys/fs/bpf when it is not mounted yet, and creates
 /// `dir` in it.
@@ -124,11 +41,12 @@ pub fn prepare(dir: &Path) -> Result<(), DatapathError> {
     })
 }
 
-/// Refuses to adopt pinned maps whose layout differs from this binary's.
+/// Refuses to adopt pinned maps whose layout differs from this binary's
+/// ([`MAP_SPECS`], with a connection table of `flow_table_size` entries).
 pub(super) fn check_compatible(dir: &Path, flow_table_size: u32) -> Result<bool, DatapathError> {
     let mut found = false;
-    for (name, key, value, entries) in layouts(flow_table_size) {
-        let path = dir.join(name);
+    for spec in &MAP_SPECS {
+        let path = dir.join(spec.name);
         if !path.exists() {
             continue;
         }
@@ -137,19 +55,19 @@ pub(super) fn check_compatible(dir: &Path, flow_table_size: u32) -> Result<bool,
             path: path.clone(),
             reason: format!("cannot read the pinned map: {e}"),
         })?;
-        let ok = info.key_size() == key
-            && info.value_size() == value
-            && entries.is_none_or(|n| info.max_entries() == n);
+        let (key, value) = (spec.key_size, spec.value_size);
+        let entries = spec.max_entries(flow_table_size);
+        let ok =
+            info.key_size() == key && info.value_size() == value && info.max_entries() == entries;
         if !ok {
             return Err(DatapathError::Pin {
                 path,
                 reason: format!(
-                    "the pinned map has key {} / value {} / {} entries, this binary needs {key} / {value} / {}; \
+                    "the pinned map has key {} / value {} / {} entries, this binary needs {key} / {value} / {entries}; \
                      run `balancer teardown` to remove the old state (established flows are lost) and start again",
                     info.key_size(),
                     info.value_size(),
                     info.max_entries(),
-                    entries.map_or("any".to_owned(), |n| n.to_string())
                 ),
             });
         }
@@ -223,4 +141,87 @@ pub fn teardown(dir: &Path) -> Result<Vec<String>, DatapathError> {
         reason: format!("cannot remove: {e}"),
     })?;
     Ok(detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use balancer_common::maps::{DEFAULT_FLOWS, MapKind, RING_TEMPLATE, RINGS};
+
+    use super::*;
+
+    /// The maps aya-log adds to the debug variant: not the datapath's.
+    const LOG_MAPS: &[&str] = &["AYA_LOGS", "AYA_LOG_BUF"];
+
+    /// Every map `object` declares in its `.maps` section, as
+    /// (name, kind, key size, value size, entries, flags).
+    fn declared(object: &[u8]) -> Vec<(String, u32, u32, u32, u32, u32)> {
+        let object = aya_obj::Object::parse(object).expect("the embedded object parses");
+        let mut maps: Vec<_> = object
+            .maps
+            .iter()
+            .filter(|(_, map)| matches!(map, aya_obj::Map::Btf(_)))
+            .filter(|(name, _)| !LOG_MAPS.contains(&name.as_str()))
+            .map(|(name, map)| {
+                let inner = map.inner().map(|inner| {
+                    (
+                        inner.map_type(),
+                        inner.key_size(),
+                        inner.value_size(),
+                        inner.max_entries(),
+                        inner.map_flags(),
+                    )
+                });
+                if name == RINGS {
+                    let t = RING_TEMPLATE;
+                    let want = (
+                        t.kind.0,
+                        t.key_size,
+                        t.value_size,
+                        t.max_entries(0),
+                        t.flags,
+                    );
+                    assert_eq!(inner, Some(want), "the template of {RINGS}");
+                } else {
+                    assert_eq!(inner, None, "{name} has an inner map");
+                }
+                (
+                    name.clone(),
+                    map.map_type(),
+                    map.key_size(),
+                    map.value_size(),
+                    map.max_entries(),
+                    map.map_flags(),
+                )
+            })
+            .collect();
+        maps.sort();
+        maps
+    }
+
+    /// What [`MAP_SPECS`] says the object declares.
+    fn specified() -> Vec<(String, u32, u32, u32, u32, u32)> {
+        let mut maps: Vec<_> = MAP_SPECS
+            .iter()
+            .map(|spec| {
+                (
+                    spec.name.to_owned(),
+                    spec.kind.0,
+                    spec.key_size,
+                    spec.value_size,
+                    spec.max_entries(DEFAULT_FLOWS),
+                    spec.flags,
+                )
+            })
+            .collect();
+        maps.sort();
+        maps
+    }
+
+    #[test]
+    fn the_map_specs_are_the_maps_the_program_declares() {
+        for object in [super::super::OBJECT, super::super::OBJECT_LOG] {
+            assert_eq!(declared(object), specified());
+        }
+        assert!(MAP_SPECS.iter().any(|s| s.kind == MapKind::ARRAY_OF_MAPS));
+    }
 }

@@ -11,7 +11,7 @@ use balancer_common::{
     backend::BackendInfo,
     maps::{self, MAX_BACKENDS, MAX_VIPS, RING_FLAGS},
     settings::Settings,
-    vip::{AddrInfo, AddrKey, MAX_LIST_LEN, VipInfo, VipKey, VipPolicy, has_list},
+    vip::{AddrInfo, AddrKey, MAX_LIST_LEN, VipInfo, VipKey, VipPolicy, list_len},
 };
 
 use super::{Datapath, DatapathError};
@@ -47,7 +47,7 @@ impl Datapath {
     /// Puts VIP `slot` in place with `ring`, its table: for the hashing
     /// schedulers a Maglev ring (backend ids, one per slot, as many as the
     /// settings' ring size), for the others a list (its length, then that
-    /// many backend ids; see [`balancer_common::vip::has_list`]). For a VIP
+    /// many backend ids; see [`balancer_common::vip::list_len`]). For a VIP
     /// already in place this swaps its table atomically: every packet sees
     /// the old table or the new one, never a mix.
     pub fn publish_vip(&mut self, slot: &VipSlot, ring: &[u32]) -> Result<(), DatapathError> {
@@ -60,9 +60,8 @@ impl Datapath {
     pub fn publish_vips(&mut self, vips: &[(VipSlot, &[u32])]) -> Result<(), DatapathError> {
         for (slot, ring) in vips {
             check_range("VIP index", slot.info.index, MAX_VIPS)?;
-            if has_list(slot.info.flags) {
-                let len = ring.first().copied().unwrap_or(0);
-                if len == 0 || len > MAX_LIST_LEN || ring.len() != len as usize + 1 {
+            if slot.info.has_list() {
+                if list_len(ring).is_none() {
                     return Err(DatapathError::ListSize {
                         len: ring.len(),
                         max: MAX_LIST_LEN,

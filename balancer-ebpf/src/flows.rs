@@ -1,0 +1,134 @@
+//! The connection table: what it knows of a flow, remembering a new flow's
+//! backend, and the active-connection counts of the least-* schedulers,
+//! which follow the table's entries (opened with a counted entry, closed
+//! by its FIN or RST or when a new entry replaces it).
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use balancer_common::{
+    flow::{FlowKey, FlowState, LAST_SEEN_GRANULARITY_NS},
+    settings::Settings,
+    vip::VipInfo,
+};
+
+use crate::{
+    maps::{BACKEND_LOAD, FLOWS},
+    persist,
+    table::{self, Pick},
+};
+
+/// What the connection table says of a flow.
+pub enum Known {
+    /// A live entry whose backend is up: use it.
+    Live { pick: Pick, vip: u32 },
+    /// A live entry whose backend is down: pick again (fail over).
+    Down,
+    /// No entry, or an entry idle for longer than the timeout.
+    Unknown,
+}
+
+/// The current time for the connection table.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Looks flow `key` up in the connection table, refreshing its last-seen
+/// time (and its client's persistence) at most every
+/// [`LAST_SEEN_GRANULARITY_NS`]. `end` (a FIN or RST) ends the flow's
+/// count in its backend's active connections; the entry stays, for the
+/// rest of the close.
+#[inline(always)]
+pub fn known(key: &FlowKey, settings: &Settings, now: u64, end: bool) -> Known {
+    let Some(state) = FLOWS.get_ptr_mut(key) else {
+        return Known::Unknown;
+    };
+    // SAFETY: the entry stays valid for this run; a concurrent writer can
+    // only replace whole values of plain integers.
+    let state = unsafe { &mut *state };
+    let age = now.saturating_sub(state.last_seen_ns);
+    if age > settings.idle_ns(key.proto) {
+        return Known::Unknown;
+    }
+    let id = state.backend;
+    let Ok(pick) = table::backend(id) else {
+        return Known::Unknown;
+    };
+    if !pick.backend.is_up() {
+        return Known::Down;
+    }
+    let vip = state.vip_index();
+    if end && state.is_counted() {
+        state.uncount();
+        closed(id);
+    }
+    if age > LAST_SEEN_GRANULARITY_NS {
+        state.last_seen_ns = now;
+        persist::touch(vip, key, id, now);
+    }
+    Known::Live { pick, vip }
+}
+
+/// Remembers that flow `key` of `vip` uses `pick`. A full table evicts its
+/// least recently used entry; an insert that still fails only costs this
+/// flow its stickiness. For a VIP whose scheduler compares connections,
+/// the flow counts on its backend unless its first packet already ends
+/// it, and an entry it replaces (a reused port, a failed-over or expired
+/// flow) stops counting.
+#[inline(always)]
+pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool) {
+    let mut counted = false;
+    if vip.counts_connections() {
+        if let Some(old) = FLOWS.get_ptr(key) {
+            // SAFETY: plain data, read once.
+            let old = unsafe { *old };
+            if old.is_counted() {
+                closed(old.backend);
+            }
+        }
+        if !end {
+            opened(pick.id);
+            counted = true;
+        }
+    }
+    let state = FlowState::new(pick.id, vip.index, counted, now);
+    let _ = FLOWS.insert(key, state, 0);
+}
+
+/// A flow of a counting VIP starts on backend `id`.
+#[inline(always)]
+fn opened(id: u32) {
+    add_conns(id, 1);
+}
+
+/// A counted flow on backend `id` ends.
+#[inline(always)]
+fn closed(id: u32) {
+    add_conns(id, u64::MAX);
+}
+
+/// One atomic add per flow event (not per packet): the count is shared by
+/// every CPU. On BPF through the intrinsic, because `AtomicU64::fetch_add`
+/// does not exist on that target (it has no compare-and-swap), while the
+/// add itself is one BPF instruction; the host build (lint and type
+/// checks only) uses the atomic type.
+#[inline(always)]
+fn add_conns(id: u32, delta: u64) {
+    if let Some(load) = BACKEND_LOAD.get_ptr_mut(id) {
+        // SAFETY: the value lives as long as the map and is 8-byte aligned
+        // (array values are); the datapath and the daemon only ever add to
+        // it atomically.
+        let conns = unsafe { &raw mut (*load).conns };
+        #[cfg(target_arch = "bpf")]
+        // SAFETY: as above.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                conns, delta,
+            )
+        };
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: as above.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(conns) }
+            .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,277 @@
+//! The balancer's XDP datapath: parse, match a VIP, find the flow or pick
+//! a backend, rewrite the MACs and send the frame on (L2 direct server
+//! return). The program itself (`main.rs`) is a thin entry point over
+//! [`run`]; every program of this crate reuses the one parser, [`parse`].
+//!
+//! Modules, each depending only on those after it:
+//! - this root, the orchestrator: one function per kind of packet, and
+//!   for TCP and UDP a switch on what the connection table knows;
+//! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
+//!   rewrite and the verdict), [`stats`] (per-CPU counters);
+//! - [`flows`] (the connection table and the connection counts), which
+//!   refreshes [`persist`] (the persistence table);
+//! - [`schedule`] (picking only);
+//! - [`vip`] (VIP match) and [`table`] (a VIP's ring or list, and the
+//!   backends);
+//! - [`maps`] (every map), [`parse`] (bounds-checked packet reads), [`log`].
+//!
+//! On the host the crate builds too, so that `cargo clippy --workspace`
+//! type-checks and lints it with the rest; it only means something for
+//! the bpfel-unknown-none target.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+mod flows;
+mod forward;
+mod icmp;
+mod log;
+mod maps;
+pub mod parse;
+mod persist;
+mod schedule;
+mod stats;
+mod table;
+mod vip;
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use balancer_common::{
+    flow::FlowKey,
+    proto,
+    settings::Settings,
+    stats::{Event, Stat},
+    vip::{AddrInfo, VipInfo},
+};
+
+use crate::{
+    flows::Known,
+    icmp::Icmp,
+    log::decision,
+    parse::{Cursor, Ip, IpParse, L3, Ports},
+    persist::Client,
+    table::Pick,
+};
+
+/// Handles one frame: its verdict, counted under the one reason that
+/// explains it (this one place counts verdicts).
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (action, stat) = process(ctx, len);
+    stats::count(stat, len);
+    decision!(ctx, "verdict {} ({}), {} bytes", action, stat.name(), len);
+    action
+}
+
+#[inline(always)]
+fn pass(stat: Stat) -> (u32, Stat) {
+    (xdp_action::XDP_PASS, stat)
+}
+
+#[inline(always)]
+fn drop(stat: Stat) -> (u32, Stat) {
+    (xdp_action::XDP_DROP, stat)
+}
+
+/// Parses the frame down to the network header and hands it to the
+/// handler of its kind: fragment, TCP or UDP, ICMP.
+#[inline(always)]
+fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
+    let mut c = Cursor::new(ctx);
+    let v6 = match parse::ethernet(&mut c) {
+        None => return pass(Stat::PASS_UNPARSED),
+        Some(L3::Other) => return pass(Stat::PASS_NON_IP),
+        Some(L3::Ipv4) => false,
+        Some(L3::Ipv6) => true,
+    };
+    let parsed = if v6 {
+        parse::ipv6(&mut c)
+    } else {
+        parse::ipv4(&mut c)
+    };
+    let ip = match parsed {
+        IpParse::Ok(ip) => ip,
+        IpParse::Unreadable => return pass(Stat::PASS_UNPARSED),
+        IpParse::Bad(bad) => return reject(&bad.ip, bad.reason),
+    };
+    let Some(settings) = vip::settings() else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    if ip.fragment {
+        return fragment(ctx, &ip, settings, len);
+    }
+    match ip.proto {
+        proto::TCP | proto::UDP => flow(ctx, &mut c, &ip, settings, len),
+        proto::ICMP | proto::ICMPV6 => icmp_error(ctx, &mut c, &ip, v6, settings, len),
+        _ => pass(Stat::PASS_NOT_VIP),
+    }
+}
+
+/// A TCP or UDP packet: what the connection table knows of its flow
+/// decides. A live flow goes straight to its backend; a flow whose backend
+/// is down, or a new one, is placed.
+#[inline(always)]
+fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
+    let ports = match parse::ports(c, ip.proto) {
+        Ok(ports) => ports,
+        Err(reason) => return reject(ip, reason),
+    };
+    let key = FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto);
+    // The small table of VIP addresses first: everything else passes after
+    // one lookup in a table that stays in cache.
+    let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    // A SYN starts a flow, so it skips the table (a retransmitted SYN is
+    // placed again, on the same ring).
+    let failover = if ports.syn {
+        false
+    } else {
+        match flows::known(&key, settings, flows::now(), ports.end) {
+            Known::Live { pick, vip } => {
+                decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
+                return send(ctx, vip, &pick, len, false);
+            }
+            Known::Down => {
+                decision!(ctx, "flow hit, backend down: fail over");
+                true
+            }
+            Known::Unknown => {
+                decision!(ctx, "flow miss");
+                false
+            }
+        }
+    };
+    new_flow(ctx, &key, &ports, &addr, settings, len, failover)
+}
+
+/// A flow the table does not know (or whose backend is down: `failover`):
+/// its VIP, a backend, and an entry in the table.
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    ports: &Ports,
+    addr: &AddrInfo,
+    settings: &Settings,
+    len: u64,
+    failover: bool,
+) -> (u32, Stat) {
+    let Some(vip) = vip::find(&key.dst, key.dst_port, key.proto, addr) else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    decision!(
+        ctx,
+        "vip {} matched, port {}",
+        vip.index,
+        u16::from_be(key.dst_port)
+    );
+    let now = flows::now();
+    match place(&vip, key, settings, now) {
+        Ok(pick) => {
+            decision!(ctx, "new flow: backend {} picked", pick.id);
+            flows::remember(key, &vip, &pick, now, ports.end);
+            stats::event(Event::NEW_FLOW, len);
+            if failover {
+                stats::event(Event::FAILOVER, len);
+            }
+            send(ctx, vip.index, &pick, len, true)
+        }
+        Err(reason) => drop(reason),
+    }
+}
+
+/// The backend of a new flow: for a VIP with persistence the one its
+/// client last used, if it still may take it; else the scheduler's pick,
+/// which the client then keeps.
+#[inline(always)]
+fn place(vip: &VipInfo, key: &FlowKey, settings: &Settings, now: u64) -> Result<Pick, Stat> {
+    if !vip.persists() {
+        return schedule::pick(vip, key, settings);
+    }
+    match persist::client(vip, key, now) {
+        Client::Kept(pick) => Ok(pick),
+        Client::New(client) => {
+            let pick = schedule::pick(vip, key, settings)?;
+            persist::remember(client, &pick, now);
+            Ok(pick)
+        }
+        Client::Off => schedule::pick(vip, key, settings),
+    }
+}
+
+/// A packet that cannot be parsed: dropped and counted when it is for a VIP
+/// address, passed on untouched otherwise.
+#[inline(always)]
+fn reject(ip: &Ip, reason: Stat) -> (u32, Stat) {
+    if vip::addr(&ip.dst, ip.proto).is_some() {
+        drop(reason)
+    } else {
+        pass(Stat::PASS_UNPARSED)
+    }
+}
+
+/// A fragment: placed by its addresses alone, never remembered.
+#[inline(always)]
+fn fragment(ctx: &XdpContext, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
+    let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    match schedule::fragment_pick(&addr, &ip.src, &ip.dst, settings) {
+        Ok(pick) => {
+            stats::event(Event::FRAGMENT, len);
+            send(ctx, addr.fragment_vip, &pick, len, false)
+        }
+        Err(reason) => drop(reason),
+    }
+}
+
+/// An ICMP message: a path-MTU error for a VIP goes to the backend of the
+/// flow it quotes; anything else passes.
+#[inline(always)]
+fn icmp_error(
+    ctx: &XdpContext,
+    c: &mut Cursor,
+    ip: &Ip,
+    v6: bool,
+    settings: &Settings,
+    len: u64,
+) -> (u32, Stat) {
+    let key = match icmp::parse(c, v6) {
+        Icmp::Pmtu(key) => key,
+        Icmp::Other | Icmp::Truncated => return pass(Stat::PASS_ICMP),
+    };
+    // The quoted reply left from the VIP the message is addressed to.
+    if key.dst != ip.dst {
+        return pass(Stat::PASS_ICMP);
+    }
+    // The flow's backend, without touching the table: an error message is
+    // not traffic of the flow.
+    if let Known::Live { pick, vip } = flows::known(&key, settings, flows::now(), false) {
+        stats::event(Event::ICMP_PMTU, len);
+        return send(ctx, vip, &pick, len, false);
+    }
+    let Some(addr) = vip::addr(&key.dst, key.proto) else {
+        return pass(Stat::PASS_ICMP);
+    };
+    let Some(vip) = vip::find(&key.dst, key.dst_port, key.proto, &addr) else {
+        return pass(Stat::PASS_ICMP);
+    };
+    match schedule::hash_pick(&vip, &key, settings) {
+        Ok(pick) => {
+            stats::event(Event::ICMP_PMTU, len);
+            send(ctx, vip.index, &pick, len, false)
+        }
+        Err(reason) => drop(reason),
+    }
+}
+
+/// Sends the frame to `pick` and counts it for VIP `vip` and the backend.
+#[inline(always)]
+fn send(ctx: &XdpContext, vip: u32, pick: &Pick, len: u64, new_flow: bool) -> (u32, Stat) {
+    let (action, stat) = forward::to_backend(ctx, pick.backend);
+    if action != xdp_action::XDP_DROP {
+        stats::forwarded(vip, pick.id, len, new_flow);
+    }
+    (action, stat)
+}
