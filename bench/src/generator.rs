@@ -124,12 +124,14 @@ impl Generator {
                 size_of::<TestRunAttr>(),
             )
         };
+        let error = (ret < 0).then(io::Error::last_os_error);
         let elapsed = started.elapsed();
-        if ret < 0 {
-            let action = format!("run in live-frames mode out of interface {ifindex}");
-            return Err(BenchError::failed(GEN_PROGRAM, &action)(
-                io::Error::last_os_error(),
-            ));
+        if let Some(error) = error {
+            return Err(BenchError::Failed {
+                program: GEN_PROGRAM,
+                action: format!("run in live-frames mode out of interface {ifindex}"),
+                source: Box::new(error),
+            });
         }
         Ok(Sent {
             frames,
