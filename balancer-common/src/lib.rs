@@ -24,7 +24,6 @@
 pub mod backend;
 pub mod flow;
 pub mod hash;
-pub mod loadgen;
 pub mod maps;
 pub mod persist;
 pub mod settings;
@@ -98,7 +97,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{backend, flow, loadgen, persist, settings, stats, vip};
+    use crate::{backend, flow, persist, settings, stats, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -112,9 +111,6 @@ mod user {
         backend::BackendLoad,
         flow::FlowKey,
         flow::FlowState,
-        loadgen::Template,
-        loadgen::GenCursor,
-        loadgen::SinkConfig,
         settings::Settings,
         stats::PacketCount,
         stats::FlowCounters,

@@ -16,10 +16,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use balancer::datapath::{
-    action,
-    loadgen::{Generator, Sink},
-};
+use balancer::datapath::action;
+use balancer_bench::{Generator, Sink};
 use balancer_common::stats::PacketCount;
 use balancer_tests::{
     Lab, Netns, VethOptions, netns_test,

@@ -6,9 +6,10 @@ use anyhow::Result;
 
 use crate::shell;
 
-/// `cargo fmt --check`, clippy on the workspace for the host (the eBPF crate
-/// included, as a host program), and clippy on the eBPF crate for its real
-/// target with the nightly toolchain. Warnings are errors.
+/// `cargo fmt --check`, clippy on the workspace for the host (the eBPF
+/// crates included, as host programs), and clippy on the eBPF crates (the
+/// balancer's and the benchmarks') for their real target with the nightly
+/// toolchain. Warnings are errors.
 pub fn run() -> Result<()> {
     shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))?;
     shell::run(shell::cargo().args([
@@ -29,6 +30,8 @@ pub fn run() -> Result<()> {
                 "clippy",
                 "--package",
                 "balancer-ebpf",
+                "--package",
+                "balancer-bench-ebpf",
             ])
             .args([
                 "--target",

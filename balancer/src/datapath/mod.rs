@@ -1,18 +1,18 @@
 //! The typed layer over the XDP program: loading the embedded object,
 //! attaching it to interfaces, writing its maps ([`write`]) and reading its
-//! counters ([`counters`]); the benchmarks' floor ([`floor`]), load generator
-//! and sink ([`loadgen`]).
+//! counters ([`counters`]), and running it on a packet through
+//! BPF_PROG_TEST_RUN ([`test_run_xdp`], which the benchmarks' own programs
+//! use too).
 //!
 //! Nothing else in the daemon touches the BPF object or its maps.
 
 pub mod batch;
 mod counters;
-pub mod floor;
 mod flows;
 mod load;
-pub mod loadgen;
 mod mapped;
 pub mod pin;
+mod test_run;
 mod write;
 mod writes;
 
@@ -21,7 +21,7 @@ use std::{collections::BTreeMap, fmt};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, TestRun, TestRunOptions, Xdp,
+        ProgramError, Xdp,
         xdp::{XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
@@ -30,6 +30,7 @@ use thiserror::Error;
 
 pub use counters::{AllCounters, Pinned, Reasons};
 pub use flows::now_ns;
+pub use test_run::{TestOutput, action, test_run_xdp};
 pub use write::{RINGS_PER_BATCH, VipSlot, ring_map};
 pub use writes::{Write, Writer};
 
@@ -162,19 +163,6 @@ pub enum DatapathError {
     #[error("failed to read map {name} in batches")]
     MapBatch {
         name: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the load generator cannot send this frame: {reason}")]
-    Frame { reason: String },
-    #[error(
-        "{flows} flows from source port {base} do not fit: at least 1, and the last port at most 65535"
-    )]
-    Flows { flows: u32, base: u16 },
-    #[error("failed to run {program} in live-frames mode out of interface {ifindex}")]
-    TestRun {
-        program: &'static str,
-        ifindex: u32,
         #[source]
         source: std::io::Error,
     },
@@ -503,121 +491,22 @@ impl Datapath {
         packet: &[u8],
         ingress_ifindex: u32,
     ) -> Result<TestOutput, DatapathError> {
-        test_run(program(&mut self.ebpf)?, packet, ingress_ifindex)
+        test_run_xdp(program(&mut self.ebpf)?, packet, ingress_ifindex).map_err(|source| {
+            DatapathError::Program {
+                action: "test-run",
+                source: Box::new(source),
+            }
+        })
     }
 }
 
-/// What the program did with one packet under BPF_PROG_TEST_RUN.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TestOutput {
-    /// The XDP action returned (`XDP_PASS` is 2, `XDP_TX` 3, ...).
-    pub verdict: u32,
-    /// The packet bytes after the program ran.
-    pub packet: Vec<u8>,
-    /// Run time the kernel measured for this call.
-    pub duration: std::time::Duration,
-}
-
-/// XDP actions, as the program returns them.
-pub mod action {
-    pub const ABORTED: u32 = 0;
-    pub const DROP: u32 = 1;
-    pub const PASS: u32 = 2;
-    pub const TX: u32 = 3;
-    pub const REDIRECT: u32 = 4;
-}
-
+/// The balancer's XDP program in a loaded object.
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    xdp_program(ebpf, XDP_PROGRAM)
-}
-
-/// Loads `object`, writes `value` at index 0 of its array map `map` and
-/// loads its XDP program `program`: how the benchmarks' small programs
-/// (floor, generator, sink) are all set up.
-fn load_configured<T: aya::Pod>(
-    object: &[u8],
-    map: &'static str,
-    value: T,
-    program: &'static str,
-) -> Result<Ebpf, DatapathError> {
-    let mut ebpf = Ebpf::load(object).map_err(|err| DatapathError::Load(Box::new(err)))?;
-    let config = ebpf
-        .map_mut(map)
-        .ok_or(DatapathError::MissingMap { name: map })?;
-    let mut config: aya::maps::Array<_, T> =
-        aya::maps::Array::try_from(config).map_err(DatapathError::map("open", map))?;
-    config
-        .set(0, value, 0)
-        .map_err(DatapathError::map("write", map))?;
-    xdp_program(&mut ebpf, program)?
-        .load()
-        .map_err(|source| DatapathError::Program {
-            action: "load",
-            source: Box::new(source),
-        })?;
-    Ok(ebpf)
-}
-
-/// Attaches the loaded XDP program `program` of `ebpf` to `interface` (in
-/// the calling thread's namespace) in native mode; the link lasts as long
-/// as `ebpf`.
-fn attach_native(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    interface: &str,
-) -> Result<(), DatapathError> {
-    xdp_program(ebpf, program)?
-        .attach(interface, AyaXdpMode::Driver)
-        .map_err(|source| DatapathError::Attach {
-            interface: interface.to_owned(),
-            mode: AttachedMode::Native,
-            source: Box::new(source),
-        })?;
-    Ok(())
-}
-
-/// The XDP program `name` of a loaded object.
-fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingProgram { name })?
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(DatapathError::MissingProgram { name: XDP_PROGRAM })?
         .try_into()
         .map_err(|source| DatapathError::Program {
             action: "look up",
             source: Box::new(source),
         })
-}
-
-/// Runs `prog` once on `packet` through BPF_PROG_TEST_RUN, as if it
-/// arrived on interface `ingress_ifindex` (0: the kernel's choice).
-fn test_run(
-    prog: &mut Xdp,
-    packet: &[u8],
-    ingress_ifindex: u32,
-) -> Result<TestOutput, DatapathError> {
-    // Room for the packet to grow (encapsulation) without truncation.
-    let mut out = vec![0u8; packet.len() + 256];
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-    // rx_queue_index, egress_ifindex. The kernel wants data_end to be the
-    // packet's length and data, data_meta 0.
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(packet);
-    opts.data_out = Some(&mut out);
-    if ingress_ifindex != 0 {
-        opts.ctx_in = Some(&ctx);
-    }
-    let result = prog
-        .test_run(opts)
-        .map_err(|source| DatapathError::Program {
-            action: "test-run",
-            source: Box::new(source),
-        })?;
-    out.truncate(result.data_size_out as usize);
-    Ok(TestOutput {
-        verdict: result.return_value,
-        packet: out,
-        duration: result.duration,
-    })
 }

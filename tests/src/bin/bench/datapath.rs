@@ -21,8 +21,9 @@ use std::{
 use anyhow::{Result, bail, ensure};
 use balancer::{
     config::Scheduler,
-    datapath::{LoadOptions, TestOutput, action, floor::Floor},
+    datapath::{LoadOptions, TestOutput, action},
 };
+use balancer_bench::Floor;
 use balancer_common::{maps::DEFAULT_RING_SIZE, proto, settings::Settings};
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip, backend_mac, default_settings},

@@ -30,10 +30,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use balancer::datapath::{
-    floor::Floor,
-    loadgen::{Generator, Sink},
-};
+use balancer_bench::{Floor, Generator, Sink};
 use balancer_tests::{
     Lab, Netns, Process, balancer_bin,
     daemon::start,

@@ -15,11 +15,8 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use balancer_common::{
-    loadgen::{SinkConfig, SinkSlot},
-    proto,
-    stats::PacketCount,
-};
+use balancer_bench_common::{SinkConfig, SinkSlot};
+use balancer_common::{proto, stats::PacketCount};
 use network_types::eth::{EthHdr, EtherType};
 
 /// What to count (map `sink_config`).

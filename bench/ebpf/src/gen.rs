@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use balancer_common::loadgen::{CHECK_UDP, GenCursor, TEMPLATE_LEN, Template, adjust_checksum};
+use balancer_bench_common::{CHECK_UDP, GenCursor, TEMPLATE_LEN, Template, adjust_checksum};
 use network_types::eth::EthHdr;
 
 /// The frame's headers and how its flows vary (map `gen_template`).

@@ -1,6 +1,13 @@
-//! Maps of the load generator (`balancer-gen`) and the counting sink
-//! (`balancer-sink`), the two small XDP programs the benchmarks use to put
-//! real traffic on a veth: these kernels have no pktgen module.
+//! Names and map types of the benchmarks' XDP programs, shared by the
+//! programs (balancer-bench-ebpf) and the code that loads them
+//! (balancer-bench), with the same layout rules as balancer-common:
+//! `#[repr(C)]`, explicit padding, a size assertion, names of at most 15
+//! bytes.
+//!
+//! The floor (`bench-floor`) is the least an XDP forwarder does, the
+//! reference of the balancer's cost. The load generator (`bench-gen`) and
+//! the counting sink (`bench-sink`) put real traffic on a veth: these
+//! kernels have no pktgen module.
 //!
 //! The generator runs under BPF_PROG_TEST_RUN in live-frames mode: the
 //! kernel hands it the same recycled pages again and again, and they keep
@@ -8,6 +15,14 @@
 //! the headers of [`Template`] over the start of the frame, gives it the
 //! next flow's source port (keeping the transport checksum right) and sends
 //! it out with XDP_TX. The sink counts what arrives and drops it.
+
+#![cfg_attr(not(test), no_std)]
+
+/// Name of the floor's XDP program.
+pub const FLOOR_PROGRAM: &str = "floor_xdp";
+/// The MACs the floor writes: destination then source, in an array map of
+/// one `[u8; 12]`.
+pub const FLOOR_MACS: &str = "floor_macs";
 
 /// Name of the generator's XDP program.
 pub const GEN_PROGRAM: &str = "gen_xdp";
@@ -21,8 +36,8 @@ pub const GEN_TEMPLATE: &str = "gen_template";
 pub const GEN_CURSOR: &str = "gen_cursor";
 /// What the sink counts: one [`SinkConfig`] in an array map.
 pub const SINK_CONFIG: &str = "sink_config";
-/// The sink's per-CPU counters: [`crate::stats::PacketCount`] indexed by
-/// [`SinkSlot`].
+/// The sink's per-CPU counters: balancer-common's `stats::PacketCount`
+/// indexed by [`SinkSlot`].
 pub const SINK_COUNTS: &str = "sink_counts";
 
 /// Most header bytes a template holds: Ethernet (14), IPv6 (40) and TCP
@@ -119,20 +134,41 @@ pub const fn adjust_checksum(check: u16, old: u16, new: u16) -> u16 {
     !(sum as u16)
 }
 
-macro_rules! assert_name_len {
-    ($($name:expr),* $(,)?) => {
-        $(const _: () = assert!($name.len() <= 15);)*
-    };
-}
-
-assert_name_len!(
+/// Every kernel object name above: the kernel cuts names to 15 bytes.
+const NAMES: [&str; 8] = [
+    FLOOR_PROGRAM,
+    FLOOR_MACS,
     GEN_PROGRAM,
     SINK_PROGRAM,
     GEN_TEMPLATE,
     GEN_CURSOR,
     SINK_CONFIG,
     SINK_COUNTS,
-);
+];
+
+const _: () = {
+    let mut i = 0;
+    while i < NAMES.len() {
+        assert!(
+            NAMES[i].len() <= 15,
+            "a kernel object name is over 15 bytes"
+        );
+        i += 1;
+    }
+};
+
+#[cfg(feature = "user")]
+mod user {
+    //! `aya::Pod` for the map values: `repr(C)`, made of integers and byte
+    //! arrays with explicit padding, valid for every bit pattern.
+
+    // SAFETY: see the module comment.
+    unsafe impl aya::Pod for super::Template {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GenCursor {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SinkConfig {}
+}
 
 #[cfg(test)]
 mod tests {
