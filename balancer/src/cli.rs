@@ -2,12 +2,13 @@
 
 mod watch;
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
-    config::{Protocol, Scheduler},
+    command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName},
+    config::edit::Edit,
     control::{self, Request},
     daemon,
     datapath::XdpMode,
@@ -87,33 +88,9 @@ pub enum VipCommand {
     },
     /// Add a VIP (with the default TCP health check; edit the file for
     /// another).
-    Add {
-        /// A unique name.
-        name: String,
-        /// ADDRESS:PORT/PROTO, such as 192.0.2.10:80/tcp or
-        /// [2001:db8::10]:53/udp.
-        #[arg(value_parser = parse_service)]
-        service: Service,
-        /// How new flows are placed (default maglev).
-        #[arg(long, value_enum)]
-        scheduler: Option<Scheduler>,
-        /// Session persistence: each client's new flows go to the backend
-        /// it last used, for this long after its last packet ("30s", "5m";
-        /// 1s to 24h).
-        #[arg(long, value_name = "DURATION", value_parser = parse_persistence_timeout)]
-        persistence_timeout: Option<Duration>,
-        /// For IPv6 VIPs with persistence: the leading bits of a client's
-        /// address that make one client (1 to 128, default 64).
-        #[arg(
-            long,
-            value_name = "N",
-            requires = "persistence_timeout",
-            value_parser = clap::value_parser!(u8).range(1..=128)
-        )]
-        persistence_ipv6_prefix: Option<u8>,
-    },
+    Add(VipAdd),
     /// Remove a VIP.
-    Remove { name: String },
+    Remove(VipName),
 }
 
 /// `balancer backend ...`. Changes are written to the configuration file
@@ -127,25 +104,15 @@ pub enum BackendCommand {
         vip: Option<String>,
     },
     /// Add a backend to a VIP.
-    Add {
-        vip: String,
-        address: IpAddr,
-        /// Share of new flows relative to the other backends (default 100).
-        #[arg(long)]
-        weight: Option<u32>,
-    },
+    Add(BackendAdd),
     /// Remove a backend from a VIP (its flows fail over).
-    Remove { vip: String, address: IpAddr },
+    Remove(BackendRef),
     /// Set a backend's weight (0 to 10000).
-    Weight {
-        vip: String,
-        address: IpAddr,
-        weight: u32,
-    },
+    Weight(BackendWeight),
     /// Stop sending new flows to a backend; established ones stay.
-    Drain { vip: String, address: IpAddr },
+    Drain(BackendRef),
     /// End a drain.
-    Undrain { vip: String, address: IpAddr },
+    Undrain(BackendRef),
 }
 
 /// Arguments of `balancer stats`.
@@ -164,41 +131,6 @@ pub struct StatsArgs {
     /// default 1s).
     #[arg(long, value_name = "DURATION", requires = "watch", value_parser = parse_interval)]
     pub interval: Option<Duration>,
-}
-
-/// A VIP's address, port and protocol, as `vip add` takes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Service {
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-}
-
-/// Parses ADDRESS:PORT/PROTO.
-fn parse_service(text: &str) -> Result<Service, String> {
-    let usage = "expected ADDRESS:PORT/PROTO, such as 192.0.2.10:80/tcp or [2001:db8::10]:53/udp";
-    let (socket, protocol) = text
-        .rsplit_once('/')
-        .ok_or_else(|| format!("{text:?}: {usage}"))?;
-    let protocol = match protocol {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        other => return Err(format!("protocol {other:?} is neither tcp nor udp")),
-    };
-    let socket: std::net::SocketAddr =
-        socket.parse().map_err(|_| format!("{socket:?}: {usage}"))?;
-    Ok(Service {
-        address: socket.ip(),
-        port: socket.port(),
-        protocol,
-    })
-}
-
-/// Parses `--persistence-timeout`, refusing what the configuration would.
-fn parse_persistence_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = crate::config::parse_duration(text)?;
-    crate::config::check_persistence_timeout(timeout)?;
-    Ok(timeout)
 }
 
 /// Parses an interval of periodic work (`--reconcile-interval`, `stats
@@ -245,6 +177,56 @@ pub struct RunArgs {
     pub datapath_log: bool,
 }
 
+impl RunArgs {
+    /// The daemon's options: these arguments, and the global `--socket`.
+    pub fn options(self, control_socket: Option<PathBuf>) -> daemon::Options {
+        daemon::Options {
+            config: self.config,
+            interfaces: self.interfaces,
+            xdp_mode: self.xdp_mode,
+            pin_path: self.pin_path,
+            control_socket,
+            stats_interval: self.stats_interval,
+            reconcile_interval: self.reconcile_interval,
+            decision_log: self.datapath_log,
+        }
+    }
+}
+
+/// `--xdp-mode` takes the names `[datapath] xdp_mode` takes.
+impl ValueEnum for XdpMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[XdpMode::Auto, XdpMode::Native, XdpMode::Generic]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            XdpMode::Auto => PossibleValue::new("auto")
+                .help("Native (driver) mode, and generic mode if the driver refuses"),
+            XdpMode::Native => PossibleValue::new("native")
+                .help("Native (driver) mode only: fail if the driver has no XDP support"),
+            XdpMode::Generic => PossibleValue::new("generic")
+                .help("Generic (skb) mode: works on every device, slower"),
+        })
+    }
+}
+
+/// `--log-format`.
+impl ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Human, LogFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            LogFormat::Human => PossibleValue::new("human").help("One readable line per event"),
+            LogFormat::Json => {
+                PossibleValue::new("json").help("One JSON object per line, with every field")
+            }
+        })
+    }
+}
+
 /// Parses the command line, runs the subcommand and turns its outcome into
 /// an exit code, printing the error chain on failure.
 pub fn main() -> ExitCode {
@@ -257,54 +239,26 @@ pub fn main() -> ExitCode {
         Ok(())
     };
     let result = match cli.command {
-        Command::Run(args) => daemon::run(&args, cli.socket.as_deref()),
+        Command::Run(args) => daemon::run(args.options(cli.socket.clone())),
         Command::CheckConfig { path } => check_config(&path),
         Command::Status => ask(Request::Status {}),
         Command::Vip(VipCommand::List) => ask(Request::VipList {}),
         Command::Vip(VipCommand::Show { name }) => ask(Request::VipShow { name }),
-        Command::Vip(VipCommand::Add {
-            name,
-            service,
-            scheduler,
-            persistence_timeout,
-            persistence_ipv6_prefix,
-        }) => ask(Request::VipAdd {
-            name,
-            address: service.address,
-            port: service.port,
-            protocol: service.protocol,
-            scheduler,
-            persistence_timeout,
-            persistence_ipv6_prefix,
-        }),
-        Command::Vip(VipCommand::Remove { name }) => ask(Request::VipRemove { name }),
+        Command::Vip(VipCommand::Add(add)) => ask(Request::Change(Edit::VipAdd(add))),
+        Command::Vip(VipCommand::Remove(vip)) => ask(Request::Change(Edit::VipRemove(vip))),
         Command::Backend(BackendCommand::List { vip }) => ask(Request::BackendList { vip }),
-        Command::Backend(BackendCommand::Add {
-            vip,
-            address,
-            weight,
-        }) => ask(Request::BackendAdd {
-            vip,
-            address,
-            weight,
-        }),
-        Command::Backend(BackendCommand::Remove { vip, address }) => {
-            ask(Request::BackendRemove { vip, address })
+        Command::Backend(BackendCommand::Add(add)) => ask(Request::Change(Edit::BackendAdd(add))),
+        Command::Backend(BackendCommand::Remove(backend)) => {
+            ask(Request::Change(Edit::BackendRemove(backend)))
         }
-        Command::Backend(BackendCommand::Weight {
-            vip,
-            address,
-            weight,
-        }) => ask(Request::BackendWeight {
-            vip,
-            address,
-            weight,
-        }),
-        Command::Backend(BackendCommand::Drain { vip, address }) => {
-            ask(Request::BackendDrain { vip, address })
+        Command::Backend(BackendCommand::Weight(weight)) => {
+            ask(Request::Change(Edit::BackendWeight(weight)))
         }
-        Command::Backend(BackendCommand::Undrain { vip, address }) => {
-            ask(Request::BackendUndrain { vip, address })
+        Command::Backend(BackendCommand::Drain(backend)) => {
+            ask(Request::Change(Edit::BackendDrain(backend)))
+        }
+        Command::Backend(BackendCommand::Undrain(backend)) => {
+            ask(Request::Change(Edit::BackendUndrain(backend)))
         }
         Command::Stats(StatsArgs { watch: false, .. }) => ask(Request::Stats {}),
         Command::Stats(StatsArgs { watch: true, .. }) if cli.json => Err(anyhow::anyhow!(
@@ -447,6 +401,7 @@ fn cell(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Scheduler;
 
     fn vip_add(args: &[&str]) -> Result<VipCommand, clap::Error> {
         let argv = ["balancer", "vip", "add", "app", "[2001:db8::80]:443/tcp"];
@@ -459,12 +414,12 @@ mod tests {
 
     #[test]
     fn vip_add_takes_a_scheduler_and_persistence() {
-        let VipCommand::Add {
+        let VipCommand::Add(VipAdd {
             scheduler,
             persistence_timeout,
             persistence_ipv6_prefix,
             ..
-        } = vip_add(&[
+        }) = vip_add(&[
             "--scheduler",
             "least-latency",
             "--persistence-timeout",
@@ -585,31 +540,13 @@ mod tests {
     }
 
     #[test]
-    fn services_parse_as_address_port_protocol() {
-        let v4 = parse_service("192.0.2.10:80/tcp").unwrap();
-        assert_eq!(
-            (v4.address.to_string(), v4.port, v4.protocol),
-            ("192.0.2.10".into(), 80, Protocol::Tcp)
-        );
-        let v6 = parse_service("[2001:db8::10]:53/udp").unwrap();
-        assert_eq!(
-            (v6.address.to_string(), v6.port, v6.protocol),
-            ("2001:db8::10".into(), 53, Protocol::Udp)
-        );
-        assert!(
-            parse_service("192.0.2.10:80")
-                .unwrap_err()
-                .contains("expected ADDRESS:PORT/PROTO")
-        );
-        assert!(
-            parse_service("192.0.2.10:80/sctp")
-                .unwrap_err()
-                .contains("neither tcp nor udp")
-        );
-        assert!(
-            parse_service("192.0.2.10/tcp")
-                .unwrap_err()
-                .contains("expected")
-        );
+    fn the_command_line_and_the_file_name_xdp_modes_alike() {
+        for mode in XdpMode::value_variants() {
+            let name = mode.to_possible_value().unwrap().get_name().to_owned();
+            let file: crate::config::DatapathConfig =
+                toml::from_str(&format!("xdp_mode = {name:?}")).unwrap();
+            assert_eq!(file.xdp_mode, *mode, "{name}");
+        }
+        assert!(toml::from_str::<crate::config::DatapathConfig>("xdp_mode = \"turbo\"").is_err());
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use tokio::{
     io::{
         AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader,
@@ -22,6 +22,8 @@ use tokio::{
     time::timeout,
 };
 
+use crate::config::edit::Edit;
+
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
@@ -29,10 +31,24 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait.
 const MAX_CONNECTIONS: usize = 32;
 
-/// A request, as the `command` field names it. (Variants without fields
-/// are written `{}` so that serde refuses unknown fields for them too.)
+/// A request, as the `command` field names it: a query of the daemon's
+/// state, or a change of its configuration. (Variants without fields are
+/// written `{}` so that serde refuses unknown fields for them too.)
+///
+/// A change is written as the [`Edit`] it is, under its own command name
+/// (`{"command":"vip-add",...}`), so the wire stays flat while the daemon
+/// receives the edit as one value. The derives, with serde's `remote =
+/// "Self"`, become the inherent `Request::serialize` and
+/// `Request::deserialize` for the queries; the `Serialize` and
+/// `Deserialize` impls below route changes to [`Edit`] and queries to
+/// them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    remote = "Self",
+    tag = "command",
+    rename_all = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum Request {
     /// The daemon's state in brief.
     Status {},
@@ -50,128 +66,57 @@ pub enum Request {
     Stats {},
     /// Read the configuration file again and apply what changed.
     Reload {},
-    /// Add a VIP (written to the configuration file, then applied).
-    VipAdd {
-        name: String,
-        address: std::net::IpAddr,
-        port: u16,
-        protocol: crate::config::Protocol,
-        #[serde(default)]
-        scheduler: Option<crate::config::Scheduler>,
-        /// Session persistence, written like the file's durations ("30s").
-        #[serde(default, with = "duration_text")]
-        persistence_timeout: Option<Duration>,
-        /// Leading bits that make one IPv6 client, for persistence.
-        #[serde(default)]
-        persistence_ipv6_prefix: Option<u8>,
-    },
-    /// Remove a VIP.
-    VipRemove { name: String },
-    /// Add a backend to a VIP.
-    BackendAdd {
-        vip: String,
-        address: std::net::IpAddr,
-        #[serde(default)]
-        weight: Option<u32>,
-    },
-    /// Remove a backend from a VIP.
-    BackendRemove {
-        vip: String,
-        address: std::net::IpAddr,
-    },
-    /// Set a backend's weight.
-    BackendWeight {
-        vip: String,
-        address: std::net::IpAddr,
-        weight: u32,
-    },
-    /// Drain a backend: no new flows, established ones stay.
-    BackendDrain {
-        vip: String,
-        address: std::net::IpAddr,
-    },
-    /// End a drain: the backend's weight applies again.
-    BackendUndrain {
-        vip: String,
-        address: std::net::IpAddr,
-    },
+    /// Change the configuration file, then apply it.
+    #[serde(skip)]
+    Change(Edit),
+}
+
+/// A change is written as the [`Edit`] it is, anything else as derived.
+impl Serialize for Request {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Request::Change(edit) => edit.serialize(serializer),
+            query => Request::serialize(query, serializer),
+        }
+    }
 }
 
 impl Request {
-    /// The configuration change a request makes, if it makes one.
-    pub fn edit(&self) -> Option<crate::config::edit::Edit> {
-        use crate::config::edit::Edit;
-        Some(match self.clone() {
-            Request::VipAdd {
-                name,
-                address,
-                port,
-                protocol,
-                scheduler,
-                persistence_timeout,
-                persistence_ipv6_prefix,
-            } => Edit::AddVip {
-                name,
-                address,
-                port,
-                protocol: protocol.to_string(),
-                scheduler: scheduler.map(|s| s.name().to_owned()),
-                persistence_timeout,
-                persistence_ipv6_prefix,
-            },
-            Request::VipRemove { name } => Edit::RemoveVip { name },
-            Request::BackendAdd {
-                vip,
-                address,
-                weight,
-            } => Edit::AddBackend {
-                vip,
-                address,
-                weight,
-            },
-            Request::BackendRemove { vip, address } => Edit::RemoveBackend { vip, address },
-            Request::BackendWeight {
-                vip,
-                address,
-                weight,
-            } => Edit::SetWeight {
-                vip,
-                address,
-                weight,
-            },
-            Request::BackendDrain { vip, address } => Edit::Drain {
-                vip,
-                address,
-                drain: true,
-            },
-            Request::BackendUndrain { vip, address } => Edit::Drain {
-                vip,
-                address,
-                drain: false,
-            },
-            _ => return None,
-        })
-    }
+    /// The `command` of each query (each request but a change).
+    pub const QUERIES: [&'static str; 6] = [
+        "status",
+        "vip-list",
+        "vip-show",
+        "backend-list",
+        "stats",
+        "reload",
+    ];
 }
 
-/// Durations in requests: strings as the configuration file writes them
-/// ("500ms", "30s", "5m"), so a script writes the same value in both.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(d) => s.serialize_some(&crate::config::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|text| crate::config::parse_duration(&text).map_err(D::Error::custom))
-            .transpose()
+/// A change is read as an [`Edit`], a query as derived, so that an error
+/// names what is wrong with the command given; an unknown command is
+/// refused with every known one.
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Request, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let request = match value.get("command").and_then(serde_json::Value::as_str) {
+            Some(change) if Edit::COMMANDS.contains(&change) => {
+                Edit::deserialize(value).map(Request::Change)
+            }
+            Some(unknown) if !Request::QUERIES.contains(&unknown) => {
+                let known: Vec<String> = Request::QUERIES
+                    .iter()
+                    .chain(&Edit::COMMANDS)
+                    .map(|command| format!("`{command}`"))
+                    .collect();
+                return Err(D::Error::custom(format!(
+                    "unknown variant `{unknown}`, expected one of {}",
+                    known.join(", ")
+                )));
+            }
+            _ => Request::deserialize(value),
+        };
+        request.map_err(D::Error::custom)
     }
 }
 
@@ -310,6 +255,7 @@ pub fn default_socket() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName};
 
     #[test]
     fn requests_are_json_objects_named_by_command() {
@@ -340,18 +286,18 @@ mod tests {
             r#"{"command":"vip-add","name":"app","address":"2001:db8::80","port":443,"protocol":"tcp","scheduler":"round-robin","persistence_timeout":"5m","persistence_ipv6_prefix":56}"#,
         )
         .unwrap();
-        let Some(crate::config::edit::Edit::AddVip {
+        let Request::Change(Edit::VipAdd(VipAdd {
             scheduler,
             persistence_timeout,
             persistence_ipv6_prefix,
             ..
-        }) = request.edit()
+        })) = request.clone()
         else {
             panic!("vip-add is an edit: {request:?}");
         };
         assert_eq!(
             (
-                scheduler.as_deref(),
+                scheduler.map(crate::config::Scheduler::name),
                 persistence_timeout,
                 persistence_ipv6_prefix
             ),
@@ -370,12 +316,12 @@ mod tests {
         .unwrap();
         assert!(matches!(
             without,
-            Request::VipAdd {
+            Request::Change(Edit::VipAdd(VipAdd {
                 scheduler: None,
                 persistence_timeout: None,
                 persistence_ipv6_prefix: None,
                 ..
-            }
+            }))
         ));
         let bad = parse_request(
             r#"{"command":"vip-add","name":"web","address":"192.0.2.10","port":80,"protocol":"tcp","persistence_timeout":"soon"}"#,
@@ -384,6 +330,101 @@ mod tests {
         assert!(
             bad.error.unwrap().contains("invalid duration \"soon\""),
             "a bad duration is named"
+        );
+    }
+
+    #[test]
+    fn changes_are_written_as_their_own_commands() {
+        let backend = || BackendRef {
+            vip: "web".into(),
+            address: "10.0.0.1".parse().unwrap(),
+        };
+        let changes = [
+            (
+                Edit::VipAdd(VipAdd {
+                    name: "app".into(),
+                    service: crate::command::Service {
+                        address: "2001:db8::80".parse().unwrap(),
+                        port: 443,
+                        protocol: crate::config::Protocol::Tcp,
+                    },
+                    scheduler: Some(crate::config::Scheduler::RoundRobin),
+                    persistence_timeout: Some(Duration::from_secs(300)),
+                    persistence_ipv6_prefix: Some(56),
+                }),
+                r#"{"command":"vip-add","name":"app","address":"2001:db8::80","port":443,"protocol":"tcp","scheduler":"round-robin","persistence_timeout":"5m","persistence_ipv6_prefix":56}"#,
+            ),
+            (
+                Edit::VipRemove(VipName { name: "app".into() }),
+                r#"{"command":"vip-remove","name":"app"}"#,
+            ),
+            (
+                Edit::BackendAdd(BackendAdd {
+                    vip: "web".into(),
+                    address: "10.0.0.1".parse().unwrap(),
+                    weight: None,
+                }),
+                r#"{"command":"backend-add","vip":"web","address":"10.0.0.1","weight":null}"#,
+            ),
+            (
+                Edit::BackendRemove(backend()),
+                r#"{"command":"backend-remove","vip":"web","address":"10.0.0.1"}"#,
+            ),
+            (
+                Edit::BackendWeight(BackendWeight {
+                    vip: "web".into(),
+                    address: "10.0.0.1".parse().unwrap(),
+                    weight: 7,
+                }),
+                r#"{"command":"backend-weight","vip":"web","address":"10.0.0.1","weight":7}"#,
+            ),
+            (
+                Edit::BackendDrain(backend()),
+                r#"{"command":"backend-drain","vip":"web","address":"10.0.0.1"}"#,
+            ),
+            (
+                Edit::BackendUndrain(backend()),
+                r#"{"command":"backend-undrain","vip":"web","address":"10.0.0.1"}"#,
+            ),
+        ];
+        assert_eq!(changes.len(), Edit::COMMANDS.len());
+        for (edit, text) in changes {
+            let request = Request::Change(edit);
+            assert_eq!(serde_json::to_string(&request).unwrap(), text);
+            assert_eq!(parse_request(text), Ok(request.clone()));
+            let extra = text.replace('}', r#","extra":1}"#);
+            assert!(parse_request(&extra).is_err(), "{extra}");
+            let misnamed = text
+                .replace(r#""vip":"#, r#""vips":"#)
+                .replace(r#""name":"#, r#""names":"#);
+            assert!(parse_request(&misnamed).is_err(), "{misnamed}");
+            let command = text.split('"').nth(3).unwrap();
+            assert!(Edit::COMMANDS.contains(&command), "{command}");
+        }
+    }
+
+    #[test]
+    fn every_query_is_named_in_queries() {
+        let queries = [
+            Request::Status {},
+            Request::VipList {},
+            Request::VipShow { name: "web".into() },
+            Request::BackendList { vip: None },
+            Request::Stats {},
+            Request::Reload {},
+        ];
+        assert_eq!(queries.len(), Request::QUERIES.len());
+        for query in queries {
+            let text = serde_json::to_string(&query).unwrap();
+            let command = text.split('"').nth(3).unwrap();
+            assert!(Request::QUERIES.contains(&command), "{command}");
+            assert_eq!(parse_request(&text), Ok(query));
+        }
+        let unknown = parse_request(r#"{"command":"explode"}"#).unwrap_err();
+        assert!(
+            unknown.error.unwrap().contains(
+                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `reload`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`"
+            )
         );
     }
 

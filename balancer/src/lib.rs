@@ -5,6 +5,7 @@
 //! call the library directly.
 
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod control;
 pub mod daemon;

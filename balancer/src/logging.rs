@@ -5,8 +5,8 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// Format of the log lines on stderr.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Format of the log lines on stderr (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// One readable line per event.
     #[default]

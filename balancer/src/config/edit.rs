@@ -3,47 +3,41 @@
 //! the operator wrote them. Pure: text in, text out. The result is checked
 //! by the caller like any configuration before it is written.
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
-/// One change to the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+use crate::command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName};
+
+/// One change to the configuration: the arguments are the commands' own
+/// types, and a request carries it as it is, named by `command`
+/// (docs/control-api.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Edit {
-    AddVip {
-        name: String,
-        address: IpAddr,
-        port: u16,
-        protocol: String,
-        scheduler: Option<String>,
-        /// Written as the file writes durations ("30s", "5m").
-        persistence_timeout: Option<Duration>,
-        persistence_ipv6_prefix: Option<u8>,
-    },
-    RemoveVip {
-        name: String,
-    },
-    AddBackend {
-        vip: String,
-        address: IpAddr,
-        weight: Option<u32>,
-    },
-    RemoveBackend {
-        vip: String,
-        address: IpAddr,
-    },
-    SetWeight {
-        vip: String,
-        address: IpAddr,
-        weight: u32,
-    },
-    /// `drain = true`: no new flows, established ones stay; the weight is
-    /// kept for `undrain`.
-    Drain {
-        vip: String,
-        address: IpAddr,
-        drain: bool,
-    },
+    VipAdd(VipAdd),
+    VipRemove(VipName),
+    BackendAdd(BackendAdd),
+    BackendRemove(BackendRef),
+    BackendWeight(BackendWeight),
+    /// No new flows, established ones stay; the weight is kept for
+    /// `undrain`.
+    BackendDrain(BackendRef),
+    BackendUndrain(BackendRef),
+}
+
+impl Edit {
+    /// The `command` of each change, as the control socket names them.
+    pub const COMMANDS: [&'static str; 7] = [
+        "vip-add",
+        "vip-remove",
+        "backend-add",
+        "backend-remove",
+        "backend-weight",
+        "backend-drain",
+        "backend-undrain",
+    ];
 }
 
 /// Applies `edit` to the configuration `text`; the error says what is
@@ -53,43 +47,16 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
         .parse()
         .map_err(|e| format!("the configuration does not parse: {e}"))?;
     match edit {
-        Edit::AddVip {
-            name,
-            address,
-            port,
-            protocol,
-            scheduler,
-            persistence_timeout,
-            persistence_ipv6_prefix,
-        } => {
-            if find_vip(&mut doc, name).is_ok() {
-                return Err(format!("a VIP named {name:?} already exists"));
-            }
-            let mut table = Table::new();
-            table["name"] = value(name.as_str());
-            table["address"] = value(address.to_string());
-            table["port"] = value(i64::from(*port));
-            table["protocol"] = value(protocol.as_str());
-            if let Some(scheduler) = scheduler {
-                table["scheduler"] = value(scheduler.as_str());
-            }
-            if let Some(timeout) = persistence_timeout {
-                table["persistence_timeout"] = value(super::format_duration(*timeout));
-            }
-            if let Some(prefix) = persistence_ipv6_prefix {
-                table["persistence_ipv6_prefix"] = value(i64::from(*prefix));
-            }
-            vips(&mut doc)?.push(table);
-        }
-        Edit::RemoveVip { name } => {
+        Edit::VipAdd(add) => add_vip(&mut doc, add)?,
+        Edit::VipRemove(VipName { name }) => {
             let index = vip_index(&mut doc, name)?;
             vips(&mut doc)?.remove(index);
         }
-        Edit::AddBackend {
+        Edit::BackendAdd(BackendAdd {
             vip,
             address,
             weight,
-        } => {
+        }) => {
             let vip_table = find_vip(&mut doc, vip)?;
             if backend_index(vip_table, *address).is_some() {
                 return Err(format!("VIP {vip:?} already has backend {address}"));
@@ -101,33 +68,58 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
             }
             backends(vip_table)?.push(table);
         }
-        Edit::RemoveBackend { vip, address } => {
+        Edit::BackendRemove(BackendRef { vip, address }) => {
             let vip_table = find_vip(&mut doc, vip)?;
             let index =
                 backend_index(vip_table, *address).ok_or_else(|| no_backend(vip, *address))?;
             backends(vip_table)?.remove(index);
         }
-        Edit::SetWeight {
+        Edit::BackendWeight(BackendWeight {
             vip,
             address,
             weight,
-        } => {
+        }) => {
             backend(&mut doc, vip, *address)?["weight"] = value(i64::from(*weight));
         }
-        Edit::Drain {
-            vip,
-            address,
-            drain,
-        } => {
-            let table = backend(&mut doc, vip, *address)?;
-            if *drain {
-                table["drain"] = value(true);
-            } else {
-                table.remove("drain");
-            }
+        Edit::BackendDrain(BackendRef { vip, address }) => {
+            backend(&mut doc, vip, *address)?["drain"] = value(true);
+        }
+        Edit::BackendUndrain(BackendRef { vip, address }) => {
+            backend(&mut doc, vip, *address)?.remove("drain");
         }
     }
     Ok(doc.to_string())
+}
+
+/// Appends a `[[vip]]` table with the keys given, the optional ones only
+/// when given.
+fn add_vip(doc: &mut DocumentMut, add: &VipAdd) -> Result<(), String> {
+    let VipAdd {
+        name,
+        service,
+        scheduler,
+        persistence_timeout,
+        persistence_ipv6_prefix,
+    } = add;
+    if find_vip(doc, name).is_ok() {
+        return Err(format!("a VIP named {name:?} already exists"));
+    }
+    let mut table = Table::new();
+    table["name"] = value(name.as_str());
+    table["address"] = value(service.address.to_string());
+    table["port"] = value(i64::from(service.port));
+    table["protocol"] = value(service.protocol.to_string());
+    if let Some(scheduler) = scheduler {
+        table["scheduler"] = value(scheduler.name());
+    }
+    if let Some(timeout) = persistence_timeout {
+        table["persistence_timeout"] = value(super::format_duration(*timeout));
+    }
+    if let Some(prefix) = persistence_ipv6_prefix {
+        table["persistence_ipv6_prefix"] = value(i64::from(*prefix));
+    }
+    vips(doc)?.push(table);
+    Ok(())
 }
 
 fn vips(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, String> {
@@ -186,7 +178,13 @@ fn no_backend(vip: &str, address: IpAddr) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::{
+        command::Service,
+        config::{Protocol, Scheduler},
+    };
 
     const FILE: &str = r#"# Production balancer.
 [datapath]
@@ -208,15 +206,38 @@ weight = 150
         s.parse().unwrap()
     }
 
+    /// A backend of VIP "web".
+    fn web(address: &str) -> BackendRef {
+        BackendRef {
+            vip: "web".into(),
+            address: ip(address),
+        }
+    }
+
+    /// `vip add` without scheduler or persistence.
+    fn vip_add(name: &str, address: &str, port: u16, protocol: Protocol) -> VipAdd {
+        VipAdd {
+            name: name.into(),
+            service: Service {
+                address: ip(address),
+                port,
+                protocol,
+            },
+            scheduler: None,
+            persistence_timeout: None,
+            persistence_ipv6_prefix: None,
+        }
+    }
+
     #[test]
     fn adding_a_backend_keeps_comments_and_layout() {
         let out = apply(
             FILE,
-            &Edit::AddBackend {
+            &Edit::BackendAdd(BackendAdd {
                 vip: "web".into(),
                 address: ip("10.0.0.2"),
                 weight: Some(50),
-            },
+            }),
         )
         .unwrap();
         assert!(out.starts_with(FILE), "the existing text changed:\n{out}");
@@ -231,45 +252,22 @@ weight = 150
     fn weight_drain_and_removal_touch_only_their_backend() {
         let out = apply(
             FILE,
-            &Edit::SetWeight {
+            &Edit::BackendWeight(BackendWeight {
                 vip: "web".into(),
                 address: ip("10.0.0.1"),
                 weight: 7,
-            },
+            }),
         )
         .unwrap();
         assert!(
             out.contains("address = \"10.0.0.1\"   # rack 1\nweight = 7\n"),
             "{out}"
         );
-        let drained = apply(
-            &out,
-            &Edit::Drain {
-                vip: "web".into(),
-                address: ip("10.0.0.1"),
-                drain: true,
-            },
-        )
-        .unwrap();
+        let drained = apply(&out, &Edit::BackendDrain(web("10.0.0.1"))).unwrap();
         assert!(drained.contains("drain = true"), "{drained}");
-        let back = apply(
-            &drained,
-            &Edit::Drain {
-                vip: "web".into(),
-                address: ip("10.0.0.1"),
-                drain: false,
-            },
-        )
-        .unwrap();
+        let back = apply(&drained, &Edit::BackendUndrain(web("10.0.0.1"))).unwrap();
         assert_eq!(back, out);
-        let removed = apply(
-            FILE,
-            &Edit::RemoveBackend {
-                vip: "web".into(),
-                address: ip("10.0.0.1"),
-            },
-        )
-        .unwrap();
+        let removed = apply(FILE, &Edit::BackendRemove(web("10.0.0.1"))).unwrap();
         assert!(
             !removed.contains("10.0.0.1") && removed.contains("# The web service."),
             "{removed}"
@@ -280,15 +278,10 @@ weight = 150
     fn vips_are_added_and_removed_by_name() {
         let out = apply(
             FILE,
-            &Edit::AddVip {
-                name: "dns".into(),
-                address: ip("192.0.2.53"),
-                port: 53,
-                protocol: "udp".into(),
-                scheduler: Some("source-hash".into()),
-                persistence_timeout: None,
-                persistence_ipv6_prefix: None,
-            },
+            &Edit::VipAdd(VipAdd {
+                scheduler: Some(Scheduler::SourceHash),
+                ..vip_add("dns", "192.0.2.53", 53, Protocol::Udp)
+            }),
         )
         .unwrap();
         assert!(
@@ -298,7 +291,7 @@ weight = 150
         assert!(!out.contains("persistence"), "{out}");
         let config = crate::config::parse(&out, "t").unwrap();
         assert_eq!(config.vips.len(), 2);
-        let removed = apply(&out, &Edit::RemoveVip { name: "web".into() }).unwrap();
+        let removed = apply(&out, &Edit::VipRemove(VipName { name: "web".into() })).unwrap();
         assert!(
             !removed.contains("\"web\"") && removed.contains("\"dns\""),
             "{removed}"
@@ -309,15 +302,12 @@ weight = 150
     fn a_vip_is_added_with_its_scheduler_and_persistence() {
         let out = apply(
             FILE,
-            &Edit::AddVip {
-                name: "app".into(),
-                address: ip("2001:db8::80"),
-                port: 443,
-                protocol: "tcp".into(),
-                scheduler: Some("least-connections".into()),
+            &Edit::VipAdd(VipAdd {
+                scheduler: Some(Scheduler::LeastConnections),
                 persistence_timeout: Some(Duration::from_secs(300)),
                 persistence_ipv6_prefix: Some(56),
-            },
+                ..vip_add("app", "2001:db8::80", 443, Protocol::Tcp)
+            }),
         )
         .unwrap();
         assert!(
@@ -328,7 +318,7 @@ weight = 150
         );
         let config = crate::config::parse(&out, "t").unwrap();
         let vip = config.vips[1].get_ref();
-        assert_eq!(vip.scheduler, crate::config::Scheduler::LeastConnections);
+        assert_eq!(vip.scheduler, Scheduler::LeastConnections);
         assert_eq!(
             vip.persistence(),
             Some(crate::config::Persistence {
@@ -343,15 +333,11 @@ weight = 150
         let add = |address: &str, timeout: u64, prefix: Option<u8>| {
             let out = apply(
                 FILE,
-                &Edit::AddVip {
-                    name: "app".into(),
-                    address: ip(address),
-                    port: 443,
-                    protocol: "tcp".into(),
-                    scheduler: None,
+                &Edit::VipAdd(VipAdd {
                     persistence_timeout: Some(Duration::from_millis(timeout)),
                     persistence_ipv6_prefix: prefix,
-                },
+                    ..vip_add("app", address, 443, Protocol::Tcp)
+                }),
             )
             .unwrap();
             crate::config::parse(&out, "t").unwrap_err().to_string()
@@ -371,29 +357,29 @@ weight = 150
     fn edits_of_what_is_not_there_are_refused() {
         let e = apply(
             FILE,
-            &Edit::RemoveVip {
+            &Edit::VipRemove(VipName {
                 name: "nope".into(),
-            },
+            }),
         )
         .unwrap_err();
         assert_eq!(e, "no VIP named \"nope\"");
         let e = apply(
             FILE,
-            &Edit::SetWeight {
+            &Edit::BackendWeight(BackendWeight {
                 vip: "web".into(),
                 address: ip("10.9.9.9"),
                 weight: 1,
-            },
+            }),
         )
         .unwrap_err();
         assert_eq!(e, "VIP \"web\" has no backend 10.9.9.9");
         let e = apply(
             FILE,
-            &Edit::AddBackend {
+            &Edit::BackendAdd(BackendAdd {
                 vip: "web".into(),
                 address: ip("10.0.0.1"),
                 weight: None,
-            },
+            }),
         )
         .unwrap_err();
         assert_eq!(e, "VIP \"web\" already has backend 10.0.0.1");

@@ -88,7 +88,8 @@ fn listen_address<'de, D: Deserializer<'de>>(
 pub struct DatapathConfig {
     /// Interfaces the program is attached to.
     pub interfaces: Vec<Spanned<String>>,
-    pub xdp_mode: XdpModeConfig,
+    /// How the program is attached: the spellings of `--xdp-mode`.
+    pub xdp_mode: XdpMode,
     /// Slots of every Maglev ring: a prime.
     pub ring_size: Spanned<u32>,
     /// Entries of the connection table.
@@ -106,32 +107,12 @@ impl Default for DatapathConfig {
     fn default() -> Self {
         DatapathConfig {
             interfaces: Vec::new(),
-            xdp_mode: XdpModeConfig::Auto,
+            xdp_mode: XdpMode::Auto,
             ring_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_RING_SIZE),
             flow_table_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_FLOWS),
             tcp_idle_timeout: Duration::from_secs(300),
             udp_idle_timeout: Duration::from_secs(30),
             hash_seed: 0,
-        }
-    }
-}
-
-/// `xdp_mode`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum XdpModeConfig {
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
-impl From<XdpModeConfig> for XdpMode {
-    fn from(mode: XdpModeConfig) -> XdpMode {
-        match mode {
-            XdpModeConfig::Auto => XdpMode::Auto,
-            XdpModeConfig::Native => XdpMode::Native,
-            XdpModeConfig::Generic => XdpMode::Generic,
         }
     }
 }
@@ -244,9 +225,7 @@ impl fmt::Display for Protocol {
 /// How new flows are placed on backends. Every scheduler leaves out
 /// backends that are down or drained (weight 0), and established flows stay
 /// on their backend whatever the scheduler.
-#[derive(
-    Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
     /// Maglev consistent hashing of the 5-tuple.
@@ -269,6 +248,15 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// Every scheduler, in the order help and documentation list them.
+    pub const ALL: [Scheduler; 5] = [
+        Scheduler::Maglev,
+        Scheduler::SourceHash,
+        Scheduler::RoundRobin,
+        Scheduler::LeastConnections,
+        Scheduler::LeastLatency,
+    ];
+
     /// The name the configuration uses.
     pub fn name(self) -> &'static str {
         match self {

@@ -160,7 +160,7 @@ impl State {
                 }
             }),
             change => {
-                let Some(edit) = change.edit() else {
+                let Request::Change(edit) = change else {
                     return Response::error("unsupported request");
                 };
                 Ok(match self.change(&edit).await {

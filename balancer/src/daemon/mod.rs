@@ -30,7 +30,6 @@ use tokio::{
 };
 
 use crate::{
-    cli::RunArgs,
     config::{self, Config},
     control,
     datapath::{Datapath, DecisionLog, LoadOptions, XdpMode},
@@ -52,12 +51,35 @@ const QUICK_RESOLVE_INTERVAL: Duration = Duration::from_millis(10);
 /// periodic reads.
 const QUICK_RESOLVE_FOR: Duration = Duration::from_secs(2);
 
+/// What `balancer run` is asked for beyond the configuration file: the
+/// command line's choices, built by the CLI from its arguments. Each one
+/// that is given replaces its key of the configuration.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The configuration file; without it, the default path if that
+    /// exists, else no VIPs.
+    pub config: Option<PathBuf>,
+    /// Replaces `[datapath] interfaces` unless empty.
+    pub interfaces: Vec<String>,
+    /// Replaces `[datapath] xdp_mode`.
+    pub xdp_mode: Option<XdpMode>,
+    /// Replaces `[daemon] pin_path`.
+    pub pin_path: Option<PathBuf>,
+    /// Replaces `[daemon] control_socket`, also in reloaded files.
+    pub control_socket: Option<PathBuf>,
+    /// How often the packet counters are logged.
+    pub stats_interval: Duration,
+    /// How often the connection table is scanned (idle entries removed,
+    /// connection counts corrected, shares of new flows measured).
+    pub reconcile_interval: Duration,
+    /// Load the debug variant of the program, which logs every decision.
+    pub decision_log: bool,
+}
+
 /// Loads everything, serves until SIGINT or SIGTERM, then detaches.
-/// `socket` (the global `--socket`) replaces `[daemon] control_socket`.
-pub fn run(args: &RunArgs, socket: Option<&Path>) -> Result<()> {
-    let (mut config, path) = load_config(args)?;
-    let socket_override = socket.map(Path::to_path_buf);
-    if let Some(socket) = &socket_override {
+pub fn run(options: Options) -> Result<()> {
+    let (mut config, path) = load_config(options.config.as_deref())?;
+    if let Some(socket) = &options.control_socket {
         config.daemon.control_socket.clone_from(socket);
     }
     let mut interfaces: Vec<String> = config
@@ -66,8 +88,8 @@ pub fn run(args: &RunArgs, socket: Option<&Path>) -> Result<()> {
         .iter()
         .map(|i| i.get_ref().clone())
         .collect();
-    if !args.interfaces.is_empty() {
-        interfaces.clone_from(&args.interfaces);
+    if !options.interfaces.is_empty() {
+        interfaces.clone_from(&options.interfaces);
     }
     if interfaces.is_empty() {
         bail!(
@@ -80,28 +102,19 @@ pub fn run(args: &RunArgs, socket: Option<&Path>) -> Result<()> {
             bail!("interface {interface} does not exist; nothing was changed");
         }
     }
-    let mode = args
-        .xdp_mode
-        .unwrap_or_else(|| config.datapath.xdp_mode.into());
+    let mode = options.xdp_mode.unwrap_or(config.datapath.xdp_mode);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(serve(
-        args,
-        config,
-        path,
-        socket_override,
-        &interfaces,
-        mode,
-    ))
+    runtime.block_on(serve(&options, config, path, &interfaces, mode))
 }
 
 /// The configuration named by `--config`, or the default file if it
 /// exists, or an empty configuration; with the file's path.
-fn load_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>)> {
-    let path = match &args.config {
-        Some(path) => path.clone(),
+fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
+    let path = match path {
+        Some(path) => path.to_path_buf(),
         None if Path::new(config::DEFAULT_PATH).exists() => config::DEFAULT_PATH.into(),
         None => {
             tracing::warn!(
@@ -125,17 +138,17 @@ fn load_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>)> {
 }
 
 async fn serve(
-    args: &RunArgs,
+    options: &Options,
     config: Config,
     path: Option<PathBuf>,
-    socket_override: Option<PathBuf>,
     interfaces: &[String],
     mode: XdpMode,
 ) -> Result<()> {
-    let pin_dir = args
+    let pin_dir = options
         .pin_path
         .clone()
         .unwrap_or_else(|| config.daemon.pin_path.clone());
+    let socket_override = options.control_socket.clone();
     // A port in use (node_exporter's 9100, say) costs the metrics, not
     // the balancer: health checks and changes matter more than a scrape.
     let (metrics_listener, metrics_endpoint) = match config.daemon.metrics_listen {
@@ -149,12 +162,12 @@ async fn serve(
             }
         },
     };
-    let options = LoadOptions {
+    let load = LoadOptions {
         flow_table_size: *config.datapath.flow_table_size.get_ref(),
-        decision_log: args.datapath_log,
+        decision_log: options.decision_log,
         pin_dir: Some(pin_dir.clone()),
     };
-    let mut datapath = Datapath::load_with(options).context("failed to load the XDP program")?;
+    let mut datapath = Datapath::load_with(load).context("failed to load the XDP program")?;
     if let Some(log) = datapath.take_logger() {
         tracing::warn!(
             "datapath decision logging is on: every packet is logged, which costs speed"
@@ -202,9 +215,9 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
     let mut sigterm = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
-    let mut stats = tokio::time::interval(args.stats_interval);
+    let mut stats = tokio::time::interval(options.stats_interval);
     let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
-    let mut reconcile = tokio::time::interval(args.reconcile_interval);
+    let mut reconcile = tokio::time::interval(options.reconcile_interval);
     stats.tick().await;
     resolve.tick().await;
     reconcile.tick().await;

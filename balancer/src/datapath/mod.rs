@@ -40,8 +40,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ba
 static OBJECT_LOG: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/log/balancer-xdp"));
 
-/// How the operator asks for the program to be attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// How the operator asks for the program to be attached: `[datapath]
+/// xdp_mode` in the file, `--xdp-mode` on the command line, by the same
+/// names (auto, native, generic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum XdpMode {
     /// Native (driver) mode, and generic mode if the driver refuses.
     #[default]
