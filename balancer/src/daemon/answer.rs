@@ -159,25 +159,20 @@ impl State {
                     Response::error(error.to_string())
                 }
             }),
-            change => {
-                let Request::Change(edit) = change else {
-                    return Response::error("unsupported request");
-                };
-                Ok(match self.change(&edit).await {
-                    Ok(done) => {
-                        tracing::info!(change = ?edit, "configuration changed: {done}");
-                        Response::ok(done)
-                    }
-                    Err(error @ ApplyError::Refused(_)) => {
-                        tracing::warn!(change = ?edit, "change refused: {error}");
-                        Response::error(error.to_string())
-                    }
-                    Err(error) => {
-                        tracing::error!(change = ?edit, "change {error}");
-                        Response::error(error.to_string())
-                    }
-                })
-            }
+            Request::Change(edit) => Ok(match self.change(&edit).await {
+                Ok(done) => {
+                    tracing::info!(change = ?edit, "configuration changed: {done}");
+                    Response::ok(done)
+                }
+                Err(error @ ApplyError::Refused(_)) => {
+                    tracing::warn!(change = ?edit, "change refused: {error}");
+                    Response::error(error.to_string())
+                }
+                Err(error) => {
+                    tracing::error!(change = ?edit, "change {error}");
+                    Response::error(error.to_string())
+                }
+            }),
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
     }
