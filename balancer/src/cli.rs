@@ -8,10 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
     command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName},
-    config::edit::Edit,
     control::{self, Request},
     daemon,
     datapath::XdpMode,
+    edit::Edit,
     logging::LogFormat,
 };
 

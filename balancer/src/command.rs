@@ -3,7 +3,7 @@
 //! that carry a change: the CLI parses them (`balancer vip add ...`), the
 //! control socket carries them as the payload of a request
 //! ([`crate::control::Request`], docs/control-api.md), and the
-//! configuration editor applies them to the file ([`crate::config::edit`]).
+//! configuration editor applies them to the file ([`crate::edit`]).
 //!
 //! The types derive both clap's `Args`, so that the CLI's subcommands are
 //! these types and nothing converts them field by field, and serde, for the

@@ -22,7 +22,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::config::edit::Edit;
+use crate::edit::Edit;
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;

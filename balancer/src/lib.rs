@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod edit;
 pub mod health;
 pub mod logging;
 pub mod maglev;

@@ -4,7 +4,6 @@
 //! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
-pub mod edit;
 mod validate;
 
 use std::{

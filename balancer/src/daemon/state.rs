@@ -112,14 +112,11 @@ impl State {
     /// kept), checks the result like any configuration, writes it back
     /// atomically and applies it. Refused changes touch neither the file
     /// nor the datapath.
-    pub(super) async fn change(
-        &mut self,
-        edit: &crate::config::edit::Edit,
-    ) -> Result<String, ApplyError> {
+    pub(super) async fn change(&mut self, edit: &crate::edit::Edit) -> Result<String, ApplyError> {
         let path = self.desired.config_file().map_err(ApplyError::Refused)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| ApplyError::Refused(format!("cannot read {}: {e}", path.display())))?;
-        let edited = crate::config::edit::apply(&text, edit).map_err(ApplyError::Refused)?;
+        let edited = crate::edit::apply(&text, edit).map_err(ApplyError::Refused)?;
         let config = crate::config::parse(&edited, &path.display().to_string())
             .map_err(|e| ApplyError::Refused(e.to_string()))?;
         let (next, writes) = self.prepare(config, &path).await?;

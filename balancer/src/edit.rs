@@ -2,6 +2,10 @@
 //! with a format-preserving TOML editor: comments, order and layout stay as
 //! the operator wrote them. Pure: text in, text out. The result is checked
 //! by the caller like any configuration before it is written.
+//!
+//! It sits beside [`crate::config`], not inside it: an edit is made of the
+//! command types ([`crate::command`]), which are made of configuration
+//! types, so the dependencies run config → command → edit → control.
 
 use std::net::IpAddr;
 
@@ -113,7 +117,7 @@ fn add_vip(doc: &mut DocumentMut, add: &VipAdd) -> Result<(), String> {
         table["scheduler"] = value(scheduler.name());
     }
     if let Some(timeout) = persistence_timeout {
-        table["persistence_timeout"] = value(super::format_duration(*timeout));
+        table["persistence_timeout"] = value(crate::config::format_duration(*timeout));
     }
     if let Some(prefix) = persistence_ipv6_prefix {
         table["persistence_ipv6_prefix"] = value(i64::from(*prefix));
