@@ -11,7 +11,7 @@
 //!
 //! This crate is the whole contract between the kernel and userspace,
 //! stated once: every map's spec ([`maps::MAP_SPECS`]), the layout of a
-//! VIP's list table ([`vip::LIST_LEN_SLOT`], [`vip::list_slot`],
+//! VIP's list ring ([`vip::LIST_LEN_SLOT`], [`vip::list_slot`],
 //! [`vip::MAX_LIST_LEN`]), the idle timeout by protocol
 //! ([`settings::Settings::idle_ns`]), the flags and their one-line
 //! predicates (`is_up`, `is_counted`, `persists`, `has_list`, ...) and the

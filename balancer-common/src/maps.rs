@@ -13,8 +13,9 @@ pub const VIPS: &str = "vips";
 /// [`crate::vip::AddrInfo`]. Used for fragments and to tell a malformed
 /// packet for a VIP (dropped) from any other (passed).
 pub const VIP_ADDRS: &str = "vip_addrs";
-/// Maglev lookup tables: an array of maps indexed by VIP index, each an
-/// array of `ring_size` backend ids, created with [`RING_FLAGS`].
+/// Rings: an array of maps indexed by VIP index, each a VIP's ring (an
+/// array of backend ids: `ring_size` of them in the Maglev layout, a length
+/// then that many in the list layout), created with [`RING_FLAGS`].
 pub const RINGS: &str = "rings_mm";
 /// Pinned maps of earlier layouts that a daemon adopting a pin directory
 /// removes: the previous `rings`, whose inner template was not mmap-able.
@@ -165,9 +166,9 @@ const fn hashed<K, V>(name: &'static str, kind: MapKind, entries: Entries, flags
 /// and a program descriptor (unused).
 pub type DevMapValue = [u32; 2];
 
-/// The template of every table in [`RINGS`]: `u32` backend ids (or a
-/// list's length, then ids), [`RING_FLAGS`]; each table the daemon makes
-/// has its own size.
+/// The template of every ring in [`RINGS`]: `u32` backend ids (or a
+/// list ring's length, then ids), [`RING_FLAGS`]; each ring the daemon
+/// makes has its own size.
 pub const RING_TEMPLATE: MapSpec =
     indexed::<u32>("ring", MapKind::ARRAY, DEFAULT_RING_SIZE, RING_FLAGS);
 

@@ -34,7 +34,7 @@ impl VipKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index of the VIP's table in `rings_mm`, of its policy and of its
+    /// Index of the VIP's ring in `rings_mm`, of its policy and of its
     /// counters.
     pub index: u32,
     /// The scheduler (`SCHED_*`, under [`VIP_SCHEDULER`]) and
@@ -51,7 +51,7 @@ impl VipInfo {
         scheduler(self.flags)
     }
 
-    /// Whether the VIP's table is a list rather than a Maglev ring.
+    /// Whether the VIP's ring has the list layout rather than Maglev's.
     #[inline(always)]
     pub const fn has_list(&self) -> bool {
         has_list(self.flags)
@@ -74,21 +74,21 @@ impl VipInfo {
 /// The bits of [`VipInfo::flags`] that hold the VIP's scheduler: how a new
 /// flow picks its backend.
 pub const VIP_SCHEDULER: u32 = 0xff;
-/// Maglev consistent hashing of the 5-tuple; the VIP's table is a Maglev
+/// Maglev consistent hashing of the 5-tuple; the VIP's ring is a Maglev
 /// ring of the settings' ring size.
 pub const SCHED_MAGLEV: u32 = 0;
 /// Maglev consistent hashing of the client address alone (source
 /// affinity). The value is that of the flag that meant it before other
 /// schedulers existed, so pinned VIPs keep their meaning.
 pub const SCHED_SOURCE_HASH: u32 = 1;
-/// Smooth weighted round robin: the VIP's table is a list (see
+/// Smooth weighted round robin: the VIP's ring is a list ring (see
 /// [`LIST_LEN_SLOT`]) holding one cycle of the weighted order, walked by a
 /// per-CPU cursor.
 pub const SCHED_ROUND_ROBIN: u32 = 2;
-/// The better of two random backends of the VIP's list by active
+/// The better of two random backends of the VIP's list ring by active
 /// connections divided by weight (power of two choices).
 pub const SCHED_LEAST_CONNECTIONS: u32 = 3;
-/// The better of two random backends of the VIP's list by smoothed
+/// The better of two random backends of the VIP's list ring by smoothed
 /// health-check latency times (active connections + 1), divided by weight.
 pub const SCHED_LEAST_LATENCY: u32 = 4;
 /// New flows from a client address go to the backend that address last
@@ -101,9 +101,9 @@ pub const fn scheduler(flags: u32) -> u32 {
     flags & VIP_SCHEDULER
 }
 
-/// Whether the table of a VIP with `flags` is a list (slot
+/// Whether the ring of a VIP with `flags` has the list layout (slot
 /// [`LIST_LEN_SLOT`] holds the number of entries, slots 1 to n the
-/// backend ids) rather than a Maglev ring.
+/// backend ids) rather than Maglev's.
 #[inline(always)]
 pub const fn has_list(flags: u32) -> bool {
     scheduler(flags) > SCHED_SOURCE_HASH
@@ -117,35 +117,35 @@ pub const fn counts_connections(flags: u32) -> bool {
     s == SCHED_LEAST_CONNECTIONS || s == SCHED_LEAST_LATENCY
 }
 
-/// The slot of a list table that holds its number of entries n; the
+/// The slot of a list ring that holds its number of entries n; the
 /// entries follow it, in slots 1 to n (see [`list_slot`]).
 pub const LIST_LEN_SLOT: u32 = 0;
-/// Most entries of a list table (a round-robin cycle or a member list):
+/// Most entries of a list ring (a round-robin cycle or a member list):
 /// one less than the default ring size, so that the length and the
-/// entries fill a default table exactly.
+/// entries fill a ring of the default size exactly.
 pub const MAX_LIST_LEN: u32 = crate::maps::DEFAULT_RING_SIZE - 1;
 
-/// The slot of a list table that holds entry `i` (from 0).
+/// The slot of a list ring that holds entry `i` (from 0).
 #[inline(always)]
 pub const fn list_slot(i: u32) -> u32 {
     LIST_LEN_SLOT + 1 + i
 }
 
-/// The number of entries of list table `table` when it is well formed: a
+/// The number of entries of list ring `ring` when it is well formed: a
 /// length between 1 and [`MAX_LIST_LEN`] in its length slot, followed by
 /// exactly that many entries.
-pub fn list_len(table: &[u32]) -> Option<u32> {
-    let len = *table.get(LIST_LEN_SLOT as usize)?;
+pub fn list_len(ring: &[u32]) -> Option<u32> {
+    let len = *ring.get(LIST_LEN_SLOT as usize)?;
     if len == 0 || len > MAX_LIST_LEN {
         return None;
     }
-    (table.len() == list_slot(len) as usize).then_some(len)
+    (ring.len() == list_slot(len) as usize).then_some(len)
 }
 
-/// Writes the list table of `entries` into `table` (its length slot, then
+/// Writes the list ring of `entries` into `ring` (its length slot, then
 /// the entries), which must hold exactly `entries.len() + 1` slots.
-pub fn fill_list(table: &mut [u32], entries: &[u32]) {
-    let (len, rest) = table.split_at_mut(list_slot(0) as usize);
+pub fn fill_list(ring: &mut [u32], entries: &[u32]) {
+    let (len, rest) = ring.split_at_mut(list_slot(0) as usize);
     len[LIST_LEN_SLOT as usize] = entries.len() as u32;
     rest.copy_from_slice(entries);
 }
@@ -211,7 +211,7 @@ impl AddrInfo {
         self.flags & ADDR_HAS_WILDCARD != 0
     }
 
-    /// Whether the table of the VIP that places fragments is a list.
+    /// Whether the ring of the VIP that places fragments is a list ring.
     #[inline(always)]
     pub const fn fragment_list(&self) -> bool {
         self.flags & ADDR_FRAGMENT_LIST != 0
@@ -221,7 +221,7 @@ impl AddrInfo {
 /// A port-0 VIP exists for this address and protocol: a packet to a port
 /// without a VIP of its own goes to it.
 pub const ADDR_HAS_WILDCARD: u32 = 1;
-/// The fragment VIP's table is a list, not a Maglev ring (see
+/// The fragment VIP's ring is a list ring, not a Maglev ring (see
 /// [`has_list`]): fragments index it by their address hash modulo its
 /// length.
 pub const ADDR_FRAGMENT_LIST: u32 = 1 << 1;
@@ -231,12 +231,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_list_is_its_length_then_its_entries() {
-        let mut table = [9; 4];
-        fill_list(&mut table, &[7, 8, 7]);
-        assert_eq!(table, [3, 7, 8, 7]);
-        assert_eq!(list_len(&table), Some(3));
-        assert_eq!(table[list_slot(1) as usize], 8);
+    fn a_list_ring_is_its_length_then_its_entries() {
+        let mut ring = [9; 4];
+        fill_list(&mut ring, &[7, 8, 7]);
+        assert_eq!(ring, [3, 7, 8, 7]);
+        assert_eq!(list_len(&ring), Some(3));
+        assert_eq!(ring[list_slot(1) as usize], 8);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use balancer_common::{
 use crate::{
     maps::{BACKEND_LOAD, FLOWS},
     persist,
-    table::{self, Pick},
+    ring::{self, Pick},
 };
 
 /// What the connection table says of a flow.
@@ -51,7 +51,7 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, end: bool) -> Known {
         return Known::Unknown;
     }
     let id = state.backend;
-    let Ok(pick) = table::backend(id) else {
+    let Ok(pick) = ring::backend(id) else {
         return Known::Unknown;
     };
     if !pick.backend.is_up() {

@@ -11,8 +11,8 @@
 //! - [`flows`] (the connection table and the connection counts), which
 //!   refreshes [`persist`] (the persistence table);
 //! - [`schedule`] (picking only);
-//! - [`vip`] (VIP match) and [`table`] (a VIP's ring or list, and the
-//!   backends);
+//! - [`vip`] (VIP match) and [`ring`] (a VIP's ring, in either layout,
+//!   and the backends it names);
 //! - [`maps`] (every map), [`parse`] (bounds-checked packet reads), [`log`].
 //!
 //! On the host the crate builds too, so that `cargo clippy --workspace`
@@ -29,9 +29,9 @@ mod log;
 mod maps;
 pub mod parse;
 mod persist;
+mod ring;
 mod schedule;
 mod stats;
-mod table;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
@@ -49,7 +49,7 @@ use crate::{
     log::decision,
     parse::{Cursor, Ip, IpParse, L3, Ports},
     persist::Client,
-    table::Pick,
+    ring::Pick,
 };
 
 /// Handles one frame: its verdict, counted under the one reason that
@@ -117,13 +117,13 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         Err(reason) => return reject(ip, reason),
     };
     let key = FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto);
-    // The small table of VIP addresses first: everything else passes after
-    // one lookup in a table that stays in cache.
+    // The small map of VIP addresses first: everything else passes after
+    // one lookup in a map that stays in cache.
     let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
         return pass(Stat::PASS_NOT_VIP);
     };
-    // A SYN starts a flow, so it skips the table (a retransmitted SYN is
-    // placed again, on the same ring).
+    // A SYN starts a flow, so it skips the connection table (a
+    // retransmitted SYN is placed again, on the same ring).
     let failover = if ports.syn {
         false
     } else {

@@ -11,7 +11,7 @@ use balancer_common::{
 
 use crate::{
     maps::{BACKEND_LOAD, PERSIST, VIP_POLICY},
-    table::{self, Pick},
+    ring::{self, Pick},
 };
 
 /// What the persistence table says of a new flow's client.
@@ -65,7 +65,7 @@ pub fn remember(client: PersistKey, pick: &Pick, now: u64) {
 /// backend of VIP `vip_index`, and not draining.
 #[inline(always)]
 fn usable(id: u32, vip_index: u32) -> Option<Pick> {
-    let pick = table::backend(id).ok()?;
+    let pick = ring::backend(id).ok()?;
     if !pick.backend.is_up() || pick.backend.vip != vip_index {
         return None;
     }

@@ -1,8 +1,8 @@
 //! Picking the backend of a new flow by the VIP's scheduler, and of
 //! fragments and ICMP errors by hashing. The hashing schedulers read a
-//! Maglev ring; round robin and the least-* schedulers read the VIP's
-//! list, whose length slot comes with it, so a list swapped in by the
-//! daemon always comes with its own length. Picking only: persistence and
+//! Maglev ring; round robin and the least-* schedulers read a list ring,
+//! whose length slot comes with it, so a ring swapped in by the daemon
+//! always comes with its own length. Picking only: persistence and
 //! the connection table are the orchestrator's (the crate root).
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
@@ -20,7 +20,7 @@ use balancer_common::{
 
 use crate::{
     maps::{BACKEND_LOAD, RR_CURSOR},
-    table::{self, Pick},
+    ring::{self, Pick},
 };
 
 /// The backend the scheduler of `vip` gives new flow `key`.
@@ -34,9 +34,10 @@ pub fn pick(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pick, S
     }
 }
 
-/// The backend the table of `vip` gives flow `key` by hashing: its 5-tuple,
-/// or its client address for source affinity. For a VIP whose table is a
-/// list (ICMP errors of flows it does not know), the hash indexes the list.
+/// The backend the ring of `vip` gives flow `key` by hashing: its 5-tuple,
+/// or its client address for source affinity. For a VIP whose ring is a
+/// list ring (ICMP errors of flows it does not know), the hash indexes its
+/// entries.
 #[inline(always)]
 pub fn hash_pick(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pick, Stat> {
     let hash = if vip.scheduler() == SCHED_SOURCE_HASH {
@@ -44,11 +45,11 @@ pub fn hash_pick(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pi
     } else {
         flow_hash(key, settings.hash_seed)
     };
-    table::at_hash(vip.index, hash, vip.has_list(), settings)
+    ring::at_hash(vip.index, hash, vip.has_list(), settings)
 }
 
 /// The backend of a fragment to the address `addr` describes: placed by
-/// its addresses alone in the table of the address's fragment VIP, so
+/// its addresses alone in the ring of the address's fragment VIP, so
 /// every fragment of a datagram reaches the same backend.
 #[inline(always)]
 pub fn fragment_pick(
@@ -57,7 +58,7 @@ pub fn fragment_pick(
     dst: &Addr,
     settings: &Settings,
 ) -> Result<Pick, Stat> {
-    table::at_hash(
+    ring::at_hash(
         addr.fragment_vip,
         addr_pair_hash(src, dst, settings.hash_seed),
         addr.fragment_list(),
@@ -71,7 +72,7 @@ pub fn fragment_pick(
 /// often as its weight says.
 #[inline(always)]
 fn round_robin(vip_index: u32) -> Result<Pick, Stat> {
-    let (table, len) = table::list(vip_index)?;
+    let (ring, len) = ring::list_ring(vip_index)?;
     let cursor = RR_CURSOR
         .get_ptr_mut(vip_index)
         .ok_or(Stat::DROP_NO_BACKEND)?;
@@ -80,18 +81,18 @@ fn round_robin(vip_index: u32) -> Result<Pick, Stat> {
     let at = unsafe { *cursor } % len;
     // SAFETY: as above.
     unsafe { *cursor = if at + 1 >= len { 0 } else { at + 1 } };
-    table::backend(table::list_entry(table, at)?)
+    ring::backend(ring::list_entry(ring, at)?)
 }
 
-/// Power of two choices over the VIP's member list: two distinct random
+/// Power of two choices over the VIP's list ring: two distinct random
 /// members, and the one with the lower cost wins. The cost is active
 /// connections divided by weight, or with `latency` the smoothed latency
 /// times (connections + 1) divided by weight; the division is done by
 /// cross-multiplying. A member that is down or drained loses to one that
-/// is not (the daemon takes it out of the list soon after).
+/// is not (the daemon takes it out of the ring soon after).
 #[inline(always)]
 fn two_choices(vip_index: u32, latency: bool) -> Result<Pick, Stat> {
-    let (table, len) = table::list(vip_index)?;
+    let (ring, len) = ring::list_ring(vip_index)?;
     // SAFETY: plain helper call.
     let random = unsafe { bpf_get_prandom_u32() };
     let a = (random & 0xffff) % len;
@@ -100,12 +101,12 @@ fn two_choices(vip_index: u32, latency: bool) -> Result<Pick, Stat> {
     } else {
         a
     };
-    let a = Candidate::new(table::list_entry(table, a)?, latency)?;
-    let b = Candidate::new(table::list_entry(table, b)?, latency)?;
+    let a = Candidate::new(ring::list_entry(ring, a)?, latency)?;
+    let b = Candidate::new(ring::list_entry(ring, b)?, latency)?;
     Ok(if a.beats(&b) { a.pick } else { b.pick })
 }
 
-/// A member of the list as two choices compare it: the backend (so the
+/// A member of the list ring as two choices compare it: the backend (so the
 /// winner is not looked up again), whether it may take new flows, its load
 /// (connections, or latency times connections + 1) and weight.
 struct Candidate {
@@ -122,7 +123,7 @@ const CAP: u64 = (1 << 24) - 1;
 impl Candidate {
     #[inline(always)]
     fn new(id: u32, latency: bool) -> Result<Candidate, Stat> {
-        let pick = table::backend(id)?;
+        let pick = ring::backend(id)?;
         let up = pick.backend.is_up();
         let Some(load) = BACKEND_LOAD.get(id) else {
             return Ok(Candidate {

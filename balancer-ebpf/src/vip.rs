@@ -1,4 +1,4 @@
-//! VIP match: the datapath's settings, the small table of VIP addresses
+//! VIP match: the datapath's settings, the small map of VIP addresses
 //! and the VIPs themselves.
 
 use balancer_common::{

@@ -1,5 +1,6 @@
 //! Maglev consistent hashing (Eisenbud et al., NSDI 2016) with weights:
-//! builds the lookup table ("ring") a VIP's new flows are placed on.
+//! builds the ring of a hashing VIP, the Maglev paper's "lookup table",
+//! that the VIP's new flows are placed on.
 //!
 //! Pure logic, no I/O. Properties the datapath relies on:
 //! - each backend's share of the ring is proportional to its weight, to
@@ -49,7 +50,7 @@ pub enum MaglevError {
     #[error("weight {weight} is above the maximum of {MAX_WEIGHT}")]
     WeightTooLarge { weight: u32 },
     #[error("a scheduler's list holds at most {size} entries, not {entries}")]
-    TableTooSmall { size: u32, entries: usize },
+    ListTooLong { size: u32, entries: usize },
 }
 
 /// Builds a ring of `size` slots, each holding the id of a member with a
@@ -112,9 +113,9 @@ pub fn build(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
     Ok(ring)
 }
 
-/// Refuses members no table can be built from: a key given twice (the
-/// order by key that makes tables independent of the list's order would be
-/// ambiguous) or a weight above [`MAX_WEIGHT`].
+/// Refuses members no ring can be built from: a key given twice (the
+/// order by key that makes rings independent of the order members are
+/// given in would be ambiguous) or a weight above [`MAX_WEIGHT`].
 pub(crate) fn check_members(members: &[Member]) -> Result<(), MaglevError> {
     let mut seen = BTreeSet::new();
     for member in members {

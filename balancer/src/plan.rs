@@ -252,7 +252,7 @@ pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
 /// The `vip_addrs` entries of `vips`, one per address and protocol, in the
 /// order of the addresses: fragments to an address go to its wildcard
 /// (port 0) VIP if it has one, else to its first VIP in `vips`, and
-/// [`ADDR_FRAGMENT_LIST`] says whether that VIP's table is a list.
+/// [`ADDR_FRAGMENT_LIST`] says whether that VIP's ring is a list ring.
 pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
     let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
     for vip in vips {
@@ -315,8 +315,8 @@ impl VipPlan {
             .collect()
     }
 
-    /// The VIP's table over [`VipPlan::members`] (see
-    /// [`schedule::table`]); `None` without members.
+    /// The VIP's ring over [`VipPlan::members`] (see
+    /// [`schedule::ring`]); `None` without members.
     pub fn ring(
         &self,
         ring_size: u32,
@@ -326,7 +326,7 @@ impl VipPlan {
         if members.is_empty() {
             return Ok(None);
         }
-        schedule::table(self.scheduler, &members, ring_size).map(Some)
+        schedule::ring(self.scheduler, &members, ring_size).map(Some)
     }
 }
 

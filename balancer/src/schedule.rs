@@ -1,12 +1,12 @@
-//! What a VIP's table in the datapath holds for each scheduler, and the
+//! What a VIP's ring in the datapath holds for each scheduler, and the
 //! smooth weighted round-robin order.
 //!
-//! Pure logic, no I/O. The hash schedulers (maglev, source-hash) fill the
-//! table with a Maglev ring: every slot a backend id. The others fill it
-//! with a list (balancer-common's layout: a length slot, then the entries;
-//! see [`balancer_common::vip::fill_list`]). The list depends only on the
+//! Pure logic, no I/O. The hash schedulers (maglev, source-hash) give the
+//! ring the Maglev layout: every slot a backend id. The others give it the
+//! list layout (balancer-common's: a length slot, then the entries; see
+//! [`balancer_common::vip::fill_list`]). The ring depends only on the
 //! backends (their keys and weights), never on the order they are given
-//! in, so every host and every restart builds the same table.
+//! in, so every host and every restart builds the same ring.
 
 use balancer_common::vip::{MAX_LIST_LEN, fill_list, list_slot};
 
@@ -15,7 +15,7 @@ use crate::{
     maglev::{self, MaglevError, Member},
 };
 
-/// Longest round-robin sequence: the longest list the datapath holds.
+/// Longest round-robin sequence: the most entries a list ring holds.
 pub const MAX_SEQUENCE: usize = MAX_LIST_LEN as usize;
 
 /// One cycle of nginx's smooth weighted round robin over `members`: each
@@ -34,20 +34,20 @@ pub fn smooth_weighted(members: &[Member]) -> Vec<u32> {
     sequence(members, MAX_SEQUENCE)
 }
 
-/// What the datapath's table of a VIP scheduled by `scheduler` holds:
-/// - maglev and source-hash: the Maglev ring of `ring_size` slots, from
+/// What the datapath's ring of a VIP scheduled by `scheduler` holds:
+/// - maglev and source-hash: a Maglev ring of `ring_size` slots, from
 ///   [`maglev::build`];
-/// - round-robin: a list of the sequence of [`smooth_weighted`];
-/// - least-connections and least-latency: a list of the ids of the
+/// - round-robin: a list ring of the sequence of [`smooth_weighted`];
+/// - least-connections and least-latency: a list ring of the ids of the
 ///   members of weight above 0 in the order of their keys; the datapath
 ///   picks among them.
 ///
-/// A list is its length slot, then its n entries, and nothing after them
-/// (a ring's size would cost 512 KiB per VIP for nothing). Without a
-/// member of weight above 0 the list kinds give an empty table (the caller
-/// keeps the one in place), and the hash kinds an error, as
+/// A list ring is its length slot, then its n entries, and nothing after
+/// them (a Maglev ring's size would cost 512 KiB per VIP for nothing).
+/// Without a member of weight above 0 the list kinds give an empty ring
+/// (the caller keeps the one in place), and the hash kinds an error, as
 /// [`maglev::build`] does.
-pub fn table(
+pub fn ring(
     scheduler: Scheduler,
     members: &[Member],
     ring_size: u32,
@@ -58,7 +58,7 @@ pub fn table(
             maglev::check_members(members)?;
             let active = members.iter().filter(|m| m.weight > 0).count();
             if active > MAX_SEQUENCE {
-                return Err(MaglevError::TableTooSmall {
+                return Err(MaglevError::ListTooLong {
                     size: MAX_SEQUENCE as u32,
                     entries: active,
                 });
@@ -73,9 +73,9 @@ pub fn table(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let mut table = vec![0; list_slot(entries.len() as u32) as usize];
-    fill_list(&mut table, &entries);
-    Ok(table)
+    let mut ring = vec![0; list_slot(entries.len() as u32) as usize];
+    fill_list(&mut ring, &entries);
+    Ok(ring)
 }
 
 /// [`smooth_weighted`] with at most `limit` entries (when `limit` is at
@@ -259,8 +259,8 @@ mod tests {
             Scheduler::LeastLatency,
         ] {
             assert_eq!(
-                table(kind, &list, RING).unwrap(),
-                table(kind, &shuffled, RING).unwrap(),
+                ring(kind, &list, RING).unwrap(),
+                ring(kind, &shuffled, RING).unwrap(),
                 "{kind:?}"
             );
         }
@@ -316,48 +316,48 @@ mod tests {
     #[test]
     fn hash_schedulers_get_the_maglev_ring() {
         let list = members(&[100, 200, 100]);
-        let ring = maglev::build(&list, 13).unwrap();
-        assert_eq!(table(Scheduler::Maglev, &list, 13).unwrap(), ring);
-        assert_eq!(table(Scheduler::SourceHash, &list, 13).unwrap(), ring);
+        let built = maglev::build(&list, 13).unwrap();
+        assert_eq!(ring(Scheduler::Maglev, &list, 13).unwrap(), built);
+        assert_eq!(ring(Scheduler::SourceHash, &list, 13).unwrap(), built);
         assert_eq!(
-            table(Scheduler::Maglev, &members(&[0]), 13),
+            ring(Scheduler::Maglev, &members(&[0]), 13),
             Err(MaglevError::NoActiveMember)
         );
     }
 
     #[test]
-    fn a_round_robin_table_is_the_count_then_the_sequence() {
+    fn a_round_robin_ring_is_the_count_then_the_sequence() {
         let list = members(&[5, 1, 1]);
-        let table = table(Scheduler::RoundRobin, &list, 13).unwrap();
-        assert_eq!(table, [7, 0, 0, 1, 0, 2, 0, 0]);
-        // A list's length does not depend on the ring size.
+        let ring = ring(Scheduler::RoundRobin, &list, 13).unwrap();
+        assert_eq!(ring, [7, 0, 0, 1, 0, 2, 0, 0]);
+        // A list ring's length does not depend on the ring size.
         assert_eq!(
-            super::table(Scheduler::RoundRobin, &list, RING).unwrap(),
-            table
+            super::ring(Scheduler::RoundRobin, &list, RING).unwrap(),
+            ring
         );
     }
 
     #[test]
-    fn a_least_load_table_is_the_count_then_the_ids_by_key() {
+    fn a_least_load_ring_is_the_count_then_the_ids_by_key() {
         let mut list = members(&[100, 0, 300, 50]);
         list[0].key = b"10.0.0.200".to_vec();
         list[0].id = 9;
         for kind in [Scheduler::LeastConnections, Scheduler::LeastLatency] {
-            let table = table(kind, &list, 13).unwrap();
-            assert_eq!(table, [3, 2, 3, 9], "{kind:?}");
+            let ring = ring(kind, &list, 13).unwrap();
+            assert_eq!(ring, [3, 2, 3, 9], "{kind:?}");
         }
     }
 
     #[test]
-    fn list_tables_without_members_are_empty() {
+    fn list_rings_without_members_are_empty() {
         for kind in [
             Scheduler::RoundRobin,
             Scheduler::LeastConnections,
             Scheduler::LeastLatency,
         ] {
-            assert_eq!(table(kind, &[], RING), Ok(Vec::new()), "{kind:?}");
+            assert_eq!(ring(kind, &[], RING), Ok(Vec::new()), "{kind:?}");
             assert_eq!(
-                table(kind, &members(&[0, 0]), RING),
+                ring(kind, &members(&[0, 0]), RING),
                 Ok(Vec::new()),
                 "{kind:?}"
             );
@@ -365,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn list_tables_refuse_what_maglev_refuses() {
+    fn list_rings_refuse_what_maglev_refuses() {
         let mut dup = members(&[1, 1]);
         dup[1].key = dup[0].key.clone();
         let heavy = members(&[maglev::MAX_WEIGHT + 1]);
@@ -375,11 +375,11 @@ mod tests {
             Scheduler::LeastLatency,
         ] {
             assert!(matches!(
-                table(kind, &dup, RING),
+                ring(kind, &dup, RING),
                 Err(MaglevError::DuplicateKey(_))
             ));
             assert_eq!(
-                table(kind, &heavy, RING),
+                ring(kind, &heavy, RING),
                 Err(MaglevError::WeightTooLarge {
                     weight: maglev::MAX_WEIGHT + 1
                 })

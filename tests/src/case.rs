@@ -6,7 +6,7 @@
 //!
 //! The backend a frame must reach is given as a question to the fixture's
 //! oracle ([`Out::Flow`], [`Out::Fragment`]) and answered when the case
-//! runs, so a case placed after a change of a table expects the new table's
+//! runs, so a case placed after a change of a ring expects the new ring's
 //! pick.
 
 use std::net::IpAddr;
@@ -77,10 +77,10 @@ pub enum Out {
     /// The frame with its MACs rewritten for backend `id`: its MAC as
     /// destination, the balancer's as source.
     Backend(u32),
-    /// Rewritten for the backend the table of VIP `vip` gives a new flow
+    /// Rewritten for the backend the ring of VIP `vip` gives a new flow
     /// `key` (see [`Fixture::expected_backend`]).
     Flow { vip: u32, key: FlowKey },
-    /// Rewritten for the backend the table of VIP `vip` gives a fragment
+    /// Rewritten for the backend the ring of VIP `vip` gives a fragment
     /// from `src` to `dst` (see [`Fixture::expected_fragment_backend`]).
     Fragment { vip: u32, src: IpAddr, dst: IpAddr },
 }

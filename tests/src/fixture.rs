@@ -4,7 +4,7 @@
 //!
 //! Map entries come from the daemon's own plan helpers (`balancer::plan`:
 //! VIP keys, flags and policies, address entries, backend entries) and
-//! tables from its own builder (`VipPlan::ring`), written through its
+//! rings from its own builder (`VipPlan::ring`), written through its
 //! typed map layer; the oracle computes picks independently of the
 //! program, from the shared hash functions.
 
@@ -130,29 +130,29 @@ impl Vip {
         }
     }
 
-    /// The VIP's table, built by the daemon's code over its backends that
+    /// The VIP's ring, built by the daemon's code over its backends that
     /// are up with a weight above 0. Unlike the daemon, it keeps backends
     /// whose MAC is unknown: the program must see them to drop their
     /// packets.
-    pub fn table(&self, ring_size: u32) -> Result<Vec<u32>> {
+    pub fn ring(&self, ring_size: u32) -> Result<Vec<u32>> {
         let up = |b: &BackendPlan| self.backends.iter().any(|x| x.id == b.id && x.up);
         self.plan()
             .ring(ring_size, up)
-            .context("building the table")?
+            .context("building the ring")?
             .with_context(|| format!("VIP {} has no backend up with a weight", self.index))
     }
 }
 
-/// The backend id `table`, the table of `vip`, gives a new flow `key`: the
+/// The backend id `ring`, the ring of `vip`, gives a new flow `key`: the
 /// slot of the flow's hash, or of the client address's alone for source
-/// hash. Only for VIPs whose table is a ring.
-pub fn ring_pick(vip: &Vip, table: &[u32], settings: &Settings, key: &FlowKey) -> u32 {
+/// hash. Only for VIPs whose ring is a Maglev ring.
+pub fn ring_pick(vip: &Vip, ring: &[u32], settings: &Settings, key: &FlowKey) -> u32 {
     let hash = if vip.scheduler == Scheduler::SourceHash {
         source_hash(&key.src, settings.hash_seed)
     } else {
         flow_hash(key, settings.hash_seed)
     };
-    table[ring_slot(hash, settings.ring_size) as usize]
+    ring[ring_slot(hash, settings.ring_size) as usize]
 }
 
 /// A loaded datapath and what was put in it.
@@ -186,17 +186,17 @@ impl Fixture {
 
     /// Puts `vip` with its backends in place (or replaces it), as the
     /// daemon does: backends and their weights first, then the policy, the
-    /// table, the VIP, and the entry of its address, computed over every
+    /// ring, the VIP, and the entry of its address, computed over every
     /// VIP of the fixture in the order of their indexes.
     pub fn put_vip(&mut self, vip: Vip) -> Result<()> {
         for backend in &vip.backends {
             self.set_backend(vip.index, backend)?;
         }
         let planned = vip.plan();
-        let table = vip.table(self.settings.ring_size)?;
+        let ring = vip.ring(self.settings.ring_size)?;
         self.datapath.set_vip_policy(vip.index, &planned.policy)?;
-        self.datapath.publish_vip(&planned.slot, &table)?;
-        self.vips.insert(vip.index, (vip, table));
+        self.datapath.publish_vip(&planned.slot, &ring)?;
+        self.vips.insert(vip.index, (vip, ring));
         let plans: Vec<VipPlan> = self.vips.values().map(|(v, _)| v.plan()).collect();
         let key = planned.slot.key;
         for (addr_key, info) in plan::addr_entries(&plans) {
@@ -208,7 +208,7 @@ impl Fixture {
     }
 
     /// Rewrites one backend of VIP `vip` (to take it down, say) without
-    /// touching tables.
+    /// touching rings.
     pub fn set_backend(&mut self, vip: u32, backend: &Backend) -> Result<()> {
         self.datapath
             .set_backend_weight(backend.id, backend.weight)?;
@@ -216,15 +216,15 @@ impl Fixture {
         Ok(())
     }
 
-    /// The table of VIP `index` as it was written.
-    pub fn table(&self, index: u32) -> &[u32] {
+    /// The ring of VIP `index` as it was written.
+    pub fn ring(&self, index: u32) -> &[u32] {
         &self.vips[&index].1
     }
 
     /// The backend id the ring of VIP `index` gives a new flow `key`.
     pub fn expected_backend(&self, index: u32, key: &FlowKey) -> u32 {
-        let (vip, table) = &self.vips[&index];
-        ring_pick(vip, table, &self.settings, key)
+        let (vip, ring) = &self.vips[&index];
+        ring_pick(vip, ring, &self.settings, key)
     }
 
     /// The backend id the ring of VIP `index` gives a fragment.

@@ -21,12 +21,12 @@ use balancer_tests::{
     privilege,
 };
 
-/// A client port whose flow to `before` the table of `after`, the same
+/// A client port whose flow to `before` the ring of `after`, the same
 /// VIP with other backends, places on another backend.
 fn flow_moved_by(before: &Vip, after: &Vip, settings: &Settings) -> Result<u16> {
     let (old, new) = (
-        before.table(settings.ring_size)?,
-        after.table(settings.ring_size)?,
+        before.ring(settings.ring_size)?,
+        after.ring(settings.ring_size)?,
     );
     (1024..60000u16)
         .find(|&port| {
@@ -91,7 +91,7 @@ fn a_flow_fails_over_when_its_backend_goes_down_and_draining_keeps_it() {
         let draining = Case::new("draining", next.clone(), TX, Out::Backend(owner), &[]);
         run(&mut f, &[draining])?;
         ensure!(
-            !f.table(0).contains(&owner),
+            !f.ring(0).contains(&owner),
             "the ring still holds the draining backend"
         );
         let new_flows: Vec<Case> = (1..2000u16)

@@ -1,7 +1,7 @@
 //! The schedulers and session persistence in the XDP program, through
 //! BPF_PROG_TEST_RUN on the real compiled object: new flows in, the backend
 //! each reached (by the rewritten destination MAC) and the connection
-//! counts out. Tables are built by the daemon's own code (the fixture).
+//! counts out. Rings are built by the daemon's own code (the fixture).
 
 use std::{
     collections::BTreeMap,
@@ -101,7 +101,7 @@ fn round_robin_shares_are_exact_over_every_cycle_of_weights() -> Result<()> {
         }
     }
     // In the smooth order the daemon built, not bunched.
-    let cycle = f.table(0)[1..].to_vec();
+    let cycle = f.ring(0)[1..].to_vec();
     ensure!(cycle.len() == 6);
     let at = picks[..6]
         .iter()

@@ -43,7 +43,7 @@ fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
 }
 
 /// Waits until every backend of `vip` has a resolved MAC: from then on
-/// its table holds them all (the daemon publishes tables in the same step
+/// its ring holds them all (the daemon publishes rings in the same step
 /// as it resolves).
 fn wait_resolved(lab: &Lab, vip: &str) -> Result<()> {
     poll(Duration::from_secs(5), Duration::from_millis(20), || {

@@ -8,7 +8,7 @@ use crate::plan;
 /// Logs what a set of writes did.
 pub(super) fn log_note(note: &Note) {
     match note {
-        Note::TablePublished { vip, backends } => {
+        Note::RingPublished { vip, backends } => {
             tracing::info!(vip, backends, "ring published");
         }
         Note::AllDown { vip } => tracing::warn!(

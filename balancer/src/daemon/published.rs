@@ -16,8 +16,8 @@ use crate::{
     maglev::Member,
 };
 
-/// What a VIP's table is built from: ring size, VIP flags (scheduler and
-/// persistence) and members. The same recipe makes the same table.
+/// What a VIP's ring is built from: ring size, VIP flags (scheduler and
+/// persistence) and members. The same recipe makes the same ring.
 pub(super) type Recipe = (u32, u32, Vec<Member>);
 
 /// The maps' content as written.
@@ -55,18 +55,18 @@ pub(super) struct BackendRecord {
 /// One VIP's entries.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct VipRecord {
-    /// Its key and info (the key is in `vips` once its table is).
+    /// Its key and info (the key is in `vips` once its ring is).
     pub(super) slot: VipSlot,
     pub(super) policy: Option<VipPolicy>,
-    pub(super) table: Option<Table>,
-    /// Every backend is down or unreachable: the table is the last one,
+    pub(super) ring: Option<Ring>,
+    /// Every backend is down or unreachable: the ring is the last one,
     /// kept rather than dropping the VIP's traffic.
     pub(super) all_down: bool,
 }
 
-/// A VIP's table in force and what it was built from.
+/// A VIP's ring in force and what it was built from.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Table {
+pub(super) struct Ring {
     pub(super) entries: Vec<u32>,
     pub(super) recipe: Recipe,
 }
@@ -93,7 +93,7 @@ impl Published {
         self.backends.get(&id).copied().unwrap_or_default()
     }
 
-    /// Records `write`, which succeeded; `recipes` names what each table
+    /// Records `write`, which succeeded; `recipes` names what each ring
     /// written was built from.
     pub(super) fn commit(&mut self, write: &Write, recipes: &BTreeMap<u32, Recipe>) {
         match write {
@@ -121,13 +121,13 @@ impl Published {
                 self.backends.entry(*id).or_default().info = Some(*info);
             }
             Write::Policy { slot, policy } => self.vip_mut(slot).policy = Some(*policy),
-            Write::Tables(tables) => {
-                for (slot, entries) in tables {
+            Write::Rings(rings) => {
+                for (slot, entries) in rings {
                     let Some(recipe) = recipes.get(&slot.info.index) else {
                         continue;
                     };
                     let record = self.vip_mut(slot);
-                    record.table = Some(Table {
+                    record.ring = Some(Ring {
                         entries: entries.clone(),
                         recipe: recipe.clone(),
                     });
@@ -160,7 +160,7 @@ impl VipRecord {
         VipRecord {
             slot,
             policy: None,
-            table: None,
+            ring: None,
             all_down: false,
         }
     }

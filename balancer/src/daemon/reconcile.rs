@@ -8,7 +8,7 @@
 //! go, then backends that go (marked down, so their flows fail over), the
 //! settings, every backend's weight before its entry (a backend put in
 //! place is never seen with the weight of its id's previous owner),
-//! policies before tables, tables before VIP keys (one write), and
+//! policies before rings, rings before VIP keys (one write), and
 //! addresses last: a VIP is published only once all it points to is.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,10 +31,10 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Writes {
     pub(super) ops: Vec<Write>,
-    /// VIP index → the recipe of its table, for every table written and
-    /// every table rebuilt identical to the one in force.
+    /// VIP index → the recipe of its ring, for every ring written and
+    /// every ring rebuilt identical to the one in force.
     pub(super) recipes: BTreeMap<u32, Recipe>,
-    /// VIP indexes whose last table stays because no backend is usable.
+    /// VIP indexes whose last ring stays because no backend is usable.
     pub(super) all_down: BTreeSet<u32>,
     /// The numbers in use once written.
     pub(super) numbers: Numbers,
@@ -45,12 +45,12 @@ pub(super) struct Writes {
 /// Something worth a log line once the writes are in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Note {
-    /// A VIP's table was published, over this many backends.
-    TablePublished { vip: String, backends: usize },
-    /// Every backend of a VIP went down or unreachable: its last table
+    /// A VIP's ring was published, over this many backends.
+    RingPublished { vip: String, backends: usize },
+    /// Every backend of a VIP went down or unreachable: its last ring
     /// stays.
     AllDown { vip: String },
-    /// A VIP has no backend with a weight above 0 and no table: its
+    /// A VIP has no backend with a weight above 0 and no ring: its
     /// traffic passes.
     NoWeight { vip: String },
 }
@@ -73,7 +73,7 @@ pub(super) enum ApplyError {
 }
 
 /// The writes that bring `published` in line with `desired` as `observed`
-/// sees it. Fails only when a table cannot be built.
+/// sees it. Fails only when a ring cannot be built.
 pub(super) fn reconcile(
     desired: &Desired,
     observed: &Observed,
@@ -99,7 +99,7 @@ pub(super) fn reconcile(
     let gone: Vec<_> = published
         .vips
         .values()
-        .filter(|r| r.table.is_some() && !plan.vips.iter().any(|v| v.slot == r.slot))
+        .filter(|r| r.ring.is_some() && !plan.vips.iter().any(|v| v.slot == r.slot))
         .map(|r| r.slot)
         .collect();
     if !gone.is_empty() {
@@ -155,9 +155,9 @@ pub(super) fn reconcile(
             });
         }
     }
-    let tables = tables(plan, published, &infos, &mut out)?;
-    for chunk in tables.chunks(RINGS_PER_BATCH) {
-        out.ops.push(Write::Tables(chunk.to_vec()));
+    let rings = rings(plan, published, &infos, &mut out)?;
+    for chunk in rings.chunks(RINGS_PER_BATCH) {
+        out.ops.push(Write::Rings(chunk.to_vec()));
     }
     for (key, info) in &plan.addrs {
         if !published.addrs.iter().any(|(k, i)| k == key && i == info) {
@@ -170,11 +170,11 @@ pub(super) fn reconcile(
     Ok(out)
 }
 
-/// The tables to write: those of VIPs whose usable backends changed (a
-/// VIP with none keeps the table it has; one that never had a table gets
+/// The rings to write: those of VIPs whose usable backends changed (a
+/// VIP with none keeps the ring it has; one that never had a ring gets
 /// one over every weighted backend, so its packets are counted as
 /// unresolved rather than lost without a trace until neighbours resolve).
-fn tables(
+fn rings(
     plan: &Plan,
     published: &Published,
     infos: &BTreeMap<u32, BackendInfo>,
@@ -186,7 +186,7 @@ fn tables(
     for vip in &plan.vips {
         let index = vip.slot.info.index;
         let record = published.vip(&vip.slot);
-        let in_force = record.and_then(|r| r.table.as_ref());
+        let in_force = record.and_then(|r| r.ring.as_ref());
         let mut members = vip.members(usable);
         if members.is_empty() {
             if in_force.is_some() {
@@ -206,23 +206,23 @@ fn tables(
                 continue;
             }
         }
-        // The same members make the same table: with many VIPs, one
-        // backend's change rebuilds one table, not all of them.
+        // The same members make the same ring: with many VIPs, one
+        // backend's change rebuilds one ring, not all of them.
         let recipe = (ring_size, vip.slot.info.flags, members);
-        if in_force.is_some_and(|t| t.recipe == recipe) {
+        if in_force.is_some_and(|r| r.recipe == recipe) {
             continue;
         }
-        let table = schedule::table(vip.scheduler, &recipe.2, ring_size)?;
+        let ring = schedule::ring(vip.scheduler, &recipe.2, ring_size)?;
         let backends = recipe.2.len();
         out.recipes.insert(index, recipe);
-        if in_force.is_some_and(|t| t.entries == table) {
+        if in_force.is_some_and(|r| r.entries == ring) {
             continue;
         }
-        out.notes.push(Note::TablePublished {
+        out.notes.push(Note::RingPublished {
             vip: vip.name.clone(),
             backends,
         });
-        changed.push((vip.slot, table));
+        changed.push((vip.slot, ring));
     }
     Ok(changed)
 }
@@ -245,7 +245,7 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
 }
 
 /// Carries out `writes` in order, recording each in `published` once it
-/// succeeded; once all are in, records what they leave in force (tables
+/// succeeded; once all are in, records what they leave in force (rings
 /// kept, numbers in use) and forgets backends gone from `desired`.
 pub(super) fn apply(
     writes: &Writes,
@@ -265,8 +265,8 @@ pub(super) fn apply(
         published.commit(op, &writes.recipes);
     }
     for (index, recipe) in &writes.recipes {
-        if let Some(table) = published.vips.get_mut(index).and_then(|r| r.table.as_mut()) {
-            table.recipe.clone_from(recipe);
+        if let Some(ring) = published.vips.get_mut(index).and_then(|r| r.ring.as_mut()) {
+            ring.recipe.clone_from(recipe);
         }
     }
     for (index, record) in &mut published.vips {

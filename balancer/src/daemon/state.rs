@@ -255,7 +255,7 @@ impl State {
 
     /// Takes one check result, and writes what it changed: the backend's
     /// smoothed latency, and on a transition its entry and its VIPs'
-    /// tables.
+    /// rings.
     pub(super) fn health_report(&mut self, report: &Report) -> Result<(), ApplyError> {
         let Some(transition) = self.observed.record(report) else {
             return self.publish_latency(report.backend);

@@ -39,7 +39,7 @@ impl View<'_> {
         }
     }
 
-    /// Whether VIP `index` keeps its last table because every backend is
+    /// Whether VIP `index` keeps its last ring because every backend is
     /// down or unreachable.
     pub(super) fn all_down(&self, index: u32) -> bool {
         self.published.vips.get(&index).is_some_and(|r| r.all_down)

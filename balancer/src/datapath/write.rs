@@ -44,12 +44,13 @@ impl Datapath {
             .map_err(DatapathError::map("write", maps::BACKENDS))
     }
 
-    /// Puts VIP `slot` in place with `ring`, its table: for the hashing
-    /// schedulers a Maglev ring (backend ids, one per slot, as many as the
-    /// settings' ring size), for the others a list (its length, then that
-    /// many backend ids; see [`balancer_common::vip::list_len`]). For a VIP
-    /// already in place this swaps its table atomically: every packet sees
-    /// the old table or the new one, never a mix.
+    /// Puts VIP `slot` in place with `ring`, its ring: for the hashing
+    /// schedulers the Maglev layout (backend ids, one per slot, as many as
+    /// the settings' ring size), for the others the list layout (its
+    /// length, then that many backend ids; see
+    /// [`balancer_common::vip::list_len`]). For a VIP
+    /// already in place this swaps its ring atomically: every packet sees
+    /// the old ring or the new one, never a mix.
     pub fn publish_vip(&mut self, slot: &VipSlot, ring: &[u32]) -> Result<(), DatapathError> {
         self.publish_vips(&[(*slot, ring)])
     }

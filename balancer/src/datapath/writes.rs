@@ -20,7 +20,7 @@ pub enum Write {
     /// ids new to the maps: a pinned map keeps what a number counted for
     /// its previous owner.
     ResetNumbers { vips: Vec<u32>, backends: Vec<u32> },
-    /// Remove VIPs: their keys, then their tables.
+    /// Remove VIPs: their keys, then their rings.
     RemoveVips(Vec<VipSlot>),
     /// Forget an address that no longer carries VIPs.
     RemoveAddr(AddrKey),
@@ -34,9 +34,9 @@ pub enum Write {
     Backend { id: u32, info: BackendInfo },
     /// The policy (persistence) of the VIP at `slot`'s index.
     Policy { slot: VipSlot, policy: VipPolicy },
-    /// VIPs put in place with their tables (new VIPs) or their tables
+    /// VIPs put in place with their rings (new VIPs) or their rings
     /// swapped atomically (VIPs in place), in batches.
-    Tables(Vec<(VipSlot, Vec<u32>)>),
+    Rings(Vec<(VipSlot, Vec<u32>)>),
     /// Record that an address carries VIPs.
     Addr { key: AddrKey, info: AddrInfo },
 }
@@ -67,12 +67,12 @@ impl Writer for Datapath {
             Write::Egress(ifindex) => self.add_egress(*ifindex),
             Write::Backend { id, info } => self.set_backend(*id, info),
             Write::Policy { slot, policy } => self.set_vip_policy(slot.info.index, policy),
-            Write::Tables(tables) => {
-                let tables: Vec<(VipSlot, &[u32])> = tables
+            Write::Rings(rings) => {
+                let rings: Vec<(VipSlot, &[u32])> = rings
                     .iter()
-                    .map(|(slot, table)| (*slot, table.as_slice()))
+                    .map(|(slot, ring)| (*slot, ring.as_slice()))
                     .collect();
-                self.publish_vips(&tables)
+                self.publish_vips(&rings)
             }
             Write::Addr { key, info } => self.set_vip_addr(key, info),
         }

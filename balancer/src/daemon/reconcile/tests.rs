@@ -169,18 +169,18 @@ fn kinds(writes: &[Write]) -> Vec<&'static str> {
             Write::Egress(_) => "egress",
             Write::Backend { .. } => "backend",
             Write::Policy { .. } => "policy",
-            Write::Tables(_) => "tables",
+            Write::Rings(_) => "rings",
             Write::Addr { .. } => "addr",
         })
         .collect()
 }
 
-/// The VIP indexes whose tables `writes` publish.
-fn tables(writes: &[Write]) -> Vec<u32> {
+/// The VIP indexes whose rings `writes` publish.
+fn rings(writes: &[Write]) -> Vec<u32> {
     writes
         .iter()
         .filter_map(|w| match w {
-            Write::Tables(t) => Some(t.iter().map(|(slot, _)| slot.info.index)),
+            Write::Rings(r) => Some(r.iter().map(|(slot, _)| slot.info.index)),
             _ => None,
         })
         .flatten()
@@ -206,10 +206,10 @@ fn a_first_publish_writes_everything_a_vip_needs_before_its_key() {
         kinds(&writes),
         [
             "reset", "settings", "weight", "egress", "backend", "weight", "backend", "weight",
-            "backend", "weight", "backend", "policy", "policy", "tables", "addr", "addr"
+            "backend", "weight", "backend", "policy", "policy", "rings", "addr", "addr"
         ]
     );
-    assert_eq!(tables(&writes), [0, 1]);
+    assert_eq!(rings(&writes), [0, 1]);
     assert!(
         entries(&writes)
             .iter()
@@ -232,12 +232,12 @@ fn a_reload_that_changes_nothing_writes_nothing() {
 }
 
 #[test]
-fn an_added_backend_gets_fresh_counters_its_entry_and_one_new_table() {
+fn an_added_backend_gets_fresh_counters_its_entry_and_one_new_ring() {
     let (_, writes) = reloaded(&[(
         r#"{ address = "10.0.0.3" }"#,
         r#"{ address = "10.0.0.3" }, { address = "10.0.0.4" }"#,
     )]);
-    assert_eq!(kinds(&writes), ["reset", "weight", "backend", "tables"]);
+    assert_eq!(kinds(&writes), ["reset", "weight", "backend", "rings"]);
     assert_eq!(
         writes[0],
         Write::ResetNumbers {
@@ -245,13 +245,13 @@ fn an_added_backend_gets_fresh_counters_its_entry_and_one_new_table() {
             backends: vec![4]
         }
     );
-    assert_eq!(tables(&writes), [0], "the other VIP's table stays");
+    assert_eq!(rings(&writes), [0], "the other VIP's ring stays");
 }
 
 #[test]
 fn a_removed_backend_is_marked_down_with_weight_0_and_forgotten() {
     let (world, writes) = reloaded(&[(r#"{ address = "10.0.0.2" }, "#, "")]);
-    assert_eq!(kinds(&writes), ["backend", "weight", "tables"]);
+    assert_eq!(kinds(&writes), ["backend", "weight", "rings"]);
     assert_eq!(entries(&writes)[0].0, 1);
     assert_eq!(entries(&writes)[0].1.flags, 0);
     assert_eq!(writes[1], Write::Weight { id: 1, weight: 0 });
@@ -260,50 +260,50 @@ fn a_removed_backend_is_marked_down_with_weight_0_and_forgotten() {
 }
 
 #[test]
-fn a_weight_change_rewrites_the_weight_and_the_table() {
+fn a_weight_change_rewrites_the_weight_and_the_ring() {
     let (_, writes) = reloaded(&[(
         r#"{ address = "10.0.0.1" }"#,
         r#"{ address = "10.0.0.1", weight = 300 }"#,
     )]);
     assert_eq!(writes[0], Write::Weight { id: 0, weight: 300 });
-    assert_eq!(kinds(&writes), ["weight", "tables"]);
+    assert_eq!(kinds(&writes), ["weight", "rings"]);
 }
 
 #[test]
-fn a_drained_backend_keeps_its_entry_and_leaves_the_table() {
+fn a_drained_backend_keeps_its_entry_and_leaves_the_ring() {
     let (_, writes) = reloaded(&[(
         r#"{ address = "10.0.0.1" }"#,
         r#"{ address = "10.0.0.1", drain = true }"#,
     )]);
-    assert_eq!(kinds(&writes), ["weight", "tables"]);
+    assert_eq!(kinds(&writes), ["weight", "rings"]);
     assert_eq!(writes[0], Write::Weight { id: 0, weight: 0 });
-    let Write::Tables(t) = &writes[1] else {
+    let Write::Rings(r) = &writes[1] else {
         unreachable!()
     };
-    assert!(!t[0].1.contains(&0), "{:?}", t[0].1);
+    assert!(!r[0].1.contains(&0), "{:?}", r[0].1);
 }
 
 #[test]
-fn a_backend_going_down_and_up_rewrites_its_flags_and_its_vip_table() {
+fn a_backend_going_down_and_up_rewrites_its_flags_and_its_vip_ring() {
     let mut world = World::published();
     world.check(1, false);
     let writes = world.apply();
-    assert_eq!(kinds(&writes), ["backend", "tables"]);
+    assert_eq!(kinds(&writes), ["backend", "rings"]);
     assert_eq!(entries(&writes)[0].1.flags, BACKEND_RESOLVED);
     world.check(1, true);
     let writes = world.apply();
-    assert_eq!(kinds(&writes), ["backend", "latency", "tables"]);
+    assert_eq!(kinds(&writes), ["backend", "latency", "rings"]);
     assert_eq!(entries(&writes)[0].1.flags, BACKEND_UP | BACKEND_RESOLVED);
 }
 
 #[test]
-fn a_vip_with_every_backend_down_keeps_its_last_table_and_says_so_once() {
+fn a_vip_with_every_backend_down_keeps_its_last_ring_and_says_so_once() {
     let mut world = World::published();
     for id in 0..3 {
         world.check(id, false);
     }
     let writes = world.reconcile();
-    assert!(tables(&writes.ops).is_empty());
+    assert!(rings(&writes.ops).is_empty());
     assert_eq!(writes.all_down, BTreeSet::from([0]));
     assert!(writes.notes.contains(&Note::AllDown { vip: "web".into() }));
     world.apply();
@@ -311,7 +311,7 @@ fn a_vip_with_every_backend_down_keeps_its_last_table_and_says_so_once() {
     assert!(world.reconcile().notes.is_empty(), "said once");
     world.check(2, true);
     let writes = world.apply();
-    assert_eq!(tables(&writes), [0]);
+    assert_eq!(rings(&writes), [0]);
     assert!(!world.published.vips[&0].all_down);
 }
 
@@ -328,7 +328,7 @@ fn a_neighbour_change_rewrites_that_backend_only() {
 }
 
 #[test]
-fn a_removed_vip_loses_its_key_and_table_and_its_backend() {
+fn a_removed_vip_loses_its_key_and_ring_and_its_backend() {
     let dns = CONFIG.find("[[vip]]\nname = \"dns\"").unwrap();
     let (world, writes) = reloaded(&[(&CONFIG[dns..], "")]);
     assert_eq!(

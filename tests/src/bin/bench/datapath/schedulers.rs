@@ -297,9 +297,9 @@ to a VIP of the scheduler's own, then the same connection-table insert as
 
 - `source_hash`: the Maglev ring lookup, on a hash of the client address
   instead of the 5-tuple.
-- `round_robin`: no hash; the next entry of the VIP's list, at this CPU's
+- `round_robin`: no hash; the next entry of the VIP's list ring, at this CPU's
   cursor (a per-CPU array), which moves on.
-- `least_connections`, `least_latency`: two distinct members of the list
+- `least_connections`, `least_latency`: two distinct members of the list ring
   drawn at random (one `bpf_get_prandom_u32`), each one's backend and
   `backend_load` entry read, the lower cost wins (connections per weight;
   latency times connections + 1 per weight, the backends' latencies set to
