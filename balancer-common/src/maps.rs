@@ -57,6 +57,8 @@ pub const MAX_EGRESS: u32 = 64;
 pub const DEFAULT_FLOWS: u32 = 262_144;
 /// Default Maglev ring size: a prime, so every skip is coprime with it.
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
+// A list ring of the longest list fills a ring of the default size exactly.
+const _: () = assert!(crate::vip::MAX_LIST_LEN == DEFAULT_RING_SIZE - 1);
 /// Entries of the persistence table: clients remembered over all VIPs
 /// with persistence; the least recently seen are forgotten first.
 pub const PERSIST_ENTRIES: u32 = 131_072;

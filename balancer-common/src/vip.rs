@@ -121,9 +121,10 @@ pub const fn counts_connections(flags: u32) -> bool {
 /// entries follow it, in slots 1 to n (see [`list_slot`]).
 pub const LIST_LEN_SLOT: u32 = 0;
 /// Most entries of a list ring (a round-robin cycle or a member list):
-/// one less than the default ring size, so that the length and the
-/// entries fill a ring of the default size exactly.
-pub const MAX_LIST_LEN: u32 = crate::maps::DEFAULT_RING_SIZE - 1;
+/// one less than the default ring size (held to it in [`crate::maps`]), so
+/// that the length and the entries fill a ring of the default size
+/// exactly.
+pub const MAX_LIST_LEN: u32 = 65_536;
 
 /// The slot of a list ring that holds entry `i` (from 0).
 #[inline(always)]
