@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
 
-use crate::{Netns, Process, topology::Server};
+use crate::{Netns, Process, servers::Server};
 
 /// The `test-server` binary of this package: `$BALANCER_TEST_SERVER` when
 /// set, otherwise next to the running executable (a binary of this

@@ -10,7 +10,24 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{Netns, topology::Server};
+use crate::Netns;
+
+/// A test server every backend runs; backend `i` answers as `be{i}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// TCP: writes the name and closes ([`tcp_name_server`]).
+    TcpName,
+    /// UDP: answers every datagram with the name.
+    UdpName,
+    /// TCP: writes the name, then echoes until the client closes.
+    TcpEcho,
+    /// TCP: writes the name, then `bytes` bytes of a known pattern
+    /// ([`bulk_byte`]), then closes.
+    TcpBulk {
+        /// Bytes sent after the name.
+        bytes: usize,
+    },
+}
 
 /// Starts a TCP server on `addr` in `ns` that writes `name` and a newline
 /// to every connection, then closes it. It runs until the namespace goes.

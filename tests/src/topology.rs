@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 
+pub use crate::servers::Server;
 use crate::{Lab, Netns, VethOptions};
 
 /// The IPv4 VIP of the topology.
@@ -201,23 +202,6 @@ impl Topology {
             })
             .collect()
     }
-}
-
-/// A test server every backend runs; backend `i` answers as `be{i}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Server {
-    /// TCP: writes the name and closes ([`crate::servers::tcp_name_server`]).
-    TcpName,
-    /// UDP: answers every datagram with the name.
-    UdpName,
-    /// TCP: writes the name, then echoes until the client closes.
-    TcpEcho,
-    /// TCP: writes the name, then `bytes` bytes of a known pattern
-    /// ([`crate::servers::bulk_byte`]), then closes.
-    TcpBulk {
-        /// Bytes sent after the name.
-        bytes: usize,
-    },
 }
 
 impl Topology {
