@@ -370,15 +370,19 @@ pub enum Change {
 
 /// A VIP's service as `ADDRESS:PORT/PROTO`.
 fn service(v: &VipPlan) -> String {
-    let address = ip(&v.slot.key.addr);
-    let proto = match v.slot.key.proto {
+    service_of(&v.slot.key)
+}
+
+/// The service of a `vips` map key as `ADDRESS:PORT/PROTO`.
+pub fn service_of(key: &VipKey) -> String {
+    let proto = match key.proto {
         balancer_common::proto::TCP => "tcp",
         balancer_common::proto::UDP => "udp",
         _ => "?",
     };
     format!(
         "{}/{proto}",
-        std::net::SocketAddr::new(address, u16::from_be(v.slot.key.port))
+        std::net::SocketAddr::new(ip(&key.addr), u16::from_be(key.port))
     )
 }
 

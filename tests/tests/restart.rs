@@ -234,3 +234,53 @@ fn a_number_freed_before_a_restart_comes_back_with_zeroed_counters() {
         Ok(())
     });
 }
+
+#[test]
+fn a_vip_removed_from_the_file_while_no_daemon_ran_is_gone_after_the_start() {
+    netns_test("ghost_vip", Duration::from_secs(60), |lab| {
+        let t = Topology::build(lab, 2)?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 81)?;
+        let backends = plain(&t.backend_addresses(false));
+        let web =
+            ConfigText::default().vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends);
+        let both = web
+            .clone()
+            .vip(
+                "chat",
+                topology::VIP4.into(),
+                81,
+                "tcp",
+                NO_CHECK,
+                &backends,
+            )
+            .build();
+        let chat = SocketAddr::new(topology::VIP4.into(), 81);
+        let path = lab.write_file("balancer.toml", &both)?;
+        let args = ["--config".as_ref(), path.as_os_str()];
+        let mut daemon = start(lab, &t.lb, args)?;
+        ensure!(tcp_ask_name(&t.client, chat)?.starts_with("be"));
+        daemon.signal(Signal::SIGTERM)?;
+        daemon.wait_timeout(Duration::from_secs(5))?;
+        // While no daemon runs, the operator takes "chat" out of the file.
+        lab.write_file("balancer.toml", &web.build())?;
+        let daemon = start(lab, &t.lb, args)?;
+        ensure!(
+            daemon.output().contains(
+                "a VIP the previous daemon left in the pinned maps is not in the configuration: removing it"
+            ),
+            "{}",
+            daemon.output()
+        );
+        let answer = tcp_ask_name(&t.client, chat);
+        ensure!(
+            answer.is_err(),
+            "the removed VIP still forwards: {answer:?}"
+        );
+        let web = tcp_ask_name(&t.client, SocketAddr::new(topology::VIP4.into(), 80))?;
+        ensure!(web.starts_with("be"), "{web}");
+        let vips = cli_json(lab, ["vip", "list"])?;
+        ensure!(vips.as_array().is_some_and(|v| v.len() == 1), "{vips}");
+        Ok(())
+    });
+}

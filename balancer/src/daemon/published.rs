@@ -12,7 +12,7 @@ use balancer_common::{
 };
 
 use crate::{
-    datapath::{VipSlot, Write},
+    datapath::{Pinned, VipSlot, Write},
     maglev::Member,
 };
 
@@ -35,6 +35,9 @@ pub(super) struct Published {
     pub(super) vips: BTreeMap<u32, VipRecord>,
     /// Addresses that carry VIPs.
     pub(super) addrs: Vec<(AddrKey, AddrInfo)>,
+    /// VIP indexes with no ring and no backend of weight above 0 (their
+    /// traffic passes), said once when they become so.
+    pub(super) unweighted: BTreeSet<u32>,
 }
 
 /// VIP indexes and backend ids.
@@ -68,15 +71,53 @@ pub(super) struct VipRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Ring {
     pub(super) entries: Vec<u32>,
-    pub(super) recipe: Recipe,
+    /// None for a ring adopted from the pins: its content is not known, so
+    /// it is rebuilt and compared like any other, and removed with its
+    /// VIP.
+    pub(super) recipe: Option<Recipe>,
 }
 
 impl Published {
-    /// Nothing written yet by this daemon, over maps whose counters hold
-    /// `numbers` (those a previous daemon pinned).
-    pub(super) fn adopting(numbers: Numbers) -> Published {
+    /// What a previous daemon left in the pinned maps: its VIP keys (each
+    /// with a ring of unknown content), addresses, backend entries, and
+    /// the numbers whose counters they own. What the configuration does
+    /// not have is then removed by the first reconcile, like anything a
+    /// reload removes; what it has is rewritten where it differs.
+    pub(super) fn adopting(pinned: &Pinned) -> Published {
+        let vips = pinned
+            .vips
+            .iter()
+            .map(|(key, info)| {
+                let mut record = VipRecord::new(VipSlot {
+                    key: *key,
+                    info: *info,
+                });
+                record.ring = Some(Ring {
+                    entries: Vec::new(),
+                    recipe: None,
+                });
+                (info.index, record)
+            })
+            .collect();
+        let backends = pinned
+            .backends
+            .iter()
+            .map(|(id, info)| {
+                let record = BackendRecord {
+                    info: Some(*info),
+                    ..BackendRecord::default()
+                };
+                (*id, record)
+            })
+            .collect();
         Published {
-            numbers,
+            numbers: Numbers {
+                vips: pinned.vips.iter().map(|(_, info)| info.index).collect(),
+                backends: pinned.backends.iter().map(|(id, _)| *id).collect(),
+            },
+            backends,
+            vips,
+            addrs: pinned.addrs.clone(),
             ..Published::default()
         }
     }
@@ -129,7 +170,7 @@ impl Published {
                     let record = self.vip_mut(slot);
                     record.ring = Some(Ring {
                         entries: entries.clone(),
-                        recipe: recipe.clone(),
+                        recipe: Some(recipe.clone()),
                     });
                     record.all_down = false;
                 }

@@ -36,6 +36,8 @@ pub(super) struct Writes {
     pub(super) recipes: BTreeMap<u32, Recipe>,
     /// VIP indexes whose last ring stays because no backend is usable.
     pub(super) all_down: BTreeSet<u32>,
+    /// VIP indexes with no ring and no backend of weight above 0.
+    pub(super) unweighted: BTreeSet<u32>,
     /// The numbers in use once written.
     pub(super) numbers: Numbers,
     /// What to log once written.
@@ -200,16 +202,19 @@ fn rings(
             }
             members = vip.members(|_| true);
             if members.is_empty() {
-                out.notes.push(Note::NoWeight {
-                    vip: vip.name.clone(),
-                });
+                out.unweighted.insert(index);
+                if !published.unweighted.contains(&index) {
+                    out.notes.push(Note::NoWeight {
+                        vip: vip.name.clone(),
+                    });
+                }
                 continue;
             }
         }
         // The same members make the same ring: with many VIPs, one
         // backend's change rebuilds one ring, not all of them.
         let recipe = (ring_size, vip.slot.info.flags, members);
-        if in_force.is_some_and(|r| r.recipe == recipe) {
+        if in_force.is_some_and(|r| r.recipe.as_ref() == Some(&recipe)) {
             continue;
         }
         let ring = schedule::ring(vip.scheduler, &recipe.2, ring_size)?;
@@ -266,12 +271,13 @@ pub(super) fn apply(
     }
     for (index, recipe) in &writes.recipes {
         if let Some(ring) = published.vips.get_mut(index).and_then(|r| r.ring.as_mut()) {
-            ring.recipe.clone_from(recipe);
+            ring.recipe = Some(recipe.clone());
         }
     }
     for (index, record) in &mut published.vips {
         record.all_down = writes.all_down.contains(index);
     }
+    published.unweighted.clone_from(&writes.unweighted);
     published
         .backends
         .retain(|id, _| writes.numbers.backends.contains(id));

@@ -16,7 +16,7 @@ use super::{
     desired::Desired,
     events::{format_mac, log_change, log_note},
     observed::{Observed, Reach},
-    published::{Numbers, Published},
+    published::Published,
     reconcile::{self, ApplyError, Writes},
     view::View,
 };
@@ -62,10 +62,15 @@ impl State {
             .collect();
         let mut observed = Observed::default();
         observed.add(&desired, &left_down);
-        let published = Published::adopting(Numbers {
-            vips: pinned.vips.iter().map(|(_, info)| info.index).collect(),
-            backends: pinned.backends.iter().map(|(id, _)| *id).collect(),
-        });
+        let published = Published::adopting(pinned);
+        for (key, _) in &pinned.vips {
+            if !desired.plan.vips.iter().any(|v| v.slot.key == *key) {
+                tracing::info!(
+                    vip = %plan::service_of(key),
+                    "a VIP the previous daemon left in the pinned maps is not in the configuration: removing it"
+                );
+            }
+        }
         let mut checks = Checks::new(reports);
         checks.restart(&desired);
         State {

@@ -5,7 +5,7 @@ use balancer_common::{
     backend::BackendInfo,
     maps,
     stats::{Event, FlowCounters, PacketCount, STATS_SLOTS, Stat},
-    vip::{VipInfo, VipKey},
+    vip::{AddrInfo, AddrKey, VipInfo, VipKey},
 };
 
 use super::{Datapath, DatapathError};
@@ -60,29 +60,21 @@ pub struct AllCounters {
     pub backends: Vec<FlowCounters>,
 }
 
-/// What the `vips` and `backends` maps hold when they are adopted.
+/// What the `vips`, `vip_addrs` and `backends` maps hold when they are
+/// adopted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pinned {
     pub vips: Vec<(VipKey, VipInfo)>,
+    pub addrs: Vec<(AddrKey, AddrInfo)>,
     /// Backend ids in use, with their records.
     pub backends: Vec<(u32, BackendInfo)>,
 }
 
 impl Datapath {
     /// What pinned maps adopted from a previous daemon hold: every VIP key
-    /// with its info, and every backend id in use with its record. Empty
-    /// for fresh maps.
+    /// with its info, every VIP address, and every backend id in use with
+    /// its record. Empty for fresh maps.
     pub fn pinned(&self) -> Result<Pinned, DatapathError> {
-        let map = self
-            .ebpf
-            .map(maps::VIPS)
-            .ok_or(DatapathError::MissingMap { name: maps::VIPS })?;
-        let vips: aya::maps::HashMap<_, VipKey, VipInfo> =
-            aya::maps::HashMap::try_from(map).map_err(DatapathError::map("open", maps::VIPS))?;
-        let vips = vips
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DatapathError::map("read", maps::VIPS))?;
         let map = self
             .ebpf
             .map(maps::BACKENDS)
@@ -98,7 +90,27 @@ impl Datapath {
                 backends.push((id as u32, info));
             }
         }
-        Ok(Pinned { vips, backends })
+        Ok(Pinned {
+            vips: self.hash_entries(maps::VIPS)?,
+            addrs: self.hash_entries(maps::VIP_ADDRS)?,
+            backends,
+        })
+    }
+
+    /// Every entry of the hash map `name`.
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        let map: aya::maps::HashMap<_, K, V> =
+            aya::maps::HashMap::try_from(map).map_err(DatapathError::map("open", name))?;
+        map.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DatapathError::map("read", name))
     }
 
     /// Reads the global counters.

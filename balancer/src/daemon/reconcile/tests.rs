@@ -376,3 +376,78 @@ fn a_write_failing_part_way_records_what_went_in_and_the_rest_is_retried() {
     assert_eq!(kinds(&rest)[0], "weight");
     assert!(world.reconcile().ops.is_empty());
 }
+
+/// What the maps of `world` hold, as a restarted daemon reads them back.
+fn pinned(world: &World) -> crate::datapath::Pinned {
+    let published = &world.published;
+    crate::datapath::Pinned {
+        vips: published
+            .vips
+            .values()
+            .map(|r| (r.slot.key, r.slot.info))
+            .collect(),
+        addrs: published.addrs.clone(),
+        backends: published
+            .backends
+            .iter()
+            .filter_map(|(id, r)| Some((*id, r.info?)))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_start_removes_what_the_pins_hold_beyond_the_configuration() {
+    let before = World::published();
+    let dns = CONFIG.find("[[vip]]\nname = \"dns\"").unwrap();
+    let mut world = World::new();
+    world.reload(&CONFIG[..dns]);
+    world.published = Published::adopting(&pinned(&before));
+    let writes = world.apply();
+    let dns_slot = before.published.vips[&1].slot;
+    assert!(
+        writes.contains(&Write::RemoveVips(vec![dns_slot])),
+        "{writes:?}"
+    );
+    assert_eq!(
+        writes
+            .iter()
+            .filter(|w| matches!(w, Write::RemoveAddr(_)))
+            .count(),
+        1,
+        "the UDP address goes: {writes:?}"
+    );
+    let dns_backend = entries(&writes)
+        .into_iter()
+        .find(|(id, _)| *id == 3)
+        .expect("the VIP's backend is marked down");
+    assert_eq!(dns_backend.1.flags, 0);
+    assert_eq!(
+        rings(&writes),
+        [0],
+        "the ring kept is rebuilt: its content is unknown"
+    );
+    assert!(
+        !entries(&writes).iter().any(|(id, _)| *id < 3),
+        "backends whose pinned entries are right are not rewritten"
+    );
+    assert!(world.reconcile().ops.is_empty());
+    assert!(!world.published.vips.contains_key(&1));
+}
+
+#[test]
+fn a_vip_without_weight_is_said_once() {
+    let mut world = World::new();
+    world.reload(&CONFIG.replace(
+        r#"backend = [{ address = "10.0.0.9" }]"#,
+        r#"backend = [{ address = "10.0.0.9", weight = 0 }]"#,
+    ));
+    let first = world.reconcile();
+    assert!(first.notes.contains(&Note::NoWeight { vip: "dns".into() }));
+    world.apply();
+    assert!(
+        !world
+            .reconcile()
+            .notes
+            .contains(&Note::NoWeight { vip: "dns".into() })
+    );
+}
