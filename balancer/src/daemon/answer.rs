@@ -152,9 +152,10 @@ impl State {
                     Response::ok(done)
                 }
                 Err(error) => {
-                    match &error {
-                        ApplyError::Refused(_) => tracing::error!("reload refused: {error}"),
-                        ApplyError::Partial { .. } => tracing::error!("reload {error}"),
+                    if let ApplyError::Refused(_) = error {
+                        tracing::error!("reload refused: {error}");
+                    } else {
+                        tracing::error!("reload {error}");
                     }
                     Response::error(error.to_string())
                 }

@@ -72,6 +72,24 @@ pub(super) enum ApplyError {
         total: usize,
         error: String,
     },
+    /// The first `done` of `total` writes went in, then one failed, and the
+    /// maps were brought back to the state in force before: nothing was
+    /// changed.
+    #[error(
+        "failed part-way ({done} of {total} map writes done, then: {error}), and the maps were brought back to the configuration in force before; nothing was changed"
+    )]
+    RolledBack {
+        done: usize,
+        total: usize,
+        error: String,
+    },
+}
+
+impl ApplyError {
+    /// Whether nothing changed: the maps hold what they held before.
+    pub(super) fn changed_nothing(&self) -> bool {
+        !matches!(self, ApplyError::Partial { .. })
+    }
 }
 
 /// The writes that bring `published` in line with `desired` as `observed`
@@ -247,6 +265,36 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
             (b.id, info)
         })
         .collect()
+}
+
+/// Moves the maps from `current` to the state `writes` were decided for:
+/// all or nothing. When the writes fail part-way, the reconciler brings
+/// the maps back to `current` as `observed` sees it (removing what went in,
+/// restoring what changed): [`ApplyError::RolledBack`]. Only when that
+/// fails too are the maps left between the two ([`ApplyError::Partial`]),
+/// and later reconciles toward `current` finish the way back.
+pub(super) fn apply_or_roll_back(
+    writes: &Writes,
+    current: &Desired,
+    observed: &Observed,
+    writer: &mut dyn Writer,
+    published: &mut Published,
+) -> Result<(), ApplyError> {
+    let (done, total, error) = match apply(writes, writer, published) {
+        Err(ApplyError::Partial { done, total, error }) => (done, total, error),
+        other => return other,
+    };
+    let back = reconcile(current, observed, published)
+        .map_err(|err| err.to_string())
+        .and_then(|back| apply(&back, writer, published).map_err(|err| err.to_string()));
+    match back {
+        Ok(()) => Err(ApplyError::RolledBack { done, total, error }),
+        Err(back) => Err(ApplyError::Partial {
+            done,
+            total,
+            error: format!("{error}; bringing the maps back failed too: {back}"),
+        }),
+    }
 }
 
 /// Carries out `writes` in order, recording each in `published` once it

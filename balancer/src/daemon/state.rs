@@ -138,8 +138,8 @@ impl State {
             return Err(refused);
         }
         let outcome = self.commit(next, &writes);
-        if let Err(ApplyError::Refused(_)) = &outcome {
-            // Not one map write went in: the file goes back as it was.
+        if outcome.is_err() {
+            // The configuration in force is the one before: so is the file.
             write_back(&text)?;
         }
         outcome
@@ -171,19 +171,23 @@ impl State {
         }
     }
 
-    /// Writes `writes` and makes `next` the state in force. Refused when
-    /// not one write went in; failed part-way otherwise, in which case
-    /// `next` is in force and the writes still missing are retried.
+    /// Writes `writes` and makes `next` the state in force, all or
+    /// nothing: when a write fails, the maps are brought back to the state
+    /// in force before, which stays in force (see
+    /// [`reconcile::apply_or_roll_back`]).
     fn commit(&mut self, next: Desired, writes: &Writes) -> Result<String, ApplyError> {
-        let changes = plan::changes(&self.desired.plan, &next.plan);
-        if let Err(err) = self.write(writes) {
-            if let ApplyError::Refused(_) = err {
-                self.observed.retain(&self.desired);
-            } else {
-                self.take_desired(next, &changes);
-            }
+        let outcome = reconcile::apply_or_roll_back(
+            writes,
+            &self.desired,
+            &self.observed,
+            &mut self.datapath,
+            &mut self.published,
+        );
+        if let Err(err) = self.outcome(writes, outcome) {
+            self.observed.retain(&self.desired);
             return Err(err);
         }
+        let changes = plan::changes(&self.desired.plan, &next.plan);
         self.take_desired(next, &changes);
         Ok(format!(
             "{} applied ({})",
@@ -236,10 +240,21 @@ impl State {
         }
     }
 
-    /// Carries out `writes`, then logs what they did; a failure is logged
-    /// at ERROR and kept for `status` until the maps are in line again.
+    /// Carries out `writes` (the reconciler's, toward the state in force),
+    /// then logs what they did.
     fn write(&mut self, writes: &Writes) -> Result<(), ApplyError> {
-        match reconcile::apply(writes, &mut self.datapath, &mut self.published) {
+        let outcome = reconcile::apply(writes, &mut self.datapath, &mut self.published);
+        self.outcome(writes, outcome)
+    }
+
+    /// Logs what `outcome`, of `writes`, did: their notes once in, a
+    /// failure at ERROR, kept for `status` while the maps are behind.
+    fn outcome(
+        &mut self,
+        writes: &Writes,
+        outcome: Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        match outcome {
             Ok(()) => {
                 self.maps_error = None;
                 for note in &writes.notes {
@@ -250,7 +265,7 @@ impl State {
             Err(err) => {
                 let error = err.to_string();
                 tracing::error!(error, "cannot bring the datapath's maps in line");
-                if let ApplyError::Partial { .. } = err {
+                if !err.changed_nothing() {
                     self.maps_error = Some(error);
                 }
                 Err(err)

@@ -451,3 +451,99 @@ fn a_vip_without_weight_is_said_once() {
             .contains(&Note::NoWeight { vip: "dns".into() })
     );
 }
+
+/// Fails the write of index `fail_at` once, then succeeds.
+struct FailOnce(Fake);
+
+impl Writer for FailOnce {
+    fn write(&mut self, write: &Write) -> Result<(), DatapathError> {
+        let outcome = self.0.write(write);
+        if outcome.is_err() {
+            self.0.fail_at = None;
+        }
+        outcome
+    }
+}
+
+#[test]
+fn a_change_failing_part_way_is_rolled_back_to_the_state_in_force() {
+    let mut world = World::published();
+    let before = world.published.clone();
+    let current = Desired::new(
+        parse(CONFIG, "t").unwrap(),
+        None,
+        None,
+        Numbering::default(),
+    );
+    // A new VIP with a new backend, and a weight change.
+    world.reload(
+        &CONFIG
+            .replace(
+                r#"{ address = "10.0.0.1" }"#,
+                r#"{ address = "10.0.0.1", weight = 300 }"#,
+            )
+            .replace("[[vip]]\nname = \"dns\"", "[[vip]]\nname = \"ntp\"\naddress = \"192.0.2.11\"\nport = 123\nprotocol = \"udp\"\nhealth_check = { kind = \"none\" }\nbackend = [{ address = \"10.0.0.7\" }]\n\n[[vip]]\nname = \"dns\""),
+    );
+    let writes = world.reconcile();
+    let fail_at = writes.ops.len() - 1;
+    let mut writer = FailOnce(Fake {
+        fail_at: Some(fail_at),
+        ..Fake::default()
+    });
+    let outcome = apply_or_roll_back(
+        &writes,
+        &current,
+        &world.observed,
+        &mut writer,
+        &mut world.published,
+    );
+    assert!(
+        matches!(&outcome, Err(ApplyError::RolledBack { done, .. }) if *done == fail_at),
+        "{outcome:?}"
+    );
+    assert!(outcome.unwrap_err().changed_nothing());
+    assert_eq!(world.published.numbers, before.numbers);
+    assert_eq!(world.published.backends, before.backends);
+    assert_eq!(world.published.vips, before.vips);
+    let mut addrs = world.published.addrs.clone();
+    addrs.sort_by_key(|(k, _)| k.proto);
+    let mut want = before.addrs.clone();
+    want.sort_by_key(|(k, _)| k.proto);
+    assert_eq!(addrs, want);
+}
+
+#[test]
+fn a_rollback_that_fails_too_leaves_the_maps_behind_and_says_so() {
+    let mut world = World::published();
+    let current = Desired::new(
+        parse(CONFIG, "t").unwrap(),
+        None,
+        None,
+        Numbering::default(),
+    );
+    world.reload(&CONFIG.replace(
+        r#"{ address = "10.0.0.1" }"#,
+        r#"{ address = "10.0.0.1", weight = 300 }"#,
+    ));
+    let writes = world.reconcile();
+    let mut writer = Fake {
+        fail_at: Some(1),
+        ..Fake::default()
+    };
+    let outcome = apply_or_roll_back(
+        &writes,
+        &current,
+        &world.observed,
+        &mut writer,
+        &mut world.published,
+    );
+    let Err(err @ ApplyError::Partial { .. }) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(!err.changed_nothing());
+    assert!(
+        err.to_string()
+            .contains("bringing the maps back failed too"),
+        "{err}"
+    );
+}
