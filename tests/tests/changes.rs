@@ -235,3 +235,59 @@ fn an_added_backend_is_in_the_ring_within_milliseconds() {
         Ok(())
     });
 }
+
+#[test]
+fn a_cli_change_edits_the_file_as_loaded_and_refuses_one_changed_on_disk() {
+    netns_test("cli_file", Duration::from_secs(60), |lab| {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let t = Topology::build(lab, 2)?;
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        // The configuration is a symlink to a file of another owner and mode.
+        let real = lab.write_file("real.toml", &config(&t))?;
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640))?;
+        std::os::unix::fs::chown(&real, Some(4321), Some(4321))?;
+        let path = real.with_file_name("balancer.toml");
+        std::os::unix::fs::symlink(&real, &path)?;
+        let _daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let address = topology::backend4(0).to_string();
+
+        // A hand edit not yet reloaded: an unrelated change is refused and
+        // does not make it live.
+        let loaded = std::fs::read_to_string(&real)?;
+        std::fs::write(&real, loaded.replace("name = \"chat\"", "name = \"talk\""))?;
+        let out = cli(lab, ["backend", "weight", "web", &address, "7"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("the file changed on disk"),
+            "{stderr}"
+        );
+        let names: Vec<String> = cli_json(lab, ["vip", "list"])?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str().map(str::to_owned))
+            .collect();
+        ensure!(names == ["web", "chat"], "{names:?}");
+
+        // Reverted, the change applies and is written through the link.
+        std::fs::write(&real, &loaded)?;
+        ok(lab, &["backend", "weight", "web", &address, "7"])?;
+        ensure!(
+            std::fs::symlink_metadata(&path)?.file_type().is_symlink(),
+            "the symlink was replaced by a file"
+        );
+        let meta = std::fs::metadata(&real)?;
+        ensure!(
+            meta.permissions().mode() & 0o777 == 0o640 && meta.uid() == 4321,
+            "mode {:o}, owner {}",
+            meta.permissions().mode(),
+            meta.uid()
+        );
+        let text = std::fs::read_to_string(&real)?;
+        ensure!(
+            text.contains("weight = 7") && text.starts_with(COMMENT),
+            "{text}"
+        );
+        Ok(())
+    });
+}

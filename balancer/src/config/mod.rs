@@ -5,6 +5,7 @@
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
 mod validate;
+mod write;
 
 use std::{
     fmt,
@@ -17,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 pub use validate::{check_persistence_timeout, validate};
+pub use write::write_atomically;
 
 use crate::datapath::XdpMode;
 
@@ -489,42 +491,20 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads and parses the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
-        file: file.clone(),
+    let text = read(path)?;
+    parse(&text, &path.display().to_string())
+}
+
+/// The text of the configuration file at `path`.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+        file: path.display().to_string(),
         errors: vec![ConfigError {
             line: None,
             message: format!("cannot read the configuration: {err}"),
         }],
-    })?;
-    parse(&text, &file)
+    })
 }
 
 #[cfg(test)]
 mod tests;
-
-/// Writes `text` to `path` atomically: a temporary file in the same
-/// directory, flushed to disk, then renamed over the file, so a crash
-/// leaves the old file or the new one, never half of one. The file keeps
-/// its permissions.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("config");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = file.set_permissions(meta.permissions());
-    }
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}

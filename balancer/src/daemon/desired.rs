@@ -18,6 +18,9 @@ pub(super) struct Desired {
     pub(super) config: Config,
     /// The file the configuration came from, if any.
     pub(super) path: Option<PathBuf>,
+    /// That file's text as last loaded or written back: a CLI change edits
+    /// exactly this, and is refused when the file on disk differs.
+    text: Option<String>,
     /// `--socket`, which replaces the file's control_socket.
     socket_override: Option<PathBuf>,
     pub(super) plan: Plan,
@@ -29,10 +32,11 @@ impl Desired {
     /// gave, recovered from its pinned maps).
     pub(super) fn new(
         mut config: Config,
-        path: Option<PathBuf>,
+        file: Option<(PathBuf, String)>,
         socket_override: Option<PathBuf>,
         mut numbering: Numbering,
     ) -> Desired {
+        let (path, text) = file.unzip();
         if let Some(socket) = &socket_override {
             config.daemon.control_socket.clone_from(socket);
         }
@@ -40,16 +44,23 @@ impl Desired {
         Desired {
             config,
             path,
+            text,
             socket_override,
             plan,
             numbering,
         }
     }
 
-    /// The desired state for `config`, read from `path`, to replace this
-    /// one: VIPs and backends that stay keep their numbers. Refused, with
-    /// the reason, when it changes what only a restart can change.
-    pub(super) fn next(&self, mut config: Config, path: &Path) -> Result<Desired, String> {
+    /// The desired state for `config`, parsed from `text`, the content of
+    /// `path`, to replace this one: VIPs and backends that stay keep their
+    /// numbers. Refused, with the reason, when it changes what only a
+    /// restart can change.
+    pub(super) fn next(
+        &self,
+        mut config: Config,
+        path: &Path,
+        text: String,
+    ) -> Result<Desired, String> {
         self.check_restart_keys(&config, path)?;
         if let Some(socket) = &self.socket_override {
             config.daemon.control_socket.clone_from(socket);
@@ -59,6 +70,7 @@ impl Desired {
         Ok(Desired {
             config,
             path: Some(path.to_path_buf()),
+            text: Some(text),
             socket_override: self.socket_override.clone(),
             plan,
             numbering,
@@ -70,6 +82,21 @@ impl Desired {
         self.path.clone().ok_or_else(|| {
             "the daemon runs without a configuration file (start it with --config)".to_owned()
         })
+    }
+
+    /// The text a CLI change edits: the file's, which must still be what
+    /// was last loaded or written back. A hand edit not yet reloaded (or a
+    /// write in progress) is never applied by an unrelated change.
+    pub(super) fn text_to_edit(&self, path: &Path) -> Result<String, String> {
+        let on_disk = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if self.text.as_ref().is_some_and(|loaded| *loaded != on_disk) {
+            return Err(format!(
+                "{}: the file changed on disk since it was last loaded: reload or revert it first; nothing was changed",
+                path.display()
+            ));
+        }
+        Ok(on_disk)
     }
 
     /// Refuses a configuration that changes what only a restart can.

@@ -78,7 +78,7 @@ pub struct Options {
 
 /// Loads everything, serves until SIGINT or SIGTERM, then detaches.
 pub fn run(options: Options) -> Result<()> {
-    let (mut config, path) = load_config(options.config.as_deref())?;
+    let (mut config, file) = load_config(options.config.as_deref())?;
     if let Some(socket) = &options.control_socket {
         config.daemon.control_socket.clone_from(socket);
     }
@@ -107,12 +107,12 @@ pub fn run(options: Options) -> Result<()> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(serve(&options, config, path, &interfaces, mode))
+    runtime.block_on(serve(&options, config, file, &interfaces, mode))
 }
 
 /// The configuration named by `--config`, or the default file if it
 /// exists, or an empty configuration; with the file's path.
-fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
+fn load_config(path: Option<&Path>) -> Result<(Config, Option<(PathBuf, String)>)> {
     let path = match path {
         Some(path) => path.to_path_buf(),
         None if Path::new(config::DEFAULT_PATH).exists() => config::DEFAULT_PATH.into(),
@@ -124,7 +124,9 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
             return Ok((Config::default(), None));
         }
     };
-    let config = config::load(&path).map_err(|errors| {
+    let loaded = config::read(&path)
+        .and_then(|text| Ok((config::parse(&text, &path.display().to_string())?, text)));
+    let (config, text) = loaded.map_err(|errors| {
         for line in errors.to_string().lines() {
             tracing::error!("{line}");
         }
@@ -134,13 +136,13 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
         )
     })?;
     tracing::info!(path = %path.display(), vips = config.vips.len(), "configuration loaded");
-    Ok((config, Some(path)))
+    Ok((config, Some((path, text))))
 }
 
 async fn serve(
     options: &Options,
     config: Config,
-    path: Option<PathBuf>,
+    file: Option<(PathBuf, String)>,
     interfaces: &[String],
     mode: XdpMode,
 ) -> Result<()> {
@@ -179,7 +181,7 @@ async fn serve(
     let socket = config.daemon.control_socket.clone();
     let pinned = datapath.pinned().context("cannot read the pinned maps")?;
     let numbering = crate::plan::Numbering::recover(&config, &pinned.vips, &pinned.backends);
-    let desired = desired::Desired::new(config, path, socket_override, numbering);
+    let desired = desired::Desired::new(config, file, socket_override, numbering);
     let mut state = State::new(desired, datapath, neighbours, reports_tx, &pinned);
     state.metrics_endpoint = metrics_endpoint;
     // Give the neighbours a moment to resolve (the first round provokes

@@ -107,24 +107,29 @@ impl State {
     /// the reason and changes nothing.
     pub(super) async fn reload(&mut self) -> Result<String, ApplyError> {
         let path = self.desired.config_file().map_err(ApplyError::Refused)?;
-        let config =
-            crate::config::load(&path).map_err(|errors| ApplyError::Refused(errors.to_string()))?;
-        let (next, writes) = self.prepare(config, &path).await?;
+        let text =
+            crate::config::read(&path).map_err(|errors| ApplyError::Refused(errors.to_string()))?;
+        let config = crate::config::parse(&text, &path.display().to_string())
+            .map_err(|errors| ApplyError::Refused(errors.to_string()))?;
+        let (next, writes) = self.prepare(config, &path, text).await?;
         self.commit(next, &writes)
     }
 
-    /// Applies a CLI change: edits the file's text (comments and layout
-    /// kept), checks the result like any configuration, writes it back
+    /// Applies a CLI change: edits the file's text as last loaded
+    /// (comments and layout kept; refused when the file changed on disk
+    /// since), checks the result like any configuration, writes it back
     /// atomically and applies it. Refused changes touch neither the file
     /// nor the datapath.
     pub(super) async fn change(&mut self, edit: &crate::edit::Edit) -> Result<String, ApplyError> {
         let path = self.desired.config_file().map_err(ApplyError::Refused)?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ApplyError::Refused(format!("cannot read {}: {e}", path.display())))?;
+        let text = self
+            .desired
+            .text_to_edit(&path)
+            .map_err(ApplyError::Refused)?;
         let edited = crate::edit::apply(&text, edit).map_err(ApplyError::Refused)?;
         let config = crate::config::parse(&edited, &path.display().to_string())
             .map_err(|e| ApplyError::Refused(e.to_string()))?;
-        let (next, writes) = self.prepare(config, &path).await?;
+        let (next, writes) = self.prepare(config, &path, edited.clone()).await?;
         let write_back = |text: &str| {
             crate::config::write_atomically(&path, text).map_err(|e| {
                 ApplyError::Refused(format!(
@@ -152,10 +157,11 @@ impl State {
         &mut self,
         config: Config,
         path: &std::path::Path,
+        text: String,
     ) -> Result<(Desired, Writes), ApplyError> {
         let next = self
             .desired
-            .next(config, path)
+            .next(config, path, text)
             .map_err(ApplyError::Refused)?;
         self.observed.add(&next, &BTreeSet::new());
         resolve(&self.neighbours, &next, &mut self.observed).await;

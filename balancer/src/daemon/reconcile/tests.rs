@@ -116,7 +116,7 @@ impl World {
     fn reload(&mut self, text: &str) {
         let next = self
             .desired
-            .next(parse(text, "t").unwrap(), Path::new("t"))
+            .next(parse(text, "t").unwrap(), Path::new("t"), text.to_owned())
             .unwrap();
         self.observed.add(&next, &BTreeSet::new());
         self.observed.retain(&next);
