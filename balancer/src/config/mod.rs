@@ -4,6 +4,7 @@
 //! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
+mod bounds;
 mod validate;
 
 use std::{
@@ -16,6 +17,10 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub use bounds::{
+    MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL, MIN_CHECK_TIMEOUT,
+    MIN_RING_SIZE, RING_SLOTS_PER_BACKEND,
+};
 pub use validate::{check_persistence_timeout, validate};
 
 use crate::datapath::XdpMode;
@@ -265,6 +270,12 @@ impl Scheduler {
             Scheduler::LeastConnections => "least-connections",
             Scheduler::LeastLatency => "least-latency",
         }
+    }
+
+    /// Whether the VIP's ring is a Maglev ring of `ring_size` slots (the
+    /// hashing schedulers) rather than a list sized by its backends.
+    pub fn maglev_ring(self) -> bool {
+        matches!(self, Scheduler::Maglev | Scheduler::SourceHash)
     }
 }
 
