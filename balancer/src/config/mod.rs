@@ -4,7 +4,9 @@
 //! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
+mod advice;
 mod bounds;
+mod memory;
 mod validate;
 
 use std::{
@@ -17,10 +19,12 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub use advice::warnings;
 pub use bounds::{
     MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL, MIN_CHECK_TIMEOUT,
     MIN_RING_SIZE, RING_SLOTS_PER_BACKEND,
 };
+pub use memory::MapMemory;
 pub use validate::{check_persistence_timeout, validate};
 
 use crate::datapath::XdpMode;
@@ -498,8 +502,21 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Reads and parses the file at `path`.
+/// Reads and parses the file at `path`, and logs its [`warnings`] at WARN,
+/// one `FILE:LINE: message` each: the daemon loads its file through here at
+/// start and at every reload.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let (config, warnings) = load_with_warnings(path)?;
+    for line in warnings.to_string().lines() {
+        tracing::warn!("{line}");
+    }
+    Ok(config)
+}
+
+/// Reads and parses the file at `path` as [`load`] does, and returns its
+/// [`warnings`] (as `errors`) instead of logging them, for `check-config`
+/// to print.
+pub fn load_with_warnings(path: &Path) -> Result<(Config, ConfigErrors), ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
         file: file.clone(),
@@ -508,7 +525,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the configuration: {err}"),
         }],
     })?;
-    parse(&text, &file)
+    let config = parse(&text, &file)?;
+    let errors = warnings(&config, &text);
+    Ok((config, ConfigErrors { file, errors }))
 }
 
 #[cfg(test)]

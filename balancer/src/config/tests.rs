@@ -554,3 +554,63 @@ fn a_maglev_ring_smaller_than_its_vips_backends_is_rejected() {
         []
     );
 }
+
+#[test]
+fn a_ring_below_100_slots_per_backend_is_a_warning_at_ring_size_or_the_vip() {
+    let warned = |text: &str| {
+        let config = parse(text, "t").unwrap_or_else(|e| panic!("{e}"));
+        warnings(&config, text)
+            .into_iter()
+            .map(|w| (w.line, w.message))
+            .collect::<Vec<_>>()
+    };
+    let small = warned(&ring_and_backends(Some(1021), 11, "maglev"));
+    assert_eq!(small.len(), 1, "{small:?}");
+    assert_eq!(small[0].0, Some(2));
+    assert!(
+        small[0].1.starts_with(
+            "ring_size 1021 is below 100 slots for each of the 11 backends of VIP \"big\" (1100)"
+        ) && small[0]
+            .1
+            .ends_with("a ring_size of 1103 (a prime) would keep them"),
+        "{small:?}"
+    );
+    let default_ring = warned(&ring_and_backends(None, 656, "maglev"));
+    assert_eq!(default_ring.len(), 1, "{default_ring:?}");
+    assert_eq!(default_ring[0].0, Some(5), "{default_ring:?}");
+    assert!(
+        default_ring[0].1.starts_with("ring_size 65537 is below"),
+        "{default_ring:?}"
+    );
+    assert_eq!(warned(&ring_and_backends(None, 655, "maglev")), []);
+    assert_eq!(
+        warned(&ring_and_backends(Some(1021), 11, "round-robin")),
+        []
+    );
+    assert_eq!(warned(VALID), []);
+}
+
+#[test]
+fn the_memory_of_the_maps_follows_the_configuration() {
+    let config = parse(VALID, "t").unwrap();
+    let memory = MapMemory::of(&config);
+    // The kernel's own figures for these sizes, in docs/benchmarks.md.
+    assert_eq!(memory.flows, 30 << 20, "the default connection table");
+    assert_eq!(memory.rings, 512 << 10, "one ring of 65,537 slots");
+    assert_eq!(memory.persistence, 13 << 20);
+    assert_eq!(
+        memory.to_string(),
+        "43.5 MiB (connection table 30.0 MiB, rings 0.5 MiB, persistence table 13.0 MiB)"
+    );
+    let largest = parse("[datapath]\nflow_table_size = 67108864\n", "t").unwrap();
+    assert_eq!(MapMemory::of(&largest).flows, 7_680 << 20, "7.5 GiB");
+    let two = format!(
+        "{VALID}\n[[vip]]\nname = \"rr\"\naddress = \"192.0.2.11\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"least-connections\"\nbackend = [{{ address = \"10.0.0.9\" }}]\n"
+    );
+    let config = parse(&two, "t").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        MapMemory::of(&config).rings,
+        (512 << 10) + 8,
+        "a list ring of one backend: its length and one id"
+    );
+}
