@@ -300,9 +300,10 @@ fn teardown(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> anyh
     Ok(())
 }
 
-/// `balancer check-config PATH`.
+/// `balancer check-config PATH`: every problem on stderr, or the counts,
+/// the warnings (on stderr) and the kernel memory the maps will take.
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = crate::config::load(path).map_err(|errors| {
+    let (config, warnings) = crate::config::load_with_warnings(path).map_err(|errors| {
         eprintln!("{errors}");
         anyhow::anyhow!(
             "{} is not a valid configuration ({} problems)",
@@ -315,6 +316,15 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         "{}: valid ({} VIPs, {backends} backends)",
         path.display(),
         config.vips.len()
+    );
+    for warning in &warnings.errors {
+        let line = warning.line.map_or_else(String::new, |l| format!("{l}:"));
+        eprintln!("{}:{line} warning: {}", warnings.file, warning.message);
+    }
+    println!(
+        "{}: the maps take {} of kernel memory, charged to the daemon's memory cgroup",
+        path.display(),
+        crate::config::MapMemory::of(&config)
     );
     Ok(())
 }

@@ -510,7 +510,7 @@ mod tests {
     const TWO_VIPS: &str = r#"
 [datapath]
 hash_seed = 7
-ring_size = 13
+ring_size = 1021
 udp_idle_timeout = "10s"
 
 [[vip]]

@@ -84,3 +84,36 @@ fn check_config_reports_every_problem_with_its_line() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 VIPs, 1 backends)"));
 }
+
+#[test]
+fn check_config_prints_warnings_and_the_memory_the_maps_take() {
+    let path = std::env::temp_dir().join(format!("balancer-memory-{}.toml", std::process::id()));
+    let backends: Vec<String> = (1..=11)
+        .map(|i| format!("{{ address = \"10.0.0.{i}\" }}"))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "[datapath]\nring_size = 1021\nflow_table_size = 1048576\n\n[[vip]]\nname = \"web\"\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\nbackend = [{}]\n",
+            backends.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = balancer(&["check-config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    let (text, file) = (stderr(&out), path.display().to_string());
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{file}:2: warning: ring_size 1021 is below 100 slots for each of the 11 backends of VIP \"web\""
+        )),
+        "{text}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{file}: the maps take 133.0 MiB (connection table 120.0 MiB, rings 0.0 MiB, persistence table 13.0 MiB) of kernel memory"
+        )),
+        "{stdout}"
+    );
+}

@@ -4,6 +4,9 @@
 //! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
+mod advice;
+mod bounds;
+mod memory;
 mod validate;
 mod write;
 
@@ -17,6 +20,12 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub use advice::warnings;
+pub use bounds::{
+    MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL, MIN_CHECK_TIMEOUT,
+    MIN_RING_SIZE, RING_SLOTS_PER_BACKEND,
+};
+pub use memory::MapMemory;
 pub use validate::{check_persistence_timeout, validate};
 pub use write::write_atomically;
 
@@ -268,6 +277,12 @@ impl Scheduler {
             Scheduler::LeastLatency => "least-latency",
         }
     }
+
+    /// Whether the VIP's ring is a Maglev ring of `ring_size` slots (the
+    /// hashing schedulers) rather than a list sized by its backends.
+    pub fn maglev_ring(self) -> bool {
+        matches!(self, Scheduler::Maglev | Scheduler::SourceHash)
+    }
 }
 
 /// How packets reach backends.
@@ -489,10 +504,37 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Reads and parses the file at `path`.
+/// Reads and parses the file at `path`, and logs its [`warnings`] at WARN
+/// (see [`parse_logging_warnings`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read(path)?;
-    parse(&text, &path.display().to_string())
+    parse_logging_warnings(&text, &path.display().to_string())
+}
+
+/// Parses `text`, the content of `file`, as [`parse`] does, and logs its
+/// [`warnings`] at WARN, one `FILE:LINE: message` each: the daemon loads
+/// its file through here at start and at every reload.
+pub fn parse_logging_warnings(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let config = parse(text, file)?;
+    let warnings = ConfigErrors {
+        file: file.to_owned(),
+        errors: warnings(&config, text),
+    };
+    for line in warnings.to_string().lines() {
+        tracing::warn!("{line}");
+    }
+    Ok(config)
+}
+
+/// Reads and parses the file at `path` as [`load`] does, and returns its
+/// [`warnings`] (as `errors`) instead of logging them, for `check-config`
+/// to print.
+pub fn load_with_warnings(path: &Path) -> Result<(Config, ConfigErrors), ConfigErrors> {
+    let file = path.display().to_string();
+    let text = read(path)?;
+    let config = parse(&text, &file)?;
+    let errors = warnings(&config, &text);
+    Ok((config, ConfigErrors { file, errors }))
 }
 
 /// The text of the configuration file at `path`.

@@ -379,3 +379,5 @@ fn metrics_listen_defaults_to_loopback_and_can_be_moved_or_turned_off() {
         "invalid listen address \"localhost\"",
     );
 }
+
+mod bounds;

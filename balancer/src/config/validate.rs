@@ -11,8 +11,13 @@ use balancer_common::maps::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 use toml::Spanned;
 
 use super::{
-    CheckKind, Config, ConfigError, Lines, MAX_PERSISTENCE_TIMEOUT, MIN_PERSISTENCE_TIMEOUT,
-    VipConfig, format_duration,
+    CheckKind, Config, ConfigError, HealthCheckConfig, Lines, MAX_PERSISTENCE_TIMEOUT,
+    MIN_PERSISTENCE_TIMEOUT, VipConfig,
+    bounds::{
+        MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL,
+        MIN_CHECK_TIMEOUT, MIN_RING_SIZE, unusable,
+    },
+    format_duration,
 };
 use crate::maglev::{MAX_WEIGHT, is_prime};
 
@@ -44,17 +49,17 @@ impl Errors {
 fn datapath(config: &Config, errors: &mut Errors) {
     let d = &config.datapath;
     let ring = *d.ring_size.get_ref();
-    if !is_prime(ring) || ring > MAX_RING_SIZE {
+    if !is_prime(ring) || !(MIN_RING_SIZE..=MAX_RING_SIZE).contains(&ring) {
         errors.at(
             d.ring_size.span(),
-            format!("ring_size {ring} must be a prime number up to {MAX_RING_SIZE} (65537 is the default)"),
+            format!("ring_size {ring} must be a prime number from {MIN_RING_SIZE} to {MAX_RING_SIZE} (65537 is the default)"),
         );
     }
     let flows = *d.flow_table_size.get_ref();
-    if flows == 0 {
+    if !(1..=MAX_FLOW_TABLE_SIZE).contains(&flows) {
         errors.at(
             d.flow_table_size.span(),
-            "flow_table_size must be above 0".to_owned(),
+            format!("flow_table_size {flows} is out of range: 1 to {MAX_FLOW_TABLE_SIZE} (64 Mi entries, 7.5 GiB of kernel memory)"),
         );
     }
     let mut seen = BTreeSet::new();
@@ -122,6 +127,13 @@ fn vips(config: &Config, errors: &mut Errors) {
             );
         }
         let address = *vip.address.get_ref();
+        if let Some(why) = unusable(address) {
+            errors.at(
+                vip.address.span(),
+                format!("VIP {name:?}: address {address} {why}: a VIP needs a unicast address clients can reach"),
+            );
+        }
+        ring_fits(config, vip, errors);
         let service = (address, vip.port, vip.protocol);
         if let Some(first) = services.insert(service, errors.lines.line(spanned.span().start)) {
             errors.at(
@@ -149,10 +161,15 @@ fn vips(config: &Config, errors: &mut Errors) {
                     format!("backend {addr} of VIP {name:?} is not of the VIP's address family ({address})"),
                 );
             }
-            if addr.is_unspecified() || addr.is_multicast() {
+            if let Some(why) = unusable(addr) {
                 errors.at(
                     backend.address.span(),
-                    format!("backend address {addr} cannot receive traffic"),
+                    format!("backend address {addr} of VIP {name:?} {why}: it cannot receive forwarded traffic"),
+                );
+            } else if addr == address {
+                errors.at(
+                    backend.address.span(),
+                    format!("backend address {addr} of VIP {name:?} is the VIP's own address: packets would come back to the balancer"),
                 );
             }
             if let Some(first) = backends.insert(addr, errors.lines.line(b.span().start)) {
@@ -231,7 +248,7 @@ fn persistence(vip: &VipConfig, errors: &mut Errors) {
 fn health_check(
     vip: &str,
     vip_port: u16,
-    check: &super::HealthCheckConfig,
+    check: &HealthCheckConfig,
     span: Range<usize>,
     errors: &mut Errors,
 ) {
@@ -247,26 +264,7 @@ fn health_check(
     if check.kind == CheckKind::None {
         return;
     }
-    if check.interval.is_zero() || check.timeout.is_zero() {
-        errors.at(
-            span.clone(),
-            format!("VIP {vip:?}: health check interval and timeout must be above 0"),
-        );
-    } else if check.timeout > check.interval {
-        errors.at(
-            span.clone(),
-            format!(
-                "VIP {vip:?}: health check timeout ({:?}) is longer than its interval ({:?})",
-                check.timeout, check.interval
-            ),
-        );
-    }
-    if check.rise == 0 || check.fall == 0 {
-        errors.at(
-            span.clone(),
-            format!("VIP {vip:?}: health check rise and fall must be at least 1"),
-        );
-    }
+    check_timing(vip, check, &span, errors);
     match check.kind {
         CheckKind::Http => {
             if !check.path.starts_with('/') {
@@ -305,5 +303,66 @@ fn health_check(
             }
         }
         CheckKind::Tcp | CheckKind::None => {}
+    }
+}
+
+/// The health check's interval, timeout, rise and fall are within their
+/// bounds, and the timeout within the interval.
+fn check_timing(vip: &str, check: &HealthCheckConfig, span: &Range<usize>, errors: &mut Errors) {
+    let (interval, timeout) = (check.interval, check.timeout);
+    if !(MIN_CHECK_INTERVAL..=MAX_CHECK_INTERVAL).contains(&interval) {
+        errors.at(
+            span.clone(),
+            format!(
+                "VIP {vip:?}: health check interval {} is out of range: {} to {}",
+                format_duration(interval),
+                format_duration(MIN_CHECK_INTERVAL),
+                format_duration(MAX_CHECK_INTERVAL)
+            ),
+        );
+    }
+    if timeout < MIN_CHECK_TIMEOUT {
+        errors.at(
+            span.clone(),
+            format!(
+                "VIP {vip:?}: health check timeout {} is below {}",
+                format_duration(timeout),
+                format_duration(MIN_CHECK_TIMEOUT)
+            ),
+        );
+    } else if timeout > interval {
+        errors.at(
+            span.clone(),
+            format!(
+                "VIP {vip:?}: health check timeout ({timeout:?}) is longer than its interval ({interval:?})"
+            ),
+        );
+    }
+    for (key, value) in [("rise", check.rise), ("fall", check.fall)] {
+        if !(1..=MAX_RISE_FALL).contains(&value) {
+            errors.at(
+                span.clone(),
+                format!(
+                    "VIP {vip:?}: health check {key} {value} is out of range: 1 to {MAX_RISE_FALL}"
+                ),
+            );
+        }
+    }
+}
+
+/// A Maglev ring holds every backend of its VIP at least once, so a VIP of
+/// a hashing scheduler with more backends than `ring_size` slots could
+/// never get a ring (the list schedulers size their rings by their lists).
+fn ring_fits(config: &Config, vip: &VipConfig, errors: &mut Errors) {
+    let ring = *config.datapath.ring_size.get_ref();
+    let backends = vip.backends.len();
+    if vip.scheduler.maglev_ring() && backends > ring as usize {
+        errors.at(
+            vip.name.span(),
+            format!(
+                "VIP {:?} has {backends} backends, more than ring_size {ring}: its Maglev ring could not hold them",
+                vip.name.get_ref()
+            ),
+        );
     }
 }

@@ -124,8 +124,10 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<(PathBuf, String)>
             return Ok((Config::default(), None));
         }
     };
-    let loaded = config::read(&path)
-        .and_then(|text| Ok((config::parse(&text, &path.display().to_string())?, text)));
+    let loaded = config::read(&path).and_then(|text| {
+        let config = config::parse_logging_warnings(&text, &path.display().to_string())?;
+        Ok((config, text))
+    });
     let (config, text) = loaded.map_err(|errors| {
         for line in errors.to_string().lines() {
             tracing::error!("{line}");

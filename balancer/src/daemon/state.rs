@@ -109,7 +109,7 @@ impl State {
         let path = self.desired.config_file().map_err(ApplyError::Refused)?;
         let text =
             crate::config::read(&path).map_err(|errors| ApplyError::Refused(errors.to_string()))?;
-        let config = crate::config::parse(&text, &path.display().to_string())
+        let config = crate::config::parse_logging_warnings(&text, &path.display().to_string())
             .map_err(|errors| ApplyError::Refused(errors.to_string()))?;
         let (next, writes) = self.prepare(config, &path, text).await?;
         self.commit(next, &writes)

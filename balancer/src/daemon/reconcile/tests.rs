@@ -16,7 +16,7 @@ use crate::{
 /// rise 1 and fall 1) and dns (UDP 53, one backend).
 const CONFIG: &str = r#"
 [datapath]
-ring_size = 13
+ring_size = 1021
 
 [[vip]]
 name = "web"

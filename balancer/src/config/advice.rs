@@ -1,0 +1,47 @@
+//! What a valid configuration may still do badly: warnings, located like
+//! errors, that `check-config` prints and the daemon logs when it loads
+//! the file.
+
+use toml::Spanned;
+
+use super::{Config, ConfigError, Lines, bounds::RING_SLOTS_PER_BACKEND};
+use crate::maglev::is_prime;
+
+/// The warnings of `config` (valid, parsed from `text`), in file order.
+pub fn warnings(config: &Config, text: &str) -> Vec<ConfigError> {
+    let lines = Lines::new(text);
+    small_ring(config, &lines).into_iter().collect()
+}
+
+/// A ring below [`RING_SLOTS_PER_BACKEND`] slots for each backend of the
+/// largest VIP with a Maglev ring: its backends' shares of new flows stray
+/// from their weights. Located at `ring_size`, or at that VIP when the
+/// file leaves `ring_size` to its default.
+fn small_ring(config: &Config, lines: &Lines) -> Option<ConfigError> {
+    let ring = &config.datapath.ring_size;
+    let size = u64::from(*ring.get_ref());
+    let vip = config
+        .vips
+        .iter()
+        .map(Spanned::get_ref)
+        .filter(|vip| vip.scheduler.maglev_ring())
+        .max_by_key(|vip| vip.backends.len())?;
+    let backends = vip.backends.len() as u64;
+    let wanted = backends * RING_SLOTS_PER_BACKEND;
+    if size >= wanted {
+        return None;
+    }
+    let suggestion = (wanted..).find(|&n| is_prime(n as u32))?;
+    let span = if ring.span() == (0..0) {
+        vip.name.span()
+    } else {
+        ring.span()
+    };
+    Some(ConfigError {
+        line: Some(lines.line(span.start)),
+        message: format!(
+            "ring_size {size} is below {RING_SLOTS_PER_BACKEND} slots for each of the {backends} backends of VIP {:?} ({wanted}): the shares of new flows may stray from the weights by more than about 1 %; a ring_size of {suggestion} (a prime) would keep them",
+            vip.name.get_ref()
+        ),
+    })
+}

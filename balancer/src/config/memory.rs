@@ -1,0 +1,104 @@
+//! The kernel memory of the maps a configuration sizes, which
+//! `check-config` reports so an operator can compare it with the memory
+//! cgroup of the daemon's unit: the kernel charges every map to it, and
+//! preallocates the hash maps whole at start.
+
+use std::fmt;
+
+use balancer_common::{
+    flow::{FlowKey, FlowState},
+    maps::PERSIST_ENTRIES,
+    persist::{PersistKey, PersistState},
+    vip::{MAX_LIST_LEN, list_slot},
+};
+
+use super::{Config, Scheduler};
+
+/// Bytes of the kernel's header of one hash map entry (`struct htab_elem`
+/// with its LRU node), before the key and the value.
+const HASH_ENTRY_HEADER: u64 = 48;
+/// Bytes of one bucket of a hash map (a list head and a spin lock); a hash
+/// map has the next power of two of its entries in buckets.
+const HASH_BUCKET: u64 = 16;
+
+/// The kernel memory of the maps whose size depends on the configuration,
+/// in bytes, as the kernel charges it (the `memlock` of each map's fdinfo;
+/// docs/benchmarks.md measures it). The other maps are of fixed size and
+/// take about 2 MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    /// The connection table: `flow_table_size` entries, all preallocated.
+    pub flows: u64,
+    /// Every VIP's ring: `ring_size` slots for the hashing schedulers, the
+    /// longest list the VIP can have for the others.
+    pub rings: u64,
+    /// The persistence table, of a fixed number of entries, preallocated.
+    pub persistence: u64,
+}
+
+impl MapMemory {
+    /// The memory the maps of `config` take once every VIP is published.
+    pub fn of(config: &Config) -> MapMemory {
+        let ring_size = u64::from(*config.datapath.ring_size.get_ref());
+        let rings = config
+            .vips
+            .iter()
+            .map(|vip| {
+                let vip = vip.get_ref();
+                let slots = match vip.scheduler {
+                    Scheduler::Maglev | Scheduler::SourceHash => ring_size,
+                    Scheduler::RoundRobin => u64::from(list_slot(MAX_LIST_LEN)),
+                    Scheduler::LeastConnections | Scheduler::LeastLatency => {
+                        u64::from(list_slot(vip.backends.len() as u32))
+                    }
+                };
+                ring_bytes(slots)
+            })
+            .sum();
+        MapMemory {
+            flows: lru_hash_bytes::<FlowKey, FlowState>(*config.datapath.flow_table_size.get_ref()),
+            rings,
+            persistence: lru_hash_bytes::<PersistKey, PersistState>(PERSIST_ENTRIES),
+        }
+    }
+
+    /// All three together.
+    pub fn total(&self) -> u64 {
+        self.flows + self.rings + self.persistence
+    }
+}
+
+impl fmt::Display for MapMemory {
+    /// "44.0 MiB (connection table 30.0 MiB, rings 1.0 MiB, persistence
+    /// table 13.0 MiB)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (connection table {}, rings {}, persistence table {})",
+            mib(self.total()),
+            mib(self.flows),
+            mib(self.rings),
+            mib(self.persistence)
+        )
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Bytes of a preallocated hash map of `entries` `K` → `V` entries: each
+/// entry its header, its key and its value rounded up to 8 bytes, and the
+/// buckets.
+fn lru_hash_bytes<K, V>(entries: u32) -> u64 {
+    let round = |size: usize| (size as u64).next_multiple_of(8);
+    let entry = HASH_ENTRY_HEADER + round(size_of::<K>()) + round(size_of::<V>());
+    let entries = u64::from(entries);
+    entries * entry + entries.next_power_of_two() * HASH_BUCKET
+}
+
+/// Bytes of a ring of `slots` backend ids: the kernel rounds an array's
+/// entries up to a power of two (a ring of 65,537 slots takes 512 KiB).
+fn ring_bytes(slots: u64) -> u64 {
+    slots.next_power_of_two() * 4
+}
