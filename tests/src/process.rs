@@ -151,3 +151,41 @@ fn lock(buffer: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// A duration for `sleep`, about 31 s, that no other process uses: this
+/// process's id and `tag` in its digits. A command that sleeps for it marks
+/// its processes, so a test can count what the command left running
+/// ([`count_marked`]).
+pub fn sleep_marker(tag: u8) -> String {
+    format!("31.4159{:010}{tag:03}", std::process::id())
+}
+
+/// How many live processes carry `marker` in their command line (a zombie,
+/// whose command line is empty, does not count).
+pub fn count_marked(marker: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            cmdline
+                .windows(marker.len())
+                .any(|window| window == marker.as_bytes())
+        })
+        .count()
+}
+
+/// Waits up to `timeout` for every process carrying `marker` to be gone (a
+/// killed process takes a moment to exit) and returns how many are left.
+pub fn wait_marked_gone(marker: &str, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = count_marked(marker);
+        if left == 0 || Instant::now() >= deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

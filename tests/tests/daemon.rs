@@ -1,18 +1,21 @@
 //! The daemon with a configuration file, balancing real TCP connections
-//! from a client namespace over backend namespaces by direct server return.
+//! from a client namespace over backend namespaces by direct server return;
+//! its start: a refused configuration, its open-file limit.
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    process::Command,
     time::Duration,
 };
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use balancer_tests::{
     Process, balancer_bin, netns_test,
     servers::tcp_ask_name,
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
+use nix::sys::signal::Signal;
 
 /// A configuration with one TCP VIP per family over the backends.
 fn config(t: &Topology) -> String {
@@ -106,6 +109,81 @@ fn an_invalid_configuration_is_refused_before_anything_is_touched() {
         ensure!(
             host.xdp_attachment("lo")?.is_none(),
             "a refused configuration attached XDP"
+        );
+        Ok(())
+    });
+}
+
+/// `command` run by a shell that first sets its open-file limits with
+/// `ulimit LIMITS` (`-Sn 256`: the soft limit only).
+fn under_ulimit(limits: &str, command: &Command) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("ulimit {limits} && exec \"$@\""))
+        .arg("sh")
+        .arg(command.get_program())
+        .args(command.get_args());
+    shell
+}
+
+/// The soft and hard open-file limits of process `pid`.
+fn open_files(pid: u32) -> anyhow::Result<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .context("no open-file limit in /proc/PID/limits")?;
+    let mut values = line["Max open files".len()..].split_whitespace();
+    let soft = values.next().context("no soft limit")?.to_owned();
+    let hard = values.next().context("no hard limit")?.to_owned();
+    Ok((soft, hard))
+}
+
+#[test]
+fn the_daemon_raises_its_open_file_limit_and_warns_when_the_hard_one_is_low() {
+    netns_test("daemon_open_files", Duration::from_secs(90), |lab| {
+        let t = Topology::build(lab, 1)?;
+        let check = "[vip.health_check]\nkind = \"tcp\"\ninterval = \"1s\"\n";
+        let path = lab.write_file(
+            "balancer.toml",
+            &topology::web_config(check, &plain(&t.backend_addresses(false))),
+        )?;
+        let args = ["--config".as_ref(), path.as_os_str()];
+
+        // A soft limit of 256 is raised to the hard one.
+        let (_, hard) = open_files(std::process::id())?;
+        let command = balancer_tests::daemon::command(lab, &t.lb, args)?;
+        let mut daemon = Process::start(under_ulimit("-Sn 256", &command))?;
+        daemon.wait_for_output(Duration::from_secs(30), |out| {
+            out.contains("control socket ready")
+        })?;
+        let (soft, _) = open_files(daemon.pid())?;
+        ensure!(
+            soft == hard,
+            "the daemon runs with {soft} open files, not {hard}"
+        );
+        let line = format!("running with an open-file limit of {hard} hard={hard} was=256");
+        let out = daemon.output();
+        ensure!(
+            out.matches(&line).count() == 1,
+            "no `{line}` once in:\n{out}"
+        );
+        ensure!(!out.contains("open-file limit is low"), "{out}");
+        daemon.signal(Signal::SIGTERM)?;
+        daemon.wait_timeout(Duration::from_secs(10))?;
+
+        // A hard limit of 300 is below what a checked VIP and a batch of
+        // rings may take.
+        let mut daemon = Process::start(under_ulimit("-n 300", &command))?;
+        daemon.wait_for_output(Duration::from_secs(30), |out| {
+            out.contains("control socket ready")
+        })?;
+        let out = daemon.output();
+        ensure!(
+            out.contains("running with an open-file limit of 300")
+                && out.contains("the open-file limit is low for 1 checked backends"),
+            "no warning of the low limit:\n{out}"
         );
         Ok(())
     });

@@ -1,7 +1,7 @@
 //! Active health checks through the daemon, with real traffic: a backend
 //! whose check fails is taken out of its VIP's ring within interval × fall
 //! (plus a second), new connections avoid it, and it comes back after rise
-//! successes.
+//! successes. An `exec` check leaves no process behind.
 
 use std::{
     collections::BTreeMap,
@@ -11,10 +11,11 @@ use std::{
 
 use anyhow::{Result, ensure};
 use balancer_tests::{
-    Netns, netns_test,
+    Netns, netns_test, process,
     servers::{HealthEndpoint, tally_names},
     topology::{self, Server, Topology, plain},
 };
+use nix::sys::signal::Signal;
 
 const CHECK_PORT: u16 = 8080;
 
@@ -137,6 +138,39 @@ fn when_every_backend_is_down_the_vip_keeps_its_ring() {
         // The services themselves still answer: traffic keeps flowing.
         let counts = tally(&t.client, 20)?;
         ensure!(counts.values().sum::<usize>() == 20, "{counts:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn exec_checks_leave_no_process_behind_while_the_daemon_runs_or_after_it() {
+    netns_test("health_exec_group", Duration::from_secs(60), |lab| {
+        let t = Topology::build(lab, 1)?;
+        let marker = process::sleep_marker(0);
+        // Every round times out with a background job and a grandchild
+        // running.
+        let check = format!(
+            "[vip.health_check]\nkind = \"exec\"\ncommand = \"sleep {marker} & sh -c 'sleep {marker}'\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nfall = 2\n"
+        );
+        let config = topology::web_config(&check, &plain(&t.backend_addresses(false)));
+        let mut daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &config)?;
+        daemon.wait_for_output(Duration::from_secs(5), |out| {
+            out.contains("backend=10.50.0.10 from=up to=down")
+        })?;
+        // Ten rounds more: what a round leaves behind would add up.
+        std::thread::sleep(Duration::from_secs(1));
+        let running = process::count_marked(&marker);
+        ensure!(
+            running <= 4,
+            "{running} processes of the checks run; at most one round's may"
+        );
+        daemon.signal(Signal::SIGTERM)?;
+        daemon.wait_timeout(Duration::from_secs(10))?;
+        let left = process::wait_marked_gone(&marker, Duration::from_secs(2));
+        ensure!(
+            left == 0,
+            "{left} processes of the checks outlived the daemon"
+        );
         Ok(())
     });
 }

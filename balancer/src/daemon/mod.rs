@@ -13,6 +13,7 @@ mod checks;
 mod connections;
 mod desired;
 mod events;
+mod limits;
 mod observed;
 mod published;
 mod reconcile;
@@ -79,6 +80,7 @@ pub struct Options {
 /// Loads everything, serves until SIGINT or SIGTERM, then detaches.
 pub fn run(options: Options) -> Result<()> {
     let (mut config, file) = load_config(options.config.as_deref())?;
+    limits::raise_open_files(&config);
     if let Some(socket) = &options.control_socket {
         config.daemon.control_socket.clone_from(socket);
     }

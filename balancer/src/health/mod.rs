@@ -2,6 +2,7 @@
 //! ([`probe`]) every interval, and a [`Tracker`] turns the results into up
 //! and down transitions with rise and fall thresholds.
 
+mod group;
 pub mod probe;
 
 use std::{net::IpAddr, time::Duration};

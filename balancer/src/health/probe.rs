@@ -13,6 +13,7 @@ use tokio::{
     time::timeout,
 };
 
+use super::group::GroupKill;
 use crate::config::{CheckKind, HealthCheckConfig};
 
 /// State shared by the checks of one task (the HTTP client keeps no
@@ -128,6 +129,9 @@ async fn udp(check: &HealthCheckConfig, target: SocketAddr) -> Result<String, St
     }
 }
 
+/// Runs the command with `sh -c` in a process group of its own, killed as
+/// a whole when the check ends ([`GroupKill`]); `kill_on_drop` also has
+/// tokio reap the shell when the check is dropped before it exits.
 async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<String, String> {
     let command = check.command.as_deref().unwrap_or_default();
     let mut child = Command::new("sh")
@@ -138,9 +142,11 @@ async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<S
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let _group = GroupKill::of(&child);
     let status = child
         .wait()
         .await
@@ -155,6 +161,8 @@ async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<S
 #[cfg(test)]
 mod tests {
     use std::{net::Ipv4Addr, time::Duration};
+
+    use balancer_tests::process;
 
     use super::*;
 
@@ -206,6 +214,55 @@ mod tests {
             started.elapsed() < Duration::from_secs(2),
             "the timeout was not enforced"
         );
+    }
+
+    /// An exec check whose command starts `sleep MARKER` twice: in the
+    /// background and in a shell of its own (a grandchild of the check).
+    fn leaky(tag: u8, timeout: Duration) -> (HealthCheckConfig, String) {
+        let marker = process::sleep_marker(tag);
+        let mut c = check(CheckKind::Exec);
+        c.timeout = timeout;
+        c.command = Some(format!("sleep {marker} & sh -c 'sleep {marker}'"));
+        (c, marker)
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_exec_check_kills_everything_its_command_started() {
+        let (c, marker) = leaky(1, Duration::from_millis(200));
+        for _ in 0..3 {
+            let err = run(&Client::new(), &c, LOCAL, 8080).await.unwrap_err();
+            assert!(err.contains("no answer within"), "{err}");
+        }
+        let left = process::wait_marked_gone(&marker, Duration::from_secs(2));
+        assert_eq!(left, 0, "processes of timed-out checks still run");
+    }
+
+    #[tokio::test]
+    async fn an_exec_check_that_exits_leaves_no_background_process() {
+        let marker = process::sleep_marker(2);
+        let mut c = check(CheckKind::Exec);
+        c.command = Some(format!("sleep {marker} & exit 0"));
+        assert!(run(&Client::new(), &c, LOCAL, 8080).await.is_ok());
+        let left = process::wait_marked_gone(&marker, Duration::from_secs(2));
+        assert_eq!(left, 0, "the command's background job outlived the check");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_exec_check_kills_its_process_group() {
+        let (c, marker) = leaky(3, Duration::from_secs(60));
+        let task = tokio::spawn(async move { run(&Client::new(), &c, LOCAL, 8080).await });
+        let started = std::time::Instant::now();
+        while process::count_marked(&marker) < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the command did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        let left = process::wait_marked_gone(&marker, Duration::from_secs(2));
+        assert_eq!(left, 0, "processes of an aborted check still run");
     }
 
     #[tokio::test]
