@@ -287,6 +287,7 @@ fn teardown(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> anyh
         (None, Some(path)) => crate::config::load(path)?.daemon.pin_path,
         (None, None) => crate::config::DaemonConfig::default().pin_path,
     };
+    let _lock = crate::daemon::lock::for_teardown(&dir)?;
     let detached = crate::datapath::pin::teardown(&dir)?;
     println!(
         "{}: detached from {} and unpinned",

@@ -14,6 +14,7 @@ mod connections;
 mod desired;
 mod events;
 mod limits;
+pub mod lock;
 mod observed;
 mod published;
 mod reconcile;
@@ -154,6 +155,8 @@ async fn serve(
         .pin_path
         .clone()
         .unwrap_or_else(|| config.daemon.pin_path.clone());
+    // Before anything is loaded, pinned, attached or listened on.
+    let _lock = lock::take(&pin_dir, &config.daemon.control_socket)?;
     let socket_override = options.control_socket.clone();
     // A port in use (node_exporter's 9100, say) costs the metrics, not
     // the balancer: health checks and changes matter more than a scrape.
