@@ -123,8 +123,25 @@ pub struct AcceptErrors {
 }
 
 impl AcceptErrors {
+    /// The next connection `accept` gives (`listener` names it in the
+    /// log), its errors handled as [`AcceptErrors::failed`] says.
+    pub async fn next<S, A>(&mut self, listener: &str, mut accept: impl FnMut() -> A) -> S
+    where
+        A: std::future::Future<Output = io::Result<S>>,
+    {
+        loop {
+            match accept().await {
+                Ok(accepted) => {
+                    self.accepted();
+                    return accepted;
+                }
+                Err(err) => self.failed(listener, err).await,
+            }
+        }
+    }
+
     /// A connection was accepted: the burst, if any, is over.
-    pub fn accepted(&mut self) {
+    fn accepted(&mut self) {
         if self.in_burst {
             tracing::info!("accepting connections again");
             self.in_burst = false;
@@ -133,7 +150,7 @@ impl AcceptErrors {
 
     /// Handles `err` from accepting on `listener` (a name for the log):
     /// waits [`ACCEPT_BACKOFF`] when it is a lack of resources.
-    pub async fn failed(&mut self, listener: &str, err: io::Error) {
+    async fn failed(&mut self, listener: &str, err: io::Error) {
         if !exhausts_resources(&err) {
             // A connection reset before it was accepted, say: only that
             // connection is lost.

@@ -69,16 +69,7 @@ pub fn listen_with(
     Ok(tokio::spawn(async move {
         let mut errors = AcceptErrors::default();
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    errors.accepted();
-                    stream
-                }
-                Err(err) => {
-                    errors.failed("control socket", err).await;
-                    continue;
-                }
-            };
+            let (stream, _) = errors.next("control socket", || listener.accept()).await;
             match slots.admit(ADMIT_WAIT).await {
                 Ok(slot) => {
                     let requests = requests.clone();

@@ -107,16 +107,7 @@ pub fn serve_with(
     tokio::spawn(async move {
         let mut errors = AcceptErrors::default();
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    errors.accepted();
-                    stream
-                }
-                Err(err) => {
-                    errors.failed("metrics endpoint", err).await;
-                    continue;
-                }
-            };
+            let (stream, _) = errors.next("metrics endpoint", || listener.accept()).await;
             // Beyond the cap with nobody leaving in time, the connection
             // is closed: a failed scrape rather than a hung one.
             if let Ok(slot) = slots.admit(2 * LEAVE_GRACE).await {
