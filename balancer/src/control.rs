@@ -1,35 +1,25 @@
 //! The control socket: a Unix stream socket (mode 0600) on which each
 //! connection carries one request and one response, each a single line of
 //! JSON (docs/control-api.md). The daemon's main loop answers every
-//! request, so requests and map writes never race.
+//! request, so requests and map writes never race. This file holds the
+//! protocol and the client; [`server`] the daemon's side.
+
+mod server;
+
+pub use server::{Limits, listen, listen_with};
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    os::unix::net::UnixStream as StdUnixStream,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
-use tokio::{
-    io::{
-        AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as AsyncBufReader,
-    },
-    net::{UnixListener, UnixStream},
-    sync::{Semaphore, mpsc, oneshot},
-    time::timeout,
-};
+use tokio::sync::oneshot;
 
 use crate::edit::Edit;
-
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 64 * 1024;
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait.
-const MAX_CONNECTIONS: usize = 32;
 
 /// A request, as the `command` field names it: a query of the daemon's
 /// state, or a change of its configuration. (Variants without fields are
@@ -157,70 +147,6 @@ pub fn parse_request(line: &str) -> Result<Request, Response> {
         .map_err(|e| Response::error(format!("malformed request: {e}")))
 }
 
-/// Creates the socket at `path` (its directory too; a stale socket is
-/// replaced), mode 0600, and serves it: each request goes to `requests`.
-pub fn listen(path: &Path, requests: mpsc::Sender<Pending>) -> Result<tokio::task::JoinHandle<()>> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", path.display())),
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let requests = requests.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(err) = serve_one(stream, requests).await {
-                    tracing::debug!(error = %err, "control connection ended badly");
-                }
-            });
-        }
-    }))
-}
-
-async fn serve_one(stream: UnixStream, requests: mpsc::Sender<Pending>) -> Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST as u64 + 1));
-    let mut line = String::new();
-    let response = match timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
-        Err(_) => Response::error("no request within 5 s"),
-        Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::error("request longer than 64 KiB"),
-        Ok(Ok(_)) => match parse_request(&line) {
-            Err(response) => response,
-            Ok(request) => {
-                let (answer, answered) = oneshot::channel();
-                if requests.send((request, answer)).await.is_err() {
-                    Response::error("the daemon is shutting down")
-                } else {
-                    answered
-                        .await
-                        .unwrap_or_else(|_| Response::error("the daemon dropped the request"))
-                }
-            }
-        },
-    };
-    let mut text = serde_json::to_string(&response)?;
-    text.push('\n');
-    write.write_all(text.as_bytes()).await?;
-    write.shutdown().await?;
-    Ok(())
-}
-
 /// Sends `request` to the daemon at `socket` and returns its result, or
 /// its error as an error.
 pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
@@ -233,11 +159,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    // A daemon with too many clients answers so without reading the
+    // request and closes: the write may fail, the answer is still there.
+    let sent = stream.write_all(line.as_bytes());
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .context("no answer from the daemon")?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    if reply.is_empty() {
+        sent.context("cannot send the request to the daemon")?;
+        read.context("no answer from the daemon")?;
+    }
     let response: Response =
         serde_json::from_str(&reply).context("the daemon's answer is not valid JSON")?;
     match (response.ok, response.error) {

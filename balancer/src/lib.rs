@@ -4,6 +4,7 @@
 //! The binary is a thin wrapper around [`cli::main`]; tests and benchmarks
 //! call the library directly.
 
+pub mod admission;
 pub mod cli;
 pub mod command;
 pub mod config;

@@ -1,18 +1,21 @@
 //! The control socket and the CLI against a running daemon: status and
 //! lists, a reload that adds a backend (which then takes traffic), a
-//! refused reload, and requests that are malformed or never sent.
+//! refused reload, requests that are malformed or never sent, and idle
+//! clients by the thousand on the control socket and the metrics port.
 
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::SocketAddr,
-    os::unix::net::UnixStream,
-    time::Duration,
+    net::{SocketAddr, TcpStream},
+    os::unix::{net::UnixStream, process::CommandExt as _},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, ensure};
 use balancer_tests::{
-    daemon::{cli, cli_json, start},
+    Process,
+    daemon::{cli, cli_json, command, start},
+    metrics::scrape,
     netns_test,
     servers::tcp_ask_name,
     topology::{self, NO_CHECK, Server, Topology},
@@ -26,6 +29,11 @@ fn config(t: &Topology, backends: usize, weight_line: &str) -> String {
     topology::web_config(NO_CHECK, &backends)
 }
 
+/// How long an answer may take with the idle clients in place: within a
+/// second on a quiet machine (the test prints how long it took); the
+/// bound leaves room for a loaded test run, while a blocked daemon does not
+/// answer at all.
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 #[test]
 fn the_cli_reports_and_reloads_through_the_control_socket() {
     netns_test("control_reload", Duration::from_secs(120), |lab| {
@@ -158,4 +166,75 @@ fn the_cli_says_clearly_when_no_daemon_runs() -> Result<()> {
         "{err}"
     );
     Ok(())
+}
+
+/// Raises this process's limit on open files to its hard limit, for the
+/// thousands of connections a test holds.
+fn raise_open_file_limit() -> std::io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn idle_metrics_and_control_clients_leave_the_cli_answering() {
+    netns_test("control_idle_clients", Duration::from_secs(120), |lab| {
+        raise_open_file_limit()?;
+        let t = Topology::build(lab, 2)?;
+        let path = lab.write_file("balancer.toml", &config(&t, 1, ""))?;
+        let mut daemon = command(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        // SAFETY: setrlimit is async-signal-safe. 1,024 files is the limit
+        // of a systemd unit that sets none.
+        unsafe {
+            daemon.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 1024,
+                };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        let mut daemon = Process::start(daemon)?;
+        daemon.wait_for_output(Duration::from_secs(30), |out| {
+            out.contains("control socket ready")
+        })?;
+
+        let metrics: SocketAddr = "127.0.0.1:9100".parse()?;
+        let _idle_metrics = t.lb.run(|| {
+            (0..1100)
+                .map(|_| TcpStream::connect_timeout(&metrics, Duration::from_secs(5)))
+                .collect::<std::io::Result<Vec<_>>>()
+        })??;
+        let socket = lab.scratch("control.sock")?;
+        let _idle_control = (0..1000)
+            .map(|_| UnixStream::connect(&socket))
+            .collect::<std::io::Result<Vec<_>>>()?;
+
+        let started = Instant::now();
+        let status = cli_json(lab, ["status"])?;
+        let took = started.elapsed();
+        ensure!(status["vips"] == 1, "{status}");
+        ensure!(took < ANSWER_WITHIN, "the CLI answered in {took:?}");
+        let started = Instant::now();
+        scrape(&t.lb, metrics)?;
+        let took = started.elapsed();
+        ensure!(took < ANSWER_WITHIN, "a scrape answered in {took:?}");
+        eprintln!("with the idle clients in place: the CLI answered, then a scrape in {took:?}");
+        Ok(())
+    });
 }
