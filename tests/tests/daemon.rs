@@ -188,3 +188,54 @@ fn the_daemon_raises_its_open_file_limit_and_warns_when_the_hard_one_is_low() {
         Ok(())
     });
 }
+
+/// Datagrams the namespace `ns` has sent (`Udp: OutDatagrams`): the daemon
+/// makes the kernel resolve a backend by sending it one.
+fn udp_datagrams_sent(ns: &balancer_tests::Netns) -> anyhow::Result<u64> {
+    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        anyhow::bail!("no Udp lines in /proc/net/snmp: {snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "OutDatagrams")
+        .context("no OutDatagrams")?
+        .1
+        .parse()
+        .context("OutDatagrams is not a number")
+}
+
+#[test]
+fn unresolved_backends_are_probed_at_a_paced_rate() {
+    netns_test("paced", Duration::from_secs(60), |lab| {
+        let t = Topology::build(lab, 1)?;
+        // 500 backends on a directly connected network where nobody
+        // answers: each stays unresolved.
+        t.lb.ip(["route", "add", "10.99.0.0/16", "dev", "eth0"])?;
+        let mut backends = plain(&t.backend_addresses(false));
+        backends.extend((0..500u32).map(|i| {
+            let address = IpAddr::from([10, 99, (i / 250) as u8, (i % 250 + 1) as u8]);
+            (address, "")
+        }));
+        let config = ConfigText::default()
+            .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
+            .build();
+        let before = udp_datagrams_sent(&t.lb)?;
+        let started = std::time::Instant::now();
+        let _daemon = balancer_tests::daemon::start_with_config(lab, &t.lb, &config)?;
+        std::thread::sleep(Duration::from_secs(3));
+        let probes = udp_datagrams_sent(&t.lb)? - before;
+        let seconds = started.elapsed().as_secs() + 1;
+        // 200 reads of unresolved backends a second at most; unpaced, the
+        // start alone read all 500 twenty times in two seconds.
+        ensure!(
+            probes <= 200 * seconds,
+            "{probes} probes in {seconds} s for 500 unresolved backends"
+        );
+        eprintln!("{probes} probes in {seconds} s for 500 unresolved backends");
+        Ok(())
+    });
+}

@@ -16,6 +16,7 @@ mod events;
 mod limits;
 pub mod lock;
 mod observed;
+mod pacing;
 mod published;
 mod reconcile;
 mod scan;

@@ -16,6 +16,7 @@ use super::{
     desired::Desired,
     events::{format_mac, log_change, log_note},
     observed::{Observed, Reach},
+    pacing::Pacer,
     published::Published,
     reconcile::{self, ApplyError, Writes},
     view::View,
@@ -36,6 +37,8 @@ pub(super) struct State {
     desired: Desired,
     observed: Observed,
     published: Published,
+    /// When unresolved backends are read again.
+    pacer: Pacer,
     /// Why the maps are behind the desired state, since a set of writes
     /// failed part-way (None once they are in line again).
     maps_error: Option<String>,
@@ -80,6 +83,7 @@ impl State {
             desired,
             observed,
             published,
+            pacer: Pacer::default(),
             maps_error: None,
             metrics_endpoint: "off".to_owned(),
         }
@@ -164,7 +168,7 @@ impl State {
             .next(config, path, text)
             .map_err(ApplyError::Refused)?;
         self.observed.add(&next, &BTreeSet::new());
-        resolve(&self.neighbours, &next, &mut self.observed).await;
+        resolve(&self.neighbours, &next, &mut self.observed, &mut self.pacer).await;
         match reconcile::reconcile(&next, &self.observed, &self.published) {
             Ok(writes) => Ok((next, writes)),
             Err(err) => {
@@ -226,7 +230,13 @@ impl State {
 
     /// Reads every backend's path from the kernel.
     pub(super) async fn resolve(&mut self) {
-        resolve(&self.neighbours, &self.desired, &mut self.observed).await;
+        resolve(
+            &self.neighbours,
+            &self.desired,
+            &mut self.observed,
+            &mut self.pacer,
+        )
+        .await;
     }
 
     /// Whether every backend's MAC is known.
@@ -318,25 +328,49 @@ impl State {
     }
 }
 
-/// Reads the path of every backend of `desired` from the kernel into
-/// `observed`, logging backends that become unreachable or resolve.
-async fn resolve(neighbours: &Neighbours, desired: &Desired, observed: &mut Observed) {
+/// Reads the path of the backends of `desired` from the kernel into
+/// `observed`: every resolved one, and the unresolved ones `pacer` says
+/// are due (the others keep what was last read); logs backends that become
+/// unreachable or resolve.
+async fn resolve(
+    neighbours: &Neighbours,
+    desired: &Desired,
+    observed: &mut Observed,
+    pacer: &mut Pacer,
+) {
     let backends: Vec<(u32, IpAddr)> = desired.backends().map(|(_, b)| (b.id, b.address)).collect();
     // A backend of many VIPs is resolved once.
-    let addresses: Vec<IpAddr> = backends
+    let resolved: BTreeSet<IpAddr> = backends
         .iter()
-        .map(|(_, a)| *a)
+        .filter(|(id, _)| observed.reach(*id).mac().is_some())
+        .map(|(_, address)| *address)
+        .collect();
+    let unresolved: Vec<IpAddr> = backends
+        .iter()
+        .map(|(_, address)| *address)
+        .filter(|address| !resolved.contains(address))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    pacer.retain(|address| unresolved.contains(address));
+    let now = std::time::Instant::now();
+    let mut addresses: Vec<IpAddr> = resolved.into_iter().collect();
+    addresses.extend(pacer.due(&unresolved, now));
     let results: BTreeMap<IpAddr, _> = neighbours
         .resolve_all(&addresses)
         .await
         .into_iter()
         .collect();
+    for (address, result) in &results {
+        let known = result.as_ref().is_ok_and(|path| path.dst_mac.is_some());
+        pacer.record(*address, known, now);
+    }
     let mut reported = BTreeSet::new();
     for (id, address) in &backends {
-        let reach = match &results[address] {
+        let Some(result) = results.get(address) else {
+            continue;
+        };
+        let reach = match result {
             Ok(path) => Reach::Path(*path),
             Err(err) => {
                 if observed.reach(*id) != Reach::Unreachable && reported.insert(*address) {
