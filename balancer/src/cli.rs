@@ -59,7 +59,12 @@ pub enum Command {
     Stats(StatsArgs),
     /// Make the daemon read its configuration file again and apply what
     /// changed (like SIGHUP); an invalid file is refused with its errors.
-    Reload,
+    Reload {
+        /// Apply a file without any VIP, withdrawing every VIP (refused
+        /// without this flag, so an emptied or truncated file does not).
+        #[arg(long)]
+        allow_empty: bool,
+    },
     /// Detach the XDP program from every interface and remove its pinned
     /// state (run it with the daemon stopped: the datapath keeps
     /// forwarding after `balancer run` exits, until this).
@@ -268,7 +273,7 @@ pub fn main() -> ExitCode {
             watch: true,
             interval,
         }) => watch::run(&socket, interval.unwrap_or(Duration::from_secs(1))),
-        Command::Reload => ask(Request::Reload {}),
+        Command::Reload { allow_empty } => ask(Request::Reload { allow_empty }),
         Command::Teardown { config, pin_path } => teardown(config.as_deref(), pin_path),
     };
     match result {

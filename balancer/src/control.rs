@@ -54,8 +54,12 @@ pub enum Request {
     },
     /// Every counter.
     Stats {},
-    /// Read the configuration file again and apply what changed.
-    Reload {},
+    /// Read the configuration file again and apply what changed;
+    /// `allow_empty` lets a file without any VIP withdraw every VIP.
+    Reload {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_empty: bool,
+    },
     /// Change the configuration file, then apply it.
     #[serde(skip)]
     Change(Edit),
@@ -341,7 +345,7 @@ mod tests {
             Request::VipShow { name: "web".into() },
             Request::BackendList { vip: None },
             Request::Stats {},
-            Request::Reload {},
+            Request::Reload { allow_empty: true },
         ];
         assert_eq!(queries.len(), Request::QUERIES.len());
         for query in queries {

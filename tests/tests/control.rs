@@ -238,3 +238,56 @@ fn idle_metrics_and_control_clients_leave_the_cli_answering() {
         Ok(())
     });
 }
+
+#[test]
+fn a_reload_to_no_vip_at_all_is_refused_unless_asked_for() {
+    netns_test("reload_empty", Duration::from_secs(60), |lab| {
+        let t = Topology::build(lab, 2)?;
+        let vip = SocketAddr::new(topology::VIP4.into(), 80);
+        t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
+        let path = lab.write_file("balancer.toml", &config(&t, 2, ""))?;
+        let mut daemon = start(lab, &t.lb, ["--config".as_ref(), path.as_os_str()])?;
+        let vips = |lab| -> Result<usize> {
+            Ok(cli_json(lab, ["vip", "list"])?
+                .as_array()
+                .map_or(0, Vec::len))
+        };
+
+        // A file emptied of its VIPs, by SIGHUP and by `reload`: refused,
+        // traffic goes on.
+        let text = std::fs::read_to_string(&path)?;
+        let first_vip = text.find("[[vip]]").unwrap_or(text.len());
+        std::fs::write(&path, &text[..first_vip])?;
+        let from = daemon.output().len();
+        daemon.signal(nix::sys::signal::Signal::SIGHUP)?;
+        balancer_tests::daemon::wait_for_log(
+            &mut daemon,
+            from,
+            &["reload on SIGHUP refused", "the file has no VIP"],
+            Duration::from_secs(5),
+        )?;
+        let refused = cli(lab, ["reload"])?;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success() && err.contains("--allow-empty"),
+            "{err}\n{}",
+            daemon.output()
+        );
+        ensure!(vips(lab)? == 1);
+        ensure!(tcp_ask_name(&t.client, vip)?.starts_with("be"));
+
+        // Asked for, every VIP goes.
+        let allowed = cli(lab, ["reload", "--allow-empty"])?;
+        ensure!(
+            allowed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&allowed.stderr)
+        );
+        ensure!(vips(lab)? == 0);
+        ensure!(
+            tcp_ask_name(&t.client, vip).is_err(),
+            "the VIP still forwards"
+        );
+        Ok(())
+    });
+}

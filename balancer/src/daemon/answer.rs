@@ -146,7 +146,7 @@ impl State {
             Request::VipShow { name } => view.vip_detail(&name).map(Response::ok),
             Request::BackendList { vip } => view.backend_rows(vip.as_deref()).map(Response::ok),
             Request::Stats {} => view.stats().map(Response::ok),
-            Request::Reload {} => Ok(match self.reload().await {
+            Request::Reload { allow_empty } => Ok(match self.reload(allow_empty).await {
                 Ok(done) => {
                     tracing::info!("reload: {done}");
                     Response::ok(done)

@@ -274,7 +274,7 @@ async fn serve(
                 }
             }
             _ = sighup.recv() => {
-                match state.reload().await {
+                match state.reload(false).await {
                     Ok(done) => tracing::info!("reload on SIGHUP: {done}"),
                     Err(error @ reconcile::ApplyError::Refused(_)) => {
                         tracing::error!("reload on SIGHUP refused: {error}");

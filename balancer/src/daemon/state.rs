@@ -107,14 +107,24 @@ impl State {
     }
 
     /// Reads the configuration file again and applies it. An invalid file,
-    /// or one that changes what only a restart can change, is refused with
-    /// the reason and changes nothing.
-    pub(super) async fn reload(&mut self) -> Result<String, ApplyError> {
+    /// one that changes what only a restart can change, or one without any
+    /// VIP while VIPs are in force (an emptied or truncated file, unless
+    /// `allow_empty`), is refused with the reason and changes nothing.
+    pub(super) async fn reload(&mut self, allow_empty: bool) -> Result<String, ApplyError> {
         let path = self.desired.config_file().map_err(ApplyError::Refused)?;
         let text =
             crate::config::read(&path).map_err(|errors| ApplyError::Refused(errors.to_string()))?;
         let config = crate::config::parse_logging_warnings(&text, &path.display().to_string())
             .map_err(|errors| ApplyError::Refused(errors.to_string()))?;
+        if config.vips.is_empty() && !self.desired.config.vips.is_empty() && !allow_empty {
+            let error = format!(
+                "{}: the file has no VIP: applying it would withdraw all {} VIPs; `balancer reload --allow-empty` does that on purpose; nothing was changed",
+                path.display(),
+                self.desired.config.vips.len()
+            );
+            tracing::warn!(error, "a reload to no VIP at all refused");
+            return Err(ApplyError::Refused(error));
+        }
         let (next, writes) = self.prepare(config, &path, text).await?;
         self.commit(next, &writes)
     }
