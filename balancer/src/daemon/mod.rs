@@ -235,7 +235,11 @@ async fn serve(
     let mut quick_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = stats.tick() => log_stats(&state.datapath)?,
+            _ = stats.tick() => {
+                if let Err(err) = log_stats(&state.datapath) {
+                    tracing::warn!(error = format!("{err:#}"), "cannot log the packet counters");
+                }
+            }
             _ = resolve.tick() => {
                 state.resolve().await;
                 let _ = state.publish();
@@ -295,7 +299,9 @@ async fn serve(
         server.abort();
     }
     let _ = std::fs::remove_file(&socket);
-    log_stats(&state.datapath)?;
+    if let Err(err) = log_stats(&state.datapath) {
+        tracing::warn!(error = format!("{err:#}"), "cannot log the packet counters");
+    }
     tracing::info!(
         pin_path = %pin_dir.display(),
         "leaving the datapath forwarding with its pinned state; a new `balancer run` adopts it, `balancer teardown` removes it"
