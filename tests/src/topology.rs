@@ -271,6 +271,15 @@ pub fn web_config(options: &str, backends: &[(IpAddr, &str)]) -> String {
         .build()
 }
 
+/// Two TCP VIPs on [`VIP4`] over the same `backends`, without checks:
+/// `web` on port 80 and `chat` on port 81.
+pub fn web_and_chat(backends: &[(IpAddr, &str)]) -> String {
+    ConfigText::default()
+        .vip("web", VIP4.into(), 80, "tcp", NO_CHECK, backends)
+        .vip("chat", VIP4.into(), 81, "tcp", NO_CHECK, backends)
+        .build()
+}
+
 /// `addresses` as backends without extra lines.
 pub fn plain(addresses: &[IpAddr]) -> Vec<(IpAddr, &'static str)> {
     addresses.iter().map(|a| (*a, "")).collect()

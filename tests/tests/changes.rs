@@ -11,24 +11,13 @@ use balancer_tests::{
     daemon::{cli, cli_json, start, start_with_config, wait_for_log},
     netns_test,
     servers::{EchoConnection, tally_names, tcp_ask_name},
-    topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
+    topology::{self, NO_CHECK, Server, Topology, plain},
 };
 
 const COMMENT: &str = "# Operator's note: keep this line.";
 
 fn config(t: &Topology) -> String {
-    let backends = plain(&t.backend_addresses(false));
-    let text = ConfigText::default()
-        .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
-        .vip(
-            "chat",
-            topology::VIP4.into(),
-            81,
-            "tcp",
-            NO_CHECK,
-            &backends,
-        )
-        .build();
+    let text = topology::web_and_chat(&plain(&t.backend_addresses(false)));
     format!("{COMMENT}\n{text}")
 }
 

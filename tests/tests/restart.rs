@@ -242,19 +242,7 @@ fn a_vip_removed_from_the_file_while_no_daemon_ran_is_gone_after_the_start() {
         t.serve(Server::TcpName, topology::VIP4.into(), 80)?;
         t.serve(Server::TcpName, topology::VIP4.into(), 81)?;
         let backends = plain(&t.backend_addresses(false));
-        let web =
-            ConfigText::default().vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends);
-        let both = web
-            .clone()
-            .vip(
-                "chat",
-                topology::VIP4.into(),
-                81,
-                "tcp",
-                NO_CHECK,
-                &backends,
-            )
-            .build();
+        let both = topology::web_and_chat(&backends);
         let chat = SocketAddr::new(topology::VIP4.into(), 81);
         let path = lab.write_file("balancer.toml", &both)?;
         let args = ["--config".as_ref(), path.as_os_str()];
@@ -263,7 +251,7 @@ fn a_vip_removed_from_the_file_while_no_daemon_ran_is_gone_after_the_start() {
         daemon.signal(Signal::SIGTERM)?;
         daemon.wait_timeout(Duration::from_secs(5))?;
         // While no daemon runs, the operator takes "chat" out of the file.
-        lab.write_file("balancer.toml", &web.build())?;
+        lab.write_file("balancer.toml", &topology::web_config(NO_CHECK, &backends))?;
         let daemon = start(lab, &t.lb, args)?;
         ensure!(
             daemon.output().contains(

@@ -465,16 +465,31 @@ impl Writer for FailOnce {
     }
 }
 
+impl World {
+    /// Applies what reconciling toward the current desired state decides
+    /// through `writer`, rolling back to `CONFIG` on a failure.
+    fn apply_from_config(&mut self, writer: &mut dyn Writer) -> Result<(), ApplyError> {
+        let current = Desired::new(
+            parse(CONFIG, "t").unwrap(),
+            None,
+            None,
+            Numbering::default(),
+        );
+        let writes = self.reconcile();
+        apply_or_roll_back(
+            &writes,
+            &current,
+            &self.observed,
+            writer,
+            &mut self.published,
+        )
+    }
+}
+
 #[test]
 fn a_change_failing_part_way_is_rolled_back_to_the_state_in_force() {
     let mut world = World::published();
     let before = world.published.clone();
-    let current = Desired::new(
-        parse(CONFIG, "t").unwrap(),
-        None,
-        None,
-        Numbering::default(),
-    );
     // A new VIP with a new backend, and a weight change.
     world.reload(
         &CONFIG
@@ -484,19 +499,12 @@ fn a_change_failing_part_way_is_rolled_back_to_the_state_in_force() {
             )
             .replace("[[vip]]\nname = \"dns\"", "[[vip]]\nname = \"ntp\"\naddress = \"192.0.2.11\"\nport = 123\nprotocol = \"udp\"\nhealth_check = { kind = \"none\" }\nbackend = [{ address = \"10.0.0.7\" }]\n\n[[vip]]\nname = \"dns\""),
     );
-    let writes = world.reconcile();
-    let fail_at = writes.ops.len() - 1;
+    let fail_at = world.reconcile().ops.len() - 1;
     let mut writer = FailOnce(Fake {
         fail_at: Some(fail_at),
         ..Fake::default()
     });
-    let outcome = apply_or_roll_back(
-        &writes,
-        &current,
-        &world.observed,
-        &mut writer,
-        &mut world.published,
-    );
+    let outcome = world.apply_from_config(&mut writer);
     assert!(
         matches!(&outcome, Err(ApplyError::RolledBack { done, .. }) if *done == fail_at),
         "{outcome:?}"
@@ -515,28 +523,15 @@ fn a_change_failing_part_way_is_rolled_back_to_the_state_in_force() {
 #[test]
 fn a_rollback_that_fails_too_leaves_the_maps_behind_and_says_so() {
     let mut world = World::published();
-    let current = Desired::new(
-        parse(CONFIG, "t").unwrap(),
-        None,
-        None,
-        Numbering::default(),
-    );
     world.reload(&CONFIG.replace(
         r#"{ address = "10.0.0.1" }"#,
         r#"{ address = "10.0.0.1", weight = 300 }"#,
     ));
-    let writes = world.reconcile();
     let mut writer = Fake {
         fail_at: Some(1),
         ..Fake::default()
     };
-    let outcome = apply_or_roll_back(
-        &writes,
-        &current,
-        &world.observed,
-        &mut writer,
-        &mut world.published,
-    );
+    let outcome = world.apply_from_config(&mut writer);
     let Err(err @ ApplyError::Partial { .. }) = outcome else {
         panic!("{outcome:?}")
     };
