@@ -84,6 +84,8 @@ impl View<'_> {
             events: counters.reasons.events().map(traffic_of).collect(),
             flow_entries: self.observed.scan.flow_entries,
             flow_capacity: u64::from(*self.desired.config.datapath.flow_table_size.get_ref()),
+            maps_in_line: self.maps_error.is_none(),
+            map_write_failures: self.write_failures,
         })
     }
 }

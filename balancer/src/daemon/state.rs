@@ -42,6 +42,8 @@ pub(super) struct State {
     /// Why the maps are behind the desired state, since a set of writes
     /// failed part-way (None once they are in line again).
     maps_error: Option<String>,
+    /// Sets of map writes that failed since the start.
+    write_failures: u64,
     /// Where the metrics are served, "off", or why they are not.
     pub(super) metrics_endpoint: String,
 }
@@ -85,6 +87,7 @@ impl State {
             published,
             pacer: Pacer::default(),
             maps_error: None,
+            write_failures: 0,
             metrics_endpoint: "off".to_owned(),
         }
     }
@@ -97,6 +100,7 @@ impl State {
             datapath: &self.datapath,
             metrics_endpoint: &self.metrics_endpoint,
             maps_error: self.maps_error.as_deref(),
+            write_failures: self.write_failures,
             published: &self.published,
         }
     }
@@ -289,6 +293,7 @@ impl State {
                 Ok(())
             }
             Err(err) => {
+                self.write_failures += 1;
                 let error = err.to_string();
                 tracing::error!(error, "cannot bring the datapath's maps in line");
                 if !err.changed_nothing() {

@@ -17,6 +17,8 @@ pub(super) struct View<'a> {
     pub(super) metrics_endpoint: &'a str,
     /// Why the maps are behind the desired state, if they are.
     pub(super) maps_error: Option<&'a str>,
+    /// Sets of map writes that failed since the daemon started.
+    pub(super) write_failures: u64,
 }
 
 impl View<'_> {

@@ -39,6 +39,11 @@ pub struct Snapshot {
     pub flow_entries: Option<u64>,
     /// Entries the connection table holds (`flow_table_size`).
     pub flow_capacity: u64,
+    /// Whether the maps hold the configuration in force (false while a
+    /// failed write left them behind: `status` says why).
+    pub maps_in_line: bool,
+    /// Sets of map writes that failed since the daemon started.
+    pub map_write_failures: u64,
 }
 
 /// Packets and their bytes.
@@ -344,6 +349,18 @@ fn registry(s: &Snapshot) -> Registry {
         "Entries the connection table holds (flow_table_size)",
         gauge(s.flow_capacity),
     );
+    r.register(
+        "maps_in_line",
+        "1 when the maps hold the configuration in force, 0 while a failed write left them behind (balancer status says why)",
+        gauge(u64::from(s.maps_in_line)),
+    );
+    let failures = Counter::<u64>::default();
+    failures.inc_by(s.map_write_failures);
+    r.register(
+        "map_write_failures",
+        "Sets of map writes that failed (each logged at ERROR and retried)",
+        failures,
+    );
     r
 }
 
@@ -437,6 +454,8 @@ mod tests {
             )],
             flow_entries: Some(3),
             flow_capacity: 262_144,
+            maps_in_line: true,
+            map_write_failures: 2,
         }
     }
 
@@ -520,6 +539,8 @@ mod tests {
             ("balancer_datapath_events_total{event=new_flow}", 3.0),
             ("balancer_flow_table_entries{}", 3.0),
             ("balancer_flow_table_capacity{}", 262_144.0),
+            ("balancer_maps_in_line{}", 1.0),
+            ("balancer_map_write_failures_total{}", 2.0),
             (
                 "balancer_info{program_tag=a1b2c3d4e5f60718,version=0.1.0}",
                 1.0,
