@@ -19,6 +19,7 @@ mod observed;
 mod pacing;
 mod published;
 mod reconcile;
+mod resolve;
 mod scan;
 mod snapshot;
 mod state;

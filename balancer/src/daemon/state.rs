@@ -4,21 +4,19 @@
 //! a neighbour read) updates one part, then the reconciler brings the maps
 //! in line: decide, then write, then commit.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::sync::mpsc;
 
 use super::{
     checks::Checks,
     desired::Desired,
-    events::{format_mac, log_change, log_note},
-    observed::{Observed, Reach},
+    events::{log_change, log_note},
+    observed::Observed,
     pacing::Pacer,
     published::Published,
     reconcile::{self, ApplyError, Writes},
+    resolve::resolve,
     view::View,
 };
 use crate::{
@@ -145,8 +143,17 @@ impl State {
             .text_to_edit(&path)
             .map_err(ApplyError::Refused)?;
         let edited = crate::edit::apply(&text, edit).map_err(ApplyError::Refused)?;
-        let config = crate::config::parse(&edited, &path.display().to_string())
-            .map_err(|e| ApplyError::Refused(e.to_string()))?;
+        // The edited text was never written: its errors name what is wrong,
+        // not a line of it.
+        let config = crate::config::parse_logging_warnings(&edited, &path.display().to_string())
+            .map_err(|errors| {
+                let messages: Vec<&str> =
+                    errors.errors.iter().map(|e| e.message.as_str()).collect();
+                ApplyError::Refused(format!(
+                    "the change is refused: {}; nothing was changed",
+                    messages.join("; ")
+                ))
+            })?;
         let (next, writes) = self.prepare(config, &path, edited.clone()).await?;
         let write_back = |text: &str| {
             crate::config::write_atomically(&path, text).map_err(|e| {
@@ -340,66 +347,5 @@ impl State {
         }
         self.published.commit(&write, &BTreeMap::new());
         Ok(())
-    }
-}
-
-/// Reads the path of the backends of `desired` from the kernel into
-/// `observed`: every resolved one, and the unresolved ones `pacer` says
-/// are due (the others keep what was last read); logs backends that become
-/// unreachable or resolve.
-async fn resolve(
-    neighbours: &Neighbours,
-    desired: &Desired,
-    observed: &mut Observed,
-    pacer: &mut Pacer,
-) {
-    let backends: Vec<(u32, IpAddr)> = desired.backends().map(|(_, b)| (b.id, b.address)).collect();
-    // A backend of many VIPs is resolved once.
-    let resolved: BTreeSet<IpAddr> = backends
-        .iter()
-        .filter(|(id, _)| observed.reach(*id).mac().is_some())
-        .map(|(_, address)| *address)
-        .collect();
-    let unresolved: Vec<IpAddr> = backends
-        .iter()
-        .map(|(_, address)| *address)
-        .filter(|address| !resolved.contains(address))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    pacer.retain(|address| unresolved.contains(address));
-    let now = std::time::Instant::now();
-    let mut addresses: Vec<IpAddr> = resolved.into_iter().collect();
-    addresses.extend(pacer.due(&unresolved, now));
-    let results: BTreeMap<IpAddr, _> = neighbours
-        .resolve_all(&addresses)
-        .await
-        .into_iter()
-        .collect();
-    for (address, result) in &results {
-        let known = result.as_ref().is_ok_and(|path| path.dst_mac.is_some());
-        pacer.record(*address, known, now);
-    }
-    let mut reported = BTreeSet::new();
-    for (id, address) in &backends {
-        let Some(result) = results.get(address) else {
-            continue;
-        };
-        let reach = match result {
-            Ok(path) => Reach::Path(*path),
-            Err(err) => {
-                if observed.reach(*id) != Reach::Unreachable && reported.insert(*address) {
-                    tracing::warn!(backend = %address, error = %err, "backend unreachable");
-                }
-                Reach::Unreachable
-            }
-        };
-        let before = observed.set_reach(*id, reach).unwrap_or_default();
-        if before.mac() != reach.mac()
-            && let Some(mac) = reach.mac()
-            && reported.insert(*address)
-        {
-            tracing::info!(backend = %address, mac = %format_mac(mac), "backend neighbour resolved");
-        }
     }
 }
