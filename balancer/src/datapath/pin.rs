@@ -3,7 +3,11 @@
 //! forwarding with its connection table and counters while no daemon runs,
 //! and a new daemon (or a new binary) adopts them.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::MapInfo;
 use balancer_common::maps::{self, MAP_SPECS};
@@ -102,21 +106,31 @@ pub(super) fn link_path(dir: &Path, interface: &str) -> PathBuf {
 /// directory: what `balancer teardown` does. Returns the interfaces that
 /// were detached.
 pub fn teardown(dir: &Path) -> Result<Vec<String>, DatapathError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(DatapathError::Pin {
-                path: dir.to_path_buf(),
-                reason: format!("cannot list: {e}"),
-            });
-        }
+    remove_except(dir, &BTreeSet::new(), true)
+}
+
+/// The names of the pins under `dir`; none when it does not exist.
+pub fn names(dir: &Path) -> Result<BTreeSet<OsString>, DatapathError> {
+    Ok(entries(dir)?
+        .map(|entries| entries.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default())
+}
+
+/// Removes the pins under `dir` not named in `kept`, detaching the links
+/// among them (a link's pin is named `link_<interface>`), and then `dir`
+/// itself if `remove_dir`. Returns the interfaces that were detached;
+/// nothing to do when `dir` does not exist.
+pub fn remove_except(
+    dir: &Path,
+    kept: &BTreeSet<OsString>,
+    remove_dir: bool,
+) -> Result<Vec<String>, DatapathError> {
+    let Some(entries) = entries(dir)? else {
+        return Ok(Vec::new());
     };
     let mut detached = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(interface) = name.strip_prefix("link_") {
+    for (name, path) in entries.into_iter().filter(|(name, _)| !kept.contains(name)) {
+        if let Some(interface) = name.to_string_lossy().strip_prefix("link_") {
             let link = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| {
                 DatapathError::Pin {
                     path: path.clone(),
@@ -136,11 +150,35 @@ pub fn teardown(dir: &Path) -> Result<Vec<String>, DatapathError> {
             })?;
         }
     }
-    std::fs::remove_dir(dir).map_err(|e| DatapathError::Pin {
-        path: dir.to_path_buf(),
-        reason: format!("cannot remove: {e}"),
-    })?;
+    if remove_dir {
+        std::fs::remove_dir(dir).map_err(|e| DatapathError::Pin {
+            path: dir.to_path_buf(),
+            reason: format!("cannot remove: {e}"),
+        })?;
+    }
     Ok(detached)
+}
+
+/// The entries of `dir` as (name, path); `None` when it does not exist.
+fn entries(dir: &Path) -> Result<Option<Vec<(OsString, PathBuf)>>, DatapathError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DatapathError::Pin {
+                path: dir.to_path_buf(),
+                reason: format!("cannot list: {e}"),
+            });
+        }
+    };
+    let entries = entries
+        .map(|entry| entry.map(|entry| (entry.file_name(), entry.path())))
+        .collect::<Result<_, _>>()
+        .map_err(|e| DatapathError::Pin {
+            path: dir.to_path_buf(),
+            reason: format!("cannot list: {e}"),
+        })?;
+    Ok(Some(entries))
 }
 
 #[cfg(test)]
