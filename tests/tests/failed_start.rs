@@ -140,6 +140,17 @@ fn a_failed_start_on_adopted_pins_keeps_them_and_the_next_start_adopts_them() {
             "{out}"
         );
 
+        // Failing again with nothing newly attached, it removes nothing.
+        let out = fails_at_lo(lab, &host, &["va"])?;
+        ensure!(
+            pins(&dir)? == before,
+            "the second failed start changed the pins"
+        );
+        ensure!(
+            out.contains("the start failed: left the adopted pins as they were"),
+            "{out}"
+        );
+
         let next = start(lab, &host, ["--interface", "va", "--xdp-mode", "generic"])?;
         ensure!(
             next.output().contains("adopted the pinned maps")

@@ -77,19 +77,26 @@ impl Undo {
     fn undo(&self) {
         let fresh = self.kept.is_empty();
         let remove_dir = fresh && !self.existed;
+        let pin_path = self.dir.display();
         match pin::remove_except(&self.dir, &self.kept, remove_dir) {
-            Ok(detached) if fresh => tracing::warn!(
-                pin_path = %self.dir.display(),
-                detached = detached.join(","),
+            Ok(removed) if fresh => tracing::warn!(
+                %pin_path,
+                pins = removed.pins.join(","),
+                detached = removed.detached.join(","),
                 "the start failed: removed the pins it created"
             ),
-            Ok(detached) => tracing::warn!(
-                pin_path = %self.dir.display(),
-                detached = detached.join(","),
+            Ok(removed) if removed.pins.is_empty() => tracing::warn!(
+                %pin_path,
+                "the start failed: left the adopted pins as they were"
+            ),
+            Ok(removed) => tracing::warn!(
+                %pin_path,
+                pins = removed.pins.join(","),
+                detached = removed.detached.join(","),
                 "the start failed: removed the pins it added, left the adopted ones forwarding"
             ),
             Err(err) => tracing::error!(
-                pin_path = %self.dir.display(),
+                %pin_path,
                 error = format!("{err:#}"),
                 "the start failed and cannot remove the pins it created; `balancer teardown` removes them"
             ),

@@ -106,7 +106,16 @@ pub(super) fn link_path(dir: &Path, interface: &str) -> PathBuf {
 /// directory: what `balancer teardown` does. Returns the interfaces that
 /// were detached.
 pub fn teardown(dir: &Path) -> Result<Vec<String>, DatapathError> {
-    remove_except(dir, &BTreeSet::new(), true)
+    Ok(remove_except(dir, &BTreeSet::new(), true)?.detached)
+}
+
+/// What [`remove_except`] removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// The names of the pins removed, links included.
+    pub pins: Vec<String>,
+    /// The interfaces whose link was unpinned, which detached the program.
+    pub detached: Vec<String>,
 }
 
 /// The names of the pins under `dir`; none when it does not exist.
@@ -118,19 +127,19 @@ pub fn names(dir: &Path) -> Result<BTreeSet<OsString>, DatapathError> {
 
 /// Removes the pins under `dir` not named in `kept`, detaching the links
 /// among them (a link's pin is named `link_<interface>`), and then `dir`
-/// itself if `remove_dir`. Returns the interfaces that were detached;
-/// nothing to do when `dir` does not exist.
+/// itself if `remove_dir`; nothing to do when `dir` does not exist.
 pub fn remove_except(
     dir: &Path,
     kept: &BTreeSet<OsString>,
     remove_dir: bool,
-) -> Result<Vec<String>, DatapathError> {
+) -> Result<Removed, DatapathError> {
     let Some(entries) = entries(dir)? else {
-        return Ok(Vec::new());
+        return Ok(Removed::default());
     };
-    let mut detached = Vec::new();
+    let mut removed = Removed::default();
     for (name, path) in entries.into_iter().filter(|(name, _)| !kept.contains(name)) {
-        if let Some(interface) = name.to_string_lossy().strip_prefix("link_") {
+        let name = name.to_string_lossy().into_owned();
+        if let Some(interface) = name.strip_prefix("link_") {
             let link = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| {
                 DatapathError::Pin {
                     path: path.clone(),
@@ -142,13 +151,14 @@ pub fn remove_except(
                 path: path.clone(),
                 reason: format!("cannot unpin: {e}"),
             })?);
-            detached.push(interface.to_owned());
+            removed.detached.push(interface.to_owned());
         } else {
             std::fs::remove_file(&path).map_err(|e| DatapathError::Pin {
                 path: path.clone(),
                 reason: format!("cannot unpin: {e}"),
             })?;
         }
+        removed.pins.push(name);
     }
     if remove_dir {
         std::fs::remove_dir(dir).map_err(|e| DatapathError::Pin {
@@ -156,7 +166,7 @@ pub fn remove_except(
             reason: format!("cannot remove: {e}"),
         })?;
     }
-    Ok(detached)
+    Ok(removed)
 }
 
 /// The entries of `dir` as (name, path); `None` when it does not exist.
