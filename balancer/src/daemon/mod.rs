@@ -22,6 +22,7 @@ mod reconcile;
 mod resolve;
 mod scan;
 mod snapshot;
+mod start;
 mod state;
 mod view;
 
@@ -157,8 +158,11 @@ async fn serve(
         .pin_path
         .clone()
         .unwrap_or_else(|| config.daemon.pin_path.clone());
+    let noted = start::Noted::before_lock(&pin_dir);
     // Before anything is loaded, pinned, attached or listened on.
-    let _lock = lock::take(&pin_dir, &config.daemon.control_socket)?;
+    let lock = lock::take(&pin_dir, &config.daemon.control_socket)?;
+    // Until the start completes, a failure removes what it pinned.
+    let undo = noted.arm(&lock)?;
     let socket_override = options.control_socket.clone();
     // A port in use (node_exporter's 9100, say) costs the metrics, not
     // the balancer: health checks and changes matter more than a scrape.
@@ -226,6 +230,7 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
     let mut sigterm = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
+    undo.disarm();
     let mut stats = tokio::time::interval(options.stats_interval);
     let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
     let mut reconcile = tokio::time::interval(options.reconcile_interval);

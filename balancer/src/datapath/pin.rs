@@ -3,7 +3,11 @@
 //! forwarding with its connection table and counters while no daemon runs,
 //! and a new daemon (or a new binary) adopts them.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::MapInfo;
 use balancer_common::maps::{self, MAP_SPECS};
@@ -102,20 +106,39 @@ pub(super) fn link_path(dir: &Path, interface: &str) -> PathBuf {
 /// directory: what `balancer teardown` does. Returns the interfaces that
 /// were detached.
 pub fn teardown(dir: &Path) -> Result<Vec<String>, DatapathError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(DatapathError::Pin {
-                path: dir.to_path_buf(),
-                reason: format!("cannot list: {e}"),
-            });
-        }
+    Ok(remove_except(dir, &BTreeSet::new(), true)?.detached)
+}
+
+/// What [`remove_except`] removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// The names of the pins removed, links included.
+    pub pins: Vec<String>,
+    /// The interfaces whose link was unpinned, which detached the program.
+    pub detached: Vec<String>,
+}
+
+/// The names of the pins under `dir`; none when it does not exist.
+pub fn names(dir: &Path) -> Result<BTreeSet<OsString>, DatapathError> {
+    Ok(entries(dir)?
+        .map(|entries| entries.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default())
+}
+
+/// Removes the pins under `dir` not named in `kept`, detaching the links
+/// among them (a link's pin is named `link_<interface>`), and then `dir`
+/// itself if `remove_dir`; nothing to do when `dir` does not exist.
+pub fn remove_except(
+    dir: &Path,
+    kept: &BTreeSet<OsString>,
+    remove_dir: bool,
+) -> Result<Removed, DatapathError> {
+    let Some(entries) = entries(dir)? else {
+        return Ok(Removed::default());
     };
-    let mut detached = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
+    let mut removed = Removed::default();
+    for (name, path) in entries.into_iter().filter(|(name, _)| !kept.contains(name)) {
+        let name = name.to_string_lossy().into_owned();
         if let Some(interface) = name.strip_prefix("link_") {
             let link = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| {
                 DatapathError::Pin {
@@ -128,19 +151,44 @@ pub fn teardown(dir: &Path) -> Result<Vec<String>, DatapathError> {
                 path: path.clone(),
                 reason: format!("cannot unpin: {e}"),
             })?);
-            detached.push(interface.to_owned());
+            removed.detached.push(interface.to_owned());
         } else {
             std::fs::remove_file(&path).map_err(|e| DatapathError::Pin {
                 path: path.clone(),
                 reason: format!("cannot unpin: {e}"),
             })?;
         }
+        removed.pins.push(name);
     }
-    std::fs::remove_dir(dir).map_err(|e| DatapathError::Pin {
-        path: dir.to_path_buf(),
-        reason: format!("cannot remove: {e}"),
-    })?;
-    Ok(detached)
+    if remove_dir {
+        std::fs::remove_dir(dir).map_err(|e| DatapathError::Pin {
+            path: dir.to_path_buf(),
+            reason: format!("cannot remove: {e}"),
+        })?;
+    }
+    Ok(removed)
+}
+
+/// The entries of `dir` as (name, path); `None` when it does not exist.
+fn entries(dir: &Path) -> Result<Option<Vec<(OsString, PathBuf)>>, DatapathError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DatapathError::Pin {
+                path: dir.to_path_buf(),
+                reason: format!("cannot list: {e}"),
+            });
+        }
+    };
+    let entries = entries
+        .map(|entry| entry.map(|entry| (entry.file_name(), entry.path())))
+        .collect::<Result<_, _>>()
+        .map_err(|e| DatapathError::Pin {
+            path: dir.to_path_buf(),
+            reason: format!("cannot list: {e}"),
+        })?;
+    Ok(Some(entries))
 }
 
 #[cfg(test)]
