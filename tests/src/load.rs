@@ -21,6 +21,8 @@ use crate::{Netns, servers::tcp_ask_name};
 pub struct Attempt {
     /// When the connection was started.
     pub started: Instant,
+    /// When it answered or failed.
+    pub ended: Instant,
     /// The backend that answered, or why the attempt failed.
     pub outcome: Result<String, String>,
 }
@@ -43,7 +45,11 @@ impl SteadyLoad {
             while !flag.load(Ordering::SeqCst) {
                 let started = Instant::now();
                 let outcome = tcp_ask_name(&client, addr).map_err(|e| format!("{e:#}"));
-                attempts.push(Attempt { started, outcome });
+                attempts.push(Attempt {
+                    started,
+                    ended: Instant::now(),
+                    outcome,
+                });
                 next += pace;
                 let now = Instant::now();
                 if next > now {
