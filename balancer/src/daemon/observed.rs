@@ -39,6 +39,8 @@ pub(super) struct Seen {
     pub(super) smoothed_us: Option<f64>,
     /// Its check results and transitions so far.
     pub(super) checks: HealthCounts,
+    /// Checks in a row that could not run on this host.
+    pub(super) inconclusive_streak: u32,
     /// How it is reached.
     pub(super) path: Reach,
     /// Live connection-table entries at the last scan.
@@ -81,6 +83,8 @@ impl Reach {
 pub(super) struct HealthCounts {
     pub(super) ok: u64,
     pub(super) failed: u64,
+    /// Checks that could not run on this host.
+    pub(super) inconclusive: u64,
     pub(super) went_up: u64,
     pub(super) went_down: u64,
 }
@@ -180,9 +184,16 @@ impl Observed {
 
     /// Takes one check result; returns the transition it caused, if any.
     /// A report of a backend no longer observed (still in flight from the
-    /// check task of a backend just removed) is ignored.
+    /// check task of a backend just removed) is ignored, and so is, but
+    /// for its count, a check that could not run on this host.
     pub(super) fn record(&mut self, report: &Report) -> Option<Transition> {
         let seen = self.backends.get_mut(&report.backend)?;
+        if report.inconclusive {
+            seen.checks.inconclusive += 1;
+            seen.inconclusive_streak += 1;
+            return None;
+        }
+        seen.inconclusive_streak = 0;
         seen.latency = Some(report.latency);
         if report.success {
             seen.checks.ok += 1;
@@ -231,6 +242,7 @@ impl Seen {
             latency: None,
             smoothed_us: None,
             checks: HealthCounts::default(),
+            inconclusive_streak: 0,
             path: Reach::Unknown,
             live: 0,
             new_flows_total: None,

@@ -56,6 +56,7 @@ impl View<'_> {
                     check_latency: seen.and_then(|s| s.latency),
                     checks_ok: health.ok,
                     checks_failed: health.failed,
+                    checks_inconclusive: health.inconclusive,
                     went_up: health.went_up,
                     went_down: health.went_down,
                 });

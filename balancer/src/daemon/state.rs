@@ -315,7 +315,23 @@ impl State {
     /// smoothed latency, and on a transition its entry and its VIPs'
     /// rings.
     pub(super) fn health_report(&mut self, report: &Report) -> Result<(), ApplyError> {
-        let Some(transition) = self.observed.record(report) else {
+        let transition = self.observed.record(report);
+        let first_of_streak = |seen: &super::observed::Seen| seen.inconclusive_streak == 1;
+        if report.inconclusive
+            && self
+                .observed
+                .get(report.backend)
+                .is_some_and(first_of_streak)
+        {
+            let (vip, address) = self.desired.describe(report.backend);
+            tracing::warn!(
+                vip,
+                backend = %address,
+                reason = report.detail.as_str(),
+                "a health check could not run on this host: the backend keeps its state"
+            );
+        }
+        let Some(transition) = transition else {
             return self.publish_latency(report.backend);
         };
         let (vip, address) = self.desired.describe(report.backend);

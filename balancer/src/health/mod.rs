@@ -99,6 +99,9 @@ pub struct Report {
     /// The backend's id in the datapath.
     pub backend: u32,
     pub success: bool,
+    /// The check could not run on this host (see [`probe::Fail::local`]):
+    /// it says nothing of the backend, whose state stays.
+    pub inconclusive: bool,
     /// Why it failed (or what it saw), for the log.
     pub detail: String,
     /// How long the check took.
@@ -127,12 +130,15 @@ pub fn spawn(
             ticker.tick().await;
             let start = std::time::Instant::now();
             let outcome = probe::run(&client, &check, address, port).await;
+            let (success, inconclusive, detail) = match outcome {
+                Ok(detail) => (true, false, detail),
+                Err(fail) => (false, fail.local, fail.reason),
+            };
             let report = Report {
                 backend,
-                success: outcome.is_ok(),
-                detail: match outcome {
-                    Ok(detail) | Err(detail) => detail,
-                },
+                success,
+                inconclusive,
+                detail,
                 latency: start.elapsed(),
             };
             if reports.send(report).await.is_err() {

@@ -1,11 +1,16 @@
 //! The probes: TCP connect, HTTP GET, UDP request and reply, and a command.
-//! Each returns `Ok(detail)` when the backend is healthy and `Err(reason)`
-//! otherwise, within the check's timeout.
+//! Each returns `Ok(detail)` when the backend is healthy and `Err(Fail)`
+//! otherwise, within the check's timeout. A failure of this host rather
+//! than of the backend (no descriptor, no memory, no local port, no
+//! process) is marked [`Fail::local`]: it says nothing of the backend.
 
 use std::{
+    fmt,
     net::{IpAddr, SocketAddr},
     process::Stdio,
 };
+
+use nix::errno::Errno;
 
 use tokio::{
     net::{TcpStream, UdpSocket},
@@ -15,6 +20,66 @@ use tokio::{
 
 use super::group::GroupKill;
 use crate::config::{CheckKind, HealthCheckConfig};
+
+/// Why a check did not find the backend healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fail {
+    pub reason: String,
+    /// The check could not run on this host (out of descriptors, memory,
+    /// local ports or processes): the backend's health is unknown.
+    pub local: bool,
+}
+
+impl Fail {
+    /// The backend failed the check.
+    fn backend(reason: String) -> Fail {
+        Fail {
+            reason,
+            local: false,
+        }
+    }
+
+    /// `err` while `doing`: local when it is a shortage of this host.
+    fn io(doing: String, err: &std::io::Error) -> Fail {
+        Fail {
+            reason: format!("{doing}: {err}"),
+            local: is_local(err),
+        }
+    }
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Whether `err` is a shortage of this host rather than an answer (or
+/// silence) of the backend.
+fn is_local(err: &std::io::Error) -> bool {
+    let local = [
+        Errno::EMFILE,
+        Errno::ENFILE,
+        Errno::ENOBUFS,
+        Errno::ENOMEM,
+        Errno::EADDRNOTAVAIL,
+        Errno::EAGAIN,
+    ];
+    err.raw_os_error()
+        .is_some_and(|code| local.contains(&Errno::from_raw(code)))
+}
+
+/// The first I/O error in `err`'s chain of sources.
+fn io_source<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        next = err.source();
+    }
+    None
+}
 
 /// State shared by the checks of one task (the HTTP client keeps no
 /// connection between checks: each check is a fresh connection).
@@ -45,7 +110,7 @@ pub async fn run(
     check: &HealthCheckConfig,
     address: IpAddr,
     port: u16,
-) -> Result<String, String> {
+) -> Result<String, Fail> {
     let target = SocketAddr::new(address, port);
     let work = async {
         match check.kind {
@@ -58,44 +123,42 @@ pub async fn run(
     };
     match timeout(check.timeout, work).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
+        Err(_) => Err(Fail::backend(format!(
             "no answer within {}",
             humantime::format_duration(check.timeout)
-        )),
+        ))),
     }
 }
 
-async fn tcp(target: SocketAddr) -> Result<String, String> {
+async fn tcp(target: SocketAddr) -> Result<String, Fail> {
     TcpStream::connect(target)
         .await
         .map(|_| "connected".to_owned())
-        .map_err(|e| format!("tcp connect to {target}: {e}"))
+        .map_err(|e| Fail::io(format!("tcp connect to {target}"), &e))
 }
 
 async fn http(
     client: &Client,
     check: &HealthCheckConfig,
     target: SocketAddr,
-) -> Result<String, String> {
+) -> Result<String, Fail> {
     let url = format!("http://{target}{}", check.path);
-    let response = client
-        .http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {}", crate::logging::error_chain(&e)))?;
+    let response = client.http.get(&url).send().await.map_err(|e| Fail {
+        reason: format!("GET {url}: {}", crate::logging::error_chain(&e)),
+        local: io_source(&e).is_some_and(is_local),
+    })?;
     let status = response.status().as_u16();
     if status == check.expect_status {
         Ok(format!("GET {url}: {status}"))
     } else {
-        Err(format!(
+        Err(Fail::backend(format!(
             "GET {url}: status {status}, expected {}",
             check.expect_status
-        ))
+        )))
     }
 }
 
-async fn udp(check: &HealthCheckConfig, target: SocketAddr) -> Result<String, String> {
+async fn udp(check: &HealthCheckConfig, target: SocketAddr) -> Result<String, Fail> {
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
     } else {
@@ -103,36 +166,36 @@ async fn udp(check: &HealthCheckConfig, target: SocketAddr) -> Result<String, St
     };
     let socket = UdpSocket::bind(bind)
         .await
-        .map_err(|e| format!("udp socket: {e}"))?;
+        .map_err(|e| Fail::io("udp socket".to_owned(), &e))?;
     socket
         .connect(target)
         .await
-        .map_err(|e| format!("udp connect to {target}: {e}"))?;
+        .map_err(|e| Fail::io(format!("udp connect to {target}"), &e))?;
     let send = check.send.as_deref().unwrap_or_default();
     let expect = check.expect.as_deref().unwrap_or_default();
     socket
         .send(send.as_bytes())
         .await
-        .map_err(|e| format!("udp send to {target}: {e}"))?;
+        .map_err(|e| Fail::io(format!("udp send to {target}"), &e))?;
     let mut buf = vec![0u8; 65_536];
     let n = socket
         .recv(&mut buf)
         .await
-        .map_err(|e| format!("udp reply from {target}: {e}"))?;
+        .map_err(|e| Fail::io(format!("udp reply from {target}"), &e))?;
     if buf[..n].starts_with(expect.as_bytes()) {
         Ok(format!("udp {target}: expected reply"))
     } else {
-        Err(format!(
+        Err(Fail::backend(format!(
             "udp {target}: reply {:?} does not start with {expect:?}",
             String::from_utf8_lossy(&buf[..n.min(64)])
-        ))
+        )))
     }
 }
 
 /// Runs the command with `sh -c` in a process group of its own, killed as
 /// a whole when the check ends ([`GroupKill`]); `kill_on_drop` also has
 /// tokio reap the shell when the check is dropped before it exits.
-async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<String, String> {
+async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<String, Fail> {
     let command = check.command.as_deref().unwrap_or_default();
     let mut child = Command::new("sh")
         .arg("-c")
@@ -145,16 +208,16 @@ async fn exec(check: &HealthCheckConfig, address: IpAddr, port: u16) -> Result<S
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+        .map_err(|e| Fail::io(format!("cannot run {command:?}"), &e))?;
     let _group = GroupKill::of(&child);
     let status = child
         .wait()
         .await
-        .map_err(|e| format!("{command:?}: {e}"))?;
+        .map_err(|e| Fail::io(format!("{command:?}"), &e))?;
     if status.success() {
         Ok(format!("{command:?} exited 0"))
     } else {
-        Err(format!("{command:?} exited with {status}"))
+        Err(Fail::backend(format!("{command:?} exited with {status}")))
     }
 }
 
@@ -197,7 +260,7 @@ mod tests {
         assert!(run(&Client::new(), &c, LOCAL, port).await.is_ok());
         c.send = Some("hello".into());
         let err = run(&Client::new(), &c, LOCAL, port).await.unwrap_err();
-        assert!(err.contains("does not start with \"pong\""), "{err}");
+        assert!(err.reason.contains("does not start with \"pong\""), "{err}");
     }
 
     #[tokio::test]
@@ -209,7 +272,7 @@ mod tests {
         c.command = Some("sleep 5".into());
         let started = std::time::Instant::now();
         let err = run(&Client::new(), &c, LOCAL, 8080).await.unwrap_err();
-        assert!(err.contains("no answer within"), "{err}");
+        assert!(err.reason.contains("no answer within"), "{err}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "the timeout was not enforced"
@@ -231,7 +294,7 @@ mod tests {
         let (c, marker) = leaky(1, Duration::from_millis(200));
         for _ in 0..3 {
             let err = run(&Client::new(), &c, LOCAL, 8080).await.unwrap_err();
-            assert!(err.contains("no answer within"), "{err}");
+            assert!(err.reason.contains("no answer within"), "{err}");
         }
         let left = process::wait_marked_gone(&marker, Duration::from_secs(2));
         assert_eq!(left, 0, "processes of timed-out checks still run");
@@ -275,6 +338,6 @@ mod tests {
         let err = run(&Client::new(), &check(CheckKind::Tcp), LOCAL, port)
             .await
             .unwrap_err();
-        assert!(err.contains("tcp connect"), "{err}");
+        assert!(err.reason.contains("tcp connect"), "{err}");
     }
 }

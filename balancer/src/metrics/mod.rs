@@ -89,6 +89,8 @@ pub struct BackendMetrics {
     pub checks_ok: u64,
     /// Health checks that failed so far.
     pub checks_failed: u64,
+    /// Its checks that could not run on this host.
+    pub checks_inconclusive: u64,
     /// Health transitions to up so far.
     pub went_up: u64,
     /// Health transitions to down so far.
@@ -277,9 +279,14 @@ fn registry(s: &Snapshot) -> Registry {
     );
     r.register(
         "health_checks",
-        "Health-check results by outcome (success, failure)",
+        "Health-check results by outcome (success, failure, inconclusive: the check could not run on this host)",
         counters(s.backends.iter().flat_map(|b| {
-            [("success", b.checks_ok), ("failure", b.checks_failed)].map(|(outcome, n)| {
+            [
+                ("success", b.checks_ok),
+                ("failure", b.checks_failed),
+                ("inconclusive", b.checks_inconclusive),
+            ]
+            .map(|(outcome, n)| {
                 (
                     OutcomeLabels {
                         vip: b.vip.clone(),
@@ -413,6 +420,7 @@ mod tests {
                     check_latency: Some(Duration::from_micros(1500)),
                     checks_ok: 9,
                     checks_failed: 1,
+                    checks_inconclusive: 0,
                     went_up: 1,
                     went_down: 1,
                 },

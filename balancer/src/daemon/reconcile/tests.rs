@@ -132,6 +132,7 @@ impl World {
         self.observed.record(&Report {
             backend: id,
             success,
+            inconclusive: false,
             detail: String::new(),
             latency: Duration::from_micros(250),
         });
@@ -541,4 +542,26 @@ fn a_rollback_that_fails_too_leaves_the_maps_behind_and_says_so() {
             .contains("bringing the maps back failed too"),
         "{err}"
     );
+}
+
+#[test]
+fn checks_that_could_not_run_on_this_host_never_take_a_backend_down() {
+    let mut world = World::published();
+    for _ in 0..5 {
+        world.observed.record(&Report {
+            backend: 1,
+            success: false,
+            inconclusive: true,
+            detail: "tcp connect: Too many open files".into(),
+            latency: Duration::from_micros(10),
+        });
+    }
+    assert!(world.reconcile().ops.is_empty());
+    let seen = world.observed.get(1).unwrap();
+    assert_eq!((seen.checks.inconclusive, seen.checks.failed), (5, 0));
+    assert_eq!(seen.inconclusive_streak, 5);
+    // A real failure still counts, and ends the streak.
+    world.check(1, false);
+    assert_eq!(entries(&world.apply())[0].1.flags, BACKEND_RESOLVED);
+    assert_eq!(world.observed.get(1).unwrap().inconclusive_streak, 0);
 }
