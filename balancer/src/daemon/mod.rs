@@ -9,6 +9,7 @@
 //! configuration on SIGHUP or a `reload` request.
 
 mod answer;
+mod backoff;
 mod checks;
 mod connections;
 mod desired;
@@ -248,7 +249,7 @@ async fn serve(
             }
             _ = resolve.tick() => {
                 state.resolve().await;
-                let _ = state.publish();
+                state.publish_when_due();
             }
             _ = reconcile.tick() => {
                 if let Err(err) = state.scan() {
@@ -257,7 +258,7 @@ async fn serve(
             }
             _ = tokio::time::sleep(QUICK_RESOLVE_INTERVAL), if quick_until.is_some() => {
                 state.resolve().await;
-                let _ = state.publish();
+                state.publish_when_due();
                 if state.all_resolved() || quick_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     quick_until = None;
                 }

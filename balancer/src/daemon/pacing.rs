@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::backoff::Backoff;
+
 /// Wait after the first failed read of a backend: as quick as the daemon's
 /// fastest round, so a backend added at runtime resolves within tens of
 /// milliseconds.
@@ -25,9 +27,8 @@ pub(super) const BUDGET: u32 = 200;
 /// When each unresolved backend is due, and the budget of this second.
 #[derive(Debug, Default)]
 pub(super) struct Pacer {
-    /// Address → when it may be read again, and the wait after the next
-    /// failure.
-    waits: BTreeMap<IpAddr, (Instant, Duration)>,
+    /// Address → when it was first seen unresolved, and its backoff.
+    waits: BTreeMap<IpAddr, (Instant, Backoff)>,
     /// The second the budget counts, and the reads made in it.
     second: Option<(Instant, u32)>,
 }
@@ -48,8 +49,12 @@ impl Pacer {
         let mut due: Vec<(Instant, IpAddr)> = addresses
             .iter()
             .filter_map(|address| {
-                let (at, _) = *self.waits.entry(*address).or_insert((now, FIRST_WAIT));
-                (at <= now).then_some((at, *address))
+                let (seen, backoff) = self
+                    .waits
+                    .entry(*address)
+                    .or_insert((now, Backoff::new(FIRST_WAIT, LONGEST_WAIT)));
+                let at = backoff.due_at().unwrap_or(*seen);
+                backoff.due(now).then_some((at, *address))
             })
             .collect();
         due.sort();
@@ -68,9 +73,11 @@ impl Pacer {
             self.waits.remove(&address);
             return;
         }
-        let wait = self.waits.get(&address).map_or(FIRST_WAIT, |(_, w)| *w);
         self.waits
-            .insert(address, (now + wait, (wait * 2).min(LONGEST_WAIT)));
+            .entry(address)
+            .or_insert((now, Backoff::new(FIRST_WAIT, LONGEST_WAIT)))
+            .1
+            .failed(now);
     }
 
     /// Forgets every address not in `keep` (backends removed).

@@ -65,7 +65,7 @@ pub(super) enum ApplyError {
     Refused(String),
     /// The first `done` of `total` writes are in; the rest are not.
     #[error(
-        "failed part-way: {done} of {total} map writes done, then: {error}; the rest is retried at every tick"
+        "failed part-way: {done} of {total} map writes done, then: {error}; the rest is retried"
     )]
     Partial {
         done: usize,

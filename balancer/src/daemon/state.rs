@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::mpsc;
 
 use super::{
+    backoff::Backoff,
     checks::Checks,
     desired::Desired,
     events::{log_change, log_note},
@@ -27,6 +28,12 @@ use crate::{
     plan,
 };
 
+/// Waits of the periodic round after the maps' writes failed.
+const RETRY: Backoff = Backoff::new(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(60),
+);
+
 /// The daemon's state and the datapath it keeps in line.
 pub(super) struct State {
     pub(super) datapath: Datapath,
@@ -42,6 +49,8 @@ pub(super) struct State {
     maps_error: Option<String>,
     /// Sets of map writes that failed since the start.
     write_failures: u64,
+    /// When the periodic round tries the maps again after a failure.
+    retry: Backoff,
     /// Where the metrics are served, "off", or why they are not.
     pub(super) metrics_endpoint: String,
 }
@@ -86,6 +95,7 @@ impl State {
             pacer: Pacer::default(),
             maps_error: None,
             write_failures: 0,
+            retry: RETRY,
             metrics_endpoint: "off".to_owned(),
         }
     }
@@ -214,7 +224,8 @@ impl State {
             &mut self.datapath,
             &mut self.published,
         );
-        if let Err(err) = self.outcome(writes, outcome) {
+        let behind = outcome.as_ref().is_err_and(|err| !err.changed_nothing());
+        if let Err(err) = self.outcome(writes, outcome, behind) {
             self.observed.retain(&self.desired);
             return Err(err);
         }
@@ -277,23 +288,36 @@ impl State {
         }
     }
 
+    /// The reconcile of a periodic round: at every round while the maps are
+    /// in line, and after a failure when [`RETRY`] says, so a lasting
+    /// failure is tried and logged every 1, 2, 4 ... 60 s, not every round.
+    /// Events (a health transition, a change) still write at once.
+    pub(super) fn publish_when_due(&mut self) {
+        if self.retry.due(std::time::Instant::now()) {
+            let _ = self.publish();
+        }
+    }
+
     /// Carries out `writes` (the reconciler's, toward the state in force),
-    /// then logs what they did.
+    /// then logs what they did: a failure leaves the maps behind it.
     fn write(&mut self, writes: &Writes) -> Result<(), ApplyError> {
         let outcome = reconcile::apply(writes, &mut self.datapath, &mut self.published);
-        self.outcome(writes, outcome)
+        self.outcome(writes, outcome, true)
     }
 
     /// Logs what `outcome`, of `writes`, did: their notes once in, a
-    /// failure at ERROR, kept for `status` while the maps are behind.
+    /// failure at ERROR (counted). A failure that leaves the maps `behind`
+    /// the state in force is kept for `status` and retried later.
     fn outcome(
         &mut self,
         writes: &Writes,
         outcome: Result<(), ApplyError>,
+        behind: bool,
     ) -> Result<(), ApplyError> {
         match outcome {
             Ok(()) => {
                 self.maps_error = None;
+                self.retry.succeeded();
                 for note in &writes.notes {
                     log_note(note);
                 }
@@ -303,8 +327,9 @@ impl State {
                 self.write_failures += 1;
                 let error = err.to_string();
                 tracing::error!(error, "cannot bring the datapath's maps in line");
-                if !err.changed_nothing() {
+                if behind {
                     self.maps_error = Some(error);
+                    self.retry.failed(std::time::Instant::now());
                 }
                 Err(err)
             }
