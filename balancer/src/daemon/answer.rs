@@ -19,7 +19,7 @@ struct Status {
     backends_up: usize,
     backends_unresolved: usize,
     /// Why the maps are behind the configuration in force, since a set of
-    /// writes failed part-way (retried at every tick); null when in line.
+    /// writes failed (retried after a growing wait); null when in line.
     maps_error: Option<String>,
 }
 
