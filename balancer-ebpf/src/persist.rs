@@ -32,10 +32,7 @@ pub fn client(vip: &VipInfo, key: &FlowKey, now: u64) -> Client {
     let Some(policy) = VIP_POLICY.get(vip.index) else {
         return Client::Off;
     };
-    let client = PersistKey {
-        client: masked(&key.src, &policy.client_mask),
-        vip: vip.index,
-    };
+    let client = client_key(vip.index, key, &policy.client_mask);
     if let Some(state) = PERSIST.get_ptr_mut(client) {
         // SAFETY: the entry stays valid for this run; a concurrent writer
         // can only replace whole values of plain integers.
@@ -86,10 +83,7 @@ pub fn touch(vip_index: u32, key: &FlowKey, backend: u32, now: u64) {
     if policy.persist_ns == 0 {
         return;
     }
-    let client = PersistKey {
-        client: masked(&key.src, &policy.client_mask),
-        vip: vip_index,
-    };
+    let client = client_key(vip_index, key, &policy.client_mask);
     if let Some(state) = PERSIST.get_ptr_mut(client) {
         // SAFETY: as in `client`.
         let state = unsafe { &mut *state };
@@ -99,12 +93,18 @@ pub fn touch(vip_index: u32, key: &FlowKey, backend: u32, now: u64) {
     }
 }
 
+/// The persistence key of flow `key`'s client at VIP `vip_index`: its
+/// address under the VIP's client mask.
 #[inline(always)]
-fn masked(addr: &[u32; 4], mask: &[u32; 4]) -> [u32; 4] {
-    [
-        addr[0] & mask[0],
-        addr[1] & mask[1],
-        addr[2] & mask[2],
-        addr[3] & mask[3],
-    ]
+fn client_key(vip_index: u32, key: &FlowKey, mask: &[u32; 4]) -> PersistKey {
+    let a = &key.src;
+    PersistKey {
+        client: [
+            a[0] & mask[0],
+            a[1] & mask[1],
+            a[2] & mask[2],
+            a[3] & mask[3],
+        ],
+        vip: vip_index,
+    }
 }

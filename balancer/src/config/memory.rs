@@ -45,12 +45,12 @@ impl MapMemory {
             .iter()
             .map(|vip| {
                 let vip = vip.get_ref();
-                let slots = match vip.scheduler {
-                    Scheduler::Maglev | Scheduler::SourceHash => ring_size,
-                    Scheduler::RoundRobin => u64::from(list_slot(MAX_LIST_LEN)),
-                    Scheduler::LeastConnections | Scheduler::LeastLatency => {
-                        u64::from(list_slot(vip.backends.len() as u32))
-                    }
+                let slots = if vip.scheduler.maglev_ring() {
+                    ring_size
+                } else if vip.scheduler == Scheduler::RoundRobin {
+                    u64::from(list_slot(MAX_LIST_LEN))
+                } else {
+                    u64::from(list_slot(vip.backends.len() as u32))
                 };
                 ring_bytes(slots)
             })

@@ -100,7 +100,7 @@ impl Desired {
     }
 
     /// Refuses a configuration that changes what only a restart can.
-    pub(super) fn check_restart_keys(&self, config: &Config, path: &Path) -> Result<(), String> {
+    fn check_restart_keys(&self, config: &Config, path: &Path) -> Result<(), String> {
         let (old, new) = (&self.config.datapath, &config.datapath);
         let mut fixed = Vec::new();
         if old.interfaces != new.interfaces {

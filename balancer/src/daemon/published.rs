@@ -35,9 +35,6 @@ pub(super) struct Published {
     pub(super) vips: BTreeMap<u32, VipRecord>,
     /// Addresses that carry VIPs.
     pub(super) addrs: Vec<(AddrKey, AddrInfo)>,
-    /// VIP indexes with no ring and no backend of weight above 0 (their
-    /// traffic passes), said once when they become so.
-    pub(super) unweighted: BTreeSet<u32>,
 }
 
 /// VIP indexes and backend ids.
@@ -65,6 +62,9 @@ pub(super) struct VipRecord {
     /// Every backend is down or unreachable: the ring is the last one,
     /// kept rather than dropping the VIP's traffic.
     pub(super) all_down: bool,
+    /// It has no ring and no backend of weight above 0: its traffic
+    /// passes (said once, when it becomes so).
+    pub(super) unweighted: bool,
 }
 
 /// A VIP's ring in force and what it was built from.
@@ -134,9 +134,11 @@ impl Published {
         self.backends.get(&id).copied().unwrap_or_default()
     }
 
-    /// Records `write`, which succeeded; `recipes` names what each ring
+    /// Records `write`, which succeeded. A ring written is recorded
+    /// without its recipe, which [`super::reconcile::apply`] adds once every
+    /// write is in (a ring without one is rebuilt and compared next time).
     /// written was built from.
-    pub(super) fn commit(&mut self, write: &Write, recipes: &BTreeMap<u32, Recipe>) {
+    pub(super) fn commit(&mut self, write: &Write) {
         match write {
             Write::Settings(settings) => self.settings = Some(*settings),
             Write::ResetNumbers { vips, backends } => {
@@ -164,13 +166,10 @@ impl Published {
             Write::Policy { slot, policy } => self.vip_mut(slot).policy = Some(*policy),
             Write::Rings(rings) => {
                 for (slot, entries) in rings {
-                    let Some(recipe) = recipes.get(&slot.info.index) else {
-                        continue;
-                    };
                     let record = self.vip_mut(slot);
                     record.ring = Some(Ring {
                         entries: entries.clone(),
-                        recipe: Some(recipe.clone()),
+                        recipe: None,
                     });
                     record.all_down = false;
                 }
@@ -203,6 +202,7 @@ impl VipRecord {
             policy: None,
             ring: None,
             all_down: false,
+            unweighted: false,
         }
     }
 }

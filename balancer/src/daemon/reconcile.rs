@@ -221,7 +221,7 @@ fn rings(
             members = vip.members(|_| true);
             if members.is_empty() {
                 out.unweighted.insert(index);
-                if !published.unweighted.contains(&index) {
+                if !record.is_some_and(|r| r.unweighted) {
                     out.notes.push(Note::NoWeight {
                         vip: vip.name.clone(),
                     });
@@ -315,7 +315,7 @@ pub(super) fn apply(
                 ApplyError::Partial { done, total, error }
             });
         }
-        published.commit(op, &writes.recipes);
+        published.commit(op);
     }
     for (index, recipe) in &writes.recipes {
         if let Some(ring) = published.vips.get_mut(index).and_then(|r| r.ring.as_mut()) {
@@ -324,8 +324,8 @@ pub(super) fn apply(
     }
     for (index, record) in &mut published.vips {
         record.all_down = writes.all_down.contains(index);
+        record.unweighted = writes.unweighted.contains(index);
     }
-    published.unweighted.clone_from(&writes.unweighted);
     published
         .backends
         .retain(|id, _| writes.numbers.backends.contains(id));

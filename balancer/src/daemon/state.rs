@@ -4,7 +4,7 @@
 //! a neighbour read) updates one part, then the reconciler brings the maps
 //! in line: decide, then write, then commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use tokio::sync::mpsc;
 
@@ -386,7 +386,7 @@ impl State {
             tracing::warn!(error = %err, "cannot write a backend's latency");
             return Ok(());
         }
-        self.published.commit(&write, &BTreeMap::new());
+        self.published.commit(&write);
         Ok(())
     }
 }
