@@ -69,6 +69,37 @@ impl Process {
         self.child.id()
     }
 
+    /// The CPU time the process has used so far, user and system, all its
+    /// threads (from /proc/PID/stat).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        // The fields after the command's name, which is in parentheses and
+        // may hold spaces: state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> Result<u64> {
+            fields
+                .get(i - 3)
+                .and_then(|f| f.parse().ok())
+                .with_context(|| format!("field {i} of {path}: {stat}"))
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100)
+            .max(1) as u64;
+        let total = ticks(14)? + ticks(15)?;
+        Ok(Duration::from_millis(total * 1000 / hz))
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything the process wrote to stdout and stderr so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&lock(&self.output)).into_owned()

@@ -29,11 +29,11 @@ fn config(t: &Topology, backends: usize, weight_line: &str) -> String {
     topology::web_config(NO_CHECK, &backends)
 }
 
-/// How long an answer may take with the idle clients in place: within a
-/// second on a quiet machine (the test prints how long it took); the
-/// bound leaves room for a loaded test run, while a blocked daemon does not
-/// answer at all.
-const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+/// How long an answer may take with the idle clients in place: a second.
+/// Answers take tens of milliseconds here (the test prints them), so the bound leaves room for a loaded run, while a blocked
+/// daemon does not answer at all.
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
 #[test]
 fn the_cli_reports_and_reloads_through_the_control_socket() {
     netns_test("control_reload", Duration::from_secs(120), |lab| {
@@ -227,14 +227,16 @@ fn idle_metrics_and_control_clients_leave_the_cli_answering() {
 
         let started = Instant::now();
         let status = cli_json(lab, ["status"])?;
-        let took = started.elapsed();
+        let cli_took = started.elapsed();
         ensure!(status["vips"] == 1, "{status}");
-        ensure!(took < ANSWER_WITHIN, "the CLI answered in {took:?}");
+        ensure!(cli_took < ANSWER_WITHIN, "the CLI answered in {cli_took:?}");
         let started = Instant::now();
         scrape(&t.lb, metrics)?;
         let took = started.elapsed();
         ensure!(took < ANSWER_WITHIN, "a scrape answered in {took:?}");
-        eprintln!("with the idle clients in place: the CLI answered, then a scrape in {took:?}");
+        eprintln!(
+            "with the idle clients in place: the CLI answered in {cli_took:?}, a scrape in {took:?}"
+        );
         Ok(())
     });
 }
