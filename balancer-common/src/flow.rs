@@ -60,14 +60,36 @@ const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 /// table of a running balancer, stays as it was.
 pub const FLOW_COUNTED: u32 = 1 << 31;
 
+/// The client sent a FIN or RST on the flow: the entry still forwards the
+/// rest of the close, but a SYN for the same 5-tuple starts a new
+/// connection and is placed afresh. Any other SYN keeps the flow's
+/// backend. Kept in [`FlowState::vip`] beside [`FLOW_COUNTED`].
+pub const FLOW_CLOSING: u32 = 1 << 30;
+
+/// The flag bits of [`FlowState::vip`].
+const FLOW_FLAGS: u32 = FLOW_COUNTED | FLOW_CLOSING;
+
+// VIP indexes stay below the flags.
+const _: () = assert!(crate::maps::MAX_VIPS <= FLOW_CLOSING);
+
 impl FlowState {
     /// A flow of VIP `vip_index` on `backend`, last seen at `last_seen_ns`,
-    /// [`counted`](FlowState::is_counted) or not.
+    /// [`counted`](FlowState::is_counted) or not, and
+    /// [`closing`](FlowState::is_closing) when its first packet already
+    /// ends it.
     #[inline(always)]
-    pub const fn new(backend: u32, vip_index: u32, counted: bool, last_seen_ns: u64) -> FlowState {
+    pub const fn new(
+        backend: u32,
+        vip_index: u32,
+        counted: bool,
+        closing: bool,
+        last_seen_ns: u64,
+    ) -> FlowState {
         FlowState {
             backend,
-            vip: vip_index | if counted { FLOW_COUNTED } else { 0 },
+            vip: vip_index
+                | if counted { FLOW_COUNTED } else { 0 }
+                | if closing { FLOW_CLOSING } else { 0 },
             last_seen_ns,
         }
     }
@@ -75,7 +97,20 @@ impl FlowState {
     /// The index of the flow's VIP, without flags.
     #[inline(always)]
     pub const fn vip_index(&self) -> u32 {
-        self.vip & !FLOW_COUNTED
+        self.vip & !FLOW_FLAGS
+    }
+
+    /// Whether the client was seen closing the flow ([`FLOW_CLOSING`]).
+    #[inline(always)]
+    pub const fn is_closing(&self) -> bool {
+        self.vip & FLOW_CLOSING != 0
+    }
+
+    /// Marks the flow closing (its FIN or RST was seen) and stops counting
+    /// it.
+    #[inline(always)]
+    pub const fn close(&mut self) {
+        self.vip = self.vip_index() | FLOW_CLOSING;
     }
 
     /// Whether the flow counts in its backend's active connections
@@ -83,12 +118,6 @@ impl FlowState {
     #[inline(always)]
     pub const fn is_counted(&self) -> bool {
         self.vip & FLOW_COUNTED != 0
-    }
-
-    /// Stops counting the flow (its FIN or RST was seen).
-    #[inline(always)]
-    pub const fn uncount(&mut self) {
-        self.vip = self.vip_index();
     }
 }
 
@@ -101,13 +130,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_counted_flag_rides_on_the_vip_index() {
-        let mut state = FlowState::new(4, 9, true, 100);
+    fn the_flags_ride_on_the_vip_index() {
+        let mut state = FlowState::new(4, 9, true, false, 100);
         assert_eq!(state.vip, 9 | FLOW_COUNTED);
         assert_eq!(state.vip_index(), 9);
-        assert!(state.is_counted());
-        state.uncount();
-        assert_eq!(state, FlowState::new(4, 9, false, 100));
-        assert!(!state.is_counted());
+        assert!(state.is_counted() && !state.is_closing());
+        state.close();
+        assert_eq!(state, FlowState::new(4, 9, false, true, 100));
+        assert_eq!(state.vip_index(), 9);
+        assert!(!state.is_counted() && state.is_closing());
     }
 }

@@ -4,9 +4,9 @@
 //! Sizes marked "set at load" are defaults of the object; the daemon sizes
 //! them from its configuration when it loads the program.
 
-/// Global per-CPU counters by reason: [`crate::stats::PacketCount`]
-/// indexed by [`crate::stats::Stat`].
-pub const STATS: &str = "stats";
+/// Global per-CPU counters: [`crate::stats::PacketCount`] indexed by
+/// [`crate::stats::Stat`], then by [`crate::stats::Event::slot`].
+pub const STATS: &str = "counters";
 /// VIPs: [`crate::vip::VipKey`] to [`crate::vip::VipInfo`].
 pub const VIPS: &str = "vips";
 /// Addresses that carry at least one VIP: [`crate::vip::AddrKey`] to
@@ -18,9 +18,11 @@ pub const VIP_ADDRS: &str = "vip_addrs";
 /// then that many in the list layout), created with [`RING_FLAGS`].
 pub const RINGS: &str = "rings_mm";
 /// Pinned maps of earlier layouts that a daemon adopting a pin directory
-/// removes: the previous `rings`, whose inner template was not mmap-able.
-/// Programs still attached keep the maps they use until they are replaced.
-pub const OBSOLETE_PINS: &[&str] = &["rings"];
+/// removes: the previous `rings`, whose inner template was not mmap-able,
+/// and `stats`, sized for exactly the counters it had (its successor
+/// [`STATS`] keeps free slots for new ones). Programs still attached keep
+/// the maps they use until they are replaced.
+pub const OBSOLETE_PINS: &[&str] = &["rings", "stats"];
 /// Backends: [`crate::backend::BackendInfo`] indexed by backend id.
 pub const BACKENDS: &str = "backends";
 /// Connection table: LRU hash of [`crate::flow::FlowKey`] to

@@ -10,6 +10,10 @@
 /// A plain `u32` newtype rather than an enum: the value crosses into the
 /// kernel as an array index, and every index below [`Stat::COUNT`] is valid.
 /// Every frame is counted under exactly one verdict reason.
+///
+/// The map reserves [`Stat::CAPACITY`] slots for reasons and as many for
+/// events, so a new counter takes a free slot and the pinned map of a
+/// running balancer keeps its layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Stat(pub u32);
 
@@ -48,8 +52,8 @@ stats! {
     /// Dropped: a packet for a VIP ends before a header it announces, or
     /// before the length its IP header gives.
     DROP_TRUNCATED = 6, "drop_truncated";
-    /// Dropped: a packet for a VIP with an invalid header (IPv4 IHL below
-    /// 5, TCP data offset below 5, wrong IP version).
+    /// Dropped: a packet for a VIP with an invalid IP header (IPv4 IHL
+    /// below 5, wrong IP version).
     DROP_MALFORMED = 7, "drop_malformed";
     /// Dropped: the VIP has no ring or the ring slot no backend.
     DROP_NO_BACKEND = 8, "drop_no_backend";
@@ -57,14 +61,26 @@ stats! {
     DROP_NO_NEIGHBOUR = 9, "drop_no_neighbour";
     /// Dropped: the redirect to the backend's interface failed.
     DROP_REDIRECT = 10, "drop_redirect";
+    /// Dropped: TCP to a VIP with flags no client sends (no flag at all,
+    /// SYN with FIN, RST or ACK, FIN with RST, FIN without ACK).
+    DROP_TCP_FLAGS = 11, "drop_tcp_flags";
+    /// Dropped: TCP to a VIP whose data offset is below 5 words or beyond
+    /// the end of the packet.
+    DROP_TCP_OFFSET = 12, "drop_tcp_offset";
+    /// Dropped: UDP to a VIP whose length field is not the length of the
+    /// datagram the IP header carries.
+    DROP_UDP_LENGTH = 13, "drop_udp_length";
 }
 
 impl Stat {
-    /// Number of counters: the map's `max_entries`.
-    pub const COUNT: u32 = 11;
+    /// Number of verdict reasons.
+    pub const COUNT: u32 = 14;
+    /// Slots of the map reserved for verdict reasons, used or not.
+    pub const CAPACITY: u32 = 64;
 }
 
 const _: () = assert!(Stat::ALL.len() == Stat::COUNT as usize);
+const _: () = assert!(Stat::COUNT <= Stat::CAPACITY);
 
 /// Events counted on top of the verdict reasons (a forwarded packet can be
 /// a fragment, a path-MTU error, a new flow and a fail-over at once).
@@ -87,10 +103,10 @@ macro_rules! events {
                 }
             }
 
-            /// Index of the event's slot in the `stats` map, after the
-            /// verdict reasons.
+            /// Index of the event's slot in the counters map, after the
+            /// slots of the verdict reasons.
             pub const fn slot(self) -> u32 {
-                Stat::COUNT + self.0
+                Stat::CAPACITY + self.0
             }
         }
     };
@@ -106,17 +122,25 @@ events! {
     NEW_FLOW = 2, "new_flow";
     /// A flow whose backend went down, moved to another backend.
     FAILOVER = 3, "failover";
+    /// A TCP SYN for a flow the connection table holds as live (not seen
+    /// closing, not expired): it keeps the flow's backend, so that a
+    /// retransmitted or spoofed SYN never moves a connection.
+    SYN_KEPT = 4, "syn_kept";
 }
 
 impl Event {
     /// Number of event counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
+    /// Slots of the map reserved for events, used or not.
+    pub const CAPACITY: u32 = 64;
 }
 
 const _: () = assert!(Event::ALL.len() == Event::COUNT as usize);
+const _: () = assert!(Event::COUNT <= Event::CAPACITY);
 
-/// Size of the `stats` map: verdict reasons, then events.
-pub const STATS_SLOTS: u32 = Stat::COUNT + Event::COUNT;
+/// Size of the counters map: the slots of the verdict reasons, then those
+/// of the events.
+pub const STATS_SLOTS: u32 = Stat::CAPACITY + Event::CAPACITY;
 
 /// Value of one counter slot: packets and bytes seen on one CPU.
 ///
@@ -188,10 +212,10 @@ mod tests {
     fn every_event_has_a_distinct_name_and_slot_after_the_reasons() {
         for (i, event) in Event::ALL.iter().enumerate() {
             assert_eq!(event.0 as usize, i);
-            assert_eq!(event.slot(), Stat::COUNT + i as u32);
+            assert_eq!(event.slot(), Stat::CAPACITY + i as u32);
             assert_ne!(event.name(), "unknown");
         }
-        assert_eq!(STATS_SLOTS, Stat::COUNT + Event::COUNT);
+        assert_eq!(STATS_SLOTS, 128, "the pinned map's layout");
     }
 
     #[test]

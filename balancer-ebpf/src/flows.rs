@@ -35,11 +35,14 @@ pub fn now() -> u64 {
 
 /// Looks flow `key` up in the connection table, refreshing its last-seen
 /// time (and its client's persistence) at most every
-/// [`LAST_SEEN_GRANULARITY_NS`]. `end` (a FIN or RST) ends the flow's
-/// count in its backend's active connections; the entry stays, for the
-/// rest of the close.
+/// [`LAST_SEEN_GRANULARITY_NS`]. A `syn` keeps a live flow's backend (a
+/// retransmitted or spoofed SYN must not move a connection; a backend
+/// answers a SYN for a connection it holds itself), unless the client was
+/// seen closing the flow: then it starts a new connection. `end` (a FIN or
+/// RST) marks the flow closing and ends its count in its backend's active
+/// connections; the entry stays, for the rest of the close.
 #[inline(always)]
-pub fn known(key: &FlowKey, settings: &Settings, now: u64, end: bool) -> Known {
+pub fn known(key: &FlowKey, settings: &Settings, now: u64, syn: bool, end: bool) -> Known {
     let Some(state) = FLOWS.get_ptr_mut(key) else {
         return Known::Unknown;
     };
@@ -47,7 +50,7 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, end: bool) -> Known {
     // only replace whole values of plain integers.
     let state = unsafe { &mut *state };
     let age = now.saturating_sub(state.last_seen_ns);
-    if age > settings.idle_ns(key.proto) {
+    if age > settings.idle_ns(key.proto) || (syn && state.is_closing()) {
         return Known::Unknown;
     }
     let id = state.backend;
@@ -58,9 +61,11 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, end: bool) -> Known {
         return Known::Down;
     }
     let vip = state.vip_index();
-    if end && state.is_counted() {
-        state.uncount();
-        closed(id);
+    if end && !state.is_closing() {
+        if state.is_counted() {
+            closed(id);
+        }
+        state.close();
     }
     if age > LAST_SEEN_GRANULARITY_NS {
         state.last_seen_ns = now;
@@ -91,7 +96,7 @@ pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool) 
             counted = true;
         }
     }
-    let state = FlowState::new(pick.id, vip.index, counted, now);
+    let state = FlowState::new(pick.id, vip.index, counted, end, now);
     let _ = FLOWS.insert(key, state, 0);
 }
 

@@ -108,8 +108,9 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
 }
 
 /// A TCP or UDP packet: what the connection table knows of its flow
-/// decides. A live flow goes straight to its backend; a flow whose backend
-/// is down, or a new one, is placed.
+/// decides. A live flow goes straight to its backend, even for a SYN; a
+/// flow whose backend is down, one seen closing that a SYN reopens, or a
+/// new one, is placed.
 #[inline(always)]
 fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
     let ports = match parse::ports(c, ip.proto) {
@@ -122,24 +123,21 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
         return pass(Stat::PASS_NOT_VIP);
     };
-    // A SYN starts a flow, so it skips the connection table (a
-    // retransmitted SYN is placed again, on the same ring).
-    let failover = if ports.syn {
-        false
-    } else {
-        match flows::known(&key, settings, flows::now(), ports.end) {
-            Known::Live { pick, vip } => {
-                decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
-                return send(ctx, vip, &pick, len, false);
+    let failover = match flows::known(&key, settings, flows::now(), ports.syn, ports.end) {
+        Known::Live { pick, vip } => {
+            decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
+            if ports.syn {
+                stats::event(Event::SYN_KEPT, len);
             }
-            Known::Down => {
-                decision!(ctx, "flow hit, backend down: fail over");
-                true
-            }
-            Known::Unknown => {
-                decision!(ctx, "flow miss");
-                false
-            }
+            return send(ctx, vip, &pick, len, false);
+        }
+        Known::Down => {
+            decision!(ctx, "flow hit, backend down: fail over");
+            true
+        }
+        Known::Unknown => {
+            decision!(ctx, "flow miss");
+            false
         }
     };
     new_flow(ctx, &key, &ports, &addr, settings, len, failover)
@@ -200,11 +198,14 @@ fn place(vip: &VipInfo, key: &FlowKey, settings: &Settings, now: u64) -> Result<
     }
 }
 
-/// A packet that cannot be parsed: dropped and counted when it is for a VIP
-/// address, passed on untouched otherwise.
+/// A packet that cannot be parsed or is invalid: dropped and counted when
+/// it is for a VIP address (of either protocol: an IPv6 fragment header
+/// cut short hides which one), passed on untouched otherwise.
 #[inline(always)]
 fn reject(ip: &Ip, reason: Stat) -> (u32, Stat) {
-    if vip::addr(&ip.dst, ip.proto).is_some() {
+    let for_vip =
+        vip::addr(&ip.dst, proto::TCP).is_some() || vip::addr(&ip.dst, proto::UDP).is_some();
+    if for_vip {
         drop(reason)
     } else {
         pass(Stat::PASS_UNPARSED)
@@ -247,7 +248,7 @@ fn icmp_error(
     }
     // The flow's backend, without touching the table: an error message is
     // not traffic of the flow.
-    if let Known::Live { pick, vip } = flows::known(&key, settings, flows::now(), false) {
+    if let Known::Live { pick, vip } = flows::known(&key, settings, flows::now(), false, false) {
         stats::event(Event::ICMP_PMTU, len);
         return send(ctx, vip, &pick, len, false);
     }

@@ -51,7 +51,7 @@ pub static EGRESS: DevMapHash<{ MAX_EGRESS as usize }> = DevMapHash::new();
 #[btf_map(name = "settings")]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
-#[btf_map(name = "stats")]
+#[btf_map(name = "counters")]
 pub static STATS: PerCpuArray<PacketCount, { STATS_SLOTS as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "vip_stats")]

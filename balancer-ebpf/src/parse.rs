@@ -300,13 +300,13 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
 }
 
 /// Ports (network byte order) of a transport header, and whether it is a
-/// TCP SYN (which starts a flow, so its lookup in the connection table is
-/// skipped).
+/// TCP SYN or ends the flow.
 #[derive(Clone, Copy)]
 pub struct Ports {
     pub src: u16,
     pub dst: u16,
-    /// TCP SYN: the packet starts a flow.
+    /// TCP SYN: the packet starts a connection, unless the connection
+    /// table holds its flow as live.
     pub syn: bool,
     /// TCP FIN or RST: the client ends the flow.
     pub end: bool,
@@ -319,16 +319,44 @@ const TCP_SYN: u16 = 0x02 << 8;
 /// TCP RST, likewise.
 const TCP_RST: u16 = 0x04 << 8;
 
-/// Reads the ports of a TCP or UDP header. `Err` carries the drop reason.
+/// Which combinations of FIN, SYN, RST and ACK a client sends to a
+/// server, as a bit set indexed by those four flags (FIN the lowest bit,
+/// then SYN, RST, ACK): SYN, ACK, FIN+ACK, RST and RST+ACK. PSH, URG and
+/// the ECN flags do not matter. Everything else (no flag, SYN with
+/// anything but itself, FIN with RST, FIN without ACK) is a scan or an
+/// attack, as conntrack's table of valid flags says too.
+const TCP_VALID_FLAGS: u16 = 1 << 0b0010 | 1 << 0b1000 | 1 << 0b1001 | 1 << 0b0100 | 1 << 0b1100;
+
+/// Whether the flags byte of `off_flags` (as loaded) is one a client
+/// sends: one table lookup, no branch per combination.
+#[inline(always)]
+fn tcp_flags_valid(off_flags: u16) -> bool {
+    let flags = off_flags >> 8;
+    let index = (flags & 0x07) | ((flags & 0x10) >> 1);
+    TCP_VALID_FLAGS >> index & 1 != 0
+}
+
+/// Reads the ports of a TCP or UDP header and checks the header against
+/// the packet: TCP flags a client sends and a data offset within the
+/// packet, a UDP length that is the datagram's. `Err` carries the drop
+/// reason.
 #[inline(always)]
 pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
+    let start = c.pos;
+    // The IP packet's end: the cursor's limit never exceeds the frame's.
+    let len = c.limit - start;
     if l4 == proto::TCP {
         let t = c.header::<TcpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
         // SAFETY: the whole base header is inside the packet.
         let t = unsafe { &*t };
-        // The data offset is the high nibble of the first byte.
-        if (t.off_flags & 0xf0) >> 4 < 5 {
-            return Err(Stat::DROP_MALFORMED);
+        // The data offset, in 32-bit words, is the high nibble of the
+        // first byte.
+        let words = ((t.off_flags & 0xf0) >> 4) as usize;
+        if words < 5 || words * 4 > len {
+            return Err(Stat::DROP_TCP_OFFSET);
+        }
+        if !tcp_flags_valid(t.off_flags) {
+            return Err(Stat::DROP_TCP_FLAGS);
         }
         Ok(Ports {
             src: t.src,
@@ -340,6 +368,9 @@ pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
         let u = c.header::<UdpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
         // SAFETY: the whole header is inside the packet.
         let u = unsafe { &*u };
+        if u16::from_be(u.len) as usize != len {
+            return Err(Stat::DROP_UDP_LENGTH);
+        }
         Ok(Ports {
             src: u.src,
             dst: u.dst,

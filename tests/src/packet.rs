@@ -144,6 +144,60 @@ impl Packet {
     }
 }
 
+/// A TCP segment from `src:src_port` to `dst:dst_port` with exactly the
+/// flags of `flags` (the header's flags byte: FIN 0x01, SYN 0x02, RST
+/// 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80) and `payload`,
+/// valid checksums.
+pub fn tcp_with_flags(
+    src: IpAddr,
+    src_port: u16,
+    dst: IpAddr,
+    dst_port: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let mut out = Vec::new();
+    macro_rules! finish {
+        ($ip:expr) => {{
+            let mut tcp = $ip.tcp(src_port, dst_port, 1000, 64240);
+            let bit = |b: u8| flags & b != 0;
+            if bit(0x01) {
+                tcp = tcp.fin();
+            }
+            if bit(0x02) {
+                tcp = tcp.syn();
+            }
+            if bit(0x04) {
+                tcp = tcp.rst();
+            }
+            if bit(0x08) {
+                tcp = tcp.psh();
+            }
+            if bit(0x10) {
+                tcp = tcp.ack(1);
+            }
+            if bit(0x20) {
+                tcp = tcp.urg(0);
+            }
+            if bit(0x40) {
+                tcp = tcp.ece();
+            }
+            if bit(0x80) {
+                tcp = tcp.cwr();
+            }
+            tcp.write(&mut out, payload)
+        }};
+    }
+    let result = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth.ipv4(s.octets(), d.octets(), 64)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth.ipv6(s.octets(), d.octets(), 64)),
+        _ => panic!("mixed address families in a test packet"),
+    };
+    result.expect("etherparse cannot build the test packet");
+    out
+}
+
 fn vlan_id(v: u16) -> VlanId {
     VlanId::try_new(v).expect("VLAN id above 4095")
 }

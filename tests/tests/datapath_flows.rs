@@ -71,6 +71,74 @@ fn established_flows_keep_their_backend_when_the_ring_changes() {
 }
 
 #[test]
+fn a_syn_for_a_live_flow_keeps_its_backend_until_the_client_closes_it() {
+    privilege::run("datapath_syn_live", || {
+        let mut f = standard()?;
+        let grown = grown(&standard::vip(0), 50, 99);
+        let port = flow_moved_by(&standard::vip(0), &grown, &f.settings)?;
+        let p = Packet::tcp(CLIENT4, port, VIP4, 80);
+        let key = flow_key(CLIENT4, port, VIP4, 80, proto::TCP);
+        let old = f.expected_backend(0, &key);
+        let counts = |new_flows, kept| {
+            [
+                (Counter::Event(Event::NEW_FLOW), new_flows),
+                (Counter::Event(Event::SYN_KEPT), kept),
+            ]
+        };
+        run(
+            &mut f,
+            &[Case::new(
+                "syn",
+                p.build(),
+                TX,
+                Out::Backend(old),
+                &counts(1, 0),
+            )],
+        )?;
+        // The ring changes under the flow: a new flow of this 5-tuple
+        // would now go to backend 50.
+        let mut down = grown.clone();
+        f.put_vip(grown)?;
+        ensure!(f.expected_backend(0, &key) == 50);
+        let (syn, ack) = (p.build(), p.clone().established().build());
+        let on = |id| Out::Backend(id);
+        let cases = [
+            // A retransmitted (or spoofed) SYN keeps the connection where
+            // it is.
+            Case::new("syn again", syn.clone(), TX, on(old), &counts(0, 1)),
+            Case::new("ack", ack.clone(), TX, on(old), &counts(0, 0)),
+            // The client closes: the rest of the close follows the flow.
+            Case::new("fin", p.clone().fin().build(), TX, on(old), &counts(0, 0)),
+            Case::new("ack after fin", ack.clone(), TX, on(old), &counts(0, 0)),
+            // A SYN now starts a new connection on the port: placed afresh.
+            Case::new("syn after fin", syn.clone(), TX, on(50), &counts(1, 0)),
+            Case::new("syn of the new one", syn.clone(), TX, on(50), &counts(0, 1)),
+            // Likewise after a RST.
+            Case::new("rst", p.clone().rst().build(), TX, on(50), &counts(0, 0)),
+            Case::new("syn after rst", syn.clone(), TX, on(50), &counts(1, 0)),
+        ];
+        run(&mut f, &cases)?;
+
+        // The backend goes down: a SYN fails over like any packet.
+        for backend in down.backends.iter_mut().filter(|b| b.id == 50) {
+            backend.up = false;
+        }
+        f.put_vip(down)?;
+        let failover = [
+            (Counter::Event(Event::FAILOVER), 1),
+            (Counter::Event(Event::SYN_KEPT), 0),
+        ];
+        let moved = Out::Flow { vip: 0, key };
+        run(
+            &mut f,
+            &[Case::new("syn, backend down", syn, TX, moved, &failover)],
+        )?;
+        ensure!(f.expected_backend(0, &key) != 50);
+        Ok(())
+    });
+}
+
+#[test]
 fn a_flow_fails_over_when_its_backend_goes_down_and_draining_keeps_it() {
     privilege::run("datapath_failover_drain", || {
         let mut f = standard()?;

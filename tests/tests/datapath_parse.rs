@@ -65,13 +65,13 @@ fn malformed_headers_for_a_vip_are_dropped_and_counted() {
             Out::Same,
             malformed,
         ),
-        // TCP data offset 4.
+        // TCP data offset 4 (datapath_invalid.rs has the other cases).
         Case::new(
             "tcp doff 4",
             damaged(VIP4, 14 + 20 + 12, 0x40),
             DROP,
             Out::Same,
-            malformed,
+            &[(Counter::Stat(Stat::DROP_TCP_OFFSET), 1)],
         ),
         // The same damage on a packet for another address passes.
         Case::new(

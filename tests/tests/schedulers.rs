@@ -116,6 +116,35 @@ fn round_robin_shares_are_exact_over_every_cycle_of_weights() -> Result<()> {
 }
 
 #[test]
+fn round_robin_a_repeated_syn_of_a_live_flow_keeps_its_backend() -> Result<()> {
+    if !privileged("schedulers_round_robin_syn") {
+        return Ok(());
+    }
+    stay_on_one_cpu()?;
+    let mut f = Fixture::new(1)?;
+    f.put_vip(vip(Scheduler::RoundRobin, backends(&[1, 1, 1])))?;
+    let first = new_flow(&mut f, CLIENT4, 40_000, VIP4)?;
+    let mut others = BTreeMap::<u32, u32>::new();
+    for i in 1..=6 {
+        // The same SYN again (retransmitted, or spoofed with the client's
+        // 5-tuple) between new flows that move the cursor on.
+        let again = new_flow(&mut f, CLIENT4, 40_000, VIP4)?;
+        ensure!(
+            again == first,
+            "SYN {i} of the flow moved it from {first} to {again}"
+        );
+        *others
+            .entry(new_flow(&mut f, CLIENT4, 40_000 + i, VIP4)?)
+            .or_default() += 1;
+    }
+    ensure!(
+        others.len() == 3,
+        "round robin stopped rotating: {others:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn least_connections_sends_new_flows_away_from_a_loaded_backend_and_counts_to_the_close()
 -> Result<()> {
     if !privileged("schedulers_least_connections") {

@@ -94,7 +94,7 @@ mod tests {
                 proto: l4,
                 ..FlowKey::default()
             },
-            FlowState::new(backend, 3, counted, seen),
+            FlowState::new(backend, 3, counted, false, seen),
         )
     }
 

@@ -115,14 +115,7 @@ impl Datapath {
 
     /// Reads the global counters.
     pub fn reasons(&self) -> Result<Reasons, DatapathError> {
-        let map = self.percpu::<PacketCount>(maps::STATS)?;
-        let slots = (0..STATS_SLOTS)
-            .map(|i| {
-                map.get(&i, 0)
-                    .map(|v| sum(&v, PacketCount::merged))
-                    .map_err(DatapathError::map("read", maps::STATS))
-            })
-            .collect::<Result<_, _>>()?;
+        let slots = self.sum_all(maps::STATS, STATS_SLOTS, PacketCount::merged)?;
         Ok(Reasons { slots })
     }
 
