@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod flow;
+pub mod fragment;
 pub mod hash;
 pub mod maps;
 pub mod persist;

@@ -48,6 +48,10 @@ pub const RR_CURSOR: &str = "rr_cursor";
 /// Session persistence: LRU hash of [`crate::persist::PersistKey`] to
 /// [`crate::persist::PersistState`].
 pub const PERSIST: &str = "persist";
+/// Fragments: LRU hash of [`crate::fragment::FragmentKey`] to
+/// [`crate::fragment::FragmentState`], the backend of each datagram whose
+/// first fragment was admitted, with per-CPU LRU lists.
+pub const FRAGMENTS: &str = "fragments";
 
 /// Most VIPs the datapath holds (VIP indexes are below this).
 pub const MAX_VIPS: u32 = 1024;
@@ -64,6 +68,10 @@ const _: () = assert!(crate::vip::MAX_LIST_LEN == DEFAULT_RING_SIZE - 1);
 /// Entries of the persistence table: clients remembered over all VIPs
 /// with persistence; the least recently seen are forgotten first.
 pub const PERSIST_ENTRIES: u32 = 131_072;
+/// Entries of the fragment table: datagrams in flight in fragments, over
+/// every VIP. A table of its own, so that no fragment (spoofed or not)
+/// evicts a connection.
+pub const FRAGMENT_ENTRIES: u32 = 16_384;
 /// Largest ring size the daemon accepts.
 pub const MAX_RING_SIZE: u32 = 4_194_301;
 
@@ -179,10 +187,11 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 14] = {
+pub const MAP_SPECS: [MapSpec; 15] = {
     use crate::{
         backend::{BackendInfo, BackendLoad},
         flow::{FlowKey, FlowState},
+        fragment::{FragmentKey, FragmentState},
         persist::{PersistKey, PersistState},
         settings::Settings,
         stats::{FlowCounters, PacketCount, STATS_SLOTS},
@@ -204,6 +213,12 @@ pub const MAP_SPECS: [MapSpec; 14] = {
         indexed::<BackendLoad>(BACKEND_LOAD, MapKind::ARRAY, MAX_BACKENDS, BPF_F_MMAPABLE),
         indexed::<u32>(RR_CURSOR, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
         hashed::<PersistKey, PersistState>(PERSIST, lru, Entries::Fixed(PERSIST_ENTRIES), 0),
+        hashed::<FragmentKey, FragmentState>(
+            FRAGMENTS,
+            lru,
+            Entries::Fixed(FRAGMENT_ENTRIES),
+            BPF_F_NO_COMMON_LRU,
+        ),
     ]
 };
 

@@ -70,11 +70,17 @@ stats! {
     /// Dropped: UDP to a VIP whose length field is not the length of the
     /// datagram the IP header carries.
     DROP_UDP_LENGTH = 13, "drop_udp_length";
+    /// Dropped: the first fragment of a datagram to a VIP address but to
+    /// no VIP's port.
+    DROP_FRAGMENT_PORT = 14, "drop_fragment_port";
+    /// Dropped: a later fragment to a VIP address whose first fragment was
+    /// not admitted shortly before (never seen, refused, or out of order).
+    DROP_FRAGMENT_UNMATCHED = 15, "drop_fragment_unmatched";
 }
 
 impl Stat {
     /// Number of verdict reasons.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
     /// Slots of the map reserved for verdict reasons, used or not.
     pub const CAPACITY: u32 = 64;
 }
@@ -113,7 +119,8 @@ macro_rules! events {
 }
 
 events! {
-    /// A fragment for a VIP, placed by its addresses alone.
+    /// A fragment for a VIP forwarded: a first fragment placed as a packet
+    /// of its flow, or a later one following it.
     FRAGMENT = 0, "fragment";
     /// An ICMP fragmentation-needed or ICMPv6 packet-too-big sent on to
     /// the backend of the quoted flow.

@@ -196,9 +196,10 @@ impl AddrKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddrInfo {
-    /// Index of the VIP whose ring places fragments sent to this address
-    /// (their ports are unknown, so the daemon designates one VIP).
-    pub fragment_vip: u32,
+    /// Unused, zero: it named the VIP that placed fragments by address
+    /// before fragments followed their first one. Kept so that the pinned
+    /// map keeps its layout.
+    pub _reserved: u32,
     /// [`ADDR_HAS_WILDCARD`].
     pub flags: u32,
 }
@@ -211,21 +212,12 @@ impl AddrInfo {
     pub const fn has_wildcard(&self) -> bool {
         self.flags & ADDR_HAS_WILDCARD != 0
     }
-
-    /// Whether the ring of the VIP that places fragments is a list ring.
-    #[inline(always)]
-    pub const fn fragment_list(&self) -> bool {
-        self.flags & ADDR_FRAGMENT_LIST != 0
-    }
 }
 
 /// A port-0 VIP exists for this address and protocol: a packet to a port
-/// without a VIP of its own goes to it.
+/// without a VIP of its own goes to it. (Bit 1 named a list ring for
+/// fragments once; it is ignored.)
 pub const ADDR_HAS_WILDCARD: u32 = 1;
-/// The fragment VIP's ring is a list ring, not a Maglev ring (see
-/// [`has_list`]): fragments index it by their address hash modulo its
-/// length.
-pub const ADDR_FRAGMENT_LIST: u32 = 1 << 1;
 
 #[cfg(test)]
 mod tests {
@@ -266,9 +258,9 @@ mod tests {
             SCHED_LEAST_CONNECTIONS
         );
         let addr = AddrInfo {
-            fragment_vip: 0,
-            flags: ADDR_FRAGMENT_LIST,
+            _reserved: 0,
+            flags: ADDR_HAS_WILDCARD,
         };
-        assert!(addr.fragment_list() && !addr.has_wildcard());
+        assert!(addr.has_wildcard());
     }
 }

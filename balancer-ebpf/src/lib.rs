@@ -9,7 +9,8 @@
 //! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
 //!   rewrite and the verdict), [`stats`] (per-CPU counters);
 //! - [`flows`] (the connection table and the connection counts), which
-//!   refreshes [`persist`] (the persistence table);
+//!   refreshes [`persist`] (the persistence table), and [`fragments`]
+//!   (where each datagram's first fragment went);
 //! - [`schedule`] (picking only);
 //! - [`vip`] (VIP match) and [`ring`] (a VIP's ring, in either layout,
 //!   and the backends it names);
@@ -24,6 +25,7 @@
 
 mod flows;
 mod forward;
+mod fragments;
 mod icmp;
 mod log;
 mod maps;
@@ -47,7 +49,7 @@ use crate::{
     flows::Known,
     icmp::Icmp,
     log::decision,
-    parse::{Cursor, Ip, IpParse, L3, Ports},
+    parse::{Cursor, Fragment, Ip, IpParse, L3, Ports},
     persist::Client,
     ring::Pick,
 };
@@ -97,23 +99,22 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
     let Some(settings) = vip::settings() else {
         return pass(Stat::PASS_NOT_VIP);
     };
-    if ip.fragment {
-        return fragment(ctx, &ip, settings, len);
-    }
-    match ip.proto {
-        proto::TCP | proto::UDP => flow(ctx, &mut c, &ip, settings, len),
-        proto::ICMP | proto::ICMPV6 => icmp_error(ctx, &mut c, &ip, v6, settings, len),
+    match (ip.proto, ip.fragment) {
+        (_, Some(f)) if !f.first => later_fragment(ctx, &ip, &f, len),
+        (proto::TCP | proto::UDP, _) => flow(ctx, &mut c, &ip, settings, len),
+        (proto::ICMP | proto::ICMPV6, None) => icmp_error(ctx, &mut c, &ip, v6, settings, len),
         _ => pass(Stat::PASS_NOT_VIP),
     }
 }
 
-/// A TCP or UDP packet: what the connection table knows of its flow
-/// decides. A live flow goes straight to its backend, even for a SYN; a
-/// flow whose backend is down, one seen closing that a SYN reopens, or a
-/// new one, is placed.
+/// A TCP or UDP packet, or the first fragment of a datagram: what the
+/// connection table knows of its flow decides. A live flow goes straight
+/// to its backend, even for a SYN; a flow whose backend is down, one seen
+/// closing that a SYN reopens, or a new one, is placed. A first fragment
+/// that is forwarded is recorded for its later fragments to follow.
 #[inline(always)]
 fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
-    let ports = match parse::ports(c, ip.proto) {
+    let ports = match parse::ports(c, ip.proto, ip.fragment.is_some()) {
         Ok(ports) => ports,
         Err(reason) => return reject(ip, reason),
     };
@@ -129,6 +130,7 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
             if ports.syn {
                 stats::event(Event::SYN_KEPT, len);
             }
+            first_fragment(ip, vip, &pick, len);
             return send(ctx, vip, &pick, len, false);
         }
         Known::Down => {
@@ -140,14 +142,28 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
             false
         }
     };
-    new_flow(ctx, &key, &ports, &addr, settings, len, failover)
+    new_flow(ctx, ip, &key, &ports, &addr, settings, len, failover)
+}
+
+/// When `ip` is a first fragment going to `pick` of VIP `vip`: records it
+/// for its later fragments, and counts it.
+#[inline(always)]
+fn first_fragment(ip: &Ip, vip: u32, pick: &Pick, len: u64) {
+    if let Some(f) = &ip.fragment {
+        fragments::admit(ip, f, vip, pick, flows::now());
+        stats::event(Event::FRAGMENT, len);
+    }
 }
 
 /// A flow the table does not know (or whose backend is down: `failover`):
-/// its VIP, a backend, and an entry in the table.
+/// its VIP, a backend, and an entry in the table. A first fragment to a
+/// port of no VIP is dropped: its datagram must not reach a backend's
+/// other services.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
+    ip: &Ip,
     key: &FlowKey,
     ports: &Ports,
     addr: &AddrInfo,
@@ -156,6 +172,9 @@ fn new_flow(
     failover: bool,
 ) -> (u32, Stat) {
     let Some(vip) = vip::find(&key.dst, key.dst_port, key.proto, addr) else {
+        if ip.fragment.is_some() {
+            return drop(Stat::DROP_FRAGMENT_PORT);
+        }
         return pass(Stat::PASS_NOT_VIP);
     };
     decision!(
@@ -173,6 +192,7 @@ fn new_flow(
             if failover {
                 stats::event(Event::FAILOVER, len);
             }
+            first_fragment(ip, vip.index, &pick, len);
             send(ctx, vip.index, &pick, len, true)
         }
         Err(reason) => drop(reason),
@@ -212,16 +232,18 @@ fn reject(ip: &Ip, reason: Stat) -> (u32, Stat) {
     }
 }
 
-/// A fragment: placed by its addresses alone, never remembered.
+/// A fragment after the first: it goes where its datagram's first
+/// fragment went, if that was admitted shortly before; a fragment to a
+/// VIP address without one is dropped (out of order, or never admitted).
 #[inline(always)]
-fn fragment(ctx: &XdpContext, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
-    let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
+fn later_fragment(ctx: &XdpContext, ip: &Ip, f: &Fragment, len: u64) -> (u32, Stat) {
+    if vip::addr(&ip.dst, ip.proto).is_none() {
         return pass(Stat::PASS_NOT_VIP);
-    };
-    match schedule::fragment_pick(&addr, &ip.src, &ip.dst, settings) {
-        Ok(pick) => {
+    }
+    match fragments::follow(ip, f, flows::now()) {
+        Ok((vip, pick)) => {
             stats::event(Event::FRAGMENT, len);
-            send(ctx, addr.fragment_vip, &pick, len, false)
+            send(ctx, vip, &pick, len, false)
         }
         Err(reason) => drop(reason),
     }

@@ -8,9 +8,10 @@ use aya_ebpf::{
 use balancer_common::{
     backend::{BackendInfo, BackendLoad},
     flow::{FlowKey, FlowState},
+    fragment::{FragmentKey, FragmentState},
     maps::{
-        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS,
-        MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
+        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, FRAGMENT_ENTRIES,
+        MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
     },
     persist::{PersistKey, PersistState},
     settings::Settings,
@@ -68,6 +69,14 @@ pub static BACKEND_LOAD: Array<BackendLoad, BACKENDS_N, { BPF_F_MMAPABLE as usiz
 
 #[btf_map(name = "rr_cursor")]
 pub static RR_CURSOR: PerCpuArray<u32, VIPS_N> = PerCpuArray::new();
+
+#[btf_map(name = "fragments")]
+pub static FRAGMENTS: LruHashMap<
+    FragmentKey,
+    FragmentState,
+    { FRAGMENT_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 #[btf_map(name = "persist")]
 pub static PERSIST: LruHashMap<PersistKey, PersistState, { PERSIST_ENTRIES as usize }> =

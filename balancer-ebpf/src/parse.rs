@@ -182,8 +182,19 @@ pub struct Ip {
     pub dst: Addr,
     pub proto: u8,
     /// An IPv4 fragment or an IPv6 packet with a fragment header that is
-    /// not a whole datagram.
-    pub fragment: bool,
+    /// not a whole datagram: which datagram, and whether it is its first
+    /// fragment (offset 0, the one with the transport header).
+    pub fragment: Option<Fragment>,
+}
+
+/// What a fragment says of itself.
+#[derive(Clone, Copy)]
+pub struct Fragment {
+    /// The datagram's identification as it lies in the packet (IPv4's 16
+    /// bits in the low half).
+    pub id: u32,
+    /// Offset 0: the fragment that carries the transport header.
+    pub first: bool,
 }
 
 /// What is wrong with an IP packet whose addresses could be read.
@@ -214,7 +225,7 @@ struct Ipv6FragHdr {
     _reserved: u8,
     /// Offset (13 bits), 2 reserved bits, M flag; network byte order.
     offset_flags: u16,
-    _id: [u16; 2],
+    id: [u16; 2],
 }
 
 /// Parses an IPv4 header, honouring IHL (options are skipped).
@@ -231,7 +242,10 @@ pub fn ipv4(c: &mut Cursor) -> IpParse {
         src: v4(h.src),
         dst: v4(h.dst),
         proto: h.proto,
-        fragment: frags & (IPV4_MF | IPV4_OFFSET) != 0,
+        fragment: (frags & (IPV4_MF | IPV4_OFFSET) != 0).then_some(Fragment {
+            id: h.id as u32,
+            first: frags & IPV4_OFFSET == 0,
+        }),
     };
     let header_len = ((h.vihl & 0x0f) as usize) * 4;
     let total_len = u16::from_be(h.tot_len) as usize;
@@ -265,7 +279,7 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
         src: v6(h.src),
         dst: v6(h.dst),
         proto: h.next_hdr,
-        fragment: false,
+        fragment: None,
     };
     // The version is the high nibble of the first byte.
     if (h.vcf[0] & 0xff) >> 4 != 6 {
@@ -294,7 +308,11 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
         ip.proto = f.next_hdr;
         // Offset in the top 13 bits, M flag in the lowest bit: an atomic
         // fragment (offset 0, M clear) is a whole datagram.
-        ip.fragment = u16::from_be(f.offset_flags) & 0xfff9 != 0;
+        let offset_flags = u16::from_be(f.offset_flags);
+        ip.fragment = (offset_flags & 0xfff9 != 0).then_some(Fragment {
+            id: word(f.id),
+            first: offset_flags & 0xfff8 == 0,
+        });
     }
     IpParse::Ok(ip)
 }
@@ -338,10 +356,10 @@ fn tcp_flags_valid(off_flags: u16) -> bool {
 
 /// Reads the ports of a TCP or UDP header and checks the header against
 /// the packet: TCP flags a client sends and a data offset within the
-/// packet, a UDP length that is the datagram's. `Err` carries the drop
-/// reason.
+/// packet, a UDP length that is the datagram's (for a first fragment, a
+/// datagram longer than the fragment). `Err` carries the drop reason.
 #[inline(always)]
-pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
+pub fn ports(c: &mut Cursor, l4: u8, first_fragment: bool) -> Result<Ports, Stat> {
     let start = c.pos;
     // The IP packet's end: the cursor's limit never exceeds the frame's.
     let len = c.limit - start;
@@ -368,7 +386,8 @@ pub fn ports(c: &mut Cursor, l4: u8) -> Result<Ports, Stat> {
         let u = c.header::<UdpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
         // SAFETY: the whole header is inside the packet.
         let u = unsafe { &*u };
-        if u16::from_be(u.len) as usize != len {
+        let datagram = u16::from_be(u.len) as usize;
+        if (!first_fragment && datagram != len) || (first_fragment && datagram <= len) {
             return Err(Stat::DROP_UDP_LENGTH);
         }
         Ok(Ports {

@@ -1,5 +1,5 @@
-//! Picking the backend of a new flow by the VIP's scheduler, and of
-//! fragments and ICMP errors by hashing. The hashing schedulers read a
+//! Picking the backend of a new flow by the VIP's scheduler, and of ICMP
+//! errors by hashing. The hashing schedulers read a
 //! Maglev ring; round robin and the least-* schedulers read a list ring,
 //! whose length slot comes with it, so a ring swapped in by the daemon
 //! always comes with its own length. Picking only: persistence and
@@ -7,14 +7,12 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use balancer_common::{
-    Addr,
     flow::FlowKey,
-    hash::{addr_pair_hash, flow_hash, source_hash},
+    hash::{flow_hash, source_hash},
     settings::Settings,
     stats::Stat,
     vip::{
-        AddrInfo, SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_ROUND_ROBIN,
-        SCHED_SOURCE_HASH, VipInfo,
+        SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VipInfo,
     },
 };
 
@@ -46,24 +44,6 @@ pub fn hash_pick(vip: &VipInfo, key: &FlowKey, settings: &Settings) -> Result<Pi
         flow_hash(key, settings.hash_seed)
     };
     ring::at_hash(vip.index, hash, vip.has_list(), settings)
-}
-
-/// The backend of a fragment to the address `addr` describes: placed by
-/// its addresses alone in the ring of the address's fragment VIP, so
-/// every fragment of a datagram reaches the same backend.
-#[inline(always)]
-pub fn fragment_pick(
-    addr: &AddrInfo,
-    src: &Addr,
-    dst: &Addr,
-    settings: &Settings,
-) -> Result<Pick, Stat> {
-    ring::at_hash(
-        addr.fragment_vip,
-        addr_pair_hash(src, dst, settings.hash_seed),
-        addr.fragment_list(),
-        settings,
-    )
 }
 
 /// The next entry of the VIP's round-robin cycle on this CPU. The cursor

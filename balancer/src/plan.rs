@@ -9,9 +9,9 @@ use balancer_common::{
     backend::BackendInfo,
     settings::Settings,
     vip::{
-        ADDR_FRAGMENT_LIST, ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
-        SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VIP_PERSIST,
-        VipInfo, VipKey, VipPolicy, has_list,
+        ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY,
+        SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VIP_PERSIST, VipInfo, VipKey,
+        VipPolicy,
     },
 };
 
@@ -250,26 +250,15 @@ pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
 }
 
 /// The `vip_addrs` entries of `vips`, one per address and protocol, in the
-/// order of the addresses: fragments to an address go to its wildcard
-/// (port 0) VIP if it has one, else to its first VIP in `vips`, and
-/// [`ADDR_FRAGMENT_LIST`] says whether that VIP's ring is a list ring.
+/// order of the addresses, with [`ADDR_HAS_WILDCARD`] where the address
+/// has a port-0 VIP.
 pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
     let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
     for vip in vips {
-        let VipSlot { key, info } = vip.slot;
-        let entry = addrs.entry((ip(&key.addr), key.proto)).or_insert(AddrInfo {
-            fragment_vip: info.index,
-            flags: 0,
-        });
+        let key = vip.slot.key;
+        let entry = addrs.entry((ip(&key.addr), key.proto)).or_default();
         if key.port == 0 {
-            entry.fragment_vip = info.index;
             entry.flags |= ADDR_HAS_WILDCARD;
-        }
-        if entry.fragment_vip == info.index {
-            entry.flags &= !ADDR_FRAGMENT_LIST;
-            if has_list(info.flags) {
-                entry.flags |= ADDR_FRAGMENT_LIST;
-            }
         }
     }
     addrs
@@ -559,13 +548,13 @@ address = "10.0.0.3"
     }
 
     #[test]
-    fn an_address_with_a_wildcard_vip_sends_fragments_to_it() {
+    fn an_address_with_a_wildcard_vip_is_marked() {
         let plan = plan(&parse(TWO_VIPS, "t").unwrap());
         assert_eq!(plan.addrs.len(), 1);
         assert_eq!(
             plan.addrs[0].1,
             AddrInfo {
-                fragment_vip: 1,
+                _reserved: 0,
                 flags: ADDR_HAS_WILDCARD
             }
         );

@@ -5,11 +5,9 @@
 //! failed, with what went wrong.
 //!
 //! The backend a frame must reach is given as a question to the fixture's
-//! oracle ([`Out::Flow`], [`Out::Fragment`]) and answered when the case
+//! oracle ([`Out::Flow`]) and answered when the case
 //! runs, so a case placed after a change of a ring expects the new ring's
 //! pick.
-
-use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, ensure};
 use balancer::datapath::action;
@@ -80,9 +78,6 @@ pub enum Out {
     /// Rewritten for the backend the ring of VIP `vip` gives a new flow
     /// `key` (see [`Fixture::expected_backend`]).
     Flow { vip: u32, key: FlowKey },
-    /// Rewritten for the backend the ring of VIP `vip` gives a fragment
-    /// from `src` to `dst` (see [`Fixture::expected_fragment_backend`]).
-    Fragment { vip: u32, src: IpAddr, dst: IpAddr },
 }
 
 impl Out {
@@ -104,7 +99,6 @@ impl Out {
             Out::Same => None,
             Out::Backend(id) => Some(id),
             Out::Flow { vip, key } => Some(f.expected_backend(vip, &key)),
-            Out::Fragment { vip, src, dst } => Some(f.expected_fragment_backend(vip, src, dst)),
         }
     }
 }

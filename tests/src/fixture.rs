@@ -22,7 +22,7 @@ use balancer::{
 use balancer_common::{
     backend::BackendInfo,
     flow::FlowKey,
-    hash::{addr_pair_hash, flow_hash, ring_slot, source_hash},
+    hash::{flow_hash, ring_slot, source_hash},
     settings::Settings,
     vip::VipInfo,
 };
@@ -225,13 +225,6 @@ impl Fixture {
     pub fn expected_backend(&self, index: u32, key: &FlowKey) -> u32 {
         let (vip, ring) = &self.vips[&index];
         ring_pick(vip, ring, &self.settings, key)
-    }
-
-    /// The backend id the ring of VIP `index` gives a fragment.
-    pub fn expected_fragment_backend(&self, index: u32, src: IpAddr, dst: IpAddr) -> u32 {
-        let (_, ring) = &self.vips[&index];
-        let hash = addr_pair_hash(&plan::addr(src), &plan::addr(dst), self.settings.hash_seed);
-        ring[ring_slot(hash, self.settings.ring_size) as usize]
     }
 }
 

@@ -267,6 +267,72 @@ pub fn ipv4_fragments(src: [u8; 4], dst: [u8; 4], dst_port: u16) -> [Vec<u8>; 2]
     ]
 }
 
+/// `frame`, an Ethernet frame of a whole IPv4 or IPv6 packet (no VLAN
+/// tag), cut into two fragments of datagram `id`: the first carries the
+/// first `at` bytes of the IP payload (a multiple of 8), the second the
+/// rest. Header checksums are recomputed; the payload is left as it was,
+/// so the transport checksum stays valid for the reassembled datagram.
+pub fn fragmented(frame: &[u8], at: usize, id: u32) -> [Vec<u8>; 2] {
+    assert!(
+        at.is_multiple_of(8),
+        "fragments break at multiples of 8 bytes"
+    );
+    let (eth, packet) = frame.split_at(14);
+    match packet[0] >> 4 {
+        4 => {
+            let (mut header, payload) =
+                etherparse::Ipv4Header::from_slice(packet).expect("an IPv4 packet");
+            let (first, rest) = payload.split_at(at);
+            let mut make = |offset: usize, more: bool, part: &[u8]| {
+                header.identification = id as u16;
+                header.more_fragments = more;
+                header.fragment_offset =
+                    etherparse::IpFragOffset::try_new((offset / 8) as u16).expect("offset");
+                header.set_payload_len(part.len()).expect("payload length");
+                header.header_checksum = header.calc_header_checksum();
+                let mut out = eth.to_vec();
+                header.write(&mut out).expect("write IPv4");
+                out.extend_from_slice(part);
+                out
+            };
+            [make(0, true, first), make(at, false, rest)]
+        }
+        6 => {
+            let (mut header, payload) =
+                etherparse::Ipv6Header::from_slice(packet).expect("an IPv6 packet");
+            let next = header.next_header;
+            let (first, rest) = payload.split_at(at);
+            let mut make = |offset: usize, more: bool, part: &[u8]| {
+                header.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
+                header.payload_length = (8 + part.len()) as u16;
+                let mut out = eth.to_vec();
+                header.write(&mut out).expect("write IPv6");
+                out.extend_from_slice(&ipv6_fragment_header(next.0, offset, more, id));
+                out.extend_from_slice(part);
+                out
+            };
+            [make(0, true, first), make(at, false, rest)]
+        }
+        v => panic!("IP version {v}"),
+    }
+}
+
+/// An IPv6 fragment header (RFC 8200, 4.5): the next header, the offset
+/// of the fragment's data in bytes (a multiple of 8) in the high 13 bits
+/// of the third and fourth bytes, the M flag in the lowest bit, then the
+/// identification. Written here because etherparse 0.19 puts the M flag
+/// and the offset's low bits elsewhere.
+pub fn ipv6_fragment_header(next: u8, offset: usize, more: bool, id: u32) -> [u8; 8] {
+    assert!(
+        offset.is_multiple_of(8) && offset < 65536,
+        "fragment offset {offset}"
+    );
+    let offset_flags = offset as u16 | u16::from(more);
+    let [o0, o1] = offset_flags.to_be_bytes();
+    let [i0, i1, i2, i3] = id.to_be_bytes();
+    [next, 0, o0, o1, i0, i1, i2, i3]
+}
+
 /// IPv6 fragments of one UDP datagram, as [`ipv4_fragments`].
 pub fn ipv6_fragments(src: [u8; 16], dst: [u8; 16], dst_port: u16) -> [Vec<u8>; 2] {
     let eth = etherparse::Ethernet2Header {
@@ -284,12 +350,7 @@ pub fn ipv6_fragments(src: [u8; 16], dst: [u8; 16], dst_port: u16) -> [Vec<u8>; 
     first_payload.extend_from_slice(&[0xab; 1448]);
     let later_payload = vec![0xcd; 552];
     let make = |offset_units: u16, more: bool, payload: &[u8]| {
-        let frag = etherparse::Ipv6FragmentHeader::new(
-            IpNumber::UDP,
-            etherparse::IpFragOffset::try_new(offset_units).expect("offset"),
-            more,
-            0x4242,
-        );
+        let frag = ipv6_fragment_header(IpNumber::UDP.0, offset_units as usize * 8, more, 0x4242);
         let ip = etherparse::Ipv6Header {
             traffic_class: 0,
             flow_label: Default::default(),
@@ -301,7 +362,7 @@ pub fn ipv6_fragments(src: [u8; 16], dst: [u8; 16], dst_port: u16) -> [Vec<u8>; 
         };
         let mut out = eth.to_bytes().to_vec();
         ip.write(&mut out).expect("write IPv6");
-        frag.write(&mut out).expect("write fragment header");
+        out.extend_from_slice(&frag);
         out.extend_from_slice(payload);
         out
     };
