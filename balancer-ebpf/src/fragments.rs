@@ -11,34 +11,26 @@ use balancer_common::{
 
 use crate::{
     maps::FRAGMENTS,
-    parse::{Fragment, Ip},
     ring::{self, Pick},
 };
 
-/// The table's key for fragment `f` of `ip`.
+/// Records that the first fragment of datagram `key` went to `pick` of
+/// VIP `vip`. A full table forgets its least recently used datagram.
 #[inline(always)]
-fn key(ip: &Ip, f: &Fragment) -> FragmentKey {
-    FragmentKey::new(ip.src, ip.dst, f.id, ip.proto)
-}
-
-/// Records that the first fragment `f` of `ip` went to `pick` of VIP
-/// `vip`. A full table forgets its least recently used datagram.
-#[inline(always)]
-pub fn admit(ip: &Ip, f: &Fragment, vip: u32, pick: &Pick, now: u64) {
+pub fn admit(key: &FragmentKey, vip: u32, pick: &Pick, now: u64) {
     let state = FragmentState {
         backend: pick.id,
         vip,
         first_ns: now,
     };
-    let _ = FRAGMENTS.insert(key(ip, f), state, 0);
+    let _ = FRAGMENTS.insert(key, state, 0);
 }
 
-/// Where the later fragment `f` of `ip` goes: the VIP and backend of its
-/// datagram's first fragment, if that was admitted within
-/// [`FRAGMENT_WINDOW_NS`].
+/// Where a later fragment of datagram `key` goes: the VIP and backend of
+/// its first fragment, if that was admitted within [`FRAGMENT_WINDOW_NS`].
 #[inline(always)]
-pub fn follow(ip: &Ip, f: &Fragment, now: u64) -> Result<(u32, Pick), Stat> {
-    let Some(state) = FRAGMENTS.get_ptr(key(ip, f)) else {
+pub fn follow(key: &FragmentKey, now: u64) -> Result<(u32, Pick), Stat> {
+    let Some(state) = FRAGMENTS.get_ptr(key) else {
         return Err(Stat::DROP_FRAGMENT_UNMATCHED);
     };
     // SAFETY: plain data, read once.

@@ -39,6 +39,7 @@ mod vip;
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{
     flow::FlowKey,
+    fragment::FragmentKey,
     proto,
     settings::Settings,
     stats::{Event, Stat},
@@ -49,7 +50,7 @@ use crate::{
     flows::Known,
     icmp::Icmp,
     log::decision,
-    parse::{Cursor, Fragment, Ip, IpParse, L3, Ports},
+    parse::{Cursor, Fragment, Ip, IpParse, L3},
     persist::Client,
     ring::Pick,
 };
@@ -118,19 +119,25 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         Ok(ports) => ports,
         Err(reason) => return reject(ip, reason),
     };
-    let key = FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto);
     // The small map of VIP addresses first: everything else passes after
     // one lookup in a map that stays in cache.
     let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
         return pass(Stat::PASS_NOT_VIP);
     };
-    let failover = match flows::known(&key, settings, flows::now(), ports.syn, ports.end) {
+    let p = FlowPacket {
+        key: FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto),
+        fragment: ip.fragment,
+        end: ports.end,
+        len,
+        now: flows::now(),
+    };
+    let failover = match flows::known(&p.key, settings, p.now, ports.syn, p.end) {
         Known::Live { pick, vip } => {
             decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
             if ports.syn {
                 stats::event(Event::SYN_KEPT, len);
             }
-            first_fragment(ip, vip, &pick, len);
+            first_fragment(&p, vip, &pick);
             return send(ctx, vip, &pick, len, false);
         }
         Known::Down => {
@@ -142,16 +149,30 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
             false
         }
     };
-    new_flow(ctx, ip, &key, &ports, &addr, settings, len, failover)
+    new_flow(ctx, &p, &addr, settings, failover)
 }
 
-/// When `ip` is a first fragment going to `pick` of VIP `vip`: records it
+/// A TCP or UDP packet (or first fragment) once parsed: what the rest of
+/// its way needs, the clock read once.
+struct FlowPacket {
+    key: FlowKey,
+    /// Set for a first fragment: its datagram.
+    fragment: Option<Fragment>,
+    /// A TCP FIN or RST: the client ends the flow.
+    end: bool,
+    len: u64,
+    /// The connection table's clock for this packet.
+    now: u64,
+}
+
+/// When `p` is a first fragment going to `pick` of VIP `vip`: records it
 /// for its later fragments, and counts it.
 #[inline(always)]
-fn first_fragment(ip: &Ip, vip: u32, pick: &Pick, len: u64) {
-    if let Some(f) = &ip.fragment {
-        fragments::admit(ip, f, vip, pick, flows::now());
-        stats::event(Event::FRAGMENT, len);
+fn first_fragment(p: &FlowPacket, vip: u32, pick: &Pick) {
+    if let Some(f) = &p.fragment {
+        let key = FragmentKey::new(p.key.src, p.key.dst, f.id, p.key.proto);
+        fragments::admit(&key, vip, pick, p.now);
+        stats::event(Event::FRAGMENT, p.len);
     }
 }
 
@@ -159,20 +180,17 @@ fn first_fragment(ip: &Ip, vip: u32, pick: &Pick, len: u64) {
 /// its VIP, a backend, and an entry in the table. A first fragment to a
 /// port of no VIP is dropped: its datagram must not reach a backend's
 /// other services.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
-    ip: &Ip,
-    key: &FlowKey,
-    ports: &Ports,
+    p: &FlowPacket,
     addr: &AddrInfo,
     settings: &Settings,
-    len: u64,
     failover: bool,
 ) -> (u32, Stat) {
+    let key = &p.key;
     let Some(vip) = vip::find(&key.dst, key.dst_port, key.proto, addr) else {
-        if ip.fragment.is_some() {
+        if p.fragment.is_some() {
             return drop(Stat::DROP_FRAGMENT_PORT);
         }
         return pass(Stat::PASS_NOT_VIP);
@@ -183,17 +201,16 @@ fn new_flow(
         vip.index,
         u16::from_be(key.dst_port)
     );
-    let now = flows::now();
-    match place(&vip, key, settings, now) {
+    match place(&vip, key, settings, p.now) {
         Ok(pick) => {
             decision!(ctx, "new flow: backend {} picked", pick.id);
-            flows::remember(key, &vip, &pick, now, ports.end);
-            stats::event(Event::NEW_FLOW, len);
+            flows::remember(key, &vip, &pick, p.now, p.end);
+            stats::event(Event::NEW_FLOW, p.len);
             if failover {
-                stats::event(Event::FAILOVER, len);
+                stats::event(Event::FAILOVER, p.len);
             }
-            first_fragment(ip, vip.index, &pick, len);
-            send(ctx, vip.index, &pick, len, true)
+            first_fragment(p, vip.index, &pick);
+            send(ctx, vip.index, &pick, p.len, true)
         }
         Err(reason) => drop(reason),
     }
@@ -240,7 +257,8 @@ fn later_fragment(ctx: &XdpContext, ip: &Ip, f: &Fragment, len: u64) -> (u32, St
     if vip::addr(&ip.dst, ip.proto).is_none() {
         return pass(Stat::PASS_NOT_VIP);
     }
-    match fragments::follow(ip, f, flows::now()) {
+    let key = FragmentKey::new(ip.src, ip.dst, f.id, ip.proto);
+    match fragments::follow(&key, flows::now()) {
         Ok((vip, pick)) => {
             stats::event(Event::FRAGMENT, len);
             send(ctx, vip, &pick, len, false)

@@ -386,8 +386,15 @@ pub fn ports(c: &mut Cursor, l4: u8, first_fragment: bool) -> Result<Ports, Stat
         let u = c.header::<UdpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
         // SAFETY: the whole header is inside the packet.
         let u = unsafe { &*u };
+        // A whole datagram is the IP payload; a first fragment carries
+        // only the start of a longer one.
         let datagram = u16::from_be(u.len) as usize;
-        if (!first_fragment && datagram != len) || (first_fragment && datagram <= len) {
+        let fits = if first_fragment {
+            datagram > len
+        } else {
+            datagram == len
+        };
+        if !fits {
             return Err(Stat::DROP_UDP_LENGTH);
         }
         Ok(Ports {

@@ -1,9 +1,9 @@
 //! Picking the backend of a new flow by the VIP's scheduler, and of ICMP
-//! errors by hashing. The hashing schedulers read a
-//! Maglev ring; round robin and the least-* schedulers read a list ring,
-//! whose length slot comes with it, so a ring swapped in by the daemon
-//! always comes with its own length. Picking only: persistence and
-//! the connection table are the orchestrator's (the crate root).
+//! errors by hashing. The hashing schedulers read a Maglev ring; round
+//! robin and the least-* schedulers read a list ring, whose length slot
+//! comes with it, so a ring swapped in by the daemon always comes with its
+//! own length. Picking only: persistence and the connection table are the
+//! orchestrator's (the crate root).
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use balancer_common::{

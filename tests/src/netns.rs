@@ -148,6 +148,26 @@ impl Netns {
         Ok(mac)
     }
 
+    /// Counter `field` of protocol `group` (`Udp`, `Tcp`, `Ip`...) of this
+    /// namespace, from `/proc/net/snmp`: a line of names, then a line of
+    /// values.
+    pub fn snmp(&self, group: &str, field: &str) -> Result<u64> {
+        let snmp = self.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+        let prefix = format!("{group}: ");
+        let mut lines = snmp.lines().filter(|line| line.starts_with(&prefix));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            anyhow::bail!("no {group} lines in /proc/net/snmp: {snmp}");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == field)
+            .with_context(|| format!("no {group} {field} in /proc/net/snmp"))?
+            .1
+            .parse()
+            .with_context(|| format!("{group} {field} is not a number"))
+    }
+
     /// The XDP attachment of `interface` as `ip link` reports it:
     /// `Some("xdp")` (native), `Some("xdpgeneric")`, or `None`.
     pub fn xdp_attachment(&self, interface: &str) -> Result<Option<String>> {

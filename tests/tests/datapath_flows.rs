@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use balancer::datapath::action::TX;
-use balancer_common::{proto, settings::Settings, stats::Event};
+use balancer_common::{flow::FlowKey, proto, settings::Settings, stats::Event};
 use balancer_tests::{
     case::{Case, Counter, Out, check, run},
     fixture::{
@@ -44,15 +44,38 @@ fn grown(vip: &Vip, id: u32, host: u8) -> Vip {
     grown
 }
 
+/// A TCP flow to VIP 0 of the standard fixture that backend 50 joining
+/// would move: the VIP grown by it, the flow's SYN, its key, and the
+/// backend the ring gives it now.
+struct Moving {
+    grown: Vip,
+    syn: Packet,
+    key: FlowKey,
+    old: u32,
+}
+
+fn moving_flow(f: &Fixture) -> Result<Moving> {
+    let grown = grown(&standard::vip(0), 50, 99);
+    let port = flow_moved_by(&standard::vip(0), &grown, &f.settings)?;
+    let key = flow_key(CLIENT4, port, VIP4, 80, proto::TCP);
+    Ok(Moving {
+        grown,
+        syn: Packet::tcp(CLIENT4, port, VIP4, 80),
+        key,
+        old: f.expected_backend(0, &key),
+    })
+}
+
 #[test]
 fn established_flows_keep_their_backend_when_the_ring_changes() {
     privilege::run("datapath_ring_change", || {
         let mut f = standard()?;
-        let grown = grown(&standard::vip(0), 50, 99);
-        let port = flow_moved_by(&standard::vip(0), &grown, &f.settings)?;
-        let p = Packet::tcp(CLIENT4, port, VIP4, 80);
-        let key = flow_key(CLIENT4, port, VIP4, 80, proto::TCP);
-        let old = f.expected_backend(0, &key);
+        let Moving {
+            grown,
+            syn: p,
+            key,
+            old,
+        } = moving_flow(&f)?;
         run(
             &mut f,
             &[Case::new("before", p.build(), TX, Out::Backend(old), &[])],
@@ -74,11 +97,12 @@ fn established_flows_keep_their_backend_when_the_ring_changes() {
 fn a_syn_for_a_live_flow_keeps_its_backend_until_the_client_closes_it() {
     privilege::run("datapath_syn_live", || {
         let mut f = standard()?;
-        let grown = grown(&standard::vip(0), 50, 99);
-        let port = flow_moved_by(&standard::vip(0), &grown, &f.settings)?;
-        let p = Packet::tcp(CLIENT4, port, VIP4, 80);
-        let key = flow_key(CLIENT4, port, VIP4, 80, proto::TCP);
-        let old = f.expected_backend(0, &key);
+        let Moving {
+            grown,
+            syn: p,
+            key,
+            old,
+        } = moving_flow(&f)?;
         let counts = |new_flows, kept| {
             [
                 (Counter::Event(Event::NEW_FLOW), new_flows),

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use balancer_tests::{
     Netns,
     daemon::cli_json,
@@ -43,23 +43,6 @@ fn ask_fragmented(client: &Netns, to: SocketAddr) -> Result<Option<String>> {
     })?
 }
 
-/// `Tcp: InSegs` of `ns`: segments it received.
-fn tcp_segments_in(ns: &Netns) -> Result<u64> {
-    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp: "));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        bail!("no Tcp lines in /proc/net/snmp");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "InSegs")
-        .context("no InSegs")?
-        .1
-        .parse()
-        .context("InSegs is not a number")
-}
-
 /// Sends a TCP SYN from `client` to the IPv4 VIP's `port` in two
 /// fragments (the first with the whole TCP header), through a raw socket,
 /// and returns how many segments came back within half a second.
@@ -71,7 +54,7 @@ fn syn_in_fragments(client: &Netns, src_port: u16, port: u16, id: u32) -> Result
         port,
     );
     syn.payload = vec![0x5a; 64];
-    let before = tcp_segments_in(client)?;
+    let before = client.snmp("Tcp", "InSegs")?;
     client.run(|| -> Result<()> {
         let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255)))?;
         let to = SockAddr::from(SocketAddr::new(topology::VIP4.into(), 0));
@@ -81,7 +64,7 @@ fn syn_in_fragments(client: &Netns, src_port: u16, port: u16, id: u32) -> Result
         Ok(())
     })??;
     std::thread::sleep(Duration::from_millis(500));
-    Ok(tcp_segments_in(client)? - before)
+    Ok(client.snmp("Tcp", "InSegs")? - before)
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use balancer::datapath::action;
 use balancer_bench::{Generator, Sink};
 use balancer_common::stats::PacketCount;
@@ -150,7 +150,7 @@ fn generated_datagrams_reach_a_udp_socket_from_every_flow() {
         })??;
         const FLOWS: u16 = 8;
         const N: u32 = 2_000;
-        let udp_before = udp_stats(&b)?;
+        let csum_errors_before = b.snmp("Udp", "InCsumErrors")?;
         let mut generator = Generator::load(&udp_frame(a_mac, b_mac, BASE_PORT), u32::from(FLOWS))?;
         send(&a, &mut generator, N, 64)?;
 
@@ -168,10 +168,10 @@ fn generated_datagrams_reach_a_udp_socket_from_every_flow() {
             ports.insert(from.port());
             received += 1;
         }
-        let udp_after = udp_stats(&b)?;
+        let csum_errors_after = b.snmp("Udp", "InCsumErrors")?;
         println!(
             "socket: {received} of {N} datagrams, source ports {ports:?}; UDP InCsumErrors {} -> {}",
-            udp_before.csum_errors, udp_after.csum_errors
+            csum_errors_before, csum_errors_after
         );
         ensure!(
             ports == (BASE_PORT..BASE_PORT + FLOWS).collect(),
@@ -183,9 +183,9 @@ fn generated_datagrams_reach_a_udp_socket_from_every_flow() {
             "the socket received {received} datagrams of {N} sent"
         );
         ensure!(
-            udp_after.csum_errors == udp_before.csum_errors,
+            csum_errors_after == csum_errors_before,
             "the UDP stack of b saw {} checksum errors",
-            udp_after.csum_errors - udp_before.csum_errors
+            csum_errors_after - csum_errors_before
         );
         ensure!(
             sink.count()?.packets == 0,
@@ -197,27 +197,6 @@ fn generated_datagrams_reach_a_udp_socket_from_every_flow() {
         );
         Ok(())
     });
-}
-
-/// UDP counters of a namespace, from `/proc/net/snmp`.
-struct UdpStats {
-    csum_errors: u64,
-}
-
-fn udp_stats(ns: &Netns) -> Result<UdpStats> {
-    let snmp = ns.exec("cat", ["/proc/net/snmp"])?;
-    let mut lines = snmp.lines().filter(|line| line.starts_with("Udp: "));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        bail!("no Udp lines in /proc/net/snmp: {snmp}");
-    };
-    let csum_errors = names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "InCsumErrors")
-        .context("no InCsumErrors in /proc/net/snmp")?
-        .1
-        .parse()?;
-    Ok(UdpStats { csum_errors })
 }
 
 /// Every kind of frame the generator takes, with the source port of its

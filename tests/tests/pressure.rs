@@ -174,25 +174,6 @@ impl Drop for Restore {
     }
 }
 
-/// Datagrams the namespace `ns` has sent (`Udp: OutDatagrams`): the daemon
-/// makes the kernel resolve a backend by sending it one.
-fn udp_datagrams_sent(ns: &Netns) -> Result<u64> {
-    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (names, values) = (udp.next(), udp.next());
-    let (Some(names), Some(values)) = (names, values) else {
-        bail!("no Udp lines in /proc/net/snmp: {snmp}");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "OutDatagrams")
-        .context("no OutDatagrams")?
-        .1
-        .parse()
-        .context("OutDatagrams is not a number")
-}
-
 /// The kernel's ARP table as a whole (all namespaces share it): its
 /// entries, and how often it was found full ("neighbor table overflow").
 fn arp_table() -> Result<(u64, u64)> {
@@ -235,7 +216,9 @@ fn two_thousand_unresolved_backends_are_probed_at_a_paced_rate() {
             .vip("web", topology::VIP4.into(), 80, "tcp", NO_CHECK, &backends)
             .build();
         let (_, fulls_before) = arp_table()?;
-        let sent_before = udp_datagrams_sent(&t.lb)?;
+        // The daemon makes the kernel resolve a backend by sending it a
+        // datagram: the namespace's datagrams sent count the probes.
+        let sent_before = t.lb.snmp("Udp", "OutDatagrams")?;
         let started = Instant::now();
         let daemon = start(lab, &t.lb, &config)?;
         let cpu_at_start = daemon.cpu_time()?;
@@ -247,7 +230,7 @@ fn two_thousand_unresolved_backends_are_probed_at_a_paced_rate() {
             std::thread::sleep(Duration::from_millis(250));
         }
         let cpu = (daemon.cpu_time()? - cpu_at_start).as_secs_f64() / ready.elapsed().as_secs_f64();
-        let probes = udp_datagrams_sent(&t.lb)? - sent_before;
+        let probes = t.lb.snmp("Udp", "OutDatagrams")? - sent_before;
         let seconds = started.elapsed().as_secs() + 1;
         let (_, fulls_after) = arp_table()?;
         eprintln!(
