@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod backend;
+pub mod budget;
 pub mod flow;
 pub mod fragment;
 pub mod hash;

@@ -13,9 +13,14 @@ pub struct Settings {
     pub tcp_idle_ns: u64,
     /// A UDP flow idle longer than this picks its backend anew.
     pub udp_idle_ns: u64,
+    /// What one new entry of the connection table costs a CPU's insert
+    /// budget (see [`crate::budget`]); 0: no budget.
+    pub insert_cost_ns: u64,
+    /// Room for settings to come, so that the pinned map keeps its layout.
+    pub _reserved: [u64; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 
 impl Settings {
     /// How long a flow of IP protocol `proto` may stay idle before it picks

@@ -125,7 +125,9 @@ events! {
     /// An ICMP fragmentation-needed or ICMPv6 packet-too-big sent on to
     /// the backend of the quoted flow.
     ICMP_PMTU = 1, "icmp_pmtu";
-    /// A flow with no (live) entry in the connection table: a new entry.
+    /// A new flow placed: a TCP SYN or a UDP datagram of a flow neither
+    /// table knows, or a flow whose entry expired, was closing, or whose
+    /// backend is down.
     NEW_FLOW = 2, "new_flow";
     /// A flow whose backend went down, moved to another backend.
     FAILOVER = 3, "failover";
@@ -133,11 +135,29 @@ events! {
     /// closing, not expired): it keeps the flow's backend, so that a
     /// retransmitted or spoofed SYN never moves a connection.
     SYN_KEPT = 4, "syn_kept";
+    /// A new flow to a VIP that keeps its choice from the first packet
+    /// (round robin, least-*, persistence) recorded in the handshake table.
+    HANDSHAKE = 5, "handshake";
+    /// A flow's next packet from the client found it in the handshake
+    /// table and moved it to the connection table.
+    PROMOTED = 6, "promoted";
+    /// A new entry in the connection table (a promotion, or a flow of a
+    /// hashing VIP past its SYN): what can evict another entry.
+    FLOW_INSERT = 7, "flow_insert";
+    /// An entry not made because the CPU's insert budget was spent: the
+    /// flow is forwarded by its ring (hashing VIPs) or from the handshake
+    /// table. Steady growth means a flood of new 5-tuples.
+    INSERT_SKIPPED = 8, "insert_skipped";
+    /// A TCP segment other than a SYN of a flow neither table knows, to a
+    /// VIP that keeps its choice from the first packet: placed again
+    /// without an entry. A flow evicted or expired while still open, or a
+    /// spoofed segment.
+    UNKNOWN_MIDSTREAM = 9, "unknown_midstream";
 }
 
 impl Event {
     /// Number of event counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 10;
     /// Slots of the map reserved for events, used or not.
     pub const CAPACITY: u32 = 64;
 }

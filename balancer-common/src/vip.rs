@@ -69,6 +69,15 @@ impl VipInfo {
     pub const fn persists(&self) -> bool {
         self.flags & VIP_PERSIST != 0
     }
+
+    /// Whether a flow's backend can be computed again from any of its
+    /// packets (a hashing scheduler without persistence), so that its
+    /// first packet needs no state; otherwise the choice is kept from the
+    /// first packet in the handshake table.
+    #[inline(always)]
+    pub const fn recomputes(&self) -> bool {
+        !has_list(self.flags) && !self.persists()
+    }
 }
 
 /// The bits of [`VipInfo::flags`] that hold the VIP's scheduler: how a new

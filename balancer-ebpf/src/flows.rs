@@ -22,7 +22,11 @@ pub enum Known {
     Live { pick: Pick, vip: u32 },
     /// A live entry whose backend is down: pick again (fail over).
     Down,
-    /// No entry, or an entry idle for longer than the timeout.
+    /// An entry idle for longer than the timeout, one a SYN reopens after
+    /// the client closed it, or one naming no backend: pick again, in
+    /// its place.
+    Stale,
+    /// No entry.
     Unknown,
 }
 
@@ -51,11 +55,11 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, syn: bool, end: bool)
     let state = unsafe { &mut *state };
     let age = now.saturating_sub(state.last_seen_ns);
     if age > settings.idle_ns(key.proto) || (syn && state.is_closing()) {
-        return Known::Unknown;
+        return Known::Stale;
     }
     let id = state.backend;
     let Ok(pick) = ring::backend(id) else {
-        return Known::Unknown;
+        return Known::Stale;
     };
     if !pick.backend.is_up() {
         return Known::Down;
@@ -74,9 +78,11 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, syn: bool, end: bool)
     Known::Live { pick, vip }
 }
 
-/// Remembers that flow `key` of `vip` uses `pick`. A full table evicts its
-/// least recently used entry; an insert that still fails only costs this
-/// flow its stickiness. For a VIP whose scheduler compares connections,
+/// Remembers that flow `key` of `vip` uses `pick`, in place of the entry
+/// the table holds for it, if any. A full table evicts its least recently
+/// used entry; an insert that still fails only costs this flow its
+/// stickiness. Whether a new entry may go in is the caller's (the insert
+/// budget). For a VIP whose scheduler compares connections,
 /// the flow counts on its backend unless its first packet already ends
 /// it, and an entry it replaces (a reused port, a failed-over or expired
 /// flow) stops counting.

@@ -9,8 +9,10 @@
 //! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
 //!   rewrite and the verdict), [`stats`] (per-CPU counters);
 //! - [`flows`] (the connection table and the connection counts), which
-//!   refreshes [`persist`] (the persistence table), and [`fragments`]
-//!   (where each datagram's first fragment went);
+//!   refreshes [`persist`] (the persistence table), [`handshakes`] (new
+//!   flows between their first and next packet), [`budget`] (how fast
+//!   the connection table may grow) and [`fragments`] (where each
+//!   datagram's first fragment went);
 //! - [`schedule`] (picking only);
 //! - [`vip`] (VIP match) and [`ring`] (a VIP's ring, in either layout,
 //!   and the backends it names);
@@ -23,9 +25,11 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod budget;
 mod flows;
 mod forward;
 mod fragments;
+mod handshakes;
 mod icmp;
 mod log;
 mod maps;
@@ -43,7 +47,7 @@ use balancer_common::{
     proto,
     settings::Settings,
     stats::{Event, Stat},
-    vip::{AddrInfo, VipInfo},
+    vip::VipInfo,
 };
 
 use crate::{
@@ -110,8 +114,9 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
 
 /// A TCP or UDP packet, or the first fragment of a datagram: what the
 /// connection table knows of its flow decides. A live flow goes straight
-/// to its backend, even for a SYN; a flow whose backend is down, one seen
-/// closing that a SYN reopens, or a new one, is placed. A first fragment
+/// to its backend, even for a SYN; a flow whose backend is down, or whose
+/// entry is stale, is placed again in its entry; a flow the table does not
+/// know is a new flow, or one the tables no longer hold. A first fragment
 /// that is forwarded is recorded for its later fragments to follow.
 #[inline(always)]
 fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
@@ -127,29 +132,43 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     let p = FlowPacket {
         key: FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto),
         fragment: ip.fragment,
+        syn: ports.syn,
         end: ports.end,
         len,
         now: flows::now(),
     };
-    let failover = match flows::known(&p.key, settings, p.now, ports.syn, p.end) {
+    let entry = match flows::known(&p.key, settings, p.now, p.syn, p.end) {
         Known::Live { pick, vip } => {
             decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
-            if ports.syn {
+            if p.syn {
                 stats::event(Event::SYN_KEPT, len);
             }
             first_fragment(&p, vip, &pick);
             return send(ctx, vip, &pick, len, false);
         }
-        Known::Down => {
-            decision!(ctx, "flow hit, backend down: fail over");
-            true
-        }
-        Known::Unknown => {
-            decision!(ctx, "flow miss");
-            false
-        }
+        Known::Down => Entry::Down,
+        Known::Stale => Entry::Stale,
+        Known::Unknown => Entry::Missing,
     };
-    new_flow(ctx, &p, &addr, settings, failover)
+    let Some(vip) = vip::find(&p.key.dst, p.key.dst_port, p.key.proto, &addr) else {
+        // A first fragment to a port of no VIP: its datagram must not
+        // reach a backend's other services.
+        if p.fragment.is_some() {
+            return drop(Stat::DROP_FRAGMENT_PORT);
+        }
+        return pass(Stat::PASS_NOT_VIP);
+    };
+    decision!(
+        ctx,
+        "vip {} matched, port {}",
+        vip.index,
+        u16::from_be(p.key.dst_port)
+    );
+    match entry {
+        Entry::Missing if vip.recomputes() => unknown_hashed(ctx, &p, &vip, settings),
+        Entry::Missing => unknown_remembered(ctx, &p, &vip, settings),
+        Entry::Down | Entry::Stale => replace(ctx, &p, &vip, settings, entry == Entry::Down),
+    }
 }
 
 /// A TCP or UDP packet (or first fragment) once parsed: what the rest of
@@ -158,11 +177,32 @@ struct FlowPacket {
     key: FlowKey,
     /// Set for a first fragment: its datagram.
     fragment: Option<Fragment>,
+    /// A TCP SYN: the client starts a connection.
+    syn: bool,
     /// A TCP FIN or RST: the client ends the flow.
     end: bool,
     len: u64,
     /// The connection table's clock for this packet.
     now: u64,
+}
+
+impl FlowPacket {
+    /// Whether the packet starts a flow: a TCP SYN, or a UDP datagram.
+    #[inline(always)]
+    fn starts(&self) -> bool {
+        self.syn || self.key.proto == proto::UDP
+    }
+}
+
+/// What the connection table holds for a flow it does not send on as is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// A live entry whose backend is down.
+    Down,
+    /// An expired entry, one a SYN reopens, or one naming no backend.
+    Stale,
+    /// Nothing.
+    Missing,
 }
 
 /// When `p` is a first fragment going to `pick` of VIP `vip`: records it
@@ -176,44 +216,109 @@ fn first_fragment(p: &FlowPacket, vip: u32, pick: &Pick) {
     }
 }
 
-/// A flow the table does not know (or whose backend is down: `failover`):
-/// its VIP, a backend, and an entry in the table. A first fragment to a
-/// port of no VIP is dropped: its datagram must not reach a backend's
-/// other services.
+/// A flow whose entry names a backend that is down (`failover`) or is
+/// stale: placed again, and its entry rewritten in place (no entry is
+/// added, so no budget is spent).
 #[inline(always)]
-fn new_flow(
+fn replace(
     ctx: &XdpContext,
     p: &FlowPacket,
-    addr: &AddrInfo,
+    vip: &VipInfo,
     settings: &Settings,
     failover: bool,
 ) -> (u32, Stat) {
-    let key = &p.key;
-    let Some(vip) = vip::find(&key.dst, key.dst_port, key.proto, addr) else {
-        if p.fragment.is_some() {
-            return drop(Stat::DROP_FRAGMENT_PORT);
-        }
-        return pass(Stat::PASS_NOT_VIP);
+    let pick = match place(vip, &p.key, settings, p.now) {
+        Ok(pick) => pick,
+        Err(reason) => return drop(reason),
     };
-    decision!(
-        ctx,
-        "vip {} matched, port {}",
-        vip.index,
-        u16::from_be(key.dst_port)
-    );
-    match place(&vip, key, settings, p.now) {
-        Ok(pick) => {
-            decision!(ctx, "new flow: backend {} picked", pick.id);
-            flows::remember(key, &vip, &pick, p.now, p.end);
-            stats::event(Event::NEW_FLOW, p.len);
-            if failover {
-                stats::event(Event::FAILOVER, p.len);
-            }
-            first_fragment(p, vip.index, &pick);
-            send(ctx, vip.index, &pick, p.len, true)
-        }
-        Err(reason) => drop(reason),
+    decision!(ctx, "flow placed again: backend {}", pick.id);
+    flows::remember(&p.key, vip, &pick, p.now, p.end);
+    stats::event(Event::NEW_FLOW, p.len);
+    if failover {
+        stats::event(Event::FAILOVER, p.len);
     }
+    first_fragment(p, vip.index, &pick);
+    send(ctx, vip.index, &pick, p.len, true)
+}
+
+/// A flow the table does not know, to a VIP that recomputes its choice:
+/// the ring places every packet the same way, so a SYN leaves no state
+/// (its retransmissions are placed alike) and the flow's entry is made by
+/// its next packet, within the insert budget. A FIN or RST makes none.
+#[inline(always)]
+fn unknown_hashed(
+    ctx: &XdpContext,
+    p: &FlowPacket,
+    vip: &VipInfo,
+    settings: &Settings,
+) -> (u32, Stat) {
+    let pick = match schedule::hash_pick(vip, &p.key, settings) {
+        Ok(pick) => pick,
+        Err(reason) => return drop(reason),
+    };
+    decision!(ctx, "flow miss: backend {} by the ring", pick.id);
+    if !p.syn && !p.end {
+        insert(p, vip, &pick, settings);
+    }
+    let new = p.starts();
+    if new {
+        stats::event(Event::NEW_FLOW, p.len);
+    }
+    first_fragment(p, vip.index, &pick);
+    send(ctx, vip.index, &pick, p.len, new)
+}
+
+/// A flow the table does not know, to a VIP that keeps its choice from
+/// the first packet. In the handshake table: its backend, and the flow
+/// moves to the connection table (within the insert budget) unless this
+/// packet is a SYN again or ends it. Not there: a SYN or UDP datagram is
+/// a new flow, placed and recorded there; any other TCP segment belongs
+/// to a flow the tables lost (or to no flow) and is placed without state.
+#[inline(always)]
+fn unknown_remembered(
+    ctx: &XdpContext,
+    p: &FlowPacket,
+    vip: &VipInfo,
+    settings: &Settings,
+) -> (u32, Stat) {
+    if let Some(pick) = handshakes::find(&p.key, settings, p.now) {
+        decision!(ctx, "handshake hit: backend {}", pick.id);
+        if !p.syn && !p.end && insert(p, vip, &pick, settings) {
+            handshakes::forget(&p.key);
+            stats::event(Event::PROMOTED, p.len);
+        }
+        first_fragment(p, vip.index, &pick);
+        return send(ctx, vip.index, &pick, p.len, false);
+    }
+    let pick = match place(vip, &p.key, settings, p.now) {
+        Ok(pick) => pick,
+        Err(reason) => return drop(reason),
+    };
+    let new = p.starts();
+    if new {
+        decision!(ctx, "new flow: backend {} until its next packet", pick.id);
+        handshakes::remember(&p.key, vip.index, &pick, p.now);
+        stats::event(Event::HANDSHAKE, p.len);
+        stats::event(Event::NEW_FLOW, p.len);
+    } else {
+        decision!(ctx, "mid-stream miss: backend {}, no state", pick.id);
+        stats::event(Event::UNKNOWN_MIDSTREAM, p.len);
+    }
+    first_fragment(p, vip.index, &pick);
+    send(ctx, vip.index, &pick, p.len, new)
+}
+
+/// Adds flow `p` on `pick` to the connection table if this CPU's insert
+/// budget allows; whether it did.
+#[inline(always)]
+fn insert(p: &FlowPacket, vip: &VipInfo, pick: &Pick, settings: &Settings) -> bool {
+    if !budget::take(settings.insert_cost_ns, p.now) {
+        stats::event(Event::INSERT_SKIPPED, p.len);
+        return false;
+    }
+    flows::remember(&p.key, vip, pick, p.now, p.end);
+    stats::event(Event::FLOW_INSERT, p.len);
+    true
 }
 
 /// The backend of a new flow: for a VIP with persistence the one its

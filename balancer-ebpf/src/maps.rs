@@ -7,11 +7,12 @@ use aya_ebpf::{
 };
 use balancer_common::{
     backend::{BackendInfo, BackendLoad},
+    budget::Budget,
     flow::{FlowKey, FlowState},
     fragment::{FragmentKey, FragmentState},
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, FRAGMENT_ENTRIES,
-        MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
+        HANDSHAKE_ENTRIES, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
     },
     persist::{PersistKey, PersistState},
     settings::Settings,
@@ -49,7 +50,7 @@ pub static FLOWS: LruHashMap<
 #[btf_map(name = "egress")]
 pub static EGRESS: DevMapHash<{ MAX_EGRESS as usize }> = DevMapHash::new();
 
-#[btf_map(name = "settings")]
+#[btf_map(name = "dp_settings")]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 #[btf_map(name = "counters")]
@@ -81,3 +82,14 @@ pub static FRAGMENTS: LruHashMap<
 #[btf_map(name = "persist")]
 pub static PERSIST: LruHashMap<PersistKey, PersistState, { PERSIST_ENTRIES as usize }> =
     LruHashMap::new();
+
+#[btf_map(name = "handshakes")]
+pub static HANDSHAKES: LruHashMap<
+    FlowKey,
+    FlowState,
+    { HANDSHAKE_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "insert_budget")]
+pub static INSERT_BUDGET: PerCpuArray<Budget, 1> = PerCpuArray::new();

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use balancer_common::{
     Addr, addr_from_octets, addr_from_v4,
     backend::BackendInfo,
+    budget,
     settings::Settings,
     vip::{
         ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY,
@@ -186,15 +187,17 @@ fn next_free<'a>(counter: &mut u32, used: impl Iterator<Item = &'a u32>, limit: 
     (0..limit).find(|n| !used.contains(n)).unwrap_or(0)
 }
 
-/// Lays out a (validated) configuration with fresh numbers: VIP `i` in
-/// file order gets index `i`; backends get ids in file order across VIPs.
+/// Lays out a (validated) configuration with fresh numbers, for a host of
+/// one CPU: VIP `i` in file order gets index `i`; backends get ids in file
+/// order across VIPs.
 pub fn plan(config: &Config) -> Plan {
-    plan_with(config, &mut Numbering::default())
+    plan_with(config, &mut Numbering::default(), 1)
 }
 
-/// Lays out a (validated) configuration, keeping the numbers `numbering`
-/// gave before and handing out the lowest free ones to newcomers.
-pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
+/// Lays out a (validated) configuration for a host of `cpus` CPUs (which
+/// share the insert budget), keeping the numbers `numbering` gave before
+/// and handing out the lowest free ones to newcomers.
+pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan {
     numbering.retain(config);
     let d = &config.datapath;
     let settings = Settings {
@@ -202,6 +205,8 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering) -> Plan {
         ring_size: *d.ring_size.get_ref(),
         tcp_idle_ns: d.tcp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
         udp_idle_ns: d.udp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        insert_cost_ns: budget::insert_cost_ns(d.insert_budget(), cpus),
+        _reserved: [0; 4],
     };
     let mut vips = Vec::with_capacity(config.vips.len());
     for vip in &config.vips {
@@ -591,7 +596,7 @@ address = "10.0.0.3"
     #[test]
     fn numbers_survive_a_reload_and_newcomers_take_free_ones() {
         let mut numbering = Numbering::default();
-        let first = plan_with(&parse(TWO_VIPS, "t").unwrap(), &mut numbering);
+        let first = plan_with(&parse(TWO_VIPS, "t").unwrap(), &mut numbering, 1);
         assert_eq!(first.vips[1].backends[0].id, 2);
         // "web" loses a backend and a new VIP arrives before "any".
         let edited = TWO_VIPS
@@ -600,7 +605,7 @@ address = "10.0.0.3"
                 "[[vip]]\nname = \"any\"",
                 "[[vip]]\nname = \"new\"\naddress = \"192.0.2.11\"\nport = 1\nprotocol = \"udp\"\n[vip.health_check]\nkind = \"none\"\n[[vip.backend]]\naddress = \"10.0.0.9\"\n\n[[vip]]\nname = \"any\"",
             );
-        let second = plan_with(&parse(&edited, "t").unwrap(), &mut numbering);
+        let second = plan_with(&parse(&edited, "t").unwrap(), &mut numbering, 1);
         let index = |p: &Plan, name: &str| {
             p.vips
                 .iter()

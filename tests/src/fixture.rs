@@ -228,14 +228,16 @@ impl Fixture {
     }
 }
 
-/// Settings with `seed`, the fixtures' ring size and idle timeouts of an
-/// hour (tests that need expiry shorten them).
+/// Settings with `seed`, the fixtures' ring size, idle timeouts of an
+/// hour (tests that need expiry shorten them) and no insert budget (tests
+/// of the budget set one).
 pub fn default_settings(seed: u32) -> Settings {
     Settings {
         hash_seed: seed,
         ring_size: RING_SIZE,
         tcp_idle_ns: 3_600_000_000_000,
         udp_idle_ns: 3_600_000_000_000,
+        ..Settings::default()
     }
 }
 

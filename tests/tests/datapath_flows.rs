@@ -14,7 +14,7 @@ use balancer_common::{flow::FlowKey, proto, settings::Settings, stats::Event};
 use balancer_tests::{
     case::{Case, Counter, Out, check, run},
     fixture::{
-        Backend, Fixture, RING_SIZE, Vip, flow_key, ring_pick,
+        Backend, Fixture, Vip, default_settings, flow_key, ring_pick,
         standard::{self, CLIENT4, CLIENT6, VIP4, VIP6, standard},
     },
     packet::Packet,
@@ -76,15 +76,17 @@ fn established_flows_keep_their_backend_when_the_ring_changes() {
             key,
             old,
         } = moving_flow(&f)?;
-        run(
-            &mut f,
-            &[Case::new("before", p.build(), TX, Out::Backend(old), &[])],
-        )?;
+        // The handshake: the SYN leaves no state, the ACK makes the entry.
+        let next = p.clone().established().build();
+        let cases = [
+            Case::new("syn", p.build(), TX, Out::Backend(old), &[]),
+            Case::new("ack", next.clone(), TX, Out::Backend(old), &[]),
+        ];
+        run(&mut f, &cases)?;
         // A fourth backend joins: the ring changes under the flow.
         f.put_vip(grown)?;
         let new = f.expected_backend(0, &key);
         ensure!(new != old && new == 50);
-        let next = p.established().build();
         run(
             &mut f,
             &[Case::new("after", next, TX, Out::Backend(old), &[])],
@@ -109,23 +111,18 @@ fn a_syn_for_a_live_flow_keeps_its_backend_until_the_client_closes_it() {
                 (Counter::Event(Event::SYN_KEPT), kept),
             ]
         };
-        run(
-            &mut f,
-            &[Case::new(
-                "syn",
-                p.build(),
-                TX,
-                Out::Backend(old),
-                &counts(1, 0),
-            )],
-        )?;
+        let (syn, ack) = (p.build(), p.clone().established().build());
+        let on = |id| Out::Backend(id);
+        let handshake = [
+            Case::new("syn", syn.clone(), TX, on(old), &counts(1, 0)),
+            Case::new("ack", ack.clone(), TX, on(old), &counts(0, 0)),
+        ];
+        run(&mut f, &handshake)?;
         // The ring changes under the flow: a new flow of this 5-tuple
         // would now go to backend 50.
         let mut down = grown.clone();
         f.put_vip(grown)?;
         ensure!(f.expected_backend(0, &key) == 50);
-        let (syn, ack) = (p.build(), p.clone().established().build());
-        let on = |id| Out::Backend(id);
         let cases = [
             // A retransmitted (or spoofed) SYN keeps the connection where
             // it is.
@@ -134,8 +131,10 @@ fn a_syn_for_a_live_flow_keeps_its_backend_until_the_client_closes_it() {
             // The client closes: the rest of the close follows the flow.
             Case::new("fin", p.clone().fin().build(), TX, on(old), &counts(0, 0)),
             Case::new("ack after fin", ack.clone(), TX, on(old), &counts(0, 0)),
-            // A SYN now starts a new connection on the port: placed afresh.
+            // A SYN now starts a new connection on the port: placed afresh,
+            // in the flow's entry, which its ACK then follows.
             Case::new("syn after fin", syn.clone(), TX, on(50), &counts(1, 0)),
+            Case::new("ack of the new one", ack.clone(), TX, on(50), &counts(0, 0)),
             Case::new("syn of the new one", syn.clone(), TX, on(50), &counts(0, 1)),
             // Likewise after a RST.
             Case::new("rst", p.clone().rst().build(), TX, on(50), &counts(0, 0)),
@@ -169,17 +168,18 @@ fn a_flow_fails_over_when_its_backend_goes_down_and_draining_keeps_it() {
         let p = Packet::tcp(CLIENT4, 42000, VIP4, 80);
         let key = flow_key(CLIENT4, 42000, VIP4, 80, proto::TCP);
         let owner = f.expected_backend(0, &key);
-        run(
-            &mut f,
-            &[Case::new("first", p.build(), TX, Out::Backend(owner), &[])],
-        )?;
+        let next = p.clone().established().build();
+        let handshake = [
+            Case::new("syn", p.build(), TX, Out::Backend(owner), &[]),
+            Case::new("ack", next.clone(), TX, Out::Backend(owner), &[]),
+        ];
+        run(&mut f, &handshake)?;
 
         // Draining (weight 0, still up): the ring loses the backend, the
         // flow keeps it, new flows never get it.
         let mut vip = standard::vip(0);
         vip.backends[owner as usize].weight = 0;
         f.put_vip(vip.clone())?;
-        let next = p.established().build();
         let draining = Case::new("draining", next.clone(), TX, Out::Backend(owner), &[]);
         run(&mut f, &[draining])?;
         ensure!(
@@ -216,9 +216,8 @@ fn idle_flows_expire_and_pick_again() {
     privilege::run("datapath_idle", || {
         let mut f = Fixture::with_settings(Settings {
             hash_seed: 1,
-            ring_size: RING_SIZE,
-            tcp_idle_ns: 3_600_000_000_000,
             udp_idle_ns: 200_000_000,
+            ..default_settings(1)
         })?;
         let vip = Vip::new(0, VIP4, 53, proto::UDP, standard::backends4(0..3));
         f.put_vip(vip.clone())?;
@@ -252,13 +251,19 @@ fn idle_flows_expire_and_pick_again() {
 #[test]
 fn a_non_syn_packet_without_an_entry_is_placed_by_the_ring_and_remembered() {
     // A flow that another balancer host started (after an ECMP change)
-    // arrives mid-stream: the ring places it where that host did.
+    // arrives mid-stream: the ring places it where that host did. It is
+    // no new flow, but it gets an entry.
     let p = Packet::tcp(CLIENT6, 43000, VIP6, 80).established();
-    let new_flow = |n| [(Counter::Event(Event::NEW_FLOW), n)];
+    let counts = |new_flow, insert| {
+        [
+            (Counter::Event(Event::NEW_FLOW), new_flow),
+            (Counter::Event(Event::FLOW_INSERT), insert),
+        ]
+    };
     let cases = [
-        Case::new("mid-stream", p.build(), TX, Out::flow(2, &p), &new_flow(1)),
+        Case::new("mid-stream", p.build(), TX, Out::flow(2, &p), &counts(0, 1)),
         // The flow's entry is used.
-        Case::new("again", p.build(), TX, Out::flow(2, &p), &new_flow(0)),
+        Case::new("again", p.build(), TX, Out::flow(2, &p), &counts(0, 0)),
     ];
     check("datapath_non_syn_unknown", standard, &cases);
 }

@@ -63,9 +63,15 @@ fn send(f: &mut Fixture, packet: &Packet) -> Result<u32> {
         .context("the frame went to no known backend")
 }
 
-/// A new TCP flow (SYN) from `client:port`.
+/// A new TCP connection from `client:port`: its SYN, then the ACK that
+/// moves it to the connection table (where the least-* schedulers count
+/// it), which must follow the SYN.
 fn new_flow(f: &mut Fixture, client: IpAddr, port: u16, vip: IpAddr) -> Result<u32> {
-    send(f, &Packet::tcp(client, port, vip, 80))
+    let syn = Packet::tcp(client, port, vip, 80);
+    let id = send(f, &syn)?;
+    let ack = send(f, &syn.established())?;
+    ensure!(ack == id, "the ACK went to {ack}, the SYN to {id}");
+    Ok(id)
 }
 
 /// BPF_PROG_TEST_RUN runs on the calling thread's CPU: the round-robin

@@ -111,6 +111,27 @@ pub struct DatapathConfig {
     /// Seed of the flow hashes: the same on every balancer host of an ECMP
     /// group.
     pub hash_seed: u32,
+    /// Most new connection-table entries a second over the host, shared
+    /// evenly between CPUs; 0: no limit. Absent: [`DEFAULT_TURNOVER_SECS`]
+    /// (see [`DatapathConfig::insert_budget`]).
+    #[serde(rename = "insert_budget")]
+    pub insert_budget_setting: Option<u32>,
+}
+
+/// The default insert budget lets new entries replace the whole connection
+/// table no faster than once in this many seconds: a connection idle for
+/// less than that survives any flood.
+pub const DEFAULT_TURNOVER_SECS: u32 = 16;
+
+impl DatapathConfig {
+    /// New connection-table entries allowed a second over the host (0: no
+    /// limit): the setting, or by default the table's size over
+    /// [`DEFAULT_TURNOVER_SECS`] (16,384 for the default table), at least
+    /// one.
+    pub fn insert_budget(&self) -> u32 {
+        self.insert_budget_setting
+            .unwrap_or_else(|| (*self.flow_table_size.get_ref() / DEFAULT_TURNOVER_SECS).max(1))
+    }
 }
 
 impl Default for DatapathConfig {
@@ -123,6 +144,7 @@ impl Default for DatapathConfig {
             tcp_idle_timeout: Duration::from_secs(300),
             udp_idle_timeout: Duration::from_secs(30),
             hash_seed: 0,
+            insert_budget_setting: None,
         }
     }
 }

@@ -25,22 +25,25 @@ pub(super) struct Desired {
     socket_override: Option<PathBuf>,
     pub(super) plan: Plan,
     numbering: Numbering,
+    /// The host's online CPUs, which share the insert budget.
+    cpus: u32,
 }
 
 impl Desired {
     /// Lays `config` out with `numbering` (the numbers a previous daemon
-    /// gave, recovered from its pinned maps).
+    /// gave, recovered from its pinned maps) for a host of `cpus` CPUs.
     pub(super) fn new(
         mut config: Config,
         file: Option<(PathBuf, String)>,
         socket_override: Option<PathBuf>,
         mut numbering: Numbering,
+        cpus: u32,
     ) -> Desired {
         let (path, text) = file.unzip();
         if let Some(socket) = &socket_override {
             config.daemon.control_socket.clone_from(socket);
         }
-        let plan = plan::plan_with(&config, &mut numbering);
+        let plan = plan::plan_with(&config, &mut numbering, cpus);
         Desired {
             config,
             path,
@@ -48,6 +51,7 @@ impl Desired {
             socket_override,
             plan,
             numbering,
+            cpus,
         }
     }
 
@@ -66,7 +70,7 @@ impl Desired {
             config.daemon.control_socket.clone_from(socket);
         }
         let mut numbering = self.numbering.clone();
-        let plan = plan::plan_with(&config, &mut numbering);
+        let plan = plan::plan_with(&config, &mut numbering, self.cpus);
         Ok(Desired {
             config,
             path: Some(path.to_path_buf()),
@@ -74,6 +78,7 @@ impl Desired {
             socket_override: self.socket_override.clone(),
             plan,
             numbering,
+            cpus: self.cpus,
         })
     }
 

@@ -195,7 +195,11 @@ async fn serve(
     let socket = config.daemon.control_socket.clone();
     let pinned = datapath.pinned().context("cannot read the pinned maps")?;
     let numbering = crate::plan::Numbering::recover(&config, &pinned.vips, &pinned.backends);
-    let desired = desired::Desired::new(config, file, socket_override, numbering);
+    let cpus = aya::util::online_cpus()
+        .map_err(|(_, err)| err)
+        .context("cannot read the online CPUs")?
+        .len() as u32;
+    let desired = desired::Desired::new(config, file, socket_override, numbering, cpus);
     let mut state = State::new(desired, datapath, neighbours, reports_tx, &pinned);
     state.metrics_endpoint = metrics_endpoint;
     // Give the neighbours a moment to resolve (the first round provokes

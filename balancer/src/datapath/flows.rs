@@ -1,5 +1,6 @@
 //! The connection table as the daemon sees it: read whole (in batches),
-//! expired entries removed, and the clock its times are on.
+//! expired entries removed, and the clock its times are on; the handshake
+//! table, read likewise.
 
 use std::os::fd::AsFd as _;
 
@@ -19,15 +20,25 @@ impl Datapath {
     /// read may be missed; the program is not slowed (it never waits for
     /// the reader).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, DatapathError> {
-        let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map(maps::FLOWS) else {
-            return Err(DatapathError::MissingMap { name: maps::FLOWS });
+        self.read_flow_table(maps::FLOWS)
+    }
+
+    /// Every entry of the handshake table (new flows between their first
+    /// and next packet), read as [`Datapath::flows`] reads the connection
+    /// table.
+    pub fn handshakes(&self) -> Result<Vec<(FlowKey, FlowState)>, DatapathError> {
+        self.read_flow_table(maps::HANDSHAKES)
+    }
+
+    fn read_flow_table(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(FlowKey, FlowState)>, DatapathError> {
+        let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map(name) else {
+            return Err(DatapathError::MissingMap { name });
         };
-        super::batch::lookup_all(data.fd().as_fd(), CHUNK).map_err(|source| {
-            DatapathError::MapBatch {
-                name: maps::FLOWS,
-                source,
-            }
-        })
+        super::batch::lookup_all(data.fd().as_fd(), CHUNK)
+            .map_err(|source| DatapathError::MapBatch { name, source })
     }
 
     /// Removes `keys` from the connection table (entries found expired);

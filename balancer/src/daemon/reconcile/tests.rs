@@ -67,6 +67,7 @@ impl World {
             None,
             None,
             Numbering::default(),
+            1,
         );
         let mut world = World {
             desired,
@@ -475,6 +476,7 @@ impl World {
             None,
             None,
             Numbering::default(),
+            1,
         );
         let writes = self.reconcile();
         apply_or_roll_back(

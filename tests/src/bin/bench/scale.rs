@@ -158,9 +158,10 @@ fn flows_map(before: &BTreeSet<u32>) -> Result<HashMap<MapData, FlowKey, FlowSta
     Ok(HashMap::try_from(Map::LruHashMap(data))?)
 }
 
-/// Inserts new flows (SYNs through the program) into a table of `size`
-/// entries, from `cpus` CPUs in turn, and counts the table after every
-/// STEP flows, until it has evicted for a while.
+/// Inserts new flows (each one's first ACK through the program: a SYN to a
+/// Maglev VIP leaves no state) into a table of `size` entries, from `cpus`
+/// CPUs in turn, and counts the table after every STEP flows, until it has
+/// evicted for a while.
 fn fill(size: u32, cpus: usize) -> Result<Fill> {
     let before = map_ids();
     let mut f = fixture(size)?;
@@ -173,7 +174,9 @@ fn fill(size: u32, cpus: usize) -> Result<Fill> {
         for i in inserted..inserted + STEP {
             let _cpu = PinnedCpu::to(if cpus == 1 { 1 } else { i % cpus });
             let src = IpAddr::V4(Ipv4Addr::from(0x6440_0000 | (i as u32 >> 8)));
-            let packet = Packet::tcp(src, 1024 + (i & 0xff) as u16, VIP, 80).build();
+            let packet = Packet::tcp(src, 1024 + (i & 0xff) as u16, VIP, 80)
+                .established()
+                .build();
             f.datapath.test_run(&packet, 0)?;
         }
         inserted += STEP;

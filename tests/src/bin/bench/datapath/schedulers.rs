@@ -292,8 +292,10 @@ pub fn measured(small: &RefCell<Fixture>) -> Vec<Measured<'_>> {
 pub fn prose(options: &Options) -> String {
     format!(
         "The other schedulers, at 1,000 flows: a SYN of a 5-tuple never seen before
-to a VIP of the scheduler's own, then the same connection-table insert as
-`new`.
+to a VIP of the scheduler's own, a miss in the connection table and in the
+handshake table, then an insert into the handshake table (these VIPs keep
+their choice from the first packet; `source_hash` without persistence is
+placed like `new`, without state).
 
 - `source_hash`: the Maglev ring lookup, on a hash of the client address
   instead of the 5-tuple.
@@ -303,9 +305,8 @@ to a VIP of the scheduler's own, then the same connection-table insert as
   drawn at random (one `bpf_get_prandom_u32`), each one's backend and
   `backend_load` entry read, the lower cost wins (connections per weight;
   latency times connections + 1 per weight, the backends' latencies set to
-  100, 200, ... 1,000 µs); then the insert also looks the 5-tuple up first
-  (a replaced entry would stop counting) and adds 1 to the winner's
-  connection count, an atomic add on a counter every CPU shares.
+  100, 200, ... 1,000 µs); the winner's connection count grows only when
+  the flow's next packet moves it to the connection table.
 - `maglev_persist`: Maglev with session persistence, every SYN from a
   client never seen before (for IPv6, a /64 never seen before): the VIP's
   policy read, a persistence-table lookup that misses, the ring lookup,
