@@ -267,3 +267,15 @@ fn a_non_syn_packet_without_an_entry_is_placed_by_the_ring_and_remembered() {
     ];
     check("datapath_non_syn_unknown", standard, &cases);
 }
+
+#[test]
+fn removing_a_flow_the_table_no_longer_holds_is_no_error() {
+    // The daemon removes expired entries it read earlier; the datapath may
+    // have evicted or replaced them since.
+    privilege::run("datapath_remove_gone", || {
+        let mut f = standard()?;
+        let gone = flow_key(CLIENT4, 44444, VIP4, 80, proto::TCP);
+        f.datapath.remove_flows(&[gone])?;
+        Ok(())
+    });
+}

@@ -52,7 +52,10 @@ impl Datapath {
             HashMap::try_from(map).map_err(DatapathError::map("open", maps::FLOWS))?;
         for key in keys {
             match map.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                // The datapath evicted or replaced it since it was read.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(err) => return Err(DatapathError::map("remove from", maps::FLOWS)(err)),
             }
         }

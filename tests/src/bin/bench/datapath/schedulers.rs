@@ -16,11 +16,13 @@ use balancer::{
 };
 use balancer_common::{maps::PERSIST_ENTRIES, proto};
 use balancer_tests::{
-    fixture::{Fixture, Vip, flow_key},
+    fixture::{Fixture, Vip},
     packet::Packet,
 };
 
-use super::{Measured, Options, SMALL_TABLE, backends, call, checked_call, fresh, new_flows};
+use super::{
+    Measured, Options, SMALL_TABLE, backends, call, checked_call, fresh, new_flows, packet,
+};
 use crate::report;
 
 /// The new-flow paths beside Maglev's (`new_v4`, `new_v6`), all at 1,000
@@ -174,13 +176,12 @@ impl KnownClients {
     /// Makes the persistence table know [`KNOWN_CLIENTS`] clients of `vip`
     /// (again: the persistence-miss paths insert clients of their own, and
     /// once the table is full it evicts), through one SYN of each from
-    /// port 1024, and notes their backends. The flows of those SYNs are
-    /// removed again, so the connection table holds what it held before.
+    /// port 1024, and notes their backends. The SYNs only reach the
+    /// handshake table: the connection table holds what it held before.
     fn refresh(&self, table: &RefCell<Fixture>) -> Result<()> {
         let v6 = self.vip.is_ipv6();
         let mut macs = self.macs.borrow_mut();
         macs.clear();
-        let mut flows = Vec::with_capacity(KNOWN_CLIENTS);
         let mut f = table.borrow_mut();
         for i in 0..KNOWN_CLIENTS {
             let src = new_client(i, v6);
@@ -189,9 +190,7 @@ impl KnownClients {
                 .test_run(&Packet::tcp(src, 1024, self.vip, 80).build(), 0)?;
             ensure!(out.verdict == action::TX, "verdict {}", out.verdict);
             macs.push(destination_mac(&out)?);
-            flows.push(flow_key(src, 1024, self.vip, 80, proto::TCP));
         }
-        f.datapath.remove_flows(&flows)?;
         Ok(())
     }
 }
@@ -284,8 +283,38 @@ pub fn measured(small: &RefCell<Fixture>) -> Vec<Measured<'_>> {
             };
             paths.push(measured.compared_with(maglev));
         }
+        let (name, rr) = (PROMOTE[usize::from(v6)], ROUND_ROBIN);
+        let (_, vip) = other_vip(rr, v6);
+        paths.push(
+            Measured::new(
+                name,
+                "1,000 flows, a handshake's ACK",
+                promotions(small, vip),
+            )
+            .compared_with(maglev),
+        );
     }
     paths
+}
+
+/// The promotion paths' names, per family.
+const PROMOTE: [&str; 2] = ["promote_v4_round_robin", "promote_v6_round_robin"];
+/// The path of [`PATHS`] whose VIP the promotion paths use.
+const ROUND_ROBIN: usize = 1;
+/// Where the promotion paths number their flows: past every other path's.
+const PROMOTED_FLOWS: usize = 1 << 24;
+
+/// Handshakes completing at `vip` (a round-robin VIP): a SYN of a 5-tuple
+/// never seen before, unmeasured, puts the flow in the handshake table;
+/// the measured call is its ACK, which finds it there, inserts it into the
+/// connection table and removes it from the handshake table.
+fn promotions(table: &RefCell<Fixture>, vip: IpAddr) -> impl FnMut() -> Result<Duration> + '_ {
+    let mut next = PROMOTED_FLOWS;
+    move || {
+        next += 1;
+        call(table, &packet(next, vip, false), action::TX)?;
+        call(table, &packet(next, vip, true), action::TX)
+    }
 }
 
 /// What the document says of these paths.
@@ -318,6 +347,12 @@ placed like `new`, without state).
   call is checked to reach its client's backend): the policy read, a
   persistence-table hit, the backend's state and weight checked and its
   last-seen time written, no ring lookup.
+
+- `promote_round_robin`: the ACK of a handshake whose SYN (unmeasured)
+  went to the round-robin VIP: misses in the connection table, a hit in
+  the handshake table, the backend's record, the insert budget (on, with
+  credit), an insert into the connection table and a delete
+  from the handshake table.
 
 `x maglev new` is a new-flow row's median over the median of `new` in the
 same family, from the same run: what the scheduler or persistence adds to a
