@@ -207,6 +207,16 @@ fn a_round_robin_flow_keeps_its_backend_in_the_handshake_table_until_its_next_pa
             Out::Backend(id),
             &[ev(Event::PROMOTED, 0)],
         )?;
+        // A SYN of the live flow (retransmitted, or spoofed) keeps it on
+        // its backend, whatever the cursor says.
+        let kept = [ev(Event::SYN_KEPT, 1), ev(Event::NEW_FLOW, 0)];
+        for n in 0..3 {
+            let name = format!("syn of the live flow, cursor at {n}");
+            step(&mut f, &name, &syn, Out::Backend(id), &kept)?;
+            let other = Packet::tcp(CLIENT4, 42010 + n as u16, KEEPING, 80);
+            let to = Out::Backend(cycle(&f, RR_TCP, 2 + n));
+            step(&mut f, "another new flow", &other, to, &[])?;
+        }
 
         // UDP: the second datagram promotes.
         let dgram = Packet::udp(CLIENT4, 42100, KEEPING, 53);
