@@ -21,6 +21,7 @@
 //! that userspace (tests, the daemon) computes exactly what the kernel does.
 #![cfg_attr(not(test), no_std)]
 
+pub mod access;
 pub mod backend;
 pub mod budget;
 pub mod flow;
@@ -99,7 +100,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{backend, flow, persist, settings, stats, vip};
+    use crate::{access, backend, flow, persist, settings, stats, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -109,6 +110,9 @@ mod user {
     }
 
     pod!(
+        access::AccessData,
+        access::AccessKey,
+        access::AccessCounters,
         backend::BackendInfo,
         backend::BackendLoad,
         flow::FlowKey,

@@ -57,6 +57,12 @@ pub const HANDSHAKES: &str = "handshakes";
 /// The insert budget of [`FLOWS`]: a per-CPU array of one
 /// [`crate::budget::Budget`].
 pub const INSERT_BUDGET: &str = "insert_budget";
+/// Allow and deny lists: an LPM trie of [`crate::access::AccessKey`] to a
+/// `u32` kind (`ACCESS_*`), created with `BPF_F_NO_PREALLOC`.
+pub const ACCESS: &str = "access";
+/// Packets the lists dropped: [`crate::access::AccessCounters`] per CPU,
+/// by VIP index, then one slot for packets to no VIP's port.
+pub const ACCESS_STATS: &str = "access_stats";
 /// Fragments: LRU hash of [`crate::fragment::FragmentKey`] to
 /// [`crate::fragment::FragmentState`], the backend of each datagram whose
 /// first fragment was admitted, with per-CPU LRU lists.
@@ -90,6 +96,9 @@ pub const HANDSHAKE_ENTRIES: u32 = 65_536;
 /// Largest ring size the daemon accepts.
 pub const MAX_RING_SIZE: u32 = 4_194_301;
 
+/// `BPF_F_NO_PREALLOC`: entries allocated as they come (an LPM trie must
+/// have it).
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists in a shared hash table, so CPUs
 /// do not contend on one list.
 pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -116,6 +125,8 @@ impl MapKind {
     pub const PERCPU_ARRAY: MapKind = MapKind(6);
     /// `BPF_MAP_TYPE_LRU_HASH`.
     pub const LRU_HASH: MapKind = MapKind(9);
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    pub const LPM_TRIE: MapKind = MapKind(11);
     /// `BPF_MAP_TYPE_ARRAY_OF_MAPS`.
     pub const ARRAY_OF_MAPS: MapKind = MapKind(12);
     /// `BPF_MAP_TYPE_DEVMAP_HASH`.
@@ -202,8 +213,9 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 17] = {
+pub const MAP_SPECS: [MapSpec; 19] = {
     use crate::{
+        access::{ACCESS_ENTRIES, AccessCounters, AccessKey},
         backend::{BackendInfo, BackendLoad},
         budget::Budget,
         flow::{FlowKey, FlowState},
@@ -242,6 +254,13 @@ pub const MAP_SPECS: [MapSpec; 17] = {
             BPF_F_NO_COMMON_LRU,
         ),
         indexed::<Budget>(INSERT_BUDGET, MapKind::PERCPU_ARRAY, 1, 0),
+        hashed::<AccessKey, u32>(
+            ACCESS,
+            MapKind::LPM_TRIE,
+            Entries::Fixed(ACCESS_ENTRIES),
+            BPF_F_NO_PREALLOC,
+        ),
+        indexed::<AccessCounters>(ACCESS_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS + 1, 0),
     ]
 };
 

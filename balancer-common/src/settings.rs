@@ -16,13 +16,25 @@ pub struct Settings {
     /// What one new entry of the connection table costs a CPU's insert
     /// budget (see [`crate::budget`]); 0: no budget.
     pub insert_cost_ns: u64,
+    /// [`SETTINGS_GLOBAL_ACCESS`].
+    pub flags: u64,
     /// Room for settings to come, so that the pinned map keeps its layout.
-    pub _reserved: [u64; 4],
+    pub _reserved: [u64; 3],
 }
+
+/// The global allow or deny list has entries: every packet to a VIP address
+/// is looked up in it.
+pub const SETTINGS_GLOBAL_ACCESS: u64 = 1;
 
 const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 
 impl Settings {
+    /// Whether the global lists have entries ([`SETTINGS_GLOBAL_ACCESS`]).
+    #[inline(always)]
+    pub const fn global_access(&self) -> bool {
+        self.flags & SETTINGS_GLOBAL_ACCESS != 0
+    }
+
     /// How long a flow of IP protocol `proto` may stay idle before it picks
     /// its backend anew: the TCP timeout for TCP, the UDP one otherwise.
     #[inline(always)]

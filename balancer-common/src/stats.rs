@@ -76,11 +76,17 @@ stats! {
     /// Dropped: a later fragment to a VIP address whose first fragment was
     /// not admitted shortly before (never seen, refused, or out of order).
     DROP_FRAGMENT_UNMATCHED = 15, "drop_fragment_unmatched";
+    /// Dropped: the client's address is in a deny list (global or the
+    /// VIP's).
+    DROP_DENIED = 16, "drop_denied";
+    /// Dropped: an allow list applies to the VIP and none lists the
+    /// client's address.
+    DROP_NOT_ALLOWED = 17, "drop_not_allowed";
 }
 
 impl Stat {
     /// Number of verdict reasons.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 18;
     /// Slots of the map reserved for verdict reasons, used or not.
     pub const CAPACITY: u32 = 64;
 }

@@ -209,7 +209,7 @@ pub struct AddrInfo {
     /// before fragments followed their first one. Kept so that the pinned
     /// map keeps its layout.
     pub _reserved: u32,
-    /// [`ADDR_HAS_WILDCARD`].
+    /// [`ADDR_HAS_WILDCARD`], [`ADDR_VIP_ACCESS`].
     pub flags: u32,
 }
 
@@ -221,12 +221,21 @@ impl AddrInfo {
     pub const fn has_wildcard(&self) -> bool {
         self.flags & ADDR_HAS_WILDCARD != 0
     }
+
+    /// Whether a VIP of the address has allow or deny lists of its own.
+    #[inline(always)]
+    pub const fn has_vip_access(&self) -> bool {
+        self.flags & ADDR_VIP_ACCESS != 0
+    }
 }
 
 /// A port-0 VIP exists for this address and protocol: a packet to a port
 /// without a VIP of its own goes to it. (Bit 1 named a list ring for
 /// fragments once; it is ignored.)
 pub const ADDR_HAS_WILDCARD: u32 = 1;
+/// A VIP of this address and protocol has allow or deny lists of its own:
+/// its packets are looked up in the VIP's scope of the `access` trie.
+pub const ADDR_VIP_ACCESS: u32 = 1 << 2;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,8 @@
 //! - this root, the orchestrator: one function per kind of packet, and
 //!   for TCP and UDP a switch on what the connection table knows;
 //! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
-//!   rewrite and the verdict), [`stats`] (per-CPU counters);
+//!   rewrite and the verdict), [`access`] (allow and deny lists),
+//!   [`stats`] (per-CPU counters);
 //! - [`flows`] (the connection table and the connection counts), which
 //!   refreshes [`persist`] (the persistence table), [`handshakes`] (new
 //!   flows between their first and next packet), [`budget`] (how fast
@@ -25,6 +26,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+mod access;
 mod budget;
 mod flows;
 mod forward;
@@ -42,12 +44,13 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{
+    access::ACCESS_NO_VIP,
     flow::FlowKey,
     fragment::FragmentKey,
     proto,
     settings::Settings,
     stats::{Event, Stat},
-    vip::VipInfo,
+    vip::{AddrInfo, VipInfo},
 };
 
 use crate::{
@@ -129,6 +132,9 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
         return pass(Stat::PASS_NOT_VIP);
     };
+    if let Err(reason) = admit(ip, ports.dst, &addr, settings, len) {
+        return drop(reason);
+    }
     let p = FlowPacket {
         key: FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto),
         fragment: ip.fragment,
@@ -169,6 +175,31 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         Entry::Missing => unknown_remembered(ctx, &p, &vip, settings),
         Entry::Down | Entry::Stale => replace(ctx, &p, &vip, settings, entry == Entry::Down),
     }
+}
+
+/// The allow and deny lists for a packet of a flow to VIP address `addr`:
+/// nothing to look up unless the global lists or the VIP's own have
+/// entries (the settings and the address say), so a balancer without
+/// lists pays one flag test.
+#[inline(always)]
+fn admit(
+    ip: &Ip,
+    dst_port: u16,
+    addr: &AddrInfo,
+    settings: &Settings,
+    len: u64,
+) -> Result<(), Stat> {
+    let global = settings.global_access();
+    if !global && !addr.has_vip_access() {
+        return Ok(());
+    }
+    let vip = if addr.has_vip_access() {
+        vip::find(&ip.dst, dst_port, ip.proto, addr).map(|v| v.index)
+    } else {
+        None
+    };
+    let slot = vip.unwrap_or(ACCESS_NO_VIP);
+    access::admit(&ip.src, &access::Scopes { global, vip }, slot, len)
 }
 
 /// A TCP or UDP packet (or first fragment) once parsed: what the rest of

@@ -2,10 +2,11 @@
 //! balancer-common (`maps` module), which documents each map.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use balancer_common::{
+    access::{ACCESS_ENTRIES, AccessCounters, AccessData},
     backend::{BackendInfo, BackendLoad},
     budget::Budget,
     flow::{FlowKey, FlowState},
@@ -93,3 +94,9 @@ pub static HANDSHAKES: LruHashMap<
 
 #[btf_map(name = "insert_budget")]
 pub static INSERT_BUDGET: PerCpuArray<Budget, 1> = PerCpuArray::new();
+
+#[btf_map(name = "access")]
+pub static ACCESS: LpmTrie<AccessData, u32, { ACCESS_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map(name = "access_stats")]
+pub static ACCESS_STATS: PerCpuArray<AccessCounters, { VIPS_N + 1 }> = PerCpuArray::new();

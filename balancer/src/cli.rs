@@ -7,7 +7,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
-    command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName},
+    command::{AccessEntry, BackendAdd, BackendRef, BackendWeight, VipAdd, VipName},
+    config::List,
     control::{self, Request},
     daemon,
     datapath::XdpMode,
@@ -54,6 +55,14 @@ pub enum Command {
     /// Backends.
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// The deny lists: clients whose packets are dropped, for every VIP
+    /// or for one (--vip).
+    #[command(subcommand)]
+    Deny(AccessCommand),
+    /// The allow lists: where one applies to a VIP, only the clients it
+    /// lists are admitted (a deny still wins).
+    #[command(subcommand)]
+    Allow(AccessCommand),
     /// Every datapath counter, and per-VIP counters; with --watch, a
     /// live view of them as rates.
     Stats(StatsArgs),
@@ -118,6 +127,41 @@ pub enum BackendCommand {
     Drain(BackendRef),
     /// End a drain.
     Undrain(BackendRef),
+}
+
+/// `balancer deny ...`, `balancer allow ...`. Changes are written to the
+/// configuration file and applied at once.
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// The list's prefixes, global and per VIP, with the packets each
+    /// dropped.
+    List {
+        /// Only the global list and this VIP's.
+        #[arg(long)]
+        vip: Option<String>,
+    },
+    /// Add a prefix.
+    Add(AccessEntry),
+    /// Remove a prefix.
+    Remove(AccessEntry),
+}
+
+impl AccessCommand {
+    /// The request of this command on `list`.
+    fn request(self, list: List) -> Request {
+        match self {
+            AccessCommand::List { vip } => Request::AccessList {
+                list: Some(list),
+                vip,
+            },
+            AccessCommand::Add(entry) => {
+                Request::Change(Edit::AccessAdd(AccessEntry { list, ..entry }))
+            }
+            AccessCommand::Remove(entry) => {
+                Request::Change(Edit::AccessRemove(AccessEntry { list, ..entry }))
+            }
+        }
+    }
 }
 
 /// Arguments of `balancer stats`.
@@ -265,6 +309,8 @@ pub fn main() -> ExitCode {
         Command::Backend(BackendCommand::Undrain(backend)) => {
             ask(Request::Change(Edit::BackendUndrain(backend)))
         }
+        Command::Deny(command) => ask(command.request(List::Deny)),
+        Command::Allow(command) => ask(command.request(List::Allow)),
         Command::Stats(StatsArgs { watch: false, .. }) => ask(Request::Stats {}),
         Command::Stats(StatsArgs { watch: true, .. }) if cli.json => Err(anyhow::anyhow!(
             "--json and --watch cannot be used together: --watch shows a view, --json prints one answer"

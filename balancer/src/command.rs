@@ -16,7 +16,7 @@ use std::{net::IpAddr, time::Duration};
 use clap::{Args, ValueEnum, builder::PossibleValue};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Protocol, Scheduler};
+use crate::config::{List, Prefix, Protocol, Scheduler};
 
 /// `vip add` / `vip-add`: a new VIP, with the default TCP health check.
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
@@ -95,6 +95,24 @@ pub struct BackendWeight {
     pub vip: String,
     pub address: IpAddr,
     pub weight: u32,
+}
+
+/// `deny add|remove`, `allow add|remove` (`access-add`, `access-remove`):
+/// one prefix of the global allow or deny list, or of a VIP's.
+#[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessEntry {
+    /// The list: the subcommand names it on the command line.
+    #[arg(skip = List::Deny)]
+    pub list: List,
+    /// ADDRESS/LENGTH, such as 203.0.113.0/24 or 2001:db8::/32, or one
+    /// address.
+    pub prefix: Prefix,
+    /// The VIP whose own list it is (without it: the global list, for
+    /// every VIP).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
 }
 
 /// `--scheduler` takes the names the configuration file takes.

@@ -54,6 +54,15 @@ pub enum Request {
     },
     /// Every counter.
     Stats {},
+    /// The allow and deny lists, global and per VIP, with the packets
+    /// each dropped; only `list` with it, only the global list and `vip`'s
+    /// with `vip`.
+    AccessList {
+        #[serde(default)]
+        list: Option<crate::config::List>,
+        #[serde(default)]
+        vip: Option<String>,
+    },
     /// Read the configuration file again and apply what changed;
     /// `allow_empty` lets a file without any VIP withdraw every VIP.
     Reload {
@@ -77,12 +86,13 @@ impl Serialize for Request {
 
 impl Request {
     /// The `command` of each query (each request but a change).
-    pub const QUERIES: [&'static str; 6] = [
+    pub const QUERIES: [&'static str; 7] = [
         "status",
         "vip-list",
         "vip-show",
         "backend-list",
         "stats",
+        "access-list",
         "reload",
     ];
 }
@@ -189,7 +199,10 @@ pub fn default_socket() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName};
+    use crate::{
+        command::{AccessEntry, BackendAdd, BackendRef, BackendWeight, VipAdd, VipName},
+        config::List,
+    };
 
     #[test]
     fn requests_are_json_objects_named_by_command() {
@@ -320,6 +333,22 @@ mod tests {
                 Edit::BackendUndrain(backend()),
                 r#"{"command":"backend-undrain","vip":"web","address":"10.0.0.1"}"#,
             ),
+            (
+                Edit::AccessAdd(AccessEntry {
+                    list: List::Deny,
+                    prefix: "203.0.113.0/24".parse().unwrap(),
+                    vip: Some("web".into()),
+                }),
+                r#"{"command":"access-add","list":"deny","prefix":"203.0.113.0/24","vip":"web"}"#,
+            ),
+            (
+                Edit::AccessRemove(AccessEntry {
+                    list: List::Allow,
+                    prefix: "2001:db8::/32".parse().unwrap(),
+                    vip: Some("web".into()),
+                }),
+                r#"{"command":"access-remove","list":"allow","prefix":"2001:db8::/32","vip":"web"}"#,
+            ),
         ];
         assert_eq!(changes.len(), Edit::COMMANDS.len());
         for (edit, text) in changes {
@@ -345,6 +374,10 @@ mod tests {
             Request::VipShow { name: "web".into() },
             Request::BackendList { vip: None },
             Request::Stats {},
+            Request::AccessList {
+                list: Some(List::Deny),
+                vip: None,
+            },
             Request::Reload { allow_empty: true },
         ];
         assert_eq!(queries.len(), Request::QUERIES.len());
@@ -357,7 +390,7 @@ mod tests {
         let unknown = parse_request(r#"{"command":"explode"}"#).unwrap_err();
         assert!(
             unknown.error.unwrap().contains(
-                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `reload`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`"
+                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `access-list`, `reload`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`, `access-add`, `access-remove`"
             )
         );
     }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
-use crate::command::{BackendAdd, BackendRef, BackendWeight, VipAdd, VipName};
+use crate::command::{AccessEntry, BackendAdd, BackendRef, BackendWeight, VipAdd, VipName};
 
 /// One change to the configuration: the arguments are the commands' own
 /// types, and a request carries it as it is, named by `command`
@@ -29,11 +29,15 @@ pub enum Edit {
     /// `undrain`.
     BackendDrain(BackendRef),
     BackendUndrain(BackendRef),
+    /// A prefix added to an allow or deny list.
+    AccessAdd(AccessEntry),
+    /// A prefix taken out of an allow or deny list.
+    AccessRemove(AccessEntry),
 }
 
 impl Edit {
     /// The `command` of each change, as the control socket names them.
-    pub const COMMANDS: [&'static str; 7] = [
+    pub const COMMANDS: [&'static str; 9] = [
         "vip-add",
         "vip-remove",
         "backend-add",
@@ -41,6 +45,8 @@ impl Edit {
         "backend-weight",
         "backend-drain",
         "backend-undrain",
+        "access-add",
+        "access-remove",
     ];
 }
 
@@ -91,8 +97,71 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
         Edit::BackendUndrain(BackendRef { vip, address }) => {
             backend(&mut doc, vip, *address)?.remove("drain");
         }
+        Edit::AccessAdd(entry) => {
+            let (owner, list) = access_list(&mut doc, entry)?;
+            if list.iter().any(|p| prefix_of(p) == Some(entry.prefix)) {
+                return Err(format!(
+                    "{owner}'s {} list already has {}",
+                    entry.list.name(),
+                    entry.prefix
+                ));
+            }
+            list.push(entry.prefix.to_string());
+        }
+        Edit::AccessRemove(entry) => {
+            let (owner, list) = access_list(&mut doc, entry)?;
+            let index = list
+                .iter()
+                .position(|p| prefix_of(p) == Some(entry.prefix))
+                .ok_or_else(|| {
+                    format!(
+                        "{owner}'s {} list has no {}",
+                        entry.list.name(),
+                        entry.prefix
+                    )
+                })?;
+            list.remove(index);
+            // The element that moves to the front keeps no separator's
+            // space before it.
+            if index == 0
+                && let Some(first) = list.get_mut(0)
+            {
+                first.decor_mut().set_prefix("");
+            }
+        }
     }
     Ok(doc.to_string())
+}
+
+/// The array of `entry`'s list, made empty where the file has none, and
+/// what owns it (`[access]` or a VIP) for messages.
+fn access_list<'a>(
+    doc: &'a mut DocumentMut,
+    entry: &AccessEntry,
+) -> Result<(String, &'a mut toml_edit::Array), String> {
+    let (owner, table) = match &entry.vip {
+        Some(vip) => (format!("VIP {vip:?}"), find_vip(doc, vip)?),
+        None => {
+            let table = doc
+                .entry("access")
+                .or_insert(Item::Table(Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| "`access` is not a table ([access])".to_owned())?;
+            ("[access]".to_owned(), table)
+        }
+    };
+    let name = entry.list.name();
+    let list = table
+        .entry(name)
+        .or_insert(value(toml_edit::Array::new()))
+        .as_array_mut()
+        .ok_or_else(|| format!("{owner}: `{name}` is not an array of prefixes"))?;
+    Ok((owner, list))
+}
+
+/// The prefix an array element of a list holds, if it is one.
+fn prefix_of(item: &toml_edit::Value) -> Option<crate::config::Prefix> {
+    item.as_str()?.parse().ok()
 }
 
 /// Appends a `[[vip]]` table with the keys given, the optional ones only
@@ -387,5 +456,67 @@ weight = 150
         )
         .unwrap_err();
         assert_eq!(e, "VIP \"web\" already has backend 10.0.0.1");
+    }
+
+    #[test]
+    fn list_prefixes_are_added_and_removed_with_the_file_kept() {
+        let entry = |list, prefix: &str, vip: Option<&str>| AccessEntry {
+            list,
+            prefix: prefix.parse().unwrap(),
+            vip: vip.map(str::to_owned),
+        };
+        use crate::config::List::{Allow, Deny};
+        let out = apply(FILE, &Edit::AccessAdd(entry(Deny, "203.0.113.0/24", None))).unwrap();
+        let out = apply(&out, &Edit::AccessAdd(entry(Deny, "2001:db8::/32", None))).unwrap();
+        let out = apply(
+            &out,
+            &Edit::AccessAdd(entry(Allow, "198.51.100.0/24", Some("web"))),
+        )
+        .unwrap();
+        assert!(
+            out.starts_with(
+                "# Production balancer.\n[datapath]\ninterfaces = [\"eth0\"]   # uplink"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("address = \"10.0.0.1\"   # rack 1"), "{out}");
+        assert!(
+            out.contains("[access]\ndeny = [\"203.0.113.0/24\", \"2001:db8::/32\"]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("protocol = \"tcp\"\nallow = [\"198.51.100.0/24\"]"),
+            "{out}"
+        );
+        let config = crate::config::parse(&out, "t").unwrap();
+        assert_eq!(config.access.deny.len(), 2);
+        assert_eq!(config.vips[0].get_ref().allow.len(), 1);
+
+        let out = apply(
+            &out,
+            &Edit::AccessRemove(entry(Deny, "203.0.113.0/24", None)),
+        )
+        .unwrap();
+        assert!(out.contains("deny = [\"2001:db8::/32\"]"), "{out}");
+        for (edit, error) in [
+            (
+                Edit::AccessAdd(entry(Deny, "2001:db8::/32", None)),
+                "[access]'s deny list already has 2001:db8::/32",
+            ),
+            (
+                Edit::AccessRemove(entry(Deny, "203.0.113.0/24", None)),
+                "[access]'s deny list has no 203.0.113.0/24",
+            ),
+            (
+                Edit::AccessRemove(entry(Allow, "10.0.0.0/8", Some("web"))),
+                "VIP \"web\"'s allow list has no 10.0.0.0/8",
+            ),
+            (
+                Edit::AccessAdd(entry(Allow, "10.0.0.0/8", Some("nope"))),
+                "no VIP named \"nope\"",
+            ),
+        ] {
+            assert_eq!(apply(&out, &edit), Err(error.to_owned()));
+        }
     }
 }

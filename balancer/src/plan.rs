@@ -5,19 +5,21 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use balancer_common::{
-    Addr, addr_from_octets, addr_from_v4,
+    Addr,
+    access::{ACCESS_ALLOW, ACCESS_DENY, ACCESS_NOT_ALLOWED, AccessKey, SCOPE_GLOBAL},
+    addr_from_octets, addr_from_v4,
     backend::BackendInfo,
     budget,
-    settings::Settings,
+    settings::{SETTINGS_GLOBAL_ACCESS, Settings},
     vip::{
-        ADDR_HAS_WILDCARD, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY,
-        SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VIP_PERSIST, VipInfo, VipKey,
-        VipPolicy,
+        ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
+        SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VIP_PERSIST,
+        VipInfo, VipKey, VipPolicy,
     },
 };
 
 use crate::{
-    config::{Config, Persistence, Scheduler},
+    config::{Config, List, Persistence, Prefix, Scheduler},
     datapath::VipSlot,
     maglev::{MaglevError, Member},
     neighbour::L2Path,
@@ -31,6 +33,8 @@ pub struct Plan {
     pub vips: Vec<VipPlan>,
     /// One entry per (address, protocol) that carries VIPs.
     pub addrs: Vec<(AddrKey, AddrInfo)>,
+    /// The `access` trie: the global lists and every VIP's own.
+    pub access: BTreeMap<AccessKey, u32>,
 }
 
 impl Plan {
@@ -56,6 +60,8 @@ pub struct VipPlan {
     /// What `vip_policy` holds for the VIP (zeros without persistence).
     pub policy: VipPolicy,
     pub backends: Vec<BackendPlan>,
+    /// The VIP has allow or deny lists of its own.
+    pub access: bool,
 }
 
 /// One backend of one VIP, with its id in the `backends` map.
@@ -206,8 +212,18 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
         tcp_idle_ns: d.tcp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
         udp_idle_ns: d.udp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
         insert_cost_ns: budget::insert_cost_ns(d.insert_budget(), cpus),
-        _reserved: [0; 4],
+        flags: if config.access.is_empty() {
+            0
+        } else {
+            SETTINGS_GLOBAL_ACCESS
+        },
+        _reserved: [0; 3],
     };
+    let mut access = scope_entries(
+        SCOPE_GLOBAL,
+        config.access.list(List::Deny),
+        config.access.list(List::Allow),
+    );
     let mut vips = Vec::with_capacity(config.vips.len());
     for vip in &config.vips {
         let vip = vip.get_ref();
@@ -239,14 +255,46 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
             scheduler: vip.scheduler,
             policy: vip_policy(address, persistence.as_ref()),
             backends,
+            access: !vip.deny.is_empty() || !vip.allow.is_empty(),
         });
+        access.extend(scope_entries(
+            index,
+            vip.list(List::Deny),
+            vip.list(List::Allow),
+        ));
     }
     let addrs = addr_entries(&vips);
     Plan {
         settings,
         vips,
         addrs,
+        access,
     }
+}
+
+/// The `access` entries of one scope (a VIP index, or [`SCOPE_GLOBAL`]):
+/// every deny prefix; every allow prefix no deny prefix covers (a deny
+/// wins, whatever the lengths); and with an allow list, the scope-wide
+/// entry that refuses what no allow prefix lists.
+pub fn scope_entries(
+    scope: u32,
+    deny: impl Iterator<Item = Prefix>,
+    allow: impl Iterator<Item = Prefix>,
+) -> BTreeMap<AccessKey, u32> {
+    let deny: Vec<Prefix> = deny.collect();
+    let allow: Vec<Prefix> = allow.collect();
+    let key = |p: &Prefix| AccessKey::prefix(scope, addr(p.addr()), p.prefix_len(), p.is_ipv4());
+    let mut entries: BTreeMap<AccessKey, u32> =
+        deny.iter().map(|p| (key(p), ACCESS_DENY)).collect();
+    for p in &allow {
+        if !deny.iter().any(|d| d.covers(p)) {
+            entries.insert(key(p), ACCESS_ALLOW);
+        }
+    }
+    if !allow.is_empty() {
+        entries.insert(AccessKey::scope(scope), ACCESS_NOT_ALLOWED);
+    }
+    entries
 }
 
 /// The `vips` map key of the VIP at `address:port` over protocol `proto`.
@@ -256,7 +304,8 @@ pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
 
 /// The `vip_addrs` entries of `vips`, one per address and protocol, in the
 /// order of the addresses, with [`ADDR_HAS_WILDCARD`] where the address
-/// has a port-0 VIP.
+/// has a port-0 VIP and [`ADDR_VIP_ACCESS`] where one of its VIPs has lists
+/// of its own.
 pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
     let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
     for vip in vips {
@@ -264,6 +313,9 @@ pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
         let entry = addrs.entry((ip(&key.addr), key.proto)).or_default();
         if key.port == 0 {
             entry.flags |= ADDR_HAS_WILDCARD;
+        }
+        if vip.access {
+            entry.flags |= ADDR_VIP_ACCESS;
         }
     }
     addrs

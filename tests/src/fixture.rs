@@ -88,6 +88,9 @@ pub struct Vip {
     pub scheduler: Scheduler,
     pub persistence: Option<Persistence>,
     pub backends: Vec<Backend>,
+    /// The VIP has allow or deny lists of its own (its address is marked
+    /// so; the entries are the test's to write).
+    pub access: bool,
 }
 
 impl Vip {
@@ -101,6 +104,7 @@ impl Vip {
             scheduler: Scheduler::Maglev,
             persistence: None,
             backends,
+            access: false,
         }
     }
 
@@ -127,6 +131,7 @@ impl Vip {
                     weight: b.weight,
                 })
                 .collect(),
+            access: self.access,
         }
     }
 

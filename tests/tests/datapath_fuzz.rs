@@ -44,6 +44,7 @@ fn fixture() -> Result<Fixture> {
             scheduler: Scheduler::Maglev,
             persistence: None,
             backends: (index * 4..index * 4 + 3).map(b4).collect(),
+            access: false,
         })?;
     }
     for (index, addr, port, l4) in [(2, VIP6, 80, proto::TCP), (3, VIP6, 53, proto::UDP)] {
@@ -55,6 +56,7 @@ fn fixture() -> Result<Fixture> {
             scheduler: Scheduler::Maglev,
             persistence: None,
             backends: (index * 4..index * 4 + 3).map(b6).collect(),
+            access: false,
         })?;
     }
     Ok(f)

@@ -60,6 +60,7 @@ fn the_debug_variant_logs_each_decision() -> Result<()> {
         scheduler: Scheduler::Maglev,
         persistence: None,
         backends,
+        access: false,
     })?;
     let mut log = f
         .datapath

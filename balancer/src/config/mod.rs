@@ -4,6 +4,7 @@
 //! Parsing ([`parse`]) and validation ([`validate`]) are pure: text in,
 //! a [`Config`] or every error with its line out. Only [`load`] reads a file.
 
+mod access;
 mod advice;
 mod bounds;
 mod memory;
@@ -20,6 +21,7 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub use access::{AccessConfig, List, Prefix};
 pub use advice::warnings;
 pub use bounds::{
     MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL, MIN_CHECK_TIMEOUT,
@@ -42,6 +44,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub datapath: DatapathConfig,
+    /// The allow and deny lists of every VIP.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// The VIPs, in file order.
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<VipConfig>>,
@@ -173,6 +178,13 @@ pub struct VipConfig {
     pub persistence_ipv6_prefix: Option<Spanned<u8>>,
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// Clients of this VIP whose packets are dropped, beside `[access]`'s.
+    #[serde(default)]
+    pub deny: Vec<Spanned<Prefix>>,
+    /// When this or `[access]`'s allow list is not empty, only the clients
+    /// either lists are admitted.
+    #[serde(default)]
+    pub allow: Vec<Spanned<Prefix>>,
     /// Absent: a TCP check with the defaults.
     #[serde(default)]
     pub health_check: Option<Spanned<HealthCheckConfig>>,
@@ -181,6 +193,15 @@ pub struct VipConfig {
 }
 
 impl VipConfig {
+    /// The prefixes of the VIP's own `list`.
+    pub fn list(&self, list: List) -> impl Iterator<Item = Prefix> + '_ {
+        let entries = match list {
+            List::Deny => &self.deny,
+            List::Allow => &self.allow,
+        };
+        entries.iter().map(|p| *p.get_ref())
+    }
+
     /// The VIP's health check, the default one when the file has none.
     pub fn check(&self) -> HealthCheckConfig {
         self.health_check

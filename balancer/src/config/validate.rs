@@ -7,12 +7,15 @@ use std::{
     time::Duration,
 };
 
-use balancer_common::maps::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
+use balancer_common::{
+    access::ACCESS_ENTRIES,
+    maps::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS},
+};
 use toml::Spanned;
 
 use super::{
-    CheckKind, Config, ConfigError, HealthCheckConfig, Lines, MAX_PERSISTENCE_TIMEOUT,
-    MIN_PERSISTENCE_TIMEOUT, VipConfig,
+    CheckKind, Config, ConfigError, HealthCheckConfig, Lines, List, MAX_PERSISTENCE_TIMEOUT,
+    MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
     bounds::{
         MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL,
         MIN_CHECK_TIMEOUT, MIN_RING_SIZE, unusable,
@@ -30,6 +33,7 @@ pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     };
     datapath(config, &mut errors);
     vips(config, &mut errors);
+    access(config, &mut errors);
     errors.list.sort_by_key(|e| e.line);
     errors.list
 }
@@ -363,6 +367,53 @@ fn ring_fits(config: &Config, vip: &VipConfig, errors: &mut Errors) {
                 "VIP {:?} has {backends} backends, more than ring_size {ring}: its Maglev ring could not hold them",
                 vip.name.get_ref()
             ),
+        );
+    }
+}
+
+/// The allow and deny lists: no prefix twice in a list, a VIP's own
+/// prefixes of its family (a client of an IPv4 VIP never has an IPv6
+/// address), and no more entries in all than the trie holds.
+fn access(config: &Config, errors: &mut Errors) {
+    let mut entries = 0;
+    let mut check = |owner: &str,
+                     list: List,
+                     prefixes: &[Spanned<Prefix>],
+                     family: Option<bool>| {
+        let mut seen = BTreeSet::new();
+        for prefix in prefixes {
+            let p = prefix.get_ref();
+            let name = list.name();
+            if !seen.insert(*p) {
+                errors.at(prefix.span(), format!("{owner}: {name} lists {p} twice"));
+            }
+            if let Some(v4) = family.filter(|v4| *v4 != p.is_ipv4()) {
+                let (vip, client) = if v4 {
+                    ("IPv4", "IPv6")
+                } else {
+                    ("IPv6", "IPv4")
+                };
+                errors.at(
+                    prefix.span(),
+                    format!("{owner}: {name} prefix {p} is {client}, and the VIP is {vip}: its clients never match it"),
+                );
+            }
+        }
+        entries += prefixes.len() + usize::from(list == List::Allow && !prefixes.is_empty());
+    };
+    check("[access]", List::Deny, &config.access.deny, None);
+    check("[access]", List::Allow, &config.access.allow, None);
+    for vip in &config.vips {
+        let vip = vip.get_ref();
+        let owner = format!("VIP {:?}", vip.name.get_ref());
+        let v4 = Some(vip.address.get_ref().is_ipv4());
+        check(&owner, List::Deny, &vip.deny, v4);
+        check(&owner, List::Allow, &vip.allow, v4);
+    }
+    if entries > ACCESS_ENTRIES as usize {
+        errors.at(
+            0..0,
+            format!("the allow and deny lists hold {entries} entries in all (an allow list counts one more): at most {ACCESS_ENTRIES}"),
         );
     }
 }

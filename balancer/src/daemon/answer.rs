@@ -3,8 +3,16 @@
 
 use serde::Serialize;
 
-use super::{reconcile::ApplyError, state::State, view::View};
-use crate::control::{Request, Response};
+use super::{
+    lists::{self, ListRow},
+    reconcile::ApplyError,
+    state::State,
+    view::View,
+};
+use crate::{
+    config::List,
+    control::{Request, Response},
+};
 
 /// `status`.
 #[derive(Serialize)]
@@ -146,6 +154,9 @@ impl State {
             Request::VipShow { name } => view.vip_detail(&name).map(Response::ok),
             Request::BackendList { vip } => view.backend_rows(vip.as_deref()).map(Response::ok),
             Request::Stats {} => view.stats().map(Response::ok),
+            Request::AccessList { list, vip } => {
+                view.access_rows(list, vip.as_deref()).map(Response::ok)
+            }
             Request::Reload { allow_empty } => Ok(match self.reload(allow_empty).await {
                 Ok(done) => {
                     tracing::info!("reload: {done}");
@@ -180,6 +191,27 @@ impl State {
 }
 
 impl View<'_> {
+    /// The lists that have prefixes or dropped packets: only `only`
+    /// with it, only the global lists and `vip`'s with `vip`.
+    fn access_rows(&self, only: Option<List>, vip: Option<&str>) -> anyhow::Result<Vec<ListRow>> {
+        let config = &self.desired.config;
+        if let Some(name) = vip
+            && !config
+                .vips
+                .iter()
+                .any(|v| v.get_ref().name.get_ref() == name)
+        {
+            anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
+        }
+        let counters = self.datapath.access_counters()?;
+        Ok(lists::rows(config, self.plan(), &counters)
+            .into_iter()
+            .filter(|r| only.is_none_or(|list| r.list == list))
+            .filter(|r| vip.is_none_or(|name| r.scope == "global" || r.scope == name))
+            .filter(|r| !r.prefixes.is_empty() || r.dropped_packets > 0)
+            .collect())
+    }
+
     fn status(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),

@@ -15,6 +15,7 @@ mod connections;
 mod desired;
 mod events;
 mod limits;
+mod lists;
 pub mod lock;
 mod observed;
 mod pacing;

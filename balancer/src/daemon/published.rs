@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use balancer_common::{
+    access::AccessKey,
     backend::BackendInfo,
     settings::Settings,
     vip::{AddrInfo, AddrKey, VipPolicy},
@@ -35,6 +36,8 @@ pub(super) struct Published {
     pub(super) vips: BTreeMap<u32, VipRecord>,
     /// Addresses that carry VIPs.
     pub(super) addrs: Vec<(AddrKey, AddrInfo)>,
+    /// The allow and deny lists' entries.
+    pub(super) access: BTreeMap<AccessKey, u32>,
 }
 
 /// VIP indexes and backend ids.
@@ -79,8 +82,8 @@ pub(super) struct Ring {
 
 impl Published {
     /// What a previous daemon left in the pinned maps: its VIP keys (each
-    /// with a ring of unknown content), addresses, backend entries, and
-    /// the numbers whose counters they own. What the configuration does
+    /// with a ring of unknown content), addresses, backend entries, list
+    /// entries, and the numbers whose counters they own. What the configuration does
     /// not have is then removed by the first reconcile, like anything a
     /// reload removes; what it has is rewritten where it differs.
     pub(super) fn adopting(pinned: &Pinned) -> Published {
@@ -118,6 +121,7 @@ impl Published {
             backends,
             vips,
             addrs: pinned.addrs.clone(),
+            access: pinned.access.iter().copied().collect(),
             ..Published::default()
         }
     }
@@ -178,6 +182,12 @@ impl Published {
                 Some((_, old)) => *old = *info,
                 None => self.addrs.push((*key, *info)),
             },
+            Write::Access(entries) => self.access.extend(entries.iter().copied()),
+            Write::RemoveAccess(keys) => {
+                for key in keys {
+                    self.access.remove(key);
+                }
+            }
         }
     }
 

@@ -10,6 +10,8 @@
 //! place is never seen with the weight of its id's previous owner),
 //! policies before rings, rings before VIP keys (one write), and
 //! addresses last: a VIP is published only once all it points to is.
+//! Entries of the allow and deny lists go in before the settings (and
+//! addresses) that turn their lookups on, and out last.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,6 +143,17 @@ pub(super) fn reconcile(
             ops.push(Write::Weight { id: *id, weight: 0 });
         }
     }
+    // List entries go in before the settings and addresses that make the
+    // datapath look them up, and out after those stop it.
+    let access: Vec<_> = plan
+        .access
+        .iter()
+        .filter(|(key, kind)| published.access.get(key) != Some(kind))
+        .map(|(key, kind)| (*key, *kind))
+        .collect();
+    if !access.is_empty() {
+        ops.push(Write::Access(access));
+    }
     if published.settings != Some(plan.settings) {
         ops.push(Write::Settings(plan.settings));
     }
@@ -186,6 +199,15 @@ pub(super) fn reconcile(
                 info: *info,
             });
         }
+    }
+    let unlisted: Vec<_> = published
+        .access
+        .keys()
+        .filter(|key| !plan.access.contains_key(key))
+        .copied()
+        .collect();
+    if !unlisted.is_empty() {
+        out.ops.push(Write::RemoveAccess(unlisted));
     }
     Ok(out)
 }

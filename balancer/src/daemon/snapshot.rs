@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result};
 
-use super::view::View;
+use super::{lists, view::View};
 use crate::metrics::{BackendMetrics, Snapshot, Traffic, VipMetrics};
 
 impl View<'_> {
@@ -83,6 +83,10 @@ impl View<'_> {
             backends,
             reasons: counters.reasons.verdicts().map(traffic_of).collect(),
             events: counters.reasons.events().map(traffic_of).collect(),
+            lists: lists::rows(&self.desired.config, self.plan(), &counters.access)
+                .into_iter()
+                .map(|r| (r.scope, r.list.name(), r.dropped_packets))
+                .collect(),
             flow_entries: self.observed.scan.flow_entries,
             flow_capacity: u64::from(*self.desired.config.datapath.flow_table_size.get_ref()),
             maps_in_line: self.maps_error.is_none(),

@@ -2,6 +2,7 @@
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use balancer_common::{
+    access::{ACCESS_NO_VIP, AccessCounters, AccessKey},
     backend::BackendInfo,
     maps,
     stats::{Event, FlowCounters, PacketCount, STATS_SLOTS, Stat},
@@ -58,6 +59,9 @@ pub struct AllCounters {
     pub vips: Vec<FlowCounters>,
     /// By backend id, from 0.
     pub backends: Vec<FlowCounters>,
+    /// Drops by the allow and deny lists, by VIP index, then the slot
+    /// of packets to no VIP's port ([`ACCESS_NO_VIP`]).
+    pub access: Vec<AccessCounters>,
 }
 
 /// What the `vips`, `vip_addrs` and `backends` maps hold when they are
@@ -68,6 +72,8 @@ pub struct Pinned {
     pub addrs: Vec<(AddrKey, AddrInfo)>,
     /// Backend ids in use, with their records.
     pub backends: Vec<(u32, BackendInfo)>,
+    /// The allow and deny lists' entries.
+    pub access: Vec<(AccessKey, u32)>,
 }
 
 impl Datapath {
@@ -94,6 +100,7 @@ impl Datapath {
             vips: self.hash_entries(maps::VIPS)?,
             addrs: self.hash_entries(maps::VIP_ADDRS)?,
             backends,
+            access: self.access_entries()?,
         })
     }
 
@@ -145,31 +152,51 @@ impl Datapath {
             reasons: Reasons { slots },
             vips: self.sum_all(maps::VIP_STATS, vips, FlowCounters::merged)?,
             backends: self.sum_all(maps::BACKEND_STATS, backends, FlowCounters::merged)?,
+            access: self.access_counters()?,
         })
+    }
+
+    /// What the allow and deny lists dropped, by VIP index, then the slot
+    /// of packets to no VIP's port ([`ACCESS_NO_VIP`]).
+    pub fn access_counters(&self) -> Result<Vec<AccessCounters>, DatapathError> {
+        self.sum_all(
+            maps::ACCESS_STATS,
+            ACCESS_NO_VIP + 1,
+            AccessCounters::merged,
+        )
     }
 
     /// Zeroes the counters of VIP indexes `vips` and backend ids
     /// `backends` on every CPU.
     pub fn reset_counters(&mut self, vips: &[u32], backends: &[u32]) -> Result<(), DatapathError> {
-        for (name, indexes) in [(maps::VIP_STATS, vips), (maps::BACKEND_STATS, backends)] {
-            if indexes.is_empty() {
-                continue;
-            }
-            let cpus = aya::util::nr_cpus()
-                .map_err(|(_, err)| DatapathError::MapBatch { name, source: err })?;
-            let map = self
-                .ebpf
-                .map_mut(name)
-                .ok_or(DatapathError::MissingMap { name })?;
-            let mut array: PerCpuArray<&mut MapData, FlowCounters> =
-                PerCpuArray::try_from(map).map_err(DatapathError::map("open", name))?;
-            for index in indexes {
-                let zeros = PerCpuValues::try_from(vec![FlowCounters::default(); cpus])
-                    .map_err(|err| DatapathError::MapBatch { name, source: err })?;
-                array
-                    .set(*index, zeros, 0)
-                    .map_err(DatapathError::map("write", name))?;
-            }
+        self.zero::<FlowCounters>(maps::VIP_STATS, vips)?;
+        self.zero::<FlowCounters>(maps::BACKEND_STATS, backends)?;
+        self.zero::<AccessCounters>(maps::ACCESS_STATS, vips)
+    }
+
+    /// Zeroes entries `indexes` of per-CPU array `name` on every CPU.
+    fn zero<V: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        indexes: &[u32],
+    ) -> Result<(), DatapathError> {
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, err)| DatapathError::MapBatch { name, source: err })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        let mut array: PerCpuArray<&mut MapData, V> =
+            PerCpuArray::try_from(map).map_err(DatapathError::map("open", name))?;
+        for index in indexes {
+            let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
+                .map_err(|err| DatapathError::MapBatch { name, source: err })?;
+            array
+                .set(*index, zeros, 0)
+                .map_err(DatapathError::map("write", name))?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //!
 //! Nothing else in the daemon touches the BPF object or its maps.
 
+mod access;
 pub mod batch;
 mod counters;
 mod flows;

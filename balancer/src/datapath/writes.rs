@@ -4,6 +4,7 @@
 //! performs them here, and unit tests use an in-memory writer instead.
 
 use balancer_common::{
+    access::AccessKey,
     backend::BackendInfo,
     settings::Settings,
     vip::{AddrInfo, AddrKey, VipPolicy},
@@ -39,6 +40,10 @@ pub enum Write {
     Rings(Vec<(VipSlot, Vec<u32>)>),
     /// Record that an address carries VIPs.
     Addr { key: AddrKey, info: AddrInfo },
+    /// Put entries of the allow and deny lists in place (or update them).
+    Access(Vec<(AccessKey, u32)>),
+    /// Take entries of the allow and deny lists out.
+    RemoveAccess(Vec<AccessKey>),
 }
 
 /// Carries out [`Write`]s, one at a time, in the order given.
@@ -75,6 +80,8 @@ impl Writer for Datapath {
                 self.publish_vips(&rings)
             }
             Write::Addr { key, info } => self.set_vip_addr(key, info),
+            Write::Access(entries) => self.set_access(entries),
+            Write::RemoveAccess(keys) => self.remove_access(keys),
         }
     }
 }

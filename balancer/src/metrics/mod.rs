@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub reasons: Vec<(&'static str, Traffic)>,
     /// Packets and bytes per datapath event (`new_flow`, `failover`, ...).
     pub events: Vec<(&'static str, Traffic)>,
+    /// Packets each allow or deny list dropped: scope ("global" or a VIP's
+    /// name), list ("deny" or "allow"), packets.
+    pub lists: Vec<(String, &'static str, u64)>,
     /// Connection-table entries left by the last scan (None before it).
     pub flow_entries: Option<u64>,
     /// Entries the connection table holds (`flow_table_size`).
@@ -130,6 +133,12 @@ struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
     event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListLabels {
+    scope: String,
+    list: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -344,6 +353,20 @@ fn registry(s: &Snapshot) -> Registry {
         ),
     );
 
+    r.register(
+        "access_dropped_packets",
+        "Packets dropped by an allow or deny list, by scope (global, or the VIP's name) and list (deny, allow: not listed where an allow list applies)",
+        counters(s.lists.iter().map(|(scope, list, packets)| {
+            (
+                ListLabels {
+                    scope: scope.clone(),
+                    list,
+                },
+                *packets,
+            )
+        })),
+    );
+
     if let Some(entries) = s.flow_entries {
         r.register(
             "flow_table_entries",
@@ -460,6 +483,7 @@ mod tests {
                     bytes: 180,
                 },
             )],
+            lists: vec![("global".into(), "deny", 4)],
             flow_entries: Some(3),
             flow_capacity: 262_144,
             maps_in_line: true,
@@ -545,6 +569,10 @@ mod tests {
             ),
             ("balancer_datapath_bytes_total{reason=tx}", 3000.0),
             ("balancer_datapath_events_total{event=new_flow}", 3.0),
+            (
+                "balancer_access_dropped_packets_total{list=deny,scope=global}",
+                4.0,
+            ),
             ("balancer_flow_table_entries{}", 3.0),
             ("balancer_flow_table_capacity{}", 262_144.0),
             ("balancer_maps_in_line{}", 1.0),

@@ -238,3 +238,32 @@ fn the_memory_of_the_maps_follows_the_configuration() {
         "a list ring of one backend: its length and one id"
     );
 }
+
+#[test]
+fn list_prefixes_twice_or_of_the_other_family_are_rejected_at_the_prefix() {
+    // VALID's VIP "web" is IPv4.
+    let with = |lines: &str| {
+        VALID.replace(
+            "[[vip]]\nname = \"web\"",
+            &format!("[[vip]]\nname = \"web\"\n{lines}"),
+        )
+    };
+    assert_rejected(
+        &with("deny = [\"2001:db8::/32\"]"),
+        8,
+        "VIP \"web\": deny prefix 2001:db8::/32 is IPv6, and the VIP is IPv4: its clients never match it",
+    );
+    assert_rejected(
+        &with("allow = [\"10.0.0.0/8\", \"10.0.0.0/8\"]"),
+        8,
+        "VIP \"web\": allow lists 10.0.0.0/8 twice",
+    );
+    let global = format!("[access]\ndeny = [\"10.0.0.1/8\"]\n{VALID}");
+    let errs = errors(&global);
+    assert!(
+        errs.iter()
+            .any(|(_, m)| m.contains("has bits set past its length: write 10.0.0.0/8")),
+        "{errs:#?}"
+    );
+    assert!(errors(&with("deny = [\"10.0.0.0/8\"]\nallow = [\"192.0.2.0/24\"]")).is_empty());
+}

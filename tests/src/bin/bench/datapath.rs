@@ -21,14 +21,16 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 use balancer::{
-    config::Scheduler,
+    config::{Prefix, Scheduler},
     datapath::{LoadOptions, TestOutput, action},
+    plan::scope_entries,
 };
 use balancer_bench::Floor;
 use balancer_common::{
+    access::SCOPE_GLOBAL,
     maps::{DEFAULT_FLOWS, DEFAULT_RING_SIZE},
     proto,
-    settings::Settings,
+    settings::{SETTINGS_GLOBAL_ACCESS, Settings},
 };
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip, backend_mac, default_settings},
@@ -178,8 +180,67 @@ fn fixture(flow_table_size: u32) -> Result<Fixture> {
             scheduler: Scheduler::Maglev,
             persistence: None,
             backends: backends(index as u32 * 10, v6),
+            access: false,
         })?;
     }
+    Ok(f)
+}
+
+/// Prefixes of the global deny list of the lists' fixture, per family: none
+/// covers a client of [`client`].
+const DENIED_PREFIXES: u16 = 1_000;
+
+/// [`fixture`] with allow and deny lists: a global deny list of
+/// [`DENIED_PREFIXES`] IPv4 /24s and as many IPv6 /48s that no client is
+/// in, and each VIP's own allow list of its clients' prefix; so a packet
+/// of an established flow pays both lookups, a miss in the global scope
+/// and a hit in the VIP's.
+fn listed_fixture() -> Result<Fixture> {
+    let options = LoadOptions {
+        flow_table_size: TABLE_SIZE,
+        ..LoadOptions::default()
+    };
+    let mut f = Fixture::with_options(
+        Settings {
+            flags: SETTINGS_GLOBAL_ACCESS,
+            ..settings()
+        },
+        options,
+    )?;
+    for (index, (addr, v6)) in [(VIP4, false), (VIP6, true)].into_iter().enumerate() {
+        f.put_vip(Vip {
+            index: index as u32,
+            addr,
+            port: 80,
+            proto: proto::TCP,
+            scheduler: Scheduler::Maglev,
+            persistence: None,
+            backends: backends(index as u32 * 10, v6),
+            access: true,
+        })?;
+    }
+    let denied: Vec<Prefix> = (0..DENIED_PREFIXES)
+        .flat_map(|n| {
+            [
+                format!("198.{}.{}.0/24", 18 + n / 256, n % 256),
+                format!("2001:db8:f{n:03x}::/48"),
+            ]
+        })
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let mut entries: Vec<_> = scope_entries(SCOPE_GLOBAL, denied.into_iter(), std::iter::empty())
+        .into_iter()
+        .collect();
+    for (scope, allowed) in [(0, "100.64.0.0/10"), (1, "2001:db8:c::/48")] {
+        let allowed: Prefix = allowed.parse().map_err(anyhow::Error::msg)?;
+        entries.extend(scope_entries(
+            scope,
+            std::iter::empty(),
+            std::iter::once(allowed),
+        ));
+    }
+    f.datapath.set_access(&entries)?;
     Ok(f)
 }
 
@@ -230,6 +291,19 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
         }
     }
     let small = RefCell::new(small);
+    let listed_wanted =
+        options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_lists"));
+    let listed = if listed_wanted {
+        let mut listed = listed_fixture()?;
+        for i in 0..SMALL_TABLE {
+            for v6 in [false, true] {
+                listed.datapath.test_run(&packet(i, vip(v6), true), 0)?;
+            }
+        }
+        Some(RefCell::new(listed))
+    } else {
+        None
+    };
     let large_wanted =
         options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_100k"));
     let large = if large_wanted {
@@ -285,6 +359,20 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
         .compared_with("new_v6"),
     ];
     paths.extend(schedulers::measured(&small));
+    if let Some(listed) = &listed {
+        paths.extend([
+            Measured::new(
+                "established_v4_lists",
+                "1,000 flows, lists",
+                established(listed, SMALL_TABLE, false),
+            ),
+            Measured::new(
+                "established_v6_lists",
+                "1,000 flows, lists",
+                established(listed, SMALL_TABLE, true),
+            ),
+        ]);
+    }
     if let Some(large) = &large {
         paths.extend([
             Measured::new(
@@ -487,6 +575,13 @@ measured the same way: `x floor` is the path's median over the floor's.
   flows on every call (fixed seed), forwarded (XDP_TX).
 - `new`: a SYN of a 5-tuple never seen before: a connection-table miss and
   the Maglev ring lookup; a SYN leaves no state.
+- `established_lists`: `established` with allow and deny lists: a global
+  deny list of 1,000 IPv4 /24s and 1,000 IPv6 /48s that no client is in,
+  and each VIP's own allow list of its clients' prefix, so every packet
+  pays two longest-prefix lookups (a miss in the global scope, a hit in
+  the VIP's) and the VIP lookup that finds the VIP's scope; compare it
+  with `established` (the aim is 25 ns more or less; without lists the
+  datapath only tests two flags).
 - `1,000 flows`: the connection table (`flow_table_size` {table_size}, the
   default, as for every row) holds 1,000 flows per family when the run
   starts (each made by its first ACK); the new-flow paths of VIPs that keep

@@ -154,6 +154,7 @@ pub fn put_vips(f: &mut Fixture) -> Result<()> {
                 scheduler: path.scheduler,
                 persistence: path.persistence.then_some(PERSISTENCE),
                 backends: members,
+                access: false,
             })?;
             if path.scheduler == Scheduler::LeastLatency {
                 for (n, id) in ids.into_iter().enumerate() {
