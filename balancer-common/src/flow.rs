@@ -66,11 +66,20 @@ pub const FLOW_COUNTED: u32 = 1 << 31;
 /// backend. Kept in [`FlowState::vip`] beside [`FLOW_COUNTED`].
 pub const FLOW_CLOSING: u32 = 1 << 30;
 
-/// The flag bits of [`FlowState::vip`].
-const FLOW_FLAGS: u32 = FLOW_COUNTED | FLOW_CLOSING;
+/// The bits of [`FlowState::vip`] that hold the VIP index.
+const FLOW_VIP_INDEX: u32 = (1 << 10) - 1;
+/// Where [`FlowState::vip`] keeps the generation of the allow and deny
+/// lists the flow was last admitted under (see
+/// [`crate::settings::Settings::access_generation`]): bits 10 to 29. A
+/// packet of a flow admitted under the lists in force skips their lookups.
+const FLOW_ACCESS_SHIFT: u32 = 10;
+/// The generation's bits, once shifted down.
+pub const ACCESS_GENERATION_MASK: u32 = (1 << 20) - 1;
 
-// VIP indexes stay below the flags.
-const _: () = assert!(crate::maps::MAX_VIPS <= FLOW_CLOSING);
+// VIP indexes fit below the generation, which fits below the flags.
+const _: () = assert!(crate::maps::MAX_VIPS <= FLOW_VIP_INDEX + 1);
+const _: () =
+    assert!((ACCESS_GENERATION_MASK << FLOW_ACCESS_SHIFT) & (FLOW_COUNTED | FLOW_CLOSING) == 0);
 
 impl FlowState {
     /// A flow of VIP `vip_index` on `backend`, last seen at `last_seen_ns`,
@@ -97,7 +106,21 @@ impl FlowState {
     /// The index of the flow's VIP, without flags.
     #[inline(always)]
     pub const fn vip_index(&self) -> u32 {
-        self.vip & !FLOW_FLAGS
+        self.vip & FLOW_VIP_INDEX
+    }
+
+    /// The generation of the lists the flow was last admitted under (0:
+    /// never checked).
+    #[inline(always)]
+    pub const fn access_generation(&self) -> u32 {
+        (self.vip >> FLOW_ACCESS_SHIFT) & ACCESS_GENERATION_MASK
+    }
+
+    /// Records that the flow was admitted under lists of `generation`.
+    #[inline(always)]
+    pub const fn set_access_generation(&mut self, generation: u32) {
+        let shifted = (generation & ACCESS_GENERATION_MASK) << FLOW_ACCESS_SHIFT;
+        self.vip = (self.vip & !(ACCESS_GENERATION_MASK << FLOW_ACCESS_SHIFT)) | shifted;
     }
 
     /// Whether the client was seen closing the flow ([`FLOW_CLOSING`]).
@@ -110,7 +133,7 @@ impl FlowState {
     /// it.
     #[inline(always)]
     pub const fn close(&mut self) {
-        self.vip = self.vip_index() | FLOW_CLOSING;
+        self.vip = (self.vip & !FLOW_COUNTED) | FLOW_CLOSING;
     }
 
     /// Whether the flow counts in its backend's active connections
@@ -139,5 +162,21 @@ mod tests {
         assert_eq!(state, FlowState::new(4, 9, false, true, 100));
         assert_eq!(state.vip_index(), 9);
         assert!(!state.is_counted() && state.is_closing());
+    }
+
+    #[test]
+    fn the_lists_generation_rides_beside_the_index_and_the_flags() {
+        let mut state = FlowState::new(4, 1023, true, false, 100);
+        assert_eq!(state.access_generation(), 0);
+        state.set_access_generation(ACCESS_GENERATION_MASK);
+        assert_eq!(state.vip_index(), 1023);
+        assert!(state.is_counted() && !state.is_closing());
+        assert_eq!(state.access_generation(), ACCESS_GENERATION_MASK);
+        state.close();
+        assert_eq!(state.access_generation(), ACCESS_GENERATION_MASK);
+        assert_eq!(state.vip_index(), 1023);
+        state.set_access_generation(5);
+        assert_eq!((state.access_generation(), state.vip_index()), (5, 1023));
+        assert!(state.is_closing() && !state.is_counted());
     }
 }

@@ -16,7 +16,8 @@ pub struct Settings {
     /// What one new entry of the connection table costs a CPU's insert
     /// budget (see [`crate::budget`]); 0: no budget.
     pub insert_cost_ns: u64,
-    /// [`SETTINGS_GLOBAL_ACCESS`].
+    /// [`SETTINGS_GLOBAL_ACCESS`], and in bits 32 to 51 the generation of
+    /// the allow and deny lists ([`Settings::access_generation`]).
     pub flags: u64,
     /// Room for settings to come, so that the pinned map keeps its layout.
     pub _reserved: [u64; 3],
@@ -25,6 +26,8 @@ pub struct Settings {
 /// The global allow or deny list has entries: every packet to a VIP address
 /// is looked up in it.
 pub const SETTINGS_GLOBAL_ACCESS: u64 = 1;
+/// Where [`Settings::flags`] keeps the lists' generation.
+const ACCESS_GENERATION_SHIFT: u64 = 32;
 
 const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 
@@ -33,6 +36,23 @@ impl Settings {
     #[inline(always)]
     pub const fn global_access(&self) -> bool {
         self.flags & SETTINGS_GLOBAL_ACCESS != 0
+    }
+
+    /// The generation of the allow and deny lists in force: never 0 while
+    /// lists have entries, and another one whenever they change, so that a
+    /// flow admitted under other lists is checked again.
+    #[inline(always)]
+    pub const fn access_generation(&self) -> u32 {
+        ((self.flags >> ACCESS_GENERATION_SHIFT) as u32) & crate::flow::ACCESS_GENERATION_MASK
+    }
+
+    /// These settings with lists of `generation`.
+    pub const fn with_access_generation(mut self, generation: u32) -> Settings {
+        let mask = (crate::flow::ACCESS_GENERATION_MASK as u64) << ACCESS_GENERATION_SHIFT;
+        let bits =
+            ((generation & crate::flow::ACCESS_GENERATION_MASK) as u64) << ACCESS_GENERATION_SHIFT;
+        self.flags = (self.flags & !mask) | bits;
+        self
     }
 
     /// How long a flow of IP protocol `proto` may stay idle before it picks

@@ -18,8 +18,13 @@ use crate::{
 
 /// What the connection table says of a flow.
 pub enum Known {
-    /// A live entry whose backend is up: use it.
-    Live { pick: Pick, vip: u32 },
+    /// A live entry whose backend is up: use it; `generation` is that of
+    /// the lists it was last admitted under.
+    Live {
+        pick: Pick,
+        vip: u32,
+        generation: u32,
+    },
     /// A live entry whose backend is down: pick again (fail over).
     Down,
     /// An entry idle for longer than the timeout, one a SYN reopens after
@@ -75,10 +80,25 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, syn: bool, end: bool)
         state.last_seen_ns = now;
         persist::touch(vip, key, id, now);
     }
-    Known::Live { pick, vip }
+    Known::Live {
+        pick,
+        vip,
+        generation: state.access_generation(),
+    }
 }
 
-/// Remembers that flow `key` of `vip` uses `pick`, in place of the entry
+/// Records that flow `key` was admitted by the lists of `generation`, so
+/// that its next packets skip them until the lists change.
+#[inline(always)]
+pub fn admitted(key: &FlowKey, generation: u32) {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: as in `known`.
+        unsafe { (*state).set_access_generation(generation) };
+    }
+}
+
+/// Remembers that flow `key` of `vip` uses `pick` (admitted by the lists
+/// of `generation`), in place of the entry
 /// the table holds for it, if any. A full table evicts its least recently
 /// used entry; an insert that still fails only costs this flow its
 /// stickiness. Whether a new entry may go in is the caller's (the insert
@@ -87,7 +107,7 @@ pub fn known(key: &FlowKey, settings: &Settings, now: u64, syn: bool, end: bool)
 /// it, and an entry it replaces (a reused port, a failed-over or expired
 /// flow) stops counting.
 #[inline(always)]
-pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool) {
+pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool, generation: u32) {
     let mut counted = false;
     if vip.counts_connections() {
         if let Some(old) = FLOWS.get_ptr(key) {
@@ -102,7 +122,8 @@ pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool) 
             counted = true;
         }
     }
-    let state = FlowState::new(pick.id, vip.index, counted, end, now);
+    let mut state = FlowState::new(pick.id, vip.index, counted, end, now);
+    state.set_access_generation(generation);
     let _ = FLOWS.insert(key, state, 0);
 }
 

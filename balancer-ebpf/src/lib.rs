@@ -132,9 +132,7 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
         return pass(Stat::PASS_NOT_VIP);
     };
-    if let Err(reason) = admit(ip, ports.dst, &addr, settings, len) {
-        return drop(reason);
-    }
+    let lists = Lists::of(settings, &addr);
     let p = FlowPacket {
         key: FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto),
         fragment: ip.fragment,
@@ -142,9 +140,23 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         end: ports.end,
         len,
         now: flows::now(),
+        generation: lists.generation,
     };
     let entry = match flows::known(&p.key, settings, p.now, p.syn, p.end) {
-        Known::Live { pick, vip } => {
+        Known::Live {
+            pick,
+            vip,
+            generation,
+        } => {
+            // A flow admitted under the lists in force skips them (a
+            // generation of 0 is none: always checked).
+            if lists.on() && (lists.generation == 0 || generation != lists.generation) {
+                let scope = addr.has_vip_access().then_some(vip);
+                if let Err(reason) = lists.admit(&ip.src, scope, len) {
+                    return drop(reason);
+                }
+                flows::admitted(&p.key, lists.generation);
+            }
             decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
             if p.syn {
                 stats::event(Event::SYN_KEPT, len);
@@ -156,6 +168,16 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         Known::Stale => Entry::Stale,
         Known::Unknown => Entry::Missing,
     };
+    if lists.on() {
+        let scope = if addr.has_vip_access() {
+            vip::find(&ip.dst, ports.dst, ip.proto, &addr).map(|v| v.index)
+        } else {
+            None
+        };
+        if let Err(reason) = lists.admit(&ip.src, scope, len) {
+            return drop(reason);
+        }
+    }
     let Some(vip) = vip::find(&p.key.dst, p.key.dst_port, p.key.proto, &addr) else {
         // A first fragment to a port of no VIP: its datagram must not
         // reach a backend's other services.
@@ -177,29 +199,43 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     }
 }
 
-/// The allow and deny lists for a packet of a flow to VIP address `addr`:
-/// nothing to look up unless the global lists or the VIP's own have
-/// entries (the settings and the address say), so a balancer without
-/// lists pays one flag test.
-#[inline(always)]
-fn admit(
-    ip: &Ip,
-    dst_port: u16,
-    addr: &AddrInfo,
-    settings: &Settings,
-    len: u64,
-) -> Result<(), Stat> {
-    let global = settings.global_access();
-    if !global && !addr.has_vip_access() {
-        return Ok(());
+/// The allow and deny lists as they apply to a packet to one VIP address:
+/// the global scope when the settings say the global lists have entries,
+/// a VIP's own when the address says one of its VIPs has lists, and the
+/// lists' generation. Off, a packet pays nothing more than the two flag
+/// tests.
+struct Lists {
+    global: bool,
+    vips: bool,
+    generation: u32,
+}
+
+impl Lists {
+    #[inline(always)]
+    fn of(settings: &Settings, addr: &AddrInfo) -> Lists {
+        Lists {
+            global: settings.global_access(),
+            vips: addr.has_vip_access(),
+            generation: settings.access_generation(),
+        }
     }
-    let vip = if addr.has_vip_access() {
-        vip::find(&ip.dst, dst_port, ip.proto, addr).map(|v| v.index)
-    } else {
-        None
-    };
-    let slot = vip.unwrap_or(ACCESS_NO_VIP);
-    access::admit(&ip.src, &access::Scopes { global, vip }, slot, len)
+
+    /// Whether any list applies.
+    #[inline(always)]
+    fn on(&self) -> bool {
+        self.global || self.vips
+    }
+
+    /// Admits or refuses client `src` of the VIP of index `scope` (None:
+    /// no VIP of its own lists, or none at that port).
+    #[inline(always)]
+    fn admit(&self, src: &balancer_common::Addr, scope: Option<u32>, len: u64) -> Result<(), Stat> {
+        let scopes = access::Scopes {
+            global: self.global,
+            vip: scope,
+        };
+        access::admit(src, &scopes, scope.unwrap_or(ACCESS_NO_VIP), len)
+    }
 }
 
 /// A TCP or UDP packet (or first fragment) once parsed: what the rest of
@@ -215,6 +251,8 @@ struct FlowPacket {
     len: u64,
     /// The connection table's clock for this packet.
     now: u64,
+    /// The generation of the lists that admitted it (0: no lists).
+    generation: u32,
 }
 
 impl FlowPacket {
@@ -263,7 +301,7 @@ fn replace(
         Err(reason) => return drop(reason),
     };
     decision!(ctx, "flow placed again: backend {}", pick.id);
-    flows::remember(&p.key, vip, &pick, p.now, p.end);
+    flows::remember(&p.key, vip, &pick, p.now, p.end, p.generation);
     stats::event(Event::NEW_FLOW, p.len);
     if failover {
         stats::event(Event::FAILOVER, p.len);
@@ -347,7 +385,7 @@ fn insert(p: &FlowPacket, vip: &VipInfo, pick: &Pick, settings: &Settings) -> bo
         stats::event(Event::INSERT_SKIPPED, p.len);
         return false;
     }
-    flows::remember(&p.key, vip, pick, p.now, p.end);
+    flows::remember(&p.key, vip, pick, p.now, p.end, p.generation);
     stats::event(Event::FLOW_INSERT, p.len);
     true
 }
@@ -424,7 +462,8 @@ fn icmp_error(
     }
     // The flow's backend, without touching the table: an error message is
     // not traffic of the flow.
-    if let Known::Live { pick, vip } = flows::known(&key, settings, flows::now(), false, false) {
+    if let Known::Live { pick, vip, .. } = flows::known(&key, settings, flows::now(), false, false)
+    {
         stats::event(Event::ICMP_PMTU, len);
         return send(ctx, vip, &pick, len, false);
     }

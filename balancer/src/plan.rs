@@ -10,6 +10,7 @@ use balancer_common::{
     addr_from_octets, addr_from_v4,
     backend::BackendInfo,
     budget,
+    flow::ACCESS_GENERATION_MASK,
     settings::{SETTINGS_GLOBAL_ACCESS, Settings},
     vip::{
         ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
@@ -265,11 +266,32 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
     }
     let addrs = addr_entries(&vips);
     Plan {
-        settings,
+        settings: settings.with_access_generation(access_generation(&access)),
         vips,
         addrs,
         access,
     }
+}
+
+/// The generation of the lists `entries` lay out: a hash of them, so that
+/// the same lists (after a restart, a reload that leaves them alone) keep
+/// theirs and flows stay admitted, and other lists get another one
+/// (barring one chance in a million) and every flow is checked again;
+/// never 0, which a flow admitted under no lists holds.
+fn access_generation(entries: &BTreeMap<AccessKey, u32>) -> u32 {
+    if entries.is_empty() {
+        return 0;
+    }
+    let mut bytes = Vec::with_capacity(entries.len() * 28);
+    for (key, kind) in entries {
+        bytes.extend(key.prefix_len.to_le_bytes());
+        bytes.extend(key.data.scope.to_le_bytes());
+        for word in key.data.addr {
+            bytes.extend(word.to_le_bytes());
+        }
+        bytes.extend(kind.to_le_bytes());
+    }
+    (balancer_common::hash::bytes_hash(&bytes, 0) & ACCESS_GENERATION_MASK).max(1)
 }
 
 /// The `access` entries of one scope (a VIP index, or [`SCOPE_GLOBAL`]):

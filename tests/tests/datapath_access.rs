@@ -30,6 +30,9 @@ use balancer_tests::{
 const OTHER4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
 const OTHER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 9));
 
+/// The generation of the fixture's lists.
+const GENERATION: u32 = 7;
+
 /// The lists of one scope, as text.
 struct Lists<'a> {
     deny: &'a [&'a str],
@@ -45,10 +48,13 @@ const NONE: Lists = Lists {
 /// TCP port 80) and VIP 2's (IPv6 TCP port 80) own lists.
 fn fixture(global: &Lists, vip0: &Lists, vip2: &Lists) -> Result<Fixture> {
     let on = !global.deny.is_empty() || !global.allow.is_empty();
-    let mut f = Fixture::with_settings(Settings {
-        flags: if on { SETTINGS_GLOBAL_ACCESS } else { 0 },
-        ..default_settings(SEED)
-    })?;
+    let mut f = Fixture::with_settings(
+        Settings {
+            flags: if on { SETTINGS_GLOBAL_ACCESS } else { 0 },
+            ..default_settings(SEED)
+        }
+        .with_access_generation(GENERATION),
+    )?;
     for index in 0..4 {
         let mut vip = standard::vip(index);
         let own = match index {
@@ -247,6 +253,55 @@ fn traffic_to_no_vip_address_never_meets_the_lists() {
             &[(Counter::Stat(Stat::PASS_NOT_VIP), 1)],
         );
         run(&mut f, &[pass])?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_flow_admitted_under_the_lists_in_force_skips_them_until_they_change() {
+    privilege::run("datapath_access_generation", || {
+        let global = Lists {
+            deny: &["203.0.113.0/24"],
+            allow: &[],
+        };
+        let mut f = fixture(&global, &NONE, &NONE)?;
+        let first = syn(CLIENT4, VIP4);
+        let ack = first.clone().established();
+        run(
+            &mut f,
+            &[
+                admitted("syn", &first, 0),
+                admitted("ack: the entry, admitted", &ack, 0),
+            ],
+        )?;
+        // The client is denied, but the lists keep their generation: its
+        // established flow is not checked again, a new flow is.
+        let deny = scope_entries(
+            SCOPE_GLOBAL,
+            std::iter::once("192.0.2.0/24".parse::<Prefix>().unwrap()),
+            std::iter::empty(),
+        );
+        f.datapath
+            .set_access(&deny.into_iter().collect::<Vec<_>>())?;
+        let other_port = Packet::tcp(CLIENT4, 40001, VIP4, 80);
+        run(
+            &mut f,
+            &[
+                admitted("established, same generation", &ack, 0),
+                dropped("new flow", &other_port, Stat::DROP_DENIED),
+            ],
+        )?;
+        // The lists' new generation checks every flow again.
+        let settings = f.settings.with_access_generation(GENERATION + 1);
+        f.datapath.set_settings(&settings)?;
+        run(
+            &mut f,
+            &[dropped(
+                "established, new generation",
+                &ack,
+                Stat::DROP_DENIED,
+            )],
+        )?;
         Ok(())
     });
 }

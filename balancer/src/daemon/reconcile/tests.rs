@@ -620,11 +620,17 @@ fn list_entries_go_in_before_the_flags_that_look_them_up_and_out_after() {
     let Write::Settings(settings) = &writes[1] else {
         unreachable!()
     };
-    assert_eq!(settings.flags, SETTINGS_GLOBAL_ACCESS);
+    assert!(settings.global_access());
+    assert_eq!(settings.flags & 0xffff_ffff, SETTINGS_GLOBAL_ACCESS);
+    assert_ne!(settings.access_generation(), 0, "lists need a generation");
+    let generation = settings.access_generation();
     let Write::Addr { info, .. } = &writes[2] else {
         unreachable!()
     };
     assert_ne!(info.flags & ADDR_VIP_ACCESS, 0);
+    // The same lists again (a reload that leaves them alone) keep their
+    // generation: flows admitted under them stay admitted.
+    assert_eq!(world.desired.plan.settings.access_generation(), generation);
     // Lists removed: the flags go first, the entries last.
     world.reload(CONFIG);
     let writes = world.apply();
