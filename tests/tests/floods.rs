@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use balancer_bench::Generator;
+use balancer_common::maps::HANDSHAKE_ENTRIES;
 use balancer_tests::{
     Lab, Netns, Process,
     backend::ServerProcess,
@@ -351,8 +352,36 @@ fn a_syn_flood_and_a_drain_break_no_held_connection() {
             idle_still_work(&mut maglev).context("maglev"),
             idle_still_work(&mut least).context("least connections"),
         )?;
-        steady_saw_no_failure(steady)
+        steady_saw_no_failure(steady)?;
+        // The spoofed SYNs to the least-connections VIP wait in the
+        // handshake table, which the metrics show once a scan counted it.
+        // Its LRU lists are per CPU: a flood that arrives on one CPU fills
+        // that CPU's share (32,768 of 65,536 on 2 CPUs) and turns it over.
+        let entries = handshake_entries_after_a_scan(&s)?;
+        ensure!(
+            (20_000..=u64::from(HANDSHAKE_ENTRIES)).contains(&entries),
+            "the handshake table holds {entries} entries after {FLOOD_FLOWS} spoofed handshakes"
+        );
+        Ok(())
     });
+}
+
+/// `balancer_handshake_table_entries` once the daemon's scan (every 5 s)
+/// has counted the table, waiting up to 8 s.
+fn handshake_entries_after_a_scan(s: &Setup) -> Result<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let scrape = balancer_tests::metrics::scrape(&s.t.lb, "127.0.0.1:9100".parse()?)?;
+        if let Some(n) = scrape.value("balancer_handshake_table_entries", &[])
+            && (n > 0.0 || std::time::Instant::now() > deadline)
+        {
+            return Ok(n as u64);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("no balancer_handshake_table_entries within 8 s");
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -98,6 +98,8 @@ pub(super) struct Scans {
     pub(super) interval: Option<Duration>,
     /// Connection-table entries at the last scan.
     pub(super) flow_entries: Option<u64>,
+    /// Handshake-table entries at the last scan.
+    pub(super) handshake_entries: Option<u64>,
 }
 
 /// What one scan of the connection table found.
@@ -108,6 +110,8 @@ pub(super) struct Scan {
     pub(super) new_flow_totals: BTreeMap<u32, u64>,
     /// Entries left in the table.
     pub(super) entries: u64,
+    /// Entries left in the handshake table.
+    pub(super) handshakes: u64,
 }
 
 /// A health transition one report caused.
@@ -232,6 +236,7 @@ impl Observed {
         self.scan.interval = self.scan.at.map(|before| now - before);
         self.scan.at = Some(now);
         self.scan.flow_entries = Some(scan.entries);
+        self.scan.handshake_entries = Some(scan.handshakes);
     }
 }
 

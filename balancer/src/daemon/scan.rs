@@ -1,7 +1,8 @@
 //! The periodic scan of the connection table (every
 //! `--reconcile-interval`): idle entries removed, connection counts of the
 //! least-* schedulers corrected, and each backend's live entries and new
-//! flows since the previous scan kept for `vip show` and the metrics.
+//! flows since the previous scan kept for `vip show` and the metrics; and
+//! of the handshake table: idle entries removed, the rest counted.
 
 use std::collections::BTreeMap;
 
@@ -49,10 +50,21 @@ pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
             tracing::debug!(backend = id, delta, "connection count corrected");
         }
     }
+    let handshakes = datapath.handshakes()?;
+    let idle: Vec<_> = handshakes
+        .iter()
+        .filter(|(key, state)| {
+            plan.settings
+                .expired(key.proto, state.last_seen_ns, now_ns())
+        })
+        .map(|(key, _)| *key)
+        .collect();
+    datapath.remove_handshakes(&idle)?;
     Ok(Scan {
         live: tally.live,
         new_flow_totals: new_flow_totals(datapath, plan)?,
         entries: (entries.len() - tally.expired.len()) as u64,
+        handshakes: (handshakes.len() - idle.len()) as u64,
     })
 }
 

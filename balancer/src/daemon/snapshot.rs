@@ -89,6 +89,8 @@ impl View<'_> {
                 .collect(),
             flow_entries: self.observed.scan.flow_entries,
             flow_capacity: u64::from(*self.desired.config.datapath.flow_table_size.get_ref()),
+            handshake_entries: self.observed.scan.handshake_entries,
+            handshake_capacity: u64::from(balancer_common::maps::HANDSHAKE_ENTRIES),
             maps_in_line: self.maps_error.is_none(),
             map_write_failures: self.write_failures,
         })

@@ -44,19 +44,32 @@ impl Datapath {
     /// Removes `keys` from the connection table (entries found expired);
     /// a key already gone is not an error.
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<(), DatapathError> {
+        self.remove_from(maps::FLOWS, keys)
+    }
+
+    /// Removes `keys` from the handshake table, as [`Datapath::remove_flows`]
+    /// does from the connection table.
+    pub fn remove_handshakes(&mut self, keys: &[FlowKey]) -> Result<(), DatapathError> {
+        self.remove_from(maps::HANDSHAKES, keys)
+    }
+
+    fn remove_from(&mut self, name: &'static str, keys: &[FlowKey]) -> Result<(), DatapathError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let map = self
             .ebpf
-            .map_mut(maps::FLOWS)
-            .ok_or(DatapathError::MissingMap { name: maps::FLOWS })?;
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { name })?;
         let mut map: HashMap<_, FlowKey, FlowState> =
-            HashMap::try_from(map).map_err(DatapathError::map("open", maps::FLOWS))?;
+            HashMap::try_from(map).map_err(DatapathError::map("open", name))?;
         for key in keys {
             match map.remove(key) {
                 Ok(()) => {}
                 // The datapath evicted or replaced it since it was read.
                 Err(aya::maps::MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(err) => return Err(DatapathError::map("remove from", maps::FLOWS)(err)),
+                Err(err) => return Err(DatapathError::map("remove from", name)(err)),
             }
         }
         Ok(())

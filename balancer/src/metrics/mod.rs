@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub flow_entries: Option<u64>,
     /// Entries the connection table holds (`flow_table_size`).
     pub flow_capacity: u64,
+    /// Handshake-table entries left by the last scan (None before it).
+    pub handshake_entries: Option<u64>,
+    /// Entries the handshake table holds.
+    pub handshake_capacity: u64,
     /// Whether the maps hold the configuration in force (false while a
     /// failed write left them behind: `status` says why).
     pub maps_in_line: bool,
@@ -379,6 +383,18 @@ fn registry(s: &Snapshot) -> Registry {
         "Entries the connection table holds (flow_table_size)",
         gauge(s.flow_capacity),
     );
+    if let Some(entries) = s.handshake_entries {
+        r.register(
+            "handshake_table_entries",
+            "Handshake-table entries at the last scan: new flows of round-robin, least-* and persistent VIPs not yet promoted (idle ones included until that scan removed them)",
+            gauge(entries),
+        );
+    }
+    r.register(
+        "handshake_table_capacity",
+        "Entries the handshake table holds",
+        gauge(s.handshake_capacity),
+    );
     r.register(
         "maps_in_line",
         "1 when the maps hold the configuration in force, 0 while a failed write left them behind (balancer status says why)",
@@ -486,6 +502,8 @@ mod tests {
             lists: vec![("global".into(), "deny", 4)],
             flow_entries: Some(3),
             flow_capacity: 262_144,
+            handshake_entries: Some(5),
+            handshake_capacity: 65_536,
             maps_in_line: true,
             map_write_failures: 2,
         }
@@ -575,6 +593,8 @@ mod tests {
             ),
             ("balancer_flow_table_entries{}", 3.0),
             ("balancer_flow_table_capacity{}", 262_144.0),
+            ("balancer_handshake_table_entries{}", 5.0),
+            ("balancer_handshake_table_capacity{}", 65_536.0),
             ("balancer_maps_in_line{}", 1.0),
             ("balancer_map_write_failures_total{}", 2.0),
             (
