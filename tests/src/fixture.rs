@@ -256,3 +256,13 @@ pub fn flow_key(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u
         proto,
     )
 }
+
+/// BPF_PROG_TEST_RUN runs on the calling thread's CPU, and some state is
+/// per CPU (the round-robin cursor, the insert budget): pins the thread to
+/// CPU 0 for the rest of its life.
+pub fn stay_on_one_cpu() -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}

@@ -19,6 +19,7 @@ use balancer_tests::{
     fixture::{
         Fixture, Vip, default_settings,
         standard::{self, CLIENT4, SEED, VIP4},
+        stay_on_one_cpu,
     },
     packet::Packet,
     privilege,
@@ -50,15 +51,6 @@ fn fixture(settings: Settings) -> Result<Fixture> {
         f.put_vip(vip)?;
     }
     Ok(f)
-}
-
-/// BPF_PROG_TEST_RUN runs on the calling thread's CPU; the round-robin
-/// cursor and the insert budget are per CPU, so the thread stays on one.
-fn stay_on_one_cpu() -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(0)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
 }
 
 fn ev(event: Event, n: u64) -> (Counter, u64) {

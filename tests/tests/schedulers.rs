@@ -16,7 +16,7 @@ use balancer::{
 };
 use balancer_common::proto;
 use balancer_tests::{
-    fixture::{Backend, Fixture, Vip, backend_mac},
+    fixture::{Backend, Fixture, Vip, backend_mac, stay_on_one_cpu},
     packet::Packet,
     privilege,
 };
@@ -72,15 +72,6 @@ fn new_flow(f: &mut Fixture, client: IpAddr, port: u16, vip: IpAddr) -> Result<u
     let ack = send(f, &syn.established())?;
     ensure!(ack == id, "the ACK went to {ack}, the SYN to {id}");
     Ok(id)
-}
-
-/// BPF_PROG_TEST_RUN runs on the calling thread's CPU: the round-robin
-/// cursor is per CPU, so the thread stays on one.
-fn stay_on_one_cpu() -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(0)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
 }
 
 #[test]

@@ -21,17 +21,26 @@ pub struct AccessConfig {
 impl AccessConfig {
     /// The prefixes of `list`.
     pub fn list(&self, list: List) -> impl Iterator<Item = Prefix> + '_ {
-        let entries = match list {
-            List::Deny => &self.deny,
-            List::Allow => &self.allow,
-        };
-        entries.iter().map(|p| *p.get_ref())
+        prefixes(&self.deny, &self.allow, list)
     }
 
     /// Whether both lists are empty.
     pub fn is_empty(&self) -> bool {
         self.deny.is_empty() && self.allow.is_empty()
     }
+}
+
+/// The prefixes of `list`, of a table with `deny` and `allow` keys.
+pub(super) fn prefixes<'a>(
+    deny: &'a [Spanned<Prefix>],
+    allow: &'a [Spanned<Prefix>],
+    list: List,
+) -> impl Iterator<Item = Prefix> + 'a {
+    let entries = match list {
+        List::Deny => deny,
+        List::Allow => allow,
+    };
+    entries.iter().map(|p| *p.get_ref())
 }
 
 /// Which list.

@@ -195,11 +195,7 @@ pub struct VipConfig {
 impl VipConfig {
     /// The prefixes of the VIP's own `list`.
     pub fn list(&self, list: List) -> impl Iterator<Item = Prefix> + '_ {
-        let entries = match list {
-            List::Deny => &self.deny,
-            List::Allow => &self.allow,
-        };
-        entries.iter().map(|p| *p.get_ref())
+        access::prefixes(&self.deny, &self.allow, list)
     }
 
     /// The VIP's health check, the default one when the file has none.

@@ -166,11 +166,17 @@ fn backends(first: u32, v6: bool) -> Vec<Backend> {
 
 /// A fixture with one TCP VIP per family, ten backends each (ids 0 to 19).
 fn fixture(flow_table_size: u32) -> Result<Fixture> {
+    fixture_with(flow_table_size, settings(), false)
+}
+
+/// [`fixture`] with `settings`, its VIPs marked as having lists of their
+/// own (`access`) or not.
+fn fixture_with(flow_table_size: u32, settings: Settings, access: bool) -> Result<Fixture> {
     let options = LoadOptions {
         flow_table_size,
         ..LoadOptions::default()
     };
-    let mut f = Fixture::with_options(settings(), options)?;
+    let mut f = Fixture::with_options(settings, options)?;
     for (index, (addr, v6)) in [(VIP4, false), (VIP6, true)].into_iter().enumerate() {
         f.put_vip(Vip {
             index: index as u32,
@@ -180,7 +186,7 @@ fn fixture(flow_table_size: u32) -> Result<Fixture> {
             scheduler: Scheduler::Maglev,
             persistence: None,
             backends: backends(index as u32 * 10, v6),
-            access: false,
+            access,
         })?;
     }
     Ok(f)
@@ -196,30 +202,12 @@ const DENIED_PREFIXES: u16 = 1_000;
 /// of an established flow pays both lookups, a miss in the global scope
 /// and a hit in the VIP's.
 fn listed_fixture() -> Result<Fixture> {
-    let options = LoadOptions {
-        flow_table_size: TABLE_SIZE,
-        ..LoadOptions::default()
-    };
-    let mut f = Fixture::with_options(
-        Settings {
-            flags: SETTINGS_GLOBAL_ACCESS,
-            ..settings()
-        }
-        .with_access_generation(1),
-        options,
-    )?;
-    for (index, (addr, v6)) in [(VIP4, false), (VIP6, true)].into_iter().enumerate() {
-        f.put_vip(Vip {
-            index: index as u32,
-            addr,
-            port: 80,
-            proto: proto::TCP,
-            scheduler: Scheduler::Maglev,
-            persistence: None,
-            backends: backends(index as u32 * 10, v6),
-            access: true,
-        })?;
+    let settings = Settings {
+        flags: SETTINGS_GLOBAL_ACCESS,
+        ..settings()
     }
+    .with_access_generation(1);
+    let mut f = fixture_with(TABLE_SIZE, settings, true)?;
     let denied: Vec<Prefix> = (0..DENIED_PREFIXES)
         .flat_map(|n| {
             [
