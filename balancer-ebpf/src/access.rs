@@ -5,68 +5,93 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use balancer_common::{
     Addr,
-    access::{ACCESS_ALLOW, ACCESS_DENY, ACCESS_NOT_ALLOWED, AccessData, AccessKey, SCOPE_GLOBAL},
+    access::{
+        ACCESS_ALLOW, ACCESS_DENY, ACCESS_NO_VIP, ACCESS_NOT_ALLOWED, AccessCounters, AccessKey,
+        SCOPE_GLOBAL,
+    },
+    settings::Settings,
     stats::{PacketCount, Stat},
+    vip::AddrInfo,
 };
 
 use crate::maps::{ACCESS, ACCESS_STATS};
 
-/// Which lists a packet is checked against.
-pub struct Scopes {
-    /// The global lists have entries.
-    pub global: bool,
-    /// The VIP's own lists, when it has any: its index.
-    pub vip: Option<u32>,
+/// The allow and deny lists as they apply to packets to one VIP address:
+/// the global scope when the settings say the global lists have entries,
+/// a VIP's own when the address says one of its VIPs has lists, and the
+/// lists' generation. Off, a packet pays nothing more than the two flag
+/// tests.
+pub struct Lists {
+    global: bool,
+    /// A VIP of the address has lists of its own.
+    pub vips: bool,
+    /// The generation of the lists in force (0: no lists).
+    pub generation: u32,
 }
 
-/// Admits or refuses client `src`: denied by either scope's deny list, or
-/// listed by no allow prefix of a scope that has an allow list (an allow
-/// of either scope suffices), it is dropped and counted in `slot` of the
-/// lists' counters.
-#[inline(always)]
-pub fn admit(src: &Addr, scopes: &Scopes, slot: u32, len: u64) -> Result<(), Stat> {
-    let global = if scopes.global {
-        kind(SCOPE_GLOBAL, src)
-    } else {
-        0
-    };
-    let vip = match scopes.vip {
-        Some(index) => kind(index, src),
-        None => 0,
-    };
-    if global == ACCESS_DENY {
-        count(slot, len, |c| &mut c.global_deny);
-        return Err(Stat::DROP_DENIED);
+impl Lists {
+    #[inline(always)]
+    pub fn of(settings: &Settings, addr: &AddrInfo) -> Lists {
+        Lists {
+            global: settings.global_access(),
+            vips: addr.has_vip_access(),
+            generation: settings.access_generation(),
+        }
     }
-    if vip == ACCESS_DENY {
-        count(slot, len, |c| &mut c.vip_deny);
-        return Err(Stat::DROP_DENIED);
+
+    /// Whether any list applies.
+    #[inline(always)]
+    pub fn on(&self) -> bool {
+        self.global || self.vips
     }
-    if global == ACCESS_ALLOW || vip == ACCESS_ALLOW {
-        return Ok(());
+
+    /// Admits or refuses client `src` of the VIP of index `vip` (None: no
+    /// VIP of the address has lists of its own, or none has this port).
+    /// Denied by either scope's deny list, or listed by no allow prefix of
+    /// a scope that has an allow list (an allow of either scope suffices),
+    /// it is dropped and counted for its VIP (or for none).
+    #[inline(always)]
+    pub fn admit(&self, src: &Addr, vip: Option<u32>, len: u64) -> Result<(), Stat> {
+        let global = if self.global {
+            kind(SCOPE_GLOBAL, src)
+        } else {
+            0
+        };
+        let slot = vip.unwrap_or(ACCESS_NO_VIP);
+        let own = match vip {
+            Some(index) => kind(index, src),
+            None => 0,
+        };
+        if global == ACCESS_DENY {
+            count(slot, len, |c| &mut c.global_deny);
+            return Err(Stat::DROP_DENIED);
+        }
+        if own == ACCESS_DENY {
+            count(slot, len, |c| &mut c.vip_deny);
+            return Err(Stat::DROP_DENIED);
+        }
+        if global == ACCESS_ALLOW || own == ACCESS_ALLOW {
+            return Ok(());
+        }
+        if global == ACCESS_NOT_ALLOWED || own == ACCESS_NOT_ALLOWED {
+            count(slot, len, |c| &mut c.not_allowed);
+            return Err(Stat::DROP_NOT_ALLOWED);
+        }
+        Ok(())
     }
-    if global == ACCESS_NOT_ALLOWED || vip == ACCESS_NOT_ALLOWED {
-        count(slot, len, |c| &mut c.not_allowed);
-        return Err(Stat::DROP_NOT_ALLOWED);
-    }
-    Ok(())
 }
 
 /// The kind of the most specific entry of `scope` for `addr`; 0: none.
 #[inline(always)]
 fn kind(scope: u32, addr: &Addr) -> u32 {
     let lookup = AccessKey::lookup(scope, *addr);
-    let key = Key::new(lookup.prefix_len, AccessData { scope, addr: *addr });
+    let key = Key::new(lookup.prefix_len, lookup.data);
     ACCESS.get(&key).copied().unwrap_or(0)
 }
 
 /// Adds a packet of `len` bytes to the counter `which` picks in `slot`.
 #[inline(always)]
-fn count(
-    slot: u32,
-    len: u64,
-    which: impl FnOnce(&mut balancer_common::access::AccessCounters) -> &mut PacketCount,
-) {
+fn count(slot: u32, len: u64, which: impl FnOnce(&mut AccessCounters) -> &mut PacketCount) {
     if let Some(c) = ACCESS_STATS.get_ptr_mut(slot) {
         // SAFETY: this CPU's slot, valid for the whole run.
         let c = which(unsafe { &mut *c });

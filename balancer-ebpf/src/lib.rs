@@ -44,16 +44,16 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{
-    access::ACCESS_NO_VIP,
     flow::FlowKey,
     fragment::FragmentKey,
     proto,
     settings::Settings,
     stats::{Event, Stat},
-    vip::{AddrInfo, VipInfo},
+    vip::VipInfo,
 };
 
 use crate::{
+    access::Lists,
     flows::Known,
     icmp::Icmp,
     log::decision,
@@ -151,7 +151,7 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
             // A flow admitted under the lists in force skips them (a
             // generation of 0 is none: always checked).
             if lists.on() && (lists.generation == 0 || generation != lists.generation) {
-                let scope = addr.has_vip_access().then_some(vip);
+                let scope = lists.vips.then_some(vip);
                 if let Err(reason) = lists.admit(&ip.src, scope, len) {
                     return drop(reason);
                 }
@@ -168,17 +168,14 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         Known::Stale => Entry::Stale,
         Known::Unknown => Entry::Missing,
     };
+    let vip = vip::find(&p.key.dst, p.key.dst_port, p.key.proto, &addr);
     if lists.on() {
-        let scope = if addr.has_vip_access() {
-            vip::find(&ip.dst, ports.dst, ip.proto, &addr).map(|v| v.index)
-        } else {
-            None
-        };
+        let scope = vip.filter(|_| lists.vips).map(|v| v.index);
         if let Err(reason) = lists.admit(&ip.src, scope, len) {
             return drop(reason);
         }
     }
-    let Some(vip) = vip::find(&p.key.dst, p.key.dst_port, p.key.proto, &addr) else {
+    let Some(vip) = vip else {
         // A first fragment to a port of no VIP: its datagram must not
         // reach a backend's other services.
         if p.fragment.is_some() {
@@ -196,45 +193,6 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         Entry::Missing if vip.recomputes() => unknown_hashed(ctx, &p, &vip, settings),
         Entry::Missing => unknown_remembered(ctx, &p, &vip, settings),
         Entry::Down | Entry::Stale => replace(ctx, &p, &vip, settings, entry == Entry::Down),
-    }
-}
-
-/// The allow and deny lists as they apply to a packet to one VIP address:
-/// the global scope when the settings say the global lists have entries,
-/// a VIP's own when the address says one of its VIPs has lists, and the
-/// lists' generation. Off, a packet pays nothing more than the two flag
-/// tests.
-struct Lists {
-    global: bool,
-    vips: bool,
-    generation: u32,
-}
-
-impl Lists {
-    #[inline(always)]
-    fn of(settings: &Settings, addr: &AddrInfo) -> Lists {
-        Lists {
-            global: settings.global_access(),
-            vips: addr.has_vip_access(),
-            generation: settings.access_generation(),
-        }
-    }
-
-    /// Whether any list applies.
-    #[inline(always)]
-    fn on(&self) -> bool {
-        self.global || self.vips
-    }
-
-    /// Admits or refuses client `src` of the VIP of index `scope` (None:
-    /// no VIP of its own lists, or none at that port).
-    #[inline(always)]
-    fn admit(&self, src: &balancer_common::Addr, scope: Option<u32>, len: u64) -> Result<(), Stat> {
-        let scopes = access::Scopes {
-            global: self.global,
-            vip: scope,
-        };
-        access::admit(src, &scopes, scope.unwrap_or(ACCESS_NO_VIP), len)
     }
 }
 

@@ -35,7 +35,8 @@ pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
     let before = conns(datapath)?;
     let entries = datapath.flows()?;
     let after = conns(datapath)?;
-    let tally = connections::tally(&entries, now_ns(), &plan.settings);
+    let now = now_ns();
+    let tally = connections::tally(&entries, now, &plan.settings);
     datapath.remove_flows(&tally.expired)?;
     for (i, id) in counting.iter().enumerate() {
         let get = |m: &BTreeMap<u32, u64>| m.get(id).copied().unwrap_or(0);
@@ -53,10 +54,7 @@ pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
     let handshakes = datapath.handshakes()?;
     let idle: Vec<_> = handshakes
         .iter()
-        .filter(|(key, state)| {
-            plan.settings
-                .expired(key.proto, state.last_seen_ns, now_ns())
-        })
+        .filter(|(key, state)| plan.settings.expired(key.proto, state.last_seen_ns, now))
         .map(|(key, _)| *key)
         .collect();
     datapath.remove_handshakes(&idle)?;

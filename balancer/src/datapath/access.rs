@@ -27,12 +27,10 @@ impl Datapath {
     pub fn remove_access(&mut self, keys: &[AccessKey]) -> Result<(), DatapathError> {
         let mut trie = self.access_trie_mut()?;
         for key in keys {
-            match trie.remove(&Key::new(key.prefix_len, key.data)) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(err) => return Err(DatapathError::map("remove from", maps::ACCESS)(err)),
-            }
+            super::removed(
+                maps::ACCESS,
+                trie.remove(&Key::new(key.prefix_len, key.data)),
+            )?;
         }
         Ok(())
     }
@@ -61,10 +59,6 @@ impl Datapath {
     }
 
     fn access_trie_mut(&mut self) -> Result<LpmTrie<&mut MapData, AccessData, u32>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::ACCESS)
-            .ok_or(DatapathError::MissingMap { name: maps::ACCESS })?;
-        LpmTrie::try_from(map).map_err(DatapathError::map("open", maps::ACCESS))
+        self.map_mut(maps::ACCESS)
     }
 }

@@ -57,20 +57,10 @@ impl Datapath {
         if keys.is_empty() {
             return Ok(());
         }
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap { name })?;
-        let mut map: HashMap<_, FlowKey, FlowState> =
-            HashMap::try_from(map).map_err(DatapathError::map("open", name))?;
+        let mut map: HashMap<_, FlowKey, FlowState> = self.map_mut(name)?;
         for key in keys {
-            match map.remove(key) {
-                Ok(()) => {}
-                // The datapath evicted or replaced it since it was read.
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(err) => return Err(DatapathError::map("remove from", name)(err)),
-            }
+            // The datapath may have evicted or replaced it since it was read.
+            super::removed(name, map.remove(key))?;
         }
         Ok(())
     }

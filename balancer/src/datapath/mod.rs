@@ -191,6 +191,24 @@ impl DatapathError {
     }
 }
 
+/// The outcome of removing a key from map `name` whose entry the datapath
+/// may have taken out meanwhile (evicted, or replaced): a key already gone
+/// is not an error. aya reports it as the syscall's ENOENT, not as
+/// `MapError::KeyNotFound`.
+fn removed(
+    name: &'static str,
+    result: Result<(), aya::maps::MapError>,
+) -> Result<(), DatapathError> {
+    match result {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other.map_err(DatapathError::map("remove from", name)),
+    }
+}
+
 /// What is fixed when the program is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {

@@ -171,7 +171,7 @@ impl Datapath {
             })
     }
 
-    fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>
+    pub(super) fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
