@@ -46,6 +46,11 @@ pub const ACCESS_ALLOW: u32 = 2;
 /// The scope-wide entry of a scope with an allow list: an address no allow
 /// prefix lists is refused.
 pub const ACCESS_NOT_ALLOWED: u32 = 3;
+/// The entry lists a prefix exempt from per-source limits, in an exempt
+/// scope ([`crate::limit::SCOPE_EXEMPT_GLOBAL`],
+/// [`crate::limit::exempt_scope`]): exempt lists have scopes of their own,
+/// so that an exempt prefix never hides a deny.
+pub const ACCESS_EXEMPT: u32 = 4;
 
 impl AccessKey {
     /// The key that looks address `addr` up in `scope`.

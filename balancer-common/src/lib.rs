@@ -27,6 +27,7 @@ pub mod budget;
 pub mod flow;
 pub mod fragment;
 pub mod hash;
+pub mod limit;
 pub mod maps;
 pub mod persist;
 pub mod settings;
@@ -100,7 +101,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{access, backend, flow, persist, settings, stats, vip};
+    use crate::{access, backend, flow, limit, persist, settings, stats, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -117,6 +118,9 @@ mod user {
         backend::BackendLoad,
         flow::FlowKey,
         flow::FlowState,
+        limit::LimitCounters,
+        limit::SourceLimit,
+        limit::SourceSlot,
         settings::Settings,
         stats::PacketCount,
         stats::FlowCounters,

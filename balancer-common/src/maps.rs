@@ -63,6 +63,15 @@ pub const ACCESS: &str = "access";
 /// Packets the lists dropped: [`crate::access::AccessCounters`] per CPU,
 /// by VIP index, then one slot for packets to no VIP's port.
 pub const ACCESS_STATS: &str = "access_stats";
+/// Per-source limits of each VIP: [`crate::limit::SourceLimit`] by VIP
+/// index.
+pub const VIP_LIMITS: &str = "vip_limits";
+/// Sources of VIPs with limits and their token buckets: an array of
+/// [`crate::limit::SourceSlot`] in sets of two (see [`crate::limit`]).
+pub const SOURCES: &str = "sources";
+/// Packets the per-source limits dropped: [`crate::limit::LimitCounters`]
+/// per CPU, by VIP index.
+pub const LIMIT_STATS: &str = "limit_stats";
 /// Fragments: LRU hash of [`crate::fragment::FragmentKey`] to
 /// [`crate::fragment::FragmentState`], the backend of each datagram whose
 /// first fragment was admitted, with per-CPU LRU lists.
@@ -214,13 +223,14 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 19] = {
+pub const MAP_SPECS: [MapSpec; 22] = {
     use crate::{
         access::{ACCESS_ENTRIES, AccessCounters, AccessKey},
         backend::{BackendInfo, BackendLoad},
         budget::Budget,
         flow::{FlowKey, FlowState},
         fragment::{FragmentKey, FragmentState},
+        limit::{LimitCounters, SOURCE_SLOTS, SourceLimit, SourceSlot},
         persist::{PersistKey, PersistState},
         settings::Settings,
         stats::{FlowCounters, PacketCount, STATS_SLOTS},
@@ -262,6 +272,9 @@ pub const MAP_SPECS: [MapSpec; 19] = {
             BPF_F_NO_PREALLOC,
         ),
         indexed::<AccessCounters>(ACCESS_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS + 1, 0),
+        indexed::<SourceLimit>(VIP_LIMITS, MapKind::ARRAY, MAX_VIPS, 0),
+        indexed::<SourceSlot>(SOURCES, MapKind::ARRAY, SOURCE_SLOTS, 0),
+        indexed::<LimitCounters>(LIMIT_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
     ]
 };
 

@@ -16,8 +16,9 @@ pub struct Settings {
     /// What one new entry of the connection table costs a CPU's insert
     /// budget (see [`crate::budget`]); 0: no budget.
     pub insert_cost_ns: u64,
-    /// [`SETTINGS_GLOBAL_ACCESS`], and in bits 32 to 51 the generation of
-    /// the allow and deny lists ([`Settings::access_generation`]).
+    /// [`SETTINGS_GLOBAL_ACCESS`], [`SETTINGS_GLOBAL_EXEMPT`], and in bits
+    /// 32 to 51 the generation of the allow, deny and exempt lists
+    /// ([`Settings::access_generation`]).
     pub flags: u64,
     /// Room for settings to come, so that the pinned map keeps its layout.
     pub _reserved: [u64; 3],
@@ -26,6 +27,9 @@ pub struct Settings {
 /// The global allow or deny list has entries: every packet to a VIP address
 /// is looked up in it.
 pub const SETTINGS_GLOBAL_ACCESS: u64 = 1;
+/// The global exempt list has entries: a new source of a VIP with
+/// per-source limits is looked up in it.
+pub const SETTINGS_GLOBAL_EXEMPT: u64 = 1 << 1;
 /// Where [`Settings::flags`] keeps the lists' generation.
 const ACCESS_GENERATION_SHIFT: u64 = 32;
 
@@ -38,9 +42,17 @@ impl Settings {
         self.flags & SETTINGS_GLOBAL_ACCESS != 0
     }
 
-    /// The generation of the allow and deny lists in force: never 0 while
-    /// lists have entries, and another one whenever they change, so that a
-    /// flow admitted under other lists is checked again.
+    /// Whether the global exempt list has entries
+    /// ([`SETTINGS_GLOBAL_EXEMPT`]).
+    #[inline(always)]
+    pub const fn global_exempt(&self) -> bool {
+        self.flags & SETTINGS_GLOBAL_EXEMPT != 0
+    }
+
+    /// The generation of the allow, deny and exempt lists in force: never
+    /// 0 while lists have entries, and another one whenever they change, so
+    /// that a flow admitted under other lists (or a source found exempt
+    /// under them) is checked again.
     #[inline(always)]
     pub const fn access_generation(&self) -> u32 {
         ((self.flags >> ACCESS_GENERATION_SHIFT) as u32) & crate::flow::ACCESS_GENERATION_MASK

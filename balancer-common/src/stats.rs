@@ -82,11 +82,17 @@ stats! {
     /// Dropped: an allow list applies to the VIP and none lists the
     /// client's address.
     DROP_NOT_ALLOWED = 17, "drop_not_allowed";
+    /// Dropped: a new flow over its source's new-flow rate for the VIP
+    /// (`[vip.limits] new_flows`).
+    DROP_SOURCE_FLOWS = 18, "drop_source_flows";
+    /// Dropped: a packet over its source's packet rate for the VIP
+    /// (`[vip.limits] packets`).
+    DROP_SOURCE_PACKETS = 19, "drop_source_packets";
 }
 
 impl Stat {
     /// Number of verdict reasons.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
     /// Slots of the map reserved for verdict reasons, used or not.
     pub const CAPACITY: u32 = 64;
 }

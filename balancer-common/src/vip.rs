@@ -209,7 +209,7 @@ pub struct AddrInfo {
     /// before fragments followed their first one. Kept so that the pinned
     /// map keeps its layout.
     pub _reserved: u32,
-    /// [`ADDR_HAS_WILDCARD`], [`ADDR_VIP_ACCESS`].
+    /// [`ADDR_HAS_WILDCARD`], [`ADDR_VIP_ACCESS`], [`ADDR_VIP_LIMITS`].
     pub flags: u32,
 }
 
@@ -227,6 +227,12 @@ impl AddrInfo {
     pub const fn has_vip_access(&self) -> bool {
         self.flags & ADDR_VIP_ACCESS != 0
     }
+
+    /// Whether a VIP of the address has per-source limits.
+    #[inline(always)]
+    pub const fn has_vip_limits(&self) -> bool {
+        self.flags & ADDR_VIP_LIMITS != 0
+    }
 }
 
 /// A port-0 VIP exists for this address and protocol: a packet to a port
@@ -236,6 +242,9 @@ pub const ADDR_HAS_WILDCARD: u32 = 1;
 /// A VIP of this address and protocol has allow or deny lists of its own:
 /// its packets are looked up in the VIP's scope of the `access` trie.
 pub const ADDR_VIP_ACCESS: u32 = 1 << 2;
+/// A VIP of this address and protocol has per-source limits: its packets
+/// are looked up in `vip_limits` (see [`crate::limit`]).
+pub const ADDR_VIP_LIMITS: u32 = 1 << 3;
 
 #[cfg(test)]
 mod tests {

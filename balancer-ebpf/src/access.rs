@@ -1,14 +1,16 @@
 //! Allow and deny lists (see `balancer_common::access`): whether a client
 //! may reach a VIP, from at most two longest-prefix lookups, the global
-//! scope's and the VIP's, each made only where its lists have entries.
+//! scope's and the VIP's, each made only where its lists have entries; and
+//! the exempt lists of the per-source limits, in scopes of their own.
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use balancer_common::{
     Addr,
     access::{
-        ACCESS_ALLOW, ACCESS_DENY, ACCESS_NO_VIP, ACCESS_NOT_ALLOWED, AccessCounters, AccessKey,
-        SCOPE_GLOBAL,
+        ACCESS_ALLOW, ACCESS_DENY, ACCESS_EXEMPT, ACCESS_NO_VIP, ACCESS_NOT_ALLOWED,
+        AccessCounters, AccessKey, SCOPE_GLOBAL,
     },
+    limit::{SCOPE_EXEMPT_GLOBAL, exempt_scope},
     settings::Settings,
     stats::{PacketCount, Stat},
     vip::AddrInfo,
@@ -79,6 +81,14 @@ impl Lists {
         }
         Ok(())
     }
+}
+
+/// Whether an exempt list names client `src` of the VIP of index `vip`:
+/// the global one when `global`, the VIP's own when `own`.
+#[inline(always)]
+pub fn exempt(src: &Addr, vip: u32, global: bool, own: bool) -> bool {
+    (global && kind(SCOPE_EXEMPT_GLOBAL, src) == ACCESS_EXEMPT)
+        || (own && kind(exempt_scope(vip), src) == ACCESS_EXEMPT)
 }
 
 /// The kind of the most specific entry of `scope` for `addr`; 0: none.

@@ -7,8 +7,9 @@
 //! - this root, the orchestrator: one function per kind of packet, and
 //!   for TCP and UDP a switch on what the connection table knows;
 //! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
-//!   rewrite and the verdict), [`access`] (allow and deny lists),
-//!   [`stats`] (per-CPU counters);
+//!   rewrite and the verdict), [`limits`] (per-source limits, over
+//!   [`access`]: allow, deny and exempt lists), [`stats`] (per-CPU
+//!   counters);
 //! - [`flows`] (the connection table and the connection counts), which
 //!   refreshes [`persist`] (the persistence table), [`handshakes`] (new
 //!   flows between their first and next packet), [`budget`] (how fast
@@ -33,6 +34,7 @@ mod forward;
 mod fragments;
 mod handshakes;
 mod icmp;
+mod limits;
 mod log;
 mod maps;
 pub mod parse;
@@ -56,6 +58,7 @@ use crate::{
     access::Lists,
     flows::Known,
     icmp::Icmp,
+    limits::Source,
     log::decision,
     parse::{Cursor, Fragment, Ip, IpParse, L3},
     persist::Client,
@@ -119,8 +122,10 @@ fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
 /// connection table knows of its flow decides. A live flow goes straight
 /// to its backend, even for a SYN; a flow whose backend is down, or whose
 /// entry is stale, is placed again in its entry; a flow the table does not
-/// know is a new flow, or one the tables no longer hold. A first fragment
-/// that is forwarded is recorded for its later fragments to follow.
+/// know is a new flow, or one the tables no longer hold. The lists, then
+/// the per-source limits, apply to every packet to a VIP that has them. A
+/// first fragment that is forwarded is recorded for its later fragments to
+/// follow.
 #[inline(always)]
 fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64) -> (u32, Stat) {
     let ports = match parse::ports(c, ip.proto, ip.fragment.is_some()) {
@@ -133,7 +138,8 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         return pass(Stat::PASS_NOT_VIP);
     };
     let lists = Lists::of(settings, &addr);
-    let p = FlowPacket {
+    let limited = addr.has_vip_limits();
+    let mut p = FlowPacket {
         key: FlowKey::new(ip.src, ip.dst, ports.src, ports.dst, ip.proto),
         fragment: ip.fragment,
         syn: ports.syn,
@@ -141,6 +147,7 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         len,
         now: flows::now(),
         generation: lists.generation,
+        source: Source::unlimited(),
     };
     let entry = match flows::known(&p.key, settings, p.now, p.syn, p.end) {
         Known::Live {
@@ -156,6 +163,9 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
                     return drop(reason);
                 }
                 flows::admitted(&p.key, lists.generation);
+            }
+            if limited && let Err(reason) = limits::packet(vip, &ip.src, settings, p.now, len) {
+                return drop(reason);
             }
             decision!(ctx, "flow hit: vip {} backend {}", vip, pick.id);
             if p.syn {
@@ -189,6 +199,12 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
         vip.index,
         u16::from_be(p.key.dst_port)
     );
+    if limited {
+        match limits::packet(vip.index, &ip.src, settings, p.now, len) {
+            Ok(source) => p.source = source,
+            Err(reason) => return drop(reason),
+        }
+    }
     match entry {
         Entry::Missing if vip.recomputes() => unknown_hashed(ctx, &p, &vip, settings),
         Entry::Missing => unknown_remembered(ctx, &p, &vip, settings),
@@ -211,6 +227,9 @@ struct FlowPacket {
     now: u64,
     /// The generation of the lists that admitted it (0: no lists).
     generation: u32,
+    /// Its source, as its new flow spends (unlimited unless the VIP limits
+    /// the new flows of each source).
+    source: Source,
 }
 
 impl FlowPacket {
@@ -218,6 +237,13 @@ impl FlowPacket {
     #[inline(always)]
     fn starts(&self) -> bool {
         self.syn || self.key.proto == proto::UDP
+    }
+
+    /// Spends a new flow of the packet's source, where its VIP limits
+    /// them; Err when the source is over its rate.
+    #[inline(always)]
+    fn new_flow(&self) -> Result<(), Stat> {
+        self.source.new_flow(self.now, self.len)
     }
 }
 
@@ -254,6 +280,14 @@ fn replace(
     settings: &Settings,
     failover: bool,
 ) -> (u32, Stat) {
+    // A flow the client reopens, or one that expired, is a new flow of its
+    // source; one that fails over is not.
+    if !failover
+        && p.starts()
+        && let Err(reason) = p.new_flow()
+    {
+        return drop(reason);
+    }
     let pick = match place(vip, &p.key, settings, p.now) {
         Ok(pick) => pick,
         Err(reason) => return drop(reason),
@@ -279,6 +313,10 @@ fn unknown_hashed(
     vip: &VipInfo,
     settings: &Settings,
 ) -> (u32, Stat) {
+    let new = p.starts();
+    if new && let Err(reason) = p.new_flow() {
+        return drop(reason);
+    }
     let pick = match schedule::hash_pick(vip, &p.key, settings) {
         Ok(pick) => pick,
         Err(reason) => return drop(reason),
@@ -287,7 +325,6 @@ fn unknown_hashed(
     if !p.syn && !p.end {
         insert(p, vip, &pick, settings);
     }
-    let new = p.starts();
     if new {
         stats::event(Event::NEW_FLOW, p.len);
     }
@@ -317,11 +354,14 @@ fn unknown_remembered(
         first_fragment(p, vip.index, &pick);
         return send(ctx, vip.index, &pick, p.len, false);
     }
+    let new = p.starts();
+    if new && let Err(reason) = p.new_flow() {
+        return drop(reason);
+    }
     let pick = match place(vip, &p.key, settings, p.now) {
         Ok(pick) => pick,
         Err(reason) => return drop(reason),
     };
-    let new = p.starts();
     if new {
         decision!(ctx, "new flow: backend {} until its next packet", pick.id);
         handshakes::remember(&p.key, vip.index, &pick, p.now);

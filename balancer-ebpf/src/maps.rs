@@ -11,6 +11,7 @@ use balancer_common::{
     budget::Budget,
     flow::{FlowKey, FlowState},
     fragment::{FragmentKey, FragmentState},
+    limit::{LimitCounters, SOURCE_SLOTS, SourceLimit, SourceSlot},
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, FRAGMENT_ENTRIES,
         HANDSHAKE_ENTRIES, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
@@ -100,3 +101,12 @@ pub static ACCESS: LpmTrie<AccessData, u32, { ACCESS_ENTRIES as usize }> = LpmTr
 
 #[btf_map(name = "access_stats")]
 pub static ACCESS_STATS: PerCpuArray<AccessCounters, { VIPS_N + 1 }> = PerCpuArray::new();
+
+#[btf_map(name = "vip_limits")]
+pub static VIP_LIMITS: Array<SourceLimit, VIPS_N> = Array::new();
+
+#[btf_map(name = "sources")]
+pub static SOURCES: Array<SourceSlot, { SOURCE_SLOTS as usize }> = Array::new();
+
+#[btf_map(name = "limit_stats")]
+pub static LIMIT_STATS: PerCpuArray<LimitCounters, VIPS_N> = PerCpuArray::new();

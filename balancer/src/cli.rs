@@ -63,6 +63,10 @@ pub enum Command {
     /// lists are admitted (a deny still wins).
     #[command(subcommand)]
     Allow(AccessCommand),
+    /// The exempt lists: clients the per-source limits ([vip.limits])
+    /// never apply to, for every VIP or for one (--vip).
+    #[command(subcommand)]
+    Exempt(AccessCommand),
     /// Every datapath counter, and per-VIP counters; with --watch, a
     /// live view of them as rates.
     Stats(StatsArgs),
@@ -129,8 +133,8 @@ pub enum BackendCommand {
     Undrain(BackendRef),
 }
 
-/// `balancer deny ...`, `balancer allow ...`. Changes are written to the
-/// configuration file and applied at once.
+/// `balancer deny ...`, `balancer allow ...`, `balancer exempt ...`.
+/// Changes are written to the configuration file and applied at once.
 #[derive(Debug, Subcommand)]
 pub enum AccessCommand {
     /// The list's prefixes, global and per VIP, with the packets each
@@ -311,6 +315,7 @@ pub fn main() -> ExitCode {
         }
         Command::Deny(command) => ask(command.request(List::Deny)),
         Command::Allow(command) => ask(command.request(List::Allow)),
+        Command::Exempt(command) => ask(command.request(List::Exempt)),
         Command::Stats(StatsArgs { watch: false, .. }) => ask(Request::Stats {}),
         Command::Stats(StatsArgs { watch: true, .. }) if cli.json => Err(anyhow::anyhow!(
             "--json and --watch cannot be used together: --watch shows a view, --json prints one answer"

@@ -97,8 +97,9 @@ pub struct BackendWeight {
     pub weight: u32,
 }
 
-/// `deny add|remove`, `allow add|remove` (`access-add`, `access-remove`):
-/// one prefix of the global allow or deny list, or of a VIP's.
+/// `deny add|remove`, `allow add|remove`, `exempt add|remove`
+/// (`access-add`, `access-remove`): one prefix of a global list, or of a
+/// VIP's.
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessEntry {

@@ -519,4 +519,35 @@ weight = 150
             assert_eq!(apply(&out, &edit), Err(error.to_owned()));
         }
     }
+
+    #[test]
+    fn an_exempt_prefix_goes_to_the_vip_beside_its_limits_table() {
+        let limited = FILE.replace(
+            "[[vip.backend]]",
+            "[vip.limits]\nnew_flows = 10\n\n[[vip.backend]]",
+        );
+        let exempt = AccessEntry {
+            list: crate::config::List::Exempt,
+            prefix: "198.51.100.0/24".parse().unwrap(),
+            vip: Some("web".into()),
+        };
+        let out = apply(&limited, &Edit::AccessAdd(exempt.clone())).unwrap();
+        assert!(
+            out.contains(
+                "protocol = \"tcp\"\nexempt = [\"198.51.100.0/24\"]\n\n[vip.limits]\nnew_flows = 10"
+            ),
+            "{out}"
+        );
+        let config = crate::config::parse(&out, "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.vips[0].get_ref().exempt.len(), 1);
+        let global = AccessEntry {
+            vip: None,
+            ..exempt
+        };
+        let out = apply(&out, &Edit::AccessAdd(global)).unwrap();
+        assert!(
+            out.contains("[access]\nexempt = [\"198.51.100.0/24\"]"),
+            "{out}"
+        );
+    }
 }

@@ -6,21 +6,24 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use balancer_common::{
     Addr,
-    access::{ACCESS_ALLOW, ACCESS_DENY, ACCESS_NOT_ALLOWED, AccessKey, SCOPE_GLOBAL},
+    access::{
+        ACCESS_ALLOW, ACCESS_DENY, ACCESS_EXEMPT, ACCESS_NOT_ALLOWED, AccessKey, SCOPE_GLOBAL,
+    },
     addr_from_octets, addr_from_v4,
     backend::BackendInfo,
     budget,
     flow::ACCESS_GENERATION_MASK,
-    settings::{SETTINGS_GLOBAL_ACCESS, Settings},
+    limit::{LIMIT_OWN_EXEMPT, Rate, SCOPE_EXEMPT_GLOBAL, SourceLimit, exempt_scope},
+    settings::{SETTINGS_GLOBAL_ACCESS, SETTINGS_GLOBAL_EXEMPT, Settings},
     vip::{
-        ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, AddrInfo, AddrKey, SCHED_LEAST_CONNECTIONS,
-        SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, VIP_PERSIST,
-        VipInfo, VipKey, VipPolicy,
+        ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, ADDR_VIP_LIMITS, AddrInfo, AddrKey,
+        SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
+        SCHED_SOURCE_HASH, VIP_PERSIST, VipInfo, VipKey, VipPolicy,
     },
 };
 
 use crate::{
-    config::{Config, List, Persistence, Prefix, Scheduler},
+    config::{Config, LimitsConfig, List, Persistence, Prefix, Scheduler},
     datapath::VipSlot,
     maglev::{MaglevError, Member},
     neighbour::L2Path,
@@ -34,7 +37,8 @@ pub struct Plan {
     pub vips: Vec<VipPlan>,
     /// One entry per (address, protocol) that carries VIPs.
     pub addrs: Vec<(AddrKey, AddrInfo)>,
-    /// The `access` trie: the global lists and every VIP's own.
+    /// The `access` trie: the global lists and every VIP's own, exempt
+    /// lists included.
     pub access: BTreeMap<AccessKey, u32>,
 }
 
@@ -63,6 +67,8 @@ pub struct VipPlan {
     pub backends: Vec<BackendPlan>,
     /// The VIP has allow or deny lists of its own.
     pub access: bool,
+    /// What `vip_limits` holds for the VIP (zeros without limits).
+    pub limit: SourceLimit,
 }
 
 /// One backend of one VIP, with its id in the `backends` map.
@@ -213,10 +219,14 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
         tcp_idle_ns: d.tcp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
         udp_idle_ns: d.udp_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
         insert_cost_ns: budget::insert_cost_ns(d.insert_budget(), cpus),
-        flags: if config.access.is_empty() {
+        flags: if config.access.admits_all() {
             0
         } else {
             SETTINGS_GLOBAL_ACCESS
+        } | if config.access.exempt.is_empty() {
+            0
+        } else {
+            SETTINGS_GLOBAL_EXEMPT
         },
         _reserved: [0; 3],
     };
@@ -225,6 +235,10 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
         config.access.list(List::Deny),
         config.access.list(List::Allow),
     );
+    access.extend(exempt_entries(
+        SCOPE_EXEMPT_GLOBAL,
+        config.access.list(List::Exempt),
+    ));
     let mut vips = Vec::with_capacity(config.vips.len());
     for vip in &config.vips {
         let vip = vip.get_ref();
@@ -257,12 +271,18 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
             policy: vip_policy(address, persistence.as_ref()),
             backends,
             access: !vip.deny.is_empty() || !vip.allow.is_empty(),
+            limit: source_limit(
+                address,
+                vip.limits.as_ref().map(|l| l.get_ref()),
+                !vip.exempt.is_empty(),
+            ),
         });
         access.extend(scope_entries(
             index,
             vip.list(List::Deny),
             vip.list(List::Allow),
         ));
+        access.extend(exempt_entries(exempt_scope(index), vip.list(List::Exempt)));
     }
     let addrs = addr_entries(&vips);
     Plan {
@@ -319,6 +339,49 @@ pub fn scope_entries(
     entries
 }
 
+/// The `access` entries of the exempt list of `scope` (an exempt scope:
+/// [`SCOPE_EXEMPT_GLOBAL`], or [`exempt_scope`] of a VIP).
+pub fn exempt_entries(
+    scope: u32,
+    exempt: impl Iterator<Item = Prefix>,
+) -> BTreeMap<AccessKey, u32> {
+    exempt
+        .map(|p| {
+            let key = AccessKey::prefix(scope, addr(p.addr()), p.prefix_len(), p.is_ipv4());
+            (key, ACCESS_EXEMPT)
+        })
+        .collect()
+}
+
+/// The `vip_limits` entry of a VIP at `address` with `limits` (zeros
+/// without), `own_exempt` when it has an exempt list of its own.
+pub fn source_limit(
+    address: IpAddr,
+    limits: Option<&LimitsConfig>,
+    own_exempt: bool,
+) -> SourceLimit {
+    let Some(limits) = limits else {
+        return SourceLimit::default();
+    };
+    let rate = |limit: Option<crate::config::RateLimit>| {
+        limit.map_or(Rate::default(), |l| Rate::new(l.per_second, l.burst))
+    };
+    let v4 = address.is_ipv4();
+    let bits = if v4 {
+        96 + u32::from(limits.prefix(true).min(32))
+    } else {
+        u32::from(limits.prefix(false).min(128))
+    };
+    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+    SourceLimit {
+        new_flows: rate(limits.new_flow_limit()),
+        packets: rate(limits.packet_limit()),
+        source_mask: balancer_common::addr_from_octets(mask.to_be_bytes()),
+        flags: if own_exempt { LIMIT_OWN_EXEMPT } else { 0 },
+        _pad: 0,
+    }
+}
+
 /// The `vips` map key of the VIP at `address:port` over protocol `proto`.
 pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
     VipKey::new(addr(address), port.to_be(), proto)
@@ -326,8 +389,8 @@ pub fn vip_key(address: IpAddr, port: u16, proto: u8) -> VipKey {
 
 /// The `vip_addrs` entries of `vips`, one per address and protocol, in the
 /// order of the addresses, with [`ADDR_HAS_WILDCARD`] where the address
-/// has a port-0 VIP and [`ADDR_VIP_ACCESS`] where one of its VIPs has lists
-/// of its own.
+/// has a port-0 VIP, [`ADDR_VIP_ACCESS`] where one of its VIPs has lists
+/// of its own and [`ADDR_VIP_LIMITS`] where one has per-source limits.
 pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
     let mut addrs: BTreeMap<(IpAddr, u8), AddrInfo> = BTreeMap::new();
     for vip in vips {
@@ -338,6 +401,9 @@ pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
         }
         if vip.access {
             entry.flags |= ADDR_VIP_ACCESS;
+        }
+        if vip.limit.on() {
+            entry.flags |= ADDR_VIP_LIMITS;
         }
     }
     addrs
@@ -454,19 +520,49 @@ pub fn service_of(key: &VipKey) -> String {
     )
 }
 
-/// A VIP's scheduler and persistence in words: "maglev", "round-robin
-/// with persistence 30s per /56".
+/// A VIP's scheduler, persistence and limits in words: "maglev",
+/// "round-robin with persistence 30s per /56", "maglev, limits 10 new
+/// flows/s (burst 10) per /32".
 fn policy(v: &VipPlan) -> String {
-    if !v.slot.info.persists() {
-        return v.scheduler.name().to_owned();
+    let mut text = v.scheduler.name().to_owned();
+    if v.slot.info.persists() {
+        let mask = u128::from_be_bytes(balancer_common::addr_octets(&v.policy.client_mask));
+        text += &format!(
+            " with persistence {} per /{}",
+            crate::config::format_duration(std::time::Duration::from_nanos(v.policy.persist_ns)),
+            mask.leading_ones()
+        );
     }
-    let mask = u128::from_be_bytes(balancer_common::addr_octets(&v.policy.client_mask));
-    format!(
-        "{} with persistence {} per /{}",
-        v.scheduler.name(),
-        crate::config::format_duration(std::time::Duration::from_nanos(v.policy.persist_ns)),
-        mask.leading_ones()
-    )
+    if v.limit.on() {
+        text += &format!(
+            ", {}",
+            limits_text(&v.limit, ip(&v.slot.key.addr).is_ipv4())
+        );
+    }
+    text
+}
+
+/// Per-source limits in words, as the datapath holds them: "limits 10 new
+/// flows/s (burst 10), 1000 packets/s (burst 2000) per /24" (a burst
+/// raised to the clock's step shows raised).
+fn limits_text(limit: &SourceLimit, v4: bool) -> String {
+    let rate = |r: &Rate, what: &str| {
+        r.on().then(|| {
+            let per_second = (1e9 / r.interval_ns as f64).round();
+            let burst = r.burst_ns / r.interval_ns;
+            format!("{per_second} {what}/s (burst {burst})")
+        })
+    };
+    let rates: Vec<String> = [
+        rate(&limit.new_flows, "new flows"),
+        rate(&limit.packets, "packets"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mask = u128::from_be_bytes(balancer_common::addr_octets(&limit.source_mask));
+    let bits = mask.leading_ones() - if v4 { 96 } else { 0 };
+    format!("limits {} per /{bits}", rates.join(", "))
 }
 
 /// What changes from plan `old` to plan `new`, VIPs matched by name and
@@ -768,6 +864,85 @@ address = "10.0.0.3"
             "{changes:#?}"
         );
         assert_eq!(super::changes(&new, &new), vec![]);
+    }
+
+    #[test]
+    fn limits_lay_out_their_rates_masks_flags_and_exempt_entries() {
+        let config = parse(
+            r#"
+[access]
+exempt = ["10.9.0.0/16"]
+
+[[vip]]
+name = "v4"
+address = "192.0.2.10"
+port = 80
+protocol = "tcp"
+exempt = ["192.0.2.0/24"]
+limits = { new_flows = 10, packets = 1000, packets_burst = 2000, ipv4_prefix = 24 }
+
+[[vip]]
+name = "v6"
+address = "2001:db8::1"
+port = 80
+protocol = "tcp"
+limits = { new_flows = 1000, new_flows_burst = 1 }
+
+[[vip]]
+name = "free"
+address = "192.0.2.11"
+port = 80
+protocol = "tcp"
+"#,
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(&config);
+        let v4 = &p.vips[0].limit;
+        assert_eq!(v4.new_flows, Rate::new(10, 10));
+        assert_eq!(v4.packets.interval_ns, 1_000_000);
+        assert_eq!(v4.packets.burst_ns, 2_000_000_000);
+        assert_eq!(
+            v4.source(&addr("192.0.2.77".parse().unwrap())),
+            addr("192.0.2.0".parse().unwrap())
+        );
+        assert!(v4.own_exempt());
+        let v6 = &p.vips[1].limit;
+        assert_eq!(
+            v6.source(&addr("2001:db8:0:7:1:2:3:4".parse().unwrap())),
+            addr("2001:db8:0:7::".parse().unwrap()),
+            "/64 by default"
+        );
+        assert!(!v6.own_exempt());
+        assert!(!p.vips[2].limit.on());
+        let flags: Vec<bool> = p
+            .addrs
+            .iter()
+            .map(|(_, info)| info.has_vip_limits())
+            .collect();
+        assert_eq!(flags, [true, false, true], "192.0.2.10, .11, 2001:db8::1");
+        assert!(p.settings.global_exempt());
+        assert!(!p.settings.global_access(), "an exempt list drops nothing");
+        assert_ne!(p.settings.access_generation(), 0);
+        assert_eq!(
+            p.access.get(&AccessKey::prefix(
+                exempt_scope(0),
+                addr("192.0.2.0".parse().unwrap()),
+                24,
+                true
+            )),
+            Some(&ACCESS_EXEMPT)
+        );
+        assert_eq!(p.access.len(), 2);
+        assert_eq!(
+            policy(&p.vips[0]),
+            "maglev, limits 10 new flows/s (burst 10), 1000 packets/s (burst 2000) per /24"
+        );
+        assert_eq!(
+            policy(&p.vips[1]),
+            "maglev, limits 1000 new flows/s (burst 10) per /64",
+            "a burst under the clock's step is raised to it"
+        );
     }
 
     #[test]

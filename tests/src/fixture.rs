@@ -23,6 +23,7 @@ use balancer_common::{
     backend::BackendInfo,
     flow::FlowKey,
     hash::{flow_hash, ring_slot, source_hash},
+    limit::SourceLimit,
     settings::Settings,
     vip::VipInfo,
 };
@@ -91,6 +92,9 @@ pub struct Vip {
     /// The VIP has allow or deny lists of its own (its address is marked
     /// so; the entries are the test's to write).
     pub access: bool,
+    /// Its per-source limits (zeros: none; exempt entries are the test's
+    /// to write).
+    pub limit: SourceLimit,
 }
 
 impl Vip {
@@ -105,6 +109,7 @@ impl Vip {
             persistence: None,
             backends,
             access: false,
+            limit: SourceLimit::default(),
         }
     }
 
@@ -132,6 +137,7 @@ impl Vip {
                 })
                 .collect(),
             access: self.access,
+            limit: self.limit,
         }
     }
 
@@ -191,8 +197,8 @@ impl Fixture {
 
     /// Puts `vip` with its backends in place (or replaces it), as the
     /// daemon does: backends and their weights first, then the policy, the
-    /// ring, the VIP, and the entry of its address, computed over every
-    /// VIP of the fixture in the order of their indexes.
+    /// limits, the ring, the VIP, and the entry of its address, computed
+    /// over every VIP of the fixture in the order of their indexes.
     pub fn put_vip(&mut self, vip: Vip) -> Result<()> {
         for backend in &vip.backends {
             self.set_backend(vip.index, backend)?;
@@ -200,6 +206,7 @@ impl Fixture {
         let planned = vip.plan();
         let ring = vip.ring(self.settings.ring_size)?;
         self.datapath.set_vip_policy(vip.index, &planned.policy)?;
+        self.datapath.set_vip_limit(vip.index, &planned.limit)?;
         self.datapath.publish_vip(&planned.slot, &ring)?;
         self.vips.insert(vip.index, (vip, ring));
         let plans: Vec<VipPlan> = self.vips.values().map(|(v, _)| v.plan()).collect();

@@ -45,6 +45,7 @@ fn fixture() -> Result<Fixture> {
             persistence: None,
             backends: (index * 4..index * 4 + 3).map(b4).collect(),
             access: false,
+            limit: Default::default(),
         })?;
     }
     for (index, addr, port, l4) in [(2, VIP6, 80, proto::TCP), (3, VIP6, 53, proto::UDP)] {
@@ -57,6 +58,7 @@ fn fixture() -> Result<Fixture> {
             persistence: None,
             backends: (index * 4..index * 4 + 3).map(b6).collect(),
             access: false,
+            limit: Default::default(),
         })?;
     }
     Ok(f)

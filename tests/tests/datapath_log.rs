@@ -61,6 +61,7 @@ fn the_debug_variant_logs_each_decision() -> Result<()> {
         persistence: None,
         backends,
         access: false,
+        limit: Default::default(),
     })?;
     let mut log = f
         .datapath

@@ -1,4 +1,4 @@
-//! Allow and deny lists in the configuration: prefixes of client
+//! Allow, deny and exempt lists in the configuration: prefixes of client
 //! addresses, in `[access]` for every VIP and in a `[[vip]]` for that VIP.
 
 use std::{fmt, net::IpAddr, str::FromStr};
@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
-/// `[access]`, and the `deny` and `allow` keys of a `[[vip]]`.
+/// `[access]`, and the `deny`, `allow` and `exempt` keys of a `[[vip]]`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
@@ -16,29 +16,33 @@ pub struct AccessConfig {
     /// When not empty, only these clients are admitted (a deny still
     /// wins).
     pub allow: Vec<Spanned<Prefix>>,
+    /// Clients the per-source limits (`[vip.limits]`) never apply to.
+    pub exempt: Vec<Spanned<Prefix>>,
 }
 
 impl AccessConfig {
     /// The prefixes of `list`.
     pub fn list(&self, list: List) -> impl Iterator<Item = Prefix> + '_ {
-        prefixes(&self.deny, &self.allow, list)
+        prefixes([&self.deny, &self.allow, &self.exempt], list)
     }
 
-    /// Whether both lists are empty.
-    pub fn is_empty(&self) -> bool {
+    /// Whether the allow and deny lists are both empty (the exempt list
+    /// drops nothing).
+    pub fn admits_all(&self) -> bool {
         self.deny.is_empty() && self.allow.is_empty()
     }
 }
 
-/// The prefixes of `list`, of a table with `deny` and `allow` keys.
+/// The prefixes of `list`, of a table's `deny`, `allow` and `exempt`
+/// keys.
 pub(super) fn prefixes<'a>(
-    deny: &'a [Spanned<Prefix>],
-    allow: &'a [Spanned<Prefix>],
+    [deny, allow, exempt]: [&'a [Spanned<Prefix>]; 3],
     list: List,
 ) -> impl Iterator<Item = Prefix> + 'a {
     let entries = match list {
         List::Deny => deny,
         List::Allow => allow,
+        List::Exempt => exempt,
     };
     entries.iter().map(|p| *p.get_ref())
 }
@@ -61,14 +65,20 @@ pub(super) fn prefixes<'a>(
 pub enum List {
     Deny,
     Allow,
+    /// Clients the per-source limits never apply to.
+    Exempt,
 }
 
 impl List {
+    /// Every list, in the order listings show them.
+    pub const ALL: [List; 3] = [List::Deny, List::Allow, List::Exempt];
+
     /// The list's key in the file, and its name in the CLI.
     pub const fn name(self) -> &'static str {
         match self {
             List::Deny => "deny",
             List::Allow => "allow",
+            List::Exempt => "exempt",
         }
     }
 }

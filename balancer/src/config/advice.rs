@@ -10,7 +10,42 @@ use crate::maglev::is_prime;
 /// The warnings of `config` (valid, parsed from `text`), in file order.
 pub fn warnings(config: &Config, text: &str) -> Vec<ConfigError> {
     let lines = Lines::new(text);
-    small_ring(config, &lines).into_iter().collect()
+    let mut out: Vec<ConfigError> = small_ring(config, &lines).into_iter().collect();
+    out.extend(idle_exempt(config, &lines));
+    out.sort_by_key(|e| e.line);
+    out
+}
+
+/// Exempt lists that exempt from nothing: a VIP's own without limits, and
+/// `[access]`'s when no VIP has limits. Located at the first prefix.
+fn idle_exempt(config: &Config, lines: &Lines) -> Vec<ConfigError> {
+    let at = |prefix: &Spanned<super::Prefix>, message: String| ConfigError {
+        line: Some(lines.line(prefix.span().start)),
+        message,
+    };
+    let mut out = Vec::new();
+    let vips = config.vips.iter().map(Spanned::get_ref);
+    for vip in vips.clone().filter(|v| v.limits.is_none()) {
+        if let Some(first) = vip.exempt.first() {
+            out.push(at(
+                first,
+                format!(
+                    "VIP {:?} has an exempt list but no [vip.limits]: it exempts from nothing",
+                    vip.name.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(first) = config.access.exempt.first()
+        && !vips.clone().any(|v| v.limits.is_some())
+    {
+        out.push(at(
+            first,
+            "[access] has an exempt list but no VIP has [vip.limits]: it exempts from nothing"
+                .to_owned(),
+        ));
+    }
+    out
 }
 
 /// A ring below [`RING_SLOTS_PER_BACKEND`] slots for each backend of the

@@ -7,6 +7,7 @@
 mod access;
 mod advice;
 mod bounds;
+mod limits;
 mod memory;
 mod validate;
 mod write;
@@ -27,6 +28,9 @@ pub use bounds::{
     MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL, MIN_CHECK_TIMEOUT,
     MIN_RING_SIZE, RING_SLOTS_PER_BACKEND,
 };
+pub use limits::{
+    DEFAULT_SOURCE_IPV4_PREFIX, DEFAULT_SOURCE_IPV6_PREFIX, LimitsConfig, MAX_RATE, RateLimit,
+};
 pub use memory::MapMemory;
 pub use validate::{check_persistence_timeout, validate};
 pub use write::write_atomically;
@@ -44,7 +48,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub datapath: DatapathConfig,
-    /// The allow and deny lists of every VIP.
+    /// The allow, deny and exempt lists of every VIP.
     #[serde(default)]
     pub access: AccessConfig,
     /// The VIPs, in file order.
@@ -185,6 +189,13 @@ pub struct VipConfig {
     /// either lists are admitted.
     #[serde(default)]
     pub allow: Vec<Spanned<Prefix>>,
+    /// Clients this VIP's per-source limits never apply to, beside
+    /// `[access]`'s.
+    #[serde(default)]
+    pub exempt: Vec<Spanned<Prefix>>,
+    /// Per-source limits. Absent: none.
+    #[serde(default)]
+    pub limits: Option<Spanned<LimitsConfig>>,
     /// Absent: a TCP check with the defaults.
     #[serde(default)]
     pub health_check: Option<Spanned<HealthCheckConfig>>,
@@ -195,7 +206,7 @@ pub struct VipConfig {
 impl VipConfig {
     /// The prefixes of the VIP's own `list`.
     pub fn list(&self, list: List) -> impl Iterator<Item = Prefix> + '_ {
-        access::prefixes(&self.deny, &self.allow, list)
+        access::prefixes([&self.deny, &self.allow, &self.exempt], list)
     }
 
     /// The VIP's health check, the default one when the file has none.

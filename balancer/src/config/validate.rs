@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::{
     CheckKind, Config, ConfigError, HealthCheckConfig, Lines, List, MAX_PERSISTENCE_TIMEOUT,
-    MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
+    MAX_RATE, MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
     bounds::{
         MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL,
         MIN_CHECK_TIMEOUT, MIN_RING_SIZE, unusable,
@@ -155,6 +155,7 @@ fn vips(config: &Config, errors: &mut Errors) {
             .map_or(spanned.span(), Spanned::span);
         health_check(name, vip.port, &check, check_span, errors);
         persistence(vip, errors);
+        limits(vip, errors);
         let mut backends = BTreeMap::new();
         for b in &vip.backends {
             let backend = b.get_ref();
@@ -246,6 +247,80 @@ fn persistence(vip: &VipConfig, errors: &mut Errors) {
                 "VIP {name:?}: persistence_ipv6_prefix needs persistence_timeout, without which there is no persistence"
             ),
         );
+    }
+}
+
+/// `[vip.limits]`: at least one rate; rates, bursts and prefix lengths in
+/// range; the prefix of the VIP's family only.
+fn limits(vip: &VipConfig, errors: &mut Errors) {
+    let Some(limits) = &vip.limits else {
+        return;
+    };
+    let name = vip.name.get_ref();
+    let l = limits.get_ref();
+    if l.new_flows.is_none() && l.packets.is_none() {
+        errors.at(
+            limits.span(),
+            format!("VIP {name:?}: [vip.limits] sets no rate: give new_flows or packets (or leave the table out)"),
+        );
+    }
+    for (key, value) in [
+        ("new_flows", &l.new_flows),
+        ("new_flows_burst", &l.new_flows_burst),
+        ("packets", &l.packets),
+        ("packets_burst", &l.packets_burst),
+    ] {
+        if let Some(v) = value
+            && !(1..=MAX_RATE).contains(v.get_ref())
+        {
+            errors.at(
+                v.span(),
+                format!("VIP {name:?}: limits.{key} {} must be between 1 and {MAX_RATE} (leave it out for no limit)", v.get_ref()),
+            );
+        }
+    }
+    for (key, rate, burst) in [
+        ("new_flows", &l.new_flows, &l.new_flows_burst),
+        ("packets", &l.packets, &l.packets_burst),
+    ] {
+        if let (None, Some(burst)) = (rate, burst) {
+            errors.at(
+                burst.span(),
+                format!(
+                    "VIP {name:?}: limits.{key}_burst needs limits.{key}, the rate it is a burst of"
+                ),
+            );
+        }
+    }
+    let v4 = vip.address.get_ref().is_ipv4();
+    for (key, value, bits, family) in [
+        ("ipv4_prefix", &l.ipv4_prefix, 32, true),
+        ("ipv6_prefix", &l.ipv6_prefix, 128, false),
+    ] {
+        let Some(value) = value else {
+            continue;
+        };
+        let n = *value.get_ref();
+        if !(1..=bits).contains(&n) {
+            errors.at(
+                value.span(),
+                format!("VIP {name:?}: limits.{key} {n} must be between 1 and {bits}"),
+            );
+        }
+        if family != v4 {
+            let (applies, is) = if v4 {
+                ("IPv6", "IPv4")
+            } else {
+                ("IPv4", "IPv6")
+            };
+            errors.at(
+                value.span(),
+                format!(
+                    "VIP {name:?}: limits.{key} applies to {applies} VIPs only, and {} is {is}",
+                    vip.address.get_ref()
+                ),
+            );
+        }
     }
 }
 
@@ -371,7 +446,7 @@ fn ring_fits(config: &Config, vip: &VipConfig, errors: &mut Errors) {
     }
 }
 
-/// The allow and deny lists: no prefix twice in a list, a VIP's own
+/// The allow, deny and exempt lists: no prefix twice in a list, a VIP's own
 /// prefixes of its family (a client of an IPv4 VIP never has an IPv6
 /// address), and no more entries in all than the trie holds.
 fn access(config: &Config, errors: &mut Errors) {
@@ -403,17 +478,19 @@ fn access(config: &Config, errors: &mut Errors) {
     };
     check("[access]", List::Deny, &config.access.deny, None);
     check("[access]", List::Allow, &config.access.allow, None);
+    check("[access]", List::Exempt, &config.access.exempt, None);
     for vip in &config.vips {
         let vip = vip.get_ref();
         let owner = format!("VIP {:?}", vip.name.get_ref());
         let v4 = Some(vip.address.get_ref().is_ipv4());
         check(&owner, List::Deny, &vip.deny, v4);
         check(&owner, List::Allow, &vip.allow, v4);
+        check(&owner, List::Exempt, &vip.exempt, v4);
     }
     if entries > ACCESS_ENTRIES as usize {
         errors.at(
             0..0,
-            format!("the allow and deny lists hold {entries} entries in all (an allow list counts one more): at most {ACCESS_ENTRIES}"),
+            format!("the allow, deny and exempt lists hold {entries} entries in all (an allow list counts one more): at most {ACCESS_ENTRIES}"),
         );
     }
 }

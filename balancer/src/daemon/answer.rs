@@ -90,7 +90,28 @@ struct VipDetail {
     /// last one between two scans of the connection table (null until
     /// the second scan).
     interval_s: Option<f64>,
+    /// Per-source limits, null without.
+    limits: Option<LimitsDetail>,
     backends: Vec<BackendDetail>,
+}
+
+/// A VIP's per-source limits in `vip show`, and what they dropped.
+#[derive(Serialize)]
+struct LimitsDetail {
+    /// New flows a second per source, null: no limit.
+    new_flows: Option<u32>,
+    new_flows_burst: Option<u32>,
+    /// Packets a second per source, null: no limit.
+    packets: Option<u32>,
+    packets_burst: Option<u32>,
+    /// The leading bits of a client's address that make its source.
+    source_prefix: u8,
+    /// The VIP's own exempt prefixes (`[access]`'s apply too).
+    exempt: String,
+    /// New flows over their source's rate, dropped.
+    dropped_new_flows: u64,
+    /// Packets over their source's rate, dropped.
+    dropped_packets: u64,
 }
 
 /// One backend in `vip show`.
@@ -303,8 +324,43 @@ impl View<'_> {
                 .filter(|_| config.address.get_ref().is_ipv6())
                 .map(|p| p.ipv6_prefix),
             interval_s: self.observed.scan.interval.map(|i| i.as_secs_f64()),
+            limits: self.limits_detail(vip.slot.info.index, config)?,
             backends,
         })
+    }
+
+    /// `vip show`'s limits of the VIP of index `index` configured by
+    /// `config`.
+    fn limits_detail(
+        &self,
+        index: u32,
+        config: &crate::config::VipConfig,
+    ) -> anyhow::Result<Option<LimitsDetail>> {
+        let Some(limits) = &config.limits else {
+            return Ok(None);
+        };
+        let limits = limits.get_ref();
+        let dropped = self
+            .datapath
+            .limit_counters(index + 1)?
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default();
+        let (new_flows, packets) = (limits.new_flow_limit(), limits.packet_limit());
+        Ok(Some(LimitsDetail {
+            new_flows: new_flows.map(|l| l.per_second),
+            new_flows_burst: new_flows.map(|l| l.burst),
+            packets: packets.map(|l| l.per_second),
+            packets_burst: packets.map(|l| l.burst),
+            source_prefix: limits.prefix(config.address.get_ref().is_ipv4()),
+            exempt: config
+                .list(List::Exempt)
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            dropped_new_flows: dropped.new_flows.packets,
+            dropped_packets: dropped.packets.packets,
+        }))
     }
 
     fn backend_rows(&self, only: Option<&str>) -> anyhow::Result<Vec<BackendRow>> {

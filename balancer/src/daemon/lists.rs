@@ -1,6 +1,6 @@
-//! The allow and deny lists as `access-list` and the metrics report them:
-//! one row per scope (global, or a VIP) and list, with its prefixes and
-//! the packets it dropped. Pure: the configuration, the plan and the
+//! The allow, deny and exempt lists as `access-list` and the metrics
+//! report them: one row per scope (global, or a VIP) and list, with its
+//! prefixes and the packets it dropped (an exempt list drops none). Pure: the configuration, the plan and the
 //! counters in, rows out.
 
 use balancer_common::access::{ACCESS_NO_VIP, AccessCounters};
@@ -22,7 +22,8 @@ pub(super) struct ListRow {
     /// Packets it dropped: for the global deny list what it denied to any
     /// VIP; for a VIP's deny list what it denied; for an allow list the
     /// packets no allow prefix listed, counted on the VIP's own allow list
-    /// where it has one and on the global one otherwise.
+    /// where it has one and on the global one otherwise; for an exempt
+    /// list, 0.
     pub(super) dropped_packets: u64,
 }
 
@@ -45,7 +46,8 @@ impl ListRow {
     }
 }
 
-/// Every list: the global two first, then each VIP's two in plan order.
+/// Every list: the global three first, then each VIP's three in plan
+/// order.
 /// `counters` are `access_stats` by slot (VIP index, then the no-VIP
 /// slot).
 pub(super) fn rows(config: &Config, plan: &Plan, counters: &[AccessCounters]) -> Vec<ListRow> {
@@ -76,6 +78,12 @@ pub(super) fn rows(config: &Config, plan: &Plan, counters: &[AccessCounters]) ->
             vip_config.list(List::Allow),
             own_not_allowed,
         ));
+        vips.push(ListRow::new(
+            &vip.name,
+            List::Exempt,
+            vip_config.list(List::Exempt),
+            0,
+        ));
     }
     let global = [
         ListRow::new(
@@ -90,6 +98,7 @@ pub(super) fn rows(config: &Config, plan: &Plan, counters: &[AccessCounters]) ->
             config.access.list(List::Allow),
             global_not_allowed,
         ),
+        ListRow::new("global", List::Exempt, config.access.list(List::Exempt), 0),
     ];
     global.into_iter().chain(vips).collect()
 }
@@ -111,6 +120,8 @@ address = "192.0.2.10"
 port = 80
 protocol = "tcp"
 allow = ["198.51.100.0/24", "192.0.2.0/24"]
+exempt = ["192.0.2.0/24"]
+limits = { new_flows = 5 }
 
 [[vip]]
 name = "dns"
@@ -155,10 +166,13 @@ protocol = "udp"
                 // dns has no allow list of its own: its refusals are the
                 // global list's (none here, so a stray count shows).
                 row("global", List::Allow, "", 7),
+                row("global", List::Exempt, "", 0),
                 row("web", List::Deny, "", 0),
                 row("web", List::Allow, "198.51.100.0/24 192.0.2.0/24", 5),
+                row("web", List::Exempt, "192.0.2.0/24", 0),
                 row("dns", List::Deny, "", 0),
                 row("dns", List::Allow, "", 0),
+                row("dns", List::Exempt, "", 0),
             ]
         );
     }

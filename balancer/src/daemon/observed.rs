@@ -100,6 +100,8 @@ pub(super) struct Scans {
     pub(super) flow_entries: Option<u64>,
     /// Handshake-table entries at the last scan.
     pub(super) handshake_entries: Option<u64>,
+    /// Sources still owing tokens at the last scan.
+    pub(super) source_entries: Option<u64>,
 }
 
 /// What one scan of the connection table found.
@@ -112,6 +114,8 @@ pub(super) struct Scan {
     pub(super) entries: u64,
     /// Entries left in the handshake table.
     pub(super) handshakes: u64,
+    /// Entries left in the table of sources.
+    pub(super) sources: u64,
 }
 
 /// A health transition one report caused.
@@ -237,6 +241,7 @@ impl Observed {
         self.scan.at = Some(now);
         self.scan.flow_entries = Some(scan.entries);
         self.scan.handshake_entries = Some(scan.handshakes);
+        self.scan.source_entries = Some(scan.sources);
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use balancer_common::{
     access::AccessKey,
     backend::BackendInfo,
+    limit::SourceLimit,
     settings::Settings,
     vip::{AddrInfo, AddrKey, VipPolicy},
 };
@@ -61,6 +62,7 @@ pub(super) struct VipRecord {
     /// Its key and info (the key is in `vips` once its ring is).
     pub(super) slot: VipSlot,
     pub(super) policy: Option<VipPolicy>,
+    pub(super) limit: Option<SourceLimit>,
     pub(super) ring: Option<Ring>,
     /// Every backend is down or unreachable: the ring is the last one,
     /// kept rather than dropping the VIP's traffic.
@@ -168,6 +170,7 @@ impl Published {
                 self.backends.entry(*id).or_default().info = Some(*info);
             }
             Write::Policy { slot, policy } => self.vip_mut(slot).policy = Some(*policy),
+            Write::Limit { slot, limit } => self.vip_mut(slot).limit = Some(*limit),
             Write::Rings(rings) => {
                 for (slot, entries) in rings {
                     let record = self.vip_mut(slot);
@@ -210,6 +213,7 @@ impl VipRecord {
         VipRecord {
             slot,
             policy: None,
+            limit: None,
             ring: None,
             all_down: false,
             unweighted: false,

@@ -187,6 +187,13 @@ pub(super) fn reconcile(
                 policy: vip.policy,
             });
         }
+        let written = published.vip(&vip.slot).and_then(|r| r.limit);
+        if written != Some(vip.limit) {
+            ops.push(Write::Limit {
+                slot: vip.slot,
+                limit: vip.limit,
+            });
+        }
     }
     let rings = rings(plan, published, &infos, &mut out)?;
     for chunk in rings.chunks(RINGS_PER_BATCH) {

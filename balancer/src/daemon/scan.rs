@@ -1,8 +1,9 @@
 //! The periodic scan of the connection table (every
 //! `--reconcile-interval`): idle entries removed, connection counts of the
 //! least-* schedulers corrected, and each backend's live entries and new
-//! flows since the previous scan kept for `vip show` and the metrics; and
-//! of the handshake table: idle entries removed, the rest counted.
+//! flows since the previous scan kept for `vip show` and the metrics; of
+//! the handshake table: idle entries removed, the rest counted; and of the
+//! table of sources: the sources that owe tokens counted.
 
 use std::collections::BTreeMap;
 
@@ -58,11 +59,21 @@ pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
         .map(|(key, _)| *key)
         .collect();
     datapath.remove_handshakes(&idle)?;
+    let sources = if plan.vips.iter().any(|v| v.limit.on()) {
+        datapath
+            .sources()?
+            .iter()
+            .filter(|slot| slot.active(now))
+            .count() as u64
+    } else {
+        0
+    };
     Ok(Scan {
         live: tally.live,
         new_flow_totals: new_flow_totals(datapath, plan)?,
         entries: (entries.len() - tally.expired.len()) as u64,
         handshakes: (handshakes.len() - idle.len()) as u64,
+        sources,
     })
 }
 

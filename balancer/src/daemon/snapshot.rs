@@ -32,10 +32,17 @@ impl View<'_> {
                 .get(vip.slot.info.index as usize)
                 .copied()
                 .unwrap_or_default();
+            let limited = counters
+                .limits
+                .get(vip.slot.info.index as usize)
+                .copied()
+                .unwrap_or_default();
             vips.push(VipMetrics {
                 name: vip.name.clone(),
                 traffic: traffic(&c),
                 new_flows: c.new_flows,
+                limited_new_flows: limited.new_flows.packets,
+                limited_packets: limited.packets.packets,
             });
             for b in &vip.backends {
                 let c = counters
@@ -85,12 +92,15 @@ impl View<'_> {
             events: counters.reasons.events().map(traffic_of).collect(),
             lists: lists::rows(&self.desired.config, self.plan(), &counters.access)
                 .into_iter()
+                .filter(|r| r.list != crate::config::List::Exempt)
                 .map(|r| (r.scope, r.list.name(), r.dropped_packets))
                 .collect(),
             flow_entries: self.observed.scan.flow_entries,
             flow_capacity: u64::from(*self.desired.config.datapath.flow_table_size.get_ref()),
             handshake_entries: self.observed.scan.handshake_entries,
             handshake_capacity: u64::from(balancer_common::maps::HANDSHAKE_ENTRIES),
+            source_entries: self.observed.scan.source_entries,
+            source_capacity: u64::from(balancer_common::limit::SOURCE_SLOTS),
             maps_in_line: self.maps_error.is_none(),
             map_write_failures: self.write_failures,
         })

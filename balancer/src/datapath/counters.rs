@@ -4,6 +4,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use balancer_common::{
     access::{ACCESS_NO_VIP, AccessCounters, AccessKey},
     backend::BackendInfo,
+    limit::LimitCounters,
     maps,
     stats::{Event, FlowCounters, PacketCount, STATS_SLOTS, Stat},
     vip::{AddrInfo, AddrKey, VipInfo, VipKey},
@@ -62,6 +63,8 @@ pub struct AllCounters {
     /// Drops by the allow and deny lists, by VIP index, then the slot
     /// of packets to no VIP's port ([`ACCESS_NO_VIP`]).
     pub access: Vec<AccessCounters>,
+    /// Drops by the per-source limits, by VIP index, from 0.
+    pub limits: Vec<LimitCounters>,
 }
 
 /// What the `vips`, `vip_addrs` and `backends` maps hold when they are
@@ -153,6 +156,7 @@ impl Datapath {
             vips: self.sum_all(maps::VIP_STATS, vips, FlowCounters::merged)?,
             backends: self.sum_all(maps::BACKEND_STATS, backends, FlowCounters::merged)?,
             access: self.access_counters()?,
+            limits: self.limit_counters(vips)?,
         })
     }
 
@@ -171,7 +175,8 @@ impl Datapath {
     pub fn reset_counters(&mut self, vips: &[u32], backends: &[u32]) -> Result<(), DatapathError> {
         self.zero::<FlowCounters>(maps::VIP_STATS, vips)?;
         self.zero::<FlowCounters>(maps::BACKEND_STATS, backends)?;
-        self.zero::<AccessCounters>(maps::ACCESS_STATS, vips)
+        self.zero::<AccessCounters>(maps::ACCESS_STATS, vips)?;
+        self.zero::<LimitCounters>(maps::LIMIT_STATS, vips)
     }
 
     /// Zeroes entries `indexes` of per-CPU array `name` on every CPU.
@@ -201,7 +206,7 @@ impl Datapath {
         Ok(())
     }
 
-    fn sum_all<V: aya::Pod + Default>(
+    pub(super) fn sum_all<V: aya::Pod + Default>(
         &self,
         name: &'static str,
         entries: u32,

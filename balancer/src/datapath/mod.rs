@@ -10,6 +10,7 @@ mod access;
 pub mod batch;
 mod counters;
 mod flows;
+mod limits;
 mod load;
 mod mapped;
 pub mod pin;

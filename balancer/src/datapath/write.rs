@@ -204,7 +204,7 @@ pub fn ring_map(ring: &[u32]) -> Result<Array<MapData, u32>, DatapathError> {
     Ok(inner)
 }
 
-fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), DatapathError> {
+pub(super) fn check_range(what: &'static str, value: u32, limit: u32) -> Result<(), DatapathError> {
     if value >= limit {
         return Err(DatapathError::OutOfRange {
             what,

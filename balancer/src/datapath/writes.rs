@@ -6,6 +6,7 @@
 use balancer_common::{
     access::AccessKey,
     backend::BackendInfo,
+    limit::SourceLimit,
     settings::Settings,
     vip::{AddrInfo, AddrKey, VipPolicy},
 };
@@ -35,6 +36,8 @@ pub enum Write {
     Backend { id: u32, info: BackendInfo },
     /// The policy (persistence) of the VIP at `slot`'s index.
     Policy { slot: VipSlot, policy: VipPolicy },
+    /// The per-source limits of the VIP at `slot`'s index.
+    Limit { slot: VipSlot, limit: SourceLimit },
     /// VIPs put in place with their rings (new VIPs) or their rings
     /// swapped atomically (VIPs in place), in batches.
     Rings(Vec<(VipSlot, Vec<u32>)>),
@@ -72,6 +75,7 @@ impl Writer for Datapath {
             Write::Egress(ifindex) => self.add_egress(*ifindex),
             Write::Backend { id, info } => self.set_backend(*id, info),
             Write::Policy { slot, policy } => self.set_vip_policy(slot.info.index, policy),
+            Write::Limit { slot, limit } => self.set_vip_limit(slot.info.index, limit),
             Write::Rings(rings) => {
                 let rings: Vec<(VipSlot, &[u32])> = rings
                     .iter()

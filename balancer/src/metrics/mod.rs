@@ -46,6 +46,10 @@ pub struct Snapshot {
     pub handshake_entries: Option<u64>,
     /// Entries the handshake table holds.
     pub handshake_capacity: u64,
+    /// Sources of limited VIPs left by the last scan (None before it).
+    pub source_entries: Option<u64>,
+    /// Entries the table of sources holds.
+    pub source_capacity: u64,
     /// Whether the maps hold the configuration in force (false while a
     /// failed write left them behind: `status` says why).
     pub maps_in_line: bool,
@@ -71,6 +75,10 @@ pub struct VipMetrics {
     pub traffic: Traffic,
     /// Flows that got a connection-table entry.
     pub new_flows: u64,
+    /// Packets its per-source limits dropped: new flows over their
+    /// source's rate, packets over theirs.
+    pub limited_new_flows: u64,
+    pub limited_packets: u64,
 }
 
 /// One backend of a VIP: counters and what the daemon knows of it.
@@ -143,6 +151,12 @@ struct EventLabel {
 struct ListLabels {
     scope: String,
     list: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    vip: String,
+    limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -240,6 +254,25 @@ fn registry(s: &Snapshot) -> Registry {
         "vip_new_flows",
         "Flows of the VIP that got a connection-table entry",
         counters(s.vips.iter().map(|v| (vip(v), v.new_flows))),
+    );
+    r.register(
+        "source_limited_packets",
+        "Packets the VIP's per-source limits dropped, by limit (new_flows: a new flow over its source's rate; packets: a packet over its source's rate)",
+        counters(s.vips.iter().flat_map(|v| {
+            [
+                ("new_flows", v.limited_new_flows),
+                ("packets", v.limited_packets),
+            ]
+            .map(|(limit, n)| {
+                (
+                    LimitLabels {
+                        vip: v.name.clone(),
+                        limit,
+                    },
+                    n,
+                )
+            })
+        })),
     );
 
     r.register(
@@ -395,6 +428,18 @@ fn registry(s: &Snapshot) -> Registry {
         "Entries the handshake table holds",
         gauge(s.handshake_capacity),
     );
+    if let Some(entries) = s.source_entries {
+        r.register(
+            "source_table_entries",
+            "Sources of VIPs with per-source limits at the last scan that still owe tokens (sources with full buckets are removed by the scan)",
+            gauge(entries),
+        );
+    }
+    r.register(
+        "source_table_capacity",
+        "Entries the table of sources holds (past it, the least recently seen source is forgotten and starts with full buckets)",
+        gauge(s.source_capacity),
+    );
     r.register(
         "maps_in_line",
         "1 when the maps hold the configuration in force, 0 while a failed write left them behind (balancer status says why)",
@@ -443,6 +488,8 @@ mod tests {
                     bytes: 3000,
                 },
                 new_flows: 3,
+                limited_new_flows: 6,
+                limited_packets: 7,
             }],
             backends: vec![
                 BackendMetrics {
@@ -504,6 +551,8 @@ mod tests {
             flow_capacity: 262_144,
             handshake_entries: Some(5),
             handshake_capacity: 65_536,
+            source_entries: Some(8),
+            source_capacity: 65_536,
             maps_in_line: true,
             map_write_failures: 2,
         }
@@ -595,6 +644,16 @@ mod tests {
             ("balancer_flow_table_capacity{}", 262_144.0),
             ("balancer_handshake_table_entries{}", 5.0),
             ("balancer_handshake_table_capacity{}", 65_536.0),
+            ("balancer_source_table_entries{}", 8.0),
+            ("balancer_source_table_capacity{}", 65_536.0),
+            (
+                "balancer_source_limited_packets_total{limit=new_flows,vip=web}",
+                6.0,
+            ),
+            (
+                "balancer_source_limited_packets_total{limit=packets,vip=web}",
+                7.0,
+            ),
             ("balancer_maps_in_line{}", 1.0),
             ("balancer_map_write_failures_total{}", 2.0),
             (

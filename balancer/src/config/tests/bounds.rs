@@ -267,3 +267,112 @@ fn list_prefixes_twice_or_of_the_other_family_are_rejected_at_the_prefix() {
     );
     assert!(errors(&with("deny = [\"10.0.0.0/8\"]\nallow = [\"192.0.2.0/24\"]")).is_empty());
 }
+
+#[test]
+fn per_source_limits_out_of_bounds_are_rejected_at_their_key() {
+    // VALID's VIP "web" is IPv4; `[vip.limits]` goes on line 12, its keys
+    // from line 13.
+    let with = |keys: &str| {
+        VALID.replace(
+            "[vip.health_check]",
+            &format!("[vip.limits]\n{keys}\n\n[vip.health_check]"),
+        )
+    };
+    let cases = [
+        (
+            "new_flows = 0",
+            13,
+            "limits.new_flows 0 must be between 1 and 1000000000 (leave it out for no limit)",
+        ),
+        (
+            "packets = 1000000001",
+            13,
+            "limits.packets 1000000001 must be between 1",
+        ),
+        (
+            "packets = 10\npackets_burst = 0",
+            14,
+            "limits.packets_burst 0 must be between 1",
+        ),
+        (
+            "new_flows_burst = 5\npackets = 1",
+            13,
+            "limits.new_flows_burst needs limits.new_flows",
+        ),
+        (
+            "ipv4_prefix = 33\nnew_flows = 1",
+            13,
+            "limits.ipv4_prefix 33 must be between 1 and 32",
+        ),
+        (
+            "ipv4_prefix = 0\nnew_flows = 1",
+            13,
+            "limits.ipv4_prefix 0 must be between 1 and 32",
+        ),
+        (
+            "ipv6_prefix = 64\nnew_flows = 1",
+            13,
+            "limits.ipv6_prefix applies to IPv6 VIPs only, and 192.0.2.10 is IPv4",
+        ),
+        (
+            "ipv4_prefix = 24",
+            12,
+            "[vip.limits] sets no rate: give new_flows or packets",
+        ),
+        ("rate = 5", 13, "unknown field `rate`"),
+    ];
+    for (keys, line, error) in cases {
+        assert_rejected(&with(keys), line, error);
+    }
+    let bounds =
+        with("new_flows = 1\nnew_flows_burst = 1000000000\npackets = 1000000000\nipv4_prefix = 1");
+    assert!(errors(&bounds).is_empty(), "{:#?}", errors(&bounds));
+    let v6 = V6_BACKEND.replace(
+        "backend = [",
+        "limits = { packets = 5, ipv6_prefix = 128 }\nbackend = [",
+    );
+    assert!(errors(&v6).is_empty(), "{:#?}", errors(&v6));
+    let exempt_of_the_other_family = VALID.replace(
+        "[[vip]]\nname = \"web\"",
+        "[[vip]]\nname = \"web\"\nexempt = [\"2001:db8::/32\"]",
+    );
+    assert_rejected(
+        &exempt_of_the_other_family,
+        8,
+        "VIP \"web\": exempt prefix 2001:db8::/32 is IPv6, and the VIP is IPv4",
+    );
+}
+
+#[test]
+fn an_exempt_list_without_limits_is_a_warning_at_its_first_prefix() {
+    let exempt = VALID.replace(
+        "[[vip]]\nname = \"web\"",
+        "[access]\nexempt = [\"10.9.0.0/16\"]\n\n[[vip]]\nname = \"web\"\nexempt = [\"10.0.0.0/8\"]",
+    );
+    let config = parse(&exempt, "t").unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(Option<usize>, String)> = warnings(&config, &exempt)
+        .into_iter()
+        .map(|w| (w.line, w.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Some(7),
+                "[access] has an exempt list but no VIP has [vip.limits]: it exempts from nothing"
+                    .to_owned()
+            ),
+            (
+                Some(11),
+                "VIP \"web\" has an exempt list but no [vip.limits]: it exempts from nothing"
+                    .to_owned()
+            ),
+        ]
+    );
+    let limited = exempt.replace(
+        "[vip.health_check]",
+        "[vip.limits]\nnew_flows = 5\n\n[vip.health_check]",
+    );
+    let config = parse(&limited, "t").unwrap();
+    assert!(warnings(&config, &limited).is_empty());
+}

@@ -171,6 +171,7 @@ fn kinds(writes: &[Write]) -> Vec<&'static str> {
             Write::Egress(_) => "egress",
             Write::Backend { .. } => "backend",
             Write::Policy { .. } => "policy",
+            Write::Limit { .. } => "limit",
             Write::Rings(_) => "rings",
             Write::Addr { .. } => "addr",
             Write::Access(_) => "access",
@@ -210,7 +211,8 @@ fn a_first_publish_writes_everything_a_vip_needs_before_its_key() {
         kinds(&writes),
         [
             "reset", "settings", "weight", "egress", "backend", "weight", "backend", "weight",
-            "backend", "weight", "backend", "policy", "policy", "rings", "addr", "addr"
+            "backend", "weight", "backend", "policy", "limit", "policy", "limit", "rings", "addr",
+            "addr"
         ]
     );
     assert_eq!(rings(&writes), [0, 1]);

@@ -21,13 +21,14 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 use balancer::{
-    config::{Prefix, Scheduler},
+    config::{MAX_RATE, Prefix, Scheduler},
     datapath::{LoadOptions, TestOutput, action},
     plan::scope_entries,
 };
 use balancer_bench::Floor;
 use balancer_common::{
     access::SCOPE_GLOBAL,
+    limit::{Rate, SourceLimit},
     maps::{DEFAULT_FLOWS, DEFAULT_RING_SIZE},
     proto,
     settings::{SETTINGS_GLOBAL_ACCESS, Settings},
@@ -166,12 +167,23 @@ fn backends(first: u32, v6: bool) -> Vec<Backend> {
 
 /// A fixture with one TCP VIP per family, ten backends each (ids 0 to 19).
 fn fixture(flow_table_size: u32) -> Result<Fixture> {
-    fixture_with(flow_table_size, settings(), false)
+    fixture_with(
+        flow_table_size,
+        settings(),
+        false,
+        [SourceLimit::default(); 2],
+    )
 }
 
 /// [`fixture`] with `settings`, its VIPs marked as having lists of their
-/// own (`access`) or not.
-fn fixture_with(flow_table_size: u32, settings: Settings, access: bool) -> Result<Fixture> {
+/// own (`access`) or not, and with per-source limits `limits` (the IPv4
+/// VIP's, the IPv6 one's).
+fn fixture_with(
+    flow_table_size: u32,
+    settings: Settings,
+    access: bool,
+    limits: [SourceLimit; 2],
+) -> Result<Fixture> {
     let options = LoadOptions {
         flow_table_size,
         ..LoadOptions::default()
@@ -187,6 +199,7 @@ fn fixture_with(flow_table_size: u32, settings: Settings, access: bool) -> Resul
             persistence: None,
             backends: backends(index as u32 * 10, v6),
             access,
+            limit: limits[index],
         })?;
     }
     Ok(f)
@@ -207,7 +220,7 @@ fn listed_fixture() -> Result<Fixture> {
         ..settings()
     }
     .with_access_generation(1);
-    let mut f = fixture_with(TABLE_SIZE, settings, true)?;
+    let mut f = fixture_with(TABLE_SIZE, settings, true, [SourceLimit::default(); 2])?;
     let denied: Vec<Prefix> = (0..DENIED_PREFIXES)
         .flat_map(|n| {
             [
@@ -231,6 +244,26 @@ fn listed_fixture() -> Result<Fixture> {
     }
     f.datapath.set_access(&entries)?;
     Ok(f)
+}
+
+/// [`fixture`] with per-source limits on both VIPs: new flows and packets,
+/// at rates no run reaches (one token a nanosecond), so that every packet
+/// of an established flow pays the whole check (its source's entry found,
+/// its packet bucket spent and written) and none is dropped. Sources are
+/// IPv4 /32s (four for 1,000 flows) and IPv6 /64s (one).
+fn limited_fixture() -> Result<Fixture> {
+    let rate = Rate::new(MAX_RATE, MAX_RATE);
+    let limit = |v6: bool| SourceLimit {
+        new_flows: rate,
+        packets: rate,
+        source_mask: if v6 {
+            [u32::MAX, u32::MAX, 0, 0]
+        } else {
+            [u32::MAX; 4]
+        },
+        ..SourceLimit::default()
+    };
+    fixture_with(TABLE_SIZE, settings(), false, [limit(false), limit(true)])
 }
 
 /// A client address and port for flow `i`, distinct for every `i`.
@@ -290,6 +323,19 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
             }
         }
         Some(RefCell::new(listed))
+    } else {
+        None
+    };
+    let limited_wanted =
+        options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_limits"));
+    let limited = if limited_wanted {
+        let mut limited = limited_fixture()?;
+        for i in 0..SMALL_TABLE {
+            for v6 in [false, true] {
+                limited.datapath.test_run(&packet(i, vip(v6), true), 0)?;
+            }
+        }
+        Some(RefCell::new(limited))
     } else {
         None
     };
@@ -359,6 +405,20 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
                 "established_v6_lists",
                 "1,000 flows, lists",
                 established(listed, SMALL_TABLE, true),
+            ),
+        ]);
+    }
+    if let Some(limited) = &limited {
+        paths.extend([
+            Measured::new(
+                "established_v4_limits",
+                "1,000 flows, limits",
+                established(limited, SMALL_TABLE, false),
+            ),
+            Measured::new(
+                "established_v6_limits",
+                "1,000 flows, limits",
+                established(limited, SMALL_TABLE, true),
             ),
         ]);
     }
@@ -572,6 +632,14 @@ measured the same way: `x floor` is the path's median over the floor's.
   established flows only compare it; compare the row with `established`
   (the aim is 25 ns more or less; without lists the datapath only tests
   two flags).
+- `established_limits`: `established` to VIPs with per-source limits of
+  new flows and packets, at rates no run reaches, so that every packet
+  pays the whole check and none is dropped: the VIP's limits read, the
+  source's set of the table of sources found by a hash, its slot matched,
+  its packet bucket spent and written. Sources are IPv4 /32s (four for
+  the 1,000 flows) and IPv6 /64s (one). Compare the row with
+  `established` (the aim is 25 ns more at most; without limits the
+  datapath tests one flag).
 - `1,000 flows`: the connection table (`flow_table_size` {table_size}, the
   default, as for every row) holds 1,000 flows per family when the run
   starts (each made by its first ACK); the new-flow paths of VIPs that keep

@@ -105,6 +105,7 @@ fn fixture(flow_table_size: u32) -> Result<Fixture> {
             .map(|i| Backend::new(i, IpAddr::V4(Ipv4Addr::new(10, 3, 0, i as u8 + 1))))
             .collect(),
         access: false,
+        limit: Default::default(),
     })?;
     Ok(f)
 }

@@ -155,6 +155,7 @@ pub fn put_vips(f: &mut Fixture) -> Result<()> {
                 persistence: path.persistence.then_some(PERSISTENCE),
                 backends: members,
                 access: false,
+                limit: Default::default(),
             })?;
             if path.scheduler == Scheduler::LeastLatency {
                 for (n, id) in ids.into_iter().enumerate() {

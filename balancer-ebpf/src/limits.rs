@@ -1,0 +1,158 @@
+//! Per-source limits (see `balancer_common::limit`): each packet to a VIP
+//! with limits spends a token of its source's packet bucket, each new flow
+//! one of its new-flow bucket; an empty bucket drops the packet, counted
+//! for the VIP.
+
+use balancer_common::{
+    Addr,
+    limit::{LimitCounters, SourceLimit, SourceSlot, source_set},
+    settings::Settings,
+    stats::{PacketCount, Stat},
+};
+
+use crate::{
+    access,
+    maps::{LIMIT_STATS, SOURCES, VIP_LIMITS},
+};
+
+/// A source within its packet rate, as a new flow of it spends: its VIP
+/// and the index of its slot, or [`NO_SLOT`]. Numbers, not pointers or an
+/// `Option`: the verifier tracks neither a map pointer kept on the stack
+/// across the handlers nor the copy of an `Option`'s unset payload.
+pub struct Source {
+    vip: u32,
+    slot: u32,
+}
+
+/// The slot of a [`Source`] without a new-flow limit.
+const NO_SLOT: u32 = u32::MAX;
+
+impl Source {
+    /// No new-flow limit.
+    #[inline(always)]
+    pub const fn unlimited() -> Source {
+        Source {
+            vip: 0,
+            slot: NO_SLOT,
+        }
+    }
+}
+
+/// Spends one token of the packet bucket of client `src` of VIP `vip`, at
+/// `now`. Ok: the source, for a new flow to spend ([`Source::unlimited`]
+/// when the VIP limits nothing, the source is exempt, or the VIP has no
+/// new-flow limit); Err: the packet is over its source's rate (counted).
+#[inline(always)]
+pub fn packet(
+    vip: u32,
+    src: &Addr,
+    settings: &Settings,
+    now: u64,
+    len: u64,
+) -> Result<Source, Stat> {
+    let Some(l) = VIP_LIMITS.get(vip) else {
+        return Ok(Source::unlimited());
+    };
+    if !l.on() {
+        return Ok(Source::unlimited());
+    }
+    let source = l.source(src);
+    let generation = settings.access_generation();
+    let Some((index, slot)) = slot(&source, vip, settings.hash_seed) else {
+        return Ok(Source::unlimited());
+    };
+    // SAFETY: an array slot, valid for the whole run; another CPU writing
+    // the same source can at worst lose one token's worth of its update.
+    let s = unsafe { &mut *slot };
+    if !s.holds(&source, vip) {
+        // The set's other source owed more, or the slot was idle or empty:
+        // this source takes it, with full buckets.
+        *s = SourceSlot::new(source, vip, generation, exempt(vip, src, l, settings) != 0);
+    } else if s.generation != generation {
+        s.exempt = exempt(vip, src, l, settings);
+        s.generation = generation;
+    }
+    if s.exempt != 0 {
+        return Ok(Source::unlimited());
+    }
+    if l.packets.on() {
+        match l.packets.spend(s.packets_ns, now) {
+            Some(full) => s.packets_ns = full,
+            None => {
+                count(vip, len, |c| &mut c.packets);
+                return Err(Stat::DROP_SOURCE_PACKETS);
+            }
+        }
+    }
+    if !l.new_flows.on() {
+        return Ok(Source::unlimited());
+    }
+    Ok(Source { vip, slot: index })
+}
+
+/// The slot of `source` of VIP `vip` in its set, with its index: the one
+/// that holds it, else the one to give it (an empty or idle one first,
+/// else the one whose source owes less). None only if the set's slots are
+/// missing, which cannot happen for a set [`source_set`] names.
+#[inline(always)]
+fn slot(source: &Addr, vip: u32, seed: u32) -> Option<(u32, *mut SourceSlot)> {
+    let first = source_set(source, vip, seed);
+    let a = SOURCES.get_ptr_mut(first)?;
+    let b = SOURCES.get_ptr_mut(first + 1)?;
+    // SAFETY: array slots, valid for the whole run, read whole.
+    let (sa, sb) = unsafe { (&*a, &*b) };
+    if sa.holds(source, vip) {
+        return Some((first, a));
+    }
+    if sb.holds(source, vip) {
+        return Some((first + 1, b));
+    }
+    Some(if sa.owed_until() <= sb.owed_until() {
+        (first, a)
+    } else {
+        (first + 1, b)
+    })
+}
+
+impl Source {
+    /// Spends one token of the source's new-flow bucket at `now`; Err when
+    /// the new flow is over its source's rate (counted).
+    #[inline(always)]
+    pub fn new_flow(&self, now: u64, len: u64) -> Result<(), Stat> {
+        if self.slot == NO_SLOT {
+            return Ok(());
+        }
+        let (Some(l), Some(s)) = (VIP_LIMITS.get(self.vip), SOURCES.get_ptr_mut(self.slot)) else {
+            return Ok(());
+        };
+        // SAFETY: an array slot, valid for the whole run.
+        let s = unsafe { &mut *s };
+        match l.new_flows.spend(s.new_flows_ns, now) {
+            Some(full) => {
+                s.new_flows_ns = full;
+                Ok(())
+            }
+            None => {
+                count(self.vip, len, |c| &mut c.new_flows);
+                Err(Stat::DROP_SOURCE_FLOWS)
+            }
+        }
+    }
+}
+
+/// 1 when an exempt list names client `src` of VIP `vip`, else 0.
+#[inline(always)]
+fn exempt(vip: u32, src: &Addr, limit: &SourceLimit, settings: &Settings) -> u32 {
+    access::exempt(src, vip, settings.global_exempt(), limit.own_exempt()) as u32
+}
+
+/// Adds a packet of `len` bytes to the counter `which` picks for VIP `vip`.
+#[inline(always)]
+fn count(vip: u32, len: u64, which: impl FnOnce(&mut LimitCounters) -> &mut PacketCount) {
+    if let Some(c) = LIMIT_STATS.get_ptr_mut(vip) {
+        // SAFETY: this CPU's slot, valid for the whole run.
+        let c = which(unsafe { &mut *c });
+        c.packets += 1;
+        c.bytes += len;
+    }
+}
