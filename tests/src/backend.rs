@@ -37,6 +37,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// Starts `services` on every backend of `t`, backend `i` answering as
+    /// `be{i}`.
+    pub fn on_every_backend(
+        t: &crate::topology::Topology,
+        services: &[(Server, SocketAddr)],
+    ) -> Result<Vec<ServerProcess>> {
+        t.backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| ServerProcess::start(ns, &format!("be{i}"), services))
+            .collect()
+    }
+
     /// Starts `services` in `ns`, answering as `name`, and waits until every
     /// socket is bound.
     pub fn start(ns: &Netns, name: &str, services: &[(Server, SocketAddr)]) -> Result<Self> {

@@ -60,6 +60,29 @@ impl Case {
         }
     }
 
+    /// `packet` forwarded (XDP_TX) to the backend the ring of VIP `vip`
+    /// gives its flow, counters unchecked.
+    pub fn forwarded(name: impl Into<String>, packet: &Packet, vip: u32) -> Case {
+        Case::new(
+            name,
+            packet.build(),
+            action::TX,
+            Out::flow(vip, packet),
+            &[],
+        )
+    }
+
+    /// `packet` dropped, as it came, and counted once under `reason`.
+    pub fn dropped(name: impl Into<String>, packet: &Packet, reason: Stat) -> Case {
+        Case::new(
+            name,
+            packet.build(),
+            action::DROP,
+            Out::Same,
+            &[(Counter::Stat(reason), 1)],
+        )
+    }
+
     /// The same case with the frame arriving on interface `ingress`.
     pub fn on(mut self, ingress: u32) -> Case {
         self.ingress = ingress;

@@ -70,6 +70,19 @@ where
         .context("cannot run the balancer CLI")
 }
 
+/// Runs `balancer ARGS` against the lab's daemon and fails with its output
+/// unless it succeeds.
+pub fn cli_ok<S: AsRef<OsStr> + std::fmt::Debug>(lab: &Lab, args: &[S]) -> Result<()> {
+    let out = cli(lab, args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "balancer {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Runs `balancer ARGS` on a control socket no daemon serves (a fresh
 /// path named after `label` and this process), for the CLI's errors.
 pub fn cli_without_daemon(label: &str, args: &[&str]) -> Result<Output> {

@@ -16,6 +16,7 @@ pub mod case;
 pub mod cmd;
 pub mod daemon;
 pub mod fixture;
+pub mod flood;
 pub mod lab;
 pub mod load;
 pub mod metrics;

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context as _, Result, bail, ensure};
 use balancer_tests::{
     Lab,
-    daemon::{cli, cli_json, start_with_config},
+    daemon::{cli, cli_json, cli_ok, start_with_config},
     netns_test,
     servers::{tally_names, tcp_ask_name, tcp_name_server},
     topology::{self, CLIENT4, NO_CHECK, Topology, plain, web_config},
@@ -18,18 +18,6 @@ use balancer_tests::{
 
 fn web() -> SocketAddr {
     SocketAddr::new(topology::VIP4.into(), 80)
-}
-
-/// Runs `balancer ARGS` and fails with its output unless it succeeds.
-fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
-    let out = cli(lab, args)?;
-    ensure!(
-        out.status.success(),
-        "balancer {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// The packets `scope`'s `list` dropped, from `deny list` / `allow list`.
@@ -71,7 +59,7 @@ fn deny_and_allow_lists_change_at_runtime_and_are_written_back() {
 
         // Denied for every VIP: written to [access], refused at once.
         let client = format!("{CLIENT4}/32");
-        ok(lab, &["deny", "add", &client])?;
+        cli_ok(lab, &["deny", "add", &client])?;
         let file = std::fs::read_to_string(lab.scratch("balancer.toml")?)?;
         ensure!(
             file.contains("[access]") && file.contains(&format!("deny = [\"{client}\"]")),
@@ -89,14 +77,14 @@ fn deny_and_allow_lists_change_at_runtime_and_are_written_back() {
         // Adding it twice is refused, and changes nothing.
         let twice = cli(lab, ["deny", "add", &client])?;
         ensure!(!twice.status.success(), "a second add was accepted");
-        ok(lab, &["deny", "remove", &client])?;
+        cli_ok(lab, &["deny", "remove", &client])?;
         ensure!(tcp_ask_name(&t.client, web()).is_ok(), "still refused");
 
         // An allow list of the VIP that does not list the client.
-        ok(lab, &["allow", "add", "10.99.0.0/16", "--vip", "web"])?;
+        cli_ok(lab, &["allow", "add", "10.99.0.0/16", "--vip", "web"])?;
         refused(&t)?;
         ensure!(dropped(lab, "allow", "web")? > 0);
-        ok(lab, &["allow", "add", &client, "--vip", "web"])?;
+        cli_ok(lab, &["allow", "add", &client, "--vip", "web"])?;
         ensure!(
             tcp_ask_name(&t.client, web()).is_ok(),
             "listed, still refused"

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Result, ensure};
 use balancer_tests::{
-    Lab, Netns,
-    daemon::{cli, cli_json, start, start_with_config, wait_for_log},
+    Netns,
+    daemon::{cli, cli_json, cli_ok, start, start_with_config, wait_for_log},
     netns_test,
     servers::{EchoConnection, tally_names, tcp_ask_name},
     topology::{self, NO_CHECK, Server, Topology, plain},
@@ -19,16 +19,6 @@ const COMMENT: &str = "# Operator's note: keep this line.";
 fn config(t: &Topology) -> String {
     let text = topology::web_and_chat(&plain(&t.backend_addresses(false)));
     format!("{COMMENT}\n{text}")
-}
-
-fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
-    let out = cli(lab, args)?;
-    ensure!(
-        out.status.success(),
-        "balancer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 fn tally(client: &Netns, n: usize) -> Result<BTreeMap<String, usize>> {
@@ -54,7 +44,7 @@ fn cli_changes_apply_at_once_and_are_written_back() {
         let holder = held.backend.clone();
         let index: usize = holder.trim_start_matches("be").parse()?;
         let address = topology::backend4(index).to_string();
-        ok(lab, &["backend", "drain", "chat", &address])?;
+        cli_ok(lab, &["backend", "drain", "chat", &address])?;
         let text = std::fs::read_to_string(&path)?;
         ensure!(
             text.contains("drain = true") && text.starts_with(COMMENT),
@@ -69,7 +59,7 @@ fn cli_changes_apply_at_once_and_are_written_back() {
             );
         }
         held.echo("still here after 60 new connections")?;
-        ok(lab, &["backend", "undrain", "chat", &address])?;
+        cli_ok(lab, &["backend", "undrain", "chat", &address])?;
         ensure!(!std::fs::read_to_string(&path)?.contains("drain = true"));
         let mut reached = false;
         for _ in 0..60 {
@@ -78,13 +68,13 @@ fn cli_changes_apply_at_once_and_are_written_back() {
         ensure!(reached, "{holder} took no new connection after undrain");
 
         // Remove and add back with a large weight.
-        ok(lab, &["backend", "remove", "web", "10.50.0.12"])?;
+        cli_ok(lab, &["backend", "remove", "web", "10.50.0.12"])?;
         let without = tally(&t.client, 100)?;
         ensure!(
             !without.contains_key("be2"),
             "a removed backend got connections: {without:?}"
         );
-        ok(
+        cli_ok(
             lab,
             &["backend", "add", "web", "10.50.0.12", "--weight", "400"],
         )?;
@@ -97,7 +87,7 @@ fn cli_changes_apply_at_once_and_are_written_back() {
         ensure!(std::fs::read_to_string(&path)?.contains("weight = 400"));
 
         // VIPs.
-        ok(
+        cli_ok(
             lab,
             &[
                 "vip",
@@ -110,7 +100,7 @@ fn cli_changes_apply_at_once_and_are_written_back() {
         )?;
         ensure!(cli_json(lab, ["vip", "list"])?.as_array().map(Vec::len) == Some(3));
         ensure!(std::fs::read_to_string(&path)?.contains("name = \"dns\""));
-        ok(lab, &["vip", "remove", "dns"])?;
+        cli_ok(lab, &["vip", "remove", "dns"])?;
         ensure!(cli_json(lab, ["vip", "list"])?.as_array().map(Vec::len) == Some(2));
 
         // A refused change: a clear error, the file untouched.
@@ -152,7 +142,7 @@ fn a_backend_added_at_runtime_takes_a_quarter_of_new_connections_and_resets_none
             .collect::<Result<Vec<_>>>()?;
 
         let mark = daemon.output().len();
-        ok(lab, &["backend", "add", "web", "10.50.0.13"])?;
+        cli_ok(lab, &["backend", "add", "web", "10.50.0.13"])?;
         wait_for_log(
             &mut daemon,
             mark,
@@ -207,7 +197,7 @@ fn an_added_backend_is_in_the_ring_within_milliseconds() {
         // entry is made by the add.
         for (n, address) in addresses[3..].iter().enumerate() {
             let mark = daemon.output().len();
-            ok(lab, &["backend", "add", "web", &address.to_string()])?;
+            cli_ok(lab, &["backend", "add", "web", &address.to_string()])?;
             let returned = std::time::Instant::now();
             let ring = format!("backends={}", 4 + n);
             wait_for_log(
@@ -262,7 +252,7 @@ fn a_cli_change_edits_the_file_as_loaded_and_refuses_one_changed_on_disk() {
 
         // Reverted, the change applies and is written through the link.
         std::fs::write(&real, &loaded)?;
-        ok(lab, &["backend", "weight", "web", &address, "7"])?;
+        cli_ok(lab, &["backend", "weight", "web", &address, "7"])?;
         ensure!(
             std::fs::symlink_metadata(&path)?.file_type().is_symlink(),
             "the symlink was replaced by a file"

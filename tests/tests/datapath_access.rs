@@ -6,11 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, ensure};
-use balancer::{
-    config::Prefix,
-    datapath::action::{DROP, PASS, TX},
-    plan::scope_entries,
-};
+use balancer::{config::Prefix, datapath::action::PASS, plan::scope_entries};
 use balancer_common::{
     access::{ACCESS_NO_VIP, AccessCounters, SCOPE_GLOBAL},
     settings::{SETTINGS_GLOBAL_ACCESS, Settings},
@@ -81,20 +77,6 @@ fn syn(src: IpAddr, dst: IpAddr) -> Packet {
     Packet::tcp(src, 40000, dst, 80)
 }
 
-fn dropped(name: &str, packet: &Packet, reason: Stat) -> Case {
-    Case::new(
-        name,
-        packet.build(),
-        DROP,
-        Out::Same,
-        &[(Counter::Stat(reason), 1)],
-    )
-}
-
-fn admitted(name: &str, packet: &Packet, vip: u32) -> Case {
-    Case::new(name, packet.build(), TX, Out::flow(vip, packet), &[])
-}
-
 /// The lists' counters of VIP `slot`.
 fn counters(f: &Fixture, slot: u32) -> Result<AccessCounters> {
     Ok(f.datapath.access_counters()?[slot as usize])
@@ -107,8 +89,8 @@ fn without_lists_every_client_is_admitted_and_nothing_counted() {
         run(
             &mut f,
             &[
-                admitted("v4", &syn(CLIENT4, VIP4), 0),
-                admitted("v6", &syn(CLIENT6, VIP6), 2),
+                Case::forwarded("v4", &syn(CLIENT4, VIP4), 0),
+                Case::forwarded("v6", &syn(CLIENT6, VIP6), 2),
             ],
         )?;
         ensure!(counters(&f, 0)? == AccessCounters::default());
@@ -133,13 +115,13 @@ fn the_global_deny_list_drops_new_and_established_flows_to_every_vip() {
         run(
             &mut f,
             &[
-                dropped("syn", &syn(CLIENT4, VIP4), Stat::DROP_DENIED),
-                dropped("established", &ack, Stat::DROP_DENIED),
-                dropped("udp", &udp, Stat::DROP_DENIED),
-                dropped("v6", &syn(CLIENT6, VIP6), Stat::DROP_DENIED),
-                dropped("no vip's port", &other_port, Stat::DROP_DENIED),
-                admitted("another client", &syn(OTHER4, VIP4), 0),
-                admitted("another v6 client", &syn(OTHER6, VIP6), 2),
+                Case::dropped("syn", &syn(CLIENT4, VIP4), Stat::DROP_DENIED),
+                Case::dropped("established", &ack, Stat::DROP_DENIED),
+                Case::dropped("udp", &udp, Stat::DROP_DENIED),
+                Case::dropped("v6", &syn(CLIENT6, VIP6), Stat::DROP_DENIED),
+                Case::dropped("no vip's port", &other_port, Stat::DROP_DENIED),
+                Case::forwarded("another client", &syn(OTHER4, VIP4), 0),
+                Case::forwarded("another v6 client", &syn(OTHER6, VIP6), 2),
             ],
         )?;
         // No VIP has lists of its own: the VIP is not looked up, and every
@@ -161,10 +143,10 @@ fn a_vips_own_deny_list_drops_only_its_traffic() {
         run(
             &mut f,
             &[
-                dropped("its client", &syn(CLIENT4, VIP4), Stat::DROP_DENIED),
+                Case::dropped("its client", &syn(CLIENT4, VIP4), Stat::DROP_DENIED),
                 // The same client to the UDP VIP of the same address.
-                admitted("another vip", &Packet::udp(CLIENT4, 5353, VIP4, 53), 1),
-                admitted("another client", &syn(OTHER4, VIP4), 0),
+                Case::forwarded("another vip", &Packet::udp(CLIENT4, 5353, VIP4, 53), 1),
+                Case::forwarded("another client", &syn(OTHER4, VIP4), 0),
             ],
         )?;
         ensure!(counters(&f, 0)?.vip_deny.packets == 1);
@@ -189,12 +171,12 @@ fn an_allow_list_admits_only_what_it_lists_and_allow_lists_add_up() {
         run(
             &mut f,
             &[
-                admitted("its own allow", &syn(CLIENT4, VIP4), 0),
-                admitted("the global allow", &syn(listed_globally, VIP4), 0),
-                dropped("neither", &syn(OTHER4, VIP4), Stat::DROP_NOT_ALLOWED),
+                Case::forwarded("its own allow", &syn(CLIENT4, VIP4), 0),
+                Case::forwarded("the global allow", &syn(listed_globally, VIP4), 0),
+                Case::dropped("neither", &syn(OTHER4, VIP4), Stat::DROP_NOT_ALLOWED),
                 // VIP 2 has only the global list: IPv6 clients are not on
                 // it.
-                dropped("v6", &syn(CLIENT6, VIP6), Stat::DROP_NOT_ALLOWED),
+                Case::dropped("v6", &syn(CLIENT6, VIP6), Stat::DROP_NOT_ALLOWED),
             ],
         )?;
         // VIP 0 has lists of its own, VIP 2 only the global ones.
@@ -225,10 +207,10 @@ fn a_deny_wins_over_any_allow() {
         run(
             &mut f,
             &[
-                dropped("global deny", &syn(CLIENT4, VIP4), Stat::DROP_DENIED),
-                admitted("allowed", &syn(OTHER4, VIP4), 0),
-                dropped("own deny", &syn(CLIENT6, VIP6), Stat::DROP_DENIED),
-                admitted("allowed v6", &syn(OTHER6, VIP6), 2),
+                Case::dropped("global deny", &syn(CLIENT4, VIP4), Stat::DROP_DENIED),
+                Case::forwarded("allowed", &syn(OTHER4, VIP4), 0),
+                Case::dropped("own deny", &syn(CLIENT6, VIP6), Stat::DROP_DENIED),
+                Case::forwarded("allowed v6", &syn(OTHER6, VIP6), 2),
             ],
         )?;
         ensure!(counters(&f, 2)?.vip_deny.packets == 1);
@@ -270,8 +252,8 @@ fn a_flow_admitted_under_the_lists_in_force_skips_them_until_they_change() {
         run(
             &mut f,
             &[
-                admitted("syn", &first, 0),
-                admitted("ack: the entry, admitted", &ack, 0),
+                Case::forwarded("syn", &first, 0),
+                Case::forwarded("ack: the entry, admitted", &ack, 0),
             ],
         )?;
         // The client is denied, but the lists keep their generation: its
@@ -287,8 +269,8 @@ fn a_flow_admitted_under_the_lists_in_force_skips_them_until_they_change() {
         run(
             &mut f,
             &[
-                admitted("established, same generation", &ack, 0),
-                dropped("new flow", &other_port, Stat::DROP_DENIED),
+                Case::forwarded("established, same generation", &ack, 0),
+                Case::dropped("new flow", &other_port, Stat::DROP_DENIED),
             ],
         )?;
         // The lists' new generation checks every flow again.
@@ -296,7 +278,7 @@ fn a_flow_admitted_under_the_lists_in_force_skips_them_until_they_change() {
         f.datapath.set_settings(&settings)?;
         run(
             &mut f,
-            &[dropped(
+            &[Case::dropped(
                 "established, new generation",
                 &ack,
                 Stat::DROP_DENIED,

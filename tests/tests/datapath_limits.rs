@@ -90,20 +90,6 @@ fn syn(src: IpAddr, port: u16, dst: IpAddr) -> Packet {
     Packet::tcp(src, port, dst, 80)
 }
 
-fn admitted(name: &str, packet: &Packet, vip: u32) -> Case {
-    Case::new(name, packet.build(), TX, Out::flow(vip, packet), &[])
-}
-
-fn dropped(name: &str, packet: &Packet, reason: Stat) -> Case {
-    Case::new(
-        name,
-        packet.build(),
-        DROP,
-        Out::Same,
-        &[(Counter::Stat(reason), 1)],
-    )
-}
-
 /// What the limits dropped for VIP `vip`.
 fn counters(f: &Fixture, vip: u32) -> Result<LimitCounters> {
     Ok(f.datapath.limit_counters(vip + 1)?[vip as usize])
@@ -123,19 +109,19 @@ fn a_source_over_its_packet_rate_is_dropped_and_others_are_not() {
         run(
             &mut f,
             &[
-                admitted("syn", &first, 0),
-                admitted("ack", &ack, 0),
-                admitted("data", &ack, 0),
-                dropped("over the rate", &ack, Stat::DROP_SOURCE_PACKETS),
-                dropped(
+                Case::forwarded("syn", &first, 0),
+                Case::forwarded("ack", &ack, 0),
+                Case::forwarded("data", &ack, 0),
+                Case::dropped("over the rate", &ack, Stat::DROP_SOURCE_PACKETS),
+                Case::dropped(
                     "a new flow too",
                     &syn(CLIENT4, 40001, VIP4),
                     Stat::DROP_SOURCE_PACKETS,
                 ),
-                admitted("another source", &syn(other, 40000, VIP4), 0),
+                Case::forwarded("another source", &syn(other, 40000, VIP4), 0),
                 // The same source to a VIP of the same address without
                 // limits.
-                admitted("another vip", &Packet::udp(CLIENT4, 5353, VIP4, 53), 1),
+                Case::forwarded("another vip", &Packet::udp(CLIENT4, 5353, VIP4, 53), 1),
             ],
         )?;
         let c = counters(&f, 0)?;
@@ -164,8 +150,8 @@ fn a_source_over_its_new_flow_rate_keeps_its_flows_and_starts_no_more() {
         run(
             &mut f,
             &[
-                admitted("a: a new flow", &a, 0),
-                admitted("a: its ack is no new flow", &a.clone().established(), 0),
+                Case::forwarded("a: a new flow", &a, 0),
+                Case::forwarded("a: its ack is no new flow", &a.clone().established(), 0),
                 Case::new(
                     "a: a syn for a live flow is no new flow",
                     a.build(),
@@ -173,20 +159,20 @@ fn a_source_over_its_new_flow_rate_keeps_its_flows_and_starts_no_more() {
                     Out::flow(0, &a),
                     &[(Counter::Event(Event::SYN_KEPT), 1)],
                 ),
-                admitted("b: the second new flow", &b, 0),
+                Case::forwarded("b: the second new flow", &b, 0),
                 // Without state, a retransmitted SYN is a new flow again.
-                dropped("b: its retransmission", &b, Stat::DROP_SOURCE_FLOWS),
-                dropped(
+                Case::dropped("b: its retransmission", &b, Stat::DROP_SOURCE_FLOWS),
+                Case::dropped(
                     "c: a third",
                     &syn(CLIENT4, 40002, VIP4),
                     Stat::DROP_SOURCE_FLOWS,
                 ),
-                admitted("a: established, still", &a.clone().established(), 0),
-                admitted("udp: its first datagram", &dns, 1),
+                Case::forwarded("a: established, still", &a.clone().established(), 0),
+                Case::forwarded("udp: its first datagram", &dns, 1),
                 // The datagram made its flow's entry: the next ones are no
                 // new flows.
-                admitted("udp: its next datagram", &dns, 1),
-                dropped(
+                Case::forwarded("udp: its next datagram", &dns, 1),
+                Case::dropped(
                     "udp: another flow",
                     &Packet::udp(CLIENT4, 5354, VIP4, 53),
                     Stat::DROP_SOURCE_FLOWS,
@@ -265,20 +251,20 @@ fn one_source_is_its_prefix() {
         run(
             &mut f,
             &[
-                admitted("v4", &syn(CLIENT4, 40000, VIP4), 0),
-                dropped(
+                Case::forwarded("v4", &syn(CLIENT4, 40000, VIP4), 0),
+                Case::dropped(
                     "same /24",
                     &syn(neighbour4, 40000, VIP4),
                     Stat::DROP_SOURCE_FLOWS,
                 ),
-                admitted("another /24", &syn(elsewhere4, 40000, VIP4), 0),
-                admitted("v6", &syn(CLIENT6, 40000, VIP6), 2),
-                dropped(
+                Case::forwarded("another /24", &syn(elsewhere4, 40000, VIP4), 0),
+                Case::forwarded("v6", &syn(CLIENT6, 40000, VIP6), 2),
+                Case::dropped(
                     "same /64",
                     &syn(neighbour6, 40000, VIP6),
                     Stat::DROP_SOURCE_FLOWS,
                 ),
-                admitted("another /64", &syn(elsewhere6, 40000, VIP6), 2),
+                Case::forwarded("another /64", &syn(elsewhere6, 40000, VIP6), 2),
             ],
         )?;
         Ok(())
@@ -305,18 +291,21 @@ fn exempt_sources_are_never_limited_and_lists_decide_again_when_they_change() {
         f.datapath
             .set_access(&global.into_iter().chain(vip2).collect::<Vec<_>>())?;
         let other4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
-        let cases: Vec<Case> = (0..3)
-            .map(|i| admitted("globally exempt", &syn(CLIENT4, 40000 + i, VIP4), 0))
-            .chain((0..3).map(|i| admitted("exempt by its vip", &syn(CLIENT6, 40000 + i, VIP6), 2)))
-            .chain([
-                admitted("not exempt", &syn(other4, 40000, VIP4), 0),
-                dropped(
-                    "not exempt, over",
-                    &syn(other4, 40001, VIP4),
-                    Stat::DROP_SOURCE_FLOWS,
-                ),
-            ])
-            .collect();
+        let cases: Vec<Case> =
+            (0..3)
+                .map(|i| Case::forwarded("globally exempt", &syn(CLIENT4, 40000 + i, VIP4), 0))
+                .chain((0..3).map(|i| {
+                    Case::forwarded("exempt by its vip", &syn(CLIENT6, 40000 + i, VIP6), 2)
+                }))
+                .chain([
+                    Case::forwarded("not exempt", &syn(other4, 40000, VIP4), 0),
+                    Case::dropped(
+                        "not exempt, over",
+                        &syn(other4, 40001, VIP4),
+                        Stat::DROP_SOURCE_FLOWS,
+                    ),
+                ])
+                .collect();
         run(&mut f, &cases)?;
         // The lists change: the exempt source is decided again under the
         // new generation, and is limited from then on.
@@ -332,8 +321,8 @@ fn exempt_sources_are_never_limited_and_lists_decide_again_when_they_change() {
         run(
             &mut f,
             &[
-                admitted("no longer exempt", &syn(CLIENT4, 40010, VIP4), 0),
-                dropped(
+                Case::forwarded("no longer exempt", &syn(CLIENT4, 40010, VIP4), 0),
+                Case::dropped(
                     "and limited",
                     &syn(CLIENT4, 40011, VIP4),
                     Stat::DROP_SOURCE_FLOWS,
@@ -369,23 +358,23 @@ fn a_source_new_to_a_full_set_takes_the_slot_of_the_one_that_owes_less() {
         run(
             &mut f,
             &[
-                admitted("client: one", &syn(CLIENT4, 40000, VIP4), 0),
-                admitted("client: two", &syn(CLIENT4, 40001, VIP4), 0),
+                Case::forwarded("client: one", &syn(CLIENT4, 40000, VIP4), 0),
+                Case::forwarded("client: two", &syn(CLIENT4, 40001, VIP4), 0),
                 // The set's other slot is empty: x takes it.
-                admitted("x: one", &syn(x, 40000, VIP4), 0),
+                Case::forwarded("x: one", &syn(x, 40000, VIP4), 0),
                 // The set is full: y takes the slot of x, which owes one
                 // token to the client's two.
-                admitted("y: one", &syn(y, 40000, VIP4), 0),
-                dropped(
+                Case::forwarded("y: one", &syn(y, 40000, VIP4), 0),
+                Case::dropped(
                     "client: over",
                     &syn(CLIENT4, 40002, VIP4),
                     Stat::DROP_SOURCE_FLOWS,
                 ),
                 // x was forgotten: it starts again with a full bucket (the
                 // limits only ever get more lenient), taking y's slot.
-                admitted("x: forgotten", &syn(x, 40001, VIP4), 0),
-                admitted("x: its burst", &syn(x, 40002, VIP4), 0),
-                dropped("x: over", &syn(x, 40003, VIP4), Stat::DROP_SOURCE_FLOWS),
+                Case::forwarded("x: forgotten", &syn(x, 40001, VIP4), 0),
+                Case::forwarded("x: its burst", &syn(x, 40002, VIP4), 0),
+                Case::dropped("x: over", &syn(x, 40003, VIP4), Stat::DROP_SOURCE_FLOWS),
             ],
         )?;
         let set = source_set(&plan::addr(CLIENT4), 0, SEED) as usize;
@@ -400,7 +389,11 @@ fn a_source_new_to_a_full_set_takes_the_slot_of_the_one_that_owes_less() {
         f.datapath.forget_source(client as u32)?;
         run(
             &mut f,
-            &[admitted("client: forgotten", &syn(CLIENT4, 40003, VIP4), 0)],
+            &[Case::forwarded(
+                "client: forgotten",
+                &syn(CLIENT4, 40003, VIP4),
+                0,
+            )],
         )?;
         Ok(())
     });

@@ -47,21 +47,13 @@ struct Setup {
 
 fn setup(lab: &Lab) -> Result<Setup> {
     let t = Topology::build(lab, 3)?;
-    let servers = t
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            ServerProcess::start(
-                ns,
-                &format!("be{i}"),
-                &[
-                    (Server::TcpName, "0.0.0.0:80".parse()?),
-                    (Server::TcpEcho, chat()),
-                ],
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let servers = ServerProcess::on_every_backend(
+        &t,
+        &[
+            (Server::TcpName, "0.0.0.0:80".parse()?),
+            (Server::TcpEcho, chat()),
+        ],
+    )?;
     let check = format!(
         "[vip.health_check]\nkind = \"tcp\"\nport = 80\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"150ms\"\nrise = {RISE}\nfall = {FALL}\n"
     );

@@ -29,7 +29,7 @@ use balancer_tests::{
     Lab, Netns, Process,
     backend::ServerProcess,
     daemon::{cli, start_with_config},
-    fixture::stay_on_one_cpu,
+    flood,
     load::SteadyLoad,
     netns_test,
     packet::{Packet, with_macs},
@@ -80,23 +80,15 @@ struct Setup {
 
 fn setup(lab: &Lab, datapath: &str) -> Result<Setup> {
     let t = Topology::build(lab, 3)?;
-    let servers = t
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            ServerProcess::start(
-                ns,
-                &format!("be{i}"),
-                &[
-                    (Server::TcpName, "0.0.0.0:80".parse()?),
-                    (Server::TcpEcho, vip(MAGLEV)),
-                    (Server::TcpEcho, vip(LEAST)),
-                    (Server::TcpEcho, vip(ROUND_ROBIN)),
-                ],
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let servers = ServerProcess::on_every_backend(
+        &t,
+        &[
+            (Server::TcpName, "0.0.0.0:80".parse()?),
+            (Server::TcpEcho, vip(MAGLEV)),
+            (Server::TcpEcho, vip(LEAST)),
+            (Server::TcpEcho, vip(ROUND_ROBIN)),
+        ],
+    )?;
     let backends = plain(&t.backend_addresses(false));
     let least = format!("scheduler = \"least-connections\"\n{NO_CHECK}");
     let rr = format!("scheduler = \"round-robin\"\n{NO_CHECK}");
@@ -231,40 +223,12 @@ fn flood(s: &Setup, src: IpAddr, first_port: u16, port: u16, syn: bool, frames: 
     let packet = if syn { packet } else { packet.established() };
     let frame = with_macs(&packet.build(), s.lb_mac, s.client_mac);
     let mut generator = Generator::load(&frame, FLOOD_FLOWS)?;
-    send(&s.t.client, &mut generator, frames, port)
-}
-
-/// Frames sent at once: the rings of the veths on the way (the switch's,
-/// the balancer's) hold a few hundred frames, so larger bursts lose
-/// frames before the balancer sees them.
-const CHUNK: u32 = 1_000;
-
-/// Sends `frames` frames from the client's link in chunks of [`CHUNK`],
-/// with a pause between them for the rings on the way to drain, so that
-/// every 5-tuple of the flood reaches the balancer; prints the rate. The
-/// sending thread stays on one CPU: the generator keeps its place in the
-/// flow cycle per CPU, and a thread that moved between chunks would skip
-/// part of the cycle and send the rest twice.
-fn send(client: &Netns, generator: &mut Generator, frames: u32, port: u16) -> Result<()> {
-    let started = std::time::Instant::now();
-    client.run(|| -> Result<()> {
-        stay_on_one_cpu()?;
-        let ifindex = nix::net::if_::if_nametoindex("eth0")?;
-        let mut left = frames;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            generator.send(ifindex, n, 16)?;
-            left -= n;
-            thread::sleep(Duration::from_millis(2));
-        }
-        Ok(())
-    })??;
-    let elapsed = started.elapsed();
-    println!(
-        "flood to port {port}: {frames} frames in {elapsed:?} ({:.0} frames/s)",
-        f64::from(frames) / elapsed.as_secs_f64()
-    );
-    Ok(())
+    flood::send(
+        &s.t.client,
+        &mut generator,
+        frames,
+        &format!("flood to port {port}"),
+    )
 }
 
 /// Every idle connection still echoes.
@@ -418,7 +382,12 @@ fn spoofed_syns_over_a_clients_port_range_move_none_of_its_connections() {
             let packet = Packet::tcp(topology::CLIENT4.into(), low, topology::VIP4.into(), port);
             let frame = with_macs(&packet.build(), s.lb_mac, s.client_mac);
             let mut generator = Generator::load(&frame, ports)?;
-            send(&s.t.client, &mut generator, ports, port)?;
+            flood::send(
+                &s.t.client,
+                &mut generator,
+                ports,
+                &format!("flood to port {port}"),
+            )?;
         }
         // And exactly the 5-tuples of the held connections, from a packet
         // socket: the spoofer's aim, whatever the cycle above covered.

@@ -8,7 +8,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
@@ -16,8 +16,8 @@ use balancer_bench::Generator;
 use balancer_tests::{
     Lab, Netns,
     backend::ServerProcess,
-    daemon::{cli, cli_json, start_with_config},
-    fixture::stay_on_one_cpu,
+    daemon::{cli_json, cli_ok, start_with_config},
+    flood,
     load::SteadyLoad,
     netns_test,
     packet::{Packet, with_macs},
@@ -51,22 +51,14 @@ struct Setup {
 
 fn setup(lab: &Lab) -> Result<(Setup, balancer_tests::Process)> {
     let t = Topology::build(lab, 2)?;
-    let servers = t
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            ServerProcess::start(
-                ns,
-                &format!("be{i}"),
-                &[
-                    (Server::TcpName, "0.0.0.0:80".parse()?),
-                    (Server::TcpEcho, vip(ECHO)),
-                    (Server::TcpName, vip(BURST)),
-                ],
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let servers = ServerProcess::on_every_backend(
+        &t,
+        &[
+            (Server::TcpName, "0.0.0.0:80".parse()?),
+            (Server::TcpEcho, vip(ECHO)),
+            (Server::TcpName, vip(BURST)),
+        ],
+    )?;
     let backends = plain(&t.backend_addresses(false));
     let limited = |keys: &str| format!("{NO_CHECK}[vip.limits]\n{keys}\n");
     let config = ConfigText::default()
@@ -127,29 +119,17 @@ fn dropped(lab: &Lab, name: &str) -> Result<(u64, u64)> {
 /// [`FLOOD`] frames from [`SPOOFED`] to `port`: SYNs of distinct 5-tuples,
 /// or ACKs, sent from the client's link in chunks the rings on the way
 /// hold, from one CPU (the generator keeps its place per CPU).
-fn flood(s: &Setup, port: u16, syn: bool) -> Result<()> {
+fn spoofed_flood(s: &Setup, port: u16, syn: bool) -> Result<()> {
     let packet = Packet::tcp(SPOOFED.into(), 1024, topology::VIP4.into(), port);
     let packet = if syn { packet } else { packet.established() };
     let frame = with_macs(&packet.build(), s.lb_mac, s.client_mac);
     let mut generator = Generator::load(&frame, FLOOD)?;
-    let started = Instant::now();
-    s.t.client.run(|| -> Result<()> {
-        stay_on_one_cpu()?;
-        let ifindex = nix::net::if_::if_nametoindex("eth0")?;
-        let mut left = FLOOD;
-        while left > 0 {
-            let n = left.min(1_000);
-            generator.send(ifindex, n, 16)?;
-            left -= n;
-            thread::sleep(Duration::from_millis(2));
-        }
-        Ok(())
-    })??;
-    println!(
-        "flood to port {port}: {FLOOD} frames in {:?}",
-        started.elapsed()
-    );
-    Ok(())
+    flood::send(
+        &s.t.client,
+        &mut generator,
+        FLOOD,
+        &format!("flood to port {port}"),
+    )
 }
 
 #[test]
@@ -162,9 +142,9 @@ fn a_flooding_source_is_held_to_its_rates_and_other_clients_carry_on() {
         let steady = SteadyLoad::start(&s.t.client, vip(WEB), Duration::from_millis(20));
         thread::sleep(Duration::from_millis(500));
 
-        flood(&s, WEB, true)?;
+        spoofed_flood(&s, WEB, true)?;
         let (new_flows, _) = dropped(lab, "web")?;
-        flood(&s, ECHO, false)?;
+        spoofed_flood(&s, ECHO, false)?;
         for (i, c) in held.iter_mut().enumerate() {
             c.echo("after the floods")
                 .with_context(|| format!("held connection {i}"))?;
@@ -225,18 +205,6 @@ fn burst(client: &Netns, addr: SocketAddr, n: usize) -> Result<usize> {
     })
 }
 
-/// Runs `balancer ARGS` and fails with its output unless it succeeds.
-fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
-    let out = cli(lab, args)?;
-    ensure!(
-        out.status.success(),
-        "balancer {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 #[test]
 fn a_burst_past_the_new_flow_rate_is_cut_until_the_client_is_exempt() {
     netns_test("limits_burst", Duration::from_secs(120), |lab| {
@@ -250,7 +218,7 @@ fn a_burst_past_the_new_flow_rate_is_cut_until_the_client_is_exempt() {
         ensure!(refused >= 26, "{refused} SYNs dropped");
 
         let exempt = format!("{client}/32");
-        ok(lab, &["exempt", "add", &exempt, "--vip", "burst"])?;
+        cli_ok(lab, &["exempt", "add", &exempt, "--vip", "burst"])?;
         let file = std::fs::read_to_string(lab.scratch("balancer.toml")?)?;
         ensure!(
             file.contains(&format!("exempt = [\"{exempt}\"]"))
@@ -265,7 +233,7 @@ fn a_burst_past_the_new_flow_rate_is_cut_until_the_client_is_exempt() {
         let answered = burst(&s.t.client, vip(BURST), 40)?;
         ensure!(answered == 40, "exempt, {answered} of 40 answered");
 
-        ok(lab, &["exempt", "remove", &exempt, "--vip", "burst"])?;
+        cli_ok(lab, &["exempt", "remove", &exempt, "--vip", "burst"])?;
         thread::sleep(Duration::from_millis(1_100));
         let answered = burst(&s.t.client, vip(BURST), 40)?;
         ensure!(
