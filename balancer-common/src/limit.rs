@@ -82,19 +82,26 @@ impl Rate {
     }
 
     /// Spends one token at `now` from a bucket full again at `full_ns`:
-    /// the bucket's new time, or None when the token is refused (the
-    /// bucket is left as it was). No limit spends nothing.
+    /// whether the token was there, and the bucket's time to keep. A
+    /// bucket never owes more than the burst and a clock step
+    /// ([`MIN_BURST_NS`], for CPUs whose clocks read a tick apart): one that
+    /// does (its rate or burst was lowered, or it came from another
+    /// source) owes that much. No limit spends nothing.
     #[inline(always)]
-    pub const fn spend(&self, full_ns: u64, now: u64) -> Option<u64> {
+    pub const fn spend(&self, full_ns: u64, now: u64) -> (bool, u64) {
         if self.interval_ns == 0 {
-            return Some(full_ns);
+            return (true, full_ns);
         }
+        let most = now
+            .saturating_add(self.burst_ns)
+            .saturating_add(MIN_BURST_NS);
         let from = if full_ns > now { full_ns } else { now };
+        let from = if from > most { most } else { from };
         let next = from.saturating_add(self.interval_ns);
         if next - now > self.burst_ns {
-            None
+            (false, from)
         } else {
-            Some(next)
+            (true, next)
         }
     }
 }
@@ -282,6 +289,12 @@ pub const fn exempt_scope(vip: u32) -> u32 {
     EXEMPT_SCOPES + vip
 }
 
+/// Whether `scope` is an exempt list's (the global one or a VIP's).
+pub const fn is_exempt_scope(scope: u32) -> bool {
+    scope == SCOPE_EXEMPT_GLOBAL
+        || (scope >= EXEMPT_SCOPES && scope < EXEMPT_SCOPES + crate::maps::MAX_VIPS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,11 +354,11 @@ mod tests {
             ],
         ),
         (
-            "a clock that goes back earns nothing",
+            "a clock a tick behind earns nothing",
             (10, 1),
             &[
                 (3_000 * MS, true),
-                (2_000 * MS, false),
+                (2_995 * MS, false),
                 (3_000 * MS, false),
                 (3_100 * MS, true),
             ],
@@ -358,11 +371,23 @@ mod tests {
             let rate = Rate::new(*rate, *burst);
             let mut full = 0;
             for (i, (now, admitted)) in tries.iter().enumerate() {
-                let got = rate.spend(full, *now);
-                assert_eq!(got.is_some(), *admitted, "{name}: try {i}");
-                full = got.unwrap_or(full);
+                let (got, kept) = rate.spend(full, *now);
+                assert_eq!(got, *admitted, "{name}: try {i}");
+                full = kept;
             }
         }
+    }
+
+    #[test]
+    fn a_bucket_owes_no_more_than_its_burst() {
+        // Owed a minute under a burst of 60 s, then the burst is lowered
+        // to one token: it owes one token's time, not the minute.
+        let lowered = Rate::new(1, 1);
+        let now = 100 * SECOND_NS;
+        let most = now + SECOND_NS + MIN_BURST_NS;
+        assert_eq!(lowered.spend(now + 60 * SECOND_NS, now), (false, most));
+        let later = now + SECOND_NS + MIN_BURST_NS;
+        assert_eq!(lowered.spend(most, later), (true, later + SECOND_NS));
     }
 
     #[test]

@@ -15,12 +15,14 @@ use crate::{
     maps::{LIMIT_STATS, SOURCES, VIP_LIMITS},
 };
 
-/// A source within its packet rate, as a new flow of it spends: its VIP
-/// and the index of its slot, or [`NO_SLOT`]. Numbers, not pointers or an
-/// `Option`: the verifier tracks neither a map pointer kept on the stack
-/// across the handlers nor the copy of an `Option`'s unset payload.
+/// A source within its packet rate, as a new flow of it spends: its VIP,
+/// its address under the VIP's mask and the index of its slot, or
+/// [`NO_SLOT`]. Numbers, not pointers or an `Option`: the verifier tracks
+/// neither a map pointer kept on the stack across the handlers nor the
+/// copy of an `Option`'s unset payload.
 pub struct Source {
     vip: u32,
+    source: Addr,
     slot: u32,
 }
 
@@ -33,7 +35,34 @@ impl Source {
     pub const fn unlimited() -> Source {
         Source {
             vip: 0,
+            source: [0; 4],
             slot: NO_SLOT,
+        }
+    }
+
+    /// Spends one token of the source's new-flow bucket at `now`; Err when
+    /// the new flow is over its source's rate (counted). A source another
+    /// CPU evicted meanwhile spends nothing.
+    #[inline(always)]
+    pub fn new_flow(&self, now: u64, len: u64) -> Result<(), Stat> {
+        if self.slot == NO_SLOT {
+            return Ok(());
+        }
+        let (Some(l), Some(s)) = (VIP_LIMITS.get(self.vip), SOURCES.get_ptr_mut(self.slot)) else {
+            return Ok(());
+        };
+        // SAFETY: an array slot, valid for the whole run.
+        let s = unsafe { &mut *s };
+        if !s.holds(&self.source, self.vip) {
+            return Ok(());
+        }
+        let (admitted, full) = l.new_flows.spend(s.new_flows_ns, now);
+        s.new_flows_ns = full;
+        if admitted {
+            Ok(())
+        } else {
+            count(self.vip, len, |c| &mut c.new_flows);
+            Err(Stat::DROP_SOURCE_FLOWS)
         }
     }
 }
@@ -61,33 +90,41 @@ pub fn packet(
     let Some((index, slot)) = slot(&source, vip, settings.hash_seed) else {
         return Ok(Source::unlimited());
     };
-    // SAFETY: an array slot, valid for the whole run; another CPU writing
-    // the same source can at worst lose one token's worth of its update.
+    // SAFETY: an array slot, valid for the whole run. Another CPU writing
+    // the same slot at once can lose one token's worth of an update, or,
+    // as it gives the slot to another source, leave that source what this
+    // one owed: at most a burst (see `Rate::spend`).
     let s = unsafe { &mut *slot };
+    // The exempt lists name whole sources (the configuration refuses an
+    // exempt prefix longer than a source), so the source decides.
     if !s.holds(&source, vip) {
         // The set's other source owed more, or the slot was idle or empty:
         // this source takes it, with full buckets.
-        *s = SourceSlot::new(source, vip, generation, exempt(vip, src, l, settings) != 0);
+        let exempt = exempt(vip, &source, l, settings);
+        *s = SourceSlot::new(source, vip, generation, exempt != 0);
     } else if s.generation != generation {
-        s.exempt = exempt(vip, src, l, settings);
+        s.exempt = exempt(vip, &source, l, settings);
         s.generation = generation;
     }
     if s.exempt != 0 {
         return Ok(Source::unlimited());
     }
     if l.packets.on() {
-        match l.packets.spend(s.packets_ns, now) {
-            Some(full) => s.packets_ns = full,
-            None => {
-                count(vip, len, |c| &mut c.packets);
-                return Err(Stat::DROP_SOURCE_PACKETS);
-            }
+        let (admitted, full) = l.packets.spend(s.packets_ns, now);
+        s.packets_ns = full;
+        if !admitted {
+            count(vip, len, |c| &mut c.packets);
+            return Err(Stat::DROP_SOURCE_PACKETS);
         }
     }
     if !l.new_flows.on() {
         return Ok(Source::unlimited());
     }
-    Ok(Source { vip, slot: index })
+    Ok(Source {
+        vip,
+        source,
+        slot: index,
+    })
 }
 
 /// The slot of `source` of VIP `vip` in its set, with its index: the one
@@ -114,36 +151,10 @@ fn slot(source: &Addr, vip: u32, seed: u32) -> Option<(u32, *mut SourceSlot)> {
     })
 }
 
-impl Source {
-    /// Spends one token of the source's new-flow bucket at `now`; Err when
-    /// the new flow is over its source's rate (counted).
-    #[inline(always)]
-    pub fn new_flow(&self, now: u64, len: u64) -> Result<(), Stat> {
-        if self.slot == NO_SLOT {
-            return Ok(());
-        }
-        let (Some(l), Some(s)) = (VIP_LIMITS.get(self.vip), SOURCES.get_ptr_mut(self.slot)) else {
-            return Ok(());
-        };
-        // SAFETY: an array slot, valid for the whole run.
-        let s = unsafe { &mut *s };
-        match l.new_flows.spend(s.new_flows_ns, now) {
-            Some(full) => {
-                s.new_flows_ns = full;
-                Ok(())
-            }
-            None => {
-                count(self.vip, len, |c| &mut c.new_flows);
-                Err(Stat::DROP_SOURCE_FLOWS)
-            }
-        }
-    }
-}
-
-/// 1 when an exempt list names client `src` of VIP `vip`, else 0.
+/// 1 when an exempt list names `source` of VIP `vip`, else 0.
 #[inline(always)]
-fn exempt(vip: u32, src: &Addr, limit: &SourceLimit, settings: &Settings) -> u32 {
-    access::exempt(src, vip, settings.global_exempt(), limit.own_exempt()) as u32
+fn exempt(vip: u32, source: &Addr, limit: &SourceLimit, settings: &Settings) -> u32 {
+    access::exempt(source, vip, settings.global_exempt(), limit.own_exempt()) as u32
 }
 
 /// Adds a packet of `len` bytes to the counter `which` picks for VIP `vip`.

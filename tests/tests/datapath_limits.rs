@@ -182,6 +182,55 @@ fn a_source_over_its_new_flow_rate_keeps_its_flows_and_starts_no_more() {
         ensure!(counters(&f, 0)?.new_flows.packets == 2);
         ensure!(counters(&f, 1)?.new_flows.packets == 1);
         ensure!(counters(&f, 0)?.packets.packets == 0);
+        // The refused flows left no entry: a's, b's ACK-less SYN none, the
+        // first datagram's flow one.
+        let entries = f.datapath.flows()?;
+        ensure!(entries.len() == 2, "{} entries: {entries:?}", entries.len());
+        Ok(())
+    });
+}
+
+#[test]
+fn a_flow_reopened_is_a_new_flow_and_one_failing_over_is_not() {
+    privilege::run("datapath_limits_replace", || {
+        let mut f = fixture(
+            default_settings(SEED),
+            [limit(Some(1), None, 128), none(), none(), none()],
+            none(),
+        )?;
+        let a = syn(CLIENT4, 40000, VIP4);
+        run(
+            &mut f,
+            &[
+                Case::forwarded("syn: its one new flow", &a, 0),
+                Case::forwarded("ack: its entry", &a.clone().established(), 0),
+            ],
+        )?;
+        // Its backend goes down: the ring is rebuilt without it, and the
+        // flow fails over, spending nothing.
+        let key = balancer_tests::fixture::flow_key(CLIENT4, 40000, VIP4, 80, proto::TCP);
+        let first = f.expected_backend(0, &key);
+        let mut vip = standard::vip(0);
+        vip.limit = limit(Some(1), None, 128);
+        for b in &mut vip.backends {
+            b.up = b.id != first;
+        }
+        f.put_vip(vip)?;
+        let ack = a.clone().established();
+        run(
+            &mut f,
+            &[
+                Case::new(
+                    "ack: failing over",
+                    ack.build(),
+                    TX,
+                    Out::flow(0, &ack),
+                    &[(Counter::Event(Event::FAILOVER), 1)],
+                ),
+                Case::forwarded("fin: closing", &a.clone().fin(), 0),
+                Case::dropped("syn: reopened, a new flow", &a, Stat::DROP_SOURCE_FLOWS),
+            ],
+        )?;
         Ok(())
     });
 }
@@ -395,6 +444,93 @@ fn a_source_new_to_a_full_set_takes_the_slot_of_the_one_that_owes_less() {
                 0,
             )],
         )?;
+        Ok(())
+    });
+}
+
+#[test]
+fn an_exempt_list_names_whole_sources() {
+    privilege::run("datapath_limits_exempt_source", || {
+        let settings = Settings {
+            flags: SETTINGS_GLOBAL_EXEMPT,
+            ..default_settings(SEED)
+        }
+        .with_access_generation(3);
+        // Sources of /24s. One exempt /24, and one /32 inside a source
+        // (which the configuration refuses): it exempts nobody, whichever
+        // client of the source comes first.
+        let mut f = fixture(
+            settings,
+            [limit(Some(1), None, 120), none(), none(), none()],
+            none(),
+        )?;
+        let prefix = |t: &str| t.parse::<Prefix>().unwrap();
+        let entries = exempt_entries(
+            SCOPE_EXEMPT_GLOBAL,
+            [prefix("192.0.2.200/32"), prefix("198.51.100.0/24")].into_iter(),
+        );
+        f.datapath
+            .set_access(&entries.into_iter().collect::<Vec<_>>())?;
+        let named = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200));
+        let exempt = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
+        run(
+            &mut f,
+            &[
+                Case::forwarded(
+                    "the /32 first: its source's token",
+                    &syn(named, 40000, VIP4),
+                    0,
+                ),
+                Case::dropped(
+                    "the /32 again",
+                    &syn(named, 40001, VIP4),
+                    Stat::DROP_SOURCE_FLOWS,
+                ),
+                Case::dropped(
+                    "its neighbour",
+                    &syn(CLIENT4, 40000, VIP4),
+                    Stat::DROP_SOURCE_FLOWS,
+                ),
+                Case::forwarded("an exempt source", &syn(exempt, 40000, VIP4), 0),
+                Case::forwarded("again", &syn(exempt, 40001, VIP4), 0),
+            ],
+        )?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_lowered_burst_leaves_no_debt_beyond_it() {
+    privilege::run("datapath_limits_lowered", || {
+        // 100 packets a second in bursts of 200: the source spends its
+        // burst, owing two seconds.
+        let generous = SourceLimit {
+            packets: Rate::new(100, 200),
+            ..limit(None, None, 128)
+        };
+        let mut f = fixture(
+            default_settings(SEED),
+            [generous, none(), none(), none()],
+            none(),
+        )?;
+        let first = syn(CLIENT4, 40000, VIP4);
+        let ack = first.clone().established();
+        let mut spent = vec![Case::forwarded("syn", &first, 0)];
+        spent.extend((1..200).map(|i| Case::forwarded(format!("ack {i}"), &ack, 0)));
+        run(&mut f, &spent)?;
+        // The burst lowered to one packet: the source owes at most that
+        // (and a clock step), not the two seconds.
+        let lowered = SourceLimit {
+            packets: Rate::new(100, 1),
+            ..generous
+        };
+        f.datapath.set_vip_limit(0, &lowered)?;
+        run(
+            &mut f,
+            &[Case::dropped("at once", &ack, Stat::DROP_SOURCE_PACKETS)],
+        )?;
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        run(&mut f, &[Case::forwarded("60 ms later", &ack, 0)])?;
         Ok(())
     });
 }

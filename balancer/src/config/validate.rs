@@ -34,6 +34,7 @@ pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     datapath(config, &mut errors);
     vips(config, &mut errors);
     access(config, &mut errors);
+    exempt_sources(config, &mut errors);
     errors.list.sort_by_key(|e| e.line);
     errors.list
 }
@@ -247,6 +248,46 @@ fn persistence(vip: &VipConfig, errors: &mut Errors) {
                 "VIP {name:?}: persistence_ipv6_prefix needs persistence_timeout, without which there is no persistence"
             ),
         );
+    }
+}
+
+/// Exempt prefixes no longer than the prefix that makes a source of the
+/// limited VIPs they apply to (of their family): a source has one pair of
+/// buckets, so it is exempt whole or not at all.
+fn exempt_sources(config: &Config, errors: &mut Errors) {
+    let limited: Vec<(&str, bool, u8)> = config
+        .vips
+        .iter()
+        .map(Spanned::get_ref)
+        .filter_map(|vip| {
+            let v4 = vip.address.get_ref().is_ipv4();
+            let limits = vip.limits.as_ref()?.get_ref();
+            Some((vip.name.get_ref().as_str(), v4, limits.prefix(v4)))
+        })
+        .collect();
+    let mut check = |owner: &str, prefix: &Spanned<Prefix>, only: Option<&str>| {
+        let p = prefix.get_ref();
+        let shorter = limited.iter().find(|(name, v4, bits)| {
+            *v4 == p.is_ipv4() && p.prefix_len() > *bits && only.is_none_or(|o| o == *name)
+        });
+        if let Some((name, v4, bits)) = shorter {
+            let key = if *v4 { "ipv4_prefix" } else { "ipv6_prefix" };
+            errors.at(
+                prefix.span(),
+                format!(
+                    "{owner}: exempt prefix {p} is longer than the /{bits} that makes one source of VIP {name:?}'s limits, and a source is exempt whole or not at all: exempt its /{bits}, or lengthen limits.{key}"
+                ),
+            );
+        }
+    };
+    for prefix in &config.access.exempt {
+        check("[access]", prefix, None);
+    }
+    for vip in config.vips.iter().map(Spanned::get_ref) {
+        let owner = format!("VIP {:?}", vip.name.get_ref());
+        for prefix in &vip.exempt {
+            check(&owner, prefix, Some(vip.name.get_ref()));
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use balancer_common::backend::BackendInfo;
+use balancer_common::{backend::BackendInfo, limit::is_exempt_scope};
 
 use super::{
     desired::Desired,
@@ -154,6 +154,29 @@ pub(super) fn reconcile(
     if !access.is_empty() {
         ops.push(Write::Access(access));
     }
+    // Exempt entries and the VIPs' limits (with their own-exempt flag) are
+    // in place, and exempt entries out, before the settings whose new
+    // generation makes every source decide again whether it is exempt: a
+    // decision under the new generation sees them all. An exempt entry
+    // refuses nothing, so one out early only ends an exemption early.
+    let unexempt: Vec<_> = published
+        .access
+        .keys()
+        .filter(|key| is_exempt_scope(key.data.scope) && !plan.access.contains_key(key))
+        .copied()
+        .collect();
+    if !unexempt.is_empty() {
+        ops.push(Write::RemoveAccess(unexempt));
+    }
+    for vip in &plan.vips {
+        let written = published.vip(&vip.slot).and_then(|r| r.limit);
+        if written != Some(vip.limit) {
+            ops.push(Write::Limit {
+                slot: vip.slot,
+                limit: vip.limit,
+            });
+        }
+    }
     if published.settings != Some(plan.settings) {
         ops.push(Write::Settings(plan.settings));
     }
@@ -187,13 +210,6 @@ pub(super) fn reconcile(
                 policy: vip.policy,
             });
         }
-        let written = published.vip(&vip.slot).and_then(|r| r.limit);
-        if written != Some(vip.limit) {
-            ops.push(Write::Limit {
-                slot: vip.slot,
-                limit: vip.limit,
-            });
-        }
     }
     let rings = rings(plan, published, &infos, &mut out)?;
     for chunk in rings.chunks(RINGS_PER_BATCH) {
@@ -210,7 +226,7 @@ pub(super) fn reconcile(
     let unlisted: Vec<_> = published
         .access
         .keys()
-        .filter(|key| !plan.access.contains_key(key))
+        .filter(|key| !is_exempt_scope(key.data.scope) && !plan.access.contains_key(key))
         .copied()
         .collect();
     if !unlisted.is_empty() {

@@ -431,13 +431,13 @@ fn registry(s: &Snapshot) -> Registry {
     if let Some(entries) = s.source_entries {
         r.register(
             "source_table_entries",
-            "Sources of VIPs with per-source limits at the last scan that still owe tokens (sources with full buckets are removed by the scan)",
+            "Sources of VIPs with per-source limits that owed tokens at the last scan (a source with full buckets counts as none)",
             gauge(entries),
         );
     }
     r.register(
         "source_table_capacity",
-        "Entries the table of sources holds (past it, the least recently seen source is forgotten and starts with full buckets)",
+        "Slots of the table of sources, in sets of two: a source new to a full set takes the slot of the one that owes less, which then starts again with full buckets",
         gauge(s.source_capacity),
     );
     r.register(

@@ -376,3 +376,59 @@ fn an_exempt_list_without_limits_is_a_warning_at_its_first_prefix() {
     let config = parse(&limited, "t").unwrap();
     assert!(warnings(&config, &limited).is_empty());
 }
+
+#[test]
+fn an_exempt_prefix_longer_than_a_source_is_rejected_at_the_prefix() {
+    // VALID's VIP "web" is IPv4, its [[vip]] on line 6.
+    let with = |access: &str, vip_keys: &str, limits: &str| {
+        let text = VALID
+            .replace(
+                "[[vip]]\nname = \"web\"",
+                &format!("{access}[[vip]]\nname = \"web\"\n{vip_keys}"),
+            )
+            .replace(
+                "[vip.health_check]",
+                &format!("[vip.limits]\n{limits}\n\n[vip.health_check]"),
+            );
+        errors(&text)
+    };
+    let own = with(
+        "",
+        "exempt = [\"192.0.2.200/32\"]",
+        "new_flows = 5\nipv4_prefix = 24",
+    );
+    assert!(
+        own.iter().any(|(line, m)| *line == Some(8) && m.contains(
+            "VIP \"web\": exempt prefix 192.0.2.200/32 is longer than the /24 that makes one source of VIP \"web\"'s limits, and a source is exempt whole or not at all: exempt its /24, or lengthen limits.ipv4_prefix"
+        )),
+        "{own:#?}"
+    );
+    let global = with(
+        "[access]\nexempt = [\"192.0.2.0/25\"]\n\n",
+        "",
+        "new_flows = 5\nipv4_prefix = 24",
+    );
+    assert!(
+        global.iter().any(|(line, m)| *line == Some(7)
+            && m.contains("[access]: exempt prefix 192.0.2.0/25 is longer than the /24")),
+        "{global:#?}"
+    );
+    // Whole sources, or a family without limits, are fine.
+    assert!(
+        with(
+            "",
+            "exempt = [\"192.0.2.0/24\"]",
+            "new_flows = 5\nipv4_prefix = 24"
+        )
+        .is_empty()
+    );
+    assert!(
+        with(
+            "[access]\nexempt = [\"2001:db8::1\"]\n\n",
+            "",
+            "new_flows = 5"
+        )
+        .is_empty()
+    );
+    assert!(with("", "exempt = [\"192.0.2.200\"]", "new_flows = 5").is_empty());
+}

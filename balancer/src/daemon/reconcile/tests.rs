@@ -210,9 +210,9 @@ fn a_first_publish_writes_everything_a_vip_needs_before_its_key() {
     assert_eq!(
         kinds(&writes),
         [
-            "reset", "settings", "weight", "egress", "backend", "weight", "backend", "weight",
-            "backend", "weight", "backend", "policy", "limit", "policy", "limit", "rings", "addr",
-            "addr"
+            "reset", "limit", "limit", "settings", "weight", "egress", "backend", "weight",
+            "backend", "weight", "backend", "weight", "backend", "policy", "policy", "rings",
+            "addr", "addr"
         ]
     );
     assert_eq!(rings(&writes), [0, 1]);
@@ -368,17 +368,17 @@ fn a_write_failing_part_way_records_what_went_in_and_the_rest_is_retried() {
     let mut world = World::new();
     let writes = world.reconcile();
     let mut fake = Fake {
-        fail_at: Some(5),
+        fail_at: Some(7),
         ..Fake::default()
     };
     let outcome = apply(&writes, &mut fake, &mut world.published);
     let total = writes.ops.len();
     assert!(
-        matches!(&outcome, Err(ApplyError::Partial { done: 5, total: t, .. }) if *t == total),
+        matches!(&outcome, Err(ApplyError::Partial { done: 7, total: t, .. }) if *t == total),
         "{outcome:?}"
     );
     let rest = world.apply();
-    assert_eq!(rest.len(), total - 5, "what went in is not made again");
+    assert_eq!(rest.len(), total - 7, "what went in is not made again");
     assert_eq!(kinds(&rest)[0], "weight");
     assert!(world.reconcile().ops.is_empty());
 }
@@ -638,6 +638,38 @@ fn list_entries_go_in_before_the_flags_that_look_them_up_and_out_after() {
     let writes = world.apply();
     assert_eq!(kinds(&writes), ["settings", "addr", "remove-access"]);
     assert!(world.published.access.is_empty());
+}
+
+#[test]
+fn exempt_entries_and_limits_change_before_the_generation_that_decides_again() {
+    use balancer_common::limit::LIMIT_OWN_EXEMPT;
+    let limited = "protocol = \"tcp\"\nlimits = { new_flows = 5 }\n";
+    let (mut world, writes) = reloaded(&[("protocol = \"tcp\"\n", limited)]);
+    assert_eq!(kinds(&writes), ["limit", "addr"], "no lists: no generation");
+    // An exempt list of the VIP: its entry and the VIP's flag go in
+    // before the settings with the new generation.
+    let exempt = format!("{limited}exempt = [\"198.51.100.0/24\"]\n");
+    world.reload(&CONFIG.replace("protocol = \"tcp\"\n", &exempt));
+    let writes = world.apply();
+    assert_eq!(kinds(&writes), ["access", "limit", "settings"]);
+    let Write::Limit { limit, .. } = &writes[1] else {
+        unreachable!()
+    };
+    assert_eq!(limit.flags, LIMIT_OWN_EXEMPT);
+    // Taken out again: the entry and the flag go before the settings too,
+    // so no source stays exempt under the lists' next generation.
+    world.reload(&CONFIG.replace("protocol = \"tcp\"\n", limited));
+    let writes = world.apply();
+    assert_eq!(kinds(&writes), ["remove-access", "limit", "settings"]);
+    assert!(world.published.access.is_empty());
+    // Limits removed: zeros written, and the address no longer marked.
+    world.reload(CONFIG);
+    let writes = world.apply();
+    assert_eq!(kinds(&writes), ["limit", "addr"]);
+    let Write::Limit { limit, .. } = &writes[0] else {
+        unreachable!()
+    };
+    assert!(!limit.on());
 }
 
 #[test]
