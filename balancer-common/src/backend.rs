@@ -18,7 +18,8 @@ pub struct BackendInfo {
     /// That interface's index: XDP_TX when it is the ingress interface,
     /// a redirect through `egress` otherwise.
     pub ifindex: u32,
-    /// [`BACKEND_UP`], [`BACKEND_RESOLVED`]; 0 for an unused id.
+    /// [`BACKEND_UP`], [`BACKEND_RESOLVED`], [`BACKEND_IPIP`]; 0 for an
+    /// unused id.
     pub flags: u32,
     /// Index of the VIP the backend serves: with `addr`, what a restarted
     /// daemon reads back to give every backend the id its flows use.
@@ -38,6 +39,13 @@ impl BackendInfo {
     #[inline(always)]
     pub const fn is_resolved(&self) -> bool {
         self.flags & BACKEND_RESOLVED != 0
+    }
+
+    /// Whether packets reach the backend in an outer IP header
+    /// ([`BACKEND_IPIP`]).
+    #[inline(always)]
+    pub const fn is_ipip(&self) -> bool {
+        self.flags & BACKEND_IPIP != 0
     }
 
     /// Whether the datapath can send to the backend: up and resolved.
@@ -71,6 +79,11 @@ pub const BACKEND_UP: u32 = 1;
 /// `macs` and `ifindex` are valid. Without it the packet is
 /// dropped and counted, never sent to a wrong MAC.
 pub const BACKEND_RESOLVED: u32 = 1 << 1;
+/// Packets reach the backend encapsulated in an outer IP header (IPIP:
+/// IPv4 or IPv6 in IPv4 or IPv6), from the address its entry of `tunnels`
+/// gives, to `addr`; `macs` and `ifindex` are then those of the route's
+/// next hop (see [`crate::tunnel`]).
+pub const BACKEND_IPIP: u32 = 1 << 2;
 
 /// What the least-* schedulers compare, per backend id, in an mmap-able
 /// array: the datapath counts connections with atomic adds on a new flow

@@ -32,6 +32,7 @@ pub mod maps;
 pub mod persist;
 pub mod settings;
 pub mod stats;
+pub mod tunnel;
 pub mod vip;
 
 /// Name of the XDP program in the object file (and in `bpftool prog`).
@@ -46,6 +47,12 @@ pub type Addr = [u32; 4];
 
 /// The word of an IPv4-mapped address that holds `::ffff`.
 const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Whether `addr` is an IPv4 address (IPv4-mapped).
+#[inline(always)]
+pub const fn is_v4(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED
+}
 
 /// An [`Addr`] from the 16 bytes of an IPv6 address.
 #[inline(always)]
@@ -101,7 +108,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{access, backend, flow, limit, persist, settings, stats, vip};
+    use crate::{access, backend, flow, limit, persist, settings, stats, tunnel, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -124,6 +131,7 @@ mod user {
         settings::Settings,
         stats::PacketCount,
         stats::FlowCounters,
+        tunnel::TunnelInfo,
         vip::VipKey,
         vip::VipInfo,
         vip::AddrKey,

@@ -72,6 +72,9 @@ pub const SOURCES: &str = "sources";
 /// Packets the per-source limits dropped: [`crate::limit::LimitCounters`]
 /// per CPU, by VIP index.
 pub const LIMIT_STATS: &str = "limit_stats";
+/// Tunnels of the backends reached in an outer IP header:
+/// [`crate::tunnel::TunnelInfo`] by backend id.
+pub const TUNNELS: &str = "tunnels";
 /// Fragments: LRU hash of [`crate::fragment::FragmentKey`] to
 /// [`crate::fragment::FragmentState`], the backend of each datagram whose
 /// first fragment was admitted, with per-CPU LRU lists.
@@ -223,7 +226,7 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 22] = {
+pub const MAP_SPECS: [MapSpec; 23] = {
     use crate::{
         access::{ACCESS_ENTRIES, AccessCounters, AccessKey},
         backend::{BackendInfo, BackendLoad},
@@ -234,6 +237,7 @@ pub const MAP_SPECS: [MapSpec; 22] = {
         persist::{PersistKey, PersistState},
         settings::Settings,
         stats::{FlowCounters, PacketCount, STATS_SLOTS},
+        tunnel::TunnelInfo,
         vip::{AddrInfo, AddrKey, VipInfo, VipKey, VipPolicy},
     };
     let lru = MapKind::LRU_HASH;
@@ -275,6 +279,7 @@ pub const MAP_SPECS: [MapSpec; 22] = {
         indexed::<SourceLimit>(VIP_LIMITS, MapKind::ARRAY, MAX_VIPS, 0),
         indexed::<SourceSlot>(SOURCES, MapKind::ARRAY, SOURCE_SLOTS, 0),
         indexed::<LimitCounters>(LIMIT_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
+        indexed::<TunnelInfo>(TUNNELS, MapKind::ARRAY, MAX_BACKENDS, 0),
     ]
 };
 

@@ -88,11 +88,14 @@ stats! {
     /// Dropped: a packet over its source's packet rate for the VIP
     /// (`[vip.limits] packets`).
     DROP_SOURCE_PACKETS = 19, "drop_source_packets";
+    /// Dropped: the frame had no room for a backend's outer header (the
+    /// driver gave too little headroom).
+    DROP_ENCAP = 20, "drop_encap";
 }
 
 impl Stat {
     /// Number of verdict reasons.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     /// Slots of the map reserved for verdict reasons, used or not.
     pub const CAPACITY: u32 = 64;
 }
@@ -165,11 +168,13 @@ events! {
     /// without an entry. A flow evicted or expired while still open, or a
     /// spoofed segment.
     UNKNOWN_MIDSTREAM = 9, "unknown_midstream";
+    /// A packet sent to its backend in an outer IP header (IPIP).
+    ENCAP = 10, "encap";
 }
 
 impl Event {
     /// Number of event counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// Slots of the map reserved for events, used or not.
     pub const CAPACITY: u32 = 64;
 }

@@ -47,22 +47,25 @@ impl Lists {
         self.global || self.vips
     }
 
-    /// Admits or refuses client `src` of the VIP of index `vip` (None: no
-    /// VIP of the address has lists of its own, or none has this port).
-    /// Denied by either scope's deny list, or listed by no allow prefix of
-    /// a scope that has an allow list (an allow of either scope suffices),
-    /// it is dropped and counted for its VIP (or for none).
+    /// Admits or refuses client `src` of the VIP of index `vip`
+    /// ([`ACCESS_NO_VIP`]: no VIP of the address has lists of its own, or
+    /// none has this port; a number, not an `Option`, whose unset payload
+    /// the verifier refuses to see copied). Denied by either scope's deny
+    /// list, or listed by no allow prefix of a scope that has an allow list
+    /// (an allow of either scope suffices), it is dropped and counted for
+    /// its VIP (or for none).
     #[inline(always)]
-    pub fn admit(&self, src: &Addr, vip: Option<u32>, len: u64) -> Result<(), Stat> {
+    pub fn admit(&self, src: &Addr, vip: u32, len: u64) -> Result<(), Stat> {
         let global = if self.global {
             kind(SCOPE_GLOBAL, src)
         } else {
             0
         };
-        let slot = vip.unwrap_or(ACCESS_NO_VIP);
-        let own = match vip {
-            Some(index) => kind(index, src),
-            None => 0,
+        let slot = vip;
+        let own = if vip == ACCESS_NO_VIP {
+            0
+        } else {
+            kind(vip, src)
         };
         if global == ACCESS_DENY {
             count(slot, len, |c| &mut c.global_deny);

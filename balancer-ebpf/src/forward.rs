@@ -1,25 +1,50 @@
-//! L2 direct server return: rewrite the MACs, send to the backend.
+//! Sending a frame to its backend: L2 direct server return (the MACs
+//! rewritten, the IP packet untouched) or, for a backend reached through a
+//! route, the packet in an outer IP header ([`crate::encap`]).
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{backend::BackendInfo, stats::Stat};
 use network_types::eth::EthHdr;
 
-use crate::maps::EGRESS;
+use crate::{encap, maps::EGRESS, ring::Pick};
 
-/// Sends the frame to `backend`: destination MAC to the backend's, source
-/// MAC to the egress interface's, IP and transport headers untouched.
+/// Sends the frame to `pick`'s backend: destination MAC to the backend's
+/// (or its route's next hop's), source MAC to the egress interface's, and
+/// for a backend reached in IPIP the outer header in front (`flow`: hash
+/// material of the packet's flow, `len`: its length, for the counters).
 /// XDP_TX when the backend is reached through the ingress interface, a
 /// redirect through `egress` otherwise. Returns the action and its reason.
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, backend: &BackendInfo) -> (u32, Stat) {
+pub fn to_backend(ctx: &XdpContext, pick: &Pick, flow: u32, len: u64) -> (u32, Stat) {
+    let backend = pick.backend;
     if !backend.is_resolved() {
         return (xdp_action::XDP_DROP, Stat::DROP_NO_NEIGHBOUR);
     }
+    let written = if backend.is_ipip() {
+        encap::ipip(ctx, pick.id, backend, flow, len)
+    } else {
+        rewrite_macs(ctx, backend)
+    };
+    if let Err(reason) = written {
+        return (xdp_action::XDP_DROP, reason);
+    }
+    if backend.ifindex as usize == ctx.ingress_ifindex() {
+        return (xdp_action::XDP_TX, Stat::TX);
+    }
+    match EGRESS.redirect(backend.ifindex, 0) {
+        Ok(action) => (action, Stat::REDIRECT),
+        Err(_) => (xdp_action::XDP_DROP, Stat::DROP_REDIRECT),
+    }
+}
+
+/// Writes `backend`'s MACs over the frame's.
+#[inline(always)]
+fn rewrite_macs(ctx: &XdpContext, backend: &BackendInfo) -> Result<(), Stat> {
     let start = ctx.data();
     if start + EthHdr::LEN > ctx.data_end() {
         // Unreachable: the frame was parsed, but the verifier wants the
         // check next to the write.
-        return (xdp_action::XDP_DROP, Stat::DROP_TRUNCATED);
+        return Err(Stat::DROP_TRUNCATED);
     }
     // Both MACs as six 16-bit stores; the frame starts at an even address
     // (see the parse module). Volatile, so that LLVM keeps six stores
@@ -31,11 +56,5 @@ pub fn to_backend(ctx: &XdpContext, backend: &BackendInfo) -> (u32, Stat) {
         // packet (checked above) and `i` < 6.
         unsafe { words.add(i).write_volatile(*word) };
     }
-    if backend.ifindex as usize == ctx.ingress_ifindex() {
-        return (xdp_action::XDP_TX, Stat::TX);
-    }
-    match EGRESS.redirect(backend.ifindex, 0) {
-        Ok(action) => (action, Stat::REDIRECT),
-        Err(_) => (xdp_action::XDP_DROP, Stat::DROP_REDIRECT),
-    }
+    Ok(())
 }

@@ -7,7 +7,7 @@
 //! - this root, the orchestrator: one function per kind of packet, and
 //!   for TCP and UDP a switch on what the connection table knows;
 //! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
-//!   rewrite and the verdict), [`limits`] (per-source limits, over
+//!   rewrite, or [`encap`]sulation, and the verdict), [`limits`] (per-source limits, over
 //!   [`access`]: allow, deny and exempt lists), [`stats`] (per-CPU
 //!   counters);
 //! - [`flows`] (the connection table and the connection counts), which
@@ -29,6 +29,7 @@
 
 mod access;
 mod budget;
+mod encap;
 mod flows;
 mod forward;
 mod fragments;
@@ -46,11 +47,13 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{
+    access::ACCESS_NO_VIP,
     flow::FlowKey,
     fragment::FragmentKey,
     proto,
     settings::Settings,
     stats::{Event, Stat},
+    tunnel::flow_bits,
     vip::VipInfo,
 };
 
@@ -158,7 +161,7 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
             // A flow admitted under the lists in force skips them (a
             // generation of 0 is none: always checked).
             if lists.on() && (lists.generation == 0 || generation != lists.generation) {
-                let scope = lists.vips.then_some(vip);
+                let scope = if lists.vips { vip } else { ACCESS_NO_VIP };
                 if let Err(reason) = lists.admit(&ip.src, scope, len) {
                     return drop(reason);
                 }
@@ -172,7 +175,7 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
                 stats::event(Event::SYN_KEPT, len);
             }
             first_fragment(&p, vip, &pick);
-            return send(ctx, vip, &pick, len, false);
+            return send(ctx, vip, &pick, len, false, p.flow_bits());
         }
         Known::Down => Entry::Down,
         Known::Stale => Entry::Stale,
@@ -180,7 +183,10 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     };
     let vip = vip::find(&p.key.dst, p.key.dst_port, p.key.proto, &addr);
     if lists.on() {
-        let scope = vip.filter(|_| lists.vips).map(|v| v.index);
+        let scope = match vip {
+            Some(v) if lists.vips => v.index,
+            _ => ACCESS_NO_VIP,
+        };
         if let Err(reason) = lists.admit(&ip.src, scope, len) {
             return drop(reason);
         }
@@ -237,6 +243,12 @@ impl FlowPacket {
     #[inline(always)]
     fn starts(&self) -> bool {
         self.syn || self.key.proto == proto::UDP
+    }
+
+    /// Hash material of the packet's flow, for an outer header.
+    #[inline(always)]
+    fn flow_bits(&self) -> u32 {
+        key_bits(&self.key)
     }
 
     /// Spends a new flow of the packet's source, where its VIP limits
@@ -299,7 +311,7 @@ fn replace(
         stats::event(Event::FAILOVER, p.len);
     }
     first_fragment(p, vip.index, &pick);
-    send(ctx, vip.index, &pick, p.len, true)
+    send(ctx, vip.index, &pick, p.len, true, p.flow_bits())
 }
 
 /// A flow the table does not know, to a VIP that recomputes its choice:
@@ -329,7 +341,7 @@ fn unknown_hashed(
         stats::event(Event::NEW_FLOW, p.len);
     }
     first_fragment(p, vip.index, &pick);
-    send(ctx, vip.index, &pick, p.len, new)
+    send(ctx, vip.index, &pick, p.len, new, p.flow_bits())
 }
 
 /// A flow the table does not know, to a VIP that keeps its choice from
@@ -352,7 +364,7 @@ fn unknown_remembered(
             stats::event(Event::PROMOTED, p.len);
         }
         first_fragment(p, vip.index, &pick);
-        return send(ctx, vip.index, &pick, p.len, false);
+        return send(ctx, vip.index, &pick, p.len, false, p.flow_bits());
     }
     let new = p.starts();
     if new && let Err(reason) = p.new_flow() {
@@ -372,7 +384,7 @@ fn unknown_remembered(
         stats::event(Event::UNKNOWN_MIDSTREAM, p.len);
     }
     first_fragment(p, vip.index, &pick);
-    send(ctx, vip.index, &pick, p.len, new)
+    send(ctx, vip.index, &pick, p.len, new, p.flow_bits())
 }
 
 /// Adds flow `p` on `pick` to the connection table if this CPU's insert
@@ -433,7 +445,14 @@ fn later_fragment(ctx: &XdpContext, ip: &Ip, f: &Fragment, len: u64) -> (u32, St
     match fragments::follow(&key, flows::now()) {
         Ok((vip, pick)) => {
             stats::event(Event::FRAGMENT, len);
-            send(ctx, vip, &pick, len, false)
+            send(
+                ctx,
+                vip,
+                &pick,
+                len,
+                false,
+                flow_bits(&ip.src, &ip.dst, 0, 0),
+            )
         }
         Err(reason) => drop(reason),
     }
@@ -463,7 +482,7 @@ fn icmp_error(
     if let Known::Live { pick, vip, .. } = flows::known(&key, settings, flows::now(), false, false)
     {
         stats::event(Event::ICMP_PMTU, len);
-        return send(ctx, vip, &pick, len, false);
+        return send(ctx, vip, &pick, len, false, key_bits(&key));
     }
     let Some(addr) = vip::addr(&key.dst, key.proto) else {
         return pass(Stat::PASS_ICMP);
@@ -474,16 +493,30 @@ fn icmp_error(
     match schedule::hash_pick(&vip, &key, settings) {
         Ok(pick) => {
             stats::event(Event::ICMP_PMTU, len);
-            send(ctx, vip.index, &pick, len, false)
+            send(ctx, vip.index, &pick, len, false, key_bits(&key))
         }
         Err(reason) => drop(reason),
     }
 }
 
-/// Sends the frame to `pick` and counts it for VIP `vip` and the backend.
+/// Hash material of flow `key`, for an outer header.
 #[inline(always)]
-fn send(ctx: &XdpContext, vip: u32, pick: &Pick, len: u64, new_flow: bool) -> (u32, Stat) {
-    let (action, stat) = forward::to_backend(ctx, pick.backend);
+fn key_bits(key: &FlowKey) -> u32 {
+    flow_bits(&key.src, &key.dst, key.src_port, key.dst_port)
+}
+
+/// Sends the frame to `pick` and counts it for VIP `vip` and the backend;
+/// `flow`: hash material of its flow, for an outer header's flow label.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    vip: u32,
+    pick: &Pick,
+    len: u64,
+    new_flow: bool,
+    flow: u32,
+) -> (u32, Stat) {
+    let (action, stat) = forward::to_backend(ctx, pick, flow, len);
     if action != xdp_action::XDP_DROP {
         stats::forwarded(vip, pick.id, len, new_flow);
     }

@@ -19,6 +19,7 @@ use balancer_common::{
     persist::{PersistKey, PersistState},
     settings::Settings,
     stats::{FlowCounters, PacketCount, STATS_SLOTS},
+    tunnel::TunnelInfo,
     vip::{AddrInfo, AddrKey, VipInfo, VipKey, VipPolicy},
 };
 
@@ -110,3 +111,6 @@ pub static SOURCES: Array<SourceSlot, { SOURCE_SLOTS as usize }> = Array::new();
 
 #[btf_map(name = "limit_stats")]
 pub static LIMIT_STATS: PerCpuArray<LimitCounters, VIPS_N> = PerCpuArray::new();
+
+#[btf_map(name = "tunnels")]
+pub static TUNNELS: Array<TunnelInfo, BACKENDS_N> = Array::new();

@@ -20,11 +20,12 @@ use balancer::{
     plan::{self, BackendPlan, VipPlan},
 };
 use balancer_common::{
-    backend::BackendInfo,
+    backend::{BACKEND_IPIP, BackendInfo},
     flow::FlowKey,
     hash::{flow_hash, ring_slot, source_hash},
     limit::SourceLimit,
     settings::Settings,
+    tunnel::TunnelInfo,
     vip::VipInfo,
 };
 
@@ -52,6 +53,9 @@ pub struct Backend {
     /// Whether its MAC is known ([`backend_mac`]).
     pub resolved: bool,
     pub ifindex: u32,
+    /// Reached in IPIP from this outer source, rather than on the L2
+    /// segment.
+    pub tunnel: Option<IpAddr>,
 }
 
 impl Backend {
@@ -65,7 +69,14 @@ impl Backend {
             up: true,
             resolved: true,
             ifindex: TEST_IFINDEX,
+            tunnel: None,
         }
+    }
+
+    /// The backend reached in IPIP from outer source `src`.
+    pub fn ipip(mut self, src: IpAddr) -> Backend {
+        self.tunnel = Some(src);
+        self
     }
 
     /// Its `backends` map entry as the daemon makes it, serving VIP `vip`.
@@ -75,7 +86,11 @@ impl Backend {
             src_mac: LB_MAC,
             dst_mac: self.resolved.then(|| backend_mac(self.id)),
         };
-        plan::backend_info(self.addr, vip, self.up, Some(path))
+        let mut info = plan::backend_info(self.addr, vip, self.up, Some(path));
+        if self.tunnel.is_some() {
+            info.flags |= BACKEND_IPIP;
+        }
+        info
     }
 }
 
@@ -224,6 +239,13 @@ impl Fixture {
     pub fn set_backend(&mut self, vip: u32, backend: &Backend) -> Result<()> {
         self.datapath
             .set_backend_weight(backend.id, backend.weight)?;
+        if let Some(src) = backend.tunnel {
+            let tunnel = TunnelInfo {
+                src: plan::addr(src),
+                ..TunnelInfo::default()
+            };
+            self.datapath.set_tunnel(backend.id, &tunnel)?;
+        }
         self.datapath.set_backend(backend.id, &backend.info(vip))?;
         Ok(())
     }

@@ -11,6 +11,7 @@ use balancer_common::{
     backend::BackendInfo,
     maps::{self, MAX_BACKENDS, MAX_VIPS, RING_FLAGS},
     settings::Settings,
+    tunnel::TunnelInfo,
     vip::{AddrInfo, AddrKey, MAX_LIST_LEN, VipInfo, VipKey, VipPolicy, list_len},
 };
 
@@ -42,6 +43,16 @@ impl Datapath {
         let mut map: Array<_, BackendInfo> = self.map_mut(maps::BACKENDS)?;
         map.set(id, backend, 0)
             .map_err(DatapathError::map("write", maps::BACKENDS))
+    }
+
+    /// Writes the tunnel of backend `id` (the outer header's source), read
+    /// for a backend whose entry says it is reached in IPIP: written before
+    /// that entry.
+    pub fn set_tunnel(&mut self, id: u32, tunnel: &TunnelInfo) -> Result<(), DatapathError> {
+        check_range("backend id", id, MAX_BACKENDS)?;
+        let mut map: Array<_, TunnelInfo> = self.map_mut(maps::TUNNELS)?;
+        map.set(id, tunnel, 0)
+            .map_err(DatapathError::map("write", maps::TUNNELS))
     }
 
     /// Puts VIP `slot` in place with `ring`, its ring: for the hashing

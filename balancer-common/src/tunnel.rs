@@ -1,0 +1,94 @@
+//! Encapsulation: what the datapath writes around a client's packet for a
+//! backend reached through an outer IP header ([`crate::backend::BACKEND_IPIP`]).
+//!
+//! The outer header goes from an address of the balancer ([`TunnelInfo`],
+//! per backend, as the daemon chose it for the backend's route) to the
+//! backend's address, in the backend's family: IPv4 (protocol 4 for an
+//! IPv4 packet inside, 41 for IPv6) or IPv6 (next header likewise). The
+//! client's packet follows byte for byte. The outer IPv4 header forbids
+//! fragmentation (DF) and its TTL, like the IPv6 hop limit, is
+//! [`OUTER_TTL`]; it carries the inner packet's DSCP and ECN bits, and an
+//! outer IPv6 header a flow label from the flow's hash, so that routers on
+//! the way spread flows over their paths.
+
+use crate::Addr;
+
+/// A backend's tunnel (`tunnels`, by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// The outer header's source: an address of the balancer, of the
+    /// backend's family (IPv4-mapped for IPv4).
+    pub src: Addr,
+    pub _reserved: [u32; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<TunnelInfo>() == 24);
+
+/// TTL of an outer IPv4 header and hop limit of an outer IPv6 one.
+pub const OUTER_TTL: u8 = 64;
+/// Bytes an outer IPv4 header adds.
+pub const IPIP4_OVERHEAD: usize = 20;
+/// Bytes an outer IPv6 header adds.
+pub const IPIP6_OVERHEAD: usize = 40;
+/// IP protocol of IPv4 in IP.
+pub const PROTO_IPIP: u8 = 4;
+/// IP protocol of IPv6 in IP.
+pub const PROTO_IPV6: u8 = 41;
+
+/// The flow label of an outer IPv6 header for a flow of hash material
+/// `flow`: 20 bits of a mix of it, never 0 (0 means no label).
+#[inline(always)]
+pub const fn flow_label(flow: u32) -> u32 {
+    let h = flow.wrapping_mul(0x9e37_79b1);
+    let label = (h >> 12) & 0xf_ffff;
+    if label == 0 { 1 } else { label }
+}
+
+/// Hash material of the flow of a packet with these addresses and ports
+/// (network byte order; 0 for a packet without ports), for the outer
+/// header's flow label.
+#[inline(always)]
+pub const fn flow_bits(src: &Addr, dst: &Addr, src_port: u16, dst_port: u16) -> u32 {
+    src[3] ^ src[2] ^ dst[3] ^ (((src_port as u32) << 16) | dst_port as u32)
+}
+
+/// The ones' complement checksum of `words`, 16-bit words as they lie in
+/// the packet (the sum does not depend on the byte order), ready to store.
+#[inline(always)]
+pub const fn checksum(words: &[u16]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < words.len() {
+        sum += words[i] as u32;
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checksum_of_a_known_header() {
+        // The IPv4 header of RFC 1071's usual example (Wikipedia's):
+        // 4500 0073 0000 4000 4011 [b861] c0a8 0001 c0a8 00c7.
+        let be = [
+            0x4500u16, 0x0073, 0x0000, 0x4000, 0x4011, 0x0000, 0xc0a8, 0x0001, 0xc0a8, 0x00c7,
+        ];
+        let stored: Vec<u16> = be.iter().map(|w| w.to_be()).collect();
+        assert_eq!(u16::from_be(checksum(&stored)), 0xb861);
+    }
+
+    #[test]
+    fn flow_labels_are_20_bits_and_never_0() {
+        for flow in [0, 1, 0x1234_5678, u32::MAX] {
+            let label = flow_label(flow);
+            assert!(label != 0 && label <= 0xf_ffff, "{flow}: {label}");
+        }
+        assert_ne!(flow_label(1), flow_label(2));
+    }
+}
