@@ -197,6 +197,13 @@ fn each_pair_of_families_gets_its_outer_header() {
             case(&f, "a VLAN tag kept", &syn4.clone().tagged(7), 0),
         ];
         run_encapsulated(&mut f, &cases)?;
+        // A frame padded to the Ethernet minimum: the outer header counts
+        // the IP packet, the padding stays behind it.
+        let ack = syn4.clone().established();
+        let (name, mut frame, mut want) = case(&f, "padded", &ack, 0);
+        frame.extend([0; 6]);
+        want.extend([0; 6]);
+        run_encapsulated(&mut f, &[(name, frame, want)])?;
         // The L2 DSR VIP beside them: MACs only.
         let dsr = Packet::tcp(CLIENT4, 40000, DSR_VIP, 80);
         run(&mut f, &[Case::forwarded("l2 dsr", &dsr, 4)])?;

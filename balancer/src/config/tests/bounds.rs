@@ -222,9 +222,11 @@ fn the_memory_of_the_maps_follows_the_configuration() {
     assert_eq!(memory.flows, 30 << 20, "the default connection table");
     assert_eq!(memory.rings, 512 << 10, "one ring of 65,537 slots");
     assert_eq!(memory.persistence, 13 << 20);
+    // 7.5 MiB of handshakes, 3 of sources, 1.875 of fragments.
+    assert_eq!(memory.fixed, (99 << 20) / 8);
     assert_eq!(
         memory.to_string(),
-        "43.5 MiB (connection table 30.0 MiB, rings 0.5 MiB, persistence table 13.0 MiB)"
+        "55.9 MiB (connection table 30.0 MiB, rings 0.5 MiB, persistence table 13.0 MiB, handshake, source and fragment tables 12.4 MiB)"
     );
     let largest = parse("[datapath]\nflow_table_size = 67108864\n", "t").unwrap();
     assert_eq!(MapMemory::of(&largest).flows, 7_680 << 20, "7.5 GiB");
