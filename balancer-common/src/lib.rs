@@ -24,6 +24,7 @@
 pub mod access;
 pub mod backend;
 pub mod budget;
+pub mod decap;
 pub mod flow;
 pub mod fragment;
 pub mod hash;
@@ -108,7 +109,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{access, backend, flow, limit, persist, settings, stats, tunnel, vip};
+    use crate::{access, backend, decap, flow, limit, persist, settings, stats, tunnel, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -123,6 +124,7 @@ mod user {
         access::AccessCounters,
         backend::BackendInfo,
         backend::BackendLoad,
+        decap::DecapConfig,
         flow::FlowKey,
         flow::FlowState,
         limit::LimitCounters,

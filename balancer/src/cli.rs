@@ -89,6 +89,40 @@ pub enum Command {
         #[arg(long)]
         pin_path: Option<PathBuf>,
     },
+    /// On a backend: attach the decapsulator, which takes IPIP and GUE
+    /// headers off packets for this host and passes the client's packet to
+    /// the stack (for hosts without the kernel's ipip and fou modules); it
+    /// stays pinned after the command exits. --detach takes it off,
+    /// --stats prints its counters.
+    Decap(DecapArgs),
+}
+
+/// Arguments of `balancer decap`.
+#[derive(Debug, Args)]
+pub struct DecapArgs {
+    /// An interface tunnelled packets arrive on (repeat for several).
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// An address of this host whose tunnelled packets are decapsulated
+    /// (repeat for several; default: the interfaces' addresses).
+    #[arg(long = "address", value_name = "IP")]
+    pub addresses: Vec<std::net::IpAddr>,
+    /// GUE's UDP port (0: no GUE).
+    #[arg(long, default_value_t = crate::decap::DEFAULT_GUE_PORT)]
+    pub gue_port: u16,
+    /// XDP attach mode.
+    #[arg(long, default_value = "auto")]
+    pub xdp_mode: XdpMode,
+    /// Where the decapsulator is pinned.
+    #[arg(long, default_value = crate::decap::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Detach it (from the --interface given, or from every one).
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the counters of the decapsulator pinned at --pin-path and
+    /// change nothing.
+    #[arg(long, conflicts_with = "detach")]
+    pub stats: bool,
 }
 
 /// `balancer vip ...`. Changes are written to the configuration file
@@ -326,6 +360,7 @@ pub fn main() -> ExitCode {
         }) => watch::run(&socket, interval.unwrap_or(Duration::from_secs(1))),
         Command::Reload { allow_empty } => ask(Request::Reload { allow_empty }),
         Command::Teardown { config, pin_path } => teardown(config.as_deref(), pin_path),
+        Command::Decap(args) => decap(&args, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -355,6 +390,67 @@ fn teardown(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> anyh
         }
     );
     Ok(())
+}
+
+/// `balancer decap`: attach (or replace) the decapsulator, detach it, or
+/// print its counters.
+fn decap(args: &DecapArgs, json: bool) -> anyhow::Result<()> {
+    use crate::decap;
+    let dir = &args.pin_path;
+    if args.stats {
+        let c = decap::pinned_counters(dir)?;
+        let row = |name: &str, p: balancer_common::stats::PacketCount| serde_json::json!({"kind": name, "packets": p.packets, "bytes": p.bytes});
+        let rows = serde_json::json!([
+            row("ipip_ipv4", c.ipip4),
+            row("ipip_ipv6", c.ipip6),
+            row("gue", c.gue),
+            row("passed", c.passed),
+        ]);
+        print_answer(&rows, json);
+        return Ok(());
+    }
+    if args.detach {
+        let detached = decap::detach(dir, &args.interfaces)?;
+        println!("decapsulator detached from {}", list(&detached));
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !args.interfaces.is_empty(),
+        "give at least one --interface to attach the decapsulator to"
+    );
+    let addresses = if args.addresses.is_empty() {
+        decap::interface_addresses(&args.interfaces)?
+    } else {
+        args.addresses.clone()
+    };
+    anyhow::ensure!(
+        !addresses.is_empty(),
+        "the interfaces have no address: give --address"
+    );
+    crate::datapath::pin::prepare(dir)?;
+    let mut d = decap::Decapsulator::load(&addresses, args.gue_port)?;
+    d.pin_maps(dir)?;
+    for interface in &args.interfaces {
+        let mode = d.attach(interface, args.xdp_mode, dir)?;
+        println!("decapsulator on {interface} ({mode:?})");
+    }
+    let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    println!(
+        "decapsulating IPIP and GUE (UDP port {}) to {}; pinned in {}",
+        args.gue_port,
+        list(&shown),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `items`, comma-separated, or "no interface".
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "no interface".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// `balancer check-config PATH`: every problem on stderr, or the counts,

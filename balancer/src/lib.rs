@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod decap;
 pub mod edit;
 pub mod health;
 pub mod logging;
