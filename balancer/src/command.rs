@@ -16,7 +16,7 @@ use std::{net::IpAddr, time::Duration};
 use clap::{Args, ValueEnum, builder::PossibleValue};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{List, Prefix, Protocol, Scheduler};
+use crate::config::{Forwarding, List, Prefix, Protocol, Scheduler};
 
 /// `vip add` / `vip-add`: a new VIP, with the default TCP health check.
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
@@ -49,6 +49,12 @@ pub struct VipAdd {
     )]
     #[serde(default)]
     pub persistence_ipv6_prefix: Option<u8>,
+    /// How packets reach the backends: dsr (the default: backends on the
+    /// balancer's segment) or ipip (an outer IP header; the backends take
+    /// it off).
+    #[arg(long, value_enum)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<Forwarding>,
 }
 
 /// A VIP's address, port and protocol: one argument on the command line

@@ -298,8 +298,9 @@ mod tests {
                     scheduler: Some(crate::config::Scheduler::RoundRobin),
                     persistence_timeout: Some(Duration::from_secs(300)),
                     persistence_ipv6_prefix: Some(56),
+                    forwarding: Some(crate::config::Forwarding::Ipip),
                 }),
-                r#"{"command":"vip-add","name":"app","address":"2001:db8::80","port":443,"protocol":"tcp","scheduler":"round-robin","persistence_timeout":"5m","persistence_ipv6_prefix":56}"#,
+                r#"{"command":"vip-add","name":"app","address":"2001:db8::80","port":443,"protocol":"tcp","scheduler":"round-robin","persistence_timeout":"5m","persistence_ipv6_prefix":56,"forwarding":"ipip"}"#,
             ),
             (
                 Edit::VipRemove(VipName { name: "app".into() }),

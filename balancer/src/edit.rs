@@ -173,6 +173,7 @@ fn add_vip(doc: &mut DocumentMut, add: &VipAdd) -> Result<(), String> {
         scheduler,
         persistence_timeout,
         persistence_ipv6_prefix,
+        forwarding,
     } = add;
     if find_vip(doc, name).is_ok() {
         return Err(format!("a VIP named {name:?} already exists"));
@@ -190,6 +191,9 @@ fn add_vip(doc: &mut DocumentMut, add: &VipAdd) -> Result<(), String> {
     }
     if let Some(prefix) = persistence_ipv6_prefix {
         table["persistence_ipv6_prefix"] = value(i64::from(*prefix));
+    }
+    if let Some(forwarding) = forwarding {
+        table["forwarding"] = value(forwarding.name());
     }
     vips(doc)?.push(table);
     Ok(())
@@ -299,6 +303,7 @@ weight = 150
             scheduler: None,
             persistence_timeout: None,
             persistence_ipv6_prefix: None,
+            forwarding: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct L2Path {
     pub src_mac: [u8; 6],
     /// The backend's MAC, when the neighbour table has it.
     pub dst_mac: Option<[u8; 6]>,
+    /// The route's preferred source address: this host's address toward
+    /// the backend (the outer source of IPIP by default).
+    pub source: Option<IpAddr>,
 }
 
 /// Why a backend cannot be reached at L2.
@@ -108,9 +111,16 @@ impl Neighbours {
             .map_err(netlink)?
             .ok_or(NeighbourError::NoRoute { backend })?;
         let mut ifindex = None;
+        let mut source = None;
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::Oif(index) => ifindex = Some(*index),
+                RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => {
+                    source = Some(IpAddr::V4(*v4))
+                }
+                RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => {
+                    source = Some(IpAddr::V6(*v6))
+                }
                 RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
                     return Err(NeighbourError::NotOnLink {
                         backend,
@@ -135,6 +145,7 @@ impl Neighbours {
             ifindex,
             src_mac,
             dst_mac: table.get(&(ifindex, backend)).copied(),
+            source,
         })
     }
 

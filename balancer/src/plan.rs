@@ -10,11 +10,12 @@ use balancer_common::{
         ACCESS_ALLOW, ACCESS_DENY, ACCESS_EXEMPT, ACCESS_NOT_ALLOWED, AccessKey, SCOPE_GLOBAL,
     },
     addr_from_octets, addr_from_v4,
-    backend::BackendInfo,
+    backend::{BACKEND_IPIP, BackendInfo},
     budget,
     flow::ACCESS_GENERATION_MASK,
     limit::{LIMIT_OWN_EXEMPT, Rate, SCOPE_EXEMPT_GLOBAL, SourceLimit, exempt_scope},
     settings::{SETTINGS_GLOBAL_ACCESS, SETTINGS_GLOBAL_EXEMPT, Settings},
+    tunnel::TunnelInfo,
     vip::{
         ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, ADDR_VIP_LIMITS, AddrInfo, AddrKey,
         SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
@@ -23,7 +24,7 @@ use balancer_common::{
 };
 
 use crate::{
-    config::{Config, LimitsConfig, List, Persistence, Prefix, Scheduler},
+    config::{Config, Forwarding, LimitsConfig, List, Persistence, Prefix, Scheduler},
     datapath::VipSlot,
     maglev::{MaglevError, Member},
     neighbour::L2Path,
@@ -69,6 +70,8 @@ pub struct VipPlan {
     pub access: bool,
     /// What `vip_limits` holds for the VIP (zeros without limits).
     pub limit: SourceLimit,
+    /// How its packets reach its backends.
+    pub forwarding: Forwarding,
 }
 
 /// One backend of one VIP, with its id in the `backends` map.
@@ -276,6 +279,7 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
                 vip.limits.as_ref().map(|l| l.get_ref()),
                 !vip.exempt.is_empty(),
             ),
+            forwarding: vip.forwarding,
         });
         access.extend(scope_entries(
             index,
@@ -412,25 +416,68 @@ pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
         .collect()
 }
 
-/// The `backends` map entry of a backend at `address` serving VIP `vip`:
-/// up when `up`, and resolved with its MACs and
-/// interface once `path` knows its MAC (zeros before).
-pub fn backend_info(address: IpAddr, vip: u32, up: bool, path: Option<L2Path>) -> BackendInfo {
+/// How packets reach a backend, as its `backends` entry says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// L2 direct server return.
+    Dsr,
+    /// In IPIP; `tunnel`: its `tunnels` entry has a source (without one it
+    /// counts as unresolved).
+    Ipip { tunnel: bool },
+}
+
+/// The `backends` map entry of a backend at `address` serving VIP `vip`,
+/// reached by `delivery`: up when `up`, and resolved with its MACs and
+/// interface once `path` knows its MAC (zeros before) and, in IPIP, its
+/// tunnel has a source.
+pub fn backend_info(
+    address: IpAddr,
+    vip: u32,
+    up: bool,
+    path: Option<L2Path>,
+    delivery: Delivery,
+) -> BackendInfo {
     let (macs, ifindex, resolved) = match path {
         Some(L2Path {
             ifindex,
             src_mac,
             dst_mac: Some(dst),
+            ..
         }) => (BackendInfo::mac_words(dst, src_mac), ifindex, true),
         _ => ([0; 6], 0, false),
+    };
+    let (resolved, ipip) = match delivery {
+        Delivery::Dsr => (resolved, 0),
+        Delivery::Ipip { tunnel } => (resolved && tunnel, BACKEND_IPIP),
     };
     BackendInfo {
         addr: addr(address),
         macs,
         ifindex,
-        flags: BackendInfo::flags_for(up, resolved),
+        flags: BackendInfo::flags_for(up, resolved) | ipip,
         vip,
     }
+}
+
+/// The `tunnels` entry of a backend at `address` reached in IPIP: the
+/// outer source `[datapath]` gives for its family, else its route's
+/// preferred source; None without either (it cannot be sent to).
+pub fn tunnel_info(
+    address: IpAddr,
+    datapath: &crate::config::DatapathConfig,
+    path: Option<&L2Path>,
+) -> Option<TunnelInfo> {
+    let configured = match address {
+        IpAddr::V4(_) => datapath.tunnel_source_ipv4.map(IpAddr::V4),
+        IpAddr::V6(_) => datapath.tunnel_source_ipv6.map(IpAddr::V6),
+    };
+    let source = configured
+        .or_else(|| path.and_then(|p| p.source))
+        .filter(|s| s.is_ipv4() == address.is_ipv4())?;
+    Some(TunnelInfo {
+        src: addr(source),
+        ..TunnelInfo::default()
+    })
 }
 
 impl VipPlan {
@@ -742,8 +789,15 @@ address = "10.0.0.3"
             ifindex: 4,
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac,
+            source: None,
         };
-        let known = backend_info(address, 3, true, Some(path(Some([2, 0, 0, 0, 0, 2]))));
+        let known = backend_info(
+            address,
+            3,
+            true,
+            Some(path(Some([2, 0, 0, 0, 0, 2]))),
+            Delivery::Dsr,
+        );
         assert_eq!(
             known.flags,
             balancer_common::backend::BACKEND_UP | balancer_common::backend::BACKEND_RESOLVED
@@ -756,11 +810,47 @@ address = "10.0.0.3"
                 3
             )
         );
-        let unknown = backend_info(address, 3, false, Some(path(None)));
+        let unknown = backend_info(address, 3, false, Some(path(None)), Delivery::Dsr);
         assert_eq!(
             (unknown.flags, unknown.macs, unknown.ifindex),
             (0, [0; 6], 0)
         );
+        // In IPIP: flagged so, and resolved only with a tunnel source too.
+        let resolved = Some(path(Some([2, 0, 0, 0, 0, 2])));
+        let ipip = backend_info(address, 3, true, resolved, Delivery::Ipip { tunnel: true });
+        assert_eq!(
+            ipip.flags,
+            balancer_common::backend::BACKEND_UP
+                | balancer_common::backend::BACKEND_RESOLVED
+                | BACKEND_IPIP
+        );
+        let sourceless = backend_info(address, 3, true, resolved, Delivery::Ipip { tunnel: false });
+        assert!(!sourceless.is_resolved());
+    }
+
+    #[test]
+    fn a_tunnel_comes_from_the_configured_source_or_the_routes() {
+        let route = L2Path {
+            ifindex: 4,
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: None,
+            source: Some("10.0.0.254".parse().unwrap()),
+        };
+        let backend: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut datapath = crate::config::DatapathConfig::default();
+        let got = |d: &crate::config::DatapathConfig, p: Option<&L2Path>| {
+            tunnel_info(backend, d, p).map(|t| ip(&t.src))
+        };
+        assert_eq!(got(&datapath, Some(&route)), route.source);
+        assert_eq!(got(&datapath, None), None, "no source at all");
+        datapath.tunnel_source_ipv4 = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(
+            got(&datapath, Some(&route)),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        // An IPv6 backend takes neither an IPv4 setting nor route.
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(tunnel_info(v6, &datapath, Some(&route)), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use balancer::{
     plan::{self, BackendPlan, VipPlan},
 };
 use balancer_common::{
-    backend::{BACKEND_IPIP, BackendInfo},
+    backend::BackendInfo,
     flow::FlowKey,
     hash::{flow_hash, ring_slot, source_hash},
     limit::SourceLimit,
@@ -85,12 +85,13 @@ impl Backend {
             ifindex: self.ifindex,
             src_mac: LB_MAC,
             dst_mac: self.resolved.then(|| backend_mac(self.id)),
+            source: None,
         };
-        let mut info = plan::backend_info(self.addr, vip, self.up, Some(path));
-        if self.tunnel.is_some() {
-            info.flags |= BACKEND_IPIP;
-        }
-        info
+        let delivery = match self.tunnel {
+            None => plan::Delivery::Dsr,
+            Some(_) => plan::Delivery::Ipip { tunnel: true },
+        };
+        plan::backend_info(self.addr, vip, self.up, Some(path), delivery)
     }
 }
 
@@ -153,6 +154,11 @@ impl Vip {
                 .collect(),
             access: self.access,
             limit: self.limit,
+            forwarding: if self.backends.iter().any(|b| b.tunnel.is_some()) {
+                balancer::config::Forwarding::Ipip
+            } else {
+                balancer::config::Forwarding::Dsr
+            },
         }
     }
 

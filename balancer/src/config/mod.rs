@@ -125,6 +125,11 @@ pub struct DatapathConfig {
     /// (see [`DatapathConfig::insert_budget`]).
     #[serde(rename = "insert_budget")]
     pub insert_budget_setting: Option<u32>,
+    /// The outer source of IPIP to IPv4 backends; absent: the preferred
+    /// source of each backend's route.
+    pub tunnel_source_ipv4: Option<std::net::Ipv4Addr>,
+    /// The outer source of IPIP to IPv6 backends; absent: likewise.
+    pub tunnel_source_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// The default insert budget lets new entries replace the whole connection
@@ -154,6 +159,8 @@ impl Default for DatapathConfig {
             udp_idle_timeout: Duration::from_secs(30),
             hash_seed: 0,
             insert_budget_setting: None,
+            tunnel_source_ipv4: None,
+            tunnel_source_ipv6: None,
         }
     }
 }
@@ -336,12 +343,29 @@ impl Scheduler {
 }
 
 /// How packets reach backends.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
-    /// L2 direct server return.
+    /// L2 direct server return: the frame's MACs rewritten, the backend
+    /// on the balancer's segment.
     #[default]
     Dsr,
+    /// The client's packet in an outer IP header (IPIP), from the
+    /// balancer's address to the backend's; the backend takes it off
+    /// (`balancer decap`, or the kernel's ipip device).
+    Ipip,
+}
+
+impl Forwarding {
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Dsr => "dsr",
+            Forwarding::Ipip => "ipip",
+        }
+    }
 }
 
 /// `[vip.health_check]`: how the daemon decides a backend is up.

@@ -10,6 +10,7 @@ use balancer_common::{
     backend::BackendInfo,
     limit::SourceLimit,
     settings::Settings,
+    tunnel::TunnelInfo,
     vip::{AddrInfo, AddrKey, VipPolicy},
 };
 
@@ -54,6 +55,7 @@ pub(super) struct BackendRecord {
     pub(super) info: Option<BackendInfo>,
     pub(super) weight: Option<u32>,
     pub(super) latency_us: Option<u32>,
+    pub(super) tunnel: Option<TunnelInfo>,
 }
 
 /// One VIP's entries.
@@ -168,6 +170,9 @@ impl Published {
             }
             Write::Backend { id, info } => {
                 self.backends.entry(*id).or_default().info = Some(*info);
+            }
+            Write::Tunnel { id, tunnel } => {
+                self.backends.entry(*id).or_default().tunnel = Some(*tunnel);
             }
             Write::Policy { slot, policy } => self.vip_mut(slot).policy = Some(*policy),
             Write::Limit { slot, limit } => self.vip_mut(slot).limit = Some(*limit),

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use balancer_common::{backend::BackendInfo, limit::is_exempt_scope};
+use balancer_common::{backend::BackendInfo, limit::is_exempt_scope, tunnel::TunnelInfo};
 
 use super::{
     desired::Desired,
@@ -23,9 +23,10 @@ use super::{
     published::{Numbers, Published, Recipe},
 };
 use crate::{
+    config::Forwarding,
     datapath::{RINGS_PER_BATCH, Write, Writer},
     maglev::MaglevError,
-    plan::{self, BackendPlan, Plan},
+    plan::{self, BackendPlan, Delivery, Plan},
     schedule,
 };
 
@@ -181,9 +182,20 @@ pub(super) fn reconcile(
         ops.push(Write::Settings(plan.settings));
     }
     let infos = backend_infos(desired, observed);
+    let tunnels = tunnel_infos(desired, observed);
     let mut egress = published.egress.clone();
     for (_, b) in desired.backends() {
         let record = published.backend(b.id);
+        // A tunnel's source before the entry that makes the datapath read
+        // it.
+        if let Some(tunnel) = tunnels.get(&b.id)
+            && record.tunnel != Some(*tunnel)
+        {
+            ops.push(Write::Tunnel {
+                id: b.id,
+                tunnel: *tunnel,
+            });
+        }
         if record.weight != Some(b.weight) {
             ops.push(Write::Weight {
                 id: b.id,
@@ -298,16 +310,38 @@ fn rings(
 /// The `backends` map entry of every backend of `desired`: up unless its
 /// checks say down, resolved once its MAC is known.
 fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, BackendInfo> {
+    let tunnels = tunnel_infos(desired, observed);
     desired
         .backends()
         .map(|(vip, b)| {
+            let delivery = match vip.forwarding {
+                Forwarding::Dsr => Delivery::Dsr,
+                Forwarding::Ipip => Delivery::Ipip {
+                    tunnel: tunnels.contains_key(&b.id),
+                },
+            };
             let info = plan::backend_info(
                 b.address,
                 vip.slot.info.index,
                 observed.is_up(b.id),
                 observed.reach(b.id).path(),
+                delivery,
             );
             (b.id, info)
+        })
+        .collect()
+}
+
+/// The `tunnels` entries of the backends reached in IPIP that have an
+/// outer source (see [`plan::tunnel_info`]).
+fn tunnel_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, TunnelInfo> {
+    desired
+        .backends()
+        .filter(|(vip, _)| vip.forwarding == Forwarding::Ipip)
+        .filter_map(|(_, b)| {
+            let path = observed.reach(b.id).path();
+            let tunnel = plan::tunnel_info(b.address, &desired.config.datapath, path.as_ref())?;
+            Some((b.id, tunnel))
         })
         .collect()
 }

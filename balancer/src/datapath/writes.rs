@@ -8,6 +8,7 @@ use balancer_common::{
     backend::BackendInfo,
     limit::SourceLimit,
     settings::Settings,
+    tunnel::TunnelInfo,
     vip::{AddrInfo, AddrKey, VipPolicy},
 };
 
@@ -34,6 +35,8 @@ pub enum Write {
     Egress(u32),
     /// Backend `id`'s entry; its flags take it down or bring it back.
     Backend { id: u32, info: BackendInfo },
+    /// Backend `id`'s tunnel (the outer source of IPIP).
+    Tunnel { id: u32, tunnel: TunnelInfo },
     /// The policy (persistence) of the VIP at `slot`'s index.
     Policy { slot: VipSlot, policy: VipPolicy },
     /// The per-source limits of the VIP at `slot`'s index.
@@ -74,6 +77,7 @@ impl Writer for Datapath {
             Write::Latency { id, us } => self.set_backend_latency(*id, *us),
             Write::Egress(ifindex) => self.add_egress(*ifindex),
             Write::Backend { id, info } => self.set_backend(*id, info),
+            Write::Tunnel { id, tunnel } => self.set_tunnel(*id, tunnel),
             Write::Policy { slot, policy } => self.set_vip_policy(slot.info.index, policy),
             Write::Limit { slot, limit } => self.set_vip_limit(slot.info.index, limit),
             Write::Rings(rings) => {

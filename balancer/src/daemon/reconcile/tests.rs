@@ -97,6 +97,7 @@ impl World {
             ifindex: 2,
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: Some(dst),
+            source: Some("192.0.2.2".parse().unwrap()),
         };
         self.observed.set_reach(id, Reach::Path(path));
     }
@@ -172,6 +173,7 @@ fn kinds(writes: &[Write]) -> Vec<&'static str> {
             Write::Backend { .. } => "backend",
             Write::Policy { .. } => "policy",
             Write::Limit { .. } => "limit",
+            Write::Tunnel { .. } => "tunnel",
             Write::Rings(_) => "rings",
             Write::Addr { .. } => "addr",
             Write::Access(_) => "access",
@@ -697,5 +699,50 @@ fn within_a_scope_a_deny_wins_over_an_allow_it_covers() {
             .iter()
             .any(|(k, kind)| *kind == ACCESS_ALLOW && k.data.addr[3] & 0xff == 10),
         "an allow inside the deny stayed: {kinds:?}"
+    );
+}
+
+#[test]
+fn an_ipip_backend_gets_its_tunnel_before_the_entry_that_flags_it() {
+    use balancer_common::backend::{BACKEND_IPIP, BACKEND_RESOLVED};
+    let (world, writes) = reloaded(&[(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nforwarding = \"ipip\"\n",
+    )]);
+    let kinds = kinds(&writes);
+    let web: Vec<u32> = world.desired.plan.vips[0]
+        .backends
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    for id in &web {
+        let tunnel = writes
+            .iter()
+            .position(|w| matches!(w, Write::Tunnel { id: t, .. } if t == id));
+        let entry = writes
+            .iter()
+            .position(|w| matches!(w, Write::Backend { id: b, .. } if b == id));
+        let (Some(tunnel), Some(entry)) = (tunnel, entry) else {
+            panic!("backend {id}: {kinds:?}");
+        };
+        assert!(tunnel < entry, "{kinds:?}");
+        let Write::Backend { info, .. } = &writes[entry] else {
+            unreachable!()
+        };
+        assert_eq!(
+            info.flags & (BACKEND_IPIP | BACKEND_RESOLVED),
+            BACKEND_IPIP | BACKEND_RESOLVED
+        );
+        let Write::Tunnel { tunnel, .. } = &writes[tunnel] else {
+            unreachable!()
+        };
+        assert_eq!(tunnel.src, crate::plan::addr("192.0.2.2".parse().unwrap()));
+    }
+    // The dns VIP stays L2 DSR: no tunnel.
+    let dns = world.desired.plan.vips[1].backends[0].id;
+    assert!(
+        !writes
+            .iter()
+            .any(|w| matches!(w, Write::Tunnel { id, .. } if *id == dns))
     );
 }
