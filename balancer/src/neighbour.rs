@@ -1,8 +1,10 @@
 //! Where a backend is on the wire: the interface that reaches it, that
-//! interface's MAC, and the backend's MAC from the kernel's neighbour table.
+//! interface's MAC, and the next hop's MAC from the kernel's neighbour
+//! table: the backend's own, or for a backend reached through a route (in
+//! IPIP) its gateway's.
 //!
 //! Direct server return only reaches backends on a directly connected
-//! network, so a backend behind a gateway is an error, not a guess.
+//! network, so for it a backend behind a gateway is an error, not a guess.
 
 use std::{
     collections::BTreeMap,
@@ -62,14 +64,16 @@ impl Neighbours {
         Ok(Neighbours { handle })
     }
 
-    /// Resolves every backend in `backends` with one dump of the neighbour
-    /// table. A backend whose MAC is unknown gets `dst_mac: None`, and the
-    /// kernel is asked to resolve it (a datagram to its discard port), so
-    /// the next call finds it.
+    /// Resolves every backend in `backends` (each with whether it may be
+    /// reached through a gateway: `routed`) with one dump of the neighbour
+    /// table. A backend whose next hop's MAC is unknown gets `dst_mac:
+    /// None`, and the kernel is asked to resolve it (a datagram to the
+    /// backend's discard port, which resolves the next hop), so the next
+    /// call finds it.
     pub async fn resolve_all(
         &self,
-        backends: &[IpAddr],
-    ) -> Vec<(IpAddr, Result<L2Path, NeighbourError>)> {
+        backends: &[(IpAddr, bool)],
+    ) -> Vec<((IpAddr, bool), Result<L2Path, NeighbourError>)> {
         let table = match self.neighbour_table().await {
             Ok(table) => table,
             Err(err) => {
@@ -81,12 +85,12 @@ impl Neighbours {
             }
         };
         let mut out = Vec::with_capacity(backends.len());
-        for &backend in backends {
-            let result = self.path(backend, &table).await;
+        for &(backend, routed) in backends {
+            let result = self.path(backend, routed, &table).await;
             if let Ok(L2Path { dst_mac: None, .. }) = result {
                 provoke_resolution(backend);
             }
-            out.push((backend, result));
+            out.push(((backend, routed), result));
         }
         out
     }
@@ -94,6 +98,7 @@ impl Neighbours {
     async fn path(
         &self,
         backend: IpAddr,
+        routed: bool,
         table: &BTreeMap<(u32, IpAddr), [u8; 6]>,
     ) -> Result<L2Path, NeighbourError> {
         let route = match backend {
@@ -112,6 +117,7 @@ impl Neighbours {
             .ok_or(NeighbourError::NoRoute { backend })?;
         let mut ifindex = None;
         let mut source = None;
+        let mut gateway = None;
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::Oif(index) => ifindex = Some(*index),
@@ -121,20 +127,15 @@ impl Neighbours {
                 RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => {
                     source = Some(IpAddr::V6(*v6))
                 }
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
-                    return Err(NeighbourError::NotOnLink {
-                        backend,
-                        gateway: IpAddr::V4(*gw),
-                    });
-                }
-                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
-                    return Err(NeighbourError::NotOnLink {
-                        backend,
-                        gateway: IpAddr::V6(*gw),
-                    });
-                }
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => gateway = Some(IpAddr::V4(*gw)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => gateway = Some(IpAddr::V6(*gw)),
                 _ => {}
             }
+        }
+        if let Some(gateway) = gateway
+            && !routed
+        {
+            return Err(NeighbourError::NotOnLink { backend, gateway });
         }
         let ifindex = ifindex.ok_or(NeighbourError::NoRoute { backend })?;
         let src_mac = self
@@ -144,7 +145,7 @@ impl Neighbours {
         Ok(L2Path {
             ifindex,
             src_mac,
-            dst_mac: table.get(&(ifindex, backend)).copied(),
+            dst_mac: table.get(&(ifindex, gateway.unwrap_or(backend))).copied(),
             source,
         })
     }

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
-    Lab, Netns, balancer_bin,
+    Lab, Netns, VethOptions, balancer_bin,
     daemon::{cli_json, start_with_config},
     netns_test,
     servers::{tally_names, tcp_ask_name, tcp_name_server},
@@ -80,6 +80,70 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
         ensure!(
             tcp_ask_name(&t.client, web()).is_err(),
             "answered after the decapsulators left"
+        );
+        Ok(())
+    });
+}
+
+/// The router between the balancer's segment and the backends' subnets.
+const GATEWAY: &str = "10.50.0.254";
+
+#[test]
+fn an_ipip_vip_reaches_backends_behind_a_router() {
+    netns_test("ipip_routed", Duration::from_secs(120), |lab| {
+        // client, balancer and router on one segment; each backend in a
+        // subnet of its own behind the router (10.70.i.0/24).
+        let t = Topology::build(lab, 0)?;
+        let rt = lab.netns("gw")?;
+        lab.veth((&rt, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
+        t.switch.ip(["link", "set", "pgw", "master", "br0"])?;
+        t.switch.ip(["link", "set", "pgw", "up"])?;
+        rt.add_address("eth0", &format!("{GATEWAY}/24"))?;
+        rt.sysctl("net.ipv4.ip_forward", "1")?;
+        let mut backends = Vec::new();
+        for i in 0..2 {
+            let be = lab.netns(&format!("rbe{i}"))?;
+            let link = format!("b{i}");
+            lab.veth((&rt, &link), (&be, "eth0"), VethOptions::default())?;
+            rt.add_address(&link, &format!("10.70.{i}.1/24"))?;
+            be.add_address("eth0", &format!("10.70.{i}.10/24"))?;
+            be.add_route("default", &format!("10.70.{i}.1"))?;
+            be.add_address("lo", &format!("{}/32", topology::VIP4))?;
+            tcp_name_server(&be, "0.0.0.0:80".parse()?, &format!("be{i}"))?;
+            decap(lab, &be, i, &["--interface", "eth0"])?;
+            backends.push(std::net::IpAddr::from([10, 70, i as u8, 10]));
+        }
+        t.lb.add_route("10.70.0.0/16", GATEWAY)?;
+        let config = ConfigText::default()
+            .vip(
+                "web",
+                topology::VIP4.into(),
+                80,
+                "tcp",
+                &format!("forwarding = \"ipip\"\n{NO_CHECK}"),
+                &plain(&backends),
+            )
+            .build();
+        let _daemon = start_with_config(lab, &t.lb, &config)?;
+        let names = tally_names(&t.client, web(), 30)?;
+        ensure!(names.len() == 2, "answered by {names:?}");
+        // Both reached through the router: its MAC is their next hop's.
+        let gateway_mac = rt.mac("eth0")?;
+        let mac = gateway_mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let rows = cli_json(lab, ["backend", "list"])?;
+        let macs: Vec<&str> = rows
+            .as_array()
+            .context("backend list")?
+            .iter()
+            .filter_map(|r| r["mac"].as_str())
+            .collect();
+        ensure!(
+            macs == [mac.as_str(), mac.as_str()],
+            "next hops {macs:?}, gateway {mac}"
         );
         Ok(())
     });

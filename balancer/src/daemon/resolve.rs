@@ -13,7 +13,7 @@ use super::{
     observed::{Observed, Reach},
     pacing::Pacer,
 };
-use crate::neighbour::Neighbours;
+use crate::{config::Forwarding, neighbour::Neighbours};
 
 /// Reads the path of the backends of `desired` from the kernel into
 /// `observed`: every resolved one, and the unresolved ones `pacer` says
@@ -25,36 +25,41 @@ pub(super) async fn resolve(
     observed: &mut Observed,
     pacer: &mut Pacer,
 ) {
-    let backends: Vec<(u32, IpAddr)> = desired.backends().map(|(_, b)| (b.id, b.address)).collect();
-    // A backend of many VIPs is resolved once.
-    let resolved: BTreeSet<IpAddr> = backends
+    // Each backend with whether it may be reached through a gateway (in
+    // IPIP), which decides how it resolves.
+    let backends: Vec<(u32, (IpAddr, bool))> = desired
+        .backends()
+        .map(|(vip, b)| (b.id, (b.address, vip.forwarding == Forwarding::Ipip)))
+        .collect();
+    // A backend of many VIPs is resolved once (per way of reaching it).
+    let resolved: BTreeSet<(IpAddr, bool)> = backends
         .iter()
         .filter(|(id, _)| observed.reach(*id).mac().is_some())
-        .map(|(_, address)| *address)
+        .map(|(_, target)| *target)
         .collect();
-    let unresolved: Vec<IpAddr> = backends
+    let unresolved: Vec<(IpAddr, bool)> = backends
         .iter()
-        .map(|(_, address)| *address)
-        .filter(|address| !resolved.contains(address))
+        .map(|(_, target)| *target)
+        .filter(|target| !resolved.contains(target))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    pacer.retain(|address| unresolved.contains(address));
+    let unresolved_addresses: Vec<IpAddr> = unresolved.iter().map(|(a, _)| *a).collect();
+    pacer.retain(|address| unresolved_addresses.contains(address));
     let now = std::time::Instant::now();
-    let mut addresses: Vec<IpAddr> = resolved.into_iter().collect();
-    addresses.extend(pacer.due(&unresolved, now));
-    let results: BTreeMap<IpAddr, _> = neighbours
-        .resolve_all(&addresses)
-        .await
-        .into_iter()
-        .collect();
-    for (address, result) in &results {
+    let due: BTreeSet<IpAddr> = pacer.due(&unresolved_addresses, now).into_iter().collect();
+    let mut targets: Vec<(IpAddr, bool)> = resolved.into_iter().collect();
+    targets.extend(unresolved.into_iter().filter(|(a, _)| due.contains(a)));
+    let results: BTreeMap<(IpAddr, bool), _> =
+        neighbours.resolve_all(&targets).await.into_iter().collect();
+    for ((address, _), result) in &results {
         let known = result.as_ref().is_ok_and(|path| path.dst_mac.is_some());
         pacer.record(*address, known, now);
     }
     let mut reported = BTreeSet::new();
-    for (id, address) in &backends {
-        let Some(result) = results.get(address) else {
+    for (id, target) in &backends {
+        let address = &target.0;
+        let Some(result) = results.get(target) else {
             continue;
         };
         let reach = match result {
