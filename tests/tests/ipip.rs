@@ -87,20 +87,26 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
 
 /// The router between the balancer's segment and the backends' subnets.
 const GATEWAY: &str = "10.50.0.254";
+const GATEWAY6: &str = "fd50::fe";
 
 #[test]
-fn an_ipip_vip_reaches_backends_behind_a_router() {
+fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
     netns_test("ipip_routed", Duration::from_secs(120), |lab| {
         // client, balancer and router on one segment; each backend in a
-        // subnet of its own behind the router (10.70.i.0/24).
+        // subnet of its own behind the router (10.70.i.0/24,
+        // fd70:i::/64). VIPs: web (IPv4 to IPv4 backends), web6 (IPv6 to
+        // IPv6) and mixed (IPv4 to IPv6 backends, port 81).
         let t = Topology::build(lab, 0)?;
         let rt = lab.netns("gw")?;
         lab.veth((&rt, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
         t.switch.ip(["link", "set", "pgw", "master", "br0"])?;
         t.switch.ip(["link", "set", "pgw", "up"])?;
         rt.add_address("eth0", &format!("{GATEWAY}/24"))?;
+        rt.add_address("eth0", &format!("{GATEWAY6}/64"))?;
         rt.sysctl("net.ipv4.ip_forward", "1")?;
+        rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let mut backends = Vec::new();
+        let mut backends6 = Vec::new();
         for i in 0..2 {
             let be = lab.netns(&format!("rbe{i}"))?;
             let link = format!("b{i}");
@@ -108,25 +114,57 @@ fn an_ipip_vip_reaches_backends_behind_a_router() {
             rt.add_address(&link, &format!("10.70.{i}.1/24"))?;
             be.add_address("eth0", &format!("10.70.{i}.10/24"))?;
             be.add_route("default", &format!("10.70.{i}.1"))?;
+            rt.add_address(&link, &format!("fd70:{i}::1/64"))?;
+            be.add_address("eth0", &format!("fd70:{i}::10/64"))?;
+            be.add_route("default", &format!("fd70:{i}::1"))?;
             be.add_address("lo", &format!("{}/32", topology::VIP4))?;
+            be.add_address("lo", &format!("{}/128", topology::VIP6))?;
             tcp_name_server(&be, "0.0.0.0:80".parse()?, &format!("be{i}"))?;
+            let vip6 = SocketAddr::new(topology::VIP6.into(), 80);
+            tcp_name_server(&be, vip6, &format!("be{i}"))?;
+            tcp_name_server(&be, "0.0.0.0:81".parse()?, &format!("be{i}"))?;
             decap(lab, &be, i, &["--interface", "eth0"])?;
             backends.push(std::net::IpAddr::from([10, 70, i as u8, 10]));
+            backends6.push(format!("fd70:{i}::10").parse::<std::net::IpAddr>()?);
         }
         t.lb.add_route("10.70.0.0/16", GATEWAY)?;
+        t.lb.add_route("fd70::/16", GATEWAY6)?;
+        let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
                 "web",
                 topology::VIP4.into(),
                 80,
                 "tcp",
-                &format!("forwarding = \"ipip\"\n{NO_CHECK}"),
+                &ipip,
                 &plain(&backends),
+            )
+            .vip(
+                "web6",
+                topology::VIP6.into(),
+                80,
+                "tcp",
+                &ipip,
+                &plain(&backends6),
+            )
+            .vip(
+                "mixed",
+                topology::VIP4.into(),
+                81,
+                "tcp",
+                &ipip,
+                &plain(&backends6),
             )
             .build();
         let _daemon = start_with_config(lab, &t.lb, &config)?;
-        let names = tally_names(&t.client, web(), 30)?;
-        ensure!(names.len() == 2, "answered by {names:?}");
+        for (name, vip) in [
+            ("web", web()),
+            ("web6", SocketAddr::new(topology::VIP6.into(), 80)),
+            ("mixed", SocketAddr::new(topology::VIP4.into(), 81)),
+        ] {
+            let names = tally_names(&t.client, vip, 20)?;
+            ensure!(names.len() == 2, "{name}: answered by {names:?}");
+        }
         // Both reached through the router: its MAC is their next hop's.
         let gateway_mac = rt.mac("eth0")?;
         let mac = gateway_mac
@@ -142,7 +180,7 @@ fn an_ipip_vip_reaches_backends_behind_a_router() {
             .filter_map(|r| r["mac"].as_str())
             .collect();
         ensure!(
-            macs == [mac.as_str(), mac.as_str()],
+            macs.len() == 6 && macs.iter().all(|m| *m == mac),
             "next hops {macs:?}, gateway {mac}"
         );
         Ok(())

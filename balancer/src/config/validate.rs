@@ -14,8 +14,8 @@ use balancer_common::{
 use toml::Spanned;
 
 use super::{
-    CheckKind, Config, ConfigError, HealthCheckConfig, Lines, List, MAX_PERSISTENCE_TIMEOUT,
-    MAX_RATE, MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
+    CheckKind, Config, ConfigError, Forwarding, HealthCheckConfig, Lines, List,
+    MAX_PERSISTENCE_TIMEOUT, MAX_RATE, MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
     bounds::{
         MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL,
         MIN_CHECK_TIMEOUT, MIN_RING_SIZE, unusable,
@@ -161,10 +161,12 @@ fn vips(config: &Config, errors: &mut Errors) {
         for b in &vip.backends {
             let backend = b.get_ref();
             let addr = *backend.address.get_ref();
-            if addr.is_ipv4() != address.is_ipv4() {
+            // In IPIP the backend's family is the outer header's, whatever
+            // the client's; L2 DSR hands the client's packet over as is.
+            if addr.is_ipv4() != address.is_ipv4() && vip.forwarding == Forwarding::Dsr {
                 errors.at(
                     backend.address.span(),
-                    format!("backend {addr} of VIP {name:?} is not of the VIP's address family ({address})"),
+                    format!("backend {addr} of VIP {name:?} is not of the VIP's address family ({address}): only forwarding = \"ipip\" carries one family in the other"),
                 );
             }
             if let Some(why) = unusable(addr) {

@@ -434,3 +434,21 @@ fn an_exempt_prefix_longer_than_a_source_is_rejected_at_the_prefix() {
     );
     assert!(with("", "exempt = [\"192.0.2.200\"]", "new_flows = 5").is_empty());
 }
+
+#[test]
+fn only_ipip_carries_backends_of_the_other_family() {
+    // VALID's VIP "web" is IPv4.
+    let v6_backends = VALID
+        .replace("address = \"10.0.0.1\"", "address = \"fd00::1\"")
+        .replace("address = \"10.0.0.2\"", "address = \"fd00::2\"");
+    assert_rejected(
+        &v6_backends,
+        19,
+        "backend fd00::1 of VIP \"web\" is not of the VIP's address family (192.0.2.10): only forwarding = \"ipip\" carries one family in the other",
+    );
+    let ipip = v6_backends.replace(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nforwarding = \"ipip\"\n",
+    );
+    assert!(errors(&ipip).is_empty(), "{:#?}", errors(&ipip));
+}
