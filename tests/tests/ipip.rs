@@ -4,16 +4,20 @@
 //! connections are answered by every backend, directly; without the
 //! decapsulator they are not.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     Lab, Netns, VethOptions, balancer_bin,
-    daemon::{cli_json, start_with_config},
+    daemon::{cli_json, start, start_with_config},
     netns_test,
-    servers::{tally_names, tcp_ask_name, tcp_name_server},
+    servers::{EchoConnection, tally_names, tcp_ask_name, tcp_echo_server, tcp_name_server},
     topology::{self, ConfigText, NO_CHECK, Topology, plain},
 };
+use nix::sys::signal::Signal;
 
 fn web() -> SocketAddr {
     SocketAddr::new(topology::VIP4.into(), 80)
@@ -89,46 +93,55 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
 const GATEWAY: &str = "10.50.0.254";
 const GATEWAY6: &str = "fd50::fe";
 
+/// Client and balancer on one segment with a router; two backends in
+/// subnets of their own behind it (10.70.i.10, fd70:i::10), each holding
+/// the VIPs on `lo`, serving names on VIP4:80, VIP6:80 and VIP4:81 and
+/// echoes on VIP4:82, and running `balancer decap`. Returns the topology,
+/// the router, and the backends' IPv4 and IPv6 addresses.
+fn routed(lab: &Lab) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<IpAddr>)> {
+    let t = Topology::build(lab, 0)?;
+    let rt = lab.netns("gw")?;
+    lab.veth((&rt, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
+    t.switch.ip(["link", "set", "pgw", "master", "br0"])?;
+    t.switch.ip(["link", "set", "pgw", "up"])?;
+    rt.add_address("eth0", &format!("{GATEWAY}/24"))?;
+    rt.add_address("eth0", &format!("{GATEWAY6}/64"))?;
+    rt.sysctl("net.ipv4.ip_forward", "1")?;
+    rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    let mut backends = Vec::new();
+    let mut backends6 = Vec::new();
+    for i in 0..2 {
+        let be = lab.netns(&format!("rbe{i}"))?;
+        let link = format!("b{i}");
+        lab.veth((&rt, &link), (&be, "eth0"), VethOptions::default())?;
+        rt.add_address(&link, &format!("10.70.{i}.1/24"))?;
+        be.add_address("eth0", &format!("10.70.{i}.10/24"))?;
+        be.add_route("default", &format!("10.70.{i}.1"))?;
+        rt.add_address(&link, &format!("fd70:{i}::1/64"))?;
+        be.add_address("eth0", &format!("fd70:{i}::10/64"))?;
+        be.add_route("default", &format!("fd70:{i}::1"))?;
+        be.add_address("lo", &format!("{}/32", topology::VIP4))?;
+        be.add_address("lo", &format!("{}/128", topology::VIP6))?;
+        let name = format!("be{i}");
+        tcp_name_server(&be, "0.0.0.0:80".parse()?, &name)?;
+        tcp_name_server(&be, SocketAddr::new(topology::VIP6.into(), 80), &name)?;
+        tcp_name_server(&be, "0.0.0.0:81".parse()?, &name)?;
+        tcp_echo_server(&be, SocketAddr::new(topology::VIP4.into(), 82), &name)?;
+        decap(lab, &be, i, &["--interface", "eth0"])?;
+        backends.push(IpAddr::from([10, 70, i as u8, 10]));
+        backends6.push(format!("fd70:{i}::10").parse::<IpAddr>()?);
+    }
+    t.lb.add_route("10.70.0.0/16", GATEWAY)?;
+    t.lb.add_route("fd70::/16", GATEWAY6)?;
+    Ok((t, rt, backends, backends6))
+}
+
 #[test]
 fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
     netns_test("ipip_routed", Duration::from_secs(120), |lab| {
-        // client, balancer and router on one segment; each backend in a
-        // subnet of its own behind the router (10.70.i.0/24,
-        // fd70:i::/64). VIPs: web (IPv4 to IPv4 backends), web6 (IPv6 to
-        // IPv6) and mixed (IPv4 to IPv6 backends, port 81).
-        let t = Topology::build(lab, 0)?;
-        let rt = lab.netns("gw")?;
-        lab.veth((&rt, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
-        t.switch.ip(["link", "set", "pgw", "master", "br0"])?;
-        t.switch.ip(["link", "set", "pgw", "up"])?;
-        rt.add_address("eth0", &format!("{GATEWAY}/24"))?;
-        rt.add_address("eth0", &format!("{GATEWAY6}/64"))?;
-        rt.sysctl("net.ipv4.ip_forward", "1")?;
-        rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        let mut backends = Vec::new();
-        let mut backends6 = Vec::new();
-        for i in 0..2 {
-            let be = lab.netns(&format!("rbe{i}"))?;
-            let link = format!("b{i}");
-            lab.veth((&rt, &link), (&be, "eth0"), VethOptions::default())?;
-            rt.add_address(&link, &format!("10.70.{i}.1/24"))?;
-            be.add_address("eth0", &format!("10.70.{i}.10/24"))?;
-            be.add_route("default", &format!("10.70.{i}.1"))?;
-            rt.add_address(&link, &format!("fd70:{i}::1/64"))?;
-            be.add_address("eth0", &format!("fd70:{i}::10/64"))?;
-            be.add_route("default", &format!("fd70:{i}::1"))?;
-            be.add_address("lo", &format!("{}/32", topology::VIP4))?;
-            be.add_address("lo", &format!("{}/128", topology::VIP6))?;
-            tcp_name_server(&be, "0.0.0.0:80".parse()?, &format!("be{i}"))?;
-            let vip6 = SocketAddr::new(topology::VIP6.into(), 80);
-            tcp_name_server(&be, vip6, &format!("be{i}"))?;
-            tcp_name_server(&be, "0.0.0.0:81".parse()?, &format!("be{i}"))?;
-            decap(lab, &be, i, &["--interface", "eth0"])?;
-            backends.push(std::net::IpAddr::from([10, 70, i as u8, 10]));
-            backends6.push(format!("fd70:{i}::10").parse::<std::net::IpAddr>()?);
-        }
-        t.lb.add_route("10.70.0.0/16", GATEWAY)?;
-        t.lb.add_route("fd70::/16", GATEWAY6)?;
+        // VIPs: web (IPv4 to IPv4 backends), web6 (IPv6 to IPv6) and
+        // mixed (IPv4 to IPv6 backends, port 81).
+        let (t, rt, backends, backends6) = routed(lab)?;
         let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
@@ -183,6 +196,56 @@ fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
             macs.len() == 6 && macs.iter().all(|m| *m == mac),
             "next hops {macs:?}, gateway {mac}"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn held_ipip_connections_survive_a_killed_daemon() {
+    netns_test("ipip_restart", Duration::from_secs(120), |lab| {
+        let (t, _rt, backends, _) = routed(lab)?;
+        let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
+        let config = ConfigText::default()
+            .vip(
+                "web",
+                topology::VIP4.into(),
+                80,
+                "tcp",
+                &ipip,
+                &plain(&backends),
+            )
+            .vip(
+                "chat",
+                topology::VIP4.into(),
+                82,
+                "tcp",
+                &ipip,
+                &plain(&backends),
+            )
+            .build();
+        let path = lab.write_file("balancer.toml", &config)?;
+        let args = ["--config".as_ref(), path.as_os_str()];
+        let mut daemon = start(lab, &t.lb, args)?;
+        let chat = SocketAddr::new(topology::VIP4.into(), 82);
+        let mut held: Vec<EchoConnection> = (0..10)
+            .map(|_| EchoConnection::open(&t.client, chat))
+            .collect::<Result<_>>()?;
+        for c in &mut held {
+            c.echo("before")?;
+        }
+        daemon.signal(Signal::SIGKILL)?;
+        daemon.wait_timeout(Duration::from_secs(5))?;
+        // No daemon: the pinned datapath still encapsulates.
+        for c in &mut held {
+            c.echo("while the daemon is dead")?;
+        }
+        let _daemon = start(lab, &t.lb, args)?;
+        for (i, c) in held.iter_mut().enumerate() {
+            c.echo("after the restart")
+                .with_context(|| format!("held connection {i} on {}", c.backend))?;
+        }
+        let names = tally_names(&t.client, web(), 20)?;
+        ensure!(names.len() == 2, "after the restart: {names:?}");
         Ok(())
     });
 }
