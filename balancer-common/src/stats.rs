@@ -88,8 +88,10 @@ stats! {
     /// Dropped: a packet over its source's packet rate for the VIP
     /// (`[vip.limits] packets`).
     DROP_SOURCE_PACKETS = 19, "drop_source_packets";
-    /// Dropped: the frame had no room for a backend's outer header (the
-    /// driver gave too little headroom).
+    /// Dropped: a packet for a backend reached in IPIP that cannot be
+    /// encapsulated: the frame has no room for the outer header (the
+    /// driver gave too little headroom), or the packet is too long for an
+    /// outer IPv4 header (or, in IPv6, for its own length field).
     DROP_ENCAP = 20, "drop_encap";
 }
 

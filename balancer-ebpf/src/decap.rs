@@ -46,9 +46,9 @@ const TAGGED_LEN: usize = 18;
 pub fn balancer_decap(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let slot = match ether_type(&ctx) {
-        Some((ETH_VLAN, _)) => decap::<TAGGED_LEN>(&ctx),
-        Some(_) => decap::<ETH_LEN>(&ctx),
-        None => None,
+        Some((ETH_VLAN, inner @ (ETH_IPV4 | ETH_IPV6))) => decap::<TAGGED_LEN>(&ctx, inner),
+        Some((outer @ (ETH_IPV4 | ETH_IPV6), _)) => decap::<ETH_LEN>(&ctx, outer),
+        _ => None,
     };
     count(slot.unwrap_or(DECAP_PASSED), len);
     xdp_action::XDP_PASS
@@ -83,8 +83,8 @@ struct Outer {
 /// Takes the outer headers off a tunnelled packet for the host whose IP
 /// header is at `L3`; the slot to count it under, or None to pass it.
 #[inline(always)]
-fn decap<const L3: usize>(ctx: &XdpContext) -> Option<u32> {
-    let outer = outer::<L3>(ctx)?;
+fn decap<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<u32> {
+    let outer = outer::<L3>(ctx, ether_type)?;
     let start = ctx.data();
     if start + L3 > ctx.data_end() {
         return None;
@@ -118,7 +118,7 @@ fn decap<const L3: usize>(ctx: &XdpContext) -> Option<u32> {
 /// The outer headers of the packet at `L3`, if it is IPIP or GUE to one of
 /// the host's addresses, without IP options or fragmentation.
 #[inline(always)]
-fn outer<const L3: usize>(ctx: &XdpContext) -> Option<Outer> {
+fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
     let start = ctx.data();
     // The longest outer headers (IPv6 and UDP) and the inner packet's
     // first byte.
@@ -127,7 +127,7 @@ fn outer<const L3: usize>(ctx: &XdpContext) -> Option<Outer> {
     }
     // SAFETY: inside the frame (checked above).
     let version = unsafe { ((start + L3) as *const u8).read() } >> 4;
-    let (ip_len, proto, dst) = if version == 4 {
+    let (ip_len, proto, dst) = if version == 4 && ether_type == ETH_IPV4 {
         if start + L3 + 20 > ctx.data_end() {
             return None;
         }
@@ -145,7 +145,7 @@ fn outer<const L3: usize>(ctx: &XdpContext) -> Option<Outer> {
             return None;
         }
         (20, proto, addr_from_v4_word(dst))
-    } else if version == 6 {
+    } else if version == 6 && ether_type == ETH_IPV6 {
         if start + L3 + 40 > ctx.data_end() {
             return None;
         }

@@ -113,7 +113,9 @@ fn wrap<const L3: usize, const OUTER: usize>(
 ) -> Result<(), Stat> {
     let inner = inner::<L3>(ctx)?;
     let total = inner.len as usize + OUTER;
-    if total > u16::MAX as usize {
+    // An outer IPv4 header counts itself in its length; an IPv6 one only
+    // its payload, the inner packet, which always fits.
+    if OUTER == IPIP4_OVERHEAD && total > u16::MAX as usize {
         return Err(Stat::DROP_ENCAP);
     }
     let start = ctx.data();

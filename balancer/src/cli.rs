@@ -107,7 +107,7 @@ pub struct DecapArgs {
     /// (repeat for several; default: the interfaces' addresses).
     #[arg(long = "address", value_name = "IP")]
     pub addresses: Vec<std::net::IpAddr>,
-    /// GUE's UDP port (0: no GUE).
+    /// GUE's UDP port (0, the default: no GUE).
     #[arg(long, default_value_t = crate::decap::DEFAULT_GUE_PORT)]
     pub gue_port: u16,
     /// XDP attach mode.
@@ -430,7 +430,15 @@ fn decap(args: &DecapArgs, json: bool) -> anyhow::Result<()> {
     crate::datapath::pin::prepare(dir)?;
     let mut d = decap::Decapsulator::load(&addresses, args.gue_port)?;
     d.pin_maps(dir)?;
-    for interface in &args.interfaces {
+    // Interfaces attached by an earlier run take the new program too, so
+    // that every one uses the maps just pinned.
+    let mut interfaces = args.interfaces.clone();
+    for pinned in decap::pinned_interfaces(dir) {
+        if !interfaces.contains(&pinned) {
+            interfaces.push(pinned);
+        }
+    }
+    for interface in &interfaces {
         let mode = d.attach(interface, args.xdp_mode, dir)?;
         println!("decapsulator on {interface} ({mode:?})");
     }

@@ -36,8 +36,9 @@ use crate::datapath::{AttachedMode, TestOutput, XdpMode, test_run_xdp};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-decap"));
 
-/// GUE's UDP port when `--gue-port` is not given.
-pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// GUE's UDP port when `--gue-port` is not given: none, since the
+/// balancer sends IPIP only for now (6080 is the usual one).
+pub const DEFAULT_GUE_PORT: u16 = 0;
 
 /// Where `balancer decap` pins by default.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/balancer-decap";
@@ -159,6 +160,23 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map> {
         .with_context(|| format!("the decapsulator has no map {name}"))
 }
 
+/// The interfaces whose link is pinned in `dir` (none when it does not
+/// exist).
+pub fn pinned_interfaces(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("link-")
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// The pin of the link of `interface` in `dir`.
 fn link_path(dir: &Path, interface: &str) -> PathBuf {
     dir.join(format!("link-{interface}"))
@@ -216,7 +234,17 @@ pub fn detach(dir: &Path, only: &[String]) -> Result<Vec<String>> {
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().starts_with("link-"));
     if !links_left {
-        std::fs::remove_dir_all(dir)?;
+        // Only what `balancer decap` pinned: a wrong --pin-path must not
+        // take anything else with it.
+        for name in [DECAP_ADDRS, DECAP_CONFIG, DECAP_STATS] {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        std::fs::remove_dir(dir).with_context(|| {
+            format!("{} holds more than the decapsulator's pins", dir.display())
+        })?;
     }
     Ok(detached)
 }

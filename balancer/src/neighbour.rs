@@ -32,6 +32,9 @@ pub struct L2Path {
     /// The route's preferred source address: this host's address toward
     /// the backend (the outer source of IPIP by default).
     pub source: Option<IpAddr>,
+    /// The route goes through a gateway: `dst_mac` is the gateway's, which
+    /// only a backend reached in IPIP may use.
+    pub via_gateway: bool,
 }
 
 /// Why a backend cannot be reached at L2.
@@ -147,6 +150,7 @@ impl Neighbours {
             src_mac,
             dst_mac: table.get(&(ifindex, gateway.unwrap_or(backend))).copied(),
             source,
+            via_gateway: gateway.is_some(),
         })
     }
 

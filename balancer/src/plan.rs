@@ -437,17 +437,25 @@ pub fn backend_info(
     path: Option<L2Path>,
     delivery: Delivery,
 ) -> BackendInfo {
-    let (macs, ifindex, resolved) = match path {
+    let (macs, ifindex, resolved, via_gateway) = match path {
         Some(L2Path {
             ifindex,
             src_mac,
             dst_mac: Some(dst),
+            via_gateway,
             ..
-        }) => (BackendInfo::mac_words(dst, src_mac), ifindex, true),
-        _ => ([0; 6], 0, false),
+        }) => (
+            BackendInfo::mac_words(dst, src_mac),
+            ifindex,
+            true,
+            via_gateway,
+        ),
+        _ => ([0; 6], 0, false, false),
     };
     let (resolved, ipip) = match delivery {
-        Delivery::Dsr => (resolved, 0),
+        // A path through a gateway (read for IPIP before a reload made the
+        // VIP L2 DSR) never takes a DSR frame.
+        Delivery::Dsr => (resolved && !via_gateway, 0),
         Delivery::Ipip { tunnel } => (resolved && tunnel, BACKEND_IPIP),
     };
     BackendInfo {
@@ -790,6 +798,7 @@ address = "10.0.0.3"
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac,
             source: None,
+            via_gateway: false,
         };
         let known = backend_info(
             address,
@@ -826,6 +835,15 @@ address = "10.0.0.3"
         );
         let sourceless = backend_info(address, 3, true, resolved, Delivery::Ipip { tunnel: false });
         assert!(!sourceless.is_resolved());
+        // Through a gateway: fine in IPIP, never for L2 DSR.
+        let routed = resolved.map(|p| L2Path {
+            via_gateway: true,
+            ..p
+        });
+        assert!(
+            backend_info(address, 3, true, routed, Delivery::Ipip { tunnel: true }).is_resolved()
+        );
+        assert!(!backend_info(address, 3, true, routed, Delivery::Dsr).is_resolved());
     }
 
     #[test]
@@ -835,6 +853,7 @@ address = "10.0.0.3"
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: None,
             source: Some("10.0.0.254".parse().unwrap()),
+            via_gateway: false,
         };
         let backend: IpAddr = "10.0.0.1".parse().unwrap();
         let mut datapath = crate::config::DatapathConfig::default();

@@ -86,6 +86,7 @@ impl Backend {
             src_mac: LB_MAC,
             dst_mac: self.resolved.then(|| backend_mac(self.id)),
             source: None,
+            via_gateway: false,
         };
         let delivery = match self.tunnel {
             None => plan::Delivery::Dsr,

@@ -171,6 +171,12 @@ fn everything_else_passes_untouched() {
         fragment[20] = 0x20;
         let mut not_ip_inside = to_host.clone();
         not_ip_inside[14 + 28] = 0x10;
+        // What follows the Ethernet header is IP only if its type says so.
+        let mut arp = to_host.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let mut tagged_arp = to_host[..12].to_vec();
+        tagged_arp.extend([0x81, 0x00, 0x00, 0x07, 0x08, 0x06]);
+        tagged_arp.extend(&to_host[14..]);
         let frames = [
             (
                 "GUE to another address",
@@ -183,6 +189,8 @@ fn everything_else_passes_untouched() {
             ("IP options", with_options),
             ("a fragment", fragment),
             ("not IP inside", not_ip_inside),
+            ("not an IP ethertype", arp),
+            ("not IP behind a VLAN tag", tagged_arp),
             (
                 "plain UDP to the host",
                 Packet::udp(CLIENT4, 5353, host4, 53).build(),

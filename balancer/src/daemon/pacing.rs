@@ -25,18 +25,29 @@ pub(super) const LONGEST_WAIT: Duration = Duration::from_secs(30);
 pub(super) const BUDGET: u32 = 200;
 
 /// When each unresolved backend is due, and the budget of this second.
-#[derive(Debug, Default)]
-pub(super) struct Pacer {
-    /// Address → when it was first seen unresolved, and its backoff.
-    waits: BTreeMap<IpAddr, (Instant, Backoff)>,
+/// A backend is named by `K`: its address, or its address and how it is
+/// reached (each resolves its own way).
+#[derive(Debug)]
+pub(super) struct Pacer<K = IpAddr> {
+    /// Backend → when it was first seen unresolved, and its backoff.
+    waits: BTreeMap<K, (Instant, Backoff)>,
     /// The second the budget counts, and the reads made in it.
     second: Option<(Instant, u32)>,
 }
 
-impl Pacer {
+impl<K> Default for Pacer<K> {
+    fn default() -> Self {
+        Pacer {
+            waits: BTreeMap::new(),
+            second: None,
+        }
+    }
+}
+
+impl<K: Ord + Copy> Pacer<K> {
     /// Which of the unresolved `addresses` to read now: those due, oldest
     /// first, within what is left of this second's budget.
-    pub(super) fn due(&mut self, addresses: &[IpAddr], now: Instant) -> Vec<IpAddr> {
+    pub(super) fn due(&mut self, addresses: &[K], now: Instant) -> Vec<K> {
         let used = match self.second {
             Some((start, used)) if now.duration_since(start) < Duration::from_secs(1) => used,
             _ => {
@@ -46,7 +57,7 @@ impl Pacer {
         };
         // A backend seen for the first time is due from now: after those
         // that waited longer, before those read since.
-        let mut due: Vec<(Instant, IpAddr)> = addresses
+        let mut due: Vec<(Instant, K)> = addresses
             .iter()
             .filter_map(|address| {
                 let (seen, backoff) = self
@@ -68,7 +79,7 @@ impl Pacer {
 
     /// Records a read of `address`: resolved (it is read at every round
     /// from now on) or not (it waits twice as long as last time).
-    pub(super) fn record(&mut self, address: IpAddr, resolved: bool, now: Instant) {
+    pub(super) fn record(&mut self, address: K, resolved: bool, now: Instant) {
         if resolved {
             self.waits.remove(&address);
             return;
@@ -81,7 +92,7 @@ impl Pacer {
     }
 
     /// Forgets every address not in `keep` (backends removed).
-    pub(super) fn retain(&mut self, keep: impl Fn(&IpAddr) -> bool) {
+    pub(super) fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         self.waits.retain(|address, _| keep(address));
     }
 }

@@ -23,7 +23,7 @@ pub(super) async fn resolve(
     neighbours: &Neighbours,
     desired: &Desired,
     observed: &mut Observed,
-    pacer: &mut Pacer,
+    pacer: &mut Pacer<(IpAddr, bool)>,
 ) {
     // Each backend with whether it may be reached through a gateway (in
     // IPIP), which decides how it resolves.
@@ -44,17 +44,15 @@ pub(super) async fn resolve(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let unresolved_addresses: Vec<IpAddr> = unresolved.iter().map(|(a, _)| *a).collect();
-    pacer.retain(|address| unresolved_addresses.contains(address));
+    pacer.retain(|target| unresolved.contains(target));
     let now = std::time::Instant::now();
-    let due: BTreeSet<IpAddr> = pacer.due(&unresolved_addresses, now).into_iter().collect();
     let mut targets: Vec<(IpAddr, bool)> = resolved.into_iter().collect();
-    targets.extend(unresolved.into_iter().filter(|(a, _)| due.contains(a)));
+    targets.extend(pacer.due(&unresolved, now));
     let results: BTreeMap<(IpAddr, bool), _> =
         neighbours.resolve_all(&targets).await.into_iter().collect();
-    for ((address, _), result) in &results {
+    for (target, result) in &results {
         let known = result.as_ref().is_ok_and(|path| path.dst_mac.is_some());
-        pacer.record(*address, known, now);
+        pacer.record(*target, known, now);
     }
     let mut reported = BTreeSet::new();
     for (id, target) in &backends {

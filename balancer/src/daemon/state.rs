@@ -43,7 +43,8 @@ pub(super) struct State {
     observed: Observed,
     published: Published,
     /// When unresolved backends are read again.
-    pacer: Pacer,
+    /// Backends' reads, by address and whether a gateway may reach them.
+    pacer: Pacer<(std::net::IpAddr, bool)>,
     /// Why the maps are behind the desired state, since a set of writes
     /// failed part-way (None once they are in line again).
     maps_error: Option<String>,

@@ -98,6 +98,7 @@ impl World {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: Some(dst),
             source: Some("192.0.2.2".parse().unwrap()),
+            via_gateway: false,
         };
         self.observed.set_reach(id, Reach::Path(path));
     }
