@@ -9,7 +9,6 @@
 
 use std::{
     net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
 };
 
@@ -226,7 +225,10 @@ pub fn detach(dir: &Path, only: &[String]) -> Result<Vec<String>> {
         }
         // Off the interface at once: the pin's removal alone lets the link
         // go only after an RCU grace period.
-        detach_link(&entry.path())?;
+        if let Err(err) = crate::datapath::pin::detach_link(&entry.path()) {
+            // Removing the pin still detaches it, a moment later.
+            tracing::warn!(interface, error = %err, "cannot detach the decapsulator at once");
+        }
         std::fs::remove_file(entry.path())?;
         detached.push(interface.to_owned());
     }
@@ -247,39 +249,6 @@ pub fn detach(dir: &Path, only: &[String]) -> Result<Vec<String>> {
         })?;
     }
     Ok(detached)
-}
-
-/// Detaches the link pinned at `path` from its hook now
-/// (`BPF_LINK_DETACH`), before its pin goes.
-fn detach_link(path: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    /// `bpf(2)` commands.
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    /// Room for `union bpf_attr`; the kernel wants what it does not know
-    /// zeroed.
-    const ATTR: usize = 128;
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut attr = [0u8; ATTR];
-    attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: `attr` is a zeroed bpf_attr with `pathname` set to a valid
-    // C string that outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), ATTR) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot open {}", path.display()));
-    }
-    // SAFETY: a descriptor the kernel just gave us, closed once below.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let mut attr = [0u8; ATTR];
-    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    // SAFETY: a zeroed bpf_attr with `link_fd` set to an open link.
-    let done = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_ptr(), ATTR) };
-    if done < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot detach {}", path.display()));
-    }
-    Ok(())
 }
 
 /// The addresses of `interfaces`, IPv4 and IPv6 (link-local ones left

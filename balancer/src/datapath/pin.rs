@@ -140,13 +140,17 @@ pub fn remove_except(
     for (name, path) in entries.into_iter().filter(|(name, _)| !kept.contains(name)) {
         let name = name.to_string_lossy().into_owned();
         if let Some(interface) = name.strip_prefix("link_") {
+            // Unpinning still detaches it, a moment later.
+            if let Err(err) = detach_link(&path) {
+                tracing::warn!(interface, error = %err, "cannot detach the link at once");
+            }
             let link = aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| {
                 DatapathError::Pin {
                     path: path.clone(),
                     reason: format!("cannot open the pinned link: {e}"),
                 }
             })?;
-            // Unpinned and closed: the kernel detaches the program.
+            // Detached above; unpinned and closed: the link goes.
             drop(link.unpin().map_err(|e| DatapathError::Pin {
                 path: path.clone(),
                 reason: format!("cannot unpin: {e}"),
@@ -167,6 +171,47 @@ pub fn remove_except(
         })?;
     }
     Ok(removed)
+}
+
+/// Detaches the link pinned at `path` from its hook now
+/// (`BPF_LINK_DETACH`), before its pin goes: removing the pin alone lets
+/// the link go only once bpffs frees the inode, after an RCU grace period,
+/// and packets meet the program meanwhile.
+pub fn detach_link(path: &Path) -> Result<(), DatapathError> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    };
+    /// `bpf(2)` commands.
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// Room for `union bpf_attr`; the kernel wants what it does not know
+    /// zeroed.
+    const ATTR: usize = 128;
+    let error = |what: &str, e: std::io::Error| DatapathError::Pin {
+        path: path.to_path_buf(),
+        reason: format!("cannot {what} the pinned link: {e}"),
+    };
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| error("name", std::io::Error::other(e)))?;
+    let mut attr = [0u8; ATTR];
+    attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: `attr` is a zeroed bpf_attr with `pathname` set to a valid
+    // C string that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), ATTR) };
+    if fd < 0 {
+        return Err(error("open", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor the kernel just gave us, closed once below.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = [0u8; ATTR];
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    // SAFETY: a zeroed bpf_attr with `link_fd` set to an open link.
+    let done = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_ptr(), ATTR) };
+    if done < 0 {
+        return Err(error("detach", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// The entries of `dir` as (name, path); `None` when it does not exist.
