@@ -13,13 +13,12 @@ use anyhow::{Context as _, Result, ensure};
 use balancer::datapath::action;
 use balancer_common::{
     flow::FlowKey,
-    proto,
     stats::{Event, Stat},
 };
 
 use crate::{
-    fixture::{Fixture, backend_mac, flow_key},
-    packet::{L4, LB_MAC, Packet, with_macs},
+    fixture::{Fixture, backend_mac},
+    packet::{LB_MAC, Packet, with_macs},
     privilege,
 };
 
@@ -106,13 +105,9 @@ pub enum Out {
 impl Out {
     /// [`Out::Flow`] for the flow of `packet`.
     pub fn flow(vip: u32, packet: &Packet) -> Out {
-        let l4 = match packet.l4 {
-            L4::Tcp { .. } => proto::TCP,
-            L4::Udp => proto::UDP,
-        };
         Out::Flow {
             vip,
-            key: flow_key(packet.src, packet.src_port, packet.dst, packet.dst_port, l4),
+            key: packet.key(),
         }
     }
 

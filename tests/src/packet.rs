@@ -94,6 +94,15 @@ impl Packet {
         self
     }
 
+    /// The key of the packet's flow, as the connection table has it.
+    pub fn key(&self) -> balancer_common::flow::FlowKey {
+        let l4 = match self.l4 {
+            L4::Tcp { .. } => balancer_common::proto::TCP,
+            L4::Udp => balancer_common::proto::UDP,
+        };
+        crate::fixture::flow_key(self.src, self.src_port, self.dst, self.dst_port, l4)
+    }
+
     /// The same packet with an 802.1Q tag.
     pub fn tagged(mut self, vlan: u16) -> Packet {
         self.vlan = Some(vlan);

@@ -17,10 +17,10 @@ use balancer_common::{
 use balancer_tests::{
     case::{Case, run},
     fixture::{
-        Backend, Fixture, Vip, backend_mac, flow_key,
+        Fixture, Vip, backend_mac,
         standard::{self, CLIENT4, CLIENT6, SEED, VIP4, VIP6},
     },
-    packet::{L4, LB_MAC, Packet},
+    packet::{LB_MAC, Packet},
     privilege,
 };
 
@@ -30,28 +30,10 @@ const SRC6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1));
 /// A VIP of its own address for the L2 DSR VIP.
 const DSR_VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 40));
 
-/// VIPs: 0, IPv4 TCP to IPv4 backends; 1, IPv4 UDP to IPv6 backends; 2,
-/// IPv6 TCP to IPv6 backends; 3, IPv6 UDP to IPv4 backends; all in IPIP
-/// from the family's source. 4: IPv4 TCP on its own address, L2 DSR.
+/// [`standard::ipip`] from [`SRC4`] and [`SRC6`], and VIP 4: IPv4 TCP on
+/// its own address, L2 DSR.
 fn fixture() -> Result<Fixture> {
-    let mut f = Fixture::new(SEED)?;
-    let ipip = |backends: Vec<Backend>| -> Vec<Backend> {
-        backends
-            .into_iter()
-            .map(|b| {
-                let src = if b.addr.is_ipv4() { SRC4 } else { SRC6 };
-                b.ipip(src)
-            })
-            .collect()
-    };
-    for (index, addr, port, l4, backends) in [
-        (0, VIP4, 80, proto::TCP, standard::backends4(0..3)),
-        (1, VIP4, 53, proto::UDP, standard::backends6(3..6)),
-        (2, VIP6, 80, proto::TCP, standard::backends6(6..9)),
-        (3, VIP6, 53, proto::UDP, standard::backends4(9..12)),
-    ] {
-        f.put_vip(Vip::new(index, addr, port, l4, ipip(backends)))?;
-    }
+    let mut f = standard::ipip(SRC4, SRC6)?;
     f.put_vip(Vip::new(
         4,
         DSR_VIP,
@@ -81,11 +63,14 @@ fn octets(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// The frame `packet` must leave as when sent to backend `id` at `backend`
-/// in IPIP from `src`: built from the packet's bytes, independently of
-/// the program.
-fn encapsulated(packet: &Packet, id: u32, backend: IpAddr, src: IpAddr) -> Vec<u8> {
-    let frame = packet.build();
+/// The frame `frame` (of `packet`, perhaps marked) must leave as when
+/// sent in IPIP to the backend the ring of VIP `vip` gives its flow: built
+/// from the frame's bytes, independently of the program.
+fn encapsulated(f: &Fixture, packet: &Packet, frame: &[u8], vip: u32) -> Vec<u8> {
+    let key = packet.key();
+    let id = f.expected_backend(vip, &key);
+    let backend = standard::ipip_backend(id);
+    let src = if backend.is_ipv4() { SRC4 } else { SRC6 };
     let l3 = if packet.vlan.is_some() { 18 } else { 14 };
     let inner = &frame[l3..];
     let (inner_v6, tos) = if inner[0] >> 4 == 6 {
@@ -110,11 +95,6 @@ fn encapsulated(packet: &Packet, id: u32, backend: IpAddr, src: IpAddr) -> Vec<u
         outer[10..12].copy_from_slice(&check.to_be_bytes());
     } else {
         out.extend([0x86, 0xdd]);
-        let l4 = match packet.l4 {
-            L4::Tcp { .. } => proto::TCP,
-            L4::Udp => proto::UDP,
-        };
-        let key = flow_key(packet.src, packet.src_port, packet.dst, packet.dst_port, l4);
         let label = flow_label(flow_bits(&key.src, &key.dst, key.src_port, key.dst_port));
         let first = (6u32 << 28) | (u32::from(tos) << 20) | label;
         outer.extend(first.to_be_bytes());
@@ -131,26 +111,9 @@ fn encapsulated(packet: &Packet, id: u32, backend: IpAddr, src: IpAddr) -> Vec<u
 /// The case of `packet` to VIP `vip`, whose ring places its flow on a
 /// backend reached in IPIP.
 fn case(f: &Fixture, name: &str, packet: &Packet, vip: u32) -> (String, Vec<u8>, Vec<u8>) {
-    let l4 = match packet.l4 {
-        L4::Tcp { .. } => proto::TCP,
-        L4::Udp => proto::UDP,
-    };
-    let key = flow_key(packet.src, packet.src_port, packet.dst, packet.dst_port, l4);
-    let id = f.expected_backend(vip, &key);
-    let backend = backend_addr(id);
-    let src = if backend.is_ipv4() { SRC4 } else { SRC6 };
-    (
-        name.to_owned(),
-        packet.build(),
-        encapsulated(packet, id, backend, src),
-    )
-}
-
-/// The address the fixture gives backend `id`.
-fn backend_addr(id: u32) -> IpAddr {
-    let v4 = standard::backends4(id..id + 1)[0].addr;
-    let v6 = standard::backends6(id..id + 1)[0].addr;
-    if (3..9).contains(&id) { v6 } else { v4 }
+    let frame = packet.build();
+    let want = encapsulated(f, packet, &frame, vip);
+    (name.to_owned(), frame, want)
 }
 
 /// Runs each case: XDP_TX, the frame it gives, one `encap` event.
@@ -234,32 +197,10 @@ fn the_outer_header_carries_the_inner_dscp_and_ecn() {
             (Packet::udp(CLIENT4, 5354, VIP4, 53), 1, &marked4),
             (Packet::udp(CLIENT6, 5354, VIP6, 53), 3, &marked6),
         ] {
-            let (name, mut frame, _) = case(&f, "marked", &packet, vip);
+            let mut frame = packet.build();
             mark(&mut frame);
-            let l4 = match packet.l4 {
-                L4::Tcp { .. } => proto::TCP,
-                L4::Udp => proto::UDP,
-            };
-            let key = flow_key(packet.src, packet.src_port, packet.dst, packet.dst_port, l4);
-            let id = f.expected_backend(vip, &key);
-            let backend = backend_addr(id);
-            let src = if backend.is_ipv4() { SRC4 } else { SRC6 };
-            let mut want = encapsulated(&packet, id, backend, src);
-            // The expected frame from the marked inner packet.
-            let inner_at = want.len() - (frame.len() - 14);
-            want.truncate(inner_at);
-            want.extend(&frame[14..]);
-            let outer_at = 14;
-            if backend.is_ipv4() {
-                want[outer_at + 1] = 0xba;
-                want[outer_at + 10..outer_at + 12].copy_from_slice(&[0, 0]);
-                let check = checksum(&want[outer_at..outer_at + 20]);
-                want[outer_at + 10..outer_at + 12].copy_from_slice(&check.to_be_bytes());
-            } else {
-                want[outer_at] = (want[outer_at] & 0xf0) | 0x0b;
-                want[outer_at + 1] = (want[outer_at + 1] & 0x0f) | 0xa0;
-            }
-            cases.push((format!("{name} to vip {vip}"), frame, want));
+            let want = encapsulated(&f, &packet, &frame, vip);
+            cases.push((format!("marked to vip {vip}"), frame, want));
         }
         run_encapsulated(&mut f, &cases)?;
         Ok(())

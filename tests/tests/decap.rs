@@ -13,11 +13,11 @@ use balancer::{
     datapath::action::{PASS, TX},
     decap::Decapsulator,
 };
-use balancer_common::{decap::DecapCounters, proto};
+use balancer_common::decap::DecapCounters;
 use balancer_tests::{
     fixture::{
-        Backend, Fixture, Vip,
-        standard::{self, CLIENT4, CLIENT6, SEED, VIP4, VIP6},
+        Fixture,
+        standard::{self, CLIENT4, CLIENT6, VIP4, VIP6},
     },
     packet::Packet,
     privilege,
@@ -27,40 +27,15 @@ const SRC4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1));
 const SRC6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1));
 const GUE_PORT: u16 = 6080;
 
-/// The balancer with VIP 0 (IPv4 TCP) to IPv4 backends, 1 (IPv4 UDP) to
-/// IPv6 ones, 2 (IPv6 TCP) to IPv6 ones and 3 (IPv6 UDP) to IPv4 ones, all
-/// in IPIP.
+/// The balancer of [`standard::ipip`], from [`SRC4`] and [`SRC6`].
 fn balancer() -> Result<Fixture> {
-    let mut f = Fixture::new(SEED)?;
-    let ipip = |backends: Vec<Backend>| -> Vec<Backend> {
-        backends
-            .into_iter()
-            .map(|b| {
-                let src = if b.addr.is_ipv4() { SRC4 } else { SRC6 };
-                b.ipip(src)
-            })
-            .collect()
-    };
-    for (index, addr, port, l4, backends) in [
-        (0, VIP4, 80, proto::TCP, standard::backends4(0..3)),
-        (1, VIP4, 53, proto::UDP, standard::backends6(3..6)),
-        (2, VIP6, 80, proto::TCP, standard::backends6(6..9)),
-        (3, VIP6, 53, proto::UDP, standard::backends4(9..12)),
-    ] {
-        f.put_vip(Vip::new(index, addr, port, l4, ipip(backends)))?;
-    }
-    Ok(f)
+    standard::ipip(SRC4, SRC6)
 }
 
 /// Every backend address of [`balancer`]: the decapsulator's host holds
 /// them all.
 fn backend_addresses() -> Vec<IpAddr> {
-    standard::backends4(0..3)
-        .into_iter()
-        .chain(standard::backends6(3..9))
-        .chain(standard::backends4(9..12))
-        .map(|b| b.addr)
-        .collect()
+    (0..12).map(standard::ipip_backend).collect()
 }
 
 #[test]
