@@ -18,8 +18,8 @@ pub struct BackendInfo {
     /// That interface's index: XDP_TX when it is the ingress interface,
     /// a redirect through `egress` otherwise.
     pub ifindex: u32,
-    /// [`BACKEND_UP`], [`BACKEND_RESOLVED`], [`BACKEND_IPIP`]; 0 for an
-    /// unused id.
+    /// [`BACKEND_UP`], [`BACKEND_RESOLVED`], [`BACKEND_IPIP`],
+    /// [`BACKEND_GUE`]; 0 for an unused id.
     pub flags: u32,
     /// Index of the VIP the backend serves: with `addr`, what a restarted
     /// daemon reads back to give every backend the id its flows use.
@@ -46,6 +46,13 @@ impl BackendInfo {
     #[inline(always)]
     pub const fn is_ipip(&self) -> bool {
         self.flags & BACKEND_IPIP != 0
+    }
+
+    /// Whether packets reach the backend in an outer IP and UDP header
+    /// ([`BACKEND_GUE`]).
+    #[inline(always)]
+    pub const fn is_gue(&self) -> bool {
+        self.flags & BACKEND_GUE != 0
     }
 
     /// Whether the datapath can send to the backend: up and resolved.
@@ -84,6 +91,11 @@ pub const BACKEND_RESOLVED: u32 = 1 << 1;
 /// gives, to `addr`; `macs` and `ifindex` are then those of the route's
 /// next hop (see [`crate::tunnel`]).
 pub const BACKEND_IPIP: u32 = 1 << 2;
+/// Packets reach the backend in GUE: an outer IP header and a UDP header
+/// to the port its entry of `tunnels` gives, then the client's packet
+/// (see [`crate::tunnel`]). As for [`BACKEND_IPIP`], `macs` and `ifindex`
+/// are the next hop's.
+pub const BACKEND_GUE: u32 = 1 << 3;
 
 /// What the least-* schedulers compare, per backend id, in an mmap-able
 /// array: the datapath counts connections with atomic adds on a new flow

@@ -1,5 +1,8 @@
 //! Encapsulation: what the datapath writes around a client's packet for a
-//! backend reached through an outer IP header ([`crate::backend::BACKEND_IPIP`]).
+//! backend reached through an outer IP header ([`crate::backend::BACKEND_IPIP`]),
+//! or through an outer IP and UDP header ([`crate::backend::BACKEND_GUE`]:
+//! GUE variant 1, the inner IP packet as the UDP payload, whose first two
+//! bits, 01 for both IPv4 and IPv6, say so).
 //!
 //! The outer header goes from an address of the balancer ([`TunnelInfo`],
 //! per backend, as the daemon chose it for the backend's route) to the
@@ -9,7 +12,15 @@
 //! fragmentation (DF) and its TTL, like the IPv6 hop limit, is
 //! [`OUTER_TTL`]; it carries the inner packet's DSCP and ECN bits, and an
 //! outer IPv6 header a flow label from the flow's hash, so that routers on
-//! the way spread flows over their paths.
+//! the way spread flows over their paths. GUE's UDP source port comes from
+//! the flow's hash too ([`gue_source_port`]), so that backends' receive
+//! side scaling spreads flows. Its checksum is 0 over IPv4 (RFC 768
+//! allows it, and the inner packet has its own) and computed over IPv6
+//! (RFC 8200), without reading the payload: a valid inner packet's own
+//! checksums give its sum. Where they do not (a fragment, an IPv6
+//! extension header, UDP over IPv4 without a checksum) it is 0, which RFC
+//! 6935 allows for tunnels and which Linux's fou and `balancer decap`
+//! accept.
 
 use crate::Addr;
 
@@ -20,7 +31,10 @@ pub struct TunnelInfo {
     /// The outer header's source: an address of the balancer, of the
     /// backend's family (IPv4-mapped for IPv4).
     pub src: Addr,
-    pub _reserved: [u32; 2],
+    /// GUE: the UDP destination port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub _reserved: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TunnelInfo>() == 24);
@@ -35,13 +49,38 @@ pub const IPIP6_OVERHEAD: usize = 40;
 pub const PROTO_IPIP: u8 = 4;
 /// IP protocol of IPv6 in IP.
 pub const PROTO_IPV6: u8 = 41;
+/// IP protocol of UDP, GUE's carrier.
+pub const PROTO_UDP: u8 = 17;
+/// Bytes GUE's UDP header adds to the outer IP header.
+pub const UDP_LEN: usize = 8;
+/// The GUE destination port when the configuration names none.
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+/// `flow` mixed so that every bit of it moves every bit of the result
+/// (MurmurHash3's finaliser): outer headers take a few bits of it, and a
+/// flow's hash material differs from another's in a few bits only (a
+/// client's port).
+#[inline(always)]
+pub const fn mix(flow: u32) -> u32 {
+    let mut h = flow ^ (flow >> 16);
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The GUE UDP source port of a flow of hash material `flow`: one of the
+/// dynamic ports (49152 to 65535), from a mix of it.
+#[inline(always)]
+pub const fn gue_source_port(flow: u32) -> u16 {
+    0xc000 | (mix(flow) as u16 & 0x3fff)
+}
 
 /// The flow label of an outer IPv6 header for a flow of hash material
 /// `flow`: 20 bits of a mix of it, never 0 (0 means no label).
 #[inline(always)]
 pub const fn flow_label(flow: u32) -> u32 {
-    let h = flow.wrapping_mul(0x9e37_79b1);
-    let label = (h >> 12) & 0xf_ffff;
+    let label = (mix(flow) >> 12) & 0xf_ffff;
     if label == 0 { 1 } else { label }
 }
 
@@ -81,6 +120,15 @@ mod tests {
         ];
         let stored: Vec<u16> = be.iter().map(|w| w.to_be()).collect();
         assert_eq!(u16::from_be(checksum(&stored)), 0xb861);
+    }
+
+    #[test]
+    fn gue_source_ports_are_dynamic_and_spread() {
+        let ports: std::collections::BTreeSet<u16> = (0..1000u32)
+            .map(|n| gue_source_port(n.wrapping_mul(7919)))
+            .collect();
+        assert!(ports.iter().all(|p| *p >= 49152));
+        assert!(ports.len() > 950, "{}", ports.len());
     }
 
     #[test]

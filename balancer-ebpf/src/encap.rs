@@ -1,6 +1,7 @@
-//! IPIP encapsulation (see `balancer_common::tunnel`): an outer IPv4 or
-//! IPv6 header in front of the client's packet, which stays byte for byte
-//! as it came, for a backend reached through a route.
+//! Encapsulation (see `balancer_common::tunnel`): an outer IPv4 or IPv6
+//! header (IPIP), or one and a UDP header (GUE), in front of the client's
+//! packet, which stays byte for byte as it came, for a backend reached
+//! through a route.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use balancer_common::{
@@ -8,8 +9,8 @@ use balancer_common::{
     is_v4,
     stats::{Event, Stat},
     tunnel::{
-        IPIP4_OVERHEAD, IPIP6_OVERHEAD, OUTER_TTL, PROTO_IPIP, PROTO_IPV6, TunnelInfo, checksum,
-        flow_label,
+        IPIP4_OVERHEAD, IPIP6_OVERHEAD, OUTER_TTL, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, TunnelInfo,
+        UDP_LEN, checksum, flow_label, gue_source_port,
     },
 };
 use network_types::eth::EthHdr;
@@ -32,26 +33,34 @@ struct Inner {
     tos: u8,
 }
 
-/// Puts the outer header of backend `id` (`backend`, reached in IPIP) in
-/// front of the frame's IP packet, after new Ethernet addresses (the
-/// next hop's, the egress interface's) and the frame's VLAN tag if it has
-/// one. `flow`: hash material of the packet's flow, for the flow label.
+/// Puts the outer headers of backend `id` (`backend`, reached in IPIP or
+/// GUE) in front of the frame's IP packet, after new Ethernet addresses
+/// (the next hop's, the egress interface's) and the frame's VLAN tag if
+/// it has one. `flow`: hash material of the packet's flow, for the flow
+/// label and GUE's source port.
 #[inline(always)]
-pub fn ipip(
+pub fn encapsulate(
     ctx: &XdpContext,
     id: u32,
     backend: &BackendInfo,
     flow: u32,
     len: u64,
 ) -> Result<(), Stat> {
+    const PLAIN: usize = EthHdr::LEN;
+    const V4: usize = IPIP4_OVERHEAD;
+    const V6: usize = IPIP6_OVERHEAD;
     let tunnel = TUNNELS.get(id).ok_or(Stat::DROP_ENCAP)?;
     let tagged = ether_type(ctx)? == ETH_VLAN;
     let outer_v6 = !is_v4(&backend.addr);
-    match (tagged, outer_v6) {
-        (false, false) => wrap::<{ EthHdr::LEN }, IPIP4_OVERHEAD>(ctx, backend, tunnel, flow),
-        (false, true) => wrap::<{ EthHdr::LEN }, IPIP6_OVERHEAD>(ctx, backend, tunnel, flow),
-        (true, false) => wrap::<TAGGED_LEN, IPIP4_OVERHEAD>(ctx, backend, tunnel, flow),
-        (true, true) => wrap::<TAGGED_LEN, IPIP6_OVERHEAD>(ctx, backend, tunnel, flow),
+    match (tagged, outer_v6, backend.is_gue()) {
+        (false, false, false) => wrap::<PLAIN, V4, 0>(ctx, backend, tunnel, flow),
+        (false, true, false) => wrap::<PLAIN, V6, 0>(ctx, backend, tunnel, flow),
+        (true, false, false) => wrap::<TAGGED_LEN, V4, 0>(ctx, backend, tunnel, flow),
+        (true, true, false) => wrap::<TAGGED_LEN, V6, 0>(ctx, backend, tunnel, flow),
+        (false, false, true) => wrap::<PLAIN, V4, UDP_LEN>(ctx, backend, tunnel, flow),
+        (false, true, true) => wrap::<PLAIN, V6, UDP_LEN>(ctx, backend, tunnel, flow),
+        (true, false, true) => wrap::<TAGGED_LEN, V4, UDP_LEN>(ctx, backend, tunnel, flow),
+        (true, true, true) => wrap::<TAGGED_LEN, V6, UDP_LEN>(ctx, backend, tunnel, flow),
     }?;
     stats::event(Event::ENCAP, len);
     Ok(())
@@ -101,23 +110,37 @@ fn inner<const L3: usize>(ctx: &XdpContext) -> Result<Inner, Stat> {
     })
 }
 
-/// Grows the frame's head by `OUTER` bytes and writes the Ethernet header
-/// (`L3` bytes, tag kept) and an outer header of `OUTER` bytes (20: IPv4,
-/// 40: IPv6) for `backend` from `tunnel`'s source.
+/// Grows the frame's head by `OUTER` + `UDP` bytes and writes the
+/// Ethernet header (`L3` bytes, tag kept), an outer header of `OUTER`
+/// bytes (20: IPv4, 40: IPv6) for `backend` from `tunnel`'s source and,
+/// for GUE (`UDP` 8), the UDP header.
 #[inline(always)]
-fn wrap<const L3: usize, const OUTER: usize>(
+fn wrap<const L3: usize, const OUTER: usize, const UDP: usize>(
     ctx: &XdpContext,
     backend: &BackendInfo,
     tunnel: &TunnelInfo,
     flow: u32,
 ) -> Result<(), Stat> {
     let inner = inner::<L3>(ctx)?;
-    let total = inner.len as usize + OUTER;
-    // An outer IPv4 header counts itself in its length; an IPv6 one only
-    // its payload, the inner packet, which always fits.
-    if OUTER == IPIP4_OVERHEAD && total > u16::MAX as usize {
+    // What follows the outer IP header.
+    let payload = inner.len as usize + UDP;
+    // An outer IPv4 header counts itself in its length, an IPv6 one only
+    // its payload.
+    let limit = if OUTER == IPIP4_OVERHEAD {
+        u16::MAX as usize - OUTER
+    } else {
+        u16::MAX as usize
+    };
+    if payload > limit {
         return Err(Stat::DROP_ENCAP);
     }
+    // GUE over IPv6 sums the inner packet into its checksum: read before
+    // the head moves.
+    let inner_sum = if UDP != 0 && OUTER == IPIP6_OVERHEAD {
+        inner_sum::<L3>(ctx, inner.v6)
+    } else {
+        None
+    };
     let start = ctx.data();
     if start + L3 > ctx.data_end() {
         return Err(Stat::DROP_TRUNCATED);
@@ -131,11 +154,11 @@ fn wrap<const L3: usize, const OUTER: usize>(
     };
     // SAFETY: plain helper call; on success every packet pointer must be
     // loaded and checked again, which the code below does.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -((OUTER + UDP) as i32)) } != 0 {
         return Err(Stat::DROP_ENCAP);
     }
     let start = ctx.data();
-    if start + L3 + OUTER > ctx.data_end() {
+    if start + L3 + OUTER + UDP > ctx.data_end() {
         return Err(Stat::DROP_ENCAP);
     }
     let words = start as *mut u16;
@@ -155,14 +178,24 @@ fn wrap<const L3: usize, const OUTER: usize>(
     };
     // SAFETY: the Ethernet type ends at L3, inside the frame.
     unsafe { ((start + L3 - 2) as *mut u16).write_volatile(outer_type) };
-    let proto = if inner.v6 { PROTO_IPV6 } else { PROTO_IPIP };
+    let proto = match (UDP, inner.v6) {
+        (0, true) => PROTO_IPV6,
+        (0, false) => PROTO_IPIP,
+        _ => PROTO_UDP,
+    };
+    let mut udp = [
+        gue_source_port(flow).to_be(),
+        tunnel.port,
+        (payload as u16).to_be(),
+        0,
+    ];
     let at = (start + L3) as *mut u16;
     if OUTER == IPIP6_OVERHEAD {
         let first = (6u32 << 28) | ((inner.tos as u32) << 20) | flow_label(flow);
         let mut h = [0u16; 20];
         h[0] = ((first >> 16) as u16).to_be();
         h[1] = (first as u16).to_be();
-        h[2] = inner.len.to_be();
+        h[2] = (payload as u16).to_be();
         h[3] = u16::from_ne_bytes([proto, OUTER_TTL]);
         for i in 0..4 {
             h[4 + 2 * i] = tunnel.src[i] as u16;
@@ -174,10 +207,22 @@ fn wrap<const L3: usize, const OUTER: usize>(
             // SAFETY: the 40-byte outer header is inside the frame.
             unsafe { at.add(i).write_volatile(*word) };
         }
+        if let Some(inner_sum) = inner_sum {
+            // The pseudo-header (the addresses, the UDP length, the
+            // protocol), the UDP header, then the inner packet.
+            let mut sum = inner_sum + udp[2] as u32 + u16::from_ne_bytes([0, PROTO_UDP]) as u32;
+            for word in &h[4..20] {
+                sum += *word as u32;
+            }
+            for word in &udp[..3] {
+                sum += *word as u32;
+            }
+            udp[3] = udp_checksum(sum);
+        }
     } else {
         let mut h = [0u16; 10];
         h[0] = u16::from_ne_bytes([0x45, inner.tos]);
-        h[1] = (total as u16).to_be();
+        h[1] = ((payload + OUTER) as u16).to_be();
         h[3] = 0x4000u16.to_be();
         h[4] = u16::from_ne_bytes([OUTER_TTL, proto]);
         h[6] = tunnel.src[3] as u16;
@@ -190,5 +235,110 @@ fn wrap<const L3: usize, const OUTER: usize>(
             unsafe { at.add(i).write_volatile(*word) };
         }
     }
+    if UDP != 0 {
+        let at = (start + L3 + OUTER) as *mut u16;
+        for (i, word) in udp.iter().enumerate() {
+            // SAFETY: the 8-byte UDP header is inside the frame.
+            unsafe { at.add(i).write_volatile(*word) };
+        }
+    }
     Ok(())
+}
+
+/// IP protocols whose checksum [`inner_sum`] builds on.
+const TCP: u8 = 6;
+const UDP_PROTO: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// The ones' complement sum (unfolded) of the whole IP packet at `L3`,
+/// without reading its payload: a valid packet's transport checksum makes
+/// its transport segment sum to the complement of its pseudo-header, and a
+/// valid IPv4 header sums to zero; what is left to add is the IPv6
+/// header's words. An ICMP message (no pseudo-header) sums to zero.
+/// `None` where this does not hold: fragments, an IPv6 extension header,
+/// UDP over IPv4 without a checksum.
+#[inline(always)]
+fn inner_sum<const L3: usize>(ctx: &XdpContext, v6: bool) -> Option<u32> {
+    let ip = ctx.data() + L3;
+    if v6 {
+        if ip + 40 > ctx.data_end() {
+            return None;
+        }
+        let w = ip as *const u16;
+        // SAFETY: the 40-byte header is inside the frame (checked above).
+        let (next, len) = unsafe { (*(ip as *const u8).add(6), w.add(2).read()) };
+        if !matches!(next, TCP | UDP_PROTO | ICMPV6) {
+            return None;
+        }
+        let mut header: u32 = 0;
+        let mut addresses: u32 = 0;
+        for i in 0..4 {
+            // SAFETY: as above, `i` < 4.
+            header += unsafe { w.add(i).read() } as u32;
+        }
+        for i in 4..20 {
+            // SAFETY: as above, `i` < 20.
+            addresses += unsafe { w.add(i).read() } as u32;
+        }
+        let pseudo = addresses + len as u32 + u16::from_ne_bytes([0, next]) as u32;
+        Some(header + addresses + (!fold16(pseudo)) as u32)
+    } else {
+        if ip + 20 > ctx.data_end() {
+            return None;
+        }
+        let w = ip as *const u16;
+        // SAFETY: the 20-byte base header is inside the frame (checked
+        // above).
+        let (vihl, total, frags, proto) = unsafe {
+            (
+                *(ip as *const u8),
+                u16::from_be(w.add(1).read()),
+                u16::from_be(w.add(3).read()),
+                *(ip as *const u8).add(9),
+            )
+        };
+        if frags & 0x3fff != 0 {
+            return None;
+        }
+        let header_len = ((vihl & 0x0f) as usize) * 4;
+        let segment = (total as usize).checked_sub(header_len)?;
+        match proto {
+            ICMP => return Some(0),
+            TCP => {}
+            UDP_PROTO => {
+                let check = ip + header_len + 8;
+                if !(20..=60).contains(&header_len) || check > ctx.data_end() {
+                    return None;
+                }
+                // SAFETY: the UDP header is inside the frame (checked
+                // above).
+                if unsafe { ((check - 2) as *const u16).read() } == 0 {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        let mut pseudo = (segment as u16).to_be() as u32 + u16::from_ne_bytes([0, proto]) as u32;
+        for i in 6..10 {
+            // SAFETY: the addresses are inside the base header.
+            pseudo += unsafe { w.add(i).read() } as u32;
+        }
+        Some((!fold16(pseudo)) as u32)
+    }
+}
+
+/// `sum` folded to 16 bits, ones' complement.
+#[inline(always)]
+fn fold16(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+/// The UDP checksum to store for ones' complement sum `sum`: folded and
+/// complemented, a result of 0 sent as 0xffff (0 means none).
+#[inline(always)]
+fn udp_checksum(sum: u32) -> u16 {
+    let check = !fold16(sum);
+    if check == 0 { 0xffff } else { check }
 }

@@ -107,7 +107,8 @@ pub struct DecapArgs {
     /// (repeat for several; default: the interfaces' addresses).
     #[arg(long = "address", value_name = "IP")]
     pub addresses: Vec<std::net::IpAddr>,
-    /// GUE's UDP port (0, the default: no GUE).
+    /// GUE's UDP port, as the balancer's `[datapath] gue_port` (0: no
+    /// GUE).
     #[arg(long, default_value_t = crate::decap::DEFAULT_GUE_PORT)]
     pub gue_port: u16,
     /// XDP attach mode.

@@ -50,8 +50,8 @@ pub struct VipAdd {
     #[serde(default)]
     pub persistence_ipv6_prefix: Option<u8>,
     /// How packets reach the backends: dsr (the default: backends on the
-    /// balancer's segment) or ipip (an outer IP header; the backends take
-    /// it off).
+    /// balancer's segment), ipip (an outer IP header) or gue (an outer IP
+    /// and UDP header); the backends take a tunnel's headers off.
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,

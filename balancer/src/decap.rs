@@ -35,9 +35,9 @@ use crate::datapath::{AttachedMode, TestOutput, XdpMode, test_run_xdp};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-decap"));
 
-/// GUE's UDP port when `--gue-port` is not given: none, since the
-/// balancer sends IPIP only for now (6080 is the usual one).
-pub const DEFAULT_GUE_PORT: u16 = 0;
+/// GUE's UDP port when `--gue-port` is not given: the balancer's default
+/// (`[datapath] gue_port`).
+pub const DEFAULT_GUE_PORT: u16 = balancer_common::tunnel::DEFAULT_GUE_PORT;
 
 /// Where `balancer decap` pins by default.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/balancer-decap";

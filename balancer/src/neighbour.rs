@@ -30,10 +30,10 @@ pub struct L2Path {
     /// The backend's MAC, when the neighbour table has it.
     pub dst_mac: Option<[u8; 6]>,
     /// The route's preferred source address: this host's address toward
-    /// the backend (the outer source of IPIP by default).
+    /// the backend (the outer source of a tunnel by default).
     pub source: Option<IpAddr>,
     /// The route goes through a gateway: `dst_mac` is the gateway's, which
-    /// only a backend reached in IPIP may use.
+    /// only a backend reached through a tunnel (IPIP, GUE) may use.
     pub via_gateway: bool,
 }
 

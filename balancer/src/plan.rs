@@ -10,7 +10,7 @@ use balancer_common::{
         ACCESS_ALLOW, ACCESS_DENY, ACCESS_EXEMPT, ACCESS_NOT_ALLOWED, AccessKey, SCOPE_GLOBAL,
     },
     addr_from_octets, addr_from_v4,
-    backend::{BACKEND_IPIP, BackendInfo},
+    backend::{BACKEND_GUE, BACKEND_IPIP, BackendInfo},
     budget,
     flow::ACCESS_GENERATION_MASK,
     limit::{LIMIT_OWN_EXEMPT, Rate, SCOPE_EXEMPT_GLOBAL, SourceLimit, exempt_scope},
@@ -424,12 +424,14 @@ pub enum Delivery {
     /// In IPIP; `tunnel`: its `tunnels` entry has a source (without one it
     /// counts as unresolved).
     Ipip { tunnel: bool },
+    /// In GUE; `tunnel` likewise.
+    Gue { tunnel: bool },
 }
 
 /// The `backends` map entry of a backend at `address` serving VIP `vip`,
 /// reached by `delivery`: up when `up`, and resolved with its MACs and
-/// interface once `path` knows its MAC (zeros before) and, in IPIP, its
-/// tunnel has a source.
+/// interface once `path` knows its MAC (zeros before) and, in a tunnel,
+/// the tunnel has a source.
 pub fn backend_info(
     address: IpAddr,
     vip: u32,
@@ -452,26 +454,29 @@ pub fn backend_info(
         ),
         _ => ([0; 6], 0, false, false),
     };
-    let (resolved, ipip) = match delivery {
-        // A path through a gateway (read for IPIP before a reload made the
-        // VIP L2 DSR) never takes a DSR frame.
+    let (resolved, encap) = match delivery {
+        // A path through a gateway (read for a tunnel before a reload made
+        // the VIP L2 DSR) never takes a DSR frame.
         Delivery::Dsr => (resolved && !via_gateway, 0),
         Delivery::Ipip { tunnel } => (resolved && tunnel, BACKEND_IPIP),
+        Delivery::Gue { tunnel } => (resolved && tunnel, BACKEND_GUE),
     };
     BackendInfo {
         addr: addr(address),
         macs,
         ifindex,
-        flags: BackendInfo::flags_for(up, resolved) | ipip,
+        flags: BackendInfo::flags_for(up, resolved) | encap,
         vip,
     }
 }
 
-/// The `tunnels` entry of a backend at `address` reached in IPIP: the
-/// outer source `[datapath]` gives for its family, else its route's
-/// preferred source; None without either (it cannot be sent to).
+/// The `tunnels` entry of a backend at `address` reached by `forwarding`
+/// (IPIP or GUE): the outer source `[datapath]` gives for its family,
+/// else its route's preferred source, and for GUE the UDP port; None
+/// without a source (it cannot be sent to).
 pub fn tunnel_info(
     address: IpAddr,
+    forwarding: Forwarding,
     datapath: &crate::config::DatapathConfig,
     path: Option<&L2Path>,
 ) -> Option<TunnelInfo> {
@@ -482,8 +487,14 @@ pub fn tunnel_info(
     let source = configured
         .or_else(|| path.and_then(|p| p.source))
         .filter(|s| s.is_ipv4() == address.is_ipv4())?;
+    let port = if forwarding == Forwarding::Gue {
+        *datapath.gue_port.get_ref()
+    } else {
+        0
+    };
     Some(TunnelInfo {
         src: addr(source),
+        port: port.to_be(),
         ..TunnelInfo::default()
     })
 }
@@ -844,6 +855,8 @@ address = "10.0.0.3"
             backend_info(address, 3, true, routed, Delivery::Ipip { tunnel: true }).is_resolved()
         );
         assert!(!backend_info(address, 3, true, routed, Delivery::Dsr).is_resolved());
+        let gue = backend_info(address, 3, true, routed, Delivery::Gue { tunnel: true });
+        assert!(gue.is_resolved() && gue.is_gue() && !gue.is_ipip());
     }
 
     #[test]
@@ -858,7 +871,7 @@ address = "10.0.0.3"
         let backend: IpAddr = "10.0.0.1".parse().unwrap();
         let mut datapath = crate::config::DatapathConfig::default();
         let got = |d: &crate::config::DatapathConfig, p: Option<&L2Path>| {
-            tunnel_info(backend, d, p).map(|t| ip(&t.src))
+            tunnel_info(backend, Forwarding::Ipip, d, p).map(|t| ip(&t.src))
         };
         assert_eq!(got(&datapath, Some(&route)), route.source);
         assert_eq!(got(&datapath, None), None, "no source at all");
@@ -869,7 +882,18 @@ address = "10.0.0.3"
         );
         // An IPv6 backend takes neither an IPv4 setting nor route.
         let v6: IpAddr = "fd00::1".parse().unwrap();
-        assert_eq!(tunnel_info(v6, &datapath, Some(&route)), None);
+        assert_eq!(
+            tunnel_info(v6, Forwarding::Ipip, &datapath, Some(&route)),
+            None
+        );
+        // GUE's port, in network byte order; none for IPIP.
+        let port = |forwarding, d: &crate::config::DatapathConfig| {
+            tunnel_info(backend, forwarding, d, Some(&route)).map(|t| u16::from_be(t.port))
+        };
+        assert_eq!(port(Forwarding::Gue, &datapath), Some(6080));
+        assert_eq!(port(Forwarding::Ipip, &datapath), Some(0));
+        datapath.gue_port = toml::Spanned::new(0..0, 5555);
+        assert_eq!(port(Forwarding::Gue, &datapath), Some(5555));
     }
 
     #[test]

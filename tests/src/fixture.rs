@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use balancer::{
-    config::{Persistence, Scheduler},
+    config::{Forwarding, Persistence, Scheduler},
     datapath::{Datapath, LoadOptions, VipSlot},
     neighbour::L2Path,
     plan::{self, BackendPlan, VipPlan},
@@ -25,7 +25,7 @@ use balancer_common::{
     hash::{flow_hash, ring_slot, source_hash},
     limit::SourceLimit,
     settings::Settings,
-    tunnel::TunnelInfo,
+    tunnel::{DEFAULT_GUE_PORT, TunnelInfo},
     vip::VipInfo,
 };
 
@@ -53,9 +53,12 @@ pub struct Backend {
     /// Whether its MAC is known ([`backend_mac`]).
     pub resolved: bool,
     pub ifindex: u32,
-    /// Reached in IPIP from this outer source, rather than on the L2
+    /// Reached in a tunnel from this outer source, rather than on the L2
     /// segment.
     pub tunnel: Option<IpAddr>,
+    /// How: L2 DSR without a tunnel, IPIP or GUE (to
+    /// [`DEFAULT_GUE_PORT`]) with one.
+    pub forwarding: Forwarding,
 }
 
 impl Backend {
@@ -70,12 +73,25 @@ impl Backend {
             resolved: true,
             ifindex: TEST_IFINDEX,
             tunnel: None,
+            forwarding: Forwarding::Dsr,
         }
     }
 
     /// The backend reached in IPIP from outer source `src`.
-    pub fn ipip(mut self, src: IpAddr) -> Backend {
+    pub fn ipip(self, src: IpAddr) -> Backend {
+        self.tunnelled(Forwarding::Ipip, src)
+    }
+
+    /// The backend reached in GUE from outer source `src`.
+    pub fn gue(self, src: IpAddr) -> Backend {
+        self.tunnelled(Forwarding::Gue, src)
+    }
+
+    /// The backend reached by `forwarding` (IPIP or GUE) from outer source
+    /// `src`.
+    pub fn tunnelled(mut self, forwarding: Forwarding, src: IpAddr) -> Backend {
         self.tunnel = Some(src);
+        self.forwarding = forwarding;
         self
     }
 
@@ -88,9 +104,11 @@ impl Backend {
             source: None,
             via_gateway: false,
         };
-        let delivery = match self.tunnel {
-            None => plan::Delivery::Dsr,
-            Some(_) => plan::Delivery::Ipip { tunnel: true },
+        let tunnel = self.tunnel.is_some();
+        let delivery = match self.forwarding {
+            Forwarding::Dsr => plan::Delivery::Dsr,
+            Forwarding::Ipip => plan::Delivery::Ipip { tunnel },
+            Forwarding::Gue => plan::Delivery::Gue { tunnel },
         };
         plan::backend_info(self.addr, vip, self.up, Some(path), delivery)
     }
@@ -155,11 +173,10 @@ impl Vip {
                 .collect(),
             access: self.access,
             limit: self.limit,
-            forwarding: if self.backends.iter().any(|b| b.tunnel.is_some()) {
-                balancer::config::Forwarding::Ipip
-            } else {
-                balancer::config::Forwarding::Dsr
-            },
+            forwarding: self
+                .backends
+                .first()
+                .map_or(Forwarding::Dsr, |b| b.forwarding),
         }
     }
 
@@ -247,8 +264,14 @@ impl Fixture {
         self.datapath
             .set_backend_weight(backend.id, backend.weight)?;
         if let Some(src) = backend.tunnel {
+            let port = if backend.forwarding == Forwarding::Gue {
+                DEFAULT_GUE_PORT
+            } else {
+                0
+            };
             let tunnel = TunnelInfo {
                 src: plan::addr(src),
+                port: port.to_be(),
                 ..TunnelInfo::default()
             };
             self.datapath.set_tunnel(backend.id, &tunnel)?;

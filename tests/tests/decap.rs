@@ -1,8 +1,8 @@
 //! The backend-side decapsulator through BPF_PROG_TEST_RUN: every frame
-//! the balancer's program encapsulates (IPIP, each pair of families, a
-//! VLAN tag) comes out of the decapsulator as the client's packet, byte
-//! for byte, behind the balancer's Ethernet header; GUE frames (built
-//! here) likewise; and everything else passes untouched: tunnels to
+//! the balancer's program encapsulates (IPIP and GUE, each pair of
+//! families, a VLAN tag) comes out of the decapsulator as the client's
+//! packet, byte for byte, behind the balancer's Ethernet header; GUE
+//! frames built here likewise; and everything else passes untouched: tunnels to
 //! another address, IP options, fragments, other UDP ports, other
 //! traffic. Each outcome counted.
 
@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, ensure};
 use balancer::{
+    config::Forwarding,
     datapath::action::{PASS, TX},
     decap::Decapsulator,
 };
@@ -27,50 +28,65 @@ const SRC4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1));
 const SRC6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1));
 const GUE_PORT: u16 = 6080;
 
-/// The balancer of [`standard::ipip`], from [`SRC4`] and [`SRC6`].
-fn balancer() -> Result<Fixture> {
-    standard::ipip(SRC4, SRC6)
+/// The balancer of [`standard::tunnelled`] by `forwarding`, from [`SRC4`]
+/// and [`SRC6`].
+fn balancer(forwarding: Forwarding) -> Result<Fixture> {
+    standard::tunnelled(forwarding, SRC4, SRC6)
 }
 
 /// Every backend address of [`balancer`]: the decapsulator's host holds
 /// them all.
 fn backend_addresses() -> Vec<IpAddr> {
-    (0..12).map(standard::ipip_backend).collect()
+    (0..12).map(standard::tunnelled_backend).collect()
 }
 
 #[test]
 fn what_the_balancer_encapsulates_comes_out_as_it_went_in() {
     privilege::run("decap_roundtrip", || {
-        let mut f = balancer()?;
-        let mut d = Decapsulator::load(&backend_addresses(), GUE_PORT)?;
-        let packets = [
-            Packet::tcp(CLIENT4, 40000, VIP4, 80),
-            Packet::tcp(CLIENT4, 40000, VIP4, 80).established(),
-            Packet::udp(CLIENT4, 5353, VIP4, 53),
-            Packet::tcp(CLIENT6, 40000, VIP6, 80),
-            Packet::udp(CLIENT6, 5353, VIP6, 53),
-            Packet::tcp(CLIENT4, 40001, VIP4, 80).tagged(7),
-        ];
-        for packet in &packets {
-            let frame = packet.build();
-            let sent = f.datapath.test_run(&frame, 0)?;
-            ensure!(sent.verdict == TX, "{packet:?}: verdict {}", sent.verdict);
-            let got = d.test_run(&sent.packet)?;
-            ensure!(got.verdict == PASS, "{packet:?}: verdict {}", got.verdict);
-            // The balancer's Ethernet header, then the client's packet.
-            let l3 = if packet.vlan.is_some() { 18 } else { 14 };
-            let mut want = sent.packet[..l3].to_vec();
-            want[l3 - 2..l3].copy_from_slice(&frame[l3 - 2..l3]);
-            want.extend(&frame[l3..]);
-            ensure!(
-                got.packet == want,
-                "{packet:?}:\n     got: {:02x?}\n    want: {want:02x?}",
-                got.packet
-            );
+        for forwarding in [Forwarding::Ipip, Forwarding::Gue] {
+            let mut f = balancer(forwarding)?;
+            let mut d = Decapsulator::load(&backend_addresses(), GUE_PORT)?;
+            let packets = [
+                Packet::tcp(CLIENT4, 40000, VIP4, 80),
+                Packet::tcp(CLIENT4, 40000, VIP4, 80).established(),
+                Packet::udp(CLIENT4, 5353, VIP4, 53),
+                Packet::tcp(CLIENT6, 40000, VIP6, 80),
+                Packet::udp(CLIENT6, 5353, VIP6, 53),
+                Packet::tcp(CLIENT4, 40001, VIP4, 80).tagged(7),
+            ];
+            for packet in &packets {
+                let frame = packet.build();
+                let sent = f.datapath.test_run(&frame, 0)?;
+                ensure!(
+                    sent.verdict == TX,
+                    "{forwarding:?} {packet:?}: verdict {}",
+                    sent.verdict
+                );
+                let got = d.test_run(&sent.packet)?;
+                ensure!(
+                    got.verdict == PASS,
+                    "{forwarding:?} {packet:?}: verdict {}",
+                    got.verdict
+                );
+                // The balancer's Ethernet header, then the client's packet.
+                let l3 = if packet.vlan.is_some() { 18 } else { 14 };
+                let mut want = sent.packet[..l3].to_vec();
+                want[l3 - 2..l3].copy_from_slice(&frame[l3 - 2..l3]);
+                want.extend(&frame[l3..]);
+                ensure!(
+                    got.packet == want,
+                    "{forwarding:?} {packet:?}:\n     got: {:02x?}\n    want: {want:02x?}",
+                    got.packet
+                );
+            }
+            let c = d.counters()?;
+            // Backends of VIPs 0 and 3 are IPv4, of 1 and 2 IPv6.
+            let counted = match forwarding {
+                Forwarding::Gue => c.gue.packets == 6 && c.ipip4.packets + c.ipip6.packets == 0,
+                _ => c.ipip4.packets == 4 && c.ipip6.packets == 2 && c.gue.packets == 0,
+            };
+            ensure!(counted, "{forwarding:?}: {c:?}");
         }
-        let c = d.counters()?;
-        // Backends of VIPs 0 and 3 are IPv4, of 1 and 2 IPv6.
-        ensure!(c.ipip4.packets == 4 && c.ipip6.packets == 2, "{c:?}");
         Ok(())
     });
 }

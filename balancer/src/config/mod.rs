@@ -125,11 +125,14 @@ pub struct DatapathConfig {
     /// (see [`DatapathConfig::insert_budget`]).
     #[serde(rename = "insert_budget")]
     pub insert_budget_setting: Option<u32>,
-    /// The outer source of IPIP to IPv4 backends; absent: the preferred
-    /// source of each backend's route.
+    /// The outer source of IPIP and GUE to IPv4 backends; absent: the
+    /// preferred source of each backend's route.
     pub tunnel_source_ipv4: Option<std::net::Ipv4Addr>,
-    /// The outer source of IPIP to IPv6 backends; absent: likewise.
+    /// The outer source of IPIP and GUE to IPv6 backends; absent:
+    /// likewise.
     pub tunnel_source_ipv6: Option<std::net::Ipv6Addr>,
+    /// GUE's UDP destination port on the backends.
+    pub gue_port: Spanned<u16>,
 }
 
 /// The default insert budget lets new entries replace the whole connection
@@ -161,6 +164,7 @@ impl Default for DatapathConfig {
             insert_budget_setting: None,
             tunnel_source_ipv4: None,
             tunnel_source_ipv6: None,
+            gue_port: Spanned::new(0..0, balancer_common::tunnel::DEFAULT_GUE_PORT),
         }
     }
 }
@@ -356,6 +360,10 @@ pub enum Forwarding {
     /// balancer's address to the backend's; the backend takes it off
     /// (`balancer decap`, or the kernel's ipip device).
     Ipip,
+    /// The client's packet in an outer IP and UDP header (GUE variant 1)
+    /// to `[datapath] gue_port`; the backend takes them off (`balancer
+    /// decap`, or the kernel's fou device).
+    Gue,
 }
 
 impl Forwarding {
@@ -364,7 +372,14 @@ impl Forwarding {
         match self {
             Forwarding::Dsr => "dsr",
             Forwarding::Ipip => "ipip",
+            Forwarding::Gue => "gue",
         }
+    }
+
+    /// Whether the backends are reached through an outer header (IPIP or
+    /// GUE), so that they may be behind a gateway and of either family.
+    pub fn tunnelled(self) -> bool {
+        self != Forwarding::Dsr
     }
 }
 

@@ -14,8 +14,8 @@ use balancer_common::{
 use toml::Spanned;
 
 use super::{
-    CheckKind, Config, ConfigError, Forwarding, HealthCheckConfig, Lines, List,
-    MAX_PERSISTENCE_TIMEOUT, MAX_RATE, MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
+    CheckKind, Config, ConfigError, HealthCheckConfig, Lines, List, MAX_PERSISTENCE_TIMEOUT,
+    MAX_RATE, MIN_PERSISTENCE_TIMEOUT, Prefix, VipConfig,
     bounds::{
         MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL,
         MIN_CHECK_TIMEOUT, MIN_RING_SIZE, unusable,
@@ -90,6 +90,12 @@ fn datapath(config: &Config, errors: &mut Errors) {
             errors.at(0..0, format!("[datapath] {key} must be above 0"));
         }
     }
+    if *d.gue_port.get_ref() == 0 {
+        errors.at(
+            d.gue_port.span(),
+            "gue_port must be a UDP port from 1 to 65535 (6080 is the default)".to_owned(),
+        );
+    }
 }
 
 fn vips(config: &Config, errors: &mut Errors) {
@@ -161,12 +167,13 @@ fn vips(config: &Config, errors: &mut Errors) {
         for b in &vip.backends {
             let backend = b.get_ref();
             let addr = *backend.address.get_ref();
-            // In IPIP the backend's family is the outer header's, whatever
-            // the client's; L2 DSR hands the client's packet over as is.
-            if addr.is_ipv4() != address.is_ipv4() && vip.forwarding == Forwarding::Dsr {
+            // In a tunnel the backend's family is the outer header's,
+            // whatever the client's; L2 DSR hands the client's packet over
+            // as is.
+            if addr.is_ipv4() != address.is_ipv4() && !vip.forwarding.tunnelled() {
                 errors.at(
                     backend.address.span(),
-                    format!("backend {addr} of VIP {name:?} is not of the VIP's address family ({address}): only forwarding = \"ipip\" carries one family in the other"),
+                    format!("backend {addr} of VIP {name:?} is not of the VIP's address family ({address}): only forwarding = \"ipip\" or \"gue\" carries one family in the other"),
                 );
             }
             if let Some(why) = unusable(addr) {

@@ -45,6 +45,8 @@ struct VipService {
     port: u16,
     protocol: String,
     scheduler: String,
+    /// How packets reach the backends: dsr, ipip or gue.
+    forwarding: &'static str,
     /// Session persistence ("5m"), null without.
     persistence_timeout: Option<String>,
 }
@@ -57,6 +59,7 @@ impl VipService {
             port: config.port,
             protocol: config.protocol.to_string(),
             scheduler: config.scheduler.name().to_owned(),
+            forwarding: config.forwarding.name(),
             persistence_timeout: config
                 .persistence()
                 .map(|p| crate::config::format_duration(p.timeout)),

@@ -319,6 +319,9 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
                 Forwarding::Ipip => Delivery::Ipip {
                     tunnel: tunnels.contains_key(&b.id),
                 },
+                Forwarding::Gue => Delivery::Gue {
+                    tunnel: tunnels.contains_key(&b.id),
+                },
             };
             let info = plan::backend_info(
                 b.address,
@@ -332,15 +335,20 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
         .collect()
 }
 
-/// The `tunnels` entries of the backends reached in IPIP that have an
-/// outer source (see [`plan::tunnel_info`]).
+/// The `tunnels` entries of the backends reached in IPIP or GUE that have
+/// an outer source (see [`plan::tunnel_info`]).
 fn tunnel_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, TunnelInfo> {
     desired
         .backends()
-        .filter(|(vip, _)| vip.forwarding == Forwarding::Ipip)
-        .filter_map(|(_, b)| {
+        .filter(|(vip, _)| vip.forwarding.tunnelled())
+        .filter_map(|(vip, b)| {
             let path = observed.reach(b.id).path();
-            let tunnel = plan::tunnel_info(b.address, &desired.config.datapath, path.as_ref())?;
+            let tunnel = plan::tunnel_info(
+                b.address,
+                vip.forwarding,
+                &desired.config.datapath,
+                path.as_ref(),
+            )?;
             Some((b.id, tunnel))
         })
         .collect()

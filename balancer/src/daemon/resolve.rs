@@ -13,7 +13,7 @@ use super::{
     observed::{Observed, Reach},
     pacing::Pacer,
 };
-use crate::{config::Forwarding, neighbour::Neighbours};
+use crate::neighbour::Neighbours;
 
 /// Reads the path of the backends of `desired` from the kernel into
 /// `observed`: every resolved one, and the unresolved ones `pacer` says
@@ -26,10 +26,10 @@ pub(super) async fn resolve(
     pacer: &mut Pacer<(IpAddr, bool)>,
 ) {
     // Each backend with whether it may be reached through a gateway (in
-    // IPIP), which decides how it resolves.
+    // a tunnel), which decides how it resolves.
     let backends: Vec<(u32, (IpAddr, bool))> = desired
         .backends()
-        .map(|(vip, b)| (b.id, (b.address, vip.forwarding == Forwarding::Ipip)))
+        .map(|(vip, b)| (b.id, (b.address, vip.forwarding.tunnelled())))
         .collect();
     // A backend of many VIPs is resolved once (per way of reaching it).
     let resolved: BTreeSet<(IpAddr, bool)> = backends

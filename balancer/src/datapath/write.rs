@@ -45,9 +45,9 @@ impl Datapath {
             .map_err(DatapathError::map("write", maps::BACKENDS))
     }
 
-    /// Writes the tunnel of backend `id` (the outer header's source), read
-    /// for a backend whose entry says it is reached in IPIP: written before
-    /// that entry.
+    /// Writes the tunnel of backend `id` (the outer header's source, GUE's
+    /// port), read for a backend whose entry says it is reached in IPIP or
+    /// GUE: written before that entry.
     pub fn set_tunnel(&mut self, id: u32, tunnel: &TunnelInfo) -> Result<(), DatapathError> {
         check_range("backend id", id, MAX_BACKENDS)?;
         let mut map: Array<_, TunnelInfo> = self.map_mut(maps::TUNNELS)?;

@@ -35,7 +35,7 @@ pub enum Write {
     Egress(u32),
     /// Backend `id`'s entry; its flags take it down or bring it back.
     Backend { id: u32, info: BackendInfo },
-    /// Backend `id`'s tunnel (the outer source of IPIP).
+    /// Backend `id`'s tunnel (the outer source of IPIP and GUE, GUE's port).
     Tunnel { id: u32, tunnel: TunnelInfo },
     /// The policy (persistence) of the VIP at `slot`'s index.
     Policy { slot: VipSlot, policy: VipPolicy },

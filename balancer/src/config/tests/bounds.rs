@@ -75,6 +75,10 @@ fn datapath_sizes_out_of_bounds_are_rejected_at_their_key() {
             "flow_table_size 67108865 is out of range",
         ),
         ("flow_table_size = 0", "flow_table_size 0 is out of range"),
+        (
+            "gue_port = 0",
+            "gue_port must be a UDP port from 1 to 65535 (6080 is the default)",
+        ),
     ];
     for (key, error) in cases {
         assert_rejected(&format!("[datapath]\n{key}\n"), 2, error);
@@ -436,7 +440,7 @@ fn an_exempt_prefix_longer_than_a_source_is_rejected_at_the_prefix() {
 }
 
 #[test]
-fn only_ipip_carries_backends_of_the_other_family() {
+fn only_a_tunnel_carries_backends_of_the_other_family() {
     // VALID's VIP "web" is IPv4.
     let v6_backends = VALID
         .replace("address = \"10.0.0.1\"", "address = \"fd00::1\"")
@@ -444,11 +448,13 @@ fn only_ipip_carries_backends_of_the_other_family() {
     assert_rejected(
         &v6_backends,
         19,
-        "backend fd00::1 of VIP \"web\" is not of the VIP's address family (192.0.2.10): only forwarding = \"ipip\" carries one family in the other",
+        "backend fd00::1 of VIP \"web\" is not of the VIP's address family (192.0.2.10): only forwarding = \"ipip\" or \"gue\" carries one family in the other",
     );
     let ipip = v6_backends.replace(
         "protocol = \"tcp\"\n",
         "protocol = \"tcp\"\nforwarding = \"ipip\"\n",
     );
     assert!(errors(&ipip).is_empty(), "{:#?}", errors(&ipip));
+    let gue = ipip.replace("forwarding = \"ipip\"", "forwarding = \"gue\"");
+    assert!(errors(&gue).is_empty(), "{:#?}", errors(&gue));
 }

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 use balancer::{
-    config::{MAX_RATE, Prefix, Scheduler},
+    config::{Forwarding, MAX_RATE, Prefix, Scheduler},
     datapath::{LoadOptions, TestOutput, action},
     plan::scope_entries,
 };
@@ -177,8 +177,9 @@ struct Extras {
     access: bool,
     /// Per-source limits: the IPv4 VIP's, the IPv6 one's.
     limits: [SourceLimit; 2],
-    /// Backends reached in IPIP (from an outer source of their family).
-    ipip: bool,
+    /// Backends reached in IPIP or GUE (from an outer source of their
+    /// family); L2 DSR when `Dsr`.
+    forwarding: Forwarding,
 }
 
 /// [`fixture`] with `settings` and `extras`.
@@ -198,10 +199,12 @@ fn fixture_with(flow_table_size: u32, settings: Settings, extras: Extras) -> Res
             persistence: None,
             backends: backends(index as u32 * 10, v6)
                 .into_iter()
-                .map(|b| match (extras.ipip, v6) {
-                    (false, _) => b,
-                    (true, false) => b.ipip(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1))),
-                    (true, true) => b.ipip(IpAddr::V6(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1))),
+                .map(|b| match (extras.forwarding, v6) {
+                    (Forwarding::Dsr, _) => b,
+                    (f, false) => b.tunnelled(f, IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1))),
+                    (f, true) => {
+                        b.tunnelled(f, IpAddr::V6(Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1)))
+                    }
                 })
                 .collect(),
             access: extras.access,
@@ -353,23 +356,50 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
     } else {
         None
     };
-    let ipip_wanted =
-        options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_ipip"));
-    let ipip = if ipip_wanted {
+    // The tunnels' fixtures, each with its flows established, and their
+    // rows' names: established and new, IPv4 and IPv6.
+    let mut tunnels = Vec::new();
+    for (forwarding, names, label, new_label) in [
+        (
+            Forwarding::Ipip,
+            [
+                "established_v4_ipip",
+                "established_v6_ipip",
+                "new_v4_ipip",
+                "new_v6_ipip",
+            ],
+            "1,000 flows, IPIP",
+            "1,000 flows, new SYN, IPIP",
+        ),
+        (
+            Forwarding::Gue,
+            [
+                "established_v4_gue",
+                "established_v6_gue",
+                "new_v4_gue",
+                "new_v6_gue",
+            ],
+            "1,000 flows, GUE",
+            "1,000 flows, new SYN, GUE",
+        ),
+    ] {
+        let wanted =
+            options.paths.is_empty() || names.iter().any(|n| options.paths.iter().any(|p| p == n));
+        if !wanted {
+            continue;
+        }
         let extras = Extras {
-            ipip: true,
+            forwarding,
             ..Extras::default()
         };
-        let mut ipip = fixture_with(TABLE_SIZE, settings(), extras)?;
+        let mut f = fixture_with(TABLE_SIZE, settings(), extras)?;
         for i in 0..SMALL_TABLE {
             for v6 in [false, true] {
-                ipip.datapath.test_run(&packet(i, vip(v6), true), 0)?;
+                f.datapath.test_run(&packet(i, vip(v6), true), 0)?;
             }
         }
-        Some(RefCell::new(ipip))
-    } else {
-        None
-    };
+        tunnels.push((names, label, new_label, RefCell::new(f)));
+    }
     let large_wanted =
         options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_100k"));
     let large = if large_wanted {
@@ -453,28 +483,12 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
             ),
         ]);
     }
-    if let Some(ipip) = &ipip {
+    for (names, label, new_label, f) in &tunnels {
         paths.extend([
-            Measured::new(
-                "established_v4_ipip",
-                "1,000 flows, IPIP",
-                established(ipip, SMALL_TABLE, false),
-            ),
-            Measured::new(
-                "established_v6_ipip",
-                "1,000 flows, IPIP",
-                established(ipip, SMALL_TABLE, true),
-            ),
-            Measured::new(
-                "new_v4_ipip",
-                "1,000 flows, new SYN, IPIP",
-                fresh(ipip, SMALL_TABLE, VIP4),
-            ),
-            Measured::new(
-                "new_v6_ipip",
-                "1,000 flows, new SYN, IPIP",
-                fresh(ipip, SMALL_TABLE, VIP6),
-            ),
+            Measured::new(names[0], label, established(f, SMALL_TABLE, false)),
+            Measured::new(names[1], label, established(f, SMALL_TABLE, true)),
+            Measured::new(names[2], new_label, fresh(f, SMALL_TABLE, VIP4)),
+            Measured::new(names[3], new_label, fresh(f, SMALL_TABLE, VIP6)),
         ]);
     }
     if let Some(large) = &large {

@@ -1,8 +1,9 @@
-//! A VIP forwarded in IPIP with real traffic: the balancer encapsulates
-//! each client packet from its own address (the route's preferred source)
-//! to the backend's, the backends run `balancer decap`, and the client's
-//! connections are answered by every backend, directly; without the
-//! decapsulator they are not.
+//! VIPs forwarded in IPIP and GUE with real traffic: the balancer
+//! encapsulates each client packet from its own address (the route's
+//! preferred source) to the backend's, the backends run `balancer decap`,
+//! and the client's connections are answered by every backend, directly;
+//! without the decapsulator they are not. Backends sit two routers away
+//! from the client, beside L2 DSR VIPs on the same balancer.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -90,16 +91,25 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
 }
 
 /// The router between the balancer's segment and the backends' subnets.
-const GATEWAY: &str = "10.50.0.254";
-const GATEWAY6: &str = "fd50::fe";
+const GATEWAY: &str = "10.50.0.253";
+const GATEWAY6: &str = "fd50::fd";
 
-/// Client and balancer on one segment with a router; two backends in
-/// subnets of their own behind it (10.70.i.10, fd70:i::10), each holding
-/// the VIPs on `lo`, serving names on VIP4:80, VIP6:80 and VIP4:81 and
-/// echoes on VIP4:82, and running `balancer decap`. Returns the topology,
-/// the router, and the backends' IPv4 and IPv6 addresses.
-fn routed(lab: &Lab) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<IpAddr>)> {
-    let t = Topology::build(lab, 0)?;
+/// Backends two routers away from the client:
+///
+/// ```text
+///   client ── rt ── br0 ── gw ── rbe0 (10.70.0.10, fd70:0::10)
+///                    │       └── rbe1 (10.70.1.10, fd70:1::10)
+///                    ├── lb
+///                    └── be0..  (`dsr` backends on the segment)
+/// ```
+///
+/// The routed backends hold the VIPs on `lo`, serve names on VIP4:80,
+/// VIP6:80 and VIP4:81 and echoes on VIP4:82, run `balancer decap`, and
+/// answer the client through `gw`. Returns the topology (its `router`
+/// the client's), the backends' router, and the routed backends' IPv4 and
+/// IPv6 addresses.
+fn routed(lab: &Lab, dsr: usize) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<IpAddr>)> {
+    let t = Topology::build_routed(lab, dsr, 1500)?;
     let rt = lab.netns("gw")?;
     lab.veth((&rt, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
     t.switch.ip(["link", "set", "pgw", "master", "br0"])?;
@@ -108,6 +118,8 @@ fn routed(lab: &Lab) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<IpAddr>)> {
     rt.add_address("eth0", &format!("{GATEWAY6}/64"))?;
     rt.sysctl("net.ipv4.ip_forward", "1")?;
     rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    rt.add_route("10.60.0.0/24", &topology::ROUTER4.to_string())?;
+    rt.add_route("fd60::/64", &topology::ROUTER6.to_string())?;
     let mut backends = Vec::new();
     let mut backends6 = Vec::new();
     for i in 0..2 {
@@ -141,7 +153,7 @@ fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
     netns_test("ipip_routed", Duration::from_secs(120), |lab| {
         // VIPs: web (IPv4 to IPv4 backends), web6 (IPv6 to IPv6) and
         // mixed (IPv4 to IPv6 backends, port 81).
-        let (t, rt, backends, backends6) = routed(lab)?;
+        let (t, rt, backends, backends6) = routed(lab, 0)?;
         let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
@@ -203,7 +215,7 @@ fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
 #[test]
 fn held_ipip_connections_survive_a_killed_daemon() {
     netns_test("ipip_restart", Duration::from_secs(120), |lab| {
-        let (t, _rt, backends, _) = routed(lab)?;
+        let (t, _rt, backends, _) = routed(lab, 0)?;
         let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
@@ -246,6 +258,93 @@ fn held_ipip_connections_survive_a_killed_daemon() {
         }
         let names = tally_names(&t.client, web(), 20)?;
         ensure!(names.len() == 2, "after the restart: {names:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
+    netns_test("tunnels_mixed", Duration::from_secs(120), |lab| {
+        // Two L2 DSR backends on the segment, two routed ones.
+        let (t, _rt, backends, backends6) = routed(lab, 2)?;
+        for (i, ns) in t.backends.iter().enumerate() {
+            tcp_name_server(ns, "0.0.0.0:83".parse()?, &format!("dsr{i}"))?;
+        }
+        let mode = |forwarding: &str| format!("forwarding = \"{forwarding}\"\n{NO_CHECK}");
+        let config = ConfigText::default()
+            .vip(
+                "dsr",
+                topology::VIP4.into(),
+                83,
+                "tcp",
+                &mode("dsr"),
+                &plain(&t.backend_addresses(false)),
+            )
+            .vip(
+                "ipip",
+                topology::VIP4.into(),
+                80,
+                "tcp",
+                &mode("ipip"),
+                &plain(&backends),
+            )
+            // IPv6 in IPv4 GUE, and IPv4 in IPv6 GUE (whose UDP checksum
+            // the balancer computes).
+            .vip(
+                "gue6",
+                topology::VIP6.into(),
+                80,
+                "tcp",
+                &mode("gue"),
+                &plain(&backends),
+            )
+            .vip(
+                "gue4",
+                topology::VIP4.into(),
+                81,
+                "tcp",
+                &mode("gue"),
+                &plain(&backends6),
+            )
+            .build();
+        let _daemon = start_with_config(lab, &t.lb, &config)?;
+        for (name, vip, expect) in [
+            ("dsr", SocketAddr::new(topology::VIP4.into(), 83), "dsr"),
+            ("ipip", web(), "be"),
+            ("gue6", SocketAddr::new(topology::VIP6.into(), 80), "be"),
+            ("gue4", SocketAddr::new(topology::VIP4.into(), 81), "be"),
+        ] {
+            let names = tally_names(&t.client, vip, 20)?;
+            ensure!(
+                names.len() == 2 && names.keys().all(|n| n.starts_with(expect)),
+                "{name}: answered by {names:?}"
+            );
+        }
+        // What each mode did, as the backends' decapsulators and the
+        // balancer's VIP list say.
+        let vips = cli_json(lab, ["vip", "list"])?;
+        let modes: Vec<(String, String)> = vips
+            .as_array()
+            .context("vip list")?
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap_or_default().to_owned(),
+                    v["forwarding"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        for (name, forwarding) in [
+            ("dsr", "dsr"),
+            ("ipip", "ipip"),
+            ("gue6", "gue"),
+            ("gue4", "gue"),
+        ] {
+            ensure!(
+                modes.contains(&(name.to_owned(), forwarding.to_owned())),
+                "vip list: {modes:?}"
+            );
+        }
         Ok(())
     });
 }
