@@ -88,16 +88,24 @@ stats! {
     /// Dropped: a packet over its source's packet rate for the VIP
     /// (`[vip.limits] packets`).
     DROP_SOURCE_PACKETS = 19, "drop_source_packets";
-    /// Dropped: a packet for a backend reached in IPIP that cannot be
+    /// Dropped: a packet for a backend reached in IPIP or GUE that cannot be
     /// encapsulated: the frame has no room for the outer header (the
     /// driver gave too little headroom), or the packet is too long for an
     /// outer IPv4 header (or, in IPv6, for its own length field).
     DROP_ENCAP = 20, "drop_encap";
+    /// Sent back to the client (XDP_TX): an ICMP fragmentation-needed or
+    /// ICMPv6 packet-too-big in place of a packet that would exceed its
+    /// backend's path MTU once encapsulated.
+    TX_TOO_BIG = 21, "tx_too_big";
+    /// Dropped: an IPv4 packet without DF that would exceed its backend's
+    /// path MTU once encapsulated (fragmenting is left to the sender), or
+    /// one too short to quote in an ICMP message.
+    DROP_TOO_BIG = 22, "drop_too_big";
 }
 
 impl Stat {
     /// Number of verdict reasons.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
     /// Slots of the map reserved for verdict reasons, used or not.
     pub const CAPACITY: u32 = 64;
 }
@@ -170,7 +178,7 @@ events! {
     /// without an entry. A flow evicted or expired while still open, or a
     /// spoofed segment.
     UNKNOWN_MIDSTREAM = 9, "unknown_midstream";
-    /// A packet sent to its backend in an outer IP header (IPIP).
+    /// A packet sent to its backend in an outer IP header (IPIP or GUE).
     ENCAP = 10, "encap";
 }
 

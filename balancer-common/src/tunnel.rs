@@ -33,7 +33,12 @@ pub struct TunnelInfo {
     pub src: Addr,
     /// GUE: the UDP destination port, network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// The most bytes an IP packet may have on the backend's route (the
+    /// egress interface's MTU, or the route's own if lower); 0: unknown,
+    /// not checked. A client's packet that would exceed it once
+    /// encapsulated is answered with ICMP instead (see the datapath's
+    /// `pmtu`).
+    pub mtu: u16,
     pub _reserved: u32,
 }
 

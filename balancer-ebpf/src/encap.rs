@@ -15,7 +15,7 @@ use balancer_common::{
 };
 use network_types::eth::EthHdr;
 
-use crate::{maps::TUNNELS, stats};
+use crate::{maps::TUNNELS, pmtu, stats};
 
 /// Ethernet types, as they lie in the frame.
 const ETH_IPV4: u16 = 0x0800u16.to_be();
@@ -33,11 +33,22 @@ struct Inner {
     tos: u8,
 }
 
+/// Where an encapsulated frame goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// To the backend, in its tunnel.
+    Backend,
+    /// Back to the client: too big for the tunnel, the frame became an
+    /// ICMP message saying so ([`pmtu`]).
+    Client,
+}
+
 /// Puts the outer headers of backend `id` (`backend`, reached in IPIP or
 /// GUE) in front of the frame's IP packet, after new Ethernet addresses
 /// (the next hop's, the egress interface's) and the frame's VLAN tag if
 /// it has one. `flow`: hash material of the packet's flow, for the flow
-/// label and GUE's source port.
+/// label and GUE's source port. A packet that would not fit the backend's
+/// path MTU with them is answered instead.
 #[inline(always)]
 pub fn encapsulate(
     ctx: &XdpContext,
@@ -45,25 +56,46 @@ pub fn encapsulate(
     backend: &BackendInfo,
     flow: u32,
     len: u64,
-) -> Result<(), Stat> {
-    const PLAIN: usize = EthHdr::LEN;
+) -> Result<Sent, Stat> {
+    let tunnel = TUNNELS.get(id).ok_or(Stat::DROP_ENCAP)?;
+    let sent = if ether_type(ctx)? == ETH_VLAN {
+        encapsulate_at::<TAGGED_LEN>(ctx, backend, tunnel, flow)
+    } else {
+        encapsulate_at::<{ EthHdr::LEN }>(ctx, backend, tunnel, flow)
+    }?;
+    if sent == Sent::Backend {
+        stats::event(Event::ENCAP, len);
+    }
+    Ok(sent)
+}
+
+/// [`encapsulate`] for a frame whose IP packet starts at `L3`: the client's
+/// packet read once, checked against the tunnel's MTU, then wrapped.
+#[inline(always)]
+fn encapsulate_at<const L3: usize>(
+    ctx: &XdpContext,
+    backend: &BackendInfo,
+    tunnel: &TunnelInfo,
+    flow: u32,
+) -> Result<Sent, Stat> {
     const V4: usize = IPIP4_OVERHEAD;
     const V6: usize = IPIP6_OVERHEAD;
-    let tunnel = TUNNELS.get(id).ok_or(Stat::DROP_ENCAP)?;
-    let tagged = ether_type(ctx)? == ETH_VLAN;
+    let inner = inner::<L3>(ctx)?;
     let outer_v6 = !is_v4(&backend.addr);
-    match (tagged, outer_v6, backend.is_gue()) {
-        (false, false, false) => wrap::<PLAIN, V4, 0>(ctx, backend, tunnel, flow),
-        (false, true, false) => wrap::<PLAIN, V6, 0>(ctx, backend, tunnel, flow),
-        (true, false, false) => wrap::<TAGGED_LEN, V4, 0>(ctx, backend, tunnel, flow),
-        (true, true, false) => wrap::<TAGGED_LEN, V6, 0>(ctx, backend, tunnel, flow),
-        (false, false, true) => wrap::<PLAIN, V4, UDP_LEN>(ctx, backend, tunnel, flow),
-        (false, true, true) => wrap::<PLAIN, V6, UDP_LEN>(ctx, backend, tunnel, flow),
-        (true, false, true) => wrap::<TAGGED_LEN, V4, UDP_LEN>(ctx, backend, tunnel, flow),
-        (true, true, true) => wrap::<TAGGED_LEN, V6, UDP_LEN>(ctx, backend, tunnel, flow),
+    let gue = backend.is_gue();
+    let overhead = if outer_v6 { V6 } else { V4 } + if gue { UDP_LEN } else { 0 };
+    let mtu = tunnel.mtu as usize;
+    if mtu != 0 && inner.len as usize + overhead > mtu {
+        pmtu::too_big::<L3>(ctx, inner.v6, mtu.saturating_sub(overhead) as u16)?;
+        return Ok(Sent::Client);
+    }
+    match (outer_v6, gue) {
+        (false, false) => wrap::<L3, V4, 0>(ctx, backend, tunnel, flow, &inner),
+        (true, false) => wrap::<L3, V6, 0>(ctx, backend, tunnel, flow, &inner),
+        (false, true) => wrap::<L3, V4, UDP_LEN>(ctx, backend, tunnel, flow, &inner),
+        (true, true) => wrap::<L3, V6, UDP_LEN>(ctx, backend, tunnel, flow, &inner),
     }?;
-    stats::event(Event::ENCAP, len);
-    Ok(())
+    Ok(Sent::Backend)
 }
 
 /// The frame's first Ethernet type.
@@ -120,8 +152,8 @@ fn wrap<const L3: usize, const OUTER: usize, const UDP: usize>(
     backend: &BackendInfo,
     tunnel: &TunnelInfo,
     flow: u32,
+    inner: &Inner,
 ) -> Result<(), Stat> {
-    let inner = inner::<L3>(ctx)?;
     // What follows the outer IP header.
     let payload = inner.len as usize + UDP;
     // An outer IPv4 header counts itself in its length, an IPv6 one only
@@ -192,27 +224,35 @@ fn wrap<const L3: usize, const OUTER: usize, const UDP: usize>(
     let at = (start + L3) as *mut u16;
     if OUTER == IPIP6_OVERHEAD {
         let first = (6u32 << 28) | ((inner.tos as u32) << 20) | flow_label(flow);
-        let mut h = [0u16; 20];
-        h[0] = ((first >> 16) as u16).to_be();
-        h[1] = (first as u16).to_be();
-        h[2] = (payload as u16).to_be();
-        h[3] = u16::from_ne_bytes([proto, OUTER_TTL]);
-        for i in 0..4 {
-            h[4 + 2 * i] = tunnel.src[i] as u16;
-            h[5 + 2 * i] = (tunnel.src[i] >> 16) as u16;
-            h[12 + 2 * i] = backend.addr[i] as u16;
-            h[13 + 2 * i] = (backend.addr[i] >> 16) as u16;
-        }
+        let h = [
+            ((first >> 16) as u16).to_be(),
+            (first as u16).to_be(),
+            (payload as u16).to_be(),
+            u16::from_ne_bytes([proto, OUTER_TTL]),
+        ];
         for (i, word) in h.iter().enumerate() {
             // SAFETY: the 40-byte outer header is inside the frame.
             unsafe { at.add(i).write_volatile(*word) };
+        }
+        // The addresses as the maps hold them, as they lie in the packet:
+        // 32-bit stores (unaligned: the header starts at an even offset).
+        let addrs = (start + L3 + 8) as *mut u32;
+        for i in 0..4 {
+            // SAFETY: bytes 8 to 40 of the outer header are inside the
+            // frame.
+            unsafe {
+                addrs.add(i).write_unaligned(tunnel.src[i]);
+                addrs.add(4 + i).write_unaligned(backend.addr[i]);
+            }
         }
         if let Some(inner_sum) = inner_sum {
             // The pseudo-header (the addresses, the UDP length, the
             // protocol), the UDP header, then the inner packet.
             let mut sum = inner_sum + udp[2] as u32 + u16::from_ne_bytes([0, PROTO_UDP]) as u32;
-            for word in &h[4..20] {
-                sum += *word as u32;
+            for i in 0..4 {
+                for word in [tunnel.src[i], backend.addr[i]] {
+                    sum += (word & 0xffff) + (word >> 16);
+                }
             }
             for word in &udp[..3] {
                 sum += *word as u32;
@@ -254,35 +294,37 @@ const ICMPV6: u8 = 58;
 /// The ones' complement sum (unfolded) of the whole IP packet at `L3`,
 /// without reading its payload: a valid packet's transport checksum makes
 /// its transport segment sum to the complement of its pseudo-header, and a
-/// valid IPv4 header sums to zero; what is left to add is the IPv6
-/// header's words. An ICMP message (no pseudo-header) sums to zero.
+/// valid IPv4 header sums to zero; an IPv6 header's addresses cancel its
+/// pseudo-header's, which leaves its first 8 bytes and the complement of
+/// its length and next header. An ICMP message (no pseudo-header) sums to zero.
 /// `None` where this does not hold: fragments, an IPv6 extension header,
 /// UDP over IPv4 without a checksum.
 #[inline(always)]
 fn inner_sum<const L3: usize>(ctx: &XdpContext, v6: bool) -> Option<u32> {
     let ip = ctx.data() + L3;
     if v6 {
-        if ip + 40 > ctx.data_end() {
+        if ip + 8 > ctx.data_end() {
             return None;
         }
         let w = ip as *const u16;
-        // SAFETY: the 40-byte header is inside the frame (checked above).
-        let (next, len) = unsafe { (*(ip as *const u8).add(6), w.add(2).read()) };
+        // SAFETY: the header's first 8 bytes are inside the frame (checked
+        // above).
+        let next = unsafe { *(ip as *const u8).add(6) };
         if !matches!(next, TCP | UDP_PROTO | ICMPV6) {
             return None;
         }
         let mut header: u32 = 0;
-        let mut addresses: u32 = 0;
         for i in 0..4 {
             // SAFETY: as above, `i` < 4.
             header += unsafe { w.add(i).read() } as u32;
         }
-        for i in 4..20 {
-            // SAFETY: as above, `i` < 20.
-            addresses += unsafe { w.add(i).read() } as u32;
-        }
-        let pseudo = addresses + len as u32 + u16::from_ne_bytes([0, next]) as u32;
-        Some(header + addresses + (!fold16(pseudo)) as u32)
+        // The header's addresses and the pseudo-header's cancel out: what
+        // is left of the pseudo-header is its length (the header's payload
+        // length) and next header.
+        // SAFETY: as above.
+        let len = unsafe { w.add(2).read() } as u32;
+        let rest = len + u16::from_ne_bytes([0, next]) as u32;
+        Some(header + (!fold16(rest)) as u32)
     } else {
         if ip + 20 > ctx.data_end() {
             return None;

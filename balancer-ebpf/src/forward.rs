@@ -6,14 +6,20 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{backend::BackendInfo, stats::Stat};
 use network_types::eth::EthHdr;
 
-use crate::{encap, maps::EGRESS, ring::Pick};
+use crate::{
+    encap::{self, Sent},
+    maps::EGRESS,
+    ring::Pick,
+};
 
 /// Sends the frame to `pick`'s backend: destination MAC to the backend's
 /// (or its route's next hop's), source MAC to the egress interface's, and
 /// for a backend reached in IPIP the outer header in front (`flow`: hash
 /// material of the packet's flow, `len`: its length, for the counters).
 /// XDP_TX when the backend is reached through the ingress interface, a
-/// redirect through `egress` otherwise. Returns the action and its reason.
+/// redirect through `egress` otherwise; XDP_TX of an ICMP message to the
+/// client (`tx_too_big`) when the packet does not fit the backend's
+/// tunnel. Returns the action and its reason.
 #[inline(always)]
 pub fn to_backend(ctx: &XdpContext, pick: &Pick, flow: u32, len: u64) -> (u32, Stat) {
     let backend = pick.backend;
@@ -23,10 +29,13 @@ pub fn to_backend(ctx: &XdpContext, pick: &Pick, flow: u32, len: u64) -> (u32, S
     let written = if backend.is_ipip() || backend.is_gue() {
         encap::encapsulate(ctx, pick.id, backend, flow, len)
     } else {
-        rewrite_macs(ctx, backend)
+        rewrite_macs(ctx, backend).map(|()| Sent::Backend)
     };
-    if let Err(reason) = written {
-        return (xdp_action::XDP_DROP, reason);
+    match written {
+        Ok(Sent::Backend) => {}
+        // An ICMP message for the client, back where the packet came from.
+        Ok(Sent::Client) => return (xdp_action::XDP_TX, Stat::TX_TOO_BIG),
+        Err(reason) => return (xdp_action::XDP_DROP, reason),
     }
     if backend.ifindex as usize == ctx.ingress_ifindex() {
         return (xdp_action::XDP_TX, Stat::TX);

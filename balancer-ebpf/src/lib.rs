@@ -40,6 +40,7 @@ mod log;
 mod maps;
 pub mod parse;
 mod persist;
+mod pmtu;
 mod ring;
 mod schedule;
 mod stats;
@@ -517,7 +518,7 @@ fn send(
     flow: u32,
 ) -> (u32, Stat) {
     let (action, stat) = forward::to_backend(ctx, pick, flow, len);
-    if action != xdp_action::XDP_DROP {
+    if stat == Stat::TX || stat == Stat::REDIRECT {
         stats::forwarded(vip, pick.id, len, new_flow);
     }
     (action, stat)

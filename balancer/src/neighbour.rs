@@ -15,7 +15,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     link::LinkAttribute,
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
-    route::{RouteAddress, RouteAttribute},
+    route::{RouteAddress, RouteAttribute, RouteMetric},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use thiserror::Error;
@@ -35,6 +35,9 @@ pub struct L2Path {
     /// The route goes through a gateway: `dst_mac` is the gateway's, which
     /// only a backend reached through a tunnel (IPIP, GUE) may use.
     pub via_gateway: bool,
+    /// The most bytes an IP packet may have on the route: the route's MTU
+    /// where it sets one, else the egress interface's (0: unknown).
+    pub mtu: u32,
 }
 
 /// Why a backend cannot be reached at L2.
@@ -121,8 +124,15 @@ impl Neighbours {
         let mut ifindex = None;
         let mut source = None;
         let mut gateway = None;
+        let mut route_mtu = None;
         for attr in &route.attributes {
             match attr {
+                RouteAttribute::Metrics(metrics) => {
+                    route_mtu = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
+                        _ => None,
+                    })
+                }
                 RouteAttribute::Oif(index) => ifindex = Some(*index),
                 RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => {
                     source = Some(IpAddr::V4(*v4))
@@ -141,28 +151,35 @@ impl Neighbours {
             return Err(NeighbourError::NotOnLink { backend, gateway });
         }
         let ifindex = ifindex.ok_or(NeighbourError::NoRoute { backend })?;
-        let src_mac = self
-            .link_mac(ifindex)
-            .await?
-            .ok_or(NeighbourError::NoMac { backend, ifindex })?;
+        let (mac, link_mtu) = self.link(ifindex).await?;
+        let src_mac = mac.ok_or(NeighbourError::NoMac { backend, ifindex })?;
         Ok(L2Path {
             ifindex,
             src_mac,
             dst_mac: table.get(&(ifindex, gateway.unwrap_or(backend))).copied(),
             source,
             via_gateway: gateway.is_some(),
+            mtu: route_mtu.map_or(link_mtu, |r| r.min(link_mtu)),
         })
     }
 
-    async fn link_mac(&self, ifindex: u32) -> Result<Option<[u8; 6]>, NeighbourError> {
+    /// Interface `ifindex`'s MAC (None: it has none, or is gone) and MTU
+    /// (0 when unknown).
+    async fn link(&self, ifindex: u32) -> Result<(Option<[u8; 6]>, u32), NeighbourError> {
         let mut links = self.handle.link().get().match_index(ifindex).execute();
         let Some(link) = links.try_next().await.map_err(netlink)? else {
-            return Ok(None);
+            return Ok((None, 0));
         };
-        Ok(link.attributes.iter().find_map(|attr| match attr {
-            LinkAttribute::Address(mac) => mac.as_slice().try_into().ok(),
-            _ => None,
-        }))
+        let mut mac = None;
+        let mut mtu = 0;
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::Address(bytes) => mac = bytes.as_slice().try_into().ok(),
+                LinkAttribute::Mtu(value) => mtu = *value,
+                _ => {}
+            }
+        }
+        Ok((mac, mtu))
     }
 
     /// Usable entries of the neighbour table: (ifindex, address) → MAC.

@@ -472,8 +472,8 @@ pub fn backend_info(
 
 /// The `tunnels` entry of a backend at `address` reached by `forwarding`
 /// (IPIP or GUE): the outer source `[datapath]` gives for its family,
-/// else its route's preferred source, and for GUE the UDP port; None
-/// without a source (it cannot be sent to).
+/// else its route's preferred source, for GUE the UDP port, and the
+/// route's MTU; None without a source (it cannot be sent to).
 pub fn tunnel_info(
     address: IpAddr,
     forwarding: Forwarding,
@@ -492,9 +492,13 @@ pub fn tunnel_info(
     } else {
         0
     };
+    // An MTU beyond 16 bits (jumbo frames are 9,000) is never exceeded by
+    // an IP packet.
+    let mtu = path.map_or(0, |p| p.mtu.min(u32::from(u16::MAX)) as u16);
     Some(TunnelInfo {
         src: addr(source),
         port: port.to_be(),
+        mtu,
         ..TunnelInfo::default()
     })
 }
@@ -810,6 +814,7 @@ address = "10.0.0.3"
             dst_mac,
             source: None,
             via_gateway: false,
+            mtu: 1500,
         };
         let known = backend_info(
             address,
@@ -867,6 +872,7 @@ address = "10.0.0.3"
             dst_mac: None,
             source: Some("10.0.0.254".parse().unwrap()),
             via_gateway: false,
+            mtu: 9000,
         };
         let backend: IpAddr = "10.0.0.1".parse().unwrap();
         let mut datapath = crate::config::DatapathConfig::default();
@@ -894,6 +900,11 @@ address = "10.0.0.3"
         assert_eq!(port(Forwarding::Ipip, &datapath), Some(0));
         datapath.gue_port = toml::Spanned::new(0..0, 5555);
         assert_eq!(port(Forwarding::Gue, &datapath), Some(5555));
+        // The route's MTU, for the datapath's check; 0 without a route.
+        let mtu = |p| tunnel_info(backend, Forwarding::Ipip, &datapath, p).map(|t| t.mtu);
+        assert_eq!(mtu(Some(&route)), Some(9000));
+        // (The configured source stands in for the route's.)
+        assert_eq!(mtu(None), Some(0));
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl ServerProcess {
                 Server::UdpName => "udp-name".to_owned(),
                 Server::TcpEcho => "tcp-echo".to_owned(),
                 Server::TcpBulk { bytes } => format!("tcp-bulk={bytes}"),
+                Server::TcpSink => "tcp-sink".to_owned(),
             };
             command.arg("--serve").arg(format!("{kind}@{addr}"));
         }

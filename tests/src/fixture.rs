@@ -59,7 +59,12 @@ pub struct Backend {
     /// How: L2 DSR without a tunnel, IPIP or GUE (to
     /// [`DEFAULT_GUE_PORT`]) with one.
     pub forwarding: Forwarding,
+    /// The MTU of its route, for a tunnel ([`BACKEND_MTU`] unless set).
+    pub mtu: u16,
 }
+
+/// The MTU of a backend's route in a fixture: Ethernet's.
+pub const BACKEND_MTU: u16 = 1500;
 
 impl Backend {
     /// A healthy, resolved backend of weight 100 reached through the test
@@ -74,6 +79,7 @@ impl Backend {
             ifindex: TEST_IFINDEX,
             tunnel: None,
             forwarding: Forwarding::Dsr,
+            mtu: BACKEND_MTU,
         }
     }
 
@@ -103,6 +109,7 @@ impl Backend {
             dst_mac: self.resolved.then(|| backend_mac(self.id)),
             source: None,
             via_gateway: false,
+            mtu: u32::from(self.mtu),
         };
         let tunnel = self.tunnel.is_some();
         let delivery = match self.forwarding {
@@ -272,6 +279,7 @@ impl Fixture {
             let tunnel = TunnelInfo {
                 src: plan::addr(src),
                 port: port.to_be(),
+                mtu: backend.mtu,
                 ..TunnelInfo::default()
             };
             self.datapath.set_tunnel(backend.id, &tunnel)?;

@@ -2,13 +2,13 @@
 //! a client sees which backend it reached.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::Netns;
 
@@ -27,6 +27,10 @@ pub enum Server {
         /// Bytes sent after the name.
         bytes: usize,
     },
+    /// TCP: writes the name, reads until the client stops sending,
+    /// checking each byte against [`bulk_byte`], then answers `received N`
+    /// or `wrong byte N` ([`upload`]).
+    TcpSink,
 }
 
 /// Starts a TCP server on `addr` in `ns` that writes `name` and a newline
@@ -99,6 +103,9 @@ pub fn serve(server: Server, socket: Bound, name: &str) {
                         Server::TcpBulk { bytes } => {
                             thread::spawn(move || bulk(stream, &greeting, bytes));
                         }
+                        Server::TcpSink => {
+                            thread::spawn(move || sink(stream, &greeting));
+                        }
                         Server::UdpName => {}
                     }
                 }
@@ -139,6 +146,75 @@ fn bulk(mut stream: TcpStream, greeting: &str, bytes: usize) {
         }
         sent += n;
     }
+}
+
+/// Writes the greeting, reads and checks an upload until the client shuts
+/// its side down, then says how it went.
+fn sink(mut stream: TcpStream, greeting: &str) {
+    if stream.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 65_536];
+    let mut received = 0usize;
+    let mut wrong = None;
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if wrong.is_none() {
+            wrong = (0..n)
+                .find(|k| buf[*k] != bulk_byte(received + k))
+                .map(|k| received + k);
+        }
+        received += n;
+    }
+    let verdict = match wrong {
+        None => format!("received {received}\n"),
+        Some(at) => format!("wrong byte {at}\n"),
+    };
+    let _ = stream.write_all(verdict.as_bytes());
+}
+
+/// Sends `bytes` bytes of [`bulk_byte`] to a [`Server::TcpSink`] at `addr`
+/// from `client` and returns its greeting (the backend's name): an error
+/// when the transfer stalls for 10 s or the server saw other bytes.
+pub fn upload(client: &Netns, addr: SocketAddr, bytes: usize) -> Result<String> {
+    let stream = client
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))?
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut name = String::new();
+    reader.read_line(&mut name)?;
+    let mut writer = stream;
+    let chunk: Vec<u8> = (0..251 * 256).map(bulk_byte).collect();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len());
+        writer.write_all(&chunk[..n]).with_context(|| {
+            format!("the upload to {addr} stalled after {sent} of {bytes} bytes")
+        })?;
+        sent += n;
+    }
+    writer.shutdown(std::net::Shutdown::Write)?;
+    let mut verdict = String::new();
+    reader
+        .read_line(&mut verdict)
+        .with_context(|| format!("no verdict from {addr} after the upload"))?;
+    ensure!(
+        verdict.trim() == format!("received {bytes}"),
+        "upload to {addr}: the server says {:?}",
+        verdict.trim()
+    );
+    Ok(name.trim().to_owned())
+}
+
+/// Starts a TCP server on `addr` in `ns` that takes uploads
+/// ([`Server::TcpSink`]).
+pub fn tcp_sink_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {
+    serve(Server::TcpSink, bind_tcp(ns, addr)?.into(), name);
+    Ok(())
 }
 
 /// Byte `i` of a bulk transfer: a pattern a reader can check, with a

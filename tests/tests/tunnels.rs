@@ -15,7 +15,10 @@ use balancer_tests::{
     Lab, Netns, VethOptions, balancer_bin,
     daemon::{cli_json, start, start_with_config},
     netns_test,
-    servers::{EchoConnection, tally_names, tcp_ask_name, tcp_echo_server, tcp_name_server},
+    servers::{
+        EchoConnection, tally_names, tcp_ask_name, tcp_echo_server, tcp_name_server,
+        tcp_sink_server, upload,
+    },
     topology::{self, ConfigText, NO_CHECK, Topology, plain},
 };
 use nix::sys::signal::Signal;
@@ -104,7 +107,8 @@ const GATEWAY6: &str = "fd50::fd";
 /// ```
 ///
 /// The routed backends hold the VIPs on `lo`, serve names on VIP4:80,
-/// VIP6:80 and VIP4:81 and echoes on VIP4:82, run `balancer decap`, and
+/// VIP6:80 and VIP4:81, echoes on VIP4:82 and take uploads on VIP4:85 and
+/// VIP6:85, run `balancer decap`, and
 /// answer the client through `gw`. Returns the topology (its `router`
 /// the client's), the backends' router, and the routed backends' IPv4 and
 /// IPv6 addresses.
@@ -139,6 +143,8 @@ fn routed(lab: &Lab, dsr: usize) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<Ip
         tcp_name_server(&be, SocketAddr::new(topology::VIP6.into(), 80), &name)?;
         tcp_name_server(&be, "0.0.0.0:81".parse()?, &name)?;
         tcp_echo_server(&be, SocketAddr::new(topology::VIP4.into(), 82), &name)?;
+        tcp_sink_server(&be, SocketAddr::new(topology::VIP4.into(), 85), &name)?;
+        tcp_sink_server(&be, SocketAddr::new(topology::VIP6.into(), 85), &name)?;
         decap(lab, &be, i, &["--interface", "eth0"])?;
         backends.push(IpAddr::from([10, 70, i as u8, 10]));
         backends6.push(format!("fd70:{i}::10").parse::<IpAddr>()?);
@@ -345,6 +351,54 @@ fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
                 "vip list: {modes:?}"
             );
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn uploads_bigger_than_the_tunnel_leaves_room_for_complete_through_icmp() {
+    netns_test("tunnels_pmtu", Duration::from_secs(120), |lab| {
+        // Every link has 1,500 bytes: a client's full-size segment does
+        // not fit once encapsulated. The balancer must tell the client
+        // (fragmentation needed, packet too big) or the upload stalls.
+        let (t, _rt, backends, backends6) = routed(lab, 0)?;
+        let config = ConfigText::default()
+            .vip(
+                "up4",
+                topology::VIP4.into(),
+                85,
+                "tcp",
+                &format!("forwarding = \"ipip\"\n{NO_CHECK}"),
+                &plain(&backends),
+            )
+            .vip(
+                "up6",
+                topology::VIP6.into(),
+                85,
+                "tcp",
+                &format!("forwarding = \"gue\"\n{NO_CHECK}"),
+                &plain(&backends6),
+            )
+            .build();
+        let _daemon = start_with_config(lab, &t.lb, &config)?;
+        const BYTES: usize = 4 << 20;
+        for vip in [
+            SocketAddr::new(topology::VIP4.into(), 85),
+            SocketAddr::new(topology::VIP6.into(), 85),
+        ] {
+            let started = std::time::Instant::now();
+            let backend = upload(&t.client, vip, BYTES)?;
+            eprintln!(
+                "4 MiB to {vip} ({backend}) in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let stats = cli_json(lab, ["stats"])?;
+        let answered = stats["counters"]["tx_too_big"]["packets"].as_u64();
+        ensure!(
+            answered.is_some_and(|n| n >= 2),
+            "ICMP messages sent to the client: {answered:?}"
+        );
         Ok(())
     });
 }

@@ -38,6 +38,7 @@ impl FromStr for Service {
             None if kind == "tcp-name" => Server::TcpName,
             None if kind == "udp-name" => Server::UdpName,
             None if kind == "tcp-echo" => Server::TcpEcho,
+            None if kind == "tcp-sink" => Server::TcpSink,
             Some(("tcp-bulk", bytes)) => Server::TcpBulk {
                 bytes: bytes.parse().context("tcp-bulk=BYTES")?,
             },

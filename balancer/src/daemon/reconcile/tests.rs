@@ -99,6 +99,7 @@ impl World {
             dst_mac: Some(dst),
             source: Some("192.0.2.2".parse().unwrap()),
             via_gateway: false,
+            mtu: 1500,
         };
         self.observed.set_reach(id, Reach::Path(path));
     }
