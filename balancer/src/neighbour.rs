@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
 };
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::{
     link::LinkAttribute,
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
@@ -53,6 +53,45 @@ pub enum NeighbourError {
     NotOnLink { backend: IpAddr, gateway: IpAddr },
     #[error("interface {ifindex} of backend {backend} has no MAC address")]
     NoMac { backend: IpAddr, ifindex: u32 },
+}
+
+/// The kernel's announcements of changed links, neighbours and routes
+/// (netlink's multicast groups), so that a backend's path is read again at
+/// once, not at the next periodic round: a next hop whose MAC changes, a
+/// route that moves, an interface whose MTU or state changes.
+pub struct Changes {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    /// Kept so that the connection task runs as long as this does.
+    _handle: Handle,
+}
+
+impl Changes {
+    /// Subscribes to the changes; must be called within a tokio runtime.
+    pub fn watch() -> std::io::Result<Changes> {
+        use rtnetlink::constants::{
+            RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
+        };
+        use rtnetlink::sys::AsyncSocket as _;
+        let (mut connection, handle, messages) = rtnetlink::new_connection()?;
+        let groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, groups))?;
+        tokio::spawn(connection);
+        Ok(Changes {
+            messages,
+            _handle: handle,
+        })
+    }
+
+    /// Waits for the next announcement; None once the connection is gone.
+    pub async fn next(&mut self) -> Option<()> {
+        self.messages.next().await.map(|_| ())
+    }
 }
 
 /// Reads routes, links and neighbours from the kernel.

@@ -16,8 +16,8 @@ use balancer_tests::{
     daemon::{cli_json, start, start_with_config},
     netns_test,
     servers::{
-        EchoConnection, tally_names, tcp_ask_name, tcp_echo_server, tcp_name_server,
-        tcp_sink_server, upload,
+        EchoConnection, HealthEndpoint, tally_names, tcp_ask_name, tcp_echo_server,
+        tcp_name_server, tcp_sink_server, upload,
     },
     topology::{self, ConfigText, NO_CHECK, Topology, plain},
 };
@@ -97,6 +97,19 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
 const GATEWAY: &str = "10.50.0.253";
 const GATEWAY6: &str = "fd50::fd";
 
+/// What [`routed`] built.
+struct Routed {
+    /// The topology: its `router` is the client's.
+    t: Topology,
+    /// The backends' router.
+    gw: Netns,
+    /// The routed backends.
+    hosts: Vec<Netns>,
+    /// Their IPv4 and IPv6 addresses.
+    v4: Vec<IpAddr>,
+    v6: Vec<IpAddr>,
+}
+
 /// Backends two routers away from the client:
 ///
 /// ```text
@@ -109,10 +122,8 @@ const GATEWAY6: &str = "fd50::fd";
 /// The routed backends hold the VIPs on `lo`, serve names on VIP4:80,
 /// VIP6:80 and VIP4:81, echoes on VIP4:82 and take uploads on VIP4:85 and
 /// VIP6:85, run `balancer decap`, and
-/// answer the client through `gw`. Returns the topology (its `router`
-/// the client's), the backends' router, and the routed backends' IPv4 and
-/// IPv6 addresses.
-fn routed(lab: &Lab, dsr: usize) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<IpAddr>)> {
+/// answer the client through `gw`.
+fn routed(lab: &Lab, dsr: usize) -> Result<Routed> {
     let t = Topology::build_routed(lab, dsr, 1500)?;
     let rt = lab.netns("gw")?;
     lab.veth((&rt, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
@@ -126,6 +137,7 @@ fn routed(lab: &Lab, dsr: usize) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<Ip
     rt.add_route("fd60::/64", &topology::ROUTER6.to_string())?;
     let mut backends = Vec::new();
     let mut backends6 = Vec::new();
+    let mut hosts = Vec::new();
     for i in 0..2 {
         let be = lab.netns(&format!("rbe{i}"))?;
         let link = format!("b{i}");
@@ -148,10 +160,17 @@ fn routed(lab: &Lab, dsr: usize) -> Result<(Topology, Netns, Vec<IpAddr>, Vec<Ip
         decap(lab, &be, i, &["--interface", "eth0"])?;
         backends.push(IpAddr::from([10, 70, i as u8, 10]));
         backends6.push(format!("fd70:{i}::10").parse::<IpAddr>()?);
+        hosts.push(be);
     }
     t.lb.add_route("10.70.0.0/16", GATEWAY)?;
     t.lb.add_route("fd70::/16", GATEWAY6)?;
-    Ok((t, rt, backends, backends6))
+    Ok(Routed {
+        t,
+        gw: rt,
+        hosts,
+        v4: backends,
+        v6: backends6,
+    })
 }
 
 #[test]
@@ -159,7 +178,13 @@ fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
     netns_test("ipip_routed", Duration::from_secs(120), |lab| {
         // VIPs: web (IPv4 to IPv4 backends), web6 (IPv6 to IPv6) and
         // mixed (IPv4 to IPv6 backends, port 81).
-        let (t, rt, backends, backends6) = routed(lab, 0)?;
+        let Routed {
+            t,
+            gw: rt,
+            v4: backends,
+            v6: backends6,
+            ..
+        } = routed(lab, 0)?;
         let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
@@ -221,7 +246,9 @@ fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
 #[test]
 fn held_ipip_connections_survive_a_killed_daemon() {
     netns_test("ipip_restart", Duration::from_secs(120), |lab| {
-        let (t, _rt, backends, _) = routed(lab, 0)?;
+        let Routed {
+            t, v4: backends, ..
+        } = routed(lab, 0)?;
         let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
@@ -272,7 +299,12 @@ fn held_ipip_connections_survive_a_killed_daemon() {
 fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
     netns_test("tunnels_mixed", Duration::from_secs(120), |lab| {
         // Two L2 DSR backends on the segment, two routed ones.
-        let (t, _rt, backends, backends6) = routed(lab, 2)?;
+        let Routed {
+            t,
+            v4: backends,
+            v6: backends6,
+            ..
+        } = routed(lab, 2)?;
         for (i, ns) in t.backends.iter().enumerate() {
             tcp_name_server(ns, "0.0.0.0:83".parse()?, &format!("dsr{i}"))?;
         }
@@ -361,7 +393,12 @@ fn uploads_bigger_than_the_tunnel_leaves_room_for_complete_through_icmp() {
         // Every link has 1,500 bytes: a client's full-size segment does
         // not fit once encapsulated. The balancer must tell the client
         // (fragmentation needed, packet too big) or the upload stalls.
-        let (t, _rt, backends, backends6) = routed(lab, 0)?;
+        let Routed {
+            t,
+            v4: backends,
+            v6: backends6,
+            ..
+        } = routed(lab, 0)?;
         let config = ConfigText::default()
             .vip(
                 "up4",
@@ -399,6 +436,165 @@ fn uploads_bigger_than_the_tunnel_leaves_room_for_complete_through_icmp() {
             answered.is_some_and(|n| n >= 2),
             "ICMP messages sent to the client: {answered:?}"
         );
+        Ok(())
+    });
+}
+
+/// The MACs `backend list` gives the backends, by address.
+fn next_hops(lab: &Lab) -> Result<Vec<(String, String)>> {
+    let rows = cli_json(lab, ["backend", "list"])?;
+    Ok(rows
+        .as_array()
+        .context("backend list")?
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap_or_default().to_owned(),
+                r["mac"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn a_next_hop_whose_mac_changes_is_followed_at_once() {
+    netns_test("tunnels_mac_change", Duration::from_secs(120), |lab| {
+        let Routed {
+            t,
+            gw: rt,
+            v4: backends,
+            v6: backends6,
+            ..
+        } = routed(lab, 0)?;
+        let mode = |forwarding: &str| format!("forwarding = \"{forwarding}\"\n{NO_CHECK}");
+        let config = ConfigText::default()
+            .vip(
+                "chat",
+                topology::VIP4.into(),
+                82,
+                "tcp",
+                &mode("ipip"),
+                &plain(&backends),
+            )
+            .vip(
+                "web6",
+                topology::VIP6.into(),
+                80,
+                "tcp",
+                &mode("gue"),
+                &plain(&backends6),
+            )
+            .build();
+        let _daemon = start_with_config(lab, &t.lb, &config)?;
+        let chat = SocketAddr::new(topology::VIP4.into(), 82);
+        let mut held: Vec<EchoConnection> = (0..10)
+            .map(|_| EchoConnection::open(&t.client, chat))
+            .collect::<Result<_>>()?;
+        for c in &mut held {
+            c.echo("before")?;
+        }
+        // The router's interface gets another MAC (a replaced card, a
+        // failover of a virtual router); frames to the old one are lost.
+        // The change empties the router's neighbour table, so its next
+        // datagram to the balancer (of either family) resolves the
+        // balancer's address again, from the new MAC: the balancer's
+        // kernel learns it, and its neighbour table announces the change.
+        const NEW_MAC: &str = "02:5e:00:00:be:ef";
+        rt.ip(["link", "set", "eth0", "address", NEW_MAC])?;
+        let changed = std::time::Instant::now();
+        rt.run(|| -> Result<()> {
+            for to in [IpAddr::from(topology::LB4), IpAddr::from(topology::LB6)] {
+                let any: IpAddr = if to.is_ipv4() {
+                    [0u8; 4].into()
+                } else {
+                    [0u16; 8].into()
+                };
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+                socket.send_to(b"hello", SocketAddr::new(to, 9))?;
+            }
+            Ok(())
+        })??;
+        let followed = loop {
+            let hops = next_hops(lab)?;
+            if hops.len() == 4 && hops.iter().all(|(_, mac)| mac == NEW_MAC) {
+                break changed.elapsed();
+            }
+            ensure!(
+                changed.elapsed() < Duration::from_secs(3),
+                "next hops 3 s after the change: {hops:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        eprintln!("the new MAC in backend list after {followed:?}");
+        // Announced by the kernel, not found by the next periodic read
+        // (every second).
+        ensure!(
+            followed < Duration::from_millis(500),
+            "the new next hop took {followed:?} to reach backend list"
+        );
+        for (i, c) in held.iter_mut().enumerate() {
+            c.echo("after the change")
+                .with_context(|| format!("held connection {i} on {}", c.backend))?;
+        }
+        let names = tally_names(&t.client, SocketAddr::new(topology::VIP6.into(), 80), 10)?;
+        ensure!(names.len() == 2, "web6 after the change: {names:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn weights_drain_and_failover_hold_for_routed_backends() {
+    netns_test("tunnels_weights", Duration::from_secs(120), |lab| {
+        let Routed {
+            t,
+            hosts,
+            v4: backends,
+            ..
+        } = routed(lab, 0)?;
+        const CHECK_PORT: u16 = 8080;
+        let endpoints: Vec<HealthEndpoint> = hosts
+            .iter()
+            .zip(&backends)
+            .map(|(ns, addr)| HealthEndpoint::start(ns, SocketAddr::new(*addr, CHECK_PORT)))
+            .collect::<Result<_>>()?;
+        let check = format!(
+            "forwarding = \"gue\"\n[vip.health_check]\nkind = \"http\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
+        );
+        let config = ConfigText::default()
+            .vip(
+                "web",
+                topology::VIP4.into(),
+                80,
+                "tcp",
+                &check,
+                &[
+                    (backends[0], "weight = 300\n"),
+                    (backends[1], "weight = 100\n"),
+                ],
+            )
+            .build();
+        let mut daemon = start_with_config(lab, &t.lb, &config)?;
+        // By weight: three quarters to be0.
+        let names = tally_names(&t.client, web(), 200)?;
+        let be0 = names.get("be0").copied().unwrap_or(0);
+        ensure!(
+            (120..=180).contains(&be0) && names.len() == 2,
+            "weights 300:100 over 200 connections: {names:?}"
+        );
+        // Drained: no new connection for be0.
+        cli_json(lab, ["backend", "drain", "web", &backends[0].to_string()])?;
+        let names = tally_names(&t.client, web(), 30)?;
+        ensure!(names.keys().all(|n| n == "be1"), "be0 drained: {names:?}");
+        cli_json(lab, ["backend", "undrain", "web", &backends[0].to_string()])?;
+        // be1 fails its check: everything to be0.
+        endpoints[1].set_status(503);
+        let down = format!("backend={} from=up to=down", backends[1]);
+        daemon.wait_for_output(Duration::from_secs(3), |out| out.contains(&down))?;
+        daemon.wait_for_output(Duration::from_secs(3), |out| {
+            out.matches("ring published").count() >= 4
+        })?;
+        let names = tally_names(&t.client, web(), 30)?;
+        ensure!(names.keys().all(|n| n == "be0"), "be1 down: {names:?}");
         Ok(())
     });
 }

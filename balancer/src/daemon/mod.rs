@@ -42,7 +42,7 @@ use crate::{
     datapath::{Datapath, DecisionLog, LoadOptions, XdpMode},
     health::Report,
     metrics,
-    neighbour::Neighbours,
+    neighbour::{Changes, Neighbours},
 };
 
 use state::State;
@@ -57,6 +57,10 @@ const QUICK_RESOLVE_INTERVAL: Duration = Duration::from_millis(10);
 /// ...for at most this long; an unreachable backend is left to the
 /// periodic reads.
 const QUICK_RESOLVE_FOR: Duration = Duration::from_secs(2);
+/// After the kernel announces a changed link, neighbour or route, the
+/// paths are read again this much later: the announcements of one change
+/// (a route and its neighbour, both families) come in a burst, read once.
+const CHANGE_RESOLVE_DELAY: Duration = Duration::from_millis(10);
 
 /// What `balancer run` is asked for beyond the configuration file: the
 /// command line's choices, built by the CLI from its arguments. Each one
@@ -192,6 +196,16 @@ async fn serve(
         tokio::spawn(forward_decision_log(log)?);
     }
     let neighbours = Neighbours::connect().context("cannot open a netlink connection")?;
+    let mut changes = match Changes::watch() {
+        Ok(changes) => Some(changes),
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "cannot follow the kernel's link, neighbour and route changes: backends' paths are read every second only"
+            );
+            None
+        }
+    };
     let (reports_tx, mut reports) = tokio::sync::mpsc::channel::<Report>(1024);
     let socket = config.daemon.control_socket.clone();
     let pinned = datapath.pinned().context("cannot read the pinned maps")?;
@@ -245,8 +259,26 @@ async fn serve(
     reconcile.tick().await;
     // Until when unresolved backends are read again quickly.
     let mut quick_until: Option<tokio::time::Instant> = None;
+    // When the paths are read after the kernel announced a change.
+    let mut changed: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            change = next_change(&mut changes) => {
+                match change {
+                    Some(()) => {
+                        changed.get_or_insert_with(|| tokio::time::Instant::now() + CHANGE_RESOLVE_DELAY);
+                    }
+                    None => {
+                        tracing::warn!("the kernel's change announcements stopped: backends' paths are read every second only");
+                        changes = None;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(changed.unwrap_or_else(tokio::time::Instant::now)), if changed.is_some() => {
+                changed = None;
+                state.resolve().await;
+                state.publish_when_due();
+            }
             _ = stats.tick() => {
                 if let Err(err) = log_stats(&state.datapath) {
                     tracing::warn!(error = format!("{err:#}"), "cannot log the packet counters");
@@ -350,4 +382,12 @@ fn forward_decision_log(log: DecisionLog) -> Result<impl std::future::Future<Out
             ready.clear_ready();
         }
     })
+}
+
+/// The next change the kernel announces, or never without a subscription.
+async fn next_change(changes: &mut Option<Changes>) -> Option<()> {
+    match changes {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
+    }
 }

@@ -58,6 +58,7 @@ impl View<'_> {
                     traffic: traffic(&c),
                     new_flows: c.new_flows,
                     up: self.is_up(b.id),
+                    resolved: self.observed.reach(b.id).mac().is_some(),
                     weight: b.weight,
                     active_connections: self.active_connections(vip.slot.info.flags, b.id)?,
                     check_latency: seen.and_then(|s| s.latency),

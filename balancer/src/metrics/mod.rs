@@ -94,6 +94,8 @@ pub struct BackendMetrics {
     pub new_flows: u64,
     /// Passing its health checks (or not checked).
     pub up: bool,
+    /// Its next hop's MAC is known: the datapath can send to it.
+    pub resolved: bool,
     /// Its configured weight (0 while draining).
     pub weight: u32,
     /// Open connections (see `vip show`).
@@ -295,6 +297,11 @@ fn registry(s: &Snapshot) -> Registry {
         "backend_up",
         "1 while the backend passes its health checks (or has none), else 0",
         gauges(s.backends.iter().map(|b| (backend(b), i64::from(b.up)))),
+    );
+    r.register(
+        "backend_next_hop_resolved",
+        "1 while the MAC of the backend's next hop (itself, or its route's gateway) is known, else 0: its packets are dropped as drop_no_neighbour",
+        gauges(s.backends.iter().map(|b| (backend(b), i64::from(b.resolved)))),
     );
     r.register(
         "backend_weight",
@@ -501,6 +508,7 @@ mod tests {
                     },
                     new_flows: 2,
                     up: true,
+                    resolved: true,
                     weight: 100,
                     active_connections: 2,
                     check_latency: Some(Duration::from_micros(1500)),
@@ -609,6 +617,14 @@ mod tests {
             ),
             ("balancer_backend_up{backend=10.0.0.1,vip=web}", 1.0),
             ("balancer_backend_up{backend=2001:db8::1,vip=web}", 0.0),
+            (
+                "balancer_backend_next_hop_resolved{backend=10.0.0.1,vip=web}",
+                1.0,
+            ),
+            (
+                "balancer_backend_next_hop_resolved{backend=2001:db8::1,vip=web}",
+                0.0,
+            ),
             ("balancer_backend_weight{backend=10.0.0.1,vip=web}", 100.0),
             (
                 "balancer_backend_active_connections{backend=10.0.0.1,vip=web}",
@@ -676,6 +692,7 @@ mod tests {
             ("balancer_vip_packets", "counter"),
             ("balancer_backend_bytes", "counter"),
             ("balancer_backend_up", "gauge"),
+            ("balancer_backend_next_hop_resolved", "gauge"),
             ("balancer_backend_check_latency_seconds", "gauge"),
             ("balancer_health_transitions", "counter"),
             ("balancer_datapath_packets", "counter"),
