@@ -33,6 +33,7 @@ fn the_demo_shows_balancing_failover_and_recovery_and_cleans_up() -> Result<()> 
         "backend1 down, over 1.00 s",
         "10.50.0.11 of VIP web: down -> up",
         "backend1 back, over 1.00 s",
+        "edge: 20 of 20 connections answered (routed0 20), through the router",
         "metrics of docs/observability.md present",
         "detached from eth0 and unpinned",
     ] {

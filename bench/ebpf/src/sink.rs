@@ -1,6 +1,6 @@
 //! The benchmarks' counting sink, attached to the receiving end of a veth:
 //! counts the frames sent to one TCP or UDP destination port (or every
-//! frame) in a per-CPU array and drops them, so that a load test measures
+//! frame; IPv4 in IPv4 by its inner port) in a per-CPU array and drops them, so that a load test measures
 //! what arrived without the network stack's cost. Every other frame passes,
 //! so ARP, neighbour discovery and other traffic on the interface keep
 //! working.
@@ -87,9 +87,29 @@ fn destination_port(ctx: &XdpContext) -> Option<u16> {
 }
 
 /// The destination port of the IPv4 packet at `ip`, if it is TCP or UDP
-/// and not a later fragment.
+/// and not a later fragment; through one outer IPv4 header of IPIP (the
+/// balancer's `ipip` forwarding), so that an encapsulated load is counted
+/// as a plain one.
 #[inline(always)]
 fn ipv4_port(ip: usize, end: usize) -> Option<u16> {
+    let (mut ip, (mut header, mut protocol)) = (ip, ipv4(ip, end)?);
+    if protocol == PROTO_IPIP {
+        ip += header;
+        (header, protocol) = ipv4(ip, end)?;
+    }
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return None;
+    }
+    read_port(ip + header, end)
+}
+
+/// IP protocol of IPv4 in IPv4.
+const PROTO_IPIP: u8 = 4;
+
+/// The header length and protocol of the IPv4 packet at `ip`, unless it
+/// is a later fragment.
+#[inline(always)]
+fn ipv4(ip: usize, end: usize) -> Option<(usize, u8)> {
     if ip + IPV4_LEN > end {
         return None;
     }
@@ -103,14 +123,11 @@ fn ipv4_port(ip: usize, end: usize) -> Option<u16> {
             *((ip + 9) as *const u8),
         )
     };
-    if protocol != proto::TCP && protocol != proto::UDP || frags & FRAGMENT_OFFSET != 0 {
-        return None;
-    }
     let header = ((vihl & 0x0f) as usize) * 4;
-    if header < IPV4_LEN {
+    if frags & FRAGMENT_OFFSET != 0 || header < IPV4_LEN {
         return None;
     }
-    read_port(ip + header, end)
+    Some((header, protocol))
 }
 
 /// The destination port of the IPv6 packet at `ip`, if its next header is

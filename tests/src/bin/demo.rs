@@ -19,9 +19,9 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use balancer_tests::{
-    Lab, Netns, Process,
+    Lab, Netns, Process, VethOptions,
     backend::ServerProcess,
-    balancer_bin, daemon, metrics,
+    balancer_bin, daemon, metrics, servers,
     topology::{self, Server, Topology},
 };
 use nix::{sys::signal::Signal, unistd::Uid};
@@ -98,6 +98,7 @@ fn run(phase: Duration) -> Result<()> {
             )
         })
         .collect::<Result<Vec<_>>>()?;
+    let _routed = routed_backend(&lab, &t)?;
 
     step("starting the balancer daemon with the embedded configuration");
     let config = lab.write_file("balancer.toml", CONFIG)?;
@@ -134,6 +135,7 @@ fn run(phase: Duration) -> Result<()> {
     let result = phases(&lab, &mut daemon, &mut servers, &traffic, phase);
     let totals = traffic.stop()?;
     result?;
+    show_routed(&t.client)?;
     show_metrics(&t)?;
 
     step("stopping the daemon (SIGTERM)");
@@ -235,6 +237,68 @@ fn intro() {
         "  VIP dns  {}:53/udp  equal weights, UDP request/reply check every 250 ms",
         topology::VIP4
     );
+    println!(
+        "  VIP edge {}:8080/tcp to routed0 {ROUTED}, behind router {GATEWAY}: the packets",
+        topology::VIP4
+    );
+    println!("           travel inside an outer IP header (IPIP), routed0 takes it off");
+}
+
+/// The backend behind a router, and the router's address on the segment.
+const ROUTED: &str = "10.70.0.10";
+const GATEWAY: &str = "10.50.0.253";
+
+/// A router on the switch and, behind it in 10.70.0.0/24, a backend
+/// holding the VIP on loopback, serving names on port 8080 and taking
+/// IPIP off with `balancer decap`; the balancer routes to the subnet
+/// through the router. Returns the backend's namespace.
+fn routed_backend(lab: &Lab, t: &Topology) -> Result<Netns> {
+    let gw = lab.netns("gw")?;
+    let be = lab.netns("routed0")?;
+    lab.veth((&gw, "eth0"), (&t.switch, "pgw"), VethOptions::default())?;
+    t.switch.ip(["link", "set", "pgw", "master", "br0"])?;
+    t.switch.ip(["link", "set", "pgw", "up"])?;
+    gw.add_address("eth0", &format!("{GATEWAY}/24"))?;
+    gw.sysctl("net.ipv4.ip_forward", "1")?;
+    lab.veth((&gw, "b0"), (&be, "eth0"), VethOptions::default())?;
+    gw.add_address("b0", "10.70.0.1/24")?;
+    be.add_address("eth0", &format!("{ROUTED}/24"))?;
+    be.add_route("default", "10.70.0.1")?;
+    be.add_address("lo", &format!("{}/32", topology::VIP4))?;
+    t.lb.add_route("10.70.0.0/24", GATEWAY)?;
+    servers::tcp_name_server(&be, "0.0.0.0:8080".parse()?, "routed0")?;
+    let pins = lab
+        .pin_dir()?
+        .parent()
+        .map(|p| p.join("decap"))
+        .context("no bpffs for the decapsulator")?;
+    let out = be
+        .command(balancer_bin()?)
+        .args(["decap", "--interface", "eth0", "--pin-path"])
+        .arg(&pins)
+        .output()
+        .context("cannot run balancer decap")?;
+    if !out.status.success() {
+        bail!(
+            "balancer decap failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(be)
+}
+
+/// Connections to the routed VIP, and who answered them.
+fn show_routed(client: &Netns) -> Result<()> {
+    step("the routed VIP edge: IPIP to a backend behind a router");
+    let addr = SocketAddr::new(topology::VIP4.into(), 8080);
+    let names = servers::tally_names(client, addr, 20)?;
+    let answered: usize = names.values().sum();
+    let by: Vec<String> = names.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    detail(&format!(
+        "edge: {answered} of 20 connections answered ({}), through the router",
+        by.join(", ")
+    ));
+    Ok(())
 }
 
 /// Traffic with every backend up, then with one killed, then with it back.

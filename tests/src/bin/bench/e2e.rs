@@ -75,16 +75,20 @@ pub enum Setup {
     Direct,
     Floor,
     Balancer,
+    /// The balancer with `forwarding = "ipip"`, the backends running
+    /// `balancer decap`.
+    BalancerIpip,
     Nftables,
     Haproxy,
     Nginx,
 }
 
 impl Setup {
-    const ALL: [Setup; 6] = [
+    const ALL: [Setup; 7] = [
         Setup::Direct,
         Setup::Floor,
         Setup::Balancer,
+        Setup::BalancerIpip,
         Setup::Nftables,
         Setup::Haproxy,
         Setup::Nginx,
@@ -95,6 +99,7 @@ impl Setup {
             Setup::Direct => "direct (no balancer)",
             Setup::Floor => "XDP floor (one backend)",
             Setup::Balancer => "this balancer (XDP)",
+            Setup::BalancerIpip => "this balancer, IPIP",
             Setup::Nftables => "nftables DNAT",
             Setup::Haproxy => "HAProxy (TCP mode)",
             Setup::Nginx => "nginx stream",
@@ -245,14 +250,22 @@ impl<'a> Bed<'a> {
                 lb.run(|| floor.attach("eth0"))??;
                 Ok(Running::Floor { _attached: floor })
             }
-            Setup::Balancer => {
+            Setup::Balancer | Setup::BalancerIpip => {
+                let options = if setup == Setup::BalancerIpip {
+                    for (i, backend) in self.t.backends.iter().enumerate() {
+                        self.decap(backend, i, &["--interface", "eth0"])?;
+                    }
+                    format!("forwarding = \"ipip\"\n{NO_CHECK}")
+                } else {
+                    NO_CHECK.to_owned()
+                };
                 let config = ConfigText::default()
                     .vip(
                         "tcp",
                         self.vip(),
                         TCP_PORT,
                         "tcp",
-                        NO_CHECK,
+                        &options,
                         &plain(&backends),
                     )
                     .vip(
@@ -260,7 +273,7 @@ impl<'a> Bed<'a> {
                         self.vip(),
                         UDP_PORT,
                         "udp",
-                        NO_CHECK,
+                        &options,
                         &plain(&backends),
                     )
                     .build();
@@ -327,7 +340,12 @@ impl<'a> Bed<'a> {
         drop(running);
         match setup {
             Setup::Direct | Setup::Floor => {}
-            Setup::Balancer => {
+            Setup::Balancer | Setup::BalancerIpip => {
+                if setup == Setup::BalancerIpip {
+                    for (i, backend) in self.t.backends.iter().enumerate() {
+                        self.decap(backend, i, &["--detach"])?;
+                    }
+                }
                 let out = lb
                     .command(balancer_bin()?)
                     .arg("teardown")
@@ -357,6 +375,30 @@ impl<'a> Bed<'a> {
                 ])?;
             }
         }
+        Ok(())
+    }
+
+    /// Runs `balancer decap ARGS` on backend `ns` (number `i`), pinned in
+    /// the lab's bpffs under a directory of its own.
+    fn decap(&self, ns: &Netns, i: usize, args: &[&str]) -> Result<()> {
+        let dir = self
+            .lab
+            .pin_dir()?
+            .parent()
+            .map(|p| p.join(format!("decap{i}")))
+            .context("no lab bpffs")?;
+        let out = ns
+            .command(balancer_bin()?)
+            .arg("decap")
+            .args(args)
+            .arg("--pin-path")
+            .arg(&dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "balancer decap {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 
