@@ -210,6 +210,42 @@ pub fn upload(client: &Netns, addr: SocketAddr, bytes: usize) -> Result<String> 
     Ok(name.trim().to_owned())
 }
 
+/// Sends `flows` UDP flows (a socket of its own each, two datagrams) from
+/// `client` to `addr` (name servers behind it) and counts which backend
+/// answered each; an error when a datagram gets no answer or a flow's two
+/// answers come from two backends.
+pub fn udp_tally(
+    client: &Netns,
+    addr: SocketAddr,
+    flows: usize,
+) -> Result<std::collections::BTreeMap<String, usize>> {
+    let mut counts = std::collections::BTreeMap::new();
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        [0u8; 4].into()
+    } else {
+        [0u16; 8].into()
+    };
+    for flow in 0..flows {
+        let socket = client.run(|| UdpSocket::bind(SocketAddr::new(any, 0)))??;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut names = Vec::new();
+        for datagram in 0..2 {
+            socket.send_to(b"who?", addr)?;
+            let mut buf = [0u8; 64];
+            let (n, _) = socket.recv_from(&mut buf).with_context(|| {
+                format!("UDP flow {flow} to {addr}: datagram {datagram} got no answer")
+            })?;
+            names.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        ensure!(
+            names[0] == names[1],
+            "UDP flow {flow} to {addr}: answered by {names:?}"
+        );
+        *counts.entry(names.swap_remove(0)).or_default() += 1;
+    }
+    Ok(counts)
+}
+
 /// Starts a TCP server on `addr` in `ns` that takes uploads
 /// ([`Server::TcpSink`]).
 pub fn tcp_sink_server(ns: &Netns, addr: SocketAddr, name: &str) -> Result<()> {

@@ -17,7 +17,7 @@ use balancer_tests::{
     netns_test,
     servers::{
         EchoConnection, HealthEndpoint, tally_names, tcp_ask_name, tcp_echo_server,
-        tcp_name_server, tcp_sink_server, upload,
+        tcp_name_server, tcp_sink_server, udp_name_server, udp_tally, upload,
     },
     topology::{self, ConfigText, NO_CHECK, Topology, plain},
 };
@@ -120,8 +120,9 @@ struct Routed {
 /// ```
 ///
 /// The routed backends hold the VIPs on `lo`, serve names on VIP4:80,
-/// VIP6:80 and VIP4:81, echoes on VIP4:82 and take uploads on VIP4:85 and
-/// VIP6:85, run `balancer decap`, and
+/// VIP6:80 and VIP4:81 (TCP) and VIP4:53 and VIP6:53 (UDP), echoes on
+/// VIP4:82 and take uploads on VIP4:85 and VIP6:85, run `balancer decap`,
+/// and
 /// answer the client through `gw`.
 fn routed(lab: &Lab, dsr: usize) -> Result<Routed> {
     let t = Topology::build_routed(lab, dsr, 1500)?;
@@ -157,6 +158,8 @@ fn routed(lab: &Lab, dsr: usize) -> Result<Routed> {
         tcp_echo_server(&be, SocketAddr::new(topology::VIP4.into(), 82), &name)?;
         tcp_sink_server(&be, SocketAddr::new(topology::VIP4.into(), 85), &name)?;
         tcp_sink_server(&be, SocketAddr::new(topology::VIP6.into(), 85), &name)?;
+        udp_name_server(&be, SocketAddr::new(topology::VIP4.into(), 53), &name)?;
+        udp_name_server(&be, SocketAddr::new(topology::VIP6.into(), 53), &name)?;
         decap(lab, &be, i, &["--interface", "eth0"])?;
         backends.push(IpAddr::from([10, 70, i as u8, 10]));
         backends6.push(format!("fd70:{i}::10").parse::<IpAddr>()?);
@@ -344,6 +347,23 @@ fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
                 &mode("gue"),
                 &plain(&backends6),
             )
+            // UDP: IPv4 in IPIP over IPv6, IPv6 in GUE over IPv4.
+            .vip(
+                "dns-ipip",
+                topology::VIP4.into(),
+                53,
+                "udp",
+                &mode("ipip"),
+                &plain(&backends6),
+            )
+            .vip(
+                "dns-gue",
+                topology::VIP6.into(),
+                53,
+                "udp",
+                &mode("gue"),
+                &plain(&backends),
+            )
             .build();
         let _daemon = start_with_config(lab, &t.lb, &config)?;
         for (name, vip, expect) in [
@@ -358,8 +378,17 @@ fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
                 "{name}: answered by {names:?}"
             );
         }
-        // What each mode did, as the backends' decapsulators and the
-        // balancer's VIP list say.
+        for (name, vip) in [
+            ("dns-ipip", SocketAddr::new(topology::VIP4.into(), 53)),
+            ("dns-gue", SocketAddr::new(topology::VIP6.into(), 53)),
+        ] {
+            let names = udp_tally(&t.client, vip, 20)?;
+            ensure!(
+                names.len() == 2 && names.keys().all(|n| n.starts_with("be")),
+                "{name}: UDP flows answered by {names:?}"
+            );
+        }
+        // What each mode did, as the balancer's VIP list says.
         let vips = cli_json(lab, ["vip", "list"])?;
         let modes: Vec<(String, String)> = vips
             .as_array()
@@ -546,55 +575,92 @@ fn a_next_hop_whose_mac_changes_is_followed_at_once() {
 fn weights_drain_and_failover_hold_for_routed_backends() {
     netns_test("tunnels_weights", Duration::from_secs(120), |lab| {
         let Routed {
-            t,
-            hosts,
-            v4: backends,
-            ..
+            t, hosts, v4, v6, ..
         } = routed(lab, 0)?;
         const CHECK_PORT: u16 = 8080;
-        let endpoints: Vec<HealthEndpoint> = hosts
+        // Each backend's health endpoint on its own address of each
+        // family: [be0 v4, be1 v4, be0 v6, be1 v6].
+        let endpoints: Vec<HealthEndpoint> = v4
             .iter()
-            .zip(&backends)
-            .map(|(ns, addr)| HealthEndpoint::start(ns, SocketAddr::new(*addr, CHECK_PORT)))
+            .chain(&v6)
+            .zip(hosts.iter().cycle())
+            .map(|(addr, ns)| HealthEndpoint::start(ns, SocketAddr::new(*addr, CHECK_PORT)))
             .collect::<Result<_>>()?;
-        let check = format!(
-            "forwarding = \"gue\"\n[vip.health_check]\nkind = \"http\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
-        );
+        // IPv4 in GUE, IPv6 in IPIP; be0 three times be1's weight.
+        let check = |forwarding: &str| {
+            format!(
+                "forwarding = \"{forwarding}\"\n[vip.health_check]\nkind = \"http\"\nport = {CHECK_PORT}\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n"
+            )
+        };
+        let weighted = |b: &[IpAddr]| vec![(b[0], "weight = 300\n"), (b[1], "weight = 100\n")];
         let config = ConfigText::default()
             .vip(
                 "web",
                 topology::VIP4.into(),
                 80,
                 "tcp",
-                &check,
-                &[
-                    (backends[0], "weight = 300\n"),
-                    (backends[1], "weight = 100\n"),
-                ],
+                &check("gue"),
+                &weighted(&v4),
+            )
+            .vip(
+                "web6",
+                topology::VIP6.into(),
+                80,
+                "tcp",
+                &check("ipip"),
+                &weighted(&v6),
             )
             .build();
         let mut daemon = start_with_config(lab, &t.lb, &config)?;
-        // By weight: three quarters to be0.
-        let names = tally_names(&t.client, web(), 200)?;
-        let be0 = names.get("be0").copied().unwrap_or(0);
-        ensure!(
-            (120..=180).contains(&be0) && names.len() == 2,
-            "weights 300:100 over 200 connections: {names:?}"
-        );
-        // Drained: no new connection for be0.
-        cli_json(lab, ["backend", "drain", "web", &backends[0].to_string()])?;
-        let names = tally_names(&t.client, web(), 30)?;
-        ensure!(names.keys().all(|n| n == "be1"), "be0 drained: {names:?}");
-        cli_json(lab, ["backend", "undrain", "web", &backends[0].to_string()])?;
-        // be1 fails its check: everything to be0.
+        let vips = [
+            ("web", web(), v4[0], v4[1]),
+            (
+                "web6",
+                SocketAddr::new(topology::VIP6.into(), 80),
+                v6[0],
+                v6[1],
+            ),
+        ];
+        for (name, vip, _, _) in vips {
+            // By weight: three quarters to be0.
+            let names = tally_names(&t.client, vip, 200)?;
+            let be0 = names.get("be0").copied().unwrap_or(0);
+            ensure!(
+                (120..=180).contains(&be0) && names.len() == 2,
+                "{name}: weights 300:100 over 200 connections: {names:?}"
+            );
+        }
+        for (name, vip, be0, _) in vips {
+            // Drained: no new connection for be0.
+            cli_json(lab, ["backend", "drain", name, &be0.to_string()])?;
+            let names = tally_names(&t.client, vip, 30)?;
+            ensure!(
+                names.keys().all(|n| n == "be1"),
+                "{name}: be0 drained: {names:?}"
+            );
+            cli_json(lab, ["backend", "undrain", name, &be0.to_string()])?;
+        }
+        // be1 fails its checks: everything to be0.
         endpoints[1].set_status(503);
-        let down = format!("backend={} from=up to=down", backends[1]);
-        daemon.wait_for_output(Duration::from_secs(3), |out| out.contains(&down))?;
-        daemon.wait_for_output(Duration::from_secs(3), |out| {
-            out.matches("ring published").count() >= 4
-        })?;
-        let names = tally_names(&t.client, web(), 30)?;
-        ensure!(names.keys().all(|n| n == "be0"), "be1 down: {names:?}");
+        endpoints[3].set_status(503);
+        for (_, _, _, be1) in vips {
+            let down = format!("backend={be1} from=up to=down");
+            daemon.wait_for_output(Duration::from_secs(3), |out| out.contains(&down))?;
+        }
+        for (name, vip, _, _) in vips {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                let names = tally_names(&t.client, vip, 30)?;
+                if names.keys().all(|n| n == "be0") {
+                    break;
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{name}: be1 down for 3 s, still answering: {names:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         Ok(())
     });
 }

@@ -710,11 +710,14 @@ measured the same way: `x floor` is the path's median over the floor's.
   `established` (the aim is 25 ns more at most; without limits the
   datapath tests one flag).
 - `established_ipip`, `new_ipip`: `established` and `new` to VIPs whose
-  backends are reached in IPIP (IPv4 in IPv4, IPv6 in IPv6): the frame
-  grows by the outer header (`bpf_xdp_adjust_head`), which is written
-  with its checksum (IPv4) or flow label (IPv6) in front of the client's
-  packet. Compare with `established` and `new` (the aim is 40 ns more at
-  most).
+  backends are reached in IPIP (IPv4 in IPv4, IPv6 in IPv6): the packet's
+  length is checked against the tunnel's MTU, the frame grows by the
+  outer header (`bpf_xdp_adjust_head`), which is written with its
+  checksum (IPv4) or flow label (IPv6) in front of the client's packet.
+  Compare with `established` and `new` (the aim is 40 ns more at most).
+- `established_gue`, `new_gue`: the same in GUE: a UDP header after the
+  outer one, its source port from the flow's hash, its checksum 0 over
+  IPv4 and over IPv6 derived from the client packet's own checksum.
 - `1,000 flows`: the connection table (`flow_table_size` {table_size}, the
   default, as for every row) holds 1,000 flows per family when the run
   starts (each made by its first ACK); the new-flow paths of VIPs that keep
