@@ -57,6 +57,12 @@ impl Budget {
     }
 }
 
+/// The cost of one ICMP message the datapath builds (a tunnel's path MTU,
+/// see `tx_too_big`): 1,000 a second on each CPU, with a second's burst,
+/// as RFC 4443 (2.4 f) asks of every sender of ICMP errors; past it the
+/// packet is dropped (`drop_too_big`).
+pub const ICMP_COST_NS: u64 = 1_000_000;
+
 /// The cost of one insert on one of `cpus` CPUs when the host allows
 /// `per_second` inserts a second; 0 (no budget) for a rate of 0. A rate
 /// above one insert per nanosecond on a CPU costs the least there is, 1.

@@ -75,6 +75,10 @@ pub const LIMIT_STATS: &str = "limit_stats";
 /// Tunnels of the backends reached in an outer IP header:
 /// [`crate::tunnel::TunnelInfo`] by backend id.
 pub const TUNNELS: &str = "tunnels";
+/// The bucket of the ICMP messages the datapath sends (path MTU of a
+/// tunnel): a per-CPU array of one [`crate::budget::Budget`], spending
+/// [`crate::budget::ICMP_COST_NS`] a message.
+pub const ICMP_BUDGET: &str = "icmp_budget";
 /// Fragments: LRU hash of [`crate::fragment::FragmentKey`] to
 /// [`crate::fragment::FragmentState`], the backend of each datagram whose
 /// first fragment was admitted, with per-CPU LRU lists.
@@ -226,7 +230,7 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 23] = {
+pub const MAP_SPECS: [MapSpec; 24] = {
     use crate::{
         access::{ACCESS_ENTRIES, AccessCounters, AccessKey},
         backend::{BackendInfo, BackendLoad},
@@ -280,6 +284,7 @@ pub const MAP_SPECS: [MapSpec; 23] = {
         indexed::<SourceSlot>(SOURCES, MapKind::ARRAY, SOURCE_SLOTS, 0),
         indexed::<LimitCounters>(LIMIT_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
         indexed::<TunnelInfo>(TUNNELS, MapKind::ARRAY, MAX_BACKENDS, 0),
+        indexed::<Budget>(ICMP_BUDGET, MapKind::PERCPU_ARRAY, 1, 0),
     ]
 };
 

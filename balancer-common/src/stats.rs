@@ -97,9 +97,10 @@ stats! {
     /// ICMPv6 packet-too-big in place of a packet that would exceed its
     /// backend's path MTU once encapsulated.
     TX_TOO_BIG = 21, "tx_too_big";
-    /// Dropped: an IPv4 packet without DF that would exceed its backend's
-    /// path MTU once encapsulated (fragmenting is left to the sender), or
-    /// one too short to quote in an ICMP message.
+    /// Dropped: a packet that would exceed its backend's path MTU once
+    /// encapsulated and gets no ICMP message: IPv4 without DF (fragmenting
+    /// is left to the sender), an ICMP message itself, one too short to
+    /// quote, or one over the CPU's rate of ICMP messages.
     DROP_TOO_BIG = 22, "drop_too_big";
 }
 

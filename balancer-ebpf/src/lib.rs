@@ -246,10 +246,16 @@ impl FlowPacket {
         self.syn || self.key.proto == proto::UDP
     }
 
-    /// Hash material of the packet's flow, for an outer header.
+    /// Hash material of the packet's flow, for an outer header: without
+    /// the ports for a first fragment, as its later fragments have none,
+    /// so that a datagram's fragments share a path and a queue.
     #[inline(always)]
     fn flow_bits(&self) -> u32 {
-        key_bits(&self.key)
+        if self.fragment.is_some() {
+            flow_bits(&self.key.src, &self.key.dst, 0, 0)
+        } else {
+            key_bits(&self.key)
+        }
     }
 
     /// Spends a new flow of the packet's source, where its VIP limits

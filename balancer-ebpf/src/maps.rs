@@ -114,3 +114,6 @@ pub static LIMIT_STATS: PerCpuArray<LimitCounters, VIPS_N> = PerCpuArray::new();
 
 #[btf_map(name = "tunnels")]
 pub static TUNNELS: Array<TunnelInfo, BACKENDS_N> = Array::new();
+
+#[btf_map(name = "icmp_budget")]
+pub static ICMP_BUDGET: PerCpuArray<Budget, 1> = PerCpuArray::new();

@@ -11,7 +11,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use balancer_common::{stats::Stat, tunnel::checksum};
+use balancer_common::{budget::ICMP_COST_NS, stats::Stat, tunnel::checksum};
+
+use crate::{flows, maps::ICMP_BUDGET};
 
 /// Bytes of the client's packet the message quotes: its IP header (with
 /// options, at most 60 bytes) and the start of its transport header, as
@@ -22,14 +24,19 @@ pub const QUOTE: usize = 128;
 const HEADERS4: usize = 20 + 8;
 /// IPv6 and ICMPv6 headers in front of the quote.
 const HEADERS6: usize = 40 + 8;
+/// IP protocols of ICMP: never answered with an ICMP message.
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
 /// IPv4's "don't fragment" flag, as the flags word lies in the packet.
 const DF: u16 = 0x4000u16.to_be();
 const TTL: u8 = 64;
 
 /// Turns the frame (its IP packet at `L3`, of family `v6`) into the ICMP
 /// message that tells its sender the path takes `mtu` bytes at most.
-/// Err: the packet is an IPv4 one without DF, or too short to quote
-/// (`DROP_TOO_BIG`), or the frame cannot be reshaped.
+/// Err: the packet is an IPv4 one without DF, an ICMP message (an error
+/// is never answered with one), too short to quote, or over this CPU's
+/// rate of ICMP messages (`DROP_TOO_BIG`); or the frame cannot be
+/// reshaped.
 #[inline(always)]
 pub fn too_big<const L3: usize>(ctx: &XdpContext, v6: bool, mtu: u16) -> Result<(), Stat> {
     if v6 {
@@ -66,20 +73,33 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
     // Source then destination: 4 words of IPv4 at word 6, 16 of IPv6 at 4.
     let mut addrs = [0u16; 16];
     if v6 {
+        // SAFETY: the next header (byte 6) is quoted, inside the frame.
+        if unsafe { *((start + L3 + 6) as *const u8) } == ICMPV6 {
+            return Err(Stat::DROP_TOO_BIG);
+        }
         for (i, word) in addrs.iter_mut().enumerate() {
             // SAFETY: the IPv6 addresses (bytes 8 to 40) are quoted, inside
             // the frame.
             *word = unsafe { ip.add(4 + i).read() };
         }
     } else {
-        // SAFETY: the IPv4 header's flags word is quoted.
-        if unsafe { ip.add(3).read() } & DF == 0 {
+        // SAFETY: the IPv4 header's flags word and protocol are quoted.
+        let (flags, protocol) = unsafe { (ip.add(3).read(), *((start + L3 + 9) as *const u8)) };
+        if flags & DF == 0 || protocol == ICMP {
             return Err(Stat::DROP_TOO_BIG);
         }
         for (i, word) in addrs[..4].iter_mut().enumerate() {
             // SAFETY: the IPv4 addresses (bytes 12 to 20) are quoted.
             *word = unsafe { ip.add(6 + i).read() };
         }
+    }
+    let Some(bucket) = ICMP_BUDGET.get_ptr_mut(0) else {
+        return Err(Stat::DROP_TOO_BIG);
+    };
+    // SAFETY: this CPU's slot, valid for the whole run; XDP does not
+    // preempt itself on a CPU.
+    if !unsafe { (*bucket).take(ICMP_COST_NS, flows::now()) } {
+        return Err(Stat::DROP_TOO_BIG);
     }
     // SAFETY: plain helper calls; every packet pointer is loaded and
     // checked again after them.

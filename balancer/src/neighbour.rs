@@ -198,7 +198,12 @@ impl Neighbours {
             dst_mac: table.get(&(ifindex, gateway.unwrap_or(backend))).copied(),
             source,
             via_gateway: gateway.is_some(),
-            mtu: route_mtu.map_or(link_mtu, |r| r.min(link_mtu)),
+            // The lower of the two that are known (0: neither).
+            mtu: match (route_mtu, link_mtu) {
+                (Some(route), 0) => route,
+                (Some(route), link) => route.min(link),
+                (None, link) => link,
+            },
         })
     }
 

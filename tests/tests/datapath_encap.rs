@@ -383,8 +383,12 @@ fn gue_over_ipv6_carries_the_checksum_of_every_byte_or_none() {
         // UDP over IPv4 without a checksum.
         let mut big = Packet::udp(CLIENT4, 7000, VIP4, 53);
         big.payload = vec![0x5a; 600];
-        let [first, _] = packet::fragmented(&big.build(), 304, 77);
-        let (id, bits) = placed(&f, 1, &big.key());
+        let [first, second] = packet::fragmented(&big.build(), 304, 77);
+        // A datagram's fragments share their outer header's hash: the
+        // addresses alone, as later fragments have no ports.
+        let key = big.key();
+        let (id, _) = placed(&f, 1, &key);
+        let bits = flow_bits(&key.src, &key.dst, 0, 0);
         let plain = Packet::udp(CLIENT4, 7001, VIP4, 53);
         let mut unchecked = plain.build();
         unchecked[40..42].copy_from_slice(&[0, 0]);
@@ -394,6 +398,11 @@ fn gue_over_ipv6_carries_the_checksum_of_every_byte_or_none() {
                 "a first fragment".to_owned(),
                 first.clone(),
                 encapsulated(gue, &first, id, bits, Check::Zero),
+            ),
+            (
+                "its second fragment".to_owned(),
+                second.clone(),
+                encapsulated(gue, &second, id, bits, Check::Zero),
             ),
             (
                 "UDP without a checksum".to_owned(),
@@ -626,6 +635,71 @@ fn a_packet_too_big_for_the_tunnel_is_answered_with_icmp() {
             )?;
             ensure!(failures.is_empty(), "{}", failures.join("\n"));
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn icmp_messages_are_rate_limited_and_never_answer_icmp() {
+    privilege::run("datapath_encap_icmp_limits", || {
+        // The bucket is per CPU: every run on one CPU.
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
+        let mut f = fixture(Forwarding::Ipip)?;
+        // VIP 2's backends behind a route of 1,300 bytes: room 1,260.
+        let narrow = standard::backends6(6..9)
+            .into_iter()
+            .map(|mut b| {
+                b.mtu = 1300;
+                b.ipip(SRC6)
+            })
+            .collect();
+        f.put_vip(Vip::new(2, VIP6, 80, proto::TCP, narrow))?;
+        // A packet-too-big of 1,280 bytes about a flow of VIP 2, as a
+        // router quotes it: no room in the tunnel, and never answered.
+        let mut reply = Packet::tcp(VIP6, 80, CLIENT6, 41000).established();
+        reply.payload = vec![0x33; 1280 - 48 - 60];
+        let quoted = reply.build();
+        let (IpAddr::V6(vip), IpAddr::V6(router)) = (VIP6, "2001:db8:ff::1".parse()?) else {
+            unreachable!()
+        };
+        let mut error = Vec::new();
+        etherparse::PacketBuilder::ethernet2(packet::CLIENT_MAC, LB_MAC)
+            .ipv6(router.octets(), vip.octets(), 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1200 })
+            .write(&mut error, &quoted[14..])?;
+        ensure!(error.len() == 14 + 1280, "{} bytes", error.len());
+        let mut failures = Vec::new();
+        expect(
+            &mut f,
+            &mut failures,
+            "an ICMPv6 error too big for the tunnel".into(),
+            error,
+            DROP,
+            None,
+            Stat::DROP_TOO_BIG,
+        )?;
+        ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        // 1,100 packets too big at once: 1,000 answered (a second's burst)
+        // and those the bucket earned meanwhile, one a millisecond.
+        let mut over = Packet::tcp(CLIENT4, 42001, VIP4, 80).established();
+        over.payload = vec![0xab; 1481 - 40];
+        let frame = set_df(over.build(), true);
+        let before = f.datapath.reasons()?;
+        let started = std::time::Instant::now();
+        for _ in 0..1100 {
+            f.datapath.test_run(&frame, 0)?;
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let after = f.datapath.reasons()?;
+        let sent = after.stat(Stat::TX_TOO_BIG).packets - before.stat(Stat::TX_TOO_BIG).packets;
+        let dropped =
+            after.stat(Stat::DROP_TOO_BIG).packets - before.stat(Stat::DROP_TOO_BIG).packets;
+        ensure!(
+            sent + dropped == 1100 && (1000..=1001 + elapsed_ms).contains(&sent) && dropped > 0,
+            "{sent} ICMP messages sent and {dropped} dropped in {elapsed_ms} ms"
+        );
         Ok(())
     });
 }

@@ -329,8 +329,9 @@ fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
                 &mode("ipip"),
                 &plain(&backends),
             )
-            // IPv6 in IPv4 GUE, and IPv4 in IPv6 GUE (whose UDP checksum
-            // the balancer computes).
+            // IPv6 in IPv4 GUE, and IPv4 in IPv6 GUE (its UDP checksum is
+            // checked in datapath_encap: the decapsulator does not read
+            // it).
             .vip(
                 "gue6",
                 topology::VIP6.into(),
@@ -528,42 +529,47 @@ fn a_next_hop_whose_mac_changes_is_followed_at_once() {
         // datagram to the balancer (of either family) resolves the
         // balancer's address again, from the new MAC: the balancer's
         // kernel learns it, and its neighbour table announces the change.
-        const NEW_MAC: &str = "02:5e:00:00:be:ef";
-        rt.ip(["link", "set", "eth0", "address", NEW_MAC])?;
-        let changed = std::time::Instant::now();
-        rt.run(|| -> Result<()> {
-            for to in [IpAddr::from(topology::LB4), IpAddr::from(topology::LB6)] {
-                let any: IpAddr = if to.is_ipv4() {
-                    [0u8; 4].into()
-                } else {
-                    [0u16; 8].into()
-                };
-                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
-                socket.send_to(b"hello", SocketAddr::new(to, 9))?;
-            }
-            Ok(())
-        })??;
-        let followed = loop {
-            let hops = next_hops(lab)?;
-            if hops.len() == 4 && hops.iter().all(|(_, mac)| mac == NEW_MAC) {
-                break changed.elapsed();
-            }
+        // Three changes, each followed within 200 ms: a read every second
+        // alone would be that quick three times in a row once in 125.
+        for new_mac in [
+            "02:5e:00:00:be:01",
+            "02:5e:00:00:be:02",
+            "02:5e:00:00:be:03",
+        ] {
+            rt.ip(["link", "set", "eth0", "address", new_mac])?;
+            let changed = std::time::Instant::now();
+            rt.run(|| -> Result<()> {
+                for to in [IpAddr::from(topology::LB4), IpAddr::from(topology::LB6)] {
+                    let any: IpAddr = if to.is_ipv4() {
+                        [0u8; 4].into()
+                    } else {
+                        [0u16; 8].into()
+                    };
+                    let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+                    socket.send_to(b"hello", SocketAddr::new(to, 9))?;
+                }
+                Ok(())
+            })??;
+            let followed = loop {
+                let hops = next_hops(lab)?;
+                if hops.len() == 4 && hops.iter().all(|(_, mac)| mac == new_mac) {
+                    break changed.elapsed();
+                }
+                ensure!(
+                    changed.elapsed() < Duration::from_secs(3),
+                    "next hops 3 s after the change to {new_mac}: {hops:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            eprintln!("{new_mac} in backend list after {followed:?}");
             ensure!(
-                changed.elapsed() < Duration::from_secs(3),
-                "next hops 3 s after the change: {hops:?}"
+                followed < Duration::from_millis(200),
+                "the next hop's new MAC {new_mac} took {followed:?} to reach backend list"
             );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        eprintln!("the new MAC in backend list after {followed:?}");
-        // Announced by the kernel, not found by the next periodic read
-        // (every second).
-        ensure!(
-            followed < Duration::from_millis(500),
-            "the new next hop took {followed:?} to reach backend list"
-        );
-        for (i, c) in held.iter_mut().enumerate() {
-            c.echo("after the change")
-                .with_context(|| format!("held connection {i} on {}", c.backend))?;
+            for (i, c) in held.iter_mut().enumerate() {
+                c.echo(&format!("after the change to {new_mac}"))
+                    .with_context(|| format!("held connection {i} on {}", c.backend))?;
+            }
         }
         let names = tally_names(&t.client, SocketAddr::new(topology::VIP6.into(), 80), 10)?;
         ensure!(names.len() == 2, "web6 after the change: {names:?}");

@@ -59,8 +59,11 @@ const QUICK_RESOLVE_INTERVAL: Duration = Duration::from_millis(10);
 const QUICK_RESOLVE_FOR: Duration = Duration::from_secs(2);
 /// After the kernel announces a changed link, neighbour or route, the
 /// paths are read again this much later: the announcements of one change
-/// (a route and its neighbour, both families) come in a burst, read once.
+/// (a route and its neighbour, both families) come in a burst, read once...
 const CHANGE_RESOLVE_DELAY: Duration = Duration::from_millis(10);
+/// ...and at most this often, so that a host whose tables churn (a router
+/// taking a full BGP table) does not keep the daemon reading.
+const CHANGE_RESOLVE_GAP: Duration = Duration::from_millis(50);
 
 /// What `balancer run` is asked for beyond the configuration file: the
 /// command line's choices, built by the CLI from its arguments. Each one
@@ -259,14 +262,19 @@ async fn serve(
     reconcile.tick().await;
     // Until when unresolved backends are read again quickly.
     let mut quick_until: Option<tokio::time::Instant> = None;
-    // When the paths are read after the kernel announced a change.
+    // When the paths are read after the kernel announced a change, and
+    // when they last were for one.
     let mut changed: Option<tokio::time::Instant> = None;
+    let mut last_change_read = tokio::time::Instant::now();
     loop {
         tokio::select! {
             change = next_change(&mut changes) => {
                 match change {
                     Some(()) => {
-                        changed.get_or_insert_with(|| tokio::time::Instant::now() + CHANGE_RESOLVE_DELAY);
+                        changed.get_or_insert_with(|| {
+                            (tokio::time::Instant::now() + CHANGE_RESOLVE_DELAY)
+                                .max(last_change_read + CHANGE_RESOLVE_GAP)
+                        });
                     }
                     None => {
                         tracing::warn!("the kernel's change announcements stopped: backends' paths are read every second only");
@@ -276,6 +284,7 @@ async fn serve(
             }
             _ = tokio::time::sleep_until(changed.unwrap_or_else(tokio::time::Instant::now)), if changed.is_some() => {
                 changed = None;
+                last_change_read = tokio::time::Instant::now();
                 state.resolve().await;
                 state.publish_when_due();
             }

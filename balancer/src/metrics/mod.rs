@@ -300,7 +300,7 @@ fn registry(s: &Snapshot) -> Registry {
     );
     r.register(
         "backend_next_hop_resolved",
-        "1 while the MAC of the backend's next hop (itself, or its route's gateway) is known, else 0: its packets are dropped as drop_no_neighbour",
+        "1 while the MAC of the backend's next hop (itself, or its route's gateway) is known; 0: its packets are dropped as drop_no_neighbour",
         gauges(s.backends.iter().map(|b| (backend(b), i64::from(b.resolved)))),
     );
     r.register(
