@@ -230,6 +230,31 @@ impl Lab {
         Ok(mount.join("balancer"))
     }
 
+    /// Runs `balancer decap ARGS` on backend `ns`, pinned in the lab's
+    /// bpffs under `name` (one per backend), so that `--detach` finds it.
+    pub fn decap(&self, ns: &Netns, name: &str, args: &[&str]) -> Result<()> {
+        let dir = self
+            .pin_dir()?
+            .parent()
+            .map(|p| p.join(name))
+            .context("no lab bpffs")?;
+        let out = ns
+            .command(crate::balancer_bin()?)
+            .arg("decap")
+            .args(args)
+            .arg("--pin-path")
+            .arg(&dir)
+            .output()
+            .context("cannot run balancer decap")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "balancer decap {args:?} in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// The path of `name` in the lab's scratch directory (created on first
     /// use, removed with the lab).
     pub fn scratch(&self, name: &str) -> Result<std::path::PathBuf> {

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
-    Lab, Netns, VethOptions, balancer_bin,
+    Lab, Netns, VethOptions,
     daemon::{cli_json, start, start_with_config},
     netns_test,
     servers::{
@@ -25,29 +25,6 @@ use nix::sys::signal::Signal;
 
 fn web() -> SocketAddr {
     SocketAddr::new(topology::VIP4.into(), 80)
-}
-
-/// Runs `balancer decap ARGS` on backend `ns`, pinned in the lab's bpffs
-/// under its own directory.
-fn decap(lab: &Lab, ns: &Netns, i: usize, args: &[&str]) -> Result<()> {
-    let dir = lab
-        .pin_dir()?
-        .parent()
-        .map(|p| p.join(format!("decap{i}")))
-        .context("no lab bpffs")?;
-    let out = ns
-        .command(balancer_bin()?)
-        .arg("decap")
-        .args(args)
-        .arg("--pin-path")
-        .arg(&dir)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "balancer decap {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 #[test]
@@ -74,7 +51,7 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
             "answered before any backend decapsulates"
         );
         for (i, ns) in t.backends.iter().enumerate() {
-            decap(lab, ns, i, &["--interface", "eth0"])?;
+            lab.decap(ns, &format!("decap{i}"), &["--interface", "eth0"])?;
         }
         let names = tally_names(&t.client, web(), 30)?;
         ensure!(names.len() == 2, "answered by {names:?}");
@@ -83,7 +60,7 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
         ensure!(encap.is_some_and(|n| n >= 90), "encap events: {stats}");
         // Decapsulators off: nothing gets through any more.
         for (i, ns) in t.backends.iter().enumerate() {
-            decap(lab, ns, i, &["--detach"])?;
+            lab.decap(ns, &format!("decap{i}"), &["--detach"])?;
         }
         ensure!(
             tcp_ask_name(&t.client, web()).is_err(),
@@ -160,7 +137,7 @@ fn routed(lab: &Lab, dsr: usize) -> Result<Routed> {
         tcp_sink_server(&be, SocketAddr::new(topology::VIP6.into(), 85), &name)?;
         udp_name_server(&be, SocketAddr::new(topology::VIP4.into(), 53), &name)?;
         udp_name_server(&be, SocketAddr::new(topology::VIP6.into(), 53), &name)?;
-        decap(lab, &be, i, &["--interface", "eth0"])?;
+        lab.decap(&be, &format!("decap{i}"), &["--interface", "eth0"])?;
         backends.push(IpAddr::from([10, 70, i as u8, 10]));
         backends6.push(format!("fd70:{i}::10").parse::<IpAddr>()?);
         hosts.push(be);

@@ -267,23 +267,7 @@ fn routed_backend(lab: &Lab, t: &Topology) -> Result<Netns> {
     be.add_address("lo", &format!("{}/32", topology::VIP4))?;
     t.lb.add_route("10.70.0.0/24", GATEWAY)?;
     servers::tcp_name_server(&be, "0.0.0.0:8080".parse()?, "routed0")?;
-    let pins = lab
-        .pin_dir()?
-        .parent()
-        .map(|p| p.join("decap"))
-        .context("no bpffs for the decapsulator")?;
-    let out = be
-        .command(balancer_bin()?)
-        .args(["decap", "--interface", "eth0", "--pin-path"])
-        .arg(&pins)
-        .output()
-        .context("cannot run balancer decap")?;
-    if !out.status.success() {
-        bail!(
-            "balancer decap failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    lab.decap(&be, "decap", &["--interface", "eth0"])?;
     Ok(be)
 }
 

@@ -253,7 +253,8 @@ impl<'a> Bed<'a> {
             Setup::Balancer | Setup::BalancerIpip => {
                 let options = if setup == Setup::BalancerIpip {
                     for (i, backend) in self.t.backends.iter().enumerate() {
-                        self.decap(backend, i, &["--interface", "eth0"])?;
+                        self.lab
+                            .decap(backend, &format!("decap{i}"), &["--interface", "eth0"])?;
                     }
                     format!("forwarding = \"ipip\"\n{NO_CHECK}")
                 } else {
@@ -343,7 +344,8 @@ impl<'a> Bed<'a> {
             Setup::Balancer | Setup::BalancerIpip => {
                 if setup == Setup::BalancerIpip {
                     for (i, backend) in self.t.backends.iter().enumerate() {
-                        self.decap(backend, i, &["--detach"])?;
+                        self.lab
+                            .decap(backend, &format!("decap{i}"), &["--detach"])?;
                     }
                 }
                 let out = lb
@@ -375,30 +377,6 @@ impl<'a> Bed<'a> {
                 ])?;
             }
         }
-        Ok(())
-    }
-
-    /// Runs `balancer decap ARGS` on backend `ns` (number `i`), pinned in
-    /// the lab's bpffs under a directory of its own.
-    fn decap(&self, ns: &Netns, i: usize, args: &[&str]) -> Result<()> {
-        let dir = self
-            .lab
-            .pin_dir()?
-            .parent()
-            .map(|p| p.join(format!("decap{i}")))
-            .context("no lab bpffs")?;
-        let out = ns
-            .command(balancer_bin()?)
-            .arg("decap")
-            .args(args)
-            .arg("--pin-path")
-            .arg(&dir)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "balancer decap {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         Ok(())
     }
 
