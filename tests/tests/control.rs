@@ -53,6 +53,15 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
         let status = cli_json(lab, ["status"])?;
         ensure!(status["vips"] == 1 && status["backends"] == 3, "{status}");
         ensure!(status["interfaces"][0]["interface"] == "eth0", "{status}");
+        // What decides new flows, as 16 hex digits, also as a metric.
+        let fingerprint = status["flow_fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            fingerprint.len() == 16 && fingerprint.chars().all(|c| c.is_ascii_hexdigit()),
+            "{status}"
+        );
         let vips = cli_json(lab, ["vip", "list"])?;
         ensure!(
             vips[0]["name"] == "web" && vips[0]["backends"] == 3,
@@ -82,6 +91,23 @@ fn the_cli_reports_and_reloads_through_the_control_socket() {
         let backends = cli_json(lab, ["backend", "list"])?;
         ensure!(backends.as_array().map(Vec::len) == Some(4), "{backends}");
         std::thread::sleep(Duration::from_millis(1500));
+        // A new member of the ring: another fingerprint; a weight there
+        // and back: the same one again.
+        let four = cli_json(lab, ["status"])?["flow_fingerprint"].clone();
+        ensure!(
+            four != fingerprint.as_str(),
+            "the fingerprint stayed {four}"
+        );
+        let be3 = topology::backend4(3).to_string();
+        cli(lab, ["backend", "weight", "web", &be3, "250"])?;
+        let weighted = cli_json(lab, ["status"])?["flow_fingerprint"].clone();
+        ensure!(
+            weighted != four,
+            "a weight left the fingerprint at {weighted}"
+        );
+        cli(lab, ["backend", "weight", "web", &be3, "100"])?;
+        let back = cli_json(lab, ["status"])?["flow_fingerprint"].clone();
+        ensure!(back == four, "weight 100 again: {back}, before {four}");
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..200 {
             *counts.entry(tcp_ask_name(&t.client, vip)?).or_default() += 1;

@@ -26,6 +26,10 @@ struct Status {
     backends: usize,
     backends_up: usize,
     backends_unresolved: usize,
+    /// The fingerprint of what decides a new flow's backend (hash seed,
+    /// ring size, VIPs, schedulers, ring members and weights): the same on
+    /// every host of an ECMP group that agrees. Null until known.
+    flow_fingerprint: Option<String>,
     /// Why the maps are behind the configuration in force, since a set of
     /// writes failed (retried after a growing wait); null when in line.
     maps_error: Option<String>,
@@ -261,6 +265,7 @@ impl View<'_> {
                 .backend_ids()
                 .filter(|id| self.observed.reach(*id).mac().is_none())
                 .count(),
+            flow_fingerprint: super::fingerprint::of(self.published),
             maps_error: self.maps_error.map(str::to_owned),
         }
     }

@@ -14,6 +14,7 @@ mod checks;
 mod connections;
 mod desired;
 mod events;
+mod fingerprint;
 mod limits;
 mod lists;
 pub mod lock;

@@ -214,7 +214,7 @@ impl Published {
 }
 
 impl VipRecord {
-    fn new(slot: VipSlot) -> VipRecord {
+    pub(super) fn new(slot: VipSlot) -> VipRecord {
         VipRecord {
             slot,
             policy: None,

@@ -82,6 +82,7 @@ impl View<'_> {
         Ok(Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             program_tag: format!("{:016x}", self.datapath.program_tag()?),
+            flow_fingerprint: super::fingerprint::of(self.published),
             attachments: self
                 .datapath
                 .attachments()

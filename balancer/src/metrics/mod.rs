@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub program_tag: String,
     /// Interfaces the program is attached to, with the mode.
     pub attachments: Vec<(String, String)>,
+    /// The fingerprint of what decides a new flow's backend (see `balancer
+    /// status`); None until it is known.
+    pub flow_fingerprint: Option<String>,
     /// Every VIP.
     pub vips: Vec<VipMetrics>,
     /// Every backend of every VIP.
@@ -168,6 +171,11 @@ struct InfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FingerprintLabel {
+    fingerprint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttachLabels {
     interface: String,
     mode: String,
@@ -226,6 +234,18 @@ fn registry(s: &Snapshot) -> Registry {
             },
             1,
         )]),
+    );
+    r.register(
+        "flow_fingerprint",
+        "The fingerprint of what decides a new flow's backend: hash seed, ring size, VIPs, schedulers, ring members and weights (always 1; hosts behind ECMP must show the same)",
+        gauges(s.flow_fingerprint.iter().map(|f| {
+            (
+                FingerprintLabel {
+                    fingerprint: f.clone(),
+                },
+                1,
+            )
+        })),
     );
     r.register(
         "attached",
@@ -487,6 +507,7 @@ mod tests {
         Snapshot {
             version: "0.1.0".into(),
             program_tag: "a1b2c3d4e5f60718".into(),
+            flow_fingerprint: Some("0123456789abcdef".into()),
             attachments: vec![("eth0".into(), "native".into())],
             vips: vec![VipMetrics {
                 name: "web".into(),
@@ -674,6 +695,10 @@ mod tests {
             ("balancer_map_write_failures_total{}", 2.0),
             (
                 "balancer_info{program_tag=a1b2c3d4e5f60718,version=0.1.0}",
+                1.0,
+            ),
+            (
+                "balancer_flow_fingerprint{fingerprint=0123456789abcdef}",
                 1.0,
             ),
             ("balancer_attached{interface=eth0,mode=native}", 1.0),
