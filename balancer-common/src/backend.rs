@@ -55,6 +55,13 @@ impl BackendInfo {
         self.flags & BACKEND_GUE != 0
     }
 
+    /// Whether packets reach the backend in a tunnel (IPIP or GUE): one
+    /// test of the flags on the per-packet path.
+    #[inline(always)]
+    pub const fn is_tunnelled(&self) -> bool {
+        self.flags & (BACKEND_IPIP | BACKEND_GUE) != 0
+    }
+
     /// Whether the datapath can send to the backend: up and resolved.
     #[inline(always)]
     pub const fn is_usable(&self) -> bool {

@@ -54,8 +54,6 @@ pub const IPIP6_OVERHEAD: usize = 40;
 pub const PROTO_IPIP: u8 = 4;
 /// IP protocol of IPv6 in IP.
 pub const PROTO_IPV6: u8 = 41;
-/// IP protocol of UDP, GUE's carrier.
-pub const PROTO_UDP: u8 = 17;
 /// Bytes GUE's UDP header adds to the outer IP header.
 pub const UDP_LEN: usize = 8;
 /// The GUE destination port when the configuration names none.
@@ -107,9 +105,27 @@ pub const fn checksum(words: &[u16]) -> u16 {
         sum += words[i] as u32;
         i += 1;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    !fold(sum)
+}
+
+/// The ones' complement sum `sum` (of 16-bit words, up to 65,537 of them)
+/// folded to 16 bits; a checksum is its complement.
+#[inline(always)]
+pub const fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+/// Ethernet types as they lie in the frame (loaded as a native `u16`),
+/// and the lengths of the Ethernet header without and with one 802.1Q
+/// tag: what the encapsulation, its path-MTU replies and the decapsulator
+/// look at before the IP header.
+pub mod ether {
+    pub const IPV4: u16 = 0x0800u16.to_be();
+    pub const IPV6: u16 = 0x86ddu16.to_be();
+    pub const VLAN: u16 = 0x8100u16.to_be();
+    pub const LEN: usize = 14;
+    pub const TAGGED_LEN: usize = 18;
 }
 
 #[cfg(test)]

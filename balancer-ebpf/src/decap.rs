@@ -22,7 +22,9 @@ use balancer_common::{
         DECAP_ADDR_ENTRIES, DECAP_GUE, DECAP_IPIP4, DECAP_IPIP6, DECAP_PASSED, DECAP_SLOTS,
         DecapConfig,
     },
+    proto,
     stats::PacketCount,
+    tunnel::{PROTO_IPIP, PROTO_IPV6, UDP_LEN},
 };
 
 #[btf_map(name = "decap_addrs")]
@@ -34,12 +36,10 @@ static STATS: PerCpuArray<PacketCount, { DECAP_SLOTS as usize }> = PerCpuArray::
 #[btf_map(name = "decap_config")]
 static CONFIG: Array<DecapConfig, 1> = Array::new();
 
-/// Ethernet types, as they lie in the frame.
-const ETH_IPV4: u16 = 0x0800u16.to_be();
-const ETH_IPV6: u16 = 0x86ddu16.to_be();
-const ETH_VLAN: u16 = 0x8100u16.to_be();
-const ETH_LEN: usize = 14;
-const TAGGED_LEN: usize = 18;
+/// Ethernet types, as they lie in the frame, and header lengths.
+use balancer_common::tunnel::ether::{
+    IPV4 as ETH_IPV4, IPV6 as ETH_IPV6, LEN as ETH_LEN, TAGGED_LEN, VLAN as ETH_VLAN,
+};
 
 /// XDP entry point, attached to a backend's interfaces.
 #[xdp]
@@ -127,13 +127,13 @@ fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
     }
     // SAFETY: inside the frame (checked above).
     let version = unsafe { ((start + L3) as *const u8).read() } >> 4;
-    let (ip_len, proto, dst) = if version == 4 && ether_type == ETH_IPV4 {
+    let (ip_len, protocol, dst) = if version == 4 && ether_type == ETH_IPV4 {
         if start + L3 + 20 > ctx.data_end() {
             return None;
         }
         let ip = (start + L3) as *const u8;
         // SAFETY: the 20-byte header is inside the frame.
-        let (vihl, frags, proto, dst) = unsafe {
+        let (vihl, frags, protocol, dst) = unsafe {
             (
                 ip.read(),
                 (ip.add(6) as *const u16).read(),
@@ -144,14 +144,14 @@ fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
         if vihl != 0x45 || u16::from_be(frags) & 0x3fff != 0 {
             return None;
         }
-        (20, proto, addr_from_v4_word(dst))
+        (20, protocol, addr_from_v4_word(dst))
     } else if version == 6 && ether_type == ETH_IPV6 {
         if start + L3 + 40 > ctx.data_end() {
             return None;
         }
         let ip = (start + L3) as *const u8;
         // SAFETY: the 40-byte header is inside the frame.
-        let (proto, dst) = unsafe {
+        let (protocol, dst) = unsafe {
             let dst = ip.add(24) as *const u32;
             (
                 ip.add(6).read(),
@@ -163,12 +163,12 @@ fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
                 ],
             )
         };
-        (40, proto, dst)
+        (40, protocol, dst)
     } else {
         return None;
     };
-    let (len, inner_type, slot) = match proto {
-        4 => (
+    let (len, inner_type, slot) = match protocol {
+        PROTO_IPIP => (
             ip_len,
             ETH_IPV4,
             if version == 4 {
@@ -177,7 +177,7 @@ fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
                 DECAP_IPIP6
             },
         ),
-        41 => (
+        PROTO_IPV6 => (
             ip_len,
             ETH_IPV6,
             if version == 4 {
@@ -186,7 +186,7 @@ fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
                 DECAP_IPIP6
             },
         ),
-        17 => {
+        proto::UDP => {
             let port = CONFIG.get(0)?.gue_port;
             let udp = start + L3 + ip_len;
             if port == 0 || udp + 9 > ctx.data_end() {
@@ -208,7 +208,7 @@ fn outer<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Option<Outer> {
                 6 => ETH_IPV6,
                 _ => return None,
             };
-            (ip_len + 8, inner_type, DECAP_GUE)
+            (ip_len + UDP_LEN, inner_type, DECAP_GUE)
         }
         _ => return None,
     };

@@ -6,23 +6,17 @@
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use balancer_common::{
     backend::BackendInfo,
-    is_v4,
+    is_v4, proto,
     stats::{Event, Stat},
     tunnel::{
-        IPIP4_OVERHEAD, IPIP6_OVERHEAD, OUTER_TTL, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, TunnelInfo,
-        UDP_LEN, checksum, flow_label, gue_source_port,
+        IPIP4_OVERHEAD, IPIP6_OVERHEAD, OUTER_TTL, PROTO_IPIP, PROTO_IPV6, TunnelInfo, UDP_LEN,
+        checksum,
+        ether::{self, TAGGED_LEN},
+        flow_label, fold, gue_source_port,
     },
 };
-use network_types::eth::EthHdr;
 
 use crate::{maps::TUNNELS, pmtu, stats};
-
-/// Ethernet types, as they lie in the frame.
-const ETH_IPV4: u16 = 0x0800u16.to_be();
-const ETH_IPV6: u16 = 0x86ddu16.to_be();
-const ETH_VLAN: u16 = 0x8100u16.to_be();
-/// The Ethernet header with one VLAN tag.
-const TAGGED_LEN: usize = EthHdr::LEN + 4;
 
 /// What the outer header needs of the client's packet.
 struct Inner {
@@ -58,10 +52,10 @@ pub fn encapsulate(
     len: u64,
 ) -> Result<Sent, Stat> {
     let tunnel = TUNNELS.get(id).ok_or(Stat::DROP_ENCAP)?;
-    let sent = if ether_type(ctx)? == ETH_VLAN {
+    let sent = if ether_type(ctx)? == ether::VLAN {
         encapsulate_at::<TAGGED_LEN>(ctx, backend, tunnel, flow)
     } else {
-        encapsulate_at::<{ EthHdr::LEN }>(ctx, backend, tunnel, flow)
+        encapsulate_at::<{ ether::LEN }>(ctx, backend, tunnel, flow)
     }?;
     if sent == Sent::Backend {
         stats::event(Event::ENCAP, len);
@@ -102,7 +96,7 @@ fn encapsulate_at<const L3: usize>(
 #[inline(always)]
 fn ether_type(ctx: &XdpContext) -> Result<u16, Stat> {
     let start = ctx.data();
-    if start + EthHdr::LEN > ctx.data_end() {
+    if start + ether::LEN > ctx.data_end() {
         return Err(Stat::DROP_TRUNCATED);
     }
     // SAFETY: inside the frame (checked above); even offset.
@@ -204,16 +198,16 @@ fn wrap<const L3: usize, const OUTER: usize, const UDP: usize>(
         unsafe { ((start + 12) as *mut u32).write_unaligned(tag) };
     }
     let outer_type = if OUTER == IPIP6_OVERHEAD {
-        ETH_IPV6
+        ether::IPV6
     } else {
-        ETH_IPV4
+        ether::IPV4
     };
     // SAFETY: the Ethernet type ends at L3, inside the frame.
     unsafe { ((start + L3 - 2) as *mut u16).write_volatile(outer_type) };
     let proto = match (UDP, inner.v6) {
         (0, true) => PROTO_IPV6,
         (0, false) => PROTO_IPIP,
-        _ => PROTO_UDP,
+        _ => proto::UDP,
     };
     let mut udp = [
         gue_source_port(flow).to_be(),
@@ -248,7 +242,7 @@ fn wrap<const L3: usize, const OUTER: usize, const UDP: usize>(
         if let Some(inner_sum) = inner_sum {
             // The pseudo-header (the addresses, the UDP length, the
             // protocol), the UDP header, then the inner packet.
-            let mut sum = inner_sum + udp[2] as u32 + u16::from_ne_bytes([0, PROTO_UDP]) as u32;
+            let mut sum = inner_sum + udp[2] as u32 + u16::from_ne_bytes([0, proto::UDP]) as u32;
             for i in 0..4 {
                 for word in [tunnel.src[i], backend.addr[i]] {
                     sum += (word & 0xffff) + (word >> 16);
@@ -285,12 +279,6 @@ fn wrap<const L3: usize, const OUTER: usize, const UDP: usize>(
     Ok(())
 }
 
-/// IP protocols whose checksum [`inner_sum`] builds on.
-const TCP: u8 = 6;
-const UDP_PROTO: u8 = 17;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
-
 /// The ones' complement sum (unfolded) of the whole IP packet at `L3`,
 /// without reading its payload: a valid packet's transport checksum makes
 /// its transport segment sum to the complement of its pseudo-header, and a
@@ -310,7 +298,7 @@ fn inner_sum<const L3: usize>(ctx: &XdpContext, v6: bool) -> Option<u32> {
         // SAFETY: the header's first 8 bytes are inside the frame (checked
         // above).
         let next = unsafe { *(ip as *const u8).add(6) };
-        if !matches!(next, TCP | UDP_PROTO | ICMPV6) {
+        if !matches!(next, proto::TCP | proto::UDP | proto::ICMPV6) {
             return None;
         }
         let mut header: u32 = 0;
@@ -324,7 +312,7 @@ fn inner_sum<const L3: usize>(ctx: &XdpContext, v6: bool) -> Option<u32> {
         // SAFETY: as above.
         let len = unsafe { w.add(2).read() } as u32;
         let rest = len + u16::from_ne_bytes([0, next]) as u32;
-        Some(header + (!fold16(rest)) as u32)
+        Some(header + (!fold(rest)) as u32)
     } else {
         if ip + 20 > ctx.data_end() {
             return None;
@@ -346,9 +334,9 @@ fn inner_sum<const L3: usize>(ctx: &XdpContext, v6: bool) -> Option<u32> {
         let header_len = ((vihl & 0x0f) as usize) * 4;
         let segment = (total as usize).checked_sub(header_len)?;
         match proto {
-            ICMP => return Some(0),
-            TCP => {}
-            UDP_PROTO => {
+            proto::ICMP => return Some(0),
+            proto::TCP => {}
+            proto::UDP => {
                 let check = ip + header_len + 8;
                 if !(20..=60).contains(&header_len) || check > ctx.data_end() {
                     return None;
@@ -366,21 +354,14 @@ fn inner_sum<const L3: usize>(ctx: &XdpContext, v6: bool) -> Option<u32> {
             // SAFETY: the addresses are inside the base header.
             pseudo += unsafe { w.add(i).read() } as u32;
         }
-        Some((!fold16(pseudo)) as u32)
+        Some((!fold(pseudo)) as u32)
     }
-}
-
-/// `sum` folded to 16 bits, ones' complement.
-#[inline(always)]
-fn fold16(sum: u32) -> u16 {
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ((sum & 0xffff) + (sum >> 16)) as u16
 }
 
 /// The UDP checksum to store for ones' complement sum `sum`: folded and
 /// complemented, a result of 0 sent as 0xffff (0 means none).
 #[inline(always)]
 fn udp_checksum(sum: u32) -> u16 {
-    let check = !fold16(sum);
+    let check = !fold(sum);
     if check == 0 { 0xffff } else { check }
 }

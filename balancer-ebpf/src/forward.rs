@@ -26,7 +26,7 @@ pub fn to_backend(ctx: &XdpContext, pick: &Pick, flow: u32, len: u64) -> (u32, S
     if !backend.is_resolved() {
         return (xdp_action::XDP_DROP, Stat::DROP_NO_NEIGHBOUR);
     }
-    let written = if backend.is_ipip() || backend.is_gue() {
+    let written = if backend.is_tunnelled() {
         encap::encapsulate(ctx, pick.id, backend, flow, len)
     } else {
         rewrite_macs(ctx, backend).map(|()| Sent::Backend)

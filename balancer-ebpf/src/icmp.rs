@@ -10,9 +10,12 @@ use balancer_common::{Addr, flow::FlowKey, proto};
 
 use crate::parse::{self, Cursor, IcmpHdr, Ipv4Hdr, Ipv6Hdr};
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// ICMP's destination unreachable, its code fragmentation needed, and
+/// ICMPv6's packet too big: the path-MTU errors, those passed on to a
+/// flow's backend and those the datapath builds (`pmtu`).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 
 /// What an ICMP message to a VIP address is.
 pub enum Icmp {

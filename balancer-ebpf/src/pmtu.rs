@@ -11,9 +11,22 @@ use aya_ebpf::{
     helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use balancer_common::{budget::ICMP_COST_NS, stats::Stat, tunnel::checksum};
+use balancer_common::{
+    budget::ICMP_COST_NS,
+    proto,
+    stats::Stat,
+    tunnel::{
+        checksum,
+        ether::{self, TAGGED_LEN},
+        fold,
+    },
+};
 
-use crate::{flows, maps::ICMP_BUDGET};
+use crate::{
+    flows,
+    icmp::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMPV6_PACKET_TOO_BIG},
+    maps::ICMP_BUDGET,
+};
 
 /// Bytes of the client's packet the message quotes: its IP header (with
 /// options, at most 60 bytes) and the start of its transport header, as
@@ -24,9 +37,6 @@ pub const QUOTE: usize = 128;
 const HEADERS4: usize = 20 + 8;
 /// IPv6 and ICMPv6 headers in front of the quote.
 const HEADERS6: usize = 40 + 8;
-/// IP protocols of ICMP: never answered with an ICMP message.
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
 /// IPv4's "don't fragment" flag, as the flags word lies in the packet.
 const DF: u16 = 0x4000u16.to_be();
 const TTL: u8 = 64;
@@ -62,19 +72,15 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
         // SAFETY: the MACs are inside the frame (checked above).
         *word = unsafe { words.add(i).read() };
     }
-    // SAFETY: inside the frame (checked above): the tag's TPID and TCI,
-    // the Ethernet type.
-    let (tag, ether_type) = unsafe {
-        (
-            ((start + 12) as *const u32).read_unaligned(),
-            ((start + L3 - 2) as *const u16).read(),
-        )
-    };
+    // SAFETY: inside the frame (checked above): the tag's TPID and TCI.
+    let tag = unsafe { ((start + 12) as *const u32).read_unaligned() };
+    // The message is of the packet's family.
+    let ether_type = if v6 { ether::IPV6 } else { ether::IPV4 };
     // Source then destination: 4 words of IPv4 at word 6, 16 of IPv6 at 4.
     let mut addrs = [0u16; 16];
     if v6 {
         // SAFETY: the next header (byte 6) is quoted, inside the frame.
-        if unsafe { *((start + L3 + 6) as *const u8) } == ICMPV6 {
+        if unsafe { *((start + L3 + 6) as *const u8) } == proto::ICMPV6 {
             return Err(Stat::DROP_TOO_BIG);
         }
         for (i, word) in addrs.iter_mut().enumerate() {
@@ -85,7 +91,7 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
     } else {
         // SAFETY: the IPv4 header's flags word and protocol are quoted.
         let (flags, protocol) = unsafe { (ip.add(3).read(), *((start + L3 + 9) as *const u8)) };
-        if flags & DF == 0 || protocol == ICMP {
+        if flags & DF == 0 || protocol == proto::ICMP {
             return Err(Stat::DROP_TOO_BIG);
         }
         for (i, word) in addrs[..4].iter_mut().enumerate() {
@@ -126,7 +132,7 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
     }
     // SAFETY: as above.
     unsafe {
-        if L3 > 14 {
+        if L3 == TAGGED_LEN {
             ((start + 12) as *mut u32).write_unaligned(tag);
         }
         ((start + L3 - 2) as *mut u16).write_volatile(ether_type);
@@ -147,7 +153,7 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
             h[12 + i] = *s;
         }
         // ICMPv6 packet too big: type 2, code 0, the MTU in 32 bits.
-        h[20] = u16::from_ne_bytes([2, 0]);
+        h[20] = u16::from_ne_bytes([ICMPV6_PACKET_TOO_BIG, 0]);
         h[23] = mtu.to_be();
         // The pseudo-header: addresses, length, next header.
         sum = message.to_be() as u32 + u16::from_ne_bytes([0, 58]) as u32;
@@ -170,7 +176,7 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
         h[5] = checksum(&h[..10]);
         // ICMP destination unreachable, fragmentation needed: type 3,
         // code 4, 16 unused bits, the next hop's MTU.
-        h[10] = u16::from_ne_bytes([3, 4]);
+        h[10] = u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED]);
         h[13] = mtu.to_be();
         sum = 0;
         for (i, word) in h.iter().enumerate() {
@@ -193,10 +199,8 @@ fn reply<const L3: usize, const HEADERS: usize>(ctx: &XdpContext, mtu: u16) -> R
     if got < 0 {
         return Err(Stat::DROP_ENCAP);
     }
-    let mut folded = got as u32;
-    folded = (folded & 0xffff) + (folded >> 16);
-    folded = (folded & 0xffff) + (folded >> 16);
+    let check = !fold(got as u32);
     // SAFETY: the checksum field is inside the ICMP header.
-    unsafe { ((icmp + 2) as *mut u16).write_volatile(!(folded as u16)) };
+    unsafe { ((icmp + 2) as *mut u16).write_volatile(check) };
     Ok(())
 }

@@ -428,6 +428,18 @@ pub enum Delivery {
     Gue { tunnel: bool },
 }
 
+impl Delivery {
+    /// How a backend of a VIP forwarded by `forwarding` is reached;
+    /// `tunnel`: its `tunnels` entry has a source (tunnels only).
+    pub fn of(forwarding: Forwarding, tunnel: bool) -> Delivery {
+        match forwarding {
+            Forwarding::Dsr => Delivery::Dsr,
+            Forwarding::Ipip => Delivery::Ipip { tunnel },
+            Forwarding::Gue => Delivery::Gue { tunnel },
+        }
+    }
+}
+
 /// The `backends` map entry of a backend at `address` serving VIP `vip`,
 /// reached by `delivery`: up when `up`, and resolved with its MACs and
 /// interface once `path` knows its MAC (zeros before) and, in a tunnel,

@@ -25,7 +25,7 @@ use balancer_common::{
     hash::{flow_hash, ring_slot, source_hash},
     limit::SourceLimit,
     settings::Settings,
-    tunnel::{DEFAULT_GUE_PORT, TunnelInfo},
+    tunnel::TunnelInfo,
     vip::VipInfo,
 };
 
@@ -57,7 +57,7 @@ pub struct Backend {
     /// segment.
     pub tunnel: Option<IpAddr>,
     /// How: L2 DSR without a tunnel, IPIP or GUE (to
-    /// [`DEFAULT_GUE_PORT`]) with one.
+    /// `[datapath] gue_port`, 6080) with one.
     pub forwarding: Forwarding,
     /// The MTU of its route, for a tunnel ([`BACKEND_MTU`] unless set).
     pub mtu: u16,
@@ -101,23 +101,31 @@ impl Backend {
         self
     }
 
-    /// Its `backends` map entry as the daemon makes it, serving VIP `vip`.
-    fn info(&self, vip: u32) -> BackendInfo {
-        let path = L2Path {
+    /// Its path as the daemon would read it: through the test interface,
+    /// from the tunnel's source as the route's preferred one.
+    fn path(&self) -> L2Path {
+        L2Path {
             ifindex: self.ifindex,
             src_mac: LB_MAC,
             dst_mac: self.resolved.then(|| backend_mac(self.id)),
-            source: None,
+            source: self.tunnel,
             via_gateway: false,
             mtu: u32::from(self.mtu),
-        };
-        let tunnel = self.tunnel.is_some();
-        let delivery = match self.forwarding {
-            Forwarding::Dsr => plan::Delivery::Dsr,
-            Forwarding::Ipip => plan::Delivery::Ipip { tunnel },
-            Forwarding::Gue => plan::Delivery::Gue { tunnel },
-        };
-        plan::backend_info(self.addr, vip, self.up, Some(path), delivery)
+        }
+    }
+
+    /// Its `backends` map entry as the daemon makes it, serving VIP `vip`.
+    fn info(&self, vip: u32) -> BackendInfo {
+        let delivery = plan::Delivery::of(self.forwarding, self.tunnel.is_some());
+        plan::backend_info(self.addr, vip, self.up, Some(self.path()), delivery)
+    }
+
+    /// Its `tunnels` entry as the daemon makes it (default `[datapath]`),
+    /// for a backend reached in a tunnel.
+    fn tunnel_info(&self) -> Option<TunnelInfo> {
+        self.tunnel?;
+        let datapath = balancer::config::DatapathConfig::default();
+        plan::tunnel_info(self.addr, self.forwarding, &datapath, Some(&self.path()))
     }
 }
 
@@ -270,18 +278,7 @@ impl Fixture {
     pub fn set_backend(&mut self, vip: u32, backend: &Backend) -> Result<()> {
         self.datapath
             .set_backend_weight(backend.id, backend.weight)?;
-        if let Some(src) = backend.tunnel {
-            let port = if backend.forwarding == Forwarding::Gue {
-                DEFAULT_GUE_PORT
-            } else {
-                0
-            };
-            let tunnel = TunnelInfo {
-                src: plan::addr(src),
-                port: port.to_be(),
-                mtu: backend.mtu,
-                ..TunnelInfo::default()
-            };
+        if let Some(tunnel) = backend.tunnel_info() {
             self.datapath.set_tunnel(backend.id, &tunnel)?;
         }
         self.datapath.set_backend(backend.id, &backend.info(vip))?;

@@ -23,6 +23,11 @@ use balancer_tests::{
 };
 use nix::sys::signal::Signal;
 
+/// A VIP's options: `forwarding` (dsr, ipip or gue), no health check.
+fn mode(forwarding: &str) -> String {
+    format!("forwarding = \"{forwarding}\"\n{NO_CHECK}")
+}
+
 fn web() -> SocketAddr {
     SocketAddr::new(topology::VIP4.into(), 80)
 }
@@ -40,7 +45,7 @@ fn an_ipip_vip_reaches_backends_that_decapsulate() {
                 topology::VIP4.into(),
                 80,
                 "tcp",
-                &format!("forwarding = \"ipip\"\n{NO_CHECK}"),
+                &mode("ipip"),
                 &plain(&t.backend_addresses(false)),
             )
             .build();
@@ -165,7 +170,7 @@ fn ipip_vips_of_both_families_reach_backends_behind_a_router() {
             v6: backends6,
             ..
         } = routed(lab, 0)?;
-        let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
+        let ipip = mode("ipip");
         let config = ConfigText::default()
             .vip(
                 "web",
@@ -229,7 +234,7 @@ fn held_ipip_connections_survive_a_killed_daemon() {
         let Routed {
             t, v4: backends, ..
         } = routed(lab, 0)?;
-        let ipip = format!("forwarding = \"ipip\"\n{NO_CHECK}");
+        let ipip = mode("ipip");
         let config = ConfigText::default()
             .vip(
                 "web",
@@ -288,7 +293,6 @@ fn one_balancer_serves_dsr_ipip_and_gue_vips_at_once() {
         for (i, ns) in t.backends.iter().enumerate() {
             tcp_name_server(ns, "0.0.0.0:83".parse()?, &format!("dsr{i}"))?;
         }
-        let mode = |forwarding: &str| format!("forwarding = \"{forwarding}\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
                 "dsr",
@@ -412,7 +416,7 @@ fn uploads_bigger_than_the_tunnel_leaves_room_for_complete_through_icmp() {
                 topology::VIP4.into(),
                 85,
                 "tcp",
-                &format!("forwarding = \"ipip\"\n{NO_CHECK}"),
+                &mode("ipip"),
                 &plain(&backends),
             )
             .vip(
@@ -420,7 +424,7 @@ fn uploads_bigger_than_the_tunnel_leaves_room_for_complete_through_icmp() {
                 topology::VIP6.into(),
                 85,
                 "tcp",
-                &format!("forwarding = \"gue\"\n{NO_CHECK}"),
+                &mode("gue"),
                 &plain(&backends6),
             )
             .build();
@@ -473,7 +477,6 @@ fn a_next_hop_whose_mac_changes_is_followed_at_once() {
             v6: backends6,
             ..
         } = routed(lab, 0)?;
-        let mode = |forwarding: &str| format!("forwarding = \"{forwarding}\"\n{NO_CHECK}");
         let config = ConfigText::default()
             .vip(
                 "chat",

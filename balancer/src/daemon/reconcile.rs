@@ -23,7 +23,6 @@ use super::{
     published::{Numbers, Published, Recipe},
 };
 use crate::{
-    config::Forwarding,
     datapath::{RINGS_PER_BATCH, Write, Writer},
     maglev::MaglevError,
     plan::{self, BackendPlan, Delivery, Plan},
@@ -314,15 +313,7 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
     desired
         .backends()
         .map(|(vip, b)| {
-            let delivery = match vip.forwarding {
-                Forwarding::Dsr => Delivery::Dsr,
-                Forwarding::Ipip => Delivery::Ipip {
-                    tunnel: tunnels.contains_key(&b.id),
-                },
-                Forwarding::Gue => Delivery::Gue {
-                    tunnel: tunnels.contains_key(&b.id),
-                },
-            };
+            let delivery = Delivery::of(vip.forwarding, tunnels.contains_key(&b.id));
             let info = plan::backend_info(
                 b.address,
                 vip.slot.info.index,

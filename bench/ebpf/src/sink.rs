@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer_bench_common::{SinkConfig, SinkSlot};
-use balancer_common::{proto, stats::PacketCount};
+use balancer_common::{proto, stats::PacketCount, tunnel::PROTO_IPIP};
 use network_types::eth::{EthHdr, EtherType};
 
 /// What to count (map `sink_config`).
@@ -102,9 +102,6 @@ fn ipv4_port(ip: usize, end: usize) -> Option<u16> {
     }
     read_port(ip + header, end)
 }
-
-/// IP protocol of IPv4 in IPv4.
-const PROTO_IPIP: u8 = 4;
 
 /// The header length and protocol of the IPv4 packet at `ip`, unless it
 /// is a later fragment.
