@@ -78,16 +78,27 @@ pub enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
-    /// Detach the XDP program from every interface and remove its pinned
-    /// state (run it with the daemon stopped: the datapath keeps
-    /// forwarding after `balancer run` exits, until this).
+    /// This host's announcements ([announce]): withdraw every VIP for
+    /// maintenance, or bring them back.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Withdraw this host's announcements ([announce]), wait for the
+    /// routers to stop sending, then detach the XDP program from every
+    /// interface and remove its pinned state (run it with the daemon
+    /// stopped: the datapath keeps forwarding after `balancer run` exits,
+    /// until this).
     Teardown {
-        /// The configuration whose `[daemon] pin_path` to use.
+        /// The configuration whose `[daemon] pin_path` and `[announce]`
+        /// to use.
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
         /// The pin directory, instead of the configuration's.
         #[arg(long)]
         pin_path: Option<PathBuf>,
+        /// How long to wait between withdrawing and detaching, instead of
+        /// `[announce] withdraw_grace` ("5s", "0s").
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        grace: Option<Duration>,
     },
     /// On a backend: attach the decapsulator, which takes IPIP and GUE
     /// headers off packets for this host and passes the client's packet to
@@ -124,6 +135,18 @@ pub struct DecapArgs {
     /// change nothing.
     #[arg(long, conflicts_with = "detach")]
     pub stats: bool,
+}
+
+/// `balancer host ...`.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Withdraw every VIP of this host: the routers send its traffic to
+    /// the other hosts, while the datapath keeps serving what still
+    /// arrives. It stays drained across restarts and reboots (a mark file,
+    /// `[announce] drain_file`) until `host undrain`.
+    Drain,
+    /// Announce this host's servable VIPs again.
+    Undrain,
 }
 
 /// `balancer vip ...`. Changes are written to the configuration file
@@ -360,7 +383,13 @@ pub fn main() -> ExitCode {
             interval,
         }) => watch::run(&socket, interval.unwrap_or(Duration::from_secs(1))),
         Command::Reload { allow_empty } => ask(Request::Reload { allow_empty }),
-        Command::Teardown { config, pin_path } => teardown(config.as_deref(), pin_path),
+        Command::Host(HostCommand::Drain) => ask(Request::HostDrain {}),
+        Command::Host(HostCommand::Undrain) => ask(Request::HostUndrain {}),
+        Command::Teardown {
+            config,
+            pin_path,
+            grace,
+        } => teardown(config.as_deref(), pin_path, grace),
         Command::Decap(args) => decap(&args, cli.json),
     };
     match result {
@@ -372,14 +401,36 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `balancer teardown`.
-fn teardown(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let dir = match (pin_path, config) {
-        (Some(dir), _) => dir,
-        (None, Some(path)) => crate::config::load(path)?.daemon.pin_path,
-        (None, None) => crate::config::DaemonConfig::default().pin_path,
+/// `balancer teardown`: withdraw, wait, detach.
+fn teardown(
+    config: Option<&std::path::Path>,
+    pin_path: Option<PathBuf>,
+    grace: Option<Duration>,
+) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => crate::config::load(path)?,
+        None => crate::config::Config::default(),
     };
+    let dir = pin_path.unwrap_or(config.daemon.pin_path);
     let _lock = crate::daemon::lock::for_teardown(&dir)?;
+    if let Some(announce) = &config.announce {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let withdrawn = runtime.block_on(crate::daemon::withdraw_all(announce))?;
+        let grace = grace.unwrap_or(announce.withdraw_grace);
+        println!(
+            "withdrew {withdrawn} routes from table {}",
+            announce.table.get_ref()
+        );
+        if withdrawn > 0 && !grace.is_zero() {
+            println!(
+                "waiting {} for the routers to stop sending",
+                crate::config::format_duration(grace)
+            );
+            std::thread::sleep(grace);
+        }
+    }
     let detached = crate::datapath::pin::teardown(&dir)?;
     println!(
         "{}: detached from {} and unpinned",

@@ -69,6 +69,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         allow_empty: bool,
     },
+    /// Withdraw every VIP of this host (the drain mark is put in; the
+    /// datapath keeps serving what still arrives).
+    HostDrain {},
+    /// Take the drain mark out: VIPs servable for `announce_delay` are
+    /// announced again at once.
+    HostUndrain {},
     /// Change the configuration file, then apply it.
     #[serde(skip)]
     Change(Edit),
@@ -86,7 +92,7 @@ impl Serialize for Request {
 
 impl Request {
     /// The `command` of each query (each request but a change).
-    pub const QUERIES: [&'static str; 7] = [
+    pub const QUERIES: [&'static str; 9] = [
         "status",
         "vip-list",
         "vip-show",
@@ -94,6 +100,8 @@ impl Request {
         "stats",
         "access-list",
         "reload",
+        "host-drain",
+        "host-undrain",
     ];
 }
 
@@ -380,6 +388,8 @@ mod tests {
                 vip: None,
             },
             Request::Reload { allow_empty: true },
+            Request::HostDrain {},
+            Request::HostUndrain {},
         ];
         assert_eq!(queries.len(), Request::QUERIES.len());
         for query in queries {
@@ -391,7 +401,7 @@ mod tests {
         let unknown = parse_request(r#"{"command":"explode"}"#).unwrap_err();
         assert!(
             unknown.error.unwrap().contains(
-                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `access-list`, `reload`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`, `access-add`, `access-remove`"
+                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `access-list`, `reload`, `host-drain`, `host-undrain`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`, `access-add`, `access-remove`"
             )
         );
     }

@@ -19,5 +19,6 @@ pub mod maglev;
 pub mod metrics;
 pub mod neighbour;
 pub mod plan;
+pub mod routes;
 pub mod schedule;
 pub mod stats;

@@ -12,9 +12,11 @@
 //! [`privilege`] for how tests behave without it.
 
 pub mod backend;
+pub mod bird;
 pub mod case;
 pub mod cmd;
 pub mod daemon;
+pub mod ecmp;
 pub mod fixture;
 pub mod flood;
 pub mod lab;

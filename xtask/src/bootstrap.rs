@@ -17,8 +17,14 @@ use crate::shell;
 /// bpf-linker release built here; 0.13 supports LLVM 22, the nightly's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and the demo run: `ip` and `ethtool`.
-const PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool")];
+/// Debian packages the tests and the demo run: `ip`, `ethtool`, and BIRD 2
+/// (`bird`, `birdc`) for the BGP tests of several balancer hosts behind a
+/// router (tests/src/ecmp.rs).
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
+    ("bird2", "bird"),
+];
 
 /// Debian packages the benchmarks add: the alternatives they compare
 /// against (nftables, HAProxy, nginx with its stream module) and the font
@@ -73,7 +79,12 @@ pub fn run(needs: Needs) -> Result<()> {
         ensure_bpf_linker(&nightly, &cargo_home)?;
     }
     if needs.packages {
-        ensure_packages(PACKAGES)?;
+        let installed = ensure_packages(PACKAGES)?;
+        // The tests start their own BIRDs in their namespaces; the service
+        // the package brings must not run a BGP daemon on the host.
+        if installed.contains(&"bird2") && on_path("systemctl") {
+            let _ = shell::probe("systemctl", ["disable", "--now", "bird"]);
+        }
     }
     if needs.bench {
         let installed = ensure_packages(BENCH_PACKAGES)?;

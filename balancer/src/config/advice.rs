@@ -12,6 +12,7 @@ pub fn warnings(config: &Config, text: &str) -> Vec<ConfigError> {
     let lines = Lines::new(text);
     let mut out: Vec<ConfigError> = small_ring(config, &lines).into_iter().collect();
     out.extend(idle_exempt(config, &lines));
+    out.extend(unreachable_min_healthy(config, &lines));
     out.sort_by_key(|e| e.line);
     out
 }
@@ -44,6 +45,34 @@ fn idle_exempt(config: &Config, lines: &Lines) -> Vec<ConfigError> {
             "[access] has an exempt list but no VIP has [vip.limits]: it exempts from nothing"
                 .to_owned(),
         ));
+    }
+    out
+}
+
+/// A `min_healthy` the VIP can never meet (more than its backends), or
+/// one that means nothing without `[announce]`. Located at the setting.
+fn unreachable_min_healthy(config: &Config, lines: &Lines) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for vip in config.vips.iter().map(Spanned::get_ref) {
+        let Some(min) = &vip.min_healthy else {
+            continue;
+        };
+        let name = vip.name.get_ref();
+        let message = if config.announce.is_none() {
+            format!("VIP {name:?} sets min_healthy but there is no [announce]: it changes nothing")
+        } else if *min.get_ref() as usize > vip.backends.len() {
+            format!(
+                "VIP {name:?} has min_healthy {} but {} backends: it is never announced",
+                min.get_ref(),
+                vip.backends.len()
+            )
+        } else {
+            continue;
+        };
+        out.push(ConfigError {
+            line: Some(lines.line(min.span().start)),
+            message,
+        });
     }
     out
 }

@@ -6,6 +6,7 @@
 
 mod access;
 mod advice;
+mod announce;
 mod bounds;
 mod limits;
 mod memory;
@@ -24,6 +25,7 @@ use toml::Spanned;
 
 pub use access::{AccessConfig, List, Prefix};
 pub use advice::warnings;
+pub use announce::{AnnounceConfig, DEFAULT_MIN_HEALTHY, RESERVED_TABLES};
 pub use bounds::{
     MAX_CHECK_INTERVAL, MAX_FLOW_TABLE_SIZE, MAX_RISE_FALL, MIN_CHECK_INTERVAL, MIN_CHECK_TIMEOUT,
     MIN_RING_SIZE, RING_SLOTS_PER_BACKEND,
@@ -51,6 +53,9 @@ pub struct Config {
     /// The allow, deny and exempt lists of every VIP.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Routes for a BGP daemon to announce; absent: none.
+    #[serde(default)]
+    pub announce: Option<AnnounceConfig>,
     /// The VIPs, in file order.
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<VipConfig>>,
@@ -210,6 +215,11 @@ pub struct VipConfig {
     /// Absent: a TCP check with the defaults.
     #[serde(default)]
     pub health_check: Option<Spanned<HealthCheckConfig>>,
+    /// With `[announce]`: the VIP is announced only while at least this
+    /// many of its backends can take new flows (default
+    /// [`DEFAULT_MIN_HEALTHY`]).
+    #[serde(default)]
+    pub min_healthy: Option<Spanned<u32>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<BackendConfig>>,
 }
@@ -218,6 +228,12 @@ impl VipConfig {
     /// The prefixes of the VIP's own `list`.
     pub fn list(&self, list: List) -> impl Iterator<Item = Prefix> + '_ {
         access::prefixes([&self.deny, &self.allow, &self.exempt], list)
+    }
+
+    /// Backends that must be able to take new flows for the VIP to be
+    /// announced.
+    pub fn min_healthy(&self) -> u32 {
+        announce::min_healthy(self.min_healthy.as_ref())
     }
 
     /// The VIP's health check, the default one when the file has none.

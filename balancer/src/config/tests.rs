@@ -381,3 +381,71 @@ fn metrics_listen_defaults_to_loopback_and_can_be_moved_or_turned_off() {
 }
 
 mod bounds;
+
+#[test]
+fn announce_is_read_with_its_defaults_and_checked() {
+    let config = parse("[announce]\ntable = 4242\n", "t").unwrap();
+    let announce = config.announce.expect("the section");
+    assert_eq!(*announce.table.get_ref(), 4242);
+    assert_eq!(announce.announce_delay, Duration::from_secs(5));
+    assert_eq!(announce.withdraw_grace, Duration::from_secs(5));
+    assert_eq!(
+        announce.drain_file,
+        std::path::Path::new("/var/lib/balancer/drained")
+    );
+    assert!(parse("", "t").unwrap().announce.is_none());
+    // Each row: a section, and a fragment of its error.
+    let rows = [
+        ("[announce]\n", "missing field `table`"),
+        (
+            "[announce]\ntable = 254\n",
+            "table 254 is one the kernel uses",
+        ),
+        ("[announce]\ntable = 0\n", "table 0 is one the kernel uses"),
+        (
+            "[announce]\ntable = 7\nannounce_delay = \"2h\"\n",
+            "announce_delay 2h is longer than 1h",
+        ),
+        (
+            "[announce]\ntable = 7\ndrain_file = \"drained\"\n",
+            "must be an absolute path",
+        ),
+        ("[announce]\ntable = 7\nfoo = 1\n", "unknown field `foo`"),
+    ];
+    for (text, fragment) in rows {
+        let errs = errors(text);
+        assert!(
+            errs.iter().any(|(_, m)| m.contains(fragment)),
+            "{text:?}: expected {fragment:?}, got {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn min_healthy_defaults_to_one_refuses_zero_and_warns_when_it_cannot_hold() {
+    let config = parse(VALID, "t").unwrap();
+    assert_eq!(config.vips[0].get_ref().min_healthy(), 1);
+    let zero = VALID.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nmin_healthy = 0");
+    assert_rejected(&zero, 11, "min_healthy must be at least 1");
+    let three = format!(
+        "[announce]\ntable = 7\n{}",
+        VALID.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nmin_healthy = 3")
+    );
+    let config = parse(&three, "t").unwrap();
+    let said: Vec<String> = warnings(&config, &three)
+        .into_iter()
+        .map(|w| w.message)
+        .collect();
+    assert!(
+        said.iter()
+            .any(|w| w.contains("min_healthy 3 but 2 backends: it is never announced")),
+        "{said:?}"
+    );
+    let alone = VALID.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nmin_healthy = 1");
+    let config = parse(&alone, "t").unwrap();
+    assert!(
+        warnings(&config, &alone)
+            .iter()
+            .any(|w| w.message.contains("there is no [announce]")),
+    );
+}

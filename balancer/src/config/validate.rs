@@ -35,6 +35,7 @@ pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     vips(config, &mut errors);
     access(config, &mut errors);
     exempt_sources(config, &mut errors);
+    announce(config, &mut errors);
     errors.list.sort_by_key(|e| e.line);
     errors.list
 }
@@ -48,6 +49,26 @@ impl Errors {
     fn at(&mut self, span: Range<usize>, message: String) {
         let line = (span != (0..0)).then(|| self.lines.line(span.start));
         self.list.push(ConfigError { line, message });
+    }
+}
+
+/// `[announce]`, and every VIP's `min_healthy`.
+fn announce(config: &Config, errors: &mut Errors) {
+    if let Some(announce) = &config.announce {
+        for (span, message) in announce.problems() {
+            errors.at(span, message);
+        }
+    }
+    for vip in config.vips.iter().map(Spanned::get_ref) {
+        if let Some(min) = vip.min_healthy.as_ref().filter(|m| *m.get_ref() == 0) {
+            errors.at(
+                min.span(),
+                format!(
+                    "VIP {:?}: min_healthy must be at least 1: a VIP with no backend up cannot be served",
+                    vip.name.get_ref()
+                ),
+            );
+        }
     }
 }
 

@@ -33,6 +33,25 @@ struct Status {
     /// Why the maps are behind the configuration in force, since a set of
     /// writes failed (retried after a growing wait); null when in line.
     maps_error: Option<String>,
+    /// The announcements; null without `[announce]`.
+    announce: Option<AnnounceStatus>,
+}
+
+/// What `status`, `host drain` and `host undrain` say of announcements.
+#[derive(Serialize)]
+struct AnnounceStatus {
+    /// The routing table the routes are kept in.
+    table: u32,
+    drained: bool,
+    /// The addresses announced.
+    announced: Vec<String>,
+    /// VIPs announced, of all.
+    vips_announced: usize,
+    vips: usize,
+    /// Route writes that failed since the start.
+    errors: u64,
+    /// The last failure, until the table is in line again.
+    last_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -80,6 +99,10 @@ struct VipRow {
     backends_up: usize,
     /// Every backend down or unreachable: the last ring stays in place.
     all_down: bool,
+    /// announced, pending or withdrawn; null without `[announce]`.
+    announce: Option<&'static str>,
+    /// Why, in words.
+    announce_reason: Option<String>,
     packets: u64,
     bytes: u64,
     new_flows: u64,
@@ -99,6 +122,10 @@ struct VipDetail {
     interval_s: Option<f64>,
     /// Per-source limits, null without.
     limits: Option<LimitsDetail>,
+    /// announced, pending or withdrawn; null without `[announce]`.
+    announce: Option<&'static str>,
+    /// Why, in words.
+    announce_reason: Option<String>,
     backends: Vec<BackendDetail>,
 }
 
@@ -199,6 +226,8 @@ impl State {
                     Response::error(error.to_string())
                 }
             }),
+            Request::HostDrain {} => self.drain(true).await,
+            Request::HostUndrain {} => self.drain(false).await,
             Request::Change(edit) => Ok(match self.change(&edit).await {
                 Ok(done) => {
                     tracing::info!(change = ?edit, "configuration changed: {done}");
@@ -215,6 +244,20 @@ impl State {
             }),
         };
         result.unwrap_or_else(|e| Response::error(format!("{e:#}")))
+    }
+
+    /// `host drain` (`drained`) and `host undrain`: the mark, then the
+    /// table at once.
+    async fn drain(&mut self, drained: bool) -> anyhow::Result<Response> {
+        let Some(announcer) = &mut self.announcer else {
+            anyhow::bail!(
+                "announcements are off (the configuration has no [announce]): there is nothing to {}",
+                if drained { "drain" } else { "undrain" }
+            );
+        };
+        announcer.set_drained(drained)?;
+        self.announce().await;
+        Ok(Response::ok(self.view().announce_status()))
     }
 }
 
@@ -267,6 +310,38 @@ impl View<'_> {
                 .count(),
             flow_fingerprint: super::fingerprint::of(self.published),
             maps_error: self.maps_error.map(str::to_owned),
+            announce: self.announce_status(),
+        }
+    }
+
+    fn announce_status(&self) -> Option<AnnounceStatus> {
+        let announcer = self.announcer?;
+        Some(AnnounceStatus {
+            table: announcer.table(),
+            drained: announcer.drained,
+            announced: announcer
+                .announced()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            vips_announced: announcer
+                .verdict
+                .vips
+                .values()
+                .filter(|why| **why == super::gates::Why::Announced)
+                .count(),
+            vips: self.plan().vips.len(),
+            errors: announcer.errors,
+            last_error: announcer.last_error.clone(),
+        })
+    }
+
+    /// A VIP's announcement state and why; nulls without `[announce]`.
+    fn announcement(&self, vip: &str) -> (Option<&'static str>, Option<String>) {
+        match self.announcer.map(|a| a.why(vip)) {
+            None => (None, None),
+            Some(None) => (Some("withdrawn"), Some("not decided yet".to_owned())),
+            Some(Some(why)) => (Some(why.state()), Some(why.to_string())),
         }
     }
 
@@ -278,11 +353,14 @@ impl View<'_> {
             .map(|(vip, config)| {
                 let config = config.get_ref();
                 let counters = self.datapath.vip_counters(vip.slot.info.index)?;
+                let (announce, announce_reason) = self.announcement(&vip.name);
                 Ok(VipRow {
                     service: VipService::of(vip, config),
                     backends: vip.backends.len(),
                     backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
                     all_down: self.all_down(vip.slot.info.index),
+                    announce,
+                    announce_reason,
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
@@ -325,6 +403,7 @@ impl View<'_> {
                 share_percent,
             });
         }
+        let (announce, announce_reason) = self.announcement(&vip.name);
         Ok(VipDetail {
             service: VipService::of(vip, config),
             persistence_ipv6_prefix: config
@@ -333,6 +412,8 @@ impl View<'_> {
                 .map(|p| p.ipv6_prefix),
             interval_s: self.observed.scan.interval.map(|i| i.as_secs_f64()),
             limits: self.limits_detail(vip.slot.info.index, config)?,
+            announce,
+            announce_reason,
             backends,
         })
     }

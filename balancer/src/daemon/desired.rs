@@ -127,6 +127,16 @@ impl Desired {
         if self.config.daemon != daemon {
             fixed.push("[daemon]");
         }
+        // Where routes and the drain mark are kept: moving them while
+        // routers follow would withdraw what should stay.
+        let routes = |c: &Config| {
+            c.announce
+                .as_ref()
+                .map(|a| (*a.table.get_ref(), a.drain_file.clone()))
+        };
+        if routes(&self.config) != routes(config) {
+            fixed.push("[announce] (its presence, table and drain_file)");
+        }
         if fixed.is_empty() {
             return Ok(());
         }

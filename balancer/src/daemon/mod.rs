@@ -8,6 +8,7 @@
 //! serves the control socket and the metrics endpoint, and reloads its
 //! configuration on SIGHUP or a `reload` request.
 
+mod announcer;
 mod answer;
 mod backoff;
 mod checks;
@@ -15,9 +16,11 @@ mod connections;
 mod desired;
 mod events;
 mod fingerprint;
+mod gates;
 mod limits;
 mod lists;
 pub mod lock;
+pub use announcer::withdraw_all;
 mod observed;
 mod pacing;
 mod published;
@@ -218,6 +221,7 @@ async fn serve(
         .map_err(|(_, err)| err)
         .context("cannot read the online CPUs")?
         .len() as u32;
+    let config_announce = config.announce.clone();
     let desired = desired::Desired::new(config, file, socket_override, numbering, cpus);
     let mut state = State::new(desired, datapath, neighbours, reports_tx, &pinned);
     state.metrics_endpoint = metrics_endpoint;
@@ -231,6 +235,15 @@ async fn serve(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     state.publish().context("cannot fill the datapath's maps")?;
+    // Before the program is attached: a table that cannot be read stops
+    // the start, which changes nothing.
+    if let Some(announce) = &config_announce {
+        state.announcer = Some(
+            announcer::Announcer::start(announce)
+                .await
+                .context("cannot open the announcement table")?,
+        );
+    }
     for interface in interfaces {
         let mode = state
             .datapath
@@ -268,7 +281,11 @@ async fn serve(
     let mut changed: Option<tokio::time::Instant> = None;
     let mut last_change_read = tokio::time::Instant::now();
     loop {
+        // After every event: one may change what is servable.
+        state.announce().await;
+        let announce_due = state.announcer.as_ref().map(announcer::Announcer::due);
         tokio::select! {
+            _ = tokio::time::sleep_until(announce_due.map_or_else(tokio::time::Instant::now, Into::into)), if announce_due.is_some() => {}
             change = next_change(&mut changes) => {
                 match change {
                     Some(()) => {
@@ -360,6 +377,13 @@ async fn serve(
         pin_path = %pin_dir.display(),
         "leaving the datapath forwarding with its pinned state; a new `balancer run` adopts it, `balancer teardown` removes it"
     );
+    if let Some(announcer) = &state.announcer {
+        tracing::info!(
+            table = announcer.table(),
+            announced = announcer.announced().len(),
+            "leaving the announcements as they are, since the datapath goes on forwarding; `balancer teardown` withdraws them"
+        );
+    }
     Ok(())
 }
 

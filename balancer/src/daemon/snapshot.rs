@@ -105,6 +105,23 @@ impl View<'_> {
             source_capacity: u64::from(balancer_common::limit::SOURCE_SLOTS),
             maps_in_line: self.maps_error.is_none(),
             map_write_failures: self.write_failures,
+            announce: self.announcer.map(|a| crate::metrics::AnnounceMetrics {
+                drained: a.drained,
+                errors: a.errors,
+                vips: self
+                    .plan()
+                    .vips
+                    .iter()
+                    .map(|vip| {
+                        let why = a.why(&vip.name);
+                        (
+                            vip.name.clone(),
+                            why == Some(&super::gates::Why::Announced),
+                            why.map_or("not_attached", super::gates::Why::label),
+                        )
+                    })
+                    .collect(),
+            }),
         })
     }
 }

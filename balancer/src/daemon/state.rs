@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use tokio::sync::mpsc;
 
 use super::{
+    announcer::Announcer,
     backoff::Backoff,
     checks::Checks,
     desired::Desired,
@@ -54,6 +55,8 @@ pub(super) struct State {
     retry: Backoff,
     /// Where the metrics are served, "off", or why they are not.
     pub(super) metrics_endpoint: String,
+    /// The announcements, with `[announce]`.
+    pub(super) announcer: Option<Announcer>,
 }
 
 impl State {
@@ -98,6 +101,7 @@ impl State {
             write_failures: 0,
             retry: RETRY,
             metrics_endpoint: "off".to_owned(),
+            announcer: None,
         }
     }
 
@@ -111,6 +115,21 @@ impl State {
             maps_error: self.maps_error.as_deref(),
             write_failures: self.write_failures,
             published: &self.published,
+            announcer: self.announcer.as_ref(),
+        }
+    }
+
+    /// Decides again which VIPs to announce and brings the announcement
+    /// table in line (nothing without `[announce]`).
+    pub(super) async fn announce(&mut self) {
+        let (Some(config), true) = (&self.desired.config.announce, self.announcer.is_some()) else {
+            return;
+        };
+        let delay = config.announce_delay;
+        let inputs = self.view().gate_inputs();
+        let attached = self.datapath.attachments().next().is_some();
+        if let Some(announcer) = &mut self.announcer {
+            announcer.step(&inputs, attached, delay).await;
         }
     }
 

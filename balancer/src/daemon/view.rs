@@ -4,7 +4,9 @@
 
 use balancer_common::vip::counts_connections;
 
-use super::{desired::Desired, observed::Observed, published::Published};
+use super::{
+    announcer::Announcer, desired::Desired, gates, observed::Observed, published::Published,
+};
 use crate::datapath::Datapath;
 
 /// The state as answers see it.
@@ -19,12 +21,51 @@ pub(super) struct View<'a> {
     pub(super) maps_error: Option<&'a str>,
     /// Sets of map writes that failed since the daemon started.
     pub(super) write_failures: u64,
+    /// The announcements, with `[announce]`.
+    pub(super) announcer: Option<&'a Announcer>,
 }
 
 impl View<'_> {
     /// The plan in force.
     pub(super) fn plan(&self) -> &crate::plan::Plan {
         &self.desired.plan
+    }
+
+    /// What the gates of the announcements are given: per VIP whether
+    /// the maps hold it and how many of its backends they let take new
+    /// flows.
+    pub(super) fn gate_inputs(&self) -> Vec<gates::Input> {
+        self.plan()
+            .vips
+            .iter()
+            .zip(&self.desired.config.vips)
+            .map(|(vip, config)| {
+                let config = config.get_ref();
+                // As `VipPlan::members` counts them, without making them.
+                let up = vip
+                    .backends
+                    .iter()
+                    .filter(|b| {
+                        b.weight > 0
+                            && self
+                                .published
+                                .backend(b.id)
+                                .info
+                                .is_some_and(|info| info.is_usable())
+                    })
+                    .count();
+                gates::Input {
+                    name: vip.name.clone(),
+                    address: *config.address.get_ref(),
+                    in_maps: self
+                        .published
+                        .vip(&vip.slot)
+                        .is_some_and(|r| r.ring.is_some()),
+                    up,
+                    min_healthy: config.min_healthy(),
+                }
+            })
+            .collect()
     }
 
     /// Whether backend `id` is up.

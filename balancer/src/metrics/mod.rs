@@ -58,6 +58,20 @@ pub struct Snapshot {
     pub maps_in_line: bool,
     /// Sets of map writes that failed since the daemon started.
     pub map_write_failures: u64,
+    /// The announcements; None without `[announce]`.
+    pub announce: Option<AnnounceMetrics>,
+}
+
+/// What the metrics say of announcements.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnnounceMetrics {
+    /// The drain mark is there.
+    pub drained: bool,
+    /// Route writes that failed.
+    pub errors: u64,
+    /// Per VIP: its name, whether it is announced, and why (a short name:
+    /// servable, too_few_up, drained, ...).
+    pub vips: Vec<(String, bool, &'static str)>,
 }
 
 /// Packets and their bytes.
@@ -162,6 +176,12 @@ struct ListLabels {
 struct LimitLabels {
     vip: String,
     limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhyLabels {
+    vip: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -479,7 +499,46 @@ fn registry(s: &Snapshot) -> Registry {
         "Sets of map writes that failed (each logged at ERROR and retried)",
         failures,
     );
+    if let Some(announce) = &s.announce {
+        register_announce(&mut r, announce);
+    }
     r
+}
+
+/// The announcement metrics, with `[announce]` only.
+fn register_announce(r: &mut Registry, a: &AnnounceMetrics) {
+    r.register(
+        "vip_announced",
+        "1 while this host announces the VIP's address (its route is in the announcement table), else 0",
+        gauges(a.vips.iter().map(|(vip, announced, _)| {
+            (VipLabel { vip: vip.clone() }, i64::from(*announced))
+        })),
+    );
+    r.register(
+        "vip_announce_reason",
+        "Why the VIP is or is not announced (always 1, label reason: servable, not_attached, drained, not_in_maps, too_few_up, announce_delay, shared_address)",
+        gauges(a.vips.iter().map(|(vip, _, reason)| {
+            (
+                WhyLabels {
+                    vip: vip.clone(),
+                    reason,
+                },
+                1,
+            )
+        })),
+    );
+    r.register(
+        "host_drained",
+        "1 while the host is drained (balancer host drain): no VIP is announced",
+        gauge(u64::from(a.drained)),
+    );
+    let errors = Counter::<u64>::default();
+    errors.inc_by(a.errors);
+    r.register(
+        "announce_errors",
+        "Route writes to the announcement table that failed (each logged at ERROR and retried)",
+        errors,
+    );
 }
 
 /// The content type of [`encode`]'s text.
@@ -584,6 +643,11 @@ mod tests {
             source_capacity: 65_536,
             maps_in_line: true,
             map_write_failures: 2,
+            announce: Some(AnnounceMetrics {
+                drained: false,
+                errors: 1,
+                vips: vec![("web".into(), true, "servable")],
+            }),
         }
     }
 
@@ -702,6 +766,10 @@ mod tests {
                 1.0,
             ),
             ("balancer_attached{interface=eth0,mode=native}", 1.0),
+            ("balancer_vip_announced{vip=web}", 1.0),
+            ("balancer_vip_announce_reason{reason=servable,vip=web}", 1.0),
+            ("balancer_host_drained{}", 0.0),
+            ("balancer_announce_errors_total{}", 1.0),
         ];
         for (key, value) in expect {
             assert_eq!(samples.get(key), Some(&value), "{key} in\n{text}");
