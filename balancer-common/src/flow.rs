@@ -144,6 +144,24 @@ impl FlowState {
     }
 }
 
+/// A flow that got a connection-table entry, told to the daemon through
+/// the [`crate::maps::FLOW_EVENTS`] ring buffer while
+/// [`crate::settings::SETTINGS_SHARE_FLOWS`] is set, so that peer hosts
+/// learn its backend before ECMP moves the flow to them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    /// The backend's id on this host.
+    pub backend: u32,
+    /// The VIP's index on this host.
+    pub vip: u32,
+    /// `bpf_ktime_get_coarse_ns` of the packet that made the entry.
+    pub at_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 56);
+
 /// The datapath refreshes a flow's `last_seen_ns` only when it is older
 /// than this, to avoid a write to a shared cache line on every packet.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;

@@ -83,6 +83,13 @@ pub const ICMP_BUDGET: &str = "icmp_budget";
 /// [`crate::fragment::FragmentState`], the backend of each datagram whose
 /// first fragment was admitted, with per-CPU LRU lists.
 pub const FRAGMENTS: &str = "fragments";
+/// New connection-table entries told to the daemon while
+/// [`crate::settings::SETTINGS_SHARE_FLOWS`] is set: a ring buffer of
+/// [`crate::flow::FlowEvent`]s, [`FLOW_EVENTS_BYTES`] long.
+pub const FLOW_EVENTS: &str = "flow_events";
+/// Size of [`FLOW_EVENTS`]: 16,384 events of 64 bytes (with the ring's
+/// header), a second of new entries at the default insert budget.
+pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
 
 /// Most VIPs the datapath holds (VIP indexes are below this).
 pub const MAX_VIPS: u32 = 1024;
@@ -148,6 +155,8 @@ impl MapKind {
     pub const ARRAY_OF_MAPS: MapKind = MapKind(12);
     /// `BPF_MAP_TYPE_DEVMAP_HASH`.
     pub const DEVMAP_HASH: MapKind = MapKind(25);
+    /// BPF_MAP_TYPE_RINGBUF.
+    pub const RINGBUF: MapKind = MapKind(27);
 }
 
 /// How many entries a map has.
@@ -230,7 +239,7 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 24] = {
+pub const MAP_SPECS: [MapSpec; 25] = {
     use crate::{
         access::{ACCESS_ENTRIES, AccessCounters, AccessKey},
         backend::{BackendInfo, BackendLoad},
@@ -285,6 +294,14 @@ pub const MAP_SPECS: [MapSpec; 24] = {
         indexed::<LimitCounters>(LIMIT_STATS, MapKind::PERCPU_ARRAY, MAX_VIPS, 0),
         indexed::<TunnelInfo>(TUNNELS, MapKind::ARRAY, MAX_BACKENDS, 0),
         indexed::<Budget>(ICMP_BUDGET, MapKind::PERCPU_ARRAY, 1, 0),
+        MapSpec {
+            name: FLOW_EVENTS,
+            kind: MapKind::RINGBUF,
+            key_size: 0,
+            value_size: 0,
+            entries: Entries::Fixed(FLOW_EVENTS_BYTES),
+            flags: 0,
+        },
     ]
 };
 

@@ -30,6 +30,9 @@ pub const SETTINGS_GLOBAL_ACCESS: u64 = 1;
 /// The global exempt list has entries: a new source of a VIP with
 /// per-source limits is looked up in it.
 pub const SETTINGS_GLOBAL_EXEMPT: u64 = 1 << 1;
+/// [`Settings::flags`]: tell the daemon of every new connection-table
+/// entry ([`crate::flow::FlowEvent`]), to share with peer hosts.
+pub const SETTINGS_SHARE_FLOWS: u64 = 1 << 2;
 /// Where [`Settings::flags`] keeps the lists' generation.
 const ACCESS_GENERATION_SHIFT: u64 = 32;
 
@@ -53,6 +56,13 @@ impl Settings {
     /// 0 while lists have entries, and another one whenever they change, so
     /// that a flow admitted under other lists (or a source found exempt
     /// under them) is checked again.
+    /// Whether new entries are told to the daemon
+    /// ([`SETTINGS_SHARE_FLOWS`]).
+    #[inline(always)]
+    pub const fn shares_flows(&self) -> bool {
+        self.flags & SETTINGS_SHARE_FLOWS != 0
+    }
+
     #[inline(always)]
     pub const fn access_generation(&self) -> u32 {
         ((self.flags >> ACCESS_GENERATION_SHIFT) as u32) & crate::flow::ACCESS_GENERATION_MASK

@@ -181,11 +181,17 @@ events! {
     UNKNOWN_MIDSTREAM = 9, "unknown_midstream";
     /// A packet sent to its backend in an outer IP header (IPIP or GUE).
     ENCAP = 10, "encap";
+    /// A new connection-table entry told to the daemon, which sends it
+    /// to the peer hosts (`[sync]`).
+    FLOW_SHARED = 11, "flow_shared";
+    /// A new entry not told to the daemon: the ring buffer of flow events
+    /// was full (the daemon falls behind).
+    SHARE_LOST = 12, "share_lost";
 }
 
 impl Event {
     /// Number of event counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
     /// Slots of the map reserved for events, used or not.
     pub const CAPACITY: u32 = 64;
 }

@@ -43,6 +43,7 @@ mod persist;
 mod pmtu;
 mod ring;
 mod schedule;
+mod share;
 mod stats;
 mod vip;
 
@@ -313,6 +314,9 @@ fn replace(
     };
     decision!(ctx, "flow placed again: backend {}", pick.id);
     flows::remember(&p.key, vip, &pick, p.now, p.end, p.generation);
+    if !p.end {
+        share::tell(&p.key, vip.index, pick.id, p.now, settings, p.len);
+    }
     stats::event(Event::NEW_FLOW, p.len);
     if failover {
         stats::event(Event::FAILOVER, p.len);
@@ -404,6 +408,7 @@ fn insert(p: &FlowPacket, vip: &VipInfo, pick: &Pick, settings: &Settings) -> bo
     }
     flows::remember(&p.key, vip, pick, p.now, p.end, p.generation);
     stats::event(Event::FLOW_INSERT, p.len);
+    share::tell(&p.key, vip.index, pick.id, p.now, settings, p.len);
     true
 }
 

@@ -2,19 +2,22 @@
 //! balancer-common (`maps` module), which documents each map.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+    },
     macros::btf_map,
 };
 use balancer_common::{
     access::{ACCESS_ENTRIES, AccessCounters, AccessData},
     backend::{BackendInfo, BackendLoad},
     budget::Budget,
-    flow::{FlowKey, FlowState},
+    flow::{FlowEvent, FlowKey, FlowState},
     fragment::{FragmentKey, FragmentState},
     limit::{LimitCounters, SOURCE_SLOTS, SourceLimit, SourceSlot},
     maps::{
-        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, FRAGMENT_ENTRIES,
-        HANDSHAKE_ENTRIES, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES, RING_FLAGS,
+        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES,
+        FRAGMENT_ENTRIES, HANDSHAKE_ENTRIES, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES,
+        RING_FLAGS,
     },
     persist::{PersistKey, PersistState},
     settings::Settings,
@@ -117,3 +120,6 @@ pub static TUNNELS: Array<TunnelInfo, BACKENDS_N> = Array::new();
 
 #[btf_map(name = "icmp_budget")]
 pub static ICMP_BUDGET: PerCpuArray<Budget, 1> = PerCpuArray::new();
+
+#[btf_map(name = "flow_events")]
+pub static FLOW_EVENTS: RingBuf<FlowEvent, { FLOW_EVENTS_BYTES as usize }> = RingBuf::new();

@@ -22,3 +22,4 @@ pub mod plan;
 pub mod routes;
 pub mod schedule;
 pub mod stats;
+pub mod sync;

@@ -14,7 +14,7 @@ use balancer_common::{
     budget,
     flow::ACCESS_GENERATION_MASK,
     limit::{LIMIT_OWN_EXEMPT, Rate, SCOPE_EXEMPT_GLOBAL, SourceLimit, exempt_scope},
-    settings::{SETTINGS_GLOBAL_ACCESS, SETTINGS_GLOBAL_EXEMPT, Settings},
+    settings::{SETTINGS_GLOBAL_ACCESS, SETTINGS_GLOBAL_EXEMPT, SETTINGS_SHARE_FLOWS, Settings},
     tunnel::TunnelInfo,
     vip::{
         ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, ADDR_VIP_LIMITS, AddrInfo, AddrKey,
@@ -91,7 +91,7 @@ pub fn addr(ip: IpAddr) -> Addr {
 }
 
 /// An address in the maps' form back as an IPv4 or IPv6 address.
-fn ip(addr: &Addr) -> IpAddr {
+pub fn ip(addr: &Addr) -> IpAddr {
     std::net::Ipv6Addr::from(balancer_common::addr_octets(addr)).to_canonical()
 }
 
@@ -230,6 +230,10 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
             0
         } else {
             SETTINGS_GLOBAL_EXEMPT
+        } | if config.sync.is_some() {
+            SETTINGS_SHARE_FLOWS
+        } else {
+            0
         },
         _reserved: [0; 3],
     };

@@ -121,6 +121,16 @@ pub fn documented(doc: &str) -> Vec<String> {
         .collect()
 }
 
+/// The metrics of `doc` a daemon without `[section]` exports: those whose
+/// meaning starts "with `[section]` only" left out.
+pub fn documented_without(doc: &str, section: &str) -> Vec<String> {
+    let only = format!("| with `[{section}]` only");
+    doc.lines()
+        .filter(|l| !l.contains(&only))
+        .flat_map(documented)
+        .collect()
+}
+
 /// The metrics of docs/observability.md, as embedded at build time.
 pub const OBSERVABILITY_DOC: &str = include_str!("../../docs/observability.md");
 

@@ -35,6 +35,8 @@ fn dashboard() -> Value {
 
 /// Each metric of the table in observability.md (the rows whose first
 /// cell is `` `balancer_...` ``) with its documented labels.
+/// The documented metrics with their labels; a histogram is charted by
+/// its `_bucket` series (with `le`), so that name stands for it.
 fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
     let text = read_doc("observability.md");
     let metrics: BTreeMap<_, _> = text
@@ -45,11 +47,18 @@ fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
                 .get(1)?
                 .strip_prefix("`balancer_")?
                 .strip_suffix('`')?;
-            let labels = cells.get(3)?.split(',').map(|l| l.trim().trim_matches('`'));
-            Some((
-                format!("balancer_{name}"),
-                labels.filter(|l| !l.is_empty()).map(String::from).collect(),
-            ))
+            let mut labels: BTreeSet<String> = cells
+                .get(3)?
+                .split(',')
+                .map(|l| l.trim().trim_matches('`'))
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            if *cells.get(2)? == "histogram" {
+                labels.insert("le".to_owned());
+                return Some((format!("balancer_{name}_bucket"), labels));
+            }
+            Some((format!("balancer_{name}"), labels))
         })
         .collect();
     let up = metrics.get("balancer_backend_up");

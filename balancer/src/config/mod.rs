@@ -10,6 +10,7 @@ mod announce;
 mod bounds;
 mod limits;
 mod memory;
+mod sync;
 mod validate;
 mod write;
 
@@ -34,6 +35,7 @@ pub use limits::{
     DEFAULT_SOURCE_IPV4_PREFIX, DEFAULT_SOURCE_IPV6_PREFIX, LimitsConfig, MAX_RATE, RateLimit,
 };
 pub use memory::MapMemory;
+pub use sync::SyncConfig;
 pub use validate::{check_persistence_timeout, validate};
 pub use write::write_atomically;
 
@@ -56,6 +58,9 @@ pub struct Config {
     /// Routes for a BGP daemon to announce; absent: none.
     #[serde(default)]
     pub announce: Option<AnnounceConfig>,
+    /// New flows shared with peer hosts; absent: none.
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
     /// The VIPs, in file order.
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<VipConfig>>,

@@ -52,10 +52,15 @@ impl Errors {
     }
 }
 
-/// `[announce]`, and every VIP's `min_healthy`.
+/// `[announce]`, `[sync]`, and every VIP's `min_healthy`.
 fn announce(config: &Config, errors: &mut Errors) {
     if let Some(announce) = &config.announce {
         for (span, message) in announce.problems() {
+            errors.at(span, message);
+        }
+    }
+    if let Some(sync) = &config.sync {
+        for (span, message) in sync.problems() {
             errors.at(span, message);
         }
     }

@@ -35,6 +35,43 @@ struct Status {
     maps_error: Option<String>,
     /// The announcements; null without `[announce]`.
     announce: Option<AnnounceStatus>,
+    /// The flows shared with peer hosts; null without `[sync]`.
+    sync: Option<SyncStatus>,
+}
+
+/// What `status` says of the flows shared with peers.
+#[derive(Serialize)]
+struct SyncStatus {
+    listen: String,
+    /// New flows of this host sent (each to every peer).
+    flows_sent: u64,
+    /// Flows the queue had no room for.
+    queue_dropped: u64,
+    /// Peers' flows put in the connection table, and those it held
+    /// already.
+    flows_inserted: u64,
+    flows_existing: u64,
+    /// Peers' flows of a VIP, or a backend, this host does not have.
+    unknown_vip: u64,
+    unknown_backend: u64,
+    /// Datagrams refused: a MAC that does not match, a replay, a stale or
+    /// malformed datagram, a sender that is no peer.
+    datagrams_refused: u64,
+    /// Mean delay from a flow's placing on its host to its entry here, in
+    /// milliseconds (null before the first).
+    mean_delay_ms: Option<f64>,
+    peers: Vec<SyncPeer>,
+}
+
+#[derive(Serialize)]
+struct SyncPeer {
+    address: String,
+    datagrams_sent: u64,
+    send_errors: u64,
+    datagrams_received: u64,
+    flows_received: u64,
+    /// Seconds since its last datagram (null: none yet).
+    last_received_s: Option<f64>,
 }
 
 /// What `status`, `host drain` and `host undrain` say of announcements.
@@ -311,7 +348,36 @@ impl View<'_> {
             flow_fingerprint: super::fingerprint::of(self.published),
             maps_error: self.maps_error.map(str::to_owned),
             announce: self.announce_status(),
+            sync: self.sync_status(),
         }
+    }
+
+    fn sync_status(&self) -> Option<SyncStatus> {
+        let sharing = self.sharing?;
+        let c = &sharing.counts;
+        Some(SyncStatus {
+            listen: sharing.listen.to_string(),
+            flows_sent: c.flows_sent,
+            queue_dropped: c.queue_dropped,
+            flows_inserted: c.received.inserted,
+            flows_existing: c.received.existing,
+            unknown_vip: c.received.unknown_vip,
+            unknown_backend: c.received.unknown_backend,
+            datagrams_refused: c.refused.values().sum(),
+            mean_delay_ms: (c.delay_count > 0).then(|| c.delay_sum * 1e3 / c.delay_count as f64),
+            peers: c
+                .peers
+                .iter()
+                .map(|(address, p)| SyncPeer {
+                    address: address.to_string(),
+                    datagrams_sent: p.datagrams_sent,
+                    send_errors: p.send_errors,
+                    datagrams_received: p.datagrams_received,
+                    flows_received: p.flows_received,
+                    last_received_s: p.last_received.map(|t| t.elapsed().as_secs_f64()),
+                })
+                .collect(),
+        })
     }
 
     fn announce_status(&self) -> Option<AnnounceStatus> {

@@ -137,6 +137,9 @@ impl Desired {
         if routes(&self.config) != routes(config) {
             fixed.push("[announce] (its presence, table and drain_file)");
         }
+        if self.config.sync != config.sync {
+            fixed.push("[sync]");
+        }
         if fixed.is_empty() {
             return Ok(());
         }

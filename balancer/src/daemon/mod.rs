@@ -27,6 +27,7 @@ mod published;
 mod reconcile;
 mod resolve;
 mod scan;
+mod sharing;
 mod snapshot;
 mod start;
 mod state;
@@ -222,6 +223,7 @@ async fn serve(
         .context("cannot read the online CPUs")?
         .len() as u32;
     let config_announce = config.announce.clone();
+    let config_sync = config.sync.clone();
     let desired = desired::Desired::new(config, file, socket_override, numbering, cpus);
     let mut state = State::new(desired, datapath, neighbours, reports_tx, &pinned);
     state.metrics_endpoint = metrics_endpoint;
@@ -243,6 +245,25 @@ async fn serve(
                 .await
                 .context("cannot open the announcement table")?,
         );
+    }
+    // Before the program is attached too: a socket that cannot be bound
+    // or a key that cannot be read stops the start.
+    let mut flow_events = None;
+    let mut sync_socket = None;
+    if let Some(sync) = &config_sync {
+        let (sharing, socket) = sharing::Sharing::start(sync)?;
+        let events = state
+            .datapath
+            .take_flow_events()
+            .context("cannot read the datapath's new flows")?;
+        // SAFETY: the descriptor is the ring buffer's, which `events` owns
+        // and keeps open, unchanged, until the AsyncFd is dropped.
+        flow_events = Some(
+            unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+                .map_err(|err| anyhow::anyhow!("cannot watch the datapath's new flows: {err}"))?,
+        );
+        state.sharing = Some(sharing);
+        sync_socket = Some(socket);
     }
     for interface in interfaces {
         let mode = state
@@ -280,12 +301,23 @@ async fn serve(
     // when they last were for one.
     let mut changed: Option<tokio::time::Instant> = None;
     let mut last_change_read = tokio::time::Instant::now();
+    let mut datagram = vec![0u8; crate::sync::MAX_DATAGRAM + 1];
     loop {
         // After every event: one may change what is servable.
         state.announce().await;
         let announce_due = state.announcer.as_ref().map(announcer::Announcer::due);
+        let flush_at = state.sharing.as_ref().and_then(|s| s.flush_at);
         tokio::select! {
             _ = tokio::time::sleep_until(announce_due.map_or_else(tokio::time::Instant::now, Into::into)), if announce_due.is_some() => {}
+            events = next_flow_events(&mut flow_events) => state.share(&events),
+            Some((n, from)) = next_datagram(sync_socket.as_deref(), &mut datagram) => {
+                state.receive_shared(&datagram[..n], from);
+            }
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                if let Some(sharing) = &mut state.sharing {
+                    sharing.send(true);
+                }
+            }
             change = next_change(&mut changes) => {
                 match change {
                     Some(()) => {
@@ -422,6 +454,39 @@ fn forward_decision_log(log: DecisionLog) -> Result<impl std::future::Future<Out
 async fn next_change(changes: &mut Option<Changes>) -> Option<()> {
     match changes {
         Some(changes) => changes.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The new flows the datapath tells of, once there are some; never
+/// without `[sync]`.
+async fn next_flow_events(
+    events: &mut Option<AsyncFd<crate::datapath::FlowEvents>>,
+) -> Vec<balancer_common::flow::FlowEvent> {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut ready) = events.readable_mut().await else {
+            return std::future::pending().await;
+        };
+        let mut out = Vec::new();
+        ready.get_inner_mut().drain(|event| out.push(event));
+        ready.clear_ready();
+        if !out.is_empty() {
+            return out;
+        }
+    }
+}
+
+/// The next datagram of the peers' socket, with its sender; never
+/// without `[sync]`.
+async fn next_datagram(
+    socket: Option<&tokio::net::UdpSocket>,
+    buffer: &mut [u8],
+) -> Option<(usize, std::net::SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buffer).await.ok(),
         None => std::future::pending().await,
     }
 }

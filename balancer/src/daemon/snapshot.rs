@@ -122,6 +122,35 @@ impl View<'_> {
                     })
                     .collect(),
             }),
+            sync: self.sharing.map(|sharing| {
+                let c = &sharing.counts;
+                crate::metrics::SyncMetrics {
+                    flows_sent: c.flows_sent,
+                    queue_dropped: c.queue_dropped,
+                    peers: c
+                        .peers
+                        .iter()
+                        .map(|(peer, p)| {
+                            (
+                                peer.to_string(),
+                                p.datagrams_sent,
+                                p.send_errors,
+                                p.datagrams_received,
+                            )
+                        })
+                        .collect(),
+                    received: vec![
+                        ("inserted", c.received.inserted),
+                        ("existing", c.received.existing),
+                        ("unknown_vip", c.received.unknown_vip),
+                        ("unknown_backend", c.received.unknown_backend),
+                    ],
+                    refused: super::sharing::refusal_labels()
+                        .map(|label| (label, c.refused.get(label).copied().unwrap_or(0)))
+                        .collect(),
+                    delay: c.delay.clone(),
+                }
+            }),
         })
     }
 }

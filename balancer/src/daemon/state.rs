@@ -19,6 +19,7 @@ use super::{
     published::Published,
     reconcile::{self, ApplyError, Writes},
     resolve::resolve,
+    sharing::Sharing,
     view::View,
 };
 use crate::{
@@ -57,6 +58,8 @@ pub(super) struct State {
     pub(super) metrics_endpoint: String,
     /// The announcements, with `[announce]`.
     pub(super) announcer: Option<Announcer>,
+    /// The flows shared with peer hosts, with `[sync]`.
+    pub(super) sharing: Option<Sharing>,
 }
 
 impl State {
@@ -102,6 +105,7 @@ impl State {
             retry: RETRY,
             metrics_endpoint: "off".to_owned(),
             announcer: None,
+            sharing: None,
         }
     }
 
@@ -116,6 +120,21 @@ impl State {
             write_failures: self.write_failures,
             published: &self.published,
             announcer: self.announcer.as_ref(),
+            sharing: self.sharing.as_ref(),
+        }
+    }
+
+    /// Queues the flows of `events` for the peer hosts.
+    pub(super) fn share(&mut self, events: &[balancer_common::flow::FlowEvent]) {
+        if let Some(sharing) = &mut self.sharing {
+            sharing.queue(events, &self.desired.plan);
+        }
+    }
+
+    /// Takes a peer's datagram of flows.
+    pub(super) fn receive_shared(&mut self, datagram: &[u8], from: std::net::SocketAddr) {
+        if let Some(sharing) = &mut self.sharing {
+            sharing.receive(datagram, from, &self.desired.plan, &mut self.datapath);
         }
     }
 
@@ -265,6 +284,9 @@ impl State {
     /// its checks run, and its changes are logged once in force.
     fn take_desired(&mut self, next: Desired, changes: &[plan::Change]) {
         self.desired = next;
+        if let Some(sharing) = &mut self.sharing {
+            sharing.forget_plan();
+        }
         self.observed.retain(&self.desired);
         self.checks.restart(&self.desired);
         for change in changes {

@@ -6,6 +6,7 @@ use balancer_common::vip::counts_connections;
 
 use super::{
     announcer::Announcer, desired::Desired, gates, observed::Observed, published::Published,
+    sharing::Sharing,
 };
 use crate::datapath::Datapath;
 
@@ -23,6 +24,8 @@ pub(super) struct View<'a> {
     pub(super) write_failures: u64,
     /// The announcements, with `[announce]`.
     pub(super) announcer: Option<&'a Announcer>,
+    /// The flows shared with peers, with `[sync]`.
+    pub(super) sharing: Option<&'a Sharing>,
 }
 
 impl View<'_> {

@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod mapped;
 pub mod pin;
+mod shared;
 mod test_run;
 mod write;
 mod writes;
@@ -32,6 +33,7 @@ use thiserror::Error;
 
 pub use counters::{AllCounters, Pinned, Reasons};
 pub use flows::now_ns;
+pub use shared::{FlowEvents, Inserted};
 pub use test_run::{TestOutput, action, test_run_xdp};
 pub use write::{RINGS_PER_BATCH, VipSlot, ring_map};
 pub use writes::{Write, Writer};

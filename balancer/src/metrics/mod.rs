@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 
 /// Everything one scrape reports.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// The daemon's version.
     pub version: String,
@@ -60,6 +60,26 @@ pub struct Snapshot {
     pub map_write_failures: u64,
     /// The announcements; None without `[announce]`.
     pub announce: Option<AnnounceMetrics>,
+    /// The flows shared with peers; None without `[sync]`.
+    pub sync: Option<SyncMetrics>,
+}
+
+/// What the metrics say of the flows shared with peer hosts.
+#[derive(Clone, Debug)]
+pub struct SyncMetrics {
+    /// New flows of this host sent (each to every peer).
+    pub flows_sent: u64,
+    /// Flows the queue had no room for.
+    pub queue_dropped: u64,
+    /// Per peer: address, datagrams sent, send errors, datagrams taken.
+    pub peers: Vec<(String, u64, u64, u64)>,
+    /// The peers' flows by outcome: inserted, existing, unknown_vip,
+    /// unknown_backend.
+    pub received: Vec<(&'static str, u64)>,
+    /// Datagrams refused, by reason (every reason, 0 or not).
+    pub refused: Vec<(&'static str, u64)>,
+    /// The delay from a flow's placing on its host to its entry here.
+    pub delay: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// What the metrics say of announcements.
@@ -182,6 +202,22 @@ struct LimitLabels {
 struct WhyLabels {
     vip: String,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -502,7 +538,76 @@ fn registry(s: &Snapshot) -> Registry {
     if let Some(announce) = &s.announce {
         register_announce(&mut r, announce);
     }
+    if let Some(sync) = &s.sync {
+        register_sync(&mut r, sync);
+    }
     r
+}
+
+/// The metrics of shared flows, with `[sync]` only.
+fn register_sync(r: &mut Registry, s: &SyncMetrics) {
+    let sent = Counter::<u64>::default();
+    sent.inc_by(s.flows_sent);
+    r.register(
+        "sync_sent_flows",
+        "New flows of this host sent to the peer hosts (each to every peer)",
+        sent,
+    );
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(s.queue_dropped);
+    r.register(
+        "sync_queue_dropped_flows",
+        "New flows not sent: the queue to the peers was full",
+        dropped,
+    );
+    r.register(
+        "sync_datagrams",
+        "Datagrams of shared flows, by peer and direction (sent, received: taken, MAC and sequence checked)",
+        counters(s.peers.iter().flat_map(|(peer, sent, _, received)| {
+            [("sent", *sent), ("received", *received)].map(|(direction, n)| {
+                (
+                    PeerLabels {
+                        peer: peer.clone(),
+                        direction,
+                    },
+                    n,
+                )
+            })
+        })),
+    );
+    r.register(
+        "sync_send_errors",
+        "Datagrams that could not be sent to the peer (unreachable, or the socket's buffer full)",
+        counters(
+            s.peers
+                .iter()
+                .map(|(peer, _, errors, _)| (PeerLabel { peer: peer.clone() }, *errors)),
+        ),
+    );
+    r.register(
+        "sync_received_flows",
+        "The peers' flows, by outcome: inserted in the connection table, existing (the table held the flow: its entry stays), unknown_vip, unknown_backend (not in this host's configuration)",
+        counters(
+            s.received
+                .iter()
+                .map(|(outcome, n)| (OutcomeLabel { outcome }, *n)),
+        ),
+    );
+    r.register(
+        "sync_refused_datagrams",
+        "Datagrams of shared flows refused, by reason: mac (another key, or altered), replay, stale (sent over 30 s away from now), malformed, unknown_peer",
+        counters(
+            s.refused
+                .iter()
+                .map(|(reason, n)| (ReasonLabel { reason }, *n)),
+        ),
+    );
+    r.register_with_unit(
+        "sync_delay",
+        "Delay from a peer's flow placing (the packet that made its entry there) to its entry here",
+        Unit::Seconds,
+        s.delay.clone(),
+    );
 }
 
 /// The announcement metrics, with `[announce]` only.
@@ -648,6 +753,18 @@ mod tests {
                 errors: 1,
                 vips: vec![("web".into(), true, "servable")],
             }),
+            sync: Some(SyncMetrics {
+                flows_sent: 5,
+                queue_dropped: 0,
+                peers: vec![("10.0.0.3:7946".into(), 2, 1, 3)],
+                received: vec![("inserted", 4), ("existing", 1)],
+                refused: vec![("mac", 1)],
+                delay: {
+                    let h = prometheus_client::metrics::histogram::Histogram::new([0.001, 0.01]);
+                    h.observe(0.0005);
+                    h
+                },
+            }),
         }
     }
 
@@ -666,6 +783,10 @@ mod tests {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
                 | prometheus_parse::Value::Untyped(v) => v,
+                // Its count: the +Inf bucket's.
+                prometheus_parse::Value::Histogram(ref buckets) => {
+                    buckets.last().map_or(0.0, |b| b.count)
+                }
                 ref other => panic!("unexpected sample type {other:?}"),
             };
             let key = format!("{}{{{}}}", s.metric, labels.join(","));
@@ -770,6 +891,15 @@ mod tests {
             ("balancer_vip_announce_reason{reason=servable,vip=web}", 1.0),
             ("balancer_host_drained{}", 0.0),
             ("balancer_announce_errors_total{}", 1.0),
+            ("balancer_sync_sent_flows_total{}", 5.0),
+            (
+                "balancer_sync_datagrams_total{direction=sent,peer=10.0.0.3:7946}",
+                2.0,
+            ),
+            ("balancer_sync_send_errors_total{peer=10.0.0.3:7946}", 1.0),
+            ("balancer_sync_received_flows_total{outcome=inserted}", 4.0),
+            ("balancer_sync_refused_datagrams_total{reason=mac}", 1.0),
+            ("balancer_sync_delay_seconds_count{}", 1.0),
         ];
         for (key, value) in expect {
             assert_eq!(samples.get(key), Some(&value), "{key} in\n{text}");
@@ -816,10 +946,17 @@ mod tests {
     #[test]
     fn every_metric_exported_is_documented_and_every_documented_one_exported() {
         let text = encode(&snapshot());
-        let exported: std::collections::BTreeSet<String> = parse(&text)
-            .0
+        let (samples, types) = parse(&text);
+        // A histogram's _sum and _count come with it.
+        let exported: std::collections::BTreeSet<String> = samples
             .keys()
             .map(|k| k[..k.find('{').unwrap_or(k.len())].to_owned())
+            .filter(|name| {
+                !["_sum", "_count"].iter().any(|suffix| {
+                    name.strip_suffix(suffix)
+                        .is_some_and(|base| types.get(base).is_some_and(|t| t == "histogram"))
+                })
+            })
             .collect();
         let documented: std::collections::BTreeSet<String> =
             balancer_tests::metrics::documented(balancer_tests::metrics::OBSERVABILITY_DOC)

@@ -1,0 +1,96 @@
+//! Flows shared between balancer hosts, at the maps: the ring buffer in
+//! which the program tells of new connection-table entries, and entries
+//! put in for flows a peer host placed.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use aya::maps::{HashMap, MapData, RingBuf};
+use balancer_common::{
+    flow::{FlowEvent, FlowKey, FlowState},
+    maps,
+};
+
+use super::{Datapath, DatapathError};
+
+/// `BPF_NOEXIST`: an entry already there is kept.
+const BPF_NOEXIST: u64 = 1;
+
+/// The program's new-flow events. Read them with [`FlowEvents::drain`]
+/// whenever the descriptor is readable.
+pub struct FlowEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl FlowEvents {
+    /// Calls `each` for every event waiting; returns how many there were.
+    pub fn drain(&mut self, mut each: impl FnMut(FlowEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<FlowEvent>() {
+                // SAFETY: the program writes whole `FlowEvent`s, plain data
+                // of this size; the read does not assume alignment.
+                each(unsafe { item.as_ptr().cast::<FlowEvent>().read_unaligned() });
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+impl AsFd for FlowEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
+impl AsRawFd for FlowEvents {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// What putting in peers' flows did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// Entries put in.
+    pub new: usize,
+    /// Entries kept because the table already held the flow (this host's
+    /// own entry wins).
+    pub existing: usize,
+}
+
+impl Datapath {
+    /// Takes the ring buffer of new-flow events (once).
+    pub fn take_flow_events(&mut self) -> Result<FlowEvents, DatapathError> {
+        let name = maps::FLOW_EVENTS;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        let ring = RingBuf::try_from(map).map_err(DatapathError::map("open", name))?;
+        Ok(FlowEvents { ring })
+    }
+
+    /// Puts `entries` in the connection table where it does not hold the
+    /// flow already.
+    pub fn insert_flows(
+        &mut self,
+        entries: &[(FlowKey, FlowState)],
+    ) -> Result<Inserted, DatapathError> {
+        let name = maps::FLOWS;
+        let mut map: HashMap<_, FlowKey, FlowState> = self.map_mut(name)?;
+        let mut out = Inserted::default();
+        for (key, state) in entries {
+            match map.insert(key, state, BPF_NOEXIST) {
+                Ok(()) => out.new += 1,
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    out.existing += 1;
+                }
+                Err(err) => return Err(DatapathError::map("insert into", name)(err)),
+            }
+        }
+        Ok(out)
+    }
+}
