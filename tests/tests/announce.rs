@@ -336,3 +336,61 @@ fn drain_without_announce_is_refused_and_changes_nothing() {
         },
     );
 }
+
+#[test]
+fn a_fresh_host_announces_no_vip_before_its_backends_pass_a_check() {
+    netns_test(
+        "announce_fresh",
+        Duration::from_secs(60),
+        |lab| -> Result<()> {
+            let t = Topology::build(lab, 2)?;
+            let _endpoints = endpoints(&t)?;
+            let backends: Vec<_> = (0..2).map(|i| (topology::backend4(i).into(), "")).collect();
+            // The delay is shorter than the checks take to find a dead
+            // backend (3 failures 200 ms apart): only checks passed count.
+            let check = |port: u16| {
+                format!(
+                    "[vip.health_check]\nkind = \"tcp\"\nport = {port}\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 3\n"
+                )
+            };
+            let vips = ConfigText::default()
+                .vip(
+                    "web",
+                    topology::VIP4.into(),
+                    80,
+                    "tcp",
+                    &check(CHECK_PORT),
+                    &backends,
+                )
+                .vip("sick", DEAD_VIP.parse()?, 80, "tcp", &check(9), &backends)
+                .build();
+            let config = format!(
+                "[announce]\ntable = {TABLE}\nannounce_delay = \"100ms\"\ndrain_file = \"{}\"\n\n{vips}",
+                lab.scratch("drained")?.display()
+            );
+            let started = Instant::now();
+            let _daemon = daemon::start_with_config(lab, &t.lb, &config)?;
+            let mut web_at = None;
+            while started.elapsed() < Duration::from_secs(3) {
+                let have = routes(&t.lb)?;
+                ensure!(
+                    !have.contains(DEAD_VIP),
+                    "{DEAD_VIP} announced {:?} after the start, though its checks never passed",
+                    started.elapsed()
+                );
+                if web_at.is_none() && have.contains(&topology::VIP4.to_string()) {
+                    web_at = Some(started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let web_at = web_at.context("web was never announced")?;
+            let (sick, why) = state(lab, "sick")?;
+            ensure!(
+                sick == "withdrawn" && why.contains("0 backends can take new flows"),
+                "sick: {sick}: {why}"
+            );
+            eprintln!("web announced {web_at:?} after the start; sick never");
+            Ok(())
+        },
+    );
+}

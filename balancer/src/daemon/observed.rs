@@ -43,6 +43,12 @@ pub(super) struct Seen {
     pub(super) inconclusive_streak: u32,
     /// How it is reached.
     pub(super) path: Reach,
+    /// Its health is known, not assumed: it passed a check since the
+    /// daemon started, or the previous daemon left it up, or it has no
+    /// checks. Only a confirmed backend counts toward announcing its VIP,
+    /// so a host that starts with dead backends never announces them for
+    /// the `fall` checks it takes to find out.
+    pub(super) confirmed: bool,
     /// Live connection-table entries at the last scan.
     pub(super) live: u64,
     /// Its new-flow counter at the last scan.
@@ -128,17 +134,21 @@ pub(super) struct Transition {
 impl Observed {
     /// Starts observing every backend of `desired` that is not observed
     /// yet (a backend that stays keeps what was seen of it): up, or down
-    /// when it is in `left_down` and health-checked (a previous daemon left
-    /// it down, so it comes back after `rise` successes rather than taking
-    /// new flows until `fall` failures).
-    pub(super) fn add(&mut self, desired: &Desired, left_down: &BTreeSet<u32>) {
+    /// when a previous daemon `left` it down and it is health-checked (so
+    /// it comes back after `rise` successes rather than taking new flows
+    /// until `fall` failures). A backend a previous daemon left up, or one
+    /// without checks, is [confirmed](Seen::confirmed) at once; any other
+    /// at its first successful check.
+    pub(super) fn add(&mut self, desired: &Desired, left: &BTreeMap<u32, bool>) {
         for (vip, planned) in desired.config.vips.iter().zip(&desired.plan.vips) {
             let check = vip.get_ref().check();
             for backend in &planned.backends {
                 if self.backends.contains_key(&backend.id) {
                     continue;
                 }
-                let health = if check.kind != CheckKind::None && left_down.contains(&backend.id) {
+                let left_up = left.get(&backend.id).copied();
+                let left_down = left_up == Some(false);
+                let health = if check.kind != CheckKind::None && left_down {
                     tracing::info!(
                         vip = planned.name.as_str(),
                         backend = %backend.address,
@@ -149,7 +159,9 @@ impl Observed {
                 } else {
                     Tracker::new(check.rise, check.fall)
                 };
-                self.backends.insert(backend.id, Seen::new(health));
+                let mut seen = Seen::new(health);
+                seen.confirmed = check.kind == CheckKind::None || left_up == Some(true);
+                self.backends.insert(backend.id, seen);
             }
         }
     }
@@ -163,6 +175,11 @@ impl Observed {
     /// What has been seen of backend `id`.
     pub(super) fn get(&self, id: u32) -> Option<&Seen> {
         self.backends.get(&id)
+    }
+
+    /// Whether backend `id`'s health is known ([`Seen::confirmed`]).
+    pub(super) fn confirmed(&self, id: u32) -> bool {
+        self.get(id).is_some_and(|seen| seen.confirmed)
     }
 
     /// Whether backend `id` is up (a backend not checked yet is).
@@ -205,6 +222,7 @@ impl Observed {
         seen.latency = Some(report.latency);
         if report.success {
             seen.checks.ok += 1;
+            seen.confirmed = true;
             let sample = report.latency.as_secs_f64() * 1e6;
             seen.smoothed_us = Some(match seen.smoothed_us {
                 Some(old) => old + LATENCY_SMOOTHING * (sample - old),
@@ -254,6 +272,7 @@ impl Seen {
             checks: HealthCounts::default(),
             inconclusive_streak: 0,
             path: Reach::Unknown,
+            confirmed: false,
             live: 0,
             new_flows_total: None,
             new_flows: None,

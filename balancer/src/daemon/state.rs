@@ -4,7 +4,7 @@
 //! a neighbour read) updates one part, then the reconciler brings the maps
 //! in line: decide, then write, then commit.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
 
@@ -73,14 +73,13 @@ impl State {
         reports: mpsc::Sender<Report>,
         pinned: &datapath::Pinned,
     ) -> State {
-        let left_down: BTreeSet<u32> = pinned
+        let left: BTreeMap<u32, bool> = pinned
             .backends
             .iter()
-            .filter(|(_, info)| !info.is_up())
-            .map(|(id, _)| *id)
+            .map(|(id, info)| (*id, info.is_up()))
             .collect();
         let mut observed = Observed::default();
-        observed.add(&desired, &left_down);
+        observed.add(&desired, &left);
         let published = Published::adopting(pinned);
         for (key, _) in &pinned.vips {
             if !desired.plan.vips.iter().any(|v| v.slot.key == *key) {
@@ -237,7 +236,7 @@ impl State {
             .desired
             .next(config, path, text)
             .map_err(ApplyError::Refused)?;
-        self.observed.add(&next, &BTreeSet::new());
+        self.observed.add(&next, &BTreeMap::new());
         resolve(&self.neighbours, &next, &mut self.observed, &mut self.pacer).await;
         match reconcile::reconcile(&next, &self.observed, &self.published) {
             Ok(writes) => Ok((next, writes)),

@@ -36,7 +36,8 @@ impl View<'_> {
 
     /// What the gates of the announcements are given: per VIP whether
     /// the maps hold it and how many of its backends they let take new
-    /// flows.
+    /// flows, of those whose health is known (see
+    /// [`super::observed::Seen::confirmed`]).
     pub(super) fn gate_inputs(&self) -> Vec<gates::Input> {
         self.plan()
             .vips
@@ -50,6 +51,7 @@ impl View<'_> {
                     .iter()
                     .filter(|b| {
                         b.weight > 0
+                            && self.observed.confirmed(b.id)
                             && self
                                 .published
                                 .backend(b.id)

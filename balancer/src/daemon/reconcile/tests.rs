@@ -74,7 +74,9 @@ impl World {
             observed: Observed::default(),
             published: Published::default(),
         };
-        world.observed.add(&world.desired, &BTreeSet::new());
+        world
+            .observed
+            .add(&world.desired, &std::collections::BTreeMap::new());
         for id in world.ids() {
             world.resolve(id, mac(id));
         }
@@ -122,7 +124,7 @@ impl World {
             .desired
             .next(parse(text, "t").unwrap(), Path::new("t"), text.to_owned())
             .unwrap();
-        self.observed.add(&next, &BTreeSet::new());
+        self.observed.add(&next, &std::collections::BTreeMap::new());
         self.observed.retain(&next);
         self.desired = next;
         for id in self.ids() {

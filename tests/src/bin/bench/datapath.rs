@@ -31,7 +31,7 @@ use balancer_common::{
     limit::{Rate, SourceLimit},
     maps::{DEFAULT_FLOWS, DEFAULT_RING_SIZE},
     proto,
-    settings::{SETTINGS_GLOBAL_ACCESS, Settings},
+    settings::{SETTINGS_GLOBAL_ACCESS, SETTINGS_SHARE_FLOWS, Settings},
 };
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip, backend_mac, default_settings},
@@ -400,6 +400,29 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
         }
         tunnels.push((names, label, new_label, RefCell::new(f)));
     }
+    // Entries made (a flow's first ACK), with sharing off and on: what
+    // telling the daemon of each new entry ([sync]) costs. The ring buffer
+    // is emptied before each round, out of the measure.
+    let entries_wanted =
+        options.paths.is_empty() || options.paths.iter().any(|n| n.starts_with("entry_"));
+    let mut entries = Vec::new();
+    if entries_wanted {
+        for share in [false, true] {
+            let mut s = settings();
+            if share {
+                s.flags |= SETTINGS_SHARE_FLOWS;
+            }
+            let mut f = fixture_with(TABLE_SIZE, s, Extras::default())?;
+            let mut events = f.datapath.take_flow_events()?;
+            for i in 0..SMALL_TABLE {
+                for v6 in [false, true] {
+                    f.datapath.test_run(&packet(i, vip(v6), true), 0)?;
+                }
+            }
+            events.drain(drop);
+            entries.push((share, RefCell::new(f), RefCell::new(events)));
+        }
+    }
     let large_wanted =
         options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_100k"));
     let large = if large_wanted {
@@ -490,6 +513,30 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
             Measured::new(names[2], new_label, fresh(f, SMALL_TABLE, VIP4)),
             Measured::new(names[3], new_label, fresh(f, SMALL_TABLE, VIP6)),
         ]);
+    }
+    for (share, f, events) in &entries {
+        for v6 in [false, true] {
+            let (name, plain) = match (share, v6) {
+                (false, false) => ("entry_v4", None),
+                (false, true) => ("entry_v6", None),
+                (true, false) => ("entry_v4_shared", Some("entry_v4")),
+                (true, true) => ("entry_v6_shared", Some("entry_v6")),
+            };
+            let label = if *share {
+                "1,000 flows, first ACK: entry, shared"
+            } else {
+                "1,000 flows, first ACK: entry"
+            };
+            let mut measured = Measured::new(name, label, entry_made(f, SMALL_TABLE, vip(v6)))
+                .before_each_round(|| {
+                    events.borrow_mut().drain(drop);
+                    Ok(())
+                });
+            if let Some(plain) = plain {
+                measured = measured.compared_with(plain);
+            }
+            paths.push(measured);
+        }
     }
     if let Some(large) = &large {
         paths.extend([
@@ -602,6 +649,20 @@ fn fresh(
     move || {
         next += 1;
         call(table, &packet(next, vip, false), action::TX)
+    }
+}
+
+/// A flow's first ACK (its connection-table entry made) to `vip`: a
+/// 5-tuple never seen before on every call, numbered from `first` on.
+fn entry_made(
+    table: &RefCell<Fixture>,
+    first: usize,
+    vip: IpAddr,
+) -> impl FnMut() -> Result<Duration> + '_ {
+    let mut next = first;
+    move || {
+        next += 1;
+        call(table, &packet(next, vip, true), action::TX)
     }
 }
 

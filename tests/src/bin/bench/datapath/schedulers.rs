@@ -355,6 +355,20 @@ placed like `new`, without state).
   credit), an insert into the connection table and a delete from the
   handshake table.
 
+The connection-table entry of a Maglev VIP's flow, made by its first ACK
+(a 5-tuple never seen before on every call; its SYN, unmeasured, is not
+sent: it would leave no state anyway): a miss in the connection table and
+in the handshake table, the ring lookup, the insert budget (on, with
+credit) and an insert into the connection table.
+
+- `entry`: with sharing off.
+- `entry_shared`: with `[sync]` on, the entry also told to the daemon: a
+  `FlowEvent` (56 bytes) written to the `flow_events` ring buffer
+  (`bpf_ringbuf_output`), which the benchmark empties before each round,
+  unmeasured. Its `x maglev new` column is its median over `entry`'s of
+  the same family: what telling the peers of a new flow costs the packet
+  that makes it.
+
 `x maglev new` is a new-flow row's median over the median of `new` in the
 same family, from the same run, with the kernel's fixed cost of a call in
 both: what the scheduler or persistence adds to a new flow. Maglev's SYN
