@@ -1,12 +1,23 @@
 //! Running the `balancer` binary in tests: the daemon inside a namespace,
 //! and CLI commands, both on the lab's own control socket (tests run in
-//! parallel, so none may use the default path).
+//! parallel, so none may use the default path). A lab with several
+//! balancer hosts runs one [`Daemon`] per host, each on a control socket
+//! and pin directory of its own.
 
-use std::{ffi::OsStr, process::Output, time::Duration};
+use std::{
+    ffi::{OsStr, OsString},
+    path::{Path, PathBuf},
+    process::Output,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::Signal;
 
 use crate::{Lab, Netns, Process, balancer_bin};
+
+/// How long a daemon may take to serve its control socket after start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts `balancer run ARGS` in `ns` on the lab's control socket and waits
 /// until it serves it.
@@ -15,7 +26,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    start_within(lab, ns, args, Duration::from_secs(30))
+    start_within(lab, ns, args, START_TIMEOUT)
 }
 
 /// Writes `config` to the lab's balancer.toml and starts the daemon with
@@ -44,13 +55,27 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_command(ns, &lab.scratch("control.sock")?, &lab.pin_dir()?, args)
+}
+
+/// `balancer --socket SOCKET run --pin-path PINS ARGS` in `ns`.
+fn run_command<I, S>(
+    ns: &Netns,
+    socket: &Path,
+    pins: &Path,
+    args: I,
+) -> Result<std::process::Command>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut command = ns.command(balancer_bin()?);
     command
         .arg("--socket")
-        .arg(lab.scratch("control.sock")?)
+        .arg(socket)
         .arg("run")
         .arg("--pin-path")
-        .arg(lab.pin_dir()?)
+        .arg(pins)
         .args(args);
     Ok(command)
 }
@@ -62,9 +87,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    cli_on(&lab.scratch("control.sock")?, args)
+}
+
+/// Runs `balancer --socket SOCKET ARGS` and returns its output, whatever
+/// its exit status.
+fn cli_on<I, S>(socket: &Path, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     std::process::Command::new(balancer_bin()?)
         .arg("--socket")
-        .arg(lab.scratch("control.sock")?)
+        .arg(socket)
         .args(args)
         .output()
         .context("cannot run the balancer CLI")
@@ -73,7 +108,11 @@ where
 /// Runs `balancer ARGS` against the lab's daemon and fails with its output
 /// unless it succeeds.
 pub fn cli_ok<S: AsRef<OsStr> + std::fmt::Debug>(lab: &Lab, args: &[S]) -> Result<()> {
-    let out = cli(lab, args)?;
+    ok(cli(lab, args)?, args)
+}
+
+/// Fails with the output of `balancer ARGS` unless it succeeded.
+fn ok<S: std::fmt::Debug>(out: Output, args: &[S]) -> Result<()> {
     anyhow::ensure!(
         out.status.success(),
         "balancer {args:?} failed: {}{}",
@@ -102,11 +141,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = cli(
-        lab,
-        std::iter::once(OsStr::new("--json").to_owned())
-            .chain(args.into_iter().map(|a| a.as_ref().to_owned())),
-    )?;
+    json(cli(lab, with_json(args))?)
+}
+
+/// `--json` and then `args`.
+fn with_json<I, S>(args: I) -> impl Iterator<Item = OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    std::iter::once(OsString::from("--json")).chain(args.into_iter().map(|a| a.as_ref().to_owned()))
+}
+
+/// The parsed JSON answer of a CLI run with `--json`; fails if it failed.
+fn json(out: Output) -> Result<serde_json::Value> {
     if !out.status.success() {
         bail!(
             "balancer failed ({}): {}",
@@ -133,4 +181,126 @@ pub fn wait_for_log(
             .lines()
             .any(|line| parts.iter().all(|p| line.contains(p)))
     })
+}
+
+/// One daemon of a lab that runs several, such as one per balancer host
+/// ([`crate::ecmp`]): its configuration file, control socket and pin
+/// directory are named after it (in the lab's scratch directory and
+/// bpffs), so daemons of one lab share no lock, socket or map. The pin
+/// directory is in the lab's own bpffs for the reason [`Lab::pin_dir`]
+/// gives: `ip netns exec` runs each daemon in a private mount namespace.
+/// Dropping it kills the daemon (its pinned datapath and its routes stay
+/// until the lab goes).
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    ns: Netns,
+    config: PathBuf,
+    socket: PathBuf,
+    pins: PathBuf,
+    process: Option<Process>,
+}
+
+impl Daemon {
+    /// Writes `config` to `NAME.toml` in the lab's scratch directory,
+    /// starts `balancer run` on it in `ns`, on control socket `NAME.sock`
+    /// and pin directory `NAME` of the lab's bpffs, and waits until it
+    /// serves its socket. `name` must be unique in the lab.
+    pub fn start_in(lab: &Lab, ns: &Netns, name: &str, config: &str) -> Result<Daemon> {
+        let mut daemon = Daemon {
+            name: name.to_owned(),
+            ns: ns.clone(),
+            config: lab.write_file(&format!("{name}.toml"), config)?,
+            socket: lab.scratch(&format!("{name}.sock"))?,
+            pins: lab.pin_dir_named(name)?,
+            process: None,
+        };
+        daemon.start()?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon again on the same files (after [`Daemon::kill`]),
+    /// and waits until it serves its socket.
+    pub fn start(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("daemon {} is already running", self.name);
+        }
+        let command = run_command(
+            &self.ns,
+            &self.socket,
+            &self.pins,
+            ["--config".as_ref(), self.config.as_os_str()],
+        )?;
+        let mut process = Process::start(command)?;
+        process
+            .wait_for_output(START_TIMEOUT, |out| out.contains("control socket ready"))
+            .with_context(|| format!("daemon {}", self.name))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits until it
+    /// has exited. Its pinned datapath goes on forwarding.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.signal(Signal::SIGKILL)?;
+            process.wait_timeout(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// The name given at start.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Its control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins
+    }
+
+    /// What the running daemon wrote so far (empty when it is not
+    /// running).
+    pub fn output(&self) -> String {
+        self.process
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default()
+    }
+
+    /// Runs `balancer ARGS` against this daemon and returns its output,
+    /// whatever its exit status.
+    pub fn cli<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        cli_on(&self.socket, args)
+    }
+
+    /// Runs `balancer ARGS` against this daemon and fails with its output
+    /// unless it succeeds.
+    pub fn cli_ok<S: AsRef<OsStr> + std::fmt::Debug>(&self, args: &[S]) -> Result<()> {
+        ok(self.cli(args)?, args).with_context(|| format!("daemon {}", self.name))
+    }
+
+    /// Runs `balancer --json ARGS` against this daemon and parses the
+    /// answer; fails if the command fails.
+    pub fn cli_json<I, S>(&self, args: I) -> Result<serde_json::Value>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        json(self.cli(with_json(args))?).with_context(|| format!("daemon {}", self.name))
+    }
 }

@@ -27,6 +27,11 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -300,15 +305,7 @@ impl<'lab> Ecmp<'lab> {
     /// the global next hop of the two a host announces, not the
     /// link-local one).
     pub fn next_hops(&self, vip: IpAddr) -> Result<Vec<IpAddr>> {
-        let out = self.router.ip([
-            "-j",
-            family(vip),
-            "route",
-            "show",
-            "exact",
-            &host_prefix(vip),
-        ])?;
-        parse_next_hops(&out)
+        router_next_hops(&self.router, vip)
     }
 
     /// Waits until the router's route to `vip` goes through exactly the
@@ -371,6 +368,41 @@ impl<'lab> Ecmp<'lab> {
         }
     }
 
+    /// Starts watching the router's routes to `vips` from a thread, every
+    /// 20 ms, while the test changes something that must leave them alone:
+    /// each must go through exactly `hosts` at every read.
+    pub fn watch_routes(&self, vips: &[IpAddr], hosts: &[usize]) -> RouteWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let router = self.router.clone();
+        let wanted: Vec<(IpAddr, Vec<IpAddr>)> = vips
+            .iter()
+            .map(|vip| {
+                let mut hops: Vec<IpAddr> = hosts.iter().map(|&i| host_addr(i, *vip)).collect();
+                hops.sort();
+                (*vip, hops)
+            })
+            .collect();
+        let worker = std::thread::spawn(move || -> Result<usize> {
+            let mut reads = 0;
+            while !flag.load(Ordering::SeqCst) {
+                for (vip, want) in &wanted {
+                    let have = router_next_hops(&router, *vip)?;
+                    if &have != want {
+                        bail!(
+                            "after {reads} reads as expected, the router's route to {vip} went \
+                             through {have:?}, not {want:?}"
+                        );
+                    }
+                }
+                reads += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(reads)
+        });
+        RouteWatch { stop, worker }
+    }
+
     /// The router's configuration: the shipped `router.conf` with this
     /// topology's site values.
     pub fn router_config(&self) -> Result<String> {
@@ -390,6 +422,23 @@ impl<'lab> Ecmp<'lab> {
         self.next_index += 1;
         let ns = self.lab.netns(&format!("lb{index}"))?;
         plug(self.lab, &self.switch, &ns, &port(index))?;
+        // A NIC takes in only frames for its own MAC (and broadcasts); a
+        // veth takes in every frame, and XDP sees it before any MAC check
+        // (the balancer's program makes none). When a host's port goes
+        // down the bridge forgets the host's MAC and floods what the router
+        // still sends to it: the other hosts would take in and serve a dead
+        // host's traffic, which real NICs drop. So the switch floods no
+        // unknown unicast to the hosts' ports.
+        self.switch.ip([
+            "link",
+            "set",
+            "dev",
+            &port(index),
+            "type",
+            "bridge_slave",
+            "flood",
+            "off",
+        ])?;
         // A balancer on the host's eth0 sends with XDP_TX: the switch's end
         // takes such frames in only when it runs an XDP program itself.
         self.lab.xdp_pass(&self.switch, &port(index))?;
@@ -405,6 +454,23 @@ impl<'lab> Ecmp<'lab> {
         )?;
         self.hosts.push(Host { index, ns, bird });
         Ok(index)
+    }
+}
+
+/// A thread watching the router's routes ([`Ecmp::watch_routes`]).
+pub struct RouteWatch {
+    stop: Arc<AtomicBool>,
+    worker: JoinHandle<Result<usize>>,
+}
+
+impl RouteWatch {
+    /// Stops watching: how many reads found every route as expected, or
+    /// the first that did not (the watch ends there).
+    pub fn stop(self) -> Result<usize> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the route watch panicked"))?
     }
 }
 
@@ -448,6 +514,20 @@ fn host_config(index: usize, bfd: bool) -> Result<String> {
             ("BFD_ENABLED", u8::from(bfd).to_string()),
         ],
     )
+}
+
+/// [`Ecmp::next_hops`] on the router's namespace alone, for a thread that
+/// watches the routes while the test changes the topology.
+pub fn router_next_hops(router: &Netns, vip: IpAddr) -> Result<Vec<IpAddr>> {
+    let out = router.ip([
+        "-j",
+        family(vip),
+        "route",
+        "show",
+        "exact",
+        &host_prefix(vip),
+    ])?;
+    parse_next_hops(&out)
 }
 
 fn family(address: IpAddr) -> &'static str {

@@ -213,6 +213,13 @@ impl Lab {
     /// mount namespace of its own copied from it, see the same pins across
     /// restarts). Unmounted and removed with the lab.
     pub fn pin_dir(&self) -> Result<std::path::PathBuf> {
+        self.pin_dir_named("balancer")
+    }
+
+    /// A pin directory `name` in the lab's bpffs ([`Lab::pin_dir`] is
+    /// `balancer`): one per daemon where a lab runs several (balancer
+    /// hosts, backends' decapsulators). Not created: the daemon makes it.
+    pub fn pin_dir_named(&self, name: &str) -> Result<std::path::PathBuf> {
         let mount = self.scratch("bpf")?;
         let mut resources = self.resources.lock();
         if resources.pins.is_none() {
@@ -227,17 +234,13 @@ impl Lab {
             .with_context(|| format!("cannot mount bpffs on {}", mount.display()))?;
             resources.pins = Some(mount.clone());
         }
-        Ok(mount.join("balancer"))
+        Ok(mount.join(name))
     }
 
     /// Runs `balancer decap ARGS` on backend `ns`, pinned in the lab's
     /// bpffs under `name` (one per backend), so that `--detach` finds it.
     pub fn decap(&self, ns: &Netns, name: &str, args: &[&str]) -> Result<()> {
-        let dir = self
-            .pin_dir()?
-            .parent()
-            .map(|p| p.join(name))
-            .context("no lab bpffs")?;
+        let dir = self.pin_dir_named(name)?;
         let out = ns
             .command(crate::balancer_bin()?)
             .arg("decap")

@@ -412,12 +412,8 @@ impl View<'_> {
     }
 
     fn vip_rows(&self) -> anyhow::Result<Vec<VipRow>> {
-        self.plan()
-            .vips
-            .iter()
-            .zip(&self.desired.config.vips)
+        self.vips()
             .map(|(vip, config)| {
-                let config = config.get_ref();
                 let counters = self.datapath.vip_counters(vip.slot.info.index)?;
                 let (announce, announce_reason) = self.announcement(&vip.name);
                 Ok(VipRow {
@@ -436,16 +432,9 @@ impl View<'_> {
     }
 
     fn vip_detail(&self, name: &str) -> anyhow::Result<VipDetail> {
-        let Some((vip, config)) = self
-            .plan()
-            .vips
-            .iter()
-            .zip(&self.desired.config.vips)
-            .find(|(v, _)| v.name == name)
-        else {
+        let Some((vip, config)) = self.vips().find(|(v, _)| v.name == name) else {
             anyhow::bail!("no VIP named {name:?} (`balancer vip list` shows them)");
         };
-        let config = config.get_ref();
         let new_flows: Vec<Option<u64>> = vip
             .backends
             .iter()

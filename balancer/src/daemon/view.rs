@@ -34,17 +34,23 @@ impl View<'_> {
         &self.desired.plan
     }
 
+    /// Every VIP of the plan with its configuration, in file order.
+    pub(super) fn vips(
+        &self,
+    ) -> impl Iterator<Item = (&crate::plan::VipPlan, &crate::config::VipConfig)> {
+        self.plan()
+            .vips
+            .iter()
+            .zip(self.desired.config.vips.iter().map(toml::Spanned::get_ref))
+    }
+
     /// What the gates of the announcements are given: per VIP whether
     /// the maps hold it and how many of its backends they let take new
     /// flows, of those whose health is known (see
     /// [`super::observed::Seen::confirmed`]).
     pub(super) fn gate_inputs(&self) -> Vec<gates::Input> {
-        self.plan()
-            .vips
-            .iter()
-            .zip(&self.desired.config.vips)
+        self.vips()
             .map(|(vip, config)| {
-                let config = config.get_ref();
                 // As `VipPlan::members` counts them, without making them.
                 let up = vip
                     .backends

@@ -645,24 +645,31 @@ fn fresh(
     first: usize,
     vip: IpAddr,
 ) -> impl FnMut() -> Result<Duration> + '_ {
-    let mut next = first;
-    move || {
-        next += 1;
-        call(table, &packet(next, vip, false), action::TX)
-    }
+    unseen(table, first, vip, false)
 }
 
-/// A flow's first ACK (its connection-table entry made) to `vip`: a
-/// 5-tuple never seen before on every call, numbered from `first` on.
+/// A flow's first ACK (its connection-table entry made) to `vip`, as
+/// [`fresh`] numbers them.
 fn entry_made(
     table: &RefCell<Fixture>,
     first: usize,
     vip: IpAddr,
 ) -> impl FnMut() -> Result<Duration> + '_ {
+    unseen(table, first, vip, true)
+}
+
+/// A packet of a 5-tuple never seen before on every call: a SYN, or with
+/// `established` an ACK.
+fn unseen(
+    table: &RefCell<Fixture>,
+    first: usize,
+    vip: IpAddr,
+    established: bool,
+) -> impl FnMut() -> Result<Duration> + '_ {
     let mut next = first;
     move || {
         next += 1;
-        call(table, &packet(next, vip, true), action::TX)
+        call(table, &packet(next, vip, established), action::TX)
     }
 }
 
