@@ -87,8 +87,9 @@ pub const FRAGMENTS: &str = "fragments";
 /// [`crate::settings::SETTINGS_SHARE_FLOWS`] is set: a ring buffer of
 /// [`crate::flow::FlowEvent`]s, [`FLOW_EVENTS_BYTES`] long.
 pub const FLOW_EVENTS: &str = "flow_events";
-/// Size of [`FLOW_EVENTS`]: 16,384 events of 64 bytes (with the ring's
-/// header), a second of new entries at the default insert budget.
+/// Size of [`FLOW_EVENTS`]: 16,383 events of 64 bytes (with the ring's
+/// header; the kernel never fills the last byte), a second of new entries
+/// at the default insert budget.
 pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
 
 /// Most VIPs the datapath holds (VIP indexes are below this).

@@ -89,7 +89,8 @@ pub enum Command {
     /// until this).
     Teardown {
         /// The configuration whose `[daemon] pin_path` and `[announce]`
-        /// to use.
+        /// to use (default: the daemon's, /etc/balancer/balancer.toml,
+        /// when it exists).
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
         /// The pin directory, instead of the configuration's.
@@ -407,8 +408,12 @@ fn teardown(
     pin_path: Option<PathBuf>,
     grace: Option<Duration>,
 ) -> anyhow::Result<()> {
+    // The file `run` reads by default, so that a plain teardown withdraws
+    // what the daemon announced.
+    let default = std::path::Path::new(crate::config::DEFAULT_PATH);
     let config = match config {
         Some(path) => crate::config::load(path)?,
+        None if default.exists() => crate::config::load(default)?,
         None => crate::config::Config::default(),
     };
     let dir = pin_path.unwrap_or(config.daemon.pin_path);

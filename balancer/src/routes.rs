@@ -90,7 +90,7 @@ impl Table {
                         )));
                     }
                 };
-                // Kernels before 4.20 ignore the filter: check again.
+                // Cheap, and the table id of a route is the truth.
                 if table_of(&route) == self.table
                     && let Some(address) = ours(&route)
                 {
@@ -117,9 +117,25 @@ impl Table {
             })
     }
 
-    /// Takes out the route of `address`; one already gone is no error.
+    /// Takes out the route of `address` (whatever its next hop: matched
+    /// by prefix, table and protocol); one already gone is no error.
     pub async fn remove(&self, address: IpAddr) -> Result<(), RouteError> {
-        match self.handle.route().del(self.route(address)).execute().await {
+        let route = match address {
+            // Scope "nowhere" matches a route of any scope, as `ip route
+            // del` asks; any other would match only routes of that scope.
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .table_id(self.table)
+                .protocol(RouteProtocol::from(PROTOCOL))
+                .scope(RouteScope::NoWhere)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .table_id(self.table)
+                .protocol(RouteProtocol::from(PROTOCOL))
+                .build(),
+        };
+        match self.handle.route().del(route).execute().await {
             Ok(()) => Ok(()),
             Err(err) if is_missing(&err) => Ok(()),
             Err(err) => Err(RouteError(format!(

@@ -8,8 +8,9 @@
 //! the VIP and the backend in its own configuration.
 //!
 //! ```text
-//! datagram = header (24) | records (64 each, at most MAX_RECORDS) | MAC (16)
-//! header   = "BLFS" | version 1 | 0 | count u16 | sequence u64 | sent_at_us u64
+//! datagram = header (44) | records (64 each, at most MAX_RECORDS) | MAC (16)
+//! header   = "BLFS" | version 1 | sender family | count u16 | sequence u64
+//!          | sent_at_us u64 | sender port u16 | 0 u16 | sender (16)
 //! record   = family (4 or 6) | protocol | client port u16 | VIP port u16
 //!          | backend family | 0 | client (16) | VIP (16) | backend (16)
 //!          | placed_at_us u64
@@ -30,7 +31,7 @@ use sha2::Sha256;
 /// The datagrams' first bytes.
 const MAGIC: &[u8; 4] = b"BLFS";
 const VERSION: u8 = 1;
-const HEADER: usize = 24;
+const HEADER: usize = 44;
 const RECORD: usize = 64;
 const MAC: usize = 16;
 /// Largest datagram sent: below any path MTU of a network hosts share.
@@ -61,6 +62,10 @@ pub struct SharedFlow {
 /// One datagram's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
+    /// The sending host's `listen` address, where the datagram must come
+    /// from: under the MAC, so that a datagram one host sent cannot pass
+    /// for another's.
+    pub sender: SocketAddr,
     /// Grows with every datagram a host sends, across its restarts.
     pub sequence: u64,
     /// When it was sent, in microseconds since the Unix epoch.
@@ -127,6 +132,9 @@ pub enum Refusal {
     Stale,
     /// From an address that is not a peer's.
     UnknownPeer,
+    /// From another address than the sender it names: replayed with
+    /// another host's source.
+    Sender,
 }
 
 impl Refusal {
@@ -138,16 +146,18 @@ impl Refusal {
             Refusal::Replay => "replay",
             Refusal::Stale => "stale",
             Refusal::UnknownPeer => "unknown_peer",
+            Refusal::Sender => "sender",
         }
     }
 
     /// Every label.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::Malformed,
         Refusal::Mac,
         Refusal::Replay,
         Refusal::Stale,
         Refusal::UnknownPeer,
+        Refusal::Sender,
     ];
 }
 
@@ -157,10 +167,13 @@ pub fn encode(batch: &Batch, key: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + flows.len() * RECORD + MAC);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.push(0);
+    out.push(family(batch.sender.ip()));
     out.extend_from_slice(&(flows.len() as u16).to_be_bytes());
     out.extend_from_slice(&batch.sequence.to_be_bytes());
     out.extend_from_slice(&batch.sent_at_us.to_be_bytes());
+    out.extend_from_slice(&batch.sender.port().to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&address_bytes(batch.sender.ip()));
     for flow in flows {
         out.push(family(flow.client.ip()));
         out.push(flow.protocol);
@@ -194,30 +207,39 @@ pub fn decode(datagram: &[u8], key: &Key) -> Result<Batch, Refusal> {
     }
     let sequence = u64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
     let sent_at_us = u64::from_be_bytes(body[16..24].try_into().expect("8 bytes"));
+    let port = u16::from_be_bytes([body[24], body[25]]);
+    let sender = SocketAddr::new(
+        address(body[5], &body[28..44]).ok_or(Refusal::Malformed)?,
+        port,
+    );
     let flows = body[HEADER..]
         .chunks_exact(RECORD)
         .map(record)
         .collect::<Option<Vec<_>>>()
         .ok_or(Refusal::Malformed)?;
     Ok(Batch {
+        sender,
         sequence,
         sent_at_us,
         flows,
     })
 }
 
+/// An address of `family` (4 or 6) from its 16 bytes.
+fn address(family: u8, bytes: &[u8]) -> Option<IpAddr> {
+    let bytes: [u8; 16] = bytes.try_into().ok()?;
+    match family {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
+        _ => None,
+    }
+}
+
 fn record(r: &[u8]) -> Option<SharedFlow> {
     let port = |at: usize| u16::from_be_bytes([r[at], r[at + 1]]);
-    let address = |family: u8, at: usize| -> Option<IpAddr> {
-        let bytes: [u8; 16] = r[at..at + 16].try_into().ok()?;
-        match family {
-            4 => Some(IpAddr::V4(Ipv4Addr::new(
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ))),
-            6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
-            _ => None,
-        }
-    };
+    let address = |family: u8, at: usize| address(family, &r[at..at + 16]);
     Some(SharedFlow {
         client: SocketAddr::new(address(r[0], 8)?, port(2)),
         vip: SocketAddr::new(address(r[0], 24)?, port(4)),
@@ -301,6 +323,7 @@ mod tests {
     fn a_batch_comes_back_as_it_went() {
         for n in [0, 1, 2, MAX_RECORDS] {
             let batch = Batch {
+                sender: "10.0.0.1:7946".parse().unwrap(),
                 sequence: 7,
                 sent_at_us: 1_700_000_000_000_123,
                 flows: flows(n),
@@ -310,12 +333,13 @@ mod tests {
             assert!(bytes.len() <= MAX_DATAGRAM);
             assert_eq!(decode(&bytes, &key()), Ok(batch));
         }
-        assert_eq!(MAX_RECORDS, 21);
+        assert_eq!(MAX_RECORDS, 20);
     }
 
     #[test]
     fn a_datagram_altered_or_made_with_another_key_is_refused() {
         let batch = Batch {
+            sender: "[fd00::1]:7946".parse().unwrap(),
             sequence: 1,
             sent_at_us: 5,
             flows: flows(3),
@@ -343,6 +367,7 @@ mod tests {
     #[test]
     fn a_count_that_does_not_match_the_length_is_malformed_even_with_a_good_mac() {
         let batch = Batch {
+            sender: "10.0.0.1:7946".parse().unwrap(),
             sequence: 1,
             sent_at_us: 5,
             flows: flows(2),
@@ -360,6 +385,7 @@ mod tests {
     fn replays_and_stale_datagrams_are_refused() {
         let now = 1_700_000_000_000_000;
         let at = |sequence, sent_at_us| Batch {
+            sender: "10.0.0.1:7946".parse().unwrap(),
             sequence,
             sent_at_us,
             flows: Vec::new(),

@@ -35,6 +35,10 @@ struct Host {
 
 impl Host {
     fn start(&self, lab: &Lab, config: &str) -> Result<Process> {
+        self.start_with(lab, config, &[])
+    }
+
+    fn start_with(&self, lab: &Lab, config: &str, args: &[&str]) -> Result<Process> {
         let name = self.ns.name().rsplit('-').next().unwrap_or("lb").to_owned();
         let path = lab.write_file(&format!("{name}.toml"), config)?;
         let mut command = self.ns.command(balancer_bin()?);
@@ -45,7 +49,8 @@ impl Host {
             .arg("--pin-path")
             .arg(&self.pins)
             .arg("--config")
-            .arg(path);
+            .arg(path)
+            .args(args);
         let mut daemon = Process::start(command)?;
         daemon.wait_for_output(Duration::from_secs(30), |out| {
             out.contains("control socket ready")
@@ -272,6 +277,57 @@ fn with_another_key_the_peer_refuses_the_flows_and_moved_connections_break() {
             eprintln!(
                 "with keys that differ: {} datagrams refused, {broken} of {} moved connections broke",
                 refused["datagrams_refused"],
+                held.len()
+            );
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn connections_older_than_the_idle_timeout_stay_known_to_the_peer() {
+    netns_test(
+        "sharing_refresh",
+        Duration::from_secs(120),
+        |lab| -> Result<()> {
+            let Pair { t, a, b } = pair(lab)?;
+            let key = key_file(lab, "sync.key", "a secret the two hosts share\n")?;
+            // Entries idle for 4 s expire, and scans (which remove them, and
+            // share live flows again) run every second.
+            let short = |config: String| {
+                config.replace("[datapath]\n", "[datapath]\ntcp_idle_timeout = \"6s\"\n")
+            };
+            let fast = ["--reconcile-interval", "1s"];
+            let _da = a.start_with(lab, &short(config(&t, a.address, b.address, &key)), &fast)?;
+            let _db = b.start_with(lab, &short(config(&t, b.address, a.address, &key)), &fast)?;
+            let mut held = open_held(&t.client)?;
+            // Three idle timeouts of traffic through host a only.
+            let until = Instant::now() + Duration::from_secs(12);
+            let mut round = 0;
+            while Instant::now() < until {
+                for c in held.iter_mut() {
+                    c.echo(&format!("through a, round {round}"))?;
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let sync = b.status()?["sync"].clone();
+            let refreshed = sync["flows_refreshed"].as_u64().unwrap_or(0);
+            ensure!(
+                refreshed > 0,
+                "the peer's entries were never refreshed: {sync}"
+            );
+            route_vips(&t.client, LB2_4.into(), LB2_6.into())?;
+            for (i, c) in held.iter_mut().enumerate() {
+                c.echo(&format!("moved {i}")).with_context(|| {
+                    format!(
+                        "held connection {i} on {} moved after 13 s (idle timeout 6 s): {sync}",
+                        c.backend
+                    )
+                })?;
+            }
+            eprintln!(
+                "{} connections 13 s old (idle timeout 6 s) kept their backend on the peer: {refreshed} refreshes of its entries",
                 held.len()
             );
             Ok(())

@@ -52,6 +52,14 @@ impl SyncConfig {
                 ),
             ));
         }
+        if let std::net::IpAddr::V6(v6) = listen.ip()
+            && v6.to_ipv4_mapped().is_some()
+        {
+            out.push((
+                self.listen.span(),
+                format!("[sync] listen {listen} is IPv4-mapped: write the IPv4 address"),
+            ));
+        }
         if self.peers.len() > MAX_PEERS {
             out.push((
                 0..0,
@@ -67,6 +75,13 @@ impl SyncConfig {
                 ));
             } else if self.peers[..i].iter().any(|p| *p.get_ref() == addr) {
                 out.push((peer.span(), format!("[sync] peer {addr} is listed twice")));
+            } else if addr.is_ipv4() != listen.is_ipv4() {
+                out.push((
+                    peer.span(),
+                    format!(
+                        "[sync] peer {addr} is not of the family of listen {listen}: the datagrams go from that socket"
+                    ),
+                ));
             } else if addr.ip().is_unspecified() || addr.port() == 0 {
                 out.push((
                     peer.span(),

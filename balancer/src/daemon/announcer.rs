@@ -19,6 +19,11 @@ use crate::{config::AnnounceConfig, routes};
 /// out (and take out one someone put in).
 const REREAD_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Waits before writing the table again after a write failed: every
+/// event would otherwise try (and log) again.
+const RETRY: super::backoff::Backoff =
+    super::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
 /// The announcements of this host.
 pub(super) struct Announcer {
     table: routes::Table,
@@ -35,6 +40,8 @@ pub(super) struct Announcer {
     /// The last failure, until a later write succeeds.
     pub(super) last_error: Option<String>,
     read_at: Instant,
+    /// After a failed write: when the table is written again.
+    retry: super::backoff::Backoff,
 }
 
 impl Announcer {
@@ -61,6 +68,7 @@ impl Announcer {
             errors: 0,
             last_error: None,
             read_at: Instant::now(),
+            retry: RETRY,
         })
     }
 
@@ -112,14 +120,21 @@ impl Announcer {
             }
         }
         self.verdict = verdict;
+        if !self.retry.due(now) {
+            return;
+        }
         let want = self.verdict.addresses.clone();
+        let mut failed = false;
         for address in self.held.clone().difference(&want) {
             match self.table.remove(*address).await {
                 Ok(()) => {
                     self.held.remove(address);
                     tracing::info!(%address, "withdrawn");
                 }
-                Err(err) => self.failed(err.to_string()),
+                Err(err) => {
+                    failed = true;
+                    self.failed(err.to_string());
+                }
             }
         }
         for address in want.difference(&self.held.clone()) {
@@ -128,18 +143,29 @@ impl Announcer {
                     self.held.insert(*address);
                     tracing::info!(%address, "announced");
                 }
-                Err(err) => self.failed(err.to_string()),
+                Err(err) => {
+                    failed = true;
+                    self.failed(err.to_string());
+                }
             }
         }
-        if self.held == want {
-            self.last_error = None;
+        if failed {
+            self.retry.failed(now);
+        } else {
+            self.retry.succeeded();
+            if self.held == want {
+                self.last_error = None;
+            }
         }
     }
 
-    /// When to decide again: a VIP's delay ends, or the next read.
+    /// When to decide again: a VIP's delay ends, a failed write is tried
+    /// again, or the next read.
     pub(super) fn due(&self) -> Instant {
-        let reread = self.read_at + REREAD_INTERVAL;
-        self.verdict.next.map_or(reread, |next| next.min(reread))
+        [self.verdict.next, self.retry.due_at()]
+            .into_iter()
+            .flatten()
+            .fold(self.read_at + REREAD_INTERVAL, Instant::min)
     }
 
     /// Puts the drain mark in (`drained`) or takes it out.
@@ -155,8 +181,14 @@ impl Announcer {
         Ok(())
     }
 
+    /// Counts a failure; logs it when it differs from the last one.
     fn failed(&mut self, error: String) {
-        tracing::error!(error, "cannot keep the announcement table in line");
+        if self.last_error.as_ref() != Some(&error) {
+            tracing::error!(
+                error,
+                "cannot keep the announcement table in line; retrying with a growing wait"
+            );
+        }
         self.errors += 1;
         self.last_error = Some(error);
     }

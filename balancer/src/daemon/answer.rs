@@ -50,6 +50,9 @@ struct SyncStatus {
     /// Peers' flows put in the connection table, and those it held
     /// already.
     flows_inserted: u64,
+    /// Peers' flows shared again (still live there) that kept this host's
+    /// entry from expiring.
+    flows_refreshed: u64,
     flows_existing: u64,
     /// Peers' flows of a VIP, or a backend, this host does not have.
     unknown_vip: u64,
@@ -360,6 +363,7 @@ impl View<'_> {
             flows_sent: c.flows_sent,
             queue_dropped: c.queue_dropped,
             flows_inserted: c.received.inserted,
+            flows_refreshed: c.received.refreshed,
             flows_existing: c.received.existing,
             unknown_vip: c.received.unknown_vip,
             unknown_backend: c.received.unknown_backend,

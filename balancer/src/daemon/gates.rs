@@ -129,7 +129,14 @@ pub(super) struct Verdict {
 /// Since when each VIP has been servable.
 #[derive(Debug, Default)]
 pub(super) struct Gates {
-    since: BTreeMap<String, Instant>,
+    /// By VIP name and address: a VIP moved to another address starts
+    /// afresh there.
+    since: BTreeMap<(String, IpAddr), Instant>,
+    /// VIPs announced at least once since they appeared (by name and
+    /// address).
+    proven: BTreeSet<(String, IpAddr)>,
+    /// The addresses the last decision announced.
+    last: BTreeSet<IpAddr>,
     /// Addresses announced when the daemon started, kept without the
     /// delay by the first decision if their VIPs are servable then.
     adopted: Option<BTreeSet<IpAddr>>,
@@ -139,8 +146,9 @@ impl Gates {
     /// Gates for a daemon that found `adopted` announced at its start.
     pub(super) fn new(adopted: BTreeSet<IpAddr>) -> Gates {
         Gates {
-            since: BTreeMap::new(),
+            last: adopted.clone(),
             adopted: Some(adopted),
+            ..Gates::default()
         }
     }
 
@@ -148,8 +156,12 @@ impl Gates {
     pub(super) fn decide(&mut self, vips: &[Input], host: &Host) -> Verdict {
         let adopted = self.adopted.take().unwrap_or_default();
         let held_since = host.now.checked_sub(host.delay).unwrap_or(host.now);
-        self.since
-            .retain(|name, _| vips.iter().any(|v| &v.name == name));
+        let present = |(name, address): &(String, IpAddr)| {
+            vips.iter()
+                .any(|v| &v.name == name && v.address == *address)
+        };
+        self.since.retain(|key, _| present(key));
+        self.proven.retain(present);
         let mut own = BTreeMap::new();
         let mut next: Option<Instant> = None;
         for vip in vips {
@@ -165,9 +177,10 @@ impl Gates {
             } else {
                 None
             };
+            let key = (vip.name.clone(), vip.address);
             let why = match blocked {
                 Some(why) => {
-                    self.since.remove(&vip.name);
+                    self.since.remove(&key);
                     why
                 }
                 None => {
@@ -176,15 +189,15 @@ impl Gates {
                     } else {
                         host.now
                     };
-                    let since = *self.since.entry(vip.name.clone()).or_insert(start);
+                    let since = *self.since.entry(key).or_insert(start);
                     let due = since + host.delay;
-                    if due > host.now {
+                    if host.drained {
+                        Why::Drained
+                    } else if due > host.now {
                         next = Some(next.map_or(due, |n| n.min(due)));
                         Why::Waiting {
                             left: due - host.now,
                         }
-                    } else if host.drained {
-                        Why::Drained
                     } else {
                         Why::Announced
                     }
@@ -192,10 +205,14 @@ impl Gates {
             };
             own.insert(vip.name.clone(), (vip.address, why));
         }
-        // An address goes out only if every VIP on it may.
+        // An address goes out only if every VIP on it may; but a VIP
+        // never announced yet (one just added, say) does not take out an
+        // address its neighbours hold: they went on serving meanwhile.
         let mut blocking: BTreeMap<IpAddr, &str> = BTreeMap::new();
         for (name, (address, why)) in &own {
-            if *why != Why::Announced {
+            let proven = self.proven.contains(&(name.clone(), *address));
+            let newcomer = !proven && self.last.contains(address) && !host.drained;
+            if *why != Why::Announced && !newcomer {
                 blocking.entry(*address).or_insert(name);
             }
         }
@@ -210,12 +227,14 @@ impl Gates {
                 },
                 (Why::Announced, None) => {
                     verdict.addresses.insert(*address);
+                    self.proven.insert((name.clone(), *address));
                     Why::Announced
                 }
                 (why, _) => why.clone(),
             };
             verdict.vips.insert(name.clone(), why);
         }
+        self.last.clone_from(&verdict.addresses);
         verdict
     }
 }
@@ -313,14 +332,7 @@ mod tests {
                 "not_in_maps",
             ),
             (vip("a", "192.0.2.1", 1, 2), host(t0), "too_few_up"),
-            (
-                vip("a", "192.0.2.1", 2, 2),
-                Host {
-                    drained: true,
-                    ..host(t0)
-                },
-                "announce_delay",
-            ),
+            (vip("a", "192.0.2.1", 2, 2), host(t0), "announce_delay"),
             (
                 vip("a", "192.0.2.1", 2, 2),
                 Host {
@@ -381,6 +393,35 @@ mod tests {
         assert_eq!(
             verdict.addresses,
             BTreeSet::from(["2001:db8::53".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn a_vip_added_to_an_announced_address_does_not_withdraw_it_until_proven() {
+        let t0 = Instant::now();
+        let mut gates = Gates::new(BTreeSet::new());
+        let web = vip("web", "192.0.2.1", 2, 1);
+        gates.decide(std::slice::from_ref(&web), &host(t0));
+        let on = gates.decide(std::slice::from_ref(&web), &host(t0 + DELAY));
+        assert_eq!(on.addresses.len(), 1);
+        // A new VIP on the address, no backend up yet: web stays out.
+        let added = [web.clone(), vip("tls", "192.0.2.1", 0, 1)];
+        let verdict = gates.decide(&added, &host(t0 + DELAY * 2));
+        assert_eq!(whys(&verdict), [("tls", "too_few_up"), ("web", "servable")]);
+        assert_eq!(verdict.addresses.len(), 1);
+        // Once tls has been announced, losing its backends takes the
+        // address out again.
+        let up = [web.clone(), vip("tls", "192.0.2.1", 1, 1)];
+        gates.decide(&up, &host(t0 + DELAY * 3));
+        let proven = gates.decide(&up, &host(t0 + DELAY * 4));
+        assert_eq!(whys(&proven), [("tls", "servable"), ("web", "servable")]);
+        let lost = gates.decide(&added, &host(t0 + DELAY * 5));
+        assert!(lost.addresses.is_empty());
+        assert_eq!(
+            lost.vips["web"],
+            Why::SharedAddress {
+                vip: "tls".to_owned()
+            }
         );
     }
 

@@ -251,7 +251,7 @@ async fn serve(
     let mut flow_events = None;
     let mut sync_socket = None;
     if let Some(sync) = &config_sync {
-        let (sharing, socket) = sharing::Sharing::start(sync)?;
+        let (sharing, socket) = sharing::Sharing::start(sync, options.reconcile_interval)?;
         let events = state
             .datapath
             .take_flow_events()
@@ -467,8 +467,12 @@ async fn next_flow_events(
         return std::future::pending().await;
     };
     loop {
-        let Ok(mut ready) = events.readable_mut().await else {
-            return std::future::pending().await;
+        let mut ready = match events.readable_mut().await {
+            Ok(ready) => ready,
+            Err(err) => {
+                tracing::error!(error = %err, "the datapath's new flows cannot be read: no flow is shared any more");
+                return std::future::pending().await;
+            }
         };
         let mut out = Vec::new();
         ready.get_inner_mut().drain(|event| out.push(event));
@@ -486,7 +490,14 @@ async fn next_datagram(
     buffer: &mut [u8],
 ) -> Option<(usize, std::net::SocketAddr)> {
     match socket {
-        Some(socket) => socket.recv_from(buffer).await.ok(),
+        Some(socket) => match socket.recv_from(buffer).await {
+            Ok(received) => Some(received),
+            Err(err) => {
+                // ICMP errors of earlier sends surface here: nothing lost.
+                tracing::debug!(error = %err, "the peers' socket");
+                None
+            }
+        },
         None => std::future::pending().await,
     }
 }

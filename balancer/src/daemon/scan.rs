@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use balancer_common::vip::counts_connections;
+use balancer_common::{
+    flow::{FlowKey, FlowState},
+    vip::counts_connections,
+};
 
 use super::{connections, observed::Scan};
 use crate::{
@@ -19,8 +22,13 @@ use crate::{
 /// Reads the connection table of the VIPs of `plan`: removes entries idle
 /// past their timeout, corrects the connection counts of backends of
 /// counting VIPs (see [`connections::correction`]), and returns each
-/// backend's live entries and new-flow counter.
-pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
+/// backend's live entries and new-flow counter; with `keep`, the entries
+/// left too (for the peers).
+pub(super) fn scan(
+    datapath: &mut Datapath,
+    plan: &Plan,
+    keep: bool,
+) -> Result<(Scan, Vec<(FlowKey, FlowState)>)> {
     let counting: Vec<u32> = plan
         .vips
         .iter()
@@ -39,6 +47,16 @@ pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
     let now = now_ns();
     let tally = connections::tally(&entries, now, &plan.settings);
     datapath.remove_flows(&tally.expired)?;
+    let left = entries.len() - tally.expired.len();
+    let kept = if keep {
+        entries
+            .iter()
+            .filter(|(key, state)| !plan.settings.expired(key.proto, state.last_seen_ns, now))
+            .copied()
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (i, id) in counting.iter().enumerate() {
         let get = |m: &BTreeMap<u32, u64>| m.get(id).copied().unwrap_or(0);
         let delta = connections::correction(
@@ -68,13 +86,14 @@ pub(super) fn scan(datapath: &mut Datapath, plan: &Plan) -> Result<Scan> {
     } else {
         0
     };
-    Ok(Scan {
+    let scan = Scan {
         live: tally.live,
         new_flow_totals: new_flow_totals(datapath, plan)?,
-        entries: (entries.len() - tally.expired.len()) as u64,
+        entries: left as u64,
         handshakes: (handshakes.len() - idle.len()) as u64,
         sources,
-    })
+    };
+    Ok((scan, kept))
 }
 
 /// Every backend's new-flow counter, in one batched read.

@@ -31,6 +31,9 @@ use crate::{
 /// insert budget, four times over.
 const QUEUE: usize = 65_536;
 
+/// Send and receive buffer of the peers' socket.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// Upper bounds of the sharing delay's histogram, in seconds.
 const DELAY_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
 
@@ -39,6 +42,9 @@ const DELAY_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
 pub(super) struct Received {
     /// Put in the connection table.
     pub(super) inserted: u64,
+    /// Shared again by their host, which still sees them: the entry here,
+    /// on the same backend, was kept from expiring.
+    pub(super) refreshed: u64,
     /// The table held the flow already: its entry stays.
     pub(super) existing: u64,
     /// No VIP of this host has the flow's address, port and protocol.
@@ -114,9 +120,11 @@ impl Lookup {
             out.vips.insert(index, (address, key.proto));
             out.keys
                 .insert((address, u16::from_be(key.port), key.proto), index);
+            // As the maps hold them: an IPv4-mapped address is IPv4.
             for b in &vip.backends {
-                out.backends.insert(b.id, b.address);
-                out.members.insert((index, b.address), b.id);
+                let address = b.address.to_canonical();
+                out.backends.insert(b.id, address);
+                out.members.insert((index, address), b.id);
             }
         }
         out
@@ -147,6 +155,12 @@ pub(super) struct Sharing {
     lookup: Option<Lookup>,
     pub(super) counts: Counts,
     pub(super) listen: SocketAddr,
+    /// How often the connection table is scanned, and the scans so far:
+    /// each live flow is shared again every so many scans.
+    scan_interval: Duration,
+    scans: u64,
+    /// When the last scan was, on the program's clock.
+    scanned_ns: u64,
 }
 
 /// Microseconds since the Unix epoch.
@@ -159,13 +173,26 @@ fn now_us() -> u64 {
 impl Sharing {
     /// Reads the key and binds the listening socket of `config`; returns
     /// the socket too, for the main loop to receive on.
-    pub(super) fn start(config: &SyncConfig) -> Result<(Sharing, Arc<UdpSocket>)> {
+    pub(super) fn start(
+        config: &SyncConfig,
+        scan_interval: Duration,
+    ) -> Result<(Sharing, Arc<UdpSocket>)> {
         let key = Key::read(&config.key_file).map_err(|e| anyhow::anyhow!("[sync] {e}"))?;
         let listen = *config.listen.get_ref();
-        let socket = std::net::UdpSocket::bind(listen)
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(listen),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        // Room for bursts of datagrams both ways while the main loop is
+        // busy: a second of new flows at the default insert budget.
+        socket.set_send_buffer_size(SOCKET_BUFFER)?;
+        socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+        socket
+            .bind(&listen.into())
             .with_context(|| format!("[sync] cannot listen on {listen}"))?;
         socket.set_nonblocking(true)?;
-        let socket = Arc::new(UdpSocket::from_std(socket)?);
+        let socket = Arc::new(UdpSocket::from_std(socket.into())?);
         let peers: Vec<SocketAddr> = config.peers.iter().map(|p| *p.get_ref()).collect();
         tracing::info!(
             %listen,
@@ -188,6 +215,9 @@ impl Sharing {
             replays: Replays::default(),
             lookup: None,
             listen,
+            scan_interval,
+            scans: 0,
+            scanned_ns: datapath::now_ns(),
         };
         Ok((sharing, socket))
     }
@@ -221,7 +251,11 @@ impl Sharing {
                 vip: SocketAddr::new(vip, u16::from_be(key.dst_port)),
                 protocol,
                 backend,
-                placed_at_us: wall.saturating_sub(mono.saturating_sub(event.at_ns / 1000)),
+                placed_at_us: if event.at_ns == 0 {
+                    0
+                } else {
+                    wall.saturating_sub(mono.saturating_sub(event.at_ns / 1000))
+                },
             });
         }
         if !self.queue.is_empty() && self.flush_at.is_none() {
@@ -230,27 +264,64 @@ impl Sharing {
         self.send(false);
     }
 
+    /// A peer's entry of a flow is refreshed only by the flow's host: after
+    /// a scan of the connection table, flows that saw packets since the
+    /// last one are shared again, each about every quarter of its idle
+    /// timeout (a hash of the flow spreads them over the scans; the margin
+    /// covers the 1 s granularity of the entries' times on both hosts), so
+    /// that the peers keep long-lived connections, not only young ones.
+    pub(super) fn share_again(&mut self, entries: &[(FlowKey, FlowState)], plan: &Plan) {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        self.scans += 1;
+        let since = std::mem::replace(&mut self.scanned_ns, datapath::now_ns());
+        let scan_ns = self.scan_interval.as_nanos().max(1) as u64;
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        let events: Vec<FlowEvent> = entries
+            .iter()
+            .filter(|(key, state)| {
+                let rounds = (plan.settings.idle_ns(key.proto) / 4 / scan_ns).max(1);
+                let hash = hasher.hash_one((key.src, key.src_port, key.dst, key.dst_port));
+                state.last_seen_ns > since && hash % rounds == self.scans % rounds
+            })
+            .map(|(key, state)| FlowEvent {
+                key: *key,
+                backend: state.backend,
+                vip: state.vip_index(),
+                // Not a placing: the peers leave it out of the delay.
+                at_ns: 0,
+            })
+            .collect();
+        self.queue(&events, plan);
+    }
+
     /// Sends full datagrams, and with `all` what is left too.
     pub(super) fn send(&mut self, all: bool) {
         while self.queue.len() >= sync::MAX_RECORDS || (all && !self.queue.is_empty()) {
             let n = self.queue.len().min(sync::MAX_RECORDS);
             self.sequence += 1;
             let batch = Batch {
+                sender: self.listen,
                 sequence: self.sequence,
                 sent_at_us: now_us(),
                 flows: self.queue.drain(..n).collect(),
             };
             let datagram = sync::encode(&batch, &self.key);
+            let mut sent = false;
             for peer in &self.peers {
                 let counts = self.counts.peers.entry(*peer).or_default();
                 // A full socket buffer or an unreachable peer costs this
                 // datagram, not the daemon's loop.
                 match self.socket.try_send_to(&datagram, *peer) {
-                    Ok(_) => counts.datagrams_sent += 1,
+                    Ok(_) => {
+                        counts.datagrams_sent += 1;
+                        sent = true;
+                    }
                     Err(_) => counts.send_errors += 1,
                 }
             }
-            self.counts.flows_sent += n as u64;
+            if sent {
+                self.counts.flows_sent += n as u64;
+            }
         }
         if self.queue.is_empty() {
             self.flush_at = None;
@@ -282,6 +353,9 @@ impl Sharing {
             return Err(Refusal::UnknownPeer);
         };
         let batch = sync::decode(datagram, &self.key)?;
+        if batch.sender != from {
+            return Err(Refusal::Sender);
+        }
         let now = now_us();
         self.replays.admit(peer.ip(), &batch, now)?;
         let lookup = self.lookup.get_or_insert_with(|| Lookup::of(plan));
@@ -308,16 +382,18 @@ impl Sharing {
             // host has not seen the flow yet.
             entries.push((key, FlowState::new(backend, index, false, false, at)));
         }
-        match datapath.insert_flows(&entries) {
-            Ok(done) => {
-                received.inserted += done.new as u64;
-                received.existing += done.existing as u64;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot put the peers' flows in the connection table")
-            }
+        let done = datapath.insert_flows(&entries);
+        received.inserted += done.new as u64;
+        received.refreshed += done.refreshed as u64;
+        received.existing += done.existing as u64;
+        if let Some(err) = done.error {
+            tracing::warn!(
+                error = %err,
+                failed = done.failed,
+                "cannot put some of the peers' flows in the connection table"
+            );
         }
-        for flow in &batch.flows {
+        for flow in batch.flows.iter().filter(|f| f.placed_at_us != 0) {
             let delay = now.saturating_sub(flow.placed_at_us) as f64 / 1e6;
             self.counts.delay.observe(delay);
             self.counts.delay_sum += delay;

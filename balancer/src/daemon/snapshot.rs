@@ -141,6 +141,7 @@ impl View<'_> {
                         .collect(),
                     received: vec![
                         ("inserted", c.received.inserted),
+                        ("refreshed", c.received.refreshed),
                         ("existing", c.received.existing),
                         ("unknown_vip", c.received.unknown_vip),
                         ("unknown_backend", c.received.unknown_backend),

@@ -296,8 +296,12 @@ impl State {
     /// Scans the connection table (see [`super::scan`]) and keeps what it
     /// says of each backend.
     pub(super) fn scan(&mut self) -> anyhow::Result<()> {
-        let scan = super::scan::scan(&mut self.datapath, &self.desired.plan)?;
+        let keep = self.sharing.is_some();
+        let (scan, entries) = super::scan::scan(&mut self.datapath, &self.desired.plan, keep)?;
         self.observed.record_scan(scan, std::time::Instant::now());
+        if let Some(sharing) = &mut self.sharing {
+            sharing.share_again(&entries, &self.desired.plan);
+        }
         Ok(())
     }
 

@@ -67,7 +67,8 @@ impl View<'_> {
                     .count();
                 gates::Input {
                     name: vip.name.clone(),
-                    address: *config.address.get_ref(),
+                    // As the maps hold it: an IPv4-mapped address is IPv4.
+                    address: config.address.get_ref().to_canonical(),
                     in_maps: self
                         .published
                         .vip(&vip.slot)

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use aya::maps::{HashMap, MapData, RingBuf};
 use balancer_common::{
-    flow::{FlowEvent, FlowKey, FlowState},
+    flow::{FlowEvent, FlowKey, FlowState, LAST_SEEN_GRANULARITY_NS},
     maps,
 };
 
@@ -14,6 +14,8 @@ use super::{Datapath, DatapathError};
 
 /// `BPF_NOEXIST`: an entry already there is kept.
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST`: only an entry already there is written.
+const BPF_EXIST: u64 = 2;
 
 /// The program's new-flow events. Read them with [`FlowEvents::drain`]
 /// whenever the descriptor is readable.
@@ -50,13 +52,19 @@ impl AsRawFd for FlowEvents {
 }
 
 /// What putting in peers' flows did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Inserted {
     /// Entries put in.
     pub new: usize,
+    /// Entries the table held on the same backend, their last packet
+    /// moved up to the peer's.
+    pub refreshed: usize,
     /// Entries kept because the table already held the flow (this host's
     /// own entry wins).
     pub existing: usize,
+    /// Entries the kernel refused otherwise, and the last error.
+    pub failed: usize,
+    pub error: Option<DatapathError>,
 }
 
 impl Datapath {
@@ -72,15 +80,35 @@ impl Datapath {
     }
 
     /// Puts `entries` in the connection table where it does not hold the
-    /// flow already.
-    pub fn insert_flows(
-        &mut self,
-        entries: &[(FlowKey, FlowState)],
-    ) -> Result<Inserted, DatapathError> {
+    /// flow already; where it holds it on the same backend, moves its last
+    /// packet's time up to the entry's (a peer still sees the flow: it
+    /// must not expire here). An entry refused does not stop the others.
+    pub fn insert_flows(&mut self, entries: &[(FlowKey, FlowState)]) -> Inserted {
         let name = maps::FLOWS;
-        let mut map: HashMap<_, FlowKey, FlowState> = self.map_mut(name)?;
         let mut out = Inserted::default();
+        let mut map: HashMap<_, FlowKey, FlowState> = match self.map_mut(name) {
+            Ok(map) => map,
+            Err(err) => {
+                out.failed = entries.len();
+                out.error = Some(err);
+                return out;
+            }
+        };
         for (key, state) in entries {
+            // Looked up first: a write that finds the flow still takes a
+            // free slot of the table (or evicts for one) before it fails.
+            if let Ok(mut held) = map.get(key, 0) {
+                let same = held.backend == state.backend && held.vip_index() == state.vip_index();
+                if same && state.last_seen_ns > held.last_seen_ns + LAST_SEEN_GRANULARITY_NS {
+                    held.last_seen_ns = state.last_seen_ns;
+                    if map.insert(key, held, BPF_EXIST).is_ok() {
+                        out.refreshed += 1;
+                        continue;
+                    }
+                }
+                out.existing += 1;
+                continue;
+            }
             match map.insert(key, state, BPF_NOEXIST) {
                 Ok(()) => out.new += 1,
                 Err(aya::maps::MapError::SyscallError(e))
@@ -88,9 +116,12 @@ impl Datapath {
                 {
                     out.existing += 1;
                 }
-                Err(err) => return Err(DatapathError::map("insert into", name)(err)),
+                Err(err) => {
+                    out.failed += 1;
+                    out.error = Some(DatapathError::map("insert into", name)(err));
+                }
             }
         }
-        Ok(out)
+        out
     }
 }
