@@ -57,6 +57,9 @@ struct SyncStatus {
     /// Peers' flows of a VIP, or a backend, this host does not have.
     unknown_vip: u64,
     unknown_backend: u64,
+    /// Peers' flows not put in: their share of the insert budget was
+    /// spent.
+    over_budget: u64,
     /// Datagrams refused: a MAC that does not match, a replay, a stale or
     /// malformed datagram, a sender that is no peer.
     datagrams_refused: u64,
@@ -367,6 +370,7 @@ impl View<'_> {
             flows_existing: c.received.existing,
             unknown_vip: c.received.unknown_vip,
             unknown_backend: c.received.unknown_backend,
+            over_budget: c.received.over_budget,
             datagrams_refused: c.refused.values().sum(),
             mean_delay_ms: (c.delay_count > 0).then(|| c.delay_sum * 1e3 / c.delay_count as f64),
             peers: c

@@ -51,6 +51,8 @@ pub(super) struct Received {
     pub(super) unknown_vip: u64,
     /// The VIP has no backend of that address here.
     pub(super) unknown_backend: u64,
+    /// Not put in: the peers' share of the insert budget was spent.
+    pub(super) over_budget: u64,
 }
 
 /// One peer's traffic.
@@ -161,6 +163,37 @@ pub(super) struct Sharing {
     scans: u64,
     /// When the last scan was, on the program's clock.
     scanned_ns: u64,
+    /// The peers' new entries still allowed.
+    budget: PeerBudget,
+}
+
+/// The peers' share of the insert budget. Their entries all land in the
+/// LRU list of the CPU the daemon runs on, so they get one CPU's share
+/// (`insert_cost_ns` a token, a second's worth at most): a flood on one
+/// host evicts on its peers no faster than on itself.
+#[derive(Debug)]
+struct PeerBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl PeerBudget {
+    /// New entries allowed at `now` (unlimited when the budget is off).
+    fn allowed(&mut self, insert_cost_ns: u64, now: std::time::Instant) -> usize {
+        if insert_cost_ns == 0 {
+            return usize::MAX;
+        }
+        let rate = 1e9 / insert_cost_ns as f64;
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.at = now;
+        self.tokens = (self.tokens + earned).min(rate);
+        self.tokens.max(0.0) as usize
+    }
+
+    /// `n` entries were made.
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
 }
 
 /// Microseconds since the Unix epoch.
@@ -218,6 +251,10 @@ impl Sharing {
             scan_interval,
             scans: 0,
             scanned_ns: datapath::now_ns(),
+            budget: PeerBudget {
+                tokens: 0.0,
+                at: std::time::Instant::now(),
+            },
         };
         Ok((sharing, socket))
     }
@@ -382,7 +419,13 @@ impl Sharing {
             // host has not seen the flow yet.
             entries.push((key, FlowState::new(backend, index, false, false, at)));
         }
-        let done = datapath.insert_flows(&entries);
+        let max_new = self
+            .budget
+            .allowed(plan.settings.insert_cost_ns, std::time::Instant::now());
+        let done = datapath.insert_flows(&entries, max_new);
+        self.budget.spend(done.new);
+        let received = &mut self.counts.received;
+        received.over_budget += done.over_budget as u64;
         received.inserted += done.new as u64;
         received.refreshed += done.refreshed as u64;
         received.existing += done.existing as u64;
@@ -410,4 +453,29 @@ impl Sharing {
 /// Every refusal's label, for the metrics (all of them, 0 or not).
 pub(super) fn refusal_labels() -> impl Iterator<Item = &'static str> {
     Refusal::ALL.into_iter().map(Refusal::label)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::PeerBudget;
+
+    #[test]
+    fn the_peers_get_one_cpus_share_of_the_insert_budget_with_a_seconds_burst() {
+        let t0 = Instant::now();
+        let mut budget = PeerBudget {
+            tokens: 0.0,
+            at: t0,
+        };
+        // 1,000 entries a second: one every millisecond.
+        let cost = 1_000_000;
+        assert_eq!(budget.allowed(cost, t0), 0);
+        assert_eq!(budget.allowed(cost, t0 + Duration::from_millis(250)), 250);
+        budget.spend(200);
+        assert_eq!(budget.allowed(cost, t0 + Duration::from_millis(250)), 50);
+        // Idle for a minute: a second's worth, no more.
+        assert_eq!(budget.allowed(cost, t0 + Duration::from_secs(60)), 1_000);
+        assert_eq!(budget.allowed(0, t0), usize::MAX, "the budget off");
+    }
 }

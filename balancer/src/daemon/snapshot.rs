@@ -145,6 +145,7 @@ impl View<'_> {
                         ("existing", c.received.existing),
                         ("unknown_vip", c.received.unknown_vip),
                         ("unknown_backend", c.received.unknown_backend),
+                        ("over_budget", c.received.over_budget),
                     ],
                     refused: super::sharing::refusal_labels()
                         .map(|label| (label, c.refused.get(label).copied().unwrap_or(0)))

@@ -62,6 +62,8 @@ pub struct Inserted {
     /// Entries kept because the table already held the flow (this host's
     /// own entry wins).
     pub existing: usize,
+    /// Entries not made because `max_new` were made already.
+    pub over_budget: usize,
     /// Entries the kernel refused otherwise, and the last error.
     pub failed: usize,
     pub error: Option<DatapathError>,
@@ -82,8 +84,9 @@ impl Datapath {
     /// Puts `entries` in the connection table where it does not hold the
     /// flow already; where it holds it on the same backend, moves its last
     /// packet's time up to the entry's (a peer still sees the flow: it
-    /// must not expire here). An entry refused does not stop the others.
-    pub fn insert_flows(&mut self, entries: &[(FlowKey, FlowState)]) -> Inserted {
+    /// must not expire here). At most `max_new` entries are made. An entry
+    /// refused does not stop the others.
+    pub fn insert_flows(&mut self, entries: &[(FlowKey, FlowState)], max_new: usize) -> Inserted {
         let name = maps::FLOWS;
         let mut out = Inserted::default();
         let mut map: HashMap<_, FlowKey, FlowState> = match self.map_mut(name) {
@@ -107,6 +110,10 @@ impl Datapath {
                     }
                 }
                 out.existing += 1;
+                continue;
+            }
+            if out.new >= max_new {
+                out.over_budget += 1;
                 continue;
             }
             match map.insert(key, state, BPF_NOEXIST) {
