@@ -103,6 +103,12 @@ pub const BACKEND_IPIP: u32 = 1 << 2;
 /// (see [`crate::tunnel`]). As for [`BACKEND_IPIP`], `macs` and `ifindex`
 /// are the next hop's.
 pub const BACKEND_GUE: u32 = 1 << 3;
+/// The daemon's own mark, which the program ignores: the backend's health
+/// is known (it passed a check since a daemon started, or has no checks),
+/// not assumed. A restarted daemon adopts it, so a backend a crashed
+/// daemon left up before any check passed does not count toward
+/// announcing its VIP.
+pub const BACKEND_CONFIRMED: u32 = 1 << 4;
 
 /// What the least-* schedulers compare, per backend id, in an mmap-able
 /// array: the datapath counts connections with atomic adds on a new flow

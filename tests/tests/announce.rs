@@ -368,6 +368,12 @@ fn a_fresh_host_announces_no_vip_before_its_backends_pass_a_check() {
                 "[announce]\ntable = {TABLE}\nannounce_delay = \"100ms\"\ndrain_file = \"{}\"\n\n{vips}",
                 lab.scratch("drained")?.display()
             );
+            // A daemon killed at once, its dead backends still assumed up
+            // in the pins, and another started on them: the pins must not
+            // vouch for backends no check confirmed.
+            let mut first = daemon::start_with_config(lab, &t.lb, &config)?;
+            first.signal(Signal::SIGKILL)?;
+            first.wait_timeout(Duration::from_secs(5))?;
             let started = Instant::now();
             let _daemon = daemon::start_with_config(lab, &t.lb, &config)?;
             let mut web_at = None;

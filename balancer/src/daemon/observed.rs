@@ -136,18 +136,21 @@ impl Observed {
     /// yet (a backend that stays keeps what was seen of it): up, or down
     /// when a previous daemon `left` it down and it is health-checked (so
     /// it comes back after `rise` successes rather than taking new flows
-    /// until `fall` failures). A backend a previous daemon left up, or one
-    /// without checks, is [confirmed](Seen::confirmed) at once; any other
+    /// until `fall` failures). `left` gives per id whether the previous
+    /// daemon left it up and [confirmed](Seen::confirmed): a backend it
+    /// left both, or one without checks, is confirmed at once; any other
     /// at its first successful check.
-    pub(super) fn add(&mut self, desired: &Desired, left: &BTreeMap<u32, bool>) {
+    pub(super) fn add(&mut self, desired: &Desired, left: &BTreeMap<u32, (bool, bool)>) {
         for (vip, planned) in desired.config.vips.iter().zip(&desired.plan.vips) {
             let check = vip.get_ref().check();
             for backend in &planned.backends {
                 if self.backends.contains_key(&backend.id) {
                     continue;
                 }
-                let left_up = left.get(&backend.id).copied();
-                let left_down = left_up == Some(false);
+                let (left_down, left_confirmed) = match left.get(&backend.id) {
+                    Some(&(up, confirmed)) => (!up, up && confirmed),
+                    None => (false, false),
+                };
                 let health = if check.kind != CheckKind::None && left_down {
                     tracing::info!(
                         vip = planned.name.as_str(),
@@ -160,7 +163,7 @@ impl Observed {
                     Tracker::new(check.rise, check.fall)
                 };
                 let mut seen = Seen::new(health);
-                seen.confirmed = check.kind == CheckKind::None || left_up == Some(true);
+                seen.confirmed = check.kind == CheckKind::None || left_confirmed;
                 self.backends.insert(backend.id, seen);
             }
         }

@@ -15,7 +15,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use balancer_common::{backend::BackendInfo, limit::is_exempt_scope, tunnel::TunnelInfo};
+use balancer_common::{
+    backend::{BACKEND_CONFIRMED, BackendInfo},
+    limit::is_exempt_scope,
+    tunnel::TunnelInfo,
+};
 
 use super::{
     desired::Desired,
@@ -314,13 +318,16 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
         .backends()
         .map(|(vip, b)| {
             let delivery = Delivery::of(vip.forwarding, tunnels.contains_key(&b.id));
-            let info = plan::backend_info(
+            let mut info = plan::backend_info(
                 b.address,
                 vip.slot.info.index,
                 observed.is_up(b.id),
                 observed.reach(b.id).path(),
                 delivery,
             );
+            if observed.confirmed(b.id) {
+                info.flags |= BACKEND_CONFIRMED;
+            }
             (b.id, info)
         })
         .collect()

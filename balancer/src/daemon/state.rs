@@ -73,10 +73,13 @@ impl State {
         reports: mpsc::Sender<Report>,
         pinned: &datapath::Pinned,
     ) -> State {
-        let left: BTreeMap<u32, bool> = pinned
+        let left: BTreeMap<u32, (bool, bool)> = pinned
             .backends
             .iter()
-            .map(|(id, info)| (*id, info.is_up()))
+            .map(|(id, info)| {
+                let confirmed = info.flags & balancer_common::backend::BACKEND_CONFIRMED != 0;
+                (*id, (info.is_up(), confirmed))
+            })
             .collect();
         let mut observed = Observed::default();
         observed.add(&desired, &left);

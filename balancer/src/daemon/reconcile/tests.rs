@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use balancer_common::backend::{BACKEND_RESOLVED, BACKEND_UP};
+use balancer_common::backend::{BACKEND_CONFIRMED, BACKEND_RESOLVED, BACKEND_UP};
 
 use super::*;
 use crate::daemon::observed::Reach;
@@ -222,11 +222,16 @@ fn a_first_publish_writes_everything_a_vip_needs_before_its_key() {
         ]
     );
     assert_eq!(rings(&writes), [0, 1]);
-    assert!(
-        entries(&writes)
-            .iter()
-            .all(|(_, i)| i.flags == BACKEND_UP | BACKEND_RESOLVED)
-    );
+    // Up and resolved; the unchecked VIP's backends (dns) confirmed at
+    // once, the checked ones (web) not before a check passes.
+    for (id, info) in entries(&writes) {
+        let confirmed = if id >= 3 { BACKEND_CONFIRMED } else { 0 };
+        assert_eq!(
+            info.flags,
+            BACKEND_UP | BACKEND_RESOLVED | confirmed,
+            "{id}"
+        );
+    }
     assert!(world.reconcile().ops.is_empty(), "in line after one pass");
 }
 
@@ -305,7 +310,11 @@ fn a_backend_going_down_and_up_rewrites_its_flags_and_its_vip_ring() {
     world.check(1, true);
     let writes = world.apply();
     assert_eq!(kinds(&writes), ["backend", "latency", "rings"]);
-    assert_eq!(entries(&writes)[0].1.flags, BACKEND_UP | BACKEND_RESOLVED);
+    // A check passed: its health is known now.
+    assert_eq!(
+        entries(&writes)[0].1.flags,
+        BACKEND_UP | BACKEND_RESOLVED | BACKEND_CONFIRMED
+    );
 }
 
 #[test]
