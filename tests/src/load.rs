@@ -27,6 +27,33 @@ pub struct Attempt {
     pub outcome: Result<String, String>,
 }
 
+/// One connection to the name server behind `addr`, timed.
+fn attempt(client: &Netns, addr: SocketAddr) -> Attempt {
+    let started = Instant::now();
+    let outcome = tcp_ask_name(client, addr).map_err(|e| format!("{e:#}"));
+    Attempt {
+        started,
+        ended: Instant::now(),
+        outcome,
+    }
+}
+
+/// Calls `each` every `pace` until `stop` is set; a call that overruns
+/// its slot starts the next one at once.
+fn every(pace: Duration, stop: &AtomicBool, mut each: impl FnMut()) {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        each();
+        next += pace;
+        let now = Instant::now();
+        if next > now {
+            thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
 /// Opens a connection to a name server behind `addr` every `pace`, from a
 /// thread in the client's namespace, until stopped.
 pub struct SteadyLoad {
@@ -41,23 +68,7 @@ impl SteadyLoad {
         let (flag, client) = (stop.clone(), client.clone());
         let worker = thread::spawn(move || {
             let mut attempts = Vec::new();
-            let mut next = Instant::now();
-            while !flag.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let outcome = tcp_ask_name(&client, addr).map_err(|e| format!("{e:#}"));
-                attempts.push(Attempt {
-                    started,
-                    ended: Instant::now(),
-                    outcome,
-                });
-                next += pace;
-                let now = Instant::now();
-                if next > now {
-                    thread::sleep(next - now);
-                } else {
-                    next = now;
-                }
-            }
+            every(pace, &flag, || attempts.push(attempt(&client, addr)));
             Ok(attempts)
         });
         SteadyLoad { stop, worker }
@@ -91,26 +102,10 @@ impl PacedLoad {
         let (flag, client) = (stop.clone(), client.clone());
         let worker = thread::spawn(move || {
             let mut running = Vec::new();
-            let mut next = Instant::now();
-            while !flag.load(Ordering::SeqCst) {
+            every(pace, &flag, || {
                 let client = client.clone();
-                running.push(thread::spawn(move || {
-                    let started = Instant::now();
-                    let outcome = tcp_ask_name(&client, addr).map_err(|e| format!("{e:#}"));
-                    Attempt {
-                        started,
-                        ended: Instant::now(),
-                        outcome,
-                    }
-                }));
-                next += pace;
-                let now = Instant::now();
-                if next > now {
-                    thread::sleep(next - now);
-                } else {
-                    next = now;
-                }
-            }
+                running.push(thread::spawn(move || attempt(&client, addr)));
+            });
             running
                 .into_iter()
                 .map(|attempt| {
