@@ -65,13 +65,9 @@ impl Table {
     pub async fn read(&self) -> Result<BTreeSet<IpAddr>, RouteError> {
         let mut held = BTreeSet::new();
         let dumps = [
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .table_id(self.table)
-                .protocol(RouteProtocol::from(PROTOCOL))
+            self.in_table(RouteMessageBuilder::<Ipv4Addr>::new())
                 .build(),
-            RouteMessageBuilder::<Ipv6Addr>::new()
-                .table_id(self.table)
-                .protocol(RouteProtocol::from(PROTOCOL))
+            self.in_table(RouteMessageBuilder::<Ipv6Addr>::new())
                 .build(),
         ];
         for dump in dumps {
@@ -105,7 +101,7 @@ impl Table {
     pub async fn add(&self, address: IpAddr) -> Result<(), RouteError> {
         self.handle
             .route()
-            .add(self.route(address))
+            .add(self.route(address, true))
             .replace()
             .execute()
             .await
@@ -120,22 +116,13 @@ impl Table {
     /// Takes out the route of `address` (whatever its next hop: matched
     /// by prefix, table and protocol); one already gone is no error.
     pub async fn remove(&self, address: IpAddr) -> Result<(), RouteError> {
-        let route = match address {
-            // Scope "nowhere" matches a route of any scope, as `ip route
-            // del` asks; any other would match only routes of that scope.
-            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .table_id(self.table)
-                .protocol(RouteProtocol::from(PROTOCOL))
-                .scope(RouteScope::NoWhere)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .table_id(self.table)
-                .protocol(RouteProtocol::from(PROTOCOL))
-                .build(),
-        };
-        match self.handle.route().del(route).execute().await {
+        match self
+            .handle
+            .route()
+            .del(self.route(address, false))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(err) if is_missing(&err) => Ok(()),
             Err(err) => Err(RouteError(format!(
@@ -145,21 +132,41 @@ impl Table {
         }
     }
 
-    fn route(&self, address: IpAddr) -> RouteMessage {
+    /// `builder` in our table, of our protocol.
+    fn in_table<T>(&self, builder: RouteMessageBuilder<T>) -> RouteMessageBuilder<T> {
+        builder
+            .table_id(self.table)
+            .protocol(RouteProtocol::from(PROTOCOL))
+    }
+
+    /// The route of `address`: to add (through the loopback device), or
+    /// to delete, matched by prefix, table and protocol whatever its next
+    /// hop (an IPv4 delete asks for scope "nowhere", as `ip route del`
+    /// does; any other matches only routes of that scope).
+    fn route(&self, address: IpAddr, add: bool) -> RouteMessage {
         match address {
-            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .output_interface(self.loopback)
-                .table_id(self.table)
-                .protocol(RouteProtocol::from(PROTOCOL))
-                .scope(RouteScope::Link)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .output_interface(self.loopback)
-                .table_id(self.table)
-                .protocol(RouteProtocol::from(PROTOCOL))
-                .build(),
+            IpAddr::V4(v4) => {
+                let route = self
+                    .in_table(RouteMessageBuilder::<Ipv4Addr>::new())
+                    .destination_prefix(v4, 32);
+                match add {
+                    true => route
+                        .output_interface(self.loopback)
+                        .scope(RouteScope::Link),
+                    false => route.scope(RouteScope::NoWhere),
+                }
+                .build()
+            }
+            IpAddr::V6(v6) => {
+                let route = self
+                    .in_table(RouteMessageBuilder::<Ipv6Addr>::new())
+                    .destination_prefix(v6, 128);
+                match add {
+                    true => route.output_interface(self.loopback),
+                    false => route,
+                }
+                .build()
+            }
         }
     }
 }

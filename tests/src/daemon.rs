@@ -198,6 +198,8 @@ pub struct Daemon {
     config: PathBuf,
     socket: PathBuf,
     pins: PathBuf,
+    /// `balancer run`'s arguments beyond the files.
+    args: Vec<String>,
     process: Option<Process>,
 }
 
@@ -207,12 +209,25 @@ impl Daemon {
     /// and pin directory `NAME` of the lab's bpffs, and waits until it
     /// serves its socket. `name` must be unique in the lab.
     pub fn start_in(lab: &Lab, ns: &Netns, name: &str, config: &str) -> Result<Daemon> {
+        Daemon::start_in_with(lab, ns, name, config, &[])
+    }
+
+    /// [`Daemon::start_in`], `balancer run` given `args` too (at every
+    /// start), such as `--reconcile-interval 1s`.
+    pub fn start_in_with(
+        lab: &Lab,
+        ns: &Netns,
+        name: &str,
+        config: &str,
+        args: &[&str],
+    ) -> Result<Daemon> {
         let mut daemon = Daemon {
             name: name.to_owned(),
             ns: ns.clone(),
             config: lab.write_file(&format!("{name}.toml"), config)?,
             socket: lab.scratch(&format!("{name}.sock"))?,
             pins: lab.pin_dir_named(name)?,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             process: None,
         };
         daemon.start()?;
@@ -229,7 +244,9 @@ impl Daemon {
             &self.ns,
             &self.socket,
             &self.pins,
-            ["--config".as_ref(), self.config.as_os_str()],
+            ["--config".as_ref(), self.config.as_os_str()]
+                .into_iter()
+                .chain(self.args.iter().map(OsStr::new)),
         )?;
         let mut process = Process::start(command)?;
         process

@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
-    Lab, Netns, Process, VethOptions, balancer_bin, netns_test, poll,
+    Lab, Netns, VethOptions,
+    daemon::Daemon,
+    netns_test, poll,
     servers::EchoConnection,
     topology::{self, ConfigText, NO_CHECK, Server, Topology},
 };
@@ -25,52 +27,23 @@ const ECHO_PORT: u16 = 81;
 const HELD4: usize = 30;
 const HELD6: usize = 10;
 
-/// A balancer host of the test: its namespace, control socket and pins.
+/// A balancer host of the test: its namespace and address.
 struct Host {
+    name: &'static str,
     ns: Netns,
-    socket: PathBuf,
-    pins: PathBuf,
     address: IpAddr,
 }
 
 impl Host {
-    fn start(&self, lab: &Lab, config: &str) -> Result<Process> {
-        self.start_with(lab, config, &[])
+    /// Starts its daemon on `config`, with `args` beyond the files.
+    fn start(&self, lab: &Lab, config: &str, args: &[&str]) -> Result<Daemon> {
+        Daemon::start_in_with(lab, &self.ns, self.name, config, args)
     }
+}
 
-    fn start_with(&self, lab: &Lab, config: &str, args: &[&str]) -> Result<Process> {
-        let name = self.ns.name().rsplit('-').next().unwrap_or("lb").to_owned();
-        let path = lab.write_file(&format!("{name}.toml"), config)?;
-        let mut command = self.ns.command(balancer_bin()?);
-        command
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("run")
-            .arg("--pin-path")
-            .arg(&self.pins)
-            .arg("--config")
-            .arg(path)
-            .args(args);
-        let mut daemon = Process::start(command)?;
-        daemon.wait_for_output(Duration::from_secs(30), |out| {
-            out.contains("control socket ready")
-        })?;
-        Ok(daemon)
-    }
-
-    fn status(&self) -> Result<serde_json::Value> {
-        let out = std::process::Command::new(balancer_bin()?)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--json", "status"])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
+/// `status` of `daemon`.
+fn status_of(daemon: &Daemon) -> Result<serde_json::Value> {
+    daemon.cli_json(["status"])
 }
 
 /// The second balancer on the topology's segment.
@@ -174,17 +147,14 @@ fn pair(lab: &Lab) -> Result<Pair> {
     t.serve(Server::TcpEcho, topology::VIP4.into(), ECHO_PORT)?;
     t.serve(Server::TcpEcho, topology::VIP6.into(), ECHO_PORT)?;
     let lb2 = second_host(lab, &t)?;
-    let pins = lab.pin_dir()?;
     let a = Host {
+        name: "a",
         ns: t.lb.clone(),
-        socket: lab.scratch("a.sock")?,
-        pins: pins.clone(),
         address: topology::LB4.into(),
     };
     let b = Host {
+        name: "b",
         ns: lb2,
-        socket: lab.scratch("b.sock")?,
-        pins: pins.parent().context("no lab bpffs")?.join("lb2"),
         address: LB2_4.into(),
     };
     Ok(Pair { t, a, b })
@@ -195,15 +165,15 @@ fn connections_moved_to_a_peer_keep_their_least_connections_backend() {
     netns_test("sharing", Duration::from_secs(120), |lab| -> Result<()> {
         let Pair { t, a, b } = pair(lab)?;
         let key = key_file(lab, "sync.key", "a secret the two hosts share\n")?;
-        let _da = a.start(lab, &config(&t, a.address, b.address, &key))?;
-        let _db = b.start(lab, &config(&t, b.address, a.address, &key))?;
+        let da = a.start(lab, &config(&t, a.address, b.address, &key), &[])?;
+        let db = b.start(lab, &config(&t, b.address, a.address, &key), &[])?;
 
         let opened = Instant::now();
         let mut held = open_held(&t.client)?;
         let total = (HELD4 + HELD6) as u64;
         let (status, learned) = {
             let status = poll(Duration::from_secs(5), Duration::from_millis(20), || {
-                let status = b.status()?;
+                let status = status_of(&db)?;
                 let inserted = status["sync"]["flows_inserted"].as_u64().unwrap_or(0);
                 Ok(if inserted >= total {
                     Ok(status)
@@ -222,7 +192,7 @@ fn connections_moved_to_a_peer_keep_their_least_connections_backend() {
             "{}",
             status["sync"]
         );
-        let sent = a.status()?["sync"]["flows_sent"].as_u64().unwrap_or(0);
+        let sent = status_of(&da)?["sync"]["flows_sent"].as_u64().unwrap_or(0);
         ensure!(sent >= total, "host a sent {sent} flows of {total}");
         let backends: std::collections::BTreeSet<_> =
             held.iter().map(|c| c.backend.clone()).collect();
@@ -250,11 +220,11 @@ fn with_another_key_the_peer_refuses_the_flows_and_moved_connections_break() {
             let Pair { t, a, b } = pair(lab)?;
             let ka = key_file(lab, "a.key", "the secret of host a, 32 bytes!!")?;
             let kb = key_file(lab, "b.key", "another secret, of host b alone")?;
-            let _da = a.start(lab, &config(&t, a.address, b.address, &ka))?;
-            let _db = b.start(lab, &config(&t, b.address, a.address, &kb))?;
+            let _da = a.start(lab, &config(&t, a.address, b.address, &ka), &[])?;
+            let db = b.start(lab, &config(&t, b.address, a.address, &kb), &[])?;
             let mut held = open_held(&t.client)?;
             let refused = poll(Duration::from_secs(5), Duration::from_millis(20), || {
-                let sync = &b.status()?["sync"];
+                let sync = &status_of(&db)?["sync"];
                 let refused = sync["datagrams_refused"].as_u64().unwrap_or(0);
                 Ok(if refused > 0 {
                     Ok(sync.clone())
@@ -298,8 +268,8 @@ fn connections_older_than_the_idle_timeout_stay_known_to_the_peer() {
                 config.replace("[datapath]\n", "[datapath]\ntcp_idle_timeout = \"6s\"\n")
             };
             let fast = ["--reconcile-interval", "1s"];
-            let _da = a.start_with(lab, &short(config(&t, a.address, b.address, &key)), &fast)?;
-            let _db = b.start_with(lab, &short(config(&t, b.address, a.address, &key)), &fast)?;
+            let _da = a.start(lab, &short(config(&t, a.address, b.address, &key)), &fast)?;
+            let db = b.start(lab, &short(config(&t, b.address, a.address, &key)), &fast)?;
             let mut held = open_held(&t.client)?;
             // Three idle timeouts of traffic through host a only.
             let until = Instant::now() + Duration::from_secs(12);
@@ -311,7 +281,7 @@ fn connections_older_than_the_idle_timeout_stay_known_to_the_peer() {
                 round += 1;
                 std::thread::sleep(Duration::from_secs(1));
             }
-            let sync = b.status()?["sync"].clone();
+            let sync = status_of(&db)?["sync"].clone();
             let refreshed = sync["flows_refreshed"].as_u64().unwrap_or(0);
             ensure!(
                 refreshed > 0,
