@@ -5,6 +5,7 @@
 //! call the library directly.
 
 pub mod admission;
+pub mod availability;
 pub mod cli;
 pub mod command;
 pub mod config;

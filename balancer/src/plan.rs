@@ -520,29 +520,34 @@ pub fn tunnel_info(
 }
 
 impl VipPlan {
-    /// The members of the VIP's ring: the backends `usable` accepts (up,
-    /// reachable) with a weight above 0. Empty when none qualifies: the
-    /// caller keeps the ring it has rather than black-holing the VIP.
-    pub fn members(&self, usable: impl Fn(&BackendPlan) -> bool) -> Vec<Member> {
+    /// The members of the VIP's ring: the backends to which `weight` gives
+    /// a weight above 0 (0 for those not usable: down, unreachable), with
+    /// that weight, which may differ from the configured one while a
+    /// backend is in slow start. Empty when none qualifies: the caller
+    /// keeps the ring it has rather than black-holing the VIP.
+    pub fn members(&self, weight: impl Fn(&BackendPlan) -> u32) -> Vec<Member> {
         self.backends
             .iter()
-            .filter(|b| b.weight > 0 && usable(b))
-            .map(|b| Member {
-                id: b.id,
-                key: b.address.to_string().into_bytes(),
-                weight: b.weight,
+            .filter_map(|b| {
+                let weight = weight(b);
+                (weight > 0).then(|| Member {
+                    id: b.id,
+                    key: b.address.to_string().into_bytes(),
+                    weight,
+                })
             })
             .collect()
     }
 
-    /// The VIP's ring over [`VipPlan::members`] (see
+    /// The VIP's ring over the backends `usable` accepts, at their
+    /// configured weights (see [`VipPlan::members`] and
     /// [`schedule::ring`]); `None` without members.
     pub fn ring(
         &self,
         ring_size: u32,
         usable: impl Fn(&BackendPlan) -> bool,
     ) -> Result<Option<Vec<u32>>, MaglevError> {
-        let members = self.members(usable);
+        let members = self.members(|b| if usable(b) { b.weight } else { 0 });
         if members.is_empty() {
             return Ok(None);
         }

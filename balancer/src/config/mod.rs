@@ -225,6 +225,17 @@ pub struct VipConfig {
     /// [`DEFAULT_MIN_HEALTHY`]).
     #[serde(default)]
     pub min_healthy: Option<Spanned<u32>>,
+    /// Percent of the VIP's weight (1 to 100) that must be up for its
+    /// health checks to be trusted: below it, new flows spread over every
+    /// backend as if all were up (see [`crate::availability`]). Absent:
+    /// the checks are always trusted.
+    #[serde(default)]
+    pub panic_threshold: Option<Spanned<u32>>,
+    /// How long a backend that comes up, is added or is undrained takes to
+    /// get from a small share of new flows to its full weight, in steps
+    /// (see [`crate::availability`]). Absent: its full weight at once.
+    #[serde(default, deserialize_with = "spanned_duration")]
+    pub slow_start: Option<Spanned<Duration>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<BackendConfig>>,
 }
@@ -239,6 +250,18 @@ impl VipConfig {
     /// announced.
     pub fn min_healthy(&self) -> u32 {
         announce::min_healthy(self.min_healthy.as_ref())
+    }
+
+    /// The VIP's panic threshold in percent, if it has one.
+    pub fn panic_threshold(&self) -> Option<u8> {
+        self.panic_threshold
+            .as_ref()
+            .map(|t| (*t.get_ref()).min(100) as u8)
+    }
+
+    /// The length of the VIP's slow start, if it has one.
+    pub fn slow_start(&self) -> Option<Duration> {
+        self.slow_start.as_ref().map(|s| *s.get_ref())
     }
 
     /// The VIP's health check, the default one when the file has none.

@@ -449,3 +449,40 @@ fn min_healthy_defaults_to_one_refuses_zero_and_warns_when_it_cannot_hold() {
             .any(|w| w.message.contains("there is no [announce]")),
     );
 }
+
+#[test]
+fn panic_threshold_is_a_percentage_and_slow_start_a_bounded_duration() {
+    let with = |lines: &str| {
+        VALID.replace(
+            "protocol = \"tcp\"",
+            &format!("protocol = \"tcp\"\n{lines}"),
+        )
+    };
+    let config = parse(&with("panic_threshold = 50\nslow_start = \"30s\""), "t").unwrap();
+    let vip = config.vips[0].get_ref();
+    assert_eq!(vip.panic_threshold(), Some(50));
+    assert_eq!(vip.slow_start(), Some(Duration::from_secs(30)));
+    let plain = parse(VALID, "t").unwrap();
+    assert_eq!(plain.vips[0].get_ref().panic_threshold(), None);
+    assert_eq!(plain.vips[0].get_ref().slow_start(), None);
+    for (lines, fragment) in [
+        (
+            "panic_threshold = 0",
+            "panic_threshold 0 must be a percentage from 1 to 100",
+        ),
+        (
+            "panic_threshold = 101",
+            "panic_threshold 101 must be a percentage from 1 to 100",
+        ),
+        (
+            "slow_start = \"500ms\"",
+            "slow_start 500ms is out of range: 1s to 1h",
+        ),
+        (
+            "slow_start = \"2h\"",
+            "slow_start 2h is out of range: 1s to 1h",
+        ),
+    ] {
+        assert_rejected(&with(lines), 11, fragment);
+    }
+}

@@ -22,7 +22,10 @@ use super::{
     },
     format_duration,
 };
-use crate::maglev::{MAX_WEIGHT, is_prime};
+use crate::{
+    availability::{MAX_SLOW_START, MIN_SLOW_START},
+    maglev::{MAX_WEIGHT, is_prime},
+};
 
 /// Checks `config` (parsed from `text`) and returns every problem found,
 /// in file order; empty when the configuration is valid.
@@ -188,6 +191,7 @@ fn vips(config: &Config, errors: &mut Errors) {
             .map_or(spanned.span(), Spanned::span);
         health_check(name, vip.port, &check, check_span, errors);
         persistence(vip, errors);
+        availability(vip, errors);
         limits(vip, errors);
         let mut backends = BTreeMap::new();
         for b in &vip.backends {
@@ -283,6 +287,36 @@ fn persistence(vip: &VipConfig, errors: &mut Errors) {
                 "VIP {name:?}: persistence_ipv6_prefix needs persistence_timeout, without which there is no persistence"
             ),
         );
+    }
+}
+
+/// `panic_threshold` and `slow_start`.
+fn availability(vip: &VipConfig, errors: &mut Errors) {
+    let name = vip.name.get_ref();
+    if let Some(threshold) = &vip.panic_threshold {
+        let percent = *threshold.get_ref();
+        if !(1..=100).contains(&percent) {
+            errors.at(
+                threshold.span(),
+                format!(
+                    "VIP {name:?}: panic_threshold {percent} must be a percentage from 1 to 100 (leave it out for none)"
+                ),
+            );
+        }
+    }
+    if let Some(length) = &vip.slow_start {
+        let length_value = *length.get_ref();
+        if !(MIN_SLOW_START..=MAX_SLOW_START).contains(&length_value) {
+            errors.at(
+                length.span(),
+                format!(
+                    "VIP {name:?}: slow_start {} is out of range: {} to {} (leave it out for none)",
+                    format_duration(length_value),
+                    format_duration(MIN_SLOW_START),
+                    format_duration(MAX_SLOW_START)
+                ),
+            );
+        }
     }
 }
 

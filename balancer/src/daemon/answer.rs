@@ -142,6 +142,9 @@ struct VipRow {
     backends_up: usize,
     /// Every backend down or unreachable: the last ring stays in place.
     all_down: bool,
+    /// Less than its `panic_threshold` of its weight is up: every backend
+    /// takes new flows.
+    panicking: bool,
     /// announced, pending or withdrawn; null without `[announce]`.
     announce: Option<&'static str>,
     /// Why, in words.
@@ -165,6 +168,15 @@ struct VipDetail {
     interval_s: Option<f64>,
     /// Per-source limits, null without.
     limits: Option<LimitsDetail>,
+    /// The share of its weight that is up, in percent.
+    weight_up_percent: f64,
+    /// Its panic threshold in percent, null without.
+    panic_threshold: Option<u8>,
+    /// Less than `panic_threshold` of its weight is up: the checks are not
+    /// trusted, every backend takes new flows.
+    panicking: bool,
+    /// How long its backends' slow start lasts, null without.
+    slow_start: Option<String>,
     /// announced, pending or withdrawn; null without `[announce]`.
     announce: Option<&'static str>,
     /// Why, in words.
@@ -196,6 +208,12 @@ struct LimitsDetail {
 struct BackendDetail {
     address: String,
     weight: u32,
+    /// The weight the datapath holds: lower than `weight` during a slow
+    /// start.
+    weight_now: u32,
+    /// Where its slow start is ("step 2/10, 7.5s to full weight"), null
+    /// when not in one.
+    slow_start: Option<String>,
     /// up, down or draining (up with weight 0).
     state: &'static str,
     /// Open connections: the datapath's count for the least-* schedulers
@@ -420,6 +438,7 @@ impl View<'_> {
     }
 
     fn vip_rows(&self) -> anyhow::Result<Vec<VipRow>> {
+        let effective = self.effective();
         self.vips()
             .map(|(vip, config)| {
                 let counters = self.datapath.vip_counters(vip.slot.info.index)?;
@@ -429,6 +448,7 @@ impl View<'_> {
                     backends: vip.backends.len(),
                     backends_up: vip.backends.iter().filter(|b| self.is_up(b.id)).count(),
                     all_down: self.all_down(vip.slot.info.index),
+                    panicking: effective.panics(vip.slot.info.index),
                     announce,
                     announce_reason,
                     packets: counters.packets,
@@ -449,12 +469,24 @@ impl View<'_> {
             .map(|b| self.observed.get(b.id).and_then(|seen| seen.new_flows))
             .collect();
         let shares = crate::stats::shares(&new_flows);
+        let effective = self.effective();
+        let index = vip.slot.info.index;
         let mut backends = Vec::with_capacity(vip.backends.len());
         for ((b, new_flows), share_percent) in vip.backends.iter().zip(new_flows).zip(shares) {
             let active_connections = self.active_connections(vip.slot.info.flags, b.id)?;
+            let ramp = effective.ramps.get(&b.id);
             backends.push(BackendDetail {
                 address: b.address.to_string(),
                 weight: b.weight,
+                weight_now: effective.weight(b.id, b.weight),
+                slow_start: ramp.map(|r| {
+                    format!(
+                        "step {}/{}, {:.1}s to full weight",
+                        r.step,
+                        r.steps,
+                        r.left.as_secs_f64()
+                    )
+                }),
                 state: self.backend_state(b.id, b.weight),
                 active_connections,
                 smoothed_latency_ms: self
@@ -474,7 +506,16 @@ impl View<'_> {
                 .filter(|_| config.address.get_ref().is_ipv6())
                 .map(|p| p.ipv6_prefix),
             interval_s: self.observed.scan.interval.map(|i| i.as_secs_f64()),
-            limits: self.limits_detail(vip.slot.info.index, config)?,
+            limits: self.limits_detail(index, config)?,
+            weight_up_percent: effective
+                .health
+                .get(&index)
+                .copied()
+                .unwrap_or_default()
+                .percent_up(),
+            panic_threshold: config.panic_threshold(),
+            panicking: effective.panics(index),
+            slow_start: config.slow_start().map(crate::config::format_duration),
             announce,
             announce_reason,
             backends,

@@ -21,6 +21,21 @@ pub(super) fn log_note(note: &Note) {
                 "VIP has no backend with a weight above 0: its traffic passes"
             );
         }
+        Note::Panic {
+            vip,
+            health,
+            threshold,
+        } => tracing::warn!(
+            vip,
+            percent_up = (health.percent_up() * 10.0).round() / 10.0,
+            threshold,
+            "VIP panics: less of its weight is up than its panic threshold, so its health checks are not trusted and new flows spread over every backend"
+        ),
+        Note::PanicOver { vip, health } => tracing::info!(
+            vip,
+            percent_up = (health.percent_up() * 10.0).round() / 10.0,
+            "VIP panics no more: its health checks are trusted again"
+        ),
     }
 }
 

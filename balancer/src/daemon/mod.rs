@@ -14,6 +14,7 @@ mod backoff;
 mod checks;
 mod connections;
 mod desired;
+mod effective;
 mod events;
 mod fingerprint;
 mod gates;
@@ -307,6 +308,7 @@ async fn serve(
         state.announce().await;
         let announce_due = state.announcer.as_ref().map(announcer::Announcer::due);
         let flush_at = state.sharing.as_ref().and_then(|s| s.flush_at);
+        let ramp_due = state.ramp_due;
         tokio::select! {
             _ = tokio::time::sleep_until(announce_due.map_or_else(tokio::time::Instant::now, Into::into)), if announce_due.is_some() => {}
             events = next_flow_events(&mut flow_events) => state.share(&events),
@@ -336,6 +338,11 @@ async fn serve(
                 changed = None;
                 last_change_read = tokio::time::Instant::now();
                 state.resolve().await;
+                state.publish_when_due();
+            }
+            _ = tokio::time::sleep_until(ramp_due.map_or_else(tokio::time::Instant::now, Into::into)), if ramp_due.is_some() => {
+                // A slow start's next step.
+                state.ramp_due = None;
                 state.publish_when_due();
             }
             _ = stats.tick() => {

@@ -14,6 +14,7 @@ use crate::{
     config::CheckKind,
     health::{Health, Report, Tracker},
     neighbour::L2Path,
+    plan::Plan,
 };
 
 /// Weight of a new latency sample in the smoothed latency.
@@ -49,6 +50,11 @@ pub(super) struct Seen {
     /// so a host that starts with dead backends never announces them for
     /// the `fall` checks it takes to find out.
     pub(super) confirmed: bool,
+    /// When its slow start began: when it came up after being down, or
+    /// joined its VIP (added or undrained) while the daemon ran. None for
+    /// a backend up since the daemon started. It is in slow start while
+    /// its VIP's `slow_start` has not passed since.
+    pub(super) ramp_from: Option<Instant>,
     /// Live connection-table entries at the last scan.
     pub(super) live: u64,
     /// Its new-flow counter at the last scan.
@@ -210,11 +216,29 @@ impl Observed {
             .all(|seen| seen.path.mac().is_some())
     }
 
-    /// Takes one check result; returns the transition it caused, if any.
+    /// Starts the slow start, at `now`, of every backend that joins its
+    /// VIP from `old` to `new`: one `old` did not have, or had at weight 0
+    /// (drained) and `new` gives a weight.
+    pub(super) fn start_ramps(&mut self, old: &Plan, new: &Plan, now: Instant) {
+        let weights: BTreeMap<u32, u32> = old
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.id, b.weight)))
+            .collect();
+        for backend in new.vips.iter().flat_map(|v| &v.backends) {
+            let joins = backend.weight > 0 && weights.get(&backend.id).is_none_or(|w| *w == 0);
+            if let Some(seen) = self.backends.get_mut(&backend.id).filter(|_| joins) {
+                seen.ramp_from = Some(now);
+            }
+        }
+    }
+
+    /// Takes one check result, received at `now`; returns the transition
+    /// it caused, if any (a backend that comes up starts its slow start).
     /// A report of a backend no longer observed (still in flight from the
     /// check task of a backend just removed) is ignored, and so is, but
     /// for its count, a check that could not run on this host.
-    pub(super) fn record(&mut self, report: &Report) -> Option<Transition> {
+    pub(super) fn record(&mut self, report: &Report, now: Instant) -> Option<Transition> {
         let seen = self.backends.get_mut(&report.backend)?;
         if report.inconclusive {
             seen.checks.inconclusive += 1;
@@ -238,6 +262,7 @@ impl Observed {
         let to = seen.health.record(report.success)?;
         if to == Health::Up {
             seen.checks.went_up += 1;
+            seen.ramp_from = Some(now);
         } else {
             seen.checks.went_down += 1;
         }
@@ -276,6 +301,7 @@ impl Seen {
             inconclusive_streak: 0,
             path: Reach::Unknown,
             confirmed: false,
+            ramp_from: None,
             live: 0,
             new_flows_total: None,
             new_flows: None,

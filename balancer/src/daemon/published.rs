@@ -72,6 +72,9 @@ pub(super) struct VipRecord {
     /// It has no ring and no backend of weight above 0: its traffic
     /// passes (said once, when it becomes so).
     pub(super) unweighted: bool,
+    /// It panics: every backend is written up (said once, when it starts
+    /// and when it ends).
+    pub(super) panicking: bool,
 }
 
 /// A VIP's ring in force and what it was built from.
@@ -222,6 +225,7 @@ impl VipRecord {
             ring: None,
             all_down: false,
             unweighted: false,
+            panicking: false,
         }
     }
 }

@@ -13,7 +13,10 @@
 //! Entries of the allow and deny lists go in before the settings (and
 //! addresses) that turn their lookups on, and out last.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use balancer_common::{
     backend::{BACKEND_CONFIRMED, BackendInfo},
@@ -23,10 +26,12 @@ use balancer_common::{
 
 use super::{
     desired::Desired,
+    effective::Effective,
     observed::Observed,
     published::{Numbers, Published, Recipe},
 };
 use crate::{
+    availability::Health,
     datapath::{RINGS_PER_BATCH, Write, Writer},
     maglev::MaglevError,
     plan::{self, BackendPlan, Delivery, Plan},
@@ -44,6 +49,11 @@ pub(super) struct Writes {
     pub(super) all_down: BTreeSet<u32>,
     /// VIP indexes with no ring and no backend of weight above 0.
     pub(super) unweighted: BTreeSet<u32>,
+    /// VIP indexes that panic: every backend taken as up.
+    pub(super) panicking: BTreeSet<u32>,
+    /// When a slow start under way takes its next step: the weights
+    /// change then.
+    pub(super) next_step: Option<Instant>,
     /// The numbers in use once written.
     pub(super) numbers: Numbers,
     /// What to log once written.
@@ -61,6 +71,15 @@ pub(super) enum Note {
     /// A VIP has no backend with a weight above 0 and no ring: its
     /// traffic passes.
     NoWeight { vip: String },
+    /// Less than a VIP's panic threshold of its weight is up: its checks
+    /// are not trusted, every backend takes new flows.
+    Panic {
+        vip: String,
+        health: Health,
+        threshold: u8,
+    },
+    /// A VIP that panicked has enough of its weight up again.
+    PanicOver { vip: String, health: Health },
 }
 
 /// How a set of writes went wrong.
@@ -99,18 +118,22 @@ impl ApplyError {
 }
 
 /// The writes that bring `published` in line with `desired` as `observed`
-/// sees it. Fails only when a ring cannot be built.
+/// sees it at `now` (slow starts move with time). Fails only when a ring
+/// cannot be built.
 pub(super) fn reconcile(
     desired: &Desired,
     observed: &Observed,
     published: &Published,
+    now: Instant,
 ) -> Result<Writes, MaglevError> {
     let plan = &desired.plan;
+    let effective = Effective::of(desired, observed, now);
     let mut out = Writes {
         numbers: Numbers {
             vips: plan.vip_indexes().collect(),
             backends: plan.backend_ids().collect(),
         },
+        next_step: effective.next_step(now),
         ..Writes::default()
     };
     let ops = &mut out.ops;
@@ -184,10 +207,11 @@ pub(super) fn reconcile(
     if published.settings != Some(plan.settings) {
         ops.push(Write::Settings(plan.settings));
     }
-    let infos = backend_infos(desired, observed);
+    let infos = backend_infos(desired, observed, &effective);
     let tunnels = tunnel_infos(desired, observed);
     let mut egress = published.egress.clone();
     for (_, b) in desired.backends() {
+        let weight = effective.weight(b.id, b.weight);
         let record = published.backend(b.id);
         // A tunnel's source before the entry that makes the datapath read
         // it.
@@ -199,11 +223,8 @@ pub(super) fn reconcile(
                 tunnel: *tunnel,
             });
         }
-        if record.weight != Some(b.weight) {
-            ops.push(Write::Weight {
-                id: b.id,
-                weight: b.weight,
-            });
+        if record.weight != Some(weight) {
+            ops.push(Write::Weight { id: b.id, weight });
         }
         let info = infos[&b.id];
         if record.info != Some(info) {
@@ -226,7 +247,8 @@ pub(super) fn reconcile(
             });
         }
     }
-    let rings = rings(plan, published, &infos, &mut out)?;
+    panic_notes(desired, published, &effective, &mut out);
+    let rings = rings(plan, published, &infos, &effective, &mut out)?;
     for chunk in rings.chunks(RINGS_PER_BATCH) {
         out.ops.push(Write::Rings(chunk.to_vec()));
     }
@@ -258,9 +280,17 @@ fn rings(
     plan: &Plan,
     published: &Published,
     infos: &BTreeMap<u32, BackendInfo>,
+    effective: &Effective,
     out: &mut Writes,
 ) -> Result<Vec<(crate::datapath::VipSlot, Vec<u32>)>, MaglevError> {
-    let usable = |b: &BackendPlan| infos[&b.id].is_usable();
+    let weight = |b: &BackendPlan| effective.weight(b.id, b.weight);
+    let usable = |b: &BackendPlan| {
+        if infos[&b.id].is_usable() {
+            weight(b)
+        } else {
+            0
+        }
+    };
     let ring_size = plan.settings.ring_size;
     let mut changed = Vec::new();
     for vip in &plan.vips {
@@ -278,7 +308,7 @@ fn rings(
                 }
                 continue;
             }
-            members = vip.members(|_| true);
+            members = vip.members(weight);
             if members.is_empty() {
                 out.unweighted.insert(index);
                 if !record.is_some_and(|r| r.unweighted) {
@@ -310,9 +340,43 @@ fn rings(
     Ok(changed)
 }
 
+/// Notes a VIP that starts or stops panicking, and records which do.
+fn panic_notes(desired: &Desired, published: &Published, effective: &Effective, out: &mut Writes) {
+    for (vip, config) in desired
+        .plan
+        .vips
+        .iter()
+        .zip(desired.config.vips.iter().map(toml::Spanned::get_ref))
+    {
+        let index = vip.slot.info.index;
+        let panics = effective.panics(index);
+        let health = effective.health.get(&index).copied().unwrap_or_default();
+        let panicked = published.vip(&vip.slot).is_some_and(|r| r.panicking);
+        if panics {
+            out.panicking.insert(index);
+        }
+        match (panicked, panics, config.panic_threshold()) {
+            (false, true, Some(threshold)) => out.notes.push(Note::Panic {
+                vip: vip.name.clone(),
+                health,
+                threshold,
+            }),
+            (true, false, _) => out.notes.push(Note::PanicOver {
+                vip: vip.name.clone(),
+                health,
+            }),
+            _ => {}
+        }
+    }
+}
+
 /// The `backends` map entry of every backend of `desired`: up unless its
-/// checks say down, resolved once its MAC is known.
-fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, BackendInfo> {
+/// checks say down (or its VIP panics), resolved once its MAC is known.
+fn backend_infos(
+    desired: &Desired,
+    observed: &Observed,
+    effective: &Effective,
+) -> BTreeMap<u32, BackendInfo> {
     let tunnels = tunnel_infos(desired, observed);
     desired
         .backends()
@@ -321,7 +385,7 @@ fn backend_infos(desired: &Desired, observed: &Observed) -> BTreeMap<u32, Backen
             let mut info = plan::backend_info(
                 b.address,
                 vip.slot.info.index,
-                observed.is_up(b.id),
+                observed.is_up(b.id) || effective.panics(vip.slot.info.index),
                 observed.reach(b.id).path(),
                 delivery,
             );
@@ -364,12 +428,13 @@ pub(super) fn apply_or_roll_back(
     observed: &Observed,
     writer: &mut dyn Writer,
     published: &mut Published,
+    now: Instant,
 ) -> Result<(), ApplyError> {
     let (done, total, error) = match apply(writes, writer, published) {
         Err(ApplyError::Partial { done, total, error }) => (done, total, error),
         other => return other,
     };
-    let back = reconcile(current, observed, published)
+    let back = reconcile(current, observed, published, now)
         .map_err(|err| err.to_string())
         .and_then(|back| apply(&back, writer, published).map_err(|err| err.to_string()));
     match back {
@@ -410,6 +475,7 @@ pub(super) fn apply(
     for (index, record) in &mut published.vips {
         record.all_down = writes.all_down.contains(index);
         record.unweighted = writes.unweighted.contains(index);
+        record.panicking = writes.panicking.contains(index);
     }
     published
         .backends

@@ -26,6 +26,7 @@ impl View<'_> {
         };
         let mut vips = Vec::with_capacity(self.plan().vips.len());
         let mut backends = Vec::new();
+        let effective = self.effective();
         for vip in &self.plan().vips {
             let c = counters
                 .vips
@@ -43,6 +44,7 @@ impl View<'_> {
                 new_flows: c.new_flows,
                 limited_new_flows: limited.new_flows.packets,
                 limited_packets: limited.packets.packets,
+                panicking: effective.panics(vip.slot.info.index),
             });
             for b in &vip.backends {
                 let c = counters
@@ -59,7 +61,7 @@ impl View<'_> {
                     new_flows: c.new_flows,
                     up: self.is_up(b.id),
                     resolved: self.observed.reach(b.id).mac().is_some(),
-                    weight: b.weight,
+                    weight: effective.weight(b.id, b.weight),
                     active_connections: self.active_connections(vip.slot.info.flags, b.id)?,
                     check_latency: seen.and_then(|s| s.latency),
                     checks_ok: health.ok,

@@ -54,6 +54,9 @@ pub(super) struct State {
     write_failures: u64,
     /// When the periodic round tries the maps again after a failure.
     retry: Backoff,
+    /// When a slow start under way takes its next step, as of the last
+    /// writes: the maps are brought in line then.
+    pub(super) ramp_due: Option<std::time::Instant>,
     /// Where the metrics are served, "off", or why they are not.
     pub(super) metrics_endpoint: String,
     /// The announcements, with `[announce]`.
@@ -105,6 +108,7 @@ impl State {
             maps_error: None,
             write_failures: 0,
             retry: RETRY,
+            ramp_due: None,
             metrics_endpoint: "off".to_owned(),
             announcer: None,
             sharing: None,
@@ -240,8 +244,11 @@ impl State {
             .next(config, path, text)
             .map_err(ApplyError::Refused)?;
         self.observed.add(&next, &BTreeMap::new());
+        let now = std::time::Instant::now();
+        self.observed
+            .start_ramps(&self.desired.plan, &next.plan, now);
         resolve(&self.neighbours, &next, &mut self.observed, &mut self.pacer).await;
-        match reconcile::reconcile(&next, &self.observed, &self.published) {
+        match reconcile::reconcile(&next, &self.observed, &self.published, now) {
             Ok(writes) => Ok((next, writes)),
             Err(err) => {
                 self.observed.retain(&self.desired);
@@ -264,6 +271,7 @@ impl State {
             &self.observed,
             &mut self.datapath,
             &mut self.published,
+            std::time::Instant::now(),
         );
         let behind = outcome.as_ref().is_err_and(|err| !err.changed_nothing());
         if let Err(err) = self.outcome(writes, outcome, behind) {
@@ -326,7 +334,12 @@ impl State {
 
     /// Brings the maps in line with the desired state as observed now.
     pub(super) fn publish(&mut self) -> Result<(), ApplyError> {
-        match reconcile::reconcile(&self.desired, &self.observed, &self.published) {
+        match reconcile::reconcile(
+            &self.desired,
+            &self.observed,
+            &self.published,
+            std::time::Instant::now(),
+        ) {
             Ok(writes) => self.write(&writes),
             Err(err) => {
                 let error = format!("{err}; nothing was changed");
@@ -366,6 +379,7 @@ impl State {
             Ok(()) => {
                 self.maps_error = None;
                 self.retry.succeeded();
+                self.ramp_due = writes.next_step;
                 for note in &writes.notes {
                     log_note(note);
                 }
@@ -388,7 +402,7 @@ impl State {
     /// smoothed latency, and on a transition its entry and its VIPs'
     /// rings.
     pub(super) fn health_report(&mut self, report: &Report) -> Result<(), ApplyError> {
-        let transition = self.observed.record(report);
+        let transition = self.observed.record(report, std::time::Instant::now());
         let first_of_streak = |seen: &super::observed::Seen| seen.inconclusive_streak == 1;
         if report.inconclusive
             && self

@@ -5,8 +5,8 @@
 use balancer_common::vip::counts_connections;
 
 use super::{
-    announcer::Announcer, desired::Desired, gates, observed::Observed, published::Published,
-    sharing::Sharing,
+    announcer::Announcer, desired::Desired, effective::Effective, gates, observed::Observed,
+    published::Published, sharing::Sharing,
 };
 use crate::datapath::Datapath;
 
@@ -44,10 +44,16 @@ impl View<'_> {
             .zip(self.desired.config.vips.iter().map(toml::Spanned::get_ref))
     }
 
+    /// The availability policies' verdicts now: slow starts, panics.
+    pub(super) fn effective(&self) -> Effective {
+        Effective::of(self.desired, self.observed, std::time::Instant::now())
+    }
+
     /// What the gates of the announcements are given: per VIP whether
     /// the maps hold it and how many of its backends they let take new
     /// flows, of those whose health is known (see
-    /// [`super::observed::Seen::confirmed`]).
+    /// [`super::observed::Seen::confirmed`]) and good: a VIP that panics
+    /// writes its down backends up, and they do not count.
     pub(super) fn gate_inputs(&self) -> Vec<gates::Input> {
         self.vips()
             .map(|(vip, config)| {
@@ -58,6 +64,7 @@ impl View<'_> {
                     .filter(|b| {
                         b.weight > 0
                             && self.observed.confirmed(b.id)
+                            && self.observed.is_up(b.id)
                             && self
                                 .published
                                 .backend(b.id)

@@ -116,6 +116,9 @@ pub struct VipMetrics {
     /// source's rate, packets over theirs.
     pub limited_new_flows: u64,
     pub limited_packets: u64,
+    /// Less than its panic threshold of its weight is up: every backend
+    /// takes new flows.
+    pub panicking: bool,
 }
 
 /// One backend of a VIP: counters and what the daemon knows of it.
@@ -354,6 +357,12 @@ fn registry(s: &Snapshot) -> Registry {
     );
 
     r.register(
+        "vip_panicking",
+        "1 while less of the VIP's weight is up than its panic_threshold: its health checks are not trusted and new flows spread over every backend",
+        gauges(s.vips.iter().map(|v| (vip(v), i64::from(v.panicking)))),
+    );
+
+    r.register(
         "backend_packets",
         "Packets forwarded to the backend",
         counters(s.backends.iter().map(|b| (backend(b), b.traffic.packets))),
@@ -381,7 +390,7 @@ fn registry(s: &Snapshot) -> Registry {
     );
     r.register(
         "backend_weight",
-        "The backend's weight (0 while draining)",
+        "The weight the datapath gives the backend: the configured one, 0 while draining, less during a slow start",
         gauges(s.backends.iter().map(|b| (backend(b), i64::from(b.weight)))),
     );
     r.register(
@@ -682,6 +691,7 @@ mod tests {
                 new_flows: 3,
                 limited_new_flows: 6,
                 limited_packets: 7,
+                panicking: true,
             }],
             backends: vec![
                 BackendMetrics {
@@ -809,6 +819,7 @@ mod tests {
             ("balancer_vip_packets_total{vip=web}", 30.0),
             ("balancer_vip_bytes_total{vip=web}", 3000.0),
             ("balancer_vip_new_flows_total{vip=web}", 3.0),
+            ("balancer_vip_panicking{vip=web}", 1.0),
             (
                 "balancer_backend_packets_total{backend=10.0.0.1,vip=web}",
                 20.0,

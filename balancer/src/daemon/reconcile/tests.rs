@@ -2,7 +2,11 @@
 //! from configuration text, observations made by hand, and an in-memory
 //! writer that records every write and can fail at a chosen one.
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use balancer_common::backend::{BACKEND_CONFIRMED, BACKEND_RESOLVED, BACKEND_UP};
 
@@ -57,6 +61,8 @@ struct World {
     desired: Desired,
     observed: Observed,
     published: Published,
+    /// The time the world is at: tests move it on.
+    now: Instant,
 }
 
 impl World {
@@ -73,6 +79,7 @@ impl World {
             desired,
             observed: Observed::default(),
             published: Published::default(),
+            now: Instant::now(),
         };
         world
             .observed
@@ -107,7 +114,7 @@ impl World {
     }
 
     fn reconcile(&self) -> Writes {
-        reconcile(&self.desired, &self.observed, &self.published).unwrap()
+        reconcile(&self.desired, &self.observed, &self.published, self.now).unwrap()
     }
 
     /// Reconciles and applies; returns the writes made.
@@ -125,6 +132,8 @@ impl World {
             .next(parse(text, "t").unwrap(), Path::new("t"), text.to_owned())
             .unwrap();
         self.observed.add(&next, &std::collections::BTreeMap::new());
+        self.observed
+            .start_ramps(&self.desired.plan, &next.plan, self.now);
         self.observed.retain(&next);
         self.desired = next;
         for id in self.ids() {
@@ -135,13 +144,16 @@ impl World {
     }
 
     fn check(&mut self, id: u32, success: bool) {
-        self.observed.record(&Report {
-            backend: id,
-            success,
-            inconclusive: false,
-            detail: String::new(),
-            latency: Duration::from_micros(250),
-        });
+        self.observed.record(
+            &Report {
+                backend: id,
+                success,
+                inconclusive: false,
+                detail: String::new(),
+                latency: Duration::from_micros(250),
+            },
+            self.now,
+        );
     }
 }
 
@@ -509,6 +521,7 @@ impl World {
             &self.observed,
             writer,
             &mut self.published,
+            self.now,
         )
     }
 }
@@ -574,13 +587,16 @@ fn a_rollback_that_fails_too_leaves_the_maps_behind_and_says_so() {
 fn checks_that_could_not_run_on_this_host_never_take_a_backend_down() {
     let mut world = World::published();
     for _ in 0..5 {
-        world.observed.record(&Report {
-            backend: 1,
-            success: false,
-            inconclusive: true,
-            detail: "tcp connect: Too many open files".into(),
-            latency: Duration::from_micros(10),
-        });
+        world.observed.record(
+            &Report {
+                backend: 1,
+                success: false,
+                inconclusive: true,
+                detail: "tcp connect: Too many open files".into(),
+                latency: Duration::from_micros(10),
+            },
+            world.now,
+        );
     }
     assert!(world.reconcile().ops.is_empty());
     let seen = world.observed.get(1).unwrap();
@@ -758,4 +774,159 @@ fn an_ipip_backend_gets_its_tunnel_before_the_entry_that_flags_it() {
             .iter()
             .any(|w| matches!(w, Write::Tunnel { id, .. } if *id == dns))
     );
+}
+
+/// `CONFIG` with `lines` added to the web VIP, published.
+fn web_with(lines: &str) -> World {
+    let mut world = World::published();
+    world.reload(&CONFIG.replace(
+        "health_check = { rise = 1, fall = 1 }",
+        &format!("health_check = {{ rise = 1, fall = 1 }}\n{lines}"),
+    ));
+    world.apply();
+    world
+}
+
+/// The members of VIP 0's ring in `writes`, with their weights.
+fn members(writes: &Writes) -> Vec<(u32, u32)> {
+    writes.recipes[&0]
+        .2
+        .iter()
+        .map(|m| (m.id, m.weight))
+        .collect()
+}
+
+/// The weights `writes` set, by backend id.
+fn weights(writes: &[Write]) -> Vec<(u32, u32)> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Weight { id, weight } => Some((*id, *weight)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn below_its_panic_threshold_a_vip_takes_every_backend_as_up() {
+    let mut world = web_with("panic_threshold = 50");
+    // Two of three up: 67 %, the checks are trusted.
+    world.check(0, false);
+    let writes = world.reconcile();
+    assert!(writes.panicking.is_empty());
+    assert_eq!(members(&writes), [(1, 100), (2, 100)]);
+    world.apply();
+    // One of three: 33 %, below 50: every backend up, in the ring, said once.
+    world.check(1, false);
+    let writes = world.reconcile();
+    assert_eq!(writes.panicking, BTreeSet::from([0]));
+    assert_eq!(members(&writes), [(0, 100), (1, 100), (2, 100)]);
+    assert!(
+        writes.notes.iter().any(|n| matches!(
+            n,
+            Note::Panic { vip, threshold: 50, .. } if vip == "web"
+        )),
+        "{:?}",
+        writes.notes
+    );
+    // Backend 0, written down before, is written up again; 1 stays up.
+    let ops = world.apply();
+    let written: Vec<(u32, bool)> = entries(&ops)
+        .iter()
+        .map(|(id, info)| (*id, info.flags & BACKEND_UP != 0))
+        .collect();
+    assert_eq!(written, [(0, true)]);
+    // Every backend down: still panicking, still every backend in the ring.
+    world.check(2, false);
+    let writes = world.reconcile();
+    assert_eq!(writes.panicking, BTreeSet::from([0]));
+    assert!(writes.notes.is_empty(), "{:?}", writes.notes);
+    assert!(writes.all_down.is_empty());
+    world.apply();
+    // Two back: 67 %, the checks are trusted again, the one down leaves.
+    world.check(0, true);
+    world.check(1, true);
+    let writes = world.reconcile();
+    assert!(writes.panicking.is_empty());
+    assert!(
+        writes
+            .notes
+            .iter()
+            .any(|n| matches!(n, Note::PanicOver { vip, .. } if vip == "web"))
+    );
+    assert_eq!(members(&writes), [(0, 100), (1, 100)]);
+}
+
+#[test]
+fn without_a_panic_threshold_the_checks_are_always_trusted() {
+    let mut world = World::published();
+    world.check(0, false);
+    world.check(1, false);
+    let writes = world.reconcile();
+    assert!(writes.panicking.is_empty());
+    assert_eq!(members(&writes), [(2, 100)]);
+}
+
+#[test]
+fn a_backend_that_comes_back_ramps_up_its_weight_in_steps() {
+    let mut world = web_with("slow_start = \"10s\"");
+    world.check(1, false);
+    world.apply();
+    world.check(1, true);
+    let writes = world.reconcile();
+    assert_eq!(weights(&writes.ops), [(1, 10)]);
+    assert_eq!(writes.next_step, Some(world.now + Duration::from_secs(1)));
+    assert_eq!(members(&writes), [(0, 100), (1, 10), (2, 100)]);
+    world.apply();
+    // Within the step: nothing to write.
+    world.now += Duration::from_millis(900);
+    assert!(world.reconcile().ops.is_empty());
+    world.now += Duration::from_millis(100);
+    let writes = world.reconcile();
+    assert_eq!(weights(&writes.ops), [(1, 20)]);
+    assert_eq!(members(&writes), [(0, 100), (1, 20), (2, 100)]);
+    world.apply();
+    world.now += Duration::from_secs(7);
+    assert_eq!(weights(&world.apply()), [(1, 90)]);
+    // The last step is the full weight.
+    world.now += Duration::from_secs(1);
+    assert_eq!(weights(&world.apply()), [(1, 100)]);
+    world.now += Duration::from_secs(60);
+    let writes = world.reconcile();
+    assert!(writes.ops.is_empty());
+    assert_eq!(writes.next_step, None);
+}
+
+#[test]
+fn added_and_undrained_backends_ramp_up_and_those_there_from_the_start_do_not() {
+    let config = CONFIG.replace(
+        "health_check = { rise = 1, fall = 1 }",
+        "health_check = { rise = 1, fall = 1 }\nslow_start = \"4s\"",
+    );
+    let mut world = World::published();
+    world.reload(&config);
+    let writes = world.reconcile();
+    assert!(
+        weights(&writes.ops).is_empty(),
+        "no ramp for backends already there"
+    );
+    world.apply();
+    let drained = config.replace(
+        r#"{ address = "10.0.0.1" }"#,
+        r#"{ address = "10.0.0.1", drain = true }"#,
+    );
+    world.reload(&drained);
+    world.apply();
+    world.reload(&config.replace(
+        r#"{ address = "10.0.0.3" }]"#,
+        r#"{ address = "10.0.0.3" }, { address = "10.0.0.4", weight = 200 }]"#,
+    ));
+    let writes = world.reconcile();
+    // Undrained and added: a quarter of their weights.
+    assert_eq!(weights(&writes.ops), [(0, 25), (4, 50)]);
+    world.apply();
+    world.now += Duration::from_secs(2);
+    assert_eq!(weights(&world.apply()), [(0, 75), (4, 150)]);
+    world.now += Duration::from_secs(1);
+    assert_eq!(weights(&world.apply()), [(0, 100), (4, 200)]);
 }
