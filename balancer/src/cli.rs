@@ -42,10 +42,17 @@ pub enum Command {
     /// health, and serve until SIGINT or SIGTERM.
     Run(RunArgs),
     /// Validate a configuration file without touching anything; prints
-    /// every problem as FILE:LINE: message.
+    /// every problem as FILE:LINE: message. With --diff, also what a
+    /// reload of it would change in the running daemon.
     CheckConfig {
         /// The file to check.
         path: PathBuf,
+        /// Also print what the running daemon would change if its file
+        /// were this one: VIPs and backends added or removed, weights,
+        /// schedulers, forwarding, rings rebuilt, every other key, and
+        /// the keys that need a restart. Changes nothing.
+        #[arg(long)]
+        diff: bool,
     },
     /// The running daemon in brief: configuration, interfaces, backends.
     Status,
@@ -77,6 +84,10 @@ pub enum Command {
         /// without this flag, so an emptied or truncated file does not).
         #[arg(long)]
         allow_empty: bool,
+        /// Print what the reload would change and change nothing; exits
+        /// with a failure when the reload would be refused.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// This host's announcements ([announce]): withdraw every VIP for
     /// maintenance, or bring them back.
@@ -352,7 +363,21 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => daemon::run(args.options(cli.socket.clone())),
-        Command::CheckConfig { path } => check_config(&path),
+        // With --diff --json, stdout is the preview's JSON alone.
+        Command::CheckConfig { path, diff } => {
+            check_config(&path, !(diff && cli.json)).and_then(|()| {
+                if !diff {
+                    return Ok(());
+                }
+                let text = std::fs::read_to_string(&path)?;
+                let request = Request::Preview {
+                    path: Some(path.display().to_string()),
+                    text: Some(text),
+                    allow_empty: true,
+                };
+                preview(&control::call(&socket, &request)?, cli.json)
+            })
+        }
         Command::Status => ask(Request::Status {}),
         Command::Vip(VipCommand::List) => ask(Request::VipList {}),
         Command::Vip(VipCommand::Show { name }) => ask(Request::VipShow { name }),
@@ -383,7 +408,21 @@ pub fn main() -> ExitCode {
             watch: true,
             interval,
         }) => watch::run(&socket, interval.unwrap_or(Duration::from_secs(1))),
-        Command::Reload { allow_empty } => ask(Request::Reload { allow_empty }),
+        Command::Reload {
+            allow_empty,
+            dry_run: true,
+        } => {
+            let request = Request::Preview {
+                path: None,
+                text: None,
+                allow_empty,
+            };
+            control::call(&socket, &request).and_then(|answer| preview(&answer, cli.json))
+        }
+        Command::Reload {
+            allow_empty,
+            dry_run: false,
+        } => ask(Request::Reload { allow_empty }),
         Command::Host(HostCommand::Drain) => ask(Request::HostDrain {}),
         Command::Host(HostCommand::Undrain) => ask(Request::HostUndrain {}),
         Command::Teardown {
@@ -519,8 +558,9 @@ fn list(items: &[String]) -> String {
 }
 
 /// `balancer check-config PATH`: every problem on stderr, or the counts,
-/// the warnings (on stderr) and the kernel memory the maps will take.
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+/// the warnings (on stderr) and the kernel memory the maps will take (on
+/// stdout, unless not `verbose`).
+fn check_config(path: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
     let (config, warnings) = crate::config::load_with_warnings(path).map_err(|errors| {
         eprintln!("{errors}");
         anyhow::anyhow!(
@@ -529,22 +569,63 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             errors.errors.len()
         )
     })?;
+    for warning in &warnings.errors {
+        let line = warning.line.map_or_else(String::new, |l| format!("{l}:"));
+        eprintln!("{}:{line} warning: {}", warnings.file, warning.message);
+    }
+    if !verbose {
+        return Ok(());
+    }
     let backends: usize = config.vips.iter().map(|v| v.get_ref().backends.len()).sum();
     println!(
         "{}: valid ({} VIPs, {backends} backends)",
         path.display(),
         config.vips.len()
     );
-    for warning in &warnings.errors {
-        let line = warning.line.map_or_else(String::new, |l| format!("{l}:"));
-        eprintln!("{}:{line} warning: {}", warnings.file, warning.message);
-    }
     println!(
         "{}: the maps take {} of kernel memory, charged to the daemon's memory cgroup",
         path.display(),
         crate::config::MapMemory::of(&config)
     );
     Ok(())
+}
+
+/// Prints the daemon's answer to `preview`: what a reload would change,
+/// one line each, grouped; fails when the reload would be refused.
+fn preview(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    let preview: crate::preview::Preview = serde_json::from_value(answer.clone())
+        .map_err(|e| anyhow::anyhow!("the daemon's preview is malformed: {e}"))?;
+    let file = answer["file"].as_str().unwrap_or("the file");
+    if json {
+        println!("{answer}");
+    } else if preview.is_empty() {
+        println!("{file}: a reload would change nothing");
+    } else {
+        println!("{file}: what a reload would change");
+        for (title, lines) in [
+            (
+                "needs a restart (a reload is refused)",
+                &preview.needs_restart,
+            ),
+            ("VIPs and backends", &preview.changes),
+            (
+                "rings rebuilt (a share of their new flows moves)",
+                &preview.rings_rebuilt,
+            ),
+            ("other keys", &preview.settings),
+        ] {
+            if !lines.is_empty() {
+                println!("{title}:");
+                for line in lines {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+    match preview.refused {
+        Some(why) => anyhow::bail!("a reload of {file} would be refused: {why}"),
+        None => Ok(()),
+    }
 }
 
 /// Prints a daemon answer: JSON as is, or objects as `key: value` lines and

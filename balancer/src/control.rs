@@ -69,6 +69,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         allow_empty: bool,
     },
+    /// What a reload would change, changing nothing: of the daemon's own
+    /// file, or of `text` (named `path` in messages) when given.
+    /// `allow_empty` as for `Reload`.
+    Preview {
+        #[serde(default)]
+        path: Option<String>,
+        #[serde(default)]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_empty: bool,
+    },
     /// Withdraw every VIP of this host (the drain mark is put in; the
     /// datapath keeps serving what still arrives).
     HostDrain {},
@@ -92,7 +103,7 @@ impl Serialize for Request {
 
 impl Request {
     /// The `command` of each query (each request but a change).
-    pub const QUERIES: [&'static str; 9] = [
+    pub const QUERIES: [&'static str; 10] = [
         "status",
         "vip-list",
         "vip-show",
@@ -100,6 +111,7 @@ impl Request {
         "stats",
         "access-list",
         "reload",
+        "preview",
         "host-drain",
         "host-undrain",
     ];
@@ -388,6 +400,11 @@ mod tests {
                 vip: None,
             },
             Request::Reload { allow_empty: true },
+            Request::Preview {
+                path: Some("b.toml".into()),
+                text: Some("[datapath]".into()),
+                allow_empty: false,
+            },
             Request::HostDrain {},
             Request::HostUndrain {},
         ];
@@ -401,7 +418,7 @@ mod tests {
         let unknown = parse_request(r#"{"command":"explode"}"#).unwrap_err();
         assert!(
             unknown.error.unwrap().contains(
-                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `access-list`, `reload`, `host-drain`, `host-undrain`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`, `access-add`, `access-remove`"
+                "unknown variant `explode`, expected one of `status`, `vip-list`, `vip-show`, `backend-list`, `stats`, `access-list`, `reload`, `preview`, `host-drain`, `host-undrain`, `vip-add`, `vip-remove`, `backend-add`, `backend-remove`, `backend-weight`, `backend-drain`, `backend-undrain`, `access-add`, `access-remove`"
             )
         );
     }

@@ -20,6 +20,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod neighbour;
 pub mod plan;
+pub mod preview;
 pub mod routes;
 pub mod schedule;
 pub mod stats;

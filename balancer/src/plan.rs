@@ -576,6 +576,12 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// How its packets reach its backends changed.
+    VipForwarding {
+        vip: String,
+        from: &'static str,
+        to: &'static str,
+    },
     /// A backend joined a VIP.
     BackendAdded {
         vip: String,
@@ -591,6 +597,40 @@ pub enum Change {
         from: u32,
         to: u32,
     },
+}
+
+impl std::fmt::Display for Change {
+    /// One line, as `check-config --diff` and `reload --dry-run` print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::VipAdded { vip } => write!(f, "VIP {vip}: added"),
+            Change::VipRemoved { vip } => write!(f, "VIP {vip}: removed"),
+            Change::VipService { vip, from, to } => write!(f, "VIP {vip}: service {from} → {to}"),
+            Change::VipPolicy { vip, from, to } => {
+                write!(f, "VIP {vip}: scheduling {from} → {to}")
+            }
+            Change::VipForwarding { vip, from, to } => {
+                write!(f, "VIP {vip}: forwarding {from} → {to}")
+            }
+            Change::BackendAdded {
+                vip,
+                backend,
+                weight,
+            } => write!(f, "VIP {vip}: backend {backend} added (weight {weight})"),
+            Change::BackendRemoved { vip, backend } => {
+                write!(
+                    f,
+                    "VIP {vip}: backend {backend} removed (its flows fail over)"
+                )
+            }
+            Change::Weight {
+                vip,
+                backend,
+                from,
+                to,
+            } => write!(f, "VIP {vip}: backend {backend} weight {from} → {to}"),
+        }
+    }
 }
 
 /// A VIP's service as `ADDRESS:PORT/PROTO`.
@@ -688,6 +728,13 @@ pub fn changes(old: &Plan, new: &Plan) -> Vec<Change> {
                         vip: name(),
                         from,
                         to,
+                    });
+                }
+                if before.forwarding != vip.forwarding {
+                    out.push(Change::VipForwarding {
+                        vip: name(),
+                        from: before.forwarding.name(),
+                        to: vip.forwarding.name(),
                     });
                 }
             }

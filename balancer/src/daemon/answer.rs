@@ -133,6 +133,14 @@ impl VipService {
     }
 }
 
+/// `preview`: what a reload of `file` would change.
+#[derive(Serialize)]
+pub(super) struct PreviewAnswer {
+    pub(super) file: String,
+    #[serde(flatten)]
+    pub(super) preview: crate::preview::Preview,
+}
+
 /// One row of `vip list`.
 #[derive(Serialize)]
 struct VipRow {
@@ -286,6 +294,14 @@ impl State {
                     }
                     Response::error(error.to_string())
                 }
+            }),
+            Request::Preview {
+                path,
+                text,
+                allow_empty,
+            } => Ok(match self.preview(path.zip(text), allow_empty) {
+                Ok(preview) => Response::ok(preview),
+                Err(error) => Response::error(error),
             }),
             Request::HostDrain {} => self.drain(true).await,
             Request::HostUndrain {} => self.drain(false).await,

@@ -104,8 +104,40 @@ impl Desired {
         Ok(on_disk)
     }
 
+    /// What a reload to `config`, whose text is `text`, would change
+    /// (see [`crate::preview`]); changes nothing.
+    pub(super) fn preview(&self, config: &Config, text: &str) -> crate::preview::Preview {
+        let mut numbering = self.numbering.clone();
+        let plan = plan::plan_with(config, &mut numbering, self.cpus);
+        let restart = self
+            .restart_keys(config)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        crate::preview::preview(
+            &self.plan,
+            self.text.as_deref().unwrap_or_default(),
+            &plan,
+            text,
+            restart,
+        )
+    }
+
     /// Refuses a configuration that changes what only a restart can.
     fn check_restart_keys(&self, config: &Config, path: &Path) -> Result<(), String> {
+        let fixed = self.restart_keys(config);
+        if fixed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: {} cannot change while the daemon runs (restart it); nothing was changed",
+            path.display(),
+            fixed.join(", ")
+        ))
+    }
+
+    /// The keys `config` changes that only a restart can change.
+    fn restart_keys(&self, config: &Config) -> Vec<&'static str> {
         let (old, new) = (&self.config.datapath, &config.datapath);
         let mut fixed = Vec::new();
         if old.interfaces != new.interfaces {
@@ -140,14 +172,7 @@ impl Desired {
         if self.config.sync != config.sync {
             fixed.push("[sync]");
         }
-        if fixed.is_empty() {
-            return Ok(());
-        }
-        Err(format!(
-            "{}: {} cannot change while the daemon runs (restart it); nothing was changed",
-            path.display(),
-            fixed.join(", ")
-        ))
+        fixed
     }
 
     /// "N VIPs, M backends".

@@ -52,6 +52,9 @@ pub(super) fn log_change(change: &plan::Change) {
         Change::VipPolicy { vip, from, to } => {
             tracing::info!(vip, from, to, "VIP scheduling changed");
         }
+        Change::VipForwarding { vip, from, to } => {
+            tracing::info!(vip, from, to, "VIP forwarding changed");
+        }
         Change::BackendAdded {
             vip,
             backend,

@@ -186,6 +186,38 @@ impl State {
         self.commit(next, &writes)
     }
 
+    /// What a reload would change (see [`crate::preview`]), changing
+    /// nothing: of `file` (a name for messages, and its text) when given,
+    /// else of the daemon's configuration file. Refused, with every
+    /// problem, when the configuration is invalid.
+    pub(super) fn preview(
+        &self,
+        file: Option<(String, String)>,
+        allow_empty: bool,
+    ) -> Result<super::answer::PreviewAnswer, String> {
+        let (name, text) = match file {
+            Some(file) => file,
+            None => {
+                let path = self.desired.config_file()?;
+                let text = crate::config::read(&path).map_err(|errors| errors.to_string())?;
+                (path.display().to_string(), text)
+            }
+        };
+        let config = crate::config::parse(&text, &name).map_err(|errors| errors.to_string())?;
+        let mut preview = self.desired.preview(&config, &text);
+        let vips = self.desired.config.vips.len();
+        if preview.applies && config.vips.is_empty() && vips > 0 && !allow_empty {
+            preview.applies = false;
+            preview.refused = Some(format!(
+                "the file has no VIP: applying it would withdraw all {vips} VIPs (--allow-empty does that on purpose)"
+            ));
+        }
+        Ok(super::answer::PreviewAnswer {
+            file: name,
+            preview,
+        })
+    }
+
     /// Applies a CLI change: edits the file's text as last loaded
     /// (comments and layout kept; refused when the file changed on disk
     /// since), checks the result like any configuration, writes it back
