@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::unistd::Uid;
 
-use crate::shell;
+use crate::{apt, shell};
 
 /// bpf-linker release built here; 0.13 supports LLVM 22, the nightly's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -242,19 +242,8 @@ fn ensure_packages<'a>(packages: &[(&'a str, &str)]) -> Result<Vec<&'a str>> {
         );
     }
     eprintln!("bootstrap: installing Debian packages {missing:?}");
-    shell::run(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("`apt-get update` failed: are the Debian mirrors reachable?")?;
-    shell::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| format!("cannot install {missing:?} with apt-get"))?;
+    apt::update().context("`apt-get update` failed: are the Debian mirrors reachable?")?;
+    apt::install(&missing).with_context(|| format!("cannot install {missing:?} with apt-get"))?;
     Ok(missing)
 }
 

@@ -4,6 +4,7 @@
 //! whatever the machine lacks ([`bootstrap`]), so both work on a freshly
 //! installed machine.
 
+mod apt;
 mod bootstrap;
 mod lint;
 mod shell;
