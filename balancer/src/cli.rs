@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to subcommands.
 
+pub mod exit;
+pub mod generate;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -17,22 +19,30 @@ use crate::{
 };
 
 /// Layer-4 TCP/UDP load balancer with an XDP fast path.
+///
+/// The global options are accepted before or after the subcommand, and
+/// listed under their own heading so that each help shows them apart from
+/// the subcommand's own options (the man pages describe them once, in
+/// balancer(1)).
 #[derive(Debug, Parser)]
-#[command(name = "balancer", version, about)]
+#[command(name = "balancer", version, about, long_about = None, after_help = exit::help())]
 pub struct Cli {
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, help_heading = GLOBAL)]
     pub log_format: LogFormat,
     /// The daemon's control socket (default: /run/balancer/control.sock,
     /// or `[daemon] control_socket` for `run`).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     pub socket: Option<PathBuf>,
     /// Print the daemon's answer as JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The help heading of the global options.
+const GLOBAL: &str = "Global options";
 
 /// What to do.
 #[derive(Debug, Subcommand)]
@@ -351,8 +361,14 @@ impl ValueEnum for LogFormat {
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into
-/// an exit code, printing the error chain on failure.
+/// an exit status ([`exit`]), printing the error chain on failure.
 pub fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == generate::NAME)
+    {
+        return generate::main(std::env::args_os().skip(1));
+    }
     let cli = Cli::parse();
     crate::logging::init(cli.log_format);
     let socket = cli.socket.clone().unwrap_or_else(control::default_socket);
@@ -436,7 +452,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::of(&err).code)
         }
     }
 }

@@ -70,6 +70,7 @@ pub struct Service {
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipName {
+    /// The VIP's name.
     pub name: String,
 }
 
@@ -77,7 +78,9 @@ pub struct VipName {
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendAdd {
+    /// The VIP's name.
     pub vip: String,
+    /// The backend's address: the VIP's family (either with ipip or gue).
     pub address: IpAddr,
     /// Share of new flows relative to the other backends (default 100).
     #[arg(long)]
@@ -90,7 +93,9 @@ pub struct BackendAdd {
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendRef {
+    /// The VIP's name.
     pub vip: String,
+    /// The backend's address.
     pub address: IpAddr,
 }
 
@@ -98,8 +103,12 @@ pub struct BackendRef {
 #[derive(Clone, Debug, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendWeight {
+    /// The VIP's name.
     pub vip: String,
+    /// The backend's address.
     pub address: IpAddr,
+    /// Its new share of new flows relative to the other backends: 0 to
+    /// 10000, 0 drains.
     pub weight: u32,
 }
 

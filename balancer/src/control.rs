@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use tokio::sync::oneshot;
 
@@ -181,17 +180,72 @@ pub fn parse_request(line: &str) -> Result<Request, Response> {
         .map_err(|e| Response::error(format!("malformed request: {e}")))
 }
 
-/// Sends `request` to the daemon at `socket` and returns its result, or
-/// its error as an error.
-pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
-    let mut stream = StdUnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the daemon at {} (is `balancer run` running? --socket sets another path)",
-            socket.display()
-        )
+/// Why [`call`] got no result: the three outcomes a caller must tell apart
+/// (the CLI turns them into distinct exit statuses, [`crate::cli::exit`]),
+/// as variants rather than message text.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No daemon answered: nothing listens at the socket (the file is
+    /// missing, or left by a daemon that is gone: connection refused), or
+    /// the connection closed or timed out before any answer came (a
+    /// daemon that exited or hung meanwhile).
+    #[error(
+        "cannot reach the daemon at {} (is `balancer run` running? --socket sets another path)",
+        socket.display()
+    )]
+    NoDaemon {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered, refusing the request: its error names why
+    /// (an unknown VIP, an invalid change, a refused reload, too many
+    /// clients).
+    #[error("{message}")]
+    Refused { message: String },
+    /// Anything else: the socket exists but cannot be used by this user
+    /// (permission denied), or the answer is not a response.
+    #[error("{what} {}", socket.display())]
+    Failed {
+        socket: PathBuf,
+        /// What failed, as the message's start: "cannot connect to the
+        /// daemon at", "cannot send the request to the daemon at", ...
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How long [`call`] waits for an answer: a reload that resolves and
+/// checks many backends takes a while, a hung daemon must not hang the
+/// caller forever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends `request` to the daemon at `socket` and returns its result; a
+/// refusal, or the lack of any daemon to answer, is an error of its own
+/// ([`CallError`]).
+pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, CallError> {
+    let failed = |what, source: Box<dyn std::error::Error + Send + Sync>| CallError::Failed {
+        socket: socket.to_owned(),
+        what,
+        source,
+    };
+    let no_daemon = |source| CallError::NoDaemon {
+        socket: socket.to_owned(),
+        source,
+    };
+    let mut stream = StdUnixStream::connect(socket).map_err(|err| {
+        if nothing_listens(&err) {
+            no_daemon(err)
+        } else {
+            failed("cannot connect to the daemon at", err.into())
+        }
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut line = serde_json::to_string(request)?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(|err| failed("cannot set a timeout on the connection to", err.into()))?;
+    let mut line = serde_json::to_string(request)
+        .map_err(|err| failed("cannot write the request for the daemon at", err.into()))?;
     line.push('\n');
     // A daemon with too many clients answers so without reading the
     // request and closes: the write may fail, the answer is still there.
@@ -199,16 +253,41 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     let mut reply = String::new();
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
-        sent.context("cannot send the request to the daemon")?;
-        read.context("no answer from the daemon")?;
+        // Whatever went wrong first: the write, the read, or a close
+        // without a word (the daemon exited meanwhile).
+        let err = sent.err().or(read.err()).unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the connection closed without an answer",
+            )
+        });
+        return Err(no_daemon(err));
     }
-    let response: Response =
-        serde_json::from_str(&reply).context("the daemon's answer is not valid JSON")?;
+    let response: Response = serde_json::from_str(&reply).map_err(|err| {
+        failed(
+            "the answer is not valid JSON from the daemon at",
+            err.into(),
+        )
+    })?;
     match (response.ok, response.error) {
         (true, _) => Ok(response.result.unwrap_or(serde_json::Value::Null)),
-        (false, Some(error)) => bail!("{error}"),
-        (false, None) => bail!("the daemon refused the request"),
+        (false, Some(message)) => Err(CallError::Refused { message }),
+        (false, None) => Err(CallError::Refused {
+            message: "the daemon refused the request".to_owned(),
+        }),
     }
+}
+
+/// Whether a connect error means that no daemon serves the socket: the
+/// path does not exist, or nothing listens on it (a socket file left by a
+/// daemon that was killed). Other errors (permission denied, not a
+/// socket) say that this caller cannot use what is there.
+fn nothing_listens(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused | ErrorKind::NotADirectory
+    )
 }
 
 /// Where the CLI finds the socket by default.
@@ -439,6 +518,94 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A socket path in a directory of its own, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("balancer-call-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn socket(&self) -> PathBuf {
+            self.0.join("control.sock")
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `call` on a socket served by a thread that reads one request and
+    /// answers `reply` (nothing at all: `None`).
+    fn call_answered(
+        name: &str,
+        reply: Option<&'static str>,
+    ) -> Result<serde_json::Value, CallError> {
+        let scratch = Scratch::new(name);
+        let listener = std::os::unix::net::UnixListener::bind(scratch.socket()).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            if let Some(reply) = reply {
+                (&stream).write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        let outcome = call(&scratch.socket(), &Request::Status {});
+        server.join().unwrap();
+        outcome
+    }
+
+    #[test]
+    fn call_tells_a_result_a_refusal_no_daemon_and_a_bad_answer_apart() {
+        let ok = call_answered("ok", Some("{\"ok\":true,\"result\":3}\n"));
+        assert_eq!(ok.unwrap(), serde_json::json!(3));
+        let refused = call_answered(
+            "refused",
+            Some("{\"ok\":false,\"error\":\"no VIP named \\\"x\\\"\"}\n"),
+        );
+        assert!(
+            matches!(&refused, Err(CallError::Refused { message }) if message == "no VIP named \"x\""),
+            "{refused:?}"
+        );
+        let silent = call_answered("silent", None);
+        assert!(
+            matches!(silent, Err(CallError::NoDaemon { .. })),
+            "{silent:?}"
+        );
+        let garbled = call_answered("garbled", Some("hello\n"));
+        assert!(
+            matches!(garbled, Err(CallError::Failed { .. })),
+            "{garbled:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_socket_or_one_nothing_listens_on_is_no_daemon() {
+        let scratch = Scratch::new("missing");
+        let missing = call(&scratch.socket(), &Request::Status {});
+        assert!(
+            matches!(missing, Err(CallError::NoDaemon { .. })),
+            "{missing:?}"
+        );
+        let message = missing.unwrap_err().to_string();
+        assert!(message.contains("cannot reach the daemon at"), "{message}");
+        // A daemon killed with SIGKILL leaves its socket file behind.
+        drop(std::os::unix::net::UnixListener::bind(scratch.socket()).unwrap());
+        assert!(scratch.socket().exists());
+        let stale = call(&scratch.socket(), &Request::Status {});
+        assert!(
+            matches!(stale, Err(CallError::NoDaemon { .. })),
+            "{stale:?}"
+        );
     }
 
     #[test]

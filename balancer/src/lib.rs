@@ -25,3 +25,7 @@ pub mod routes;
 pub mod schedule;
 pub mod stats;
 pub mod sync;
+
+/// The crate's version: what `balancer --version` and `status` report, and
+/// the Debian package's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

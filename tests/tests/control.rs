@@ -188,7 +188,7 @@ fn the_cli_says_clearly_when_no_daemon_runs() -> Result<()> {
     let out = balancer_tests::daemon::cli_without_daemon("none", &["status"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        out.status.code() == Some(1) && err.contains("cannot reach the daemon"),
+        out.status.code() == Some(4) && err.contains("cannot reach the daemon"),
         "{err}"
     );
     Ok(())

@@ -254,15 +254,16 @@ fn the_live_view_shows_rates_and_shares_and_restores_the_terminal() {
         eprintln!("exited {:?} after Ctrl-C", asked.elapsed());
         ensure_restored(&view)?;
 
-        // The daemon goes away: the view says so, exits 1, and restores
-        // the terminal first so the message stays visible.
+        // The daemon goes away: the view says so, exits 4 (no daemon
+        // answered), and restores the terminal first so the message stays
+        // visible.
         let mut view = watch_on_terminal(lab, &t.client)?;
         view.wait_for_screen(Duration::from_secs(10), |s| {
             s.contents().contains("VIP / BACKEND")
         })?;
         drop(daemon);
         let status = view.wait_timeout(Duration::from_secs(5))?;
-        ensure!(status.exit_code() == 1, "a lost daemon: {status}");
+        ensure!(status.exit_code() == 4, "a lost daemon: {status}");
         ensure_restored(&view)?;
         let screen = view.contents();
         ensure!(
@@ -338,7 +339,7 @@ fn without_a_daemon_the_view_fails_clearly() -> Result<()> {
     let out = balancer_tests::daemon::cli_without_daemon("watch", &["stats", "--watch"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        out.status.code() == Some(1) && err.contains("cannot reach the daemon"),
+        out.status.code() == Some(4) && err.contains("cannot reach the daemon"),
         "{err}"
     );
     ensure!(out.stdout.is_empty(), "{:?}", out.stdout);

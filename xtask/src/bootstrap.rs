@@ -12,19 +12,26 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::unistd::Uid;
 
-use crate::shell;
+use crate::{apt, shell};
 
 /// bpf-linker release built here; 0.13 supports LLVM 22, the nightly's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and the demo run: `ip`, `ethtool`, and BIRD 2
+/// Debian packages the tests and the demo run: `ip`, `ethtool`, BIRD 2
 /// (`bird`, `birdc`) for the BGP tests of several balancer hosts behind a
-/// router (tests/src/ecmp.rs).
+/// router (tests/src/ecmp.rs), and for the test of the Debian package
+/// (tests/tests/package.rs) `man` and `systemd-analyze`.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("bird2", "bird"),
+    ("man-db", "man"),
+    ("systemd", "systemd-analyze"),
 ];
+
+/// Debian packages `cargo xtask package` runs beside dpkg-deb (in dpkg,
+/// always there): dpkg-shlibdeps for Depends, strip for the binary.
+const PACKAGE_TOOLS: &[(&str, &str)] = &[("dpkg-dev", "dpkg-shlibdeps"), ("binutils", "strip")];
 
 /// Debian packages the benchmarks add: the alternatives they compare
 /// against (nftables, HAProxy, nginx with its stream module) and the font
@@ -47,6 +54,8 @@ pub struct Needs {
     pub packages: bool,
     /// The Debian packages of the benchmarks.
     pub bench: bool,
+    /// The tools that build the Debian package.
+    pub package: bool,
 }
 
 impl Needs {
@@ -54,16 +63,25 @@ impl Needs {
         build: true,
         packages: false,
         bench: false,
+        package: false,
     };
     pub const ALL: Needs = Needs {
         build: true,
         packages: true,
         bench: false,
+        package: true,
     };
     pub const BENCH: Needs = Needs {
         build: true,
         packages: true,
         bench: true,
+        package: false,
+    };
+    pub const PACKAGE: Needs = Needs {
+        build: true,
+        packages: false,
+        bench: false,
+        package: true,
     };
 }
 
@@ -85,6 +103,9 @@ pub fn run(needs: Needs) -> Result<()> {
         if installed.contains(&"bird2") && on_path("systemctl") {
             let _ = shell::probe("systemctl", ["disable", "--now", "bird"]);
         }
+    }
+    if needs.package {
+        ensure_packages(PACKAGE_TOOLS)?;
     }
     if needs.bench {
         let installed = ensure_packages(BENCH_PACKAGES)?;
@@ -242,19 +263,8 @@ fn ensure_packages<'a>(packages: &[(&'a str, &str)]) -> Result<Vec<&'a str>> {
         );
     }
     eprintln!("bootstrap: installing Debian packages {missing:?}");
-    shell::run(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("`apt-get update` failed: are the Debian mirrors reachable?")?;
-    shell::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| format!("cannot install {missing:?} with apt-get"))?;
+    apt::update().context("`apt-get update` failed: are the Debian mirrors reachable?")?;
+    apt::install(&missing).with_context(|| format!("cannot install {missing:?} with apt-get"))?;
     Ok(missing)
 }
 

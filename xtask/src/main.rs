@@ -4,8 +4,10 @@
 //! whatever the machine lacks ([`bootstrap`]), so both work on a freshly
 //! installed machine.
 
+mod apt;
 mod bootstrap;
 mod lint;
+mod package;
 mod shell;
 mod test;
 
@@ -33,6 +35,10 @@ enum Task {
     /// Build the balancer and run it on a small demo topology in network
     /// namespaces, with live traffic (needs root).
     Demo(DemoArgs),
+    /// Build the Debian package (release binary, systemd unit, default
+    /// configuration, man pages, completions, docs) and print the path of
+    /// the .deb, target/debian/balancer_VERSION_ARCH.deb, on stdout.
+    Package,
     /// Run benchmarks (needs root) and write docs/benchmarks.md and its
     /// plots: `cargo xtask bench [datapath|e2e|control|scale]... [--json]`;
     /// arguments go to the bench binary (`cargo xtask bench -- --help`).
@@ -98,10 +104,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         "balancer-tests",
         "--bins",
     ]))?;
-    let release = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| shell::workspace_root().join("target"))
-        .join("release");
+    let release = shell::target_dir().join("release");
     let err = std::process::Command::new(release.join("bench"))
         .args(&args.args)
         .env("BALANCER_BIN", release.join("balancer"))
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Task::Bootstrap => bootstrap::run(bootstrap::Needs::ALL).map(drop),
         Task::Lint => bootstrap::run(bootstrap::Needs::BUILD).and_then(|_| lint::run()),
         Task::Test(args) => test::run(&args),
+        Task::Package => package::run(),
         Task::Demo(args) => demo(&args),
         Task::Bench(args) => bench(&args),
     };

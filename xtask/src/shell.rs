@@ -17,6 +17,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, or `target/` of the
+/// workspace.
+pub fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// The cargo that runs this task (`$CARGO`), so every step uses the same
 /// toolchain.
 pub fn cargo() -> Command {

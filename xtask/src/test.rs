@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use nix::unistd::Uid;
 
-use crate::{bootstrap, lint, shell};
+use crate::{bootstrap, lint, package, shell};
 
 /// Options of `cargo xtask test`.
 #[derive(Args)]
@@ -20,9 +20,9 @@ pub struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
-/// Bootstraps, lints, builds the balancer, runs every test of the
-/// workspace against that binary, and fails if a test left a namespace or
-/// a veth behind.
+/// Bootstraps, lints, builds the balancer and (for a privileged run) its
+/// Debian package, runs every test of the workspace against them, and
+/// fails if a test left a namespace or a veth behind.
 pub fn run(args: &TestArgs) -> Result<()> {
     let privileged = Uid::effective().is_root();
     let needs = if privileged || shell::in_ci() {
@@ -38,6 +38,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
         lint::run()?;
     }
     let balancer = build_balancer()?;
+    // The package test (tests/tests/package.rs) installs it with dpkg, as
+    // root: an unprivileged run skips that test, so it needs no package.
+    let deb = if privileged || shell::in_ci() {
+        Some(package::build()?)
+    } else {
+        None
+    };
     let veths_before = if privileged {
         root_veths()?
     } else {
@@ -45,12 +52,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
     };
     let default_pins = std::path::Path::new("/sys/fs/bpf/balancer");
     let pins_before = default_pins.exists();
-    let outcome = shell::run(
-        shell::cargo()
-            .args(["test", "--workspace"])
-            .args(&args.cargo_test_args)
-            .env("BALANCER_BIN", &balancer),
-    );
+    let mut cargo_test = shell::cargo();
+    cargo_test
+        .args(["test", "--workspace"])
+        .args(&args.cargo_test_args)
+        .env("BALANCER_BIN", &balancer);
+    if let Some(deb) = &deb {
+        cargo_test.env("BALANCER_DEB", deb);
+    }
+    let outcome = shell::run(&mut cargo_test);
     if privileged {
         check_leftovers(&veths_before)?;
         if default_pins.exists() && !pins_before {
@@ -66,10 +76,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 /// Builds the `balancer` binary and returns its path.
 pub fn build_balancer() -> Result<PathBuf> {
     shell::run(shell::cargo().args(["build", "--package", "balancer"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shell::workspace_root().join("target"));
-    let binary = target.join("debug").join("balancer");
+    let binary = shell::target_dir().join("debug").join("balancer");
     if !binary.is_file() {
         bail!(
             "the build succeeded but {} does not exist",

@@ -70,6 +70,68 @@ fn the_example_in_the_docs_is_valid() {
     assert!(!config.vips.is_empty());
 }
 
+/// The default configuration the Debian package installs as
+/// /etc/balancer/balancer.toml.
+const SHIPPED: &str = include_str!("../../../dist/balancer.toml");
+
+/// `text` with every commented-out key and table header (`# key = ...`,
+/// `# [table]`) made live; prose comments stay comments.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || is_assignment(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `text` starts as a TOML assignment of a bare key.
+fn is_assignment(text: &str) -> bool {
+    text.split_once(" = ").is_some_and(|(key, _)| {
+        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    })
+}
+
+#[test]
+fn the_shipped_configuration_sets_nothing_and_its_comments_are_the_defaults() {
+    let config = parse(SHIPPED, "dist/balancer.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config, Config::default());
+    let live = uncommented(SHIPPED);
+    assert!(
+        live.lines().filter(|l| l.contains(" = ")).count() >= 30,
+        "the keys were not uncommented:\n{live}"
+    );
+    let all = parse(&live, "uncommented").unwrap_or_else(|e| panic!("{e}\n{live}"));
+    assert_eq!(all.daemon, DaemonConfig::default());
+    let datapath = DatapathConfig {
+        insert_budget_setting: None,
+        ..all.datapath.clone()
+    };
+    assert_eq!(datapath, DatapathConfig::default());
+    assert_eq!(
+        all.datapath.insert_budget(),
+        DatapathConfig::default().insert_budget(),
+        "the commented insert_budget is the default's value"
+    );
+    assert_eq!(all.access, AccessConfig::default());
+    let announce = all.announce.expect("the [announce] example");
+    let defaults: AnnounceConfig = toml::from_str("table = 4242").unwrap();
+    assert_eq!(announce, defaults);
+    let [vip] = &all.vips[..] else {
+        panic!("one example VIP: {:?}", all.vips)
+    };
+    let vip = vip.get_ref();
+    assert_eq!(
+        (vip.name.get_ref().as_str(), vip.backends.len()),
+        ("web", 2)
+    );
+    assert_eq!(
+        (vip.scheduler, vip.forwarding),
+        (Scheduler::default(), Forwarding::default())
+    );
+}
+
 #[test]
 fn an_empty_file_is_a_valid_configuration_with_nothing_to_do() {
     assert_eq!(parse("", "t").unwrap(), Config::default());
