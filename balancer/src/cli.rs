@@ -433,7 +433,9 @@ pub fn main() -> ExitCode {
                 text: None,
                 allow_empty,
             };
-            control::call(&socket, &request).and_then(|answer| preview(&answer, cli.json))
+            control::call(&socket, &request)
+                .map_err(anyhow::Error::from)
+                .and_then(|answer| preview(&answer, cli.json))
         }
         Command::Reload {
             allow_empty,
@@ -607,7 +609,8 @@ fn check_config(path: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
 }
 
 /// Prints the daemon's answer to `preview`: what a reload would change,
-/// one line each, grouped; fails when the reload would be refused.
+/// one line each, grouped; fails as refused (exit status 3) when the
+/// reload would be refused.
 fn preview(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     let preview: crate::preview::Preview = serde_json::from_value(answer.clone())
         .map_err(|e| anyhow::anyhow!("the daemon's preview is malformed: {e}"))?;
@@ -638,8 +641,12 @@ fn preview(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+    // The status of a refused reload: the daemon says it would refuse it.
     match preview.refused {
-        Some(why) => anyhow::bail!("a reload of {file} would be refused: {why}"),
+        Some(why) => Err(control::CallError::Refused {
+            message: format!("a reload of {file} would be refused: {why}"),
+        }
+        .into()),
         None => Ok(()),
     }
 }
