@@ -24,6 +24,7 @@ pub mod load;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
+pub mod plot_run;
 pub mod privilege;
 pub mod process;
 pub mod pty;

@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use balancer_tests::privilege;
+use balancer_tests::{
+    plot_run::{plots_and_runs, run_of},
+    privilege,
+};
 
 /// A fresh, empty directory, removed when dropped (also on failure).
 struct TempDir(PathBuf);
@@ -78,6 +81,64 @@ fn a_run_with_no_write_prints_its_rows_and_leaves_the_docs_alone() -> Result<()>
                 .lines()
                 .any(|l| l.split_whitespace().next() == Some(row)),
             "no row {row} in:\n{stdout}"
+        );
+    }
+    Ok(())
+}
+
+/// Every plot `doc` (in `docs`) shows must name the run its section names.
+fn check_plots(docs: &Path, doc: &str) -> Result<usize> {
+    let plots = plots_and_runs(doc);
+    for (plot, run) in &plots {
+        let run = run
+            .as_ref()
+            .with_context(|| format!("the section of {plot} names no run"))?;
+        let drawn = run_of(&docs.join(plot))?;
+        ensure!(
+            drawn.as_ref() == Some(run),
+            "{plot} comes from {drawn:?}, but the table beside it from {run:?}: run that section's benchmark again"
+        );
+    }
+    Ok(plots.len())
+}
+
+#[test]
+fn a_run_names_itself_in_its_section_and_in_every_plot_it_draws() -> Result<()> {
+    if !privilege::check("bench_plot_run") {
+        return Ok(());
+    }
+    let docs = TempDir::new("bench-plot-run")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["datapath", "--docs"])
+        .arg(docs.path())
+        .args(["--calls", "50", "--rounds", "1", "--path", "new_v4"])
+        .output()
+        .context("cannot run the bench binary")?;
+    ensure!(
+        out.status.success(),
+        "the bench failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = std::fs::read_to_string(docs.path().join("benchmarks.md"))?;
+    ensure!(
+        check_plots(docs.path(), &doc)? == 1,
+        "one plot expected in:\n{doc}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_plots_in_docs_come_from_the_runs_of_the_tables_beside_them() -> Result<()> {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let doc = std::fs::read_to_string(docs.join("benchmarks.md"))?;
+    let shown = plots_and_runs(&doc);
+    check_plots(&docs, &doc)?;
+    for entry in std::fs::read_dir(docs.join("img"))? {
+        let name = format!("img/{}", entry?.file_name().to_string_lossy());
+        ensure!(
+            shown.iter().any(|(plot, _)| *plot == name),
+            "docs/{name} is not shown in docs/benchmarks.md: remove it"
         );
     }
     Ok(())

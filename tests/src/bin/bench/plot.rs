@@ -1,6 +1,11 @@
 //! PNG plots for docs/img/, drawn with plotters. Text is rendered with
 //! DejaVu Sans (Debian's fonts-dejavu-core, which `cargo xtask bench`
 //! installs), loaded from its file, so no font library is linked.
+//!
+//! Every plot names the run it comes from ([`crate::report::Run`]): in a
+//! line under it, and in a `tEXt` chunk (`balancer_tests::plot_run`) that the tests
+//! compare with the run its section of docs/benchmarks.md names, so a plot
+//! is never left from another run than the table beside it.
 
 use std::{ops::Range, path::Path, sync::Once};
 
@@ -10,6 +15,9 @@ use plotters::{coord::ranged1d::SegmentValue, prelude::*};
 use crate::stats::Summary;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Height of the line that names the run, under the plot.
+const FOOTER: u32 = 26;
 
 /// One bar: a label and a figure with its spread.
 pub struct Bar {
@@ -39,12 +47,57 @@ fn register_font() -> Result<()> {
     result
 }
 
+/// Draws a plot of `size` (the run's line added under it) with `draw`,
+/// then writes it to `path` as a PNG that names the run.
+fn plot(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    register_font()?;
+    let run = crate::report::run().label();
+    let size = (width, height + FOOTER);
+    let mut pixels = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_error)?;
+        let (plot, footer) = root.split_vertically(height);
+        draw(&plot)?;
+        footer
+            .draw(&Text::new(
+                run.clone(),
+                (16, 4),
+                ("sans-serif", 14).into_font().color(&RGBColor(90, 90, 90)),
+            ))
+            .map_err(draw_error)?;
+        root.present().map_err(draw_error)?;
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.add_text_chunk(balancer_tests::plot_run::RUN_KEY.to_owned(), run)?;
+    encoder
+        .write_header()
+        .and_then(|mut writer| writer.write_image_data(&pixels))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Horizontal bars with min-max whiskers, one per entry, top to bottom.
 pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
-    register_font()?;
     let height = 120 + 44 * bars.len() as u32;
-    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_error)?;
+    plot(path, (1000, height), |root| {
+        draw_bars(root, title, unit, bars)
+    })
+}
+
+fn draw_bars(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    bars: &[Bar],
+) -> Result<()> {
     let top = bars
         .iter()
         .map(|b| b.value.max)
@@ -52,7 +105,7 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
         .max(f64::MIN_POSITIVE)
         * 1.2;
     let n = bars.len();
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
@@ -109,7 +162,6 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
             )
         }))
         .map_err(draw_error)?;
-    root.present().map_err(draw_error)?;
     Ok(())
 }
 
@@ -117,14 +169,23 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
 pub fn lines(
     path: &Path,
     title: &str,
+    x: (&str, Range<f64>),
+    y: (&str, Range<f64>),
+    lines: &[Line],
+) -> Result<()> {
+    plot(path, (1000, 560), |root| {
+        draw_lines(root, title, x, y, lines)
+    })
+}
+
+fn draw_lines(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
     (x_desc, x_range): (&str, Range<f64>),
     (y_desc, y_range): (&str, Range<f64>),
     lines: &[Line],
 ) -> Result<()> {
-    register_font()?;
-    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_error)?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(48)
@@ -159,7 +220,6 @@ pub fn lines(
         .border_style(BLACK)
         .draw()
         .map_err(draw_error)?;
-    root.present().map_err(draw_error)?;
     Ok(())
 }
 

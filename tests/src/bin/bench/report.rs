@@ -120,7 +120,35 @@ pub fn number(value: f64, decimals: usize) -> String {
     format!("{sign}{grouped}{frac}")
 }
 
-/// What the figures were measured on.
+/// This run of the benchmarks: the commit measured and when the run
+/// started. Every section it writes names it (through [`machine`]) and so
+/// does every plot it draws ([`crate::plot`]).
+pub struct Run {
+    /// The short commit, "with uncommitted changes" when the tree differs
+    /// from it outside docs/.
+    pub commit: String,
+    /// When the run started, RFC 3339 in UTC to the second.
+    pub started: String,
+}
+
+impl Run {
+    /// "run 2026-12-05T09:40:12Z, commit 1a2b3c4": how sections and plots
+    /// name the run.
+    pub fn label(&self) -> String {
+        format!("run {}, commit {}", self.started, self.commit)
+    }
+}
+
+/// The run this process makes.
+pub fn run() -> &'static Run {
+    static RUN: std::sync::OnceLock<Run> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| Run {
+        commit: commit(),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+}
+
+/// What the figures were measured on, and in which run.
 pub fn machine() -> String {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
@@ -137,6 +165,15 @@ pub fn machine() -> String {
         .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     let kernel = read("/proc/sys/kernel/osrelease");
+    format!(
+        "{model}, {cpus} CPUs, {mem_gib:.0} GiB, Linux {} ({})",
+        kernel.trim(),
+        run().label()
+    )
+}
+
+/// The commit measured: HEAD, and whether the tree differs from it.
+fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -159,29 +196,7 @@ pub fn machine() -> String {
     if git(&status).is_some_and(|s| !s.is_empty()) {
         commit.push_str(" with uncommitted changes");
     }
-    format!(
-        "{model}, {cpus} CPUs, {mem_gib:.0} GiB, Linux {}, commit {commit}, {}",
-        kernel.trim(),
-        today()
-    )
-}
-
-/// Today's date (UTC), as YYYY-MM-DD.
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    commit
 }
 
 const INTRO: &str = "# Benchmarks
