@@ -21,9 +21,9 @@ use crate::{
 /// Layer-4 TCP/UDP load balancer with an XDP fast path.
 ///
 /// The global options are accepted before or after the subcommand, and
-/// listed under their own heading so that each help shows them apart from
-/// the subcommand's own options (the man pages describe them once, in
-/// balancer(1)).
+/// described once, under their own heading in `balancer --help` (and in
+/// balancer(1)); a subcommand's help names them in one line ([`command`]).
+///
 #[derive(Debug, Parser)]
 #[command(name = "balancer", version, about, long_about = None, after_help = exit::help())]
 pub struct Cli {
@@ -43,6 +43,63 @@ pub struct Cli {
 
 /// The help heading of the global options.
 const GLOBAL: &str = "Global options";
+
+/// The command line as `balancer` parses it and prints its help: [`Cli`]'s,
+/// with the global options described in `balancer --help` only: every
+/// subcommand gets hidden copies of them (clap copies a global option
+/// into a subcommand only where it has none of that name, and the hidden
+/// copies go on down to its own subcommands) and a line naming them.
+pub fn command() -> clap::Command {
+    let mut root = <Cli as clap::CommandFactory>::command();
+    let globals: Vec<clap::Arg> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.clone().hide(true))
+        .collect();
+    let names: Vec<String> = globals
+        .iter()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let line = format!(
+        "Global options ({}) and exit statuses: `balancer --help`.",
+        names.join(", ")
+    );
+    let subcommands: Vec<String> = root
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        root = root.mut_subcommand(name, |sub| {
+            globals
+                .iter()
+                .fold(sub, |sub, arg| sub.arg(arg.clone()))
+                .pipe_after_help(&line)
+        });
+    }
+    root
+}
+
+/// Adds a closing line to a command's help and to its subcommands'.
+trait AfterHelp {
+    fn pipe_after_help(self, line: &str) -> Self;
+}
+
+impl AfterHelp for clap::Command {
+    fn pipe_after_help(mut self, line: &str) -> Self {
+        let children: Vec<String> = self
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in children {
+            self = self.mut_subcommand(name, |sub| sub.pipe_after_help(line));
+        }
+        let after = match self.get_after_help() {
+            Some(text) => format!("{text}\n\n{line}"),
+            None => line.to_owned(),
+        };
+        self.after_help(after)
+    }
+}
 
 /// What to do.
 #[derive(Debug, Subcommand)]
@@ -369,7 +426,13 @@ pub fn main() -> ExitCode {
     {
         return generate::main(std::env::args_os().skip(1));
     }
-    let cli = Cli::parse();
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches))
+    {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     crate::logging::init(cli.log_format);
     let socket = cli.socket.clone().unwrap_or_else(control::default_socket);
     let ask = |request: Request| -> anyhow::Result<()> {
@@ -880,5 +943,43 @@ mod tests {
             assert_eq!(file.xdp_mode, *mode, "{name}");
         }
         assert!(toml::from_str::<crate::config::DatapathConfig>("xdp_mode = \"turbo\"").is_err());
+    }
+
+    /// Every command's help, by its path ("balancer vip show").
+    fn helps(command: &mut clap::Command, path: String, out: &mut Vec<(String, String)>) {
+        out.push((path.clone(), command.render_long_help().to_string()));
+        for sub in command.get_subcommands_mut() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            helps(sub, sub_path, out);
+        }
+    }
+
+    #[test]
+    fn the_global_options_are_described_once_and_named_in_every_subcommand() {
+        let mut root = command();
+        root.build();
+        let mut all = Vec::new();
+        helps(&mut root, "balancer".into(), &mut all);
+        let (_, top) = &all[0];
+        for option in ["--log-format <LOG_FORMAT>", "--socket <PATH>", "--json"] {
+            assert_eq!(top.matches(option).count(), 1, "{option} in:\n{top}");
+        }
+        // clap's own `help` subcommands print other commands' help.
+        for (path, help) in all[1..].iter().filter(|(p, _)| !p.contains(" help")) {
+            assert!(
+                !help.contains("Global options:") && !help.contains("--socket <PATH>"),
+                "`{path}` repeats the global options:\n{help}"
+            );
+            assert!(
+                help.contains("Global options (--log-format, --socket, --json)"),
+                "`{path}` does not say where the global options are:\n{help}"
+            );
+        }
+        // Still accepted after the subcommand.
+        let matches = root
+            .try_get_matches_from(["balancer", "vip", "show", "web", "--json", "--socket", "/s"])
+            .unwrap();
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        assert!(cli.json && cli.socket.as_deref() == Some(std::path::Path::new("/s")));
     }
 }
