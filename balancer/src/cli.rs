@@ -801,6 +801,39 @@ mod tests {
     }
 
     #[test]
+    fn doctor_takes_a_configuration_birds_socket_and_the_backend_role() {
+        let doctor = |args: &[&str]| {
+            Cli::try_parse_from(["balancer", "doctor"].iter().chain(args)).map(|cli| {
+                match cli.command {
+                    Command::Doctor(args) => args,
+                    other => panic!("not doctor: {other:?}"),
+                }
+            })
+        };
+        let plain = doctor(&[]).unwrap();
+        assert_eq!(
+            (plain.config, plain.bird_socket, plain.backend),
+            (None, PathBuf::from("/run/bird/bird.ctl"), false)
+        );
+        let given = doctor(&["-c", "lb.toml", "--bird-socket", "/tmp/b.ctl", "--backend"]).unwrap();
+        assert_eq!(
+            (given.config, given.bird_socket, given.backend),
+            (
+                Some(PathBuf::from("lb.toml")),
+                PathBuf::from("/tmp/b.ctl"),
+                true
+            )
+        );
+        assert!(doctor(&["--config"]).is_err());
+        // --json is the global flag, before or after the subcommand.
+        assert!(
+            Cli::try_parse_from(["balancer", "doctor", "--json"])
+                .unwrap()
+                .json
+        );
+    }
+
+    #[test]
     fn the_command_line_and_the_file_name_xdp_modes_alike() {
         for mode in XdpMode::value_variants() {
             let name = mode.to_possible_value().unwrap().get_name().to_owned();

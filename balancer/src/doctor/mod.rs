@@ -91,7 +91,11 @@ pub fn run(options: &Options, json: bool) -> Result<()> {
         }
     }
     let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
-    anyhow::ensure!(failed == 0, "{failed} checks failed");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} {} failed",
+        if failed == 1 { "check" } else { "checks" }
+    );
     Ok(())
 }
 
@@ -148,7 +152,7 @@ async fn examine(config: &Config, file: Option<&str>, options: &Options) -> Resu
     out.extend(sockets::control_socket(&facts::sockets::control(&socket)));
 
     if file.is_some() {
-        out.extend(datapath(config, &nl).await);
+        out.extend(network(config, &nl).await);
     }
     if let Some(announce) = &config.announce {
         out.push(sockets::bgp(&sockets::BgpFacts {
@@ -161,7 +165,7 @@ async fn examine(config: &Config, file: Option<&str>, options: &Options) -> Resu
 }
 
 /// The interfaces, the backends' routes and the neighbour table.
-async fn datapath(config: &Config, nl: &facts::netlink::Netlink) -> Vec<Finding> {
+async fn network(config: &Config, nl: &facts::netlink::Netlink) -> Vec<Finding> {
     let mut out = Vec::new();
     if config.datapath.interfaces.is_empty() {
         out.push(Finding::warn(
