@@ -179,6 +179,11 @@ pub enum Command {
         #[arg(long, value_parser = crate::config::parse_duration)]
         grace: Option<Duration>,
     },
+    /// Check this host before the balancer runs on it: the kernel, bpffs,
+    /// the interfaces, the backends' routes, memory, the control socket
+    /// and BGP; each check prints ok, warn or fail with its fix. Exits
+    /// with status 1 when a check fails. Changes nothing.
+    Doctor(DoctorArgs),
     /// On a backend: attach the decapsulator, which takes IPIP and GUE
     /// headers off packets for this host and passes the client's packet to
     /// the stack (for hosts without the kernel's ipip and fou modules); it
@@ -214,6 +219,25 @@ pub struct DecapArgs {
     /// change nothing.
     #[arg(long, conflicts_with = "detach")]
     pub stats: bool,
+}
+
+/// Arguments of `balancer doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The configuration to check against (default: the daemon's,
+    /// /etc/balancer/balancer.toml, when it exists; without one only the
+    /// host is checked).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// BIRD's control socket, asked whether it announces `[announce]`'s
+    /// routes.
+    #[arg(long, value_name = "PATH", default_value = crate::doctor::checks::sockets::DEFAULT_BIRD_SOCKET)]
+    pub bird_socket: PathBuf,
+    /// Check this host as a backend of the configuration's VIPs (the VIP
+    /// on lo, ARP settings, the decapsulator, rp_filter) instead of as a
+    /// balancer host.
+    #[arg(long)]
+    pub backend: bool,
 }
 
 /// `balancer host ...`.
@@ -512,6 +536,15 @@ pub fn main() -> ExitCode {
             grace,
         } => teardown(config.as_deref(), pin_path, grace),
         Command::Decap(args) => decap(&args, cli.json),
+        Command::Doctor(args) => crate::doctor::run(
+            &crate::doctor::Options {
+                config: args.config,
+                socket: cli.socket.clone(),
+                bird_socket: args.bird_socket,
+                backend: args.backend,
+            },
+            cli.json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -931,6 +964,39 @@ mod tests {
         refused(
             &["--persistence-ipv6-prefix", "64"],
             "--persistence-timeout <DURATION>",
+        );
+    }
+
+    #[test]
+    fn doctor_takes_a_configuration_birds_socket_and_the_backend_role() {
+        let doctor = |args: &[&str]| {
+            Cli::try_parse_from(["balancer", "doctor"].iter().chain(args)).map(|cli| {
+                match cli.command {
+                    Command::Doctor(args) => args,
+                    other => panic!("not doctor: {other:?}"),
+                }
+            })
+        };
+        let plain = doctor(&[]).unwrap();
+        assert_eq!(
+            (plain.config, plain.bird_socket, plain.backend),
+            (None, PathBuf::from("/run/bird/bird.ctl"), false)
+        );
+        let given = doctor(&["-c", "lb.toml", "--bird-socket", "/tmp/b.ctl", "--backend"]).unwrap();
+        assert_eq!(
+            (given.config, given.bird_socket, given.backend),
+            (
+                Some(PathBuf::from("lb.toml")),
+                PathBuf::from("/tmp/b.ctl"),
+                true
+            )
+        );
+        assert!(doctor(&["--config"]).is_err());
+        // --json is the global flag, before or after the subcommand.
+        assert!(
+            Cli::try_parse_from(["balancer", "doctor", "--json"])
+                .unwrap()
+                .json
         );
     }
 

@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod decap;
+pub mod doctor;
 pub mod edit;
 pub mod health;
 pub mod logging;

@@ -40,6 +40,19 @@ pub struct L2Path {
     pub mtu: u32,
 }
 
+/// The kernel's route to an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The egress interface.
+    pub ifindex: u32,
+    /// The next hop, when it is not the address itself.
+    pub gateway: Option<IpAddr>,
+    /// The route's preferred source address.
+    pub source: Option<IpAddr>,
+    /// The route's own MTU, where it sets one.
+    pub mtu: Option<u32>,
+}
+
 /// Why a backend cannot be reached at L2.
 #[derive(Debug, Error)]
 pub enum NeighbourError {
@@ -146,60 +159,25 @@ impl Neighbours {
         routed: bool,
         table: &BTreeMap<(u32, IpAddr), [u8; 6]>,
     ) -> Result<L2Path, NeighbourError> {
-        let route = match backend {
-            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .build(),
-        };
-        let mut routes = self.handle.route().get(route).execute();
-        let route = routes
-            .try_next()
-            .await
-            .map_err(netlink)?
-            .ok_or(NeighbourError::NoRoute { backend })?;
-        let mut ifindex = None;
-        let mut source = None;
-        let mut gateway = None;
-        let mut route_mtu = None;
-        for attr in &route.attributes {
-            match attr {
-                RouteAttribute::Metrics(metrics) => {
-                    route_mtu = metrics.iter().find_map(|m| match m {
-                        RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
-                        _ => None,
-                    })
-                }
-                RouteAttribute::Oif(index) => ifindex = Some(*index),
-                RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => {
-                    source = Some(IpAddr::V4(*v4))
-                }
-                RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => {
-                    source = Some(IpAddr::V6(*v6))
-                }
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => gateway = Some(IpAddr::V4(*gw)),
-                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => gateway = Some(IpAddr::V6(*gw)),
-                _ => {}
-            }
-        }
-        if let Some(gateway) = gateway
+        let route = self.route(backend).await?;
+        if let Some(gateway) = route.gateway
             && !routed
         {
             return Err(NeighbourError::NotOnLink { backend, gateway });
         }
-        let ifindex = ifindex.ok_or(NeighbourError::NoRoute { backend })?;
+        let ifindex = route.ifindex;
         let (mac, link_mtu) = self.link(ifindex).await?;
         let src_mac = mac.ok_or(NeighbourError::NoMac { backend, ifindex })?;
         Ok(L2Path {
             ifindex,
             src_mac,
-            dst_mac: table.get(&(ifindex, gateway.unwrap_or(backend))).copied(),
-            source,
-            via_gateway: gateway.is_some(),
+            dst_mac: table
+                .get(&(ifindex, route.gateway.unwrap_or(backend)))
+                .copied(),
+            source: route.source,
+            via_gateway: route.gateway.is_some(),
             // The lower of the two that are known (0: neither).
-            mtu: match (route_mtu, link_mtu) {
+            mtu: match (route.mtu, link_mtu) {
                 (Some(route), 0) => route,
                 (Some(route), link) => route.min(link),
                 (None, link) => link,
@@ -207,9 +185,61 @@ impl Neighbours {
         })
     }
 
+    /// The kernel's route to `address`, as `ip route get` shows it; reads
+    /// only.
+    pub async fn route(&self, address: IpAddr) -> Result<Route, NeighbourError> {
+        let request = match address {
+            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .build(),
+        };
+        let mut routes = self.handle.route().get(request).execute();
+        let found = routes
+            .try_next()
+            .await
+            .map_err(netlink)?
+            .ok_or(NeighbourError::NoRoute { backend: address })?;
+        let mut ifindex = None;
+        let mut route = Route {
+            ifindex: 0,
+            gateway: None,
+            source: None,
+            mtu: None,
+        };
+        for attr in &found.attributes {
+            match attr {
+                RouteAttribute::Metrics(metrics) => {
+                    route.mtu = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
+                        _ => None,
+                    })
+                }
+                RouteAttribute::Oif(index) => ifindex = Some(*index),
+                RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => {
+                    route.source = Some(IpAddr::V4(*v4))
+                }
+                RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => {
+                    route.source = Some(IpAddr::V6(*v6))
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                    route.gateway = Some(IpAddr::V4(*gw))
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                    route.gateway = Some(IpAddr::V6(*gw))
+                }
+                _ => {}
+            }
+        }
+        route.ifindex = ifindex.ok_or(NeighbourError::NoRoute { backend: address })?;
+        Ok(route)
+    }
+
     /// Interface `ifindex`'s MAC (None: it has none, or is gone) and MTU
     /// (0 when unknown).
-    async fn link(&self, ifindex: u32) -> Result<(Option<[u8; 6]>, u32), NeighbourError> {
+    pub async fn link(&self, ifindex: u32) -> Result<(Option<[u8; 6]>, u32), NeighbourError> {
         let mut links = self.handle.link().get().match_index(ifindex).execute();
         let Some(link) = links.try_next().await.map_err(netlink)? else {
             return Ok((None, 0));

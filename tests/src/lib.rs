@@ -16,6 +16,7 @@ pub mod bird;
 pub mod case;
 pub mod cmd;
 pub mod daemon;
+pub mod doctor;
 pub mod ecmp;
 pub mod fixture;
 pub mod flood;

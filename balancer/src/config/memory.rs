@@ -9,7 +9,7 @@ use balancer_common::{
     flow::{FlowKey, FlowState},
     fragment::{FragmentKey, FragmentState},
     limit::{SOURCE_SLOTS, SourceSlot},
-    maps::{FRAGMENT_ENTRIES, HANDSHAKE_ENTRIES, PERSIST_ENTRIES},
+    maps::{self, MapKind},
     persist::{PersistKey, PersistState},
     vip::{MAX_LIST_LEN, list_slot},
 };
@@ -64,16 +64,65 @@ impl MapMemory {
         MapMemory {
             flows: lru_hash_bytes::<FlowKey, FlowState>(*config.datapath.flow_table_size.get_ref()),
             rings,
-            persistence: lru_hash_bytes::<PersistKey, PersistState>(PERSIST_ENTRIES),
-            fixed: lru_hash_bytes::<FlowKey, FlowState>(HANDSHAKE_ENTRIES)
+            persistence: lru_hash_bytes::<PersistKey, PersistState>(maps::PERSIST_ENTRIES),
+            fixed: lru_hash_bytes::<FlowKey, FlowState>(maps::HANDSHAKE_ENTRIES)
                 + u64::from(SOURCE_SLOTS) * size_of::<SourceSlot>() as u64
-                + lru_hash_bytes::<FragmentKey, FragmentState>(FRAGMENT_ENTRIES),
+                + lru_hash_bytes::<FragmentKey, FragmentState>(maps::FRAGMENT_ENTRIES),
         }
     }
 
     /// All of them together.
     pub fn total(&self) -> u64 {
         self.flows + self.rings + self.persistence + self.fixed
+    }
+
+    /// The other maps, of fixed sizes (VIPs, backends, counters, the
+    /// flows' ring buffer...), on a host of `cpus` possible CPUs: the
+    /// per-CPU counters take their values once per CPU, so these are
+    /// about 3 MiB on 2 CPUs and grow with the CPUs (16,384 backends'
+    /// counters alone take 24 bytes each per CPU).
+    pub fn small_maps(cpus: u32) -> u64 {
+        const COUNTED: [&str; 6] = [
+            maps::FLOWS,
+            maps::PERSIST,
+            maps::HANDSHAKES,
+            maps::FRAGMENTS,
+            maps::SOURCES,
+            maps::RINGS,
+        ];
+        maps::MAP_SPECS
+            .iter()
+            .filter(|spec| !COUNTED.contains(&spec.name))
+            .map(|spec| spec_bytes(spec, cpus))
+            .sum()
+    }
+}
+
+/// Bytes the kernel allocates for the map of `spec` on `cpus` CPUs, by
+/// its kind (docs/benchmarks.md reads them back from the kernel).
+fn spec_bytes(spec: &maps::MapSpec, cpus: u32) -> u64 {
+    let round = |size: u32| u64::from(size).next_multiple_of(8);
+    let entries = u64::from(spec.max_entries(maps::DEFAULT_FLOWS));
+    match spec.kind {
+        MapKind::ARRAY => {
+            let bytes = entries * round(spec.value_size);
+            if spec.flags & maps::BPF_F_MMAPABLE != 0 {
+                bytes.next_multiple_of(4096)
+            } else {
+                bytes
+            }
+        }
+        // Each element's value on every CPU, and a pointer to them.
+        MapKind::PERCPU_ARRAY => entries * (round(spec.value_size) * u64::from(cpus) + 8),
+        MapKind::HASH | MapKind::LRU_HASH => {
+            entries * (HASH_ENTRY_HEADER + round(spec.key_size) + round(spec.value_size))
+                + entries.next_power_of_two() * HASH_BUCKET
+        }
+        // Entries allocated as they come: only the buckets up front.
+        MapKind::DEVMAP_HASH => entries.next_power_of_two() * HASH_BUCKET,
+        MapKind::ARRAY_OF_MAPS => entries * 8,
+        MapKind::RINGBUF => entries,
+        _ => 0,
     }
 }
 

@@ -132,6 +132,22 @@ pub fn for_teardown(pin_dir: &Path) -> Result<Option<Flock<File>>, LockError> {
         })
 }
 
+/// The lock file of the control socket `socket`: `<socket>.lock`.
+fn socket_lock_file(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// The pid of the daemon holding the control socket `socket`, read from
+/// /proc/locks without taking the lock, so that a daemon starting
+/// meanwhile is never refused because of whoever asked (`balancer
+/// doctor`).
+pub fn socket_holder(socket: &Path) -> Option<u32> {
+    let metadata = std::fs::metadata(socket_lock_file(socket)).ok()?;
+    holder(metadata.dev(), metadata.ino()).0
+}
+
 /// `<socket>.lock`, locked, and removed when dropped.
 struct SocketLock {
     path: PathBuf,
@@ -140,9 +156,7 @@ struct SocketLock {
 
 impl SocketLock {
     fn take(socket: &Path) -> Result<SocketLock, LockError> {
-        let mut name = socket.as_os_str().to_owned();
-        name.push(".lock");
-        let path = PathBuf::from(name);
+        let path = socket_lock_file(socket);
         let lock = lock_path(&path, Guarded::ControlSocket, || {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -282,6 +296,7 @@ mod tests {
         let first = take(&pins, &socket).expect("the first lock");
         assert!(dir.join("run/control.sock.lock").exists());
         let pid = std::process::id();
+        assert_eq!(socket_holder(&socket), Some(pid), "read without locking");
 
         // Refused with the message an operator sees, leaving `created`
         // uncreated.
@@ -315,6 +330,7 @@ mod tests {
 
         drop(first);
         assert!(!dir.join("run/control.sock.lock").exists());
+        assert_eq!(socket_holder(&socket), None);
         let again = take(&pins, &socket).expect("free once the first is gone");
         drop(again);
         assert!(for_teardown(&pins).expect("free").is_some());

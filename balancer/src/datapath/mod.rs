@@ -212,6 +212,10 @@ fn removed(
     }
 }
 
+/// Entries of each preallocated hash table when the program is only
+/// loaded to see whether the kernel takes it ([`Datapath::probe_load`]).
+pub const PROBE_TABLE_ENTRIES: u32 = 1024;
+
 /// What is fixed when the program is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -314,6 +318,33 @@ impl Datapath {
             ring_size: 0,
             loads,
         })
+    }
+
+    /// Loads the embedded program into the kernel, verifier included, and
+    /// frees it at once: whether this kernel takes every map, flag and
+    /// helper the program uses (`balancer doctor`). The preallocated hash
+    /// tables are shrunk to [`PROBE_TABLE_ENTRIES`] entries, which the
+    /// verifier does not see, so the probe costs a few MiB for a moment;
+    /// nothing is pinned or attached.
+    pub fn probe_load() -> Result<(), DatapathError> {
+        let mut loader = EbpfLoader::new();
+        for name in [
+            maps::FLOWS,
+            maps::HANDSHAKES,
+            maps::PERSIST,
+            maps::FRAGMENTS,
+        ] {
+            loader.map_max_entries(name, PROBE_TABLE_ENTRIES);
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|err| DatapathError::Load(Box::new(err)))?;
+        program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                action: "load",
+                source: Box::new(source),
+            })
     }
 
     /// Attaches the program to `interface` in the requested mode and returns

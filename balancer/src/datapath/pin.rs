@@ -98,7 +98,7 @@ pub(super) fn remove_obsolete(dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// Where the XDP link of `interface` is pinned.
-pub(super) fn link_path(dir: &Path, interface: &str) -> PathBuf {
+pub fn link_path(dir: &Path, interface: &str) -> PathBuf {
     dir.join(format!("link_{interface}"))
 }
 
