@@ -77,6 +77,9 @@ fn plot(
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
+    // The plots are committed: small files over fast writes.
+    encoder.set_compression(png::Compression::Best);
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
     encoder.add_text_chunk(balancer_tests::plot_run::RUN_KEY.to_owned(), run)?;
     encoder
         .write_header()
