@@ -3,226 +3,287 @@
 //! dev-get` shows them as `xdp-features`) and its NAPI instances (Linux
 //! 6.9 and later; `--dump napi-get`).
 //!
-//! A request and its answer are a few attributes, so they are written and
-//! read here by hand rather than through a generic netlink crate.
+//! netlink-packet-generic frames the messages and asks the controller
+//! (`nlctrl`) for the family's id; only the netdev family's own payload,
+//! the two commands and the attributes read here, is written out below.
+//! The socket is a blocking netlink-sys one opened on every call: doctor
+//! asks from threads that entered other network namespaces, and a netlink
+//! socket answers for the namespace it was opened in.
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+use std::{fmt::Debug, io, time::Duration};
+
+use netlink_packet_core::{
+    DecodeError, DefaultNla, Emitable, ErrorContext as _, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, Nla, NlaBuffer, NlasIterator, Parseable as _,
+    ParseableParametrized, parse_u32, parse_u64,
 };
+use netlink_packet_generic::{
+    GenlFamily, GenlHeader, GenlMessage,
+    constants::GENL_ID_CTRL,
+    ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
-const NETLINK_GENERIC: i32 = 16;
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_CMD_NAPI_GET: u8 = 11;
-const NETDEV_A_DEV_IFINDEX: u16 = 1;
+/// NETDEV_A_DEV_IFINDEX and NETDEV_A_NAPI_IFINDEX: the same number in
+/// both commands' attribute sets.
+const NETDEV_A_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
-const NETDEV_A_NAPI_IFINDEX: u16 = 1;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-/// Bytes of `struct nlmsghdr` and of `struct genlmsghdr`.
-const NLMSG_HDR: usize = 16;
-const GENL_HDR: usize = 4;
+/// The version the kernel's netdev family declares.
+const NETDEV_FAMILY_VERSION: u8 = 1;
 
-/// A netlink attribute: length, type, payload, padded to 4 bytes.
-fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut out = Vec::with_capacity(len.next_multiple_of(4));
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(len.next_multiple_of(4), 0);
-    out
+/// How long the kernel may take to answer before a call fails rather
+/// than hangs doctor.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The commands of the netdev family asked here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    /// NETDEV_CMD_DEV_GET: one device, named by its ifindex.
+    DevGet,
+    /// NETDEV_CMD_NAPI_GET: as a dump, the NAPI instances, of one device
+    /// when the request names its ifindex.
+    NapiGet,
 }
 
-/// The attributes of a message's payload, by type (the nested flag bits
-/// masked off); stops at the first malformed one.
-pub fn attributes(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while buf.len() >= 4 {
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            break;
+impl From<Command> for u8 {
+    fn from(command: Command) -> u8 {
+        match command {
+            Command::DevGet => NETDEV_CMD_DEV_GET,
+            Command::NapiGet => NETDEV_CMD_NAPI_GET,
         }
-        out.push((kind, &buf[4..len]));
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
     }
-    out
 }
 
-/// A generic netlink request `command` (version 1) to `family` with
-/// `attrs`, as one message (`flags` beside NLM_F_REQUEST: a dump).
-fn message(family: u16, command: u8, attrs: &[u8], seq: u32, flags: u16) -> Vec<u8> {
-    let len = NLMSG_HDR + GENL_HDR + attrs.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&family.to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[command, 1, 0, 0]);
-    out.extend_from_slice(attrs);
-    out
-}
+impl TryFrom<u8> for Command {
+    type Error = DecodeError;
 
-/// A message's attributes: type and payload.
-type Attributes = Vec<(u16, Vec<u8>)>;
-
-/// One message of an answer.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    /// A message's payload attributes.
-    Attributes(Attributes),
-    /// The end of a dump.
-    Done,
-}
-
-/// The messages of one read of answers (a dump sends several at once),
-/// or the error one of them carries.
-fn answers(mut buf: &[u8]) -> io::Result<Vec<Answer>> {
-    let truncated = || io::Error::other("a truncated netlink answer");
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < NLMSG_HDR {
-            return Err(truncated());
+    fn try_from(command: u8) -> Result<Command, DecodeError> {
+        match command {
+            NETDEV_CMD_DEV_GET => Ok(Command::DevGet),
+            NETDEV_CMD_NAPI_GET => Ok(Command::NapiGet),
+            other => Err(format!("an unexpected netdev command {other}").into()),
         }
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < NLMSG_HDR || len > buf.len() {
-            return Err(truncated());
-        }
-        match u16::from_ne_bytes([buf[4], buf[5]]) {
-            NLMSG_ERROR => {
-                let code = buf
-                    .get(NLMSG_HDR..NLMSG_HDR + 4)
-                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                return Err(io::Error::from_raw_os_error(-code));
-            }
-            NLMSG_DONE => out.push(Answer::Done),
-            _ => {
-                let payload = buf.get(NLMSG_HDR + GENL_HDR..len).ok_or_else(truncated)?;
-                out.push(Answer::Attributes(
-                    attributes(payload)
-                        .into_iter()
-                        .map(|(k, v)| (k, v.to_vec()))
-                        .collect(),
-                ));
-            }
-        }
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
     }
-    Ok(out)
+}
+
+/// An attribute of those commands. Each command has its own attribute
+/// set, so an attribute is read knowing the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Attribute {
+    /// The device's ifindex (a request's filter, an answer's device).
+    Ifindex(u32),
+    /// NETDEV_A_DEV_XDP_FEATURES, of dev-get: the NETDEV_XDP_ACT_* bits.
+    XdpFeatures(u64),
+    /// Any other, kept as it came.
+    Other(DefaultNla),
+}
+
+impl Nla for Attribute {
+    fn value_len(&self) -> usize {
+        match self {
+            Attribute::Ifindex(_) => size_of::<u32>(),
+            Attribute::XdpFeatures(_) => size_of::<u64>(),
+            Attribute::Other(nla) => nla.value_len(),
+        }
+    }
+
+    fn kind(&self) -> u16 {
+        match self {
+            Attribute::Ifindex(_) => NETDEV_A_IFINDEX,
+            Attribute::XdpFeatures(_) => NETDEV_A_DEV_XDP_FEATURES,
+            Attribute::Other(nla) => nla.kind(),
+        }
+    }
+
+    fn emit_value(&self, buffer: &mut [u8]) {
+        match self {
+            Attribute::Ifindex(ifindex) => buffer.copy_from_slice(&ifindex.to_ne_bytes()),
+            Attribute::XdpFeatures(bits) => buffer.copy_from_slice(&bits.to_ne_bytes()),
+            Attribute::Other(nla) => nla.emit_value(buffer),
+        }
+    }
+}
+
+impl<T: AsRef<[u8]> + ?Sized> ParseableParametrized<NlaBuffer<&T>, Command> for Attribute {
+    fn parse_with_param(nla: &NlaBuffer<&T>, command: Command) -> Result<Attribute, DecodeError> {
+        Ok(match (command, nla.kind()) {
+            (_, NETDEV_A_IFINDEX) => {
+                Attribute::Ifindex(parse_u32(nla.value()).context("an invalid netdev ifindex")?)
+            }
+            (Command::DevGet, NETDEV_A_DEV_XDP_FEATURES) => Attribute::XdpFeatures(
+                parse_u64(nla.value()).context("invalid netdev xdp-features")?,
+            ),
+            _ => Attribute::Other(DefaultNla::parse(nla)?),
+        })
+    }
+}
+
+/// A message of the netdev family, request or answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Netdev {
+    command: Command,
+    attributes: Vec<Attribute>,
+}
+
+impl Netdev {
+    /// A `command` about device `ifindex`.
+    fn of(command: Command, ifindex: u32) -> Netdev {
+        Netdev {
+            command,
+            attributes: vec![Attribute::Ifindex(ifindex)],
+        }
+    }
+
+    fn ifindex(&self) -> Option<u32> {
+        self.attributes.iter().find_map(|a| match a {
+            Attribute::Ifindex(ifindex) => Some(*ifindex),
+            _ => None,
+        })
+    }
+
+    fn xdp_features(&self) -> Option<u64> {
+        self.attributes.iter().find_map(|a| match a {
+            Attribute::XdpFeatures(bits) => Some(*bits),
+            _ => None,
+        })
+    }
+}
+
+impl GenlFamily for Netdev {
+    fn family_name() -> &'static str {
+        "netdev"
+    }
+
+    fn command(&self) -> u8 {
+        self.command.into()
+    }
+
+    fn version(&self) -> u8 {
+        NETDEV_FAMILY_VERSION
+    }
+}
+
+impl Emitable for Netdev {
+    fn buffer_len(&self) -> usize {
+        self.attributes.as_slice().buffer_len()
+    }
+
+    fn emit(&self, buffer: &mut [u8]) {
+        self.attributes.as_slice().emit(buffer)
+    }
+}
+
+impl ParseableParametrized<[u8], GenlHeader> for Netdev {
+    fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Netdev, DecodeError> {
+        let command = Command::try_from(header.cmd)?;
+        let attributes = NlasIterator::new(buf)
+            .map(|nla| nla.and_then(|nla| Attribute::parse_with_param(&nla, command)))
+            .collect::<Result<_, _>>()
+            .context("invalid netdev attributes")?;
+        Ok(Netdev {
+            command,
+            attributes,
+        })
+    }
+}
+
+/// Reads one datagram of an answer into `messages`: whether the answer
+/// ended with it (its one message, or with `dump` the end of the dump),
+/// or the error the kernel answered.
+fn read<F>(mut datagram: &[u8], dump: bool, messages: &mut Vec<F>) -> io::Result<bool>
+where
+    F: ParseableParametrized<[u8], GenlHeader> + Debug,
+{
+    while !datagram.is_empty() {
+        let message = NetlinkMessage::<GenlMessage<F>>::deserialize(datagram)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        match message.payload {
+            NetlinkPayload::InnerMessage(inner) => {
+                messages.push(inner.payload);
+                if !dump {
+                    return Ok(true);
+                }
+            }
+            NetlinkPayload::Error(error) if error.code.is_some() => return Err(error.to_io()),
+            NetlinkPayload::Done(done) if done.code != 0 => {
+                return Err(io::Error::from_raw_os_error(done.code.abs()));
+            }
+            // The end of a dump, or an acknowledgement.
+            NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return Ok(true),
+            _ => {}
+        }
+        let length = (message.header.length as usize).next_multiple_of(4);
+        datagram = datagram.get(length..).unwrap_or_default();
+    }
+    Ok(false)
 }
 
 /// A generic netlink socket of the calling thread's network namespace.
-struct Socket(OwnedFd);
+struct Genl(Socket);
 
-impl Socket {
-    fn open() -> io::Result<Socket> {
-        // SAFETY: socket(2) has no preconditions.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_GENERIC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor just returned, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: SO_RCVTIMEO reads a timeval that outlives the call.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as u32,
-            )
-        };
-        Ok(Socket(fd))
+impl Genl {
+    fn open() -> io::Result<Genl> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        socket2::SockRef::from(&socket).set_read_timeout(Some(TIMEOUT))?;
+        Ok(Genl(socket))
     }
 
-    fn send(&self, request: &[u8]) -> io::Result<()> {
-        // SAFETY: send(2) reads `request`, which outlives the call (a
-        // netlink socket needs no address: the kernel is the default).
-        let sent = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn receive(&self) -> io::Result<Vec<Answer>> {
-        let mut buf = vec![0u8; 32768];
-        // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
-        let got = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if got < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        answers(&buf[..got as usize])
-    }
-
-    /// Sends one request and reads its one answer.
-    fn request(&self, request: &[u8]) -> io::Result<Attributes> {
-        self.send(request)?;
-        match self.receive()?.into_iter().next() {
-            Some(Answer::Attributes(attrs)) => Ok(attrs),
-            _ => Err(io::Error::other("an empty netlink answer")),
-        }
-    }
-
-    /// Sends a dump request and reads every message up to its end.
-    fn dump(&self, request: &[u8]) -> io::Result<Vec<Attributes>> {
-        self.send(request)?;
-        let mut out = Vec::new();
+    /// Sends `payload` to family `id` and reads the messages of its answer
+    /// (`dump`: a dump request, answered up to NLMSG_DONE).
+    fn exchange<F>(&self, id: u16, payload: F, dump: bool) -> io::Result<Vec<F>>
+    where
+        F: GenlFamily + Emitable + ParseableParametrized<[u8], GenlHeader> + Debug,
+    {
+        let mut message = GenlMessage::from_payload(payload);
+        message.set_resolved_family_id(id);
+        let mut message = NetlinkMessage::from(message);
+        message.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        message.finalize();
+        let mut request = vec![0; message.buffer_len()];
+        message.serialize(&mut request);
+        self.0.send(&request, 0)?;
+        let mut messages = Vec::new();
         loop {
-            for answer in self.receive()? {
-                match answer {
-                    Answer::Attributes(attrs) => out.push(attrs),
-                    Answer::Done => return Ok(out),
-                }
+            let (datagram, _) = self.0.recv_from_full()?;
+            if read(&datagram, dump, &mut messages)? {
+                return Ok(messages);
             }
         }
+    }
+
+    /// Sends one request to family `id` and reads its one answer.
+    fn request<F>(&self, id: u16, payload: F) -> io::Result<F>
+    where
+        F: GenlFamily + Emitable + ParseableParametrized<[u8], GenlHeader> + Debug,
+    {
+        self.exchange(id, payload, false)?
+            .pop()
+            .ok_or_else(|| io::Error::other("an empty netlink answer"))
     }
 
     /// The id of the `netdev` family, `None` when the kernel has none
     /// (before Linux 6.3).
     fn netdev(&self) -> io::Result<Option<u16>> {
-        let family = match self.request(&message(
-            GENL_ID_CTRL,
-            CTRL_CMD_GETFAMILY,
-            &attribute(CTRL_ATTR_FAMILY_NAME, b"netdev\0"),
-            1,
-            0,
-        )) {
-            Ok(attrs) => attrs,
+        let get = GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(Netdev::family_name().to_owned())],
+        };
+        let family = match self.request(GENL_ID_CTRL, get) {
+            Ok(family) => family,
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(err) => return Err(err),
         };
         family
+            .nlas
             .iter()
-            .find(|(kind, _)| *kind == CTRL_ATTR_FAMILY_ID)
-            .and_then(|(_, v)| Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?)))
-            .map(Some)
+            .find_map(|a| match a {
+                GenlCtrlAttrs::FamilyId(id) => Some(Some(*id)),
+                _ => None,
+            })
             .ok_or_else(|| io::Error::other("the netdev family has no id"))
     }
 }
@@ -231,21 +292,12 @@ impl Socket {
 /// thread's network namespace; `Ok(None)` when the kernel has no `netdev`
 /// family (before Linux 6.3).
 pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
-    let socket = Socket::open()?;
-    let Some(id) = socket.netdev()? else {
+    let genl = Genl::open()?;
+    let Some(id) = genl.netdev()? else {
         return Ok(None);
     };
-    let device = socket.request(&message(
-        id,
-        NETDEV_CMD_DEV_GET,
-        &attribute(NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes()),
-        2,
-        0,
-    ))?;
-    Ok(device
-        .iter()
-        .find(|(kind, _)| *kind == NETDEV_A_DEV_XDP_FEATURES)
-        .and_then(|(_, v)| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?))))
+    let device = genl.request(id, Netdev::of(Command::DevGet, ifindex))?;
+    Ok(device.xdp_features())
 }
 
 /// How many NAPI instances device `ifindex` has, in the calling thread's
@@ -253,18 +305,19 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
 /// Linux 6.9). A veth has them only while it takes frames from its peer's
 /// XDP: with an XDP program of its own, or GRO turned on while up.
 pub fn napi_instances(ifindex: u32) -> io::Result<Option<usize>> {
-    let socket = Socket::open()?;
-    let Some(id) = socket.netdev()? else {
+    let genl = Genl::open()?;
+    let Some(id) = genl.netdev()? else {
         return Ok(None);
     };
-    match socket.dump(&message(
-        id,
-        NETDEV_CMD_NAPI_GET,
-        &attribute(NETDEV_A_NAPI_IFINDEX, &ifindex.to_ne_bytes()),
-        3,
-        NLM_F_DUMP,
-    )) {
-        Ok(napis) => Ok(Some(napis.len())),
+    match genl.exchange(id, Netdev::of(Command::NapiGet, ifindex), true) {
+        // The dump is filtered by the kernel; counting only this device's
+        // keeps the count right should a kernel ignore the filter.
+        Ok(napis) => Ok(Some(
+            napis
+                .iter()
+                .filter(|n| n.ifindex() == Some(ifindex))
+                .count(),
+        )),
         // An older netdev family, without napi-get.
         Err(err) if matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => Ok(None),
         Err(err) => Err(err),
@@ -273,65 +326,103 @@ pub fn napi_instances(ifindex: u32) -> io::Result<Option<usize>> {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::{DoneMessage, ErrorMessage, NetlinkHeader};
+
     use super::*;
 
+    /// One datagram holding `payloads` as the kernel frames them.
+    fn datagram(payloads: Vec<NetlinkPayload<GenlMessage<Netdev>>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            let mut message = NetlinkMessage::new(NetlinkHeader::default(), payload);
+            message.finalize();
+            let mut buf = vec![0; message.buffer_len()];
+            message.serialize(&mut buf);
+            out.extend(buf);
+        }
+        out
+    }
+
+    /// `netdev` as a message of the netdev family, given id 30.
+    fn answer(netdev: Netdev) -> NetlinkPayload<GenlMessage<Netdev>> {
+        let mut message = GenlMessage::from_payload(netdev);
+        message.set_resolved_family_id(30);
+        NetlinkPayload::InnerMessage(message)
+    }
+
     #[test]
-    fn attributes_are_padded_and_read_back() {
-        let mut buf = attribute(2, b"netdev\0");
-        assert_eq!(
-            buf.len(),
-            12,
-            "7 bytes of payload padded to 8, after 4 of header"
+    fn a_request_is_its_command_and_the_ifindex() {
+        let buf = datagram(vec![answer(Netdev::of(Command::DevGet, 7))]);
+        // nlmsghdr (16 bytes), genlmsghdr: command, version, reserved;
+        // then one attribute: length 8, type 1, the ifindex.
+        let mut expected = Vec::new();
+        expected.extend(28u32.to_ne_bytes());
+        expected.extend(30u16.to_ne_bytes());
+        expected.extend([0; 10]);
+        expected.extend([NETDEV_CMD_DEV_GET, 1, 0, 0]);
+        expected.extend(8u16.to_ne_bytes());
+        expected.extend(NETDEV_A_IFINDEX.to_ne_bytes());
+        expected.extend(7u32.to_ne_bytes());
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn an_answer_is_read_by_its_commands_attributes() {
+        let other = Attribute::Other(DefaultNla::new(4, 1u32.to_ne_bytes().to_vec()));
+        let device = Netdev {
+            command: Command::DevGet,
+            attributes: vec![
+                Attribute::Ifindex(7),
+                Attribute::XdpFeatures(0x67),
+                other.clone(),
+            ],
+        };
+        let mut read_back: Vec<Netdev> = Vec::new();
+        let ended = read(
+            &datagram(vec![answer(device.clone())]),
+            false,
+            &mut read_back,
         );
-        buf.extend(attribute(3, &0x67u64.to_ne_bytes()));
-        // A nested flag does not change the type.
-        buf.extend(attribute(1 | 0x8000, &7u32.to_ne_bytes()));
-        let read = attributes(&buf);
+        assert!(ended.unwrap(), "one message answers a request");
+        assert_eq!(read_back, vec![device]);
+        assert_eq!(read_back[0].xdp_features(), Some(0x67));
+
+        // Type 3 of napi-get is its IRQ, not XDP features.
+        let napi = Netdev {
+            command: Command::NapiGet,
+            attributes: vec![Attribute::Ifindex(7), Attribute::XdpFeatures(0x67)],
+        };
+        let mut read_back: Vec<Netdev> = Vec::new();
+        read(&datagram(vec![answer(napi)]), false, &mut read_back).unwrap();
+        assert_eq!(read_back[0].xdp_features(), None);
         assert_eq!(
-            read,
-            vec![
-                (2, &b"netdev\0"[..]),
-                (3, &0x67u64.to_ne_bytes()[..]),
-                (1, &7u32.to_ne_bytes()[..])
-            ]
+            read_back[0].attributes[1],
+            Attribute::Other(DefaultNla::new(3, 0x67u64.to_ne_bytes().to_vec()))
         );
-        // A length past the end stops the reading rather than panicking.
-        let mut broken = attribute(3, &[1, 2, 3, 4]);
-        broken[0] = 200;
-        assert!(attributes(&broken).is_empty());
-        assert!(attributes(&[1, 0]).is_empty());
     }
 
     #[test]
     fn an_error_answer_is_its_errno() {
-        // nlmsghdr (type NLMSG_ERROR), then struct nlmsgerr: the negative
-        // errno and the request's header.
-        let mut error = Vec::new();
-        error.extend_from_slice(&36u32.to_ne_bytes());
-        error.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        error.extend_from_slice(&[0; 10]);
-        error.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
-        error.extend_from_slice(&[0; 16]);
-        let err = answers(&error).unwrap_err();
+        let mut error = ErrorMessage::default();
+        error.code = std::num::NonZeroI32::new(-libc::ENODEV);
+        let buf = datagram(vec![NetlinkPayload::Error(error)]);
+        let err = read::<Netdev>(&buf, false, &mut Vec::new()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV));
-        assert!(answers(&error[..8]).is_err());
+        // A truncated answer is an error rather than a panic.
+        assert!(read::<Netdev>(&buf[..8], false, &mut Vec::new()).is_err());
     }
 
     #[test]
     fn a_dumps_messages_are_read_up_to_its_end() {
-        let mut buf = message(30, 1, &attribute(1, &7u32.to_ne_bytes()), 3, 0);
-        buf.extend(message(30, 1, &attribute(1, &8u32.to_ne_bytes()), 3, 0));
-        let mut done = vec![0u8; 20];
-        done[..4].copy_from_slice(&20u32.to_ne_bytes());
-        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
-        buf.extend(done);
+        let napi = |ifindex| answer(Netdev::of(Command::NapiGet, ifindex));
+        let mut read_back = Vec::new();
+        let first = datagram(vec![napi(7), napi(8)]);
+        assert!(!read(&first, true, &mut read_back).unwrap(), "no end yet");
+        let last = datagram(vec![NetlinkPayload::Done(DoneMessage::default())]);
+        assert!(read(&last, true, &mut read_back).unwrap());
         assert_eq!(
-            answers(&buf).unwrap(),
-            vec![
-                Answer::Attributes(vec![(1, 7u32.to_ne_bytes().to_vec())]),
-                Answer::Attributes(vec![(1, 8u32.to_ne_bytes().to_vec())]),
-                Answer::Done,
-            ]
+            read_back.iter().map(Netdev::ifindex).collect::<Vec<_>>(),
+            vec![Some(7), Some(8)]
         );
     }
 
