@@ -295,6 +295,36 @@ pub fn default_socket() -> PathBuf {
     crate::config::DaemonConfig::default().control_socket
 }
 
+/// A directory of its own for a test's control socket, removed on drop:
+/// for the tests of this module and of the server.
+#[cfg(test)]
+pub(crate) struct Scratch(PathBuf);
+
+#[cfg(test)]
+impl Scratch {
+    /// A fresh directory named after this process and `name` (unique
+    /// among the tests of this crate).
+    pub(crate) fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("balancer-control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// The socket's path in it.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.0.join("control.sock")
+    }
+}
+
+#[cfg(test)]
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,29 +547,6 @@ mod tests {
                 response.error.unwrap().starts_with("malformed request"),
                 "{bad}"
             );
-        }
-    }
-
-    /// A socket path in a directory of its own, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir =
-                std::env::temp_dir().join(format!("balancer-call-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-
-        fn socket(&self) -> PathBuf {
-            self.0.join("control.sock")
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

@@ -36,6 +36,38 @@ pub fn start_with_config(lab: &Lab, ns: &Netns, config: &str) -> Result<Process>
     start(lab, ns, ["--config".as_ref(), path.as_os_str()])
 }
 
+/// [`start_with_config`] with scans of the connection table every second
+/// (`--reconcile-interval 1s`), so that `vip show` has an interval of new
+/// flows and active connections to report within a test.
+pub fn start_scanning(lab: &Lab, ns: &Netns, config: &str) -> Result<Process> {
+    let path = lab.write_file("balancer.toml", config)?;
+    start(
+        lab,
+        ns,
+        [
+            "--config".as_ref(),
+            path.as_os_str(),
+            "--reconcile-interval".as_ref(),
+            "1s".as_ref(),
+        ],
+    )
+}
+
+/// Waits until every backend of VIP `vip` has a resolved MAC: from then on
+/// its ring holds them all (the daemon publishes rings in the same step as
+/// it resolves).
+pub fn wait_resolved(lab: &Lab, vip: &str) -> Result<()> {
+    crate::poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        let rows = cli_json(lab, ["backend", "list", vip])?;
+        let rows = rows.as_array().context("backend list is not an array")?;
+        Ok(if rows.iter().all(|r| !r["mac"].is_null()) {
+            Ok(())
+        } else {
+            Err(format!("backends of {vip} unresolved: {rows:?}"))
+        })
+    })
+}
+
 /// [`start`], waiting up to `timeout` (a large configuration takes longer
 /// than the tests' small ones).
 pub fn start_within<I, S>(lab: &Lab, ns: &Netns, args: I, timeout: Duration) -> Result<Process>

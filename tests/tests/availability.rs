@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     Lab, Netns,
-    daemon::{cli_json, start},
+    daemon::{cli_json, start_scanning, wait_resolved},
     metrics, netns_test, poll,
     servers::{EchoConnection, HealthEndpoint, tally_names},
     topology::{self, ConfigText, Server, Topology, plain},
@@ -48,20 +48,6 @@ fn endpoints(t: &Topology) -> Result<Vec<HealthEndpoint>> {
         .collect()
 }
 
-fn start_daemon(lab: &Lab, t: &Topology, config: &str) -> Result<balancer_tests::Process> {
-    let path = lab.write_file("balancer.toml", config)?;
-    start(
-        lab,
-        &t.lb,
-        [
-            "--config".as_ref(),
-            path.as_os_str(),
-            "--reconcile-interval".as_ref(),
-            "1s".as_ref(),
-        ],
-    )
-}
-
 fn vip(port: u16) -> SocketAddr {
     SocketAddr::new(topology::VIP4.into(), port)
 }
@@ -69,19 +55,6 @@ fn vip(port: u16) -> SocketAddr {
 /// Connections per backend name for `n` new connections to `port`.
 fn tally(client: &Netns, port: u16, n: usize) -> Result<BTreeMap<String, usize>> {
     tally_names(client, vip(port), n)
-}
-
-/// Waits until every backend of `vip` has a resolved MAC.
-fn wait_resolved(lab: &Lab, vip: &str) -> Result<()> {
-    poll(Duration::from_secs(5), Duration::from_millis(20), || {
-        let rows = cli_json(lab, ["backend", "list", vip])?;
-        let rows = rows.as_array().context("backend list is not an array")?;
-        Ok(if rows.iter().all(|r| !r["mac"].is_null()) {
-            Ok(())
-        } else {
-            Err(format!("backends of {vip} unresolved: {rows:?}"))
-        })
-    })
 }
 
 /// Waits until the daemon's log shows `needle` `count` times.
@@ -131,7 +104,7 @@ fn below_its_panic_threshold_a_vip_spreads_new_connections_over_every_backend() 
                 &backends,
             )
             .build();
-        let mut daemon = start_daemon(lab, &t, &config)?;
+        let mut daemon = start_scanning(lab, &t.lb, &config)?;
         wait_resolved(lab, "guarded")?;
         wait_resolved(lab, "trusting")?;
         let all = tally(&t.client, 80, 160)?;
@@ -345,7 +318,7 @@ fn a_backend_that_comes_back_takes_a_growing_share_under_every_scheduler() {
                 &backends,
             )
             .build();
-        let mut daemon = start_daemon(lab, &t, &config)?;
+        let mut daemon = start_scanning(lab, &t.lb, &config)?;
         for name in ["hash", "turns", "least"] {
             wait_resolved(lab, name)?;
         }

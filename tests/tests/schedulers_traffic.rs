@@ -13,48 +13,15 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use balancer_tests::{
     Lab, Netns,
-    daemon::{cli, cli_json, start},
+    daemon::{cli, cli_json, start_scanning, wait_resolved},
     netns_test, poll,
     servers::{EchoConnection, tally_names},
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
 
-/// Scans of the connection table every second, so `vip show` has an
-/// interval to report within the test.
-const RECONCILE: &str = "1s";
-
-fn start_daemon(lab: &Lab, t: &Topology, config: &str) -> Result<balancer_tests::Process> {
-    let path = lab.write_file("balancer.toml", config)?;
-    start(
-        lab,
-        &t.lb,
-        [
-            "--config".as_ref(),
-            path.as_os_str(),
-            "--reconcile-interval".as_ref(),
-            RECONCILE.as_ref(),
-        ],
-    )
-}
-
 /// Runs `balancer ARGS` and fails if it fails.
 fn ok(lab: &Lab, args: &[&str]) -> Result<()> {
     cli_json(lab, args).map(drop)
-}
-
-/// Waits until every backend of `vip` has a resolved MAC: from then on
-/// its ring holds them all (the daemon publishes rings in the same step
-/// as it resolves).
-fn wait_resolved(lab: &Lab, vip: &str) -> Result<()> {
-    poll(Duration::from_secs(5), Duration::from_millis(20), || {
-        let rows = cli_json(lab, ["backend", "list", vip])?;
-        let rows = rows.as_array().context("backend list is not an array")?;
-        Ok(if rows.iter().all(|r| !r["mac"].is_null()) {
-            Ok(())
-        } else {
-            Err(format!("backends of {vip} unresolved: {rows:?}"))
-        })
-    })
 }
 
 /// `vip show NAME`'s backends by name (`be0`, ...), with the whole answer.
@@ -129,7 +96,7 @@ fn least_connections_steers_new_connections_away_from_held_ones() {
                     &plain(&all[..1]),
                 )
                 .build();
-            let _daemon = start_daemon(lab, &t, &config)?;
+            let _daemon = start_scanning(lab, &t.lb, &config)?;
             let vip = SocketAddr::new(topology::VIP4.into(), 80);
             let open = |client: &Netns| EchoConnection::open(client, vip);
 
@@ -238,7 +205,7 @@ fn persistence_keeps_a_client_on_its_backend_across_ring_changes() {
                 &plain(&t.backend_addresses(v6)),
             );
         }
-        let _daemon = start_daemon(lab, &t, &config.build())?;
+        let _daemon = start_scanning(lab, &t.lb, &config.build())?;
         for (name, v6) in [("v4", false), ("v6", true)] {
             let addresses = t.backend_addresses(v6);
             let vip = SocketAddr::new(

@@ -523,12 +523,7 @@ impl View<'_> {
                 .map(|p| p.ipv6_prefix),
             interval_s: self.observed.scan.interval.map(|i| i.as_secs_f64()),
             limits: self.limits_detail(index, config)?,
-            weight_up_percent: effective
-                .health
-                .get(&index)
-                .copied()
-                .unwrap_or_default()
-                .percent_up(),
+            weight_up_percent: super::effective::health(vip, self.observed).percent_up(),
             panic_threshold: config.panic_threshold(),
             panicking: effective.panics(index),
             slow_start: config.slow_start().map(crate::config::format_duration),

@@ -198,6 +198,16 @@ impl Desired {
             .unwrap_or(("?", IpAddr::from([0, 0, 0, 0])))
     }
 
+    /// Every VIP of the plan with its configuration, in file order.
+    pub(super) fn vips(
+        &self,
+    ) -> impl Iterator<Item = (&plan::VipPlan, &crate::config::VipConfig)> + '_ {
+        self.plan
+            .vips
+            .iter()
+            .zip(self.config.vips.iter().map(toml::Spanned::get_ref))
+    }
+
     /// Every backend with the VIP it belongs to, in plan order.
     pub(super) fn backends(
         &self,

@@ -20,7 +20,10 @@ use crate::{
 pub(super) struct Effective {
     /// Backend id → its slow start, for those in one.
     pub(super) ramps: BTreeMap<u32, Ramp>,
-    /// VIP index → how much of its weight is up.
+    /// VIP index → how much of its weight is up, for the VIPs with a
+    /// panic threshold (the others need not know: the reconciler runs at
+    /// every round and after every neighbour change, so the work is per
+    /// VIP unless a policy asks for more).
     pub(super) health: BTreeMap<u32, Health>,
     /// The VIP indexes whose checks are not trusted: less than their
     /// `panic_threshold` of their weight is up.
@@ -31,17 +34,14 @@ impl Effective {
     /// The verdicts for `desired` as `observed` sees it at `now`.
     pub(super) fn of(desired: &Desired, observed: &Observed, now: Instant) -> Effective {
         let mut out = Effective::default();
-        for (vip, config) in desired
-            .plan
-            .vips
-            .iter()
-            .zip(desired.config.vips.iter().map(toml::Spanned::get_ref))
-        {
+        for (vip, config) in desired.vips() {
             let index = vip.slot.info.index;
-            let health = health(vip, observed);
-            out.health.insert(index, health);
-            if health.panics(config.panic_threshold()) {
-                out.panicking.insert(index);
+            if let Some(threshold) = config.panic_threshold() {
+                let health = health(vip, observed);
+                out.health.insert(index, health);
+                if health.panics(Some(threshold)) {
+                    out.panicking.insert(index);
+                }
             }
             let Some(length) = config.slow_start() else {
                 continue;
@@ -80,7 +80,7 @@ impl Effective {
 }
 
 /// How much of `vip`'s weight its checks say is up.
-fn health(vip: &VipPlan, observed: &Observed) -> Health {
+pub(super) fn health(vip: &VipPlan, observed: &Observed) -> Health {
     let weighted = vip.backends.iter().filter(|b| b.weight > 0);
     Health {
         up_weight: weighted

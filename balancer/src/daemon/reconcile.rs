@@ -342,12 +342,7 @@ fn rings(
 
 /// Notes a VIP that starts or stops panicking, and records which do.
 fn panic_notes(desired: &Desired, published: &Published, effective: &Effective, out: &mut Writes) {
-    for (vip, config) in desired
-        .plan
-        .vips
-        .iter()
-        .zip(desired.config.vips.iter().map(toml::Spanned::get_ref))
-    {
+    for (vip, config) in desired.vips() {
         let index = vip.slot.info.index;
         let panics = effective.panics(index);
         let health = effective.health.get(&index).copied().unwrap_or_default();

@@ -38,10 +38,7 @@ impl View<'_> {
     pub(super) fn vips(
         &self,
     ) -> impl Iterator<Item = (&crate::plan::VipPlan, &crate::config::VipConfig)> {
-        self.plan()
-            .vips
-            .iter()
-            .zip(self.desired.config.vips.iter().map(toml::Spanned::get_ref))
+        self.desired.vips()
     }
 
     /// The availability policies' verdicts now: slow starts, panics.

@@ -6,36 +6,12 @@
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream as StdUnixStream,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use super::*;
-use crate::control::{Request, call};
-
-/// A directory of its own under the system's temporary directory, removed
-/// on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("balancer-control-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.join("control.sock")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::control::{Request, Scratch, call};
 
 /// A main loop that answers every request with `answer`.
 fn answering(answer: serde_json::Value) -> mpsc::Sender<Pending> {
