@@ -70,35 +70,27 @@ pub fn command() -> clap::Command {
         .collect();
     for name in subcommands {
         root = root.mut_subcommand(name, |sub| {
-            globals
-                .iter()
-                .fold(sub, |sub, arg| sub.arg(arg.clone()))
-                .pipe_after_help(&line)
+            let sub = globals.iter().fold(sub, |sub, arg| sub.arg(arg.clone()));
+            with_closing_line(sub, &line)
         });
     }
     root
 }
 
-/// Adds a closing line to a command's help and to its subcommands'.
-trait AfterHelp {
-    fn pipe_after_help(self, line: &str) -> Self;
-}
-
-impl AfterHelp for clap::Command {
-    fn pipe_after_help(mut self, line: &str) -> Self {
-        let children: Vec<String> = self
-            .get_subcommands()
-            .map(|s| s.get_name().to_owned())
-            .collect();
-        for name in children {
-            self = self.mut_subcommand(name, |sub| sub.pipe_after_help(line));
-        }
-        let after = match self.get_after_help() {
-            Some(text) => format!("{text}\n\n{line}"),
-            None => line.to_owned(),
-        };
-        self.after_help(after)
+/// `command` with `line` closing its help and its subcommands'.
+fn with_closing_line(mut command: clap::Command, line: &str) -> clap::Command {
+    let children: Vec<String> = command
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in children {
+        command = command.mut_subcommand(name, |sub| with_closing_line(sub, line));
     }
+    let after = match command.get_after_help() {
+        Some(text) => format!("{text}\n\n{line}"),
+        None => line.to_owned(),
+    };
+    command.after_help(after)
 }
 
 /// What to do.

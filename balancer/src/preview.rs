@@ -20,7 +20,8 @@ use crate::plan::{self, Plan, VipPlan};
 /// What a reload of a configuration would do.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preview {
-    /// Whether a reload would apply it (else `refused` says why).
+    /// Whether a reload would apply it (else `refused` says why); set
+    /// with `refused` by [`Preview::refuse`] only.
     pub applies: bool,
     /// Why a reload would be refused.
     pub refused: Option<String>,
@@ -37,6 +38,15 @@ pub struct Preview {
 }
 
 impl Preview {
+    /// Says that a reload would be refused, because of `why`, unless it
+    /// is refused already (the first reason stays).
+    pub fn refuse(&mut self, why: String) {
+        if self.applies {
+            self.applies = false;
+            self.refused = Some(why);
+        }
+    }
+
     /// Whether nothing would change.
     pub fn is_empty(&self) -> bool {
         self.needs_restart.is_empty()
@@ -56,15 +66,15 @@ pub fn preview(
     new_text: &str,
     needs_restart: Vec<String>,
 ) -> Preview {
-    let refused = (!needs_restart.is_empty()).then(|| {
+    let restart = (!needs_restart.is_empty()).then(|| {
         format!(
             "{} cannot change while the daemon runs (restart it)",
             needs_restart.join(", ")
         )
     });
-    Preview {
-        applies: refused.is_none(),
-        refused,
+    let mut preview = Preview {
+        applies: true,
+        refused: None,
         needs_restart,
         changes: plan::changes(old, new)
             .iter()
@@ -72,7 +82,11 @@ pub fn preview(
             .collect(),
         rings_rebuilt: rings_rebuilt(old, new),
         settings: key_changes(old_text, new_text),
+    };
+    if let Some(why) = restart {
+        preview.refuse(why);
     }
+    preview
 }
 
 /// The VIPs of `new` whose ring differs from their ring in `old` (VIPs

@@ -65,6 +65,18 @@ impl Report {
     }
 }
 
+/// The checks `balancer doctor` makes of the host whatever the
+/// configuration (interfaces and backends come on top).
+pub const HOST_CHECKS: [&str; 7] = [
+    "kernel",
+    "btf",
+    "map-types",
+    "program",
+    "bpffs",
+    "memory",
+    "control-socket",
+];
+
 /// Runs `command` (ending in `balancer --json doctor ...`) and reads its
 /// report.
 pub fn run(mut command: Command) -> Result<Report> {

@@ -20,7 +20,7 @@ use balancer_tests::{
     Lab, Netns, VethOptions, balancer_bin,
     bird::{self, Bird},
     daemon,
-    doctor::{MemoryCgroup, doctor, nsenter, run, unshared},
+    doctor::{HOST_CHECKS, MemoryCgroup, doctor, nsenter, run, unshared},
     netns_test,
 };
 
@@ -120,14 +120,7 @@ fn a_clean_host_passes_every_check_with_and_without_its_daemon() {
             serde_json::to_string_pretty(&before.not_ok())?,
             before.stderr
         );
-        for check in [
-            "kernel",
-            "btf",
-            "map-types",
-            "program",
-            "bpffs",
-            "memory",
-            "control-socket",
+        for check in HOST_CHECKS.into_iter().chain([
             "interface",
             "native-xdp",
             "xdp-attached",
@@ -136,7 +129,7 @@ fn a_clean_host_passes_every_check_with_and_without_its_daemon() {
             "backend-route",
             "tunnel-mtu",
             "neighbour-table",
-        ] {
+        ]) {
             ensure!(
                 before.findings.iter().any(|f| f["check"] == check),
                 "no {check} finding: {:#?}",

@@ -28,7 +28,7 @@ use std::{
     sync::OnceLock,
 };
 
-use balancer_tests::privilege;
+use balancer_tests::{doctor::HOST_CHECKS, privilege};
 
 /// The workspace's root (the parent of this crate's directory).
 fn workspace() -> PathBuf {
@@ -487,15 +487,7 @@ fn the_installed_binary_runs_doctor_on_the_installed_configuration() {
             (field("check"), field("level"))
         })
         .collect();
-    for check in [
-        "kernel",
-        "btf",
-        "map-types",
-        "program",
-        "bpffs",
-        "memory",
-        "control-socket",
-    ] {
+    for check in HOST_CHECKS {
         assert_eq!(
             levels.get(check).map(String::as_str),
             Some("ok"),

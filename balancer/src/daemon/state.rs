@@ -206,9 +206,8 @@ impl State {
         let config = crate::config::parse(&text, &name).map_err(|errors| errors.to_string())?;
         let mut preview = self.desired.preview(&config, &text);
         let vips = self.desired.config.vips.len();
-        if preview.applies && config.vips.is_empty() && vips > 0 && !allow_empty {
-            preview.applies = false;
-            preview.refused = Some(format!(
+        if config.vips.is_empty() && vips > 0 && !allow_empty {
+            preview.refuse(format!(
                 "the file has no VIP: applying it would withdraw all {vips} VIPs (--allow-empty does that on purpose)"
             ));
         }

@@ -206,6 +206,7 @@ fn attached(name: &str, link: &Link) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::checks::veth::tests::peer;
     use crate::doctor::checks::{Level, table::expect};
 
     fn veth(features: Option<u64>, peer: Option<veth::Peer>) -> Link {
@@ -217,18 +218,6 @@ mod tests {
             xdp_features: features,
             attached: None,
             peer,
-        }
-    }
-
-    fn peer(namespace: veth::PeerNamespace, tx_checksum: Option<bool>) -> veth::Peer {
-        let reachable = namespace != veth::PeerNamespace::Unreachable;
-        veth::Peer {
-            ifindex: 8,
-            name: reachable.then(|| "vpeer".to_owned()),
-            namespace,
-            tx_checksum,
-            napi: reachable.then_some(false),
-            xdp: Some(false),
         }
     }
 

@@ -82,11 +82,7 @@ impl Finding {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Finding {
-            level: Level::Warn,
-            fix: Some(fix.into()),
-            ..Finding::ok(check, subject, message)
-        }
+        Finding::ok(check, subject, message).with_fix(Level::Warn, fix)
     }
 
     /// A failure, with its fix.
@@ -96,10 +92,15 @@ impl Finding {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Finding::ok(check, subject, message).with_fix(Level::Fail, fix)
+    }
+
+    /// This finding at `level`, with `fix`.
+    fn with_fix(self, level: Level, fix: impl Into<String>) -> Self {
         Finding {
-            level: Level::Fail,
+            level,
             fix: Some(fix.into()),
-            ..Finding::ok(check, subject, message)
+            ..self
         }
     }
 }

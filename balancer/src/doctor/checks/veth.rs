@@ -176,11 +176,16 @@ pub fn tx_checksum(name: &str, peer: Option<&Peer>) -> Finding {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::doctor::checks::{Level, table::expect};
 
-    fn peer(namespace: PeerNamespace, tx_checksum: Option<bool>) -> Peer {
+    /// A peer in `namespace` with `tx_checksum`, without XDP and NAPI:
+    /// the tables' starting point (the interface checks' too).
+    pub(in crate::doctor::checks) fn peer(
+        namespace: PeerNamespace,
+        tx_checksum: Option<bool>,
+    ) -> Peer {
         let reachable = namespace != PeerNamespace::Unreachable;
         Peer {
             ifindex: 8,
