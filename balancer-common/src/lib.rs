@@ -30,6 +30,7 @@ pub mod fragment;
 pub mod hash;
 pub mod limit;
 pub mod maps;
+pub mod nat;
 pub mod persist;
 pub mod settings;
 pub mod stats;
@@ -38,6 +39,9 @@ pub mod vip;
 
 /// Name of the XDP program in the object file (and in `bpftool prog`).
 pub const XDP_PROGRAM: &str = "balancer_xdp";
+/// Name of the NAT program, which the XDP program tail-calls (slot
+/// [`maps::PROGRAM_NAT`] of [`maps::PROGRAMS`]).
+pub const NAT_PROGRAM: &str = "balancer_nat";
 
 /// An IPv4 or IPv6 address as the maps store it: IPv6 as is, IPv4 as an
 /// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). The 16 bytes are in
@@ -109,7 +113,7 @@ mod user {
     //! `aya::Pod` for every map key and value: all are `repr(C)`, made of
     //! integers and byte arrays with explicit padding, and valid for every
     //! bit pattern.
-    use crate::{access, backend, decap, flow, limit, persist, settings, stats, tunnel, vip};
+    use crate::{access, backend, decap, flow, limit, nat, persist, settings, stats, tunnel, vip};
 
     macro_rules! pod {
         ($($ty:ty),* $(,)?) => {
@@ -141,6 +145,13 @@ mod user {
         vip::VipPolicy,
         persist::PersistKey,
         persist::PersistState,
+        nat::NatFlow,
+        nat::NatReply,
+        nat::SnatPool,
+        nat::PortRange,
+        nat::NatBackend,
+        nat::RouteKey,
+        nat::Hop,
     );
 }
 

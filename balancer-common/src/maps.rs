@@ -87,6 +87,39 @@ pub const FRAGMENTS: &str = "fragments";
 /// [`crate::settings::SETTINGS_SHARE_FLOWS`] is set: a ring buffer of
 /// [`crate::flow::FlowEvent`]s, [`FLOW_EVENTS_BYTES`] long.
 pub const FLOW_EVENTS: &str = "flow_events";
+/// NAT connections past their handshake, by the client's flow: LRU hash
+/// of [`crate::flow::FlowKey`] to [`crate::nat::NatFlow`], with per-CPU LRU
+/// lists (see [`crate::nat`]).
+pub const NAT_FLOWS: &str = "nat_flows";
+/// Their replies, by the backend's flow: LRU hash of
+/// [`crate::flow::FlowKey`] to [`crate::nat::NatReply`].
+pub const NAT_BACK: &str = "nat_back";
+/// NAT connections between their first packet and their backend's answer,
+/// by the client's flow: as [`NAT_FLOWS`], [`crate::nat::NAT_OPEN_ENTRIES`]
+/// of them.
+pub const NAT_OPEN: &str = "nat_open";
+/// Their replies: as [`NAT_BACK`].
+pub const NAT_OPEN_BACK: &str = "nat_open_back";
+/// The SNAT pools: [`crate::nat::SnatPool`] by family
+/// ([`crate::nat::pool_index`]).
+pub const SNAT_POOL: &str = "snat_pool";
+/// Each CPU's source ports: a per-CPU array of one
+/// [`crate::nat::PortRange`].
+pub const SNAT_PORTS: &str = "snat_ports";
+/// Backends' NAT details: [`crate::nat::NatBackend`] by backend id.
+pub const NAT_BACKENDS: &str = "nat_backends";
+/// Routes toward clients, for NAT replies: an LPM trie of
+/// [`crate::nat::RouteKey`] to [`crate::nat::Hop`], created with
+/// `BPF_F_NO_PREALLOC`.
+pub const NAT_ROUTES: &str = "nat_routes";
+/// The datapath's other programs, for the main one to tail-call: a
+/// program array of [`PROGRAMS_LEN`] slots, the NAT program in
+/// [`PROGRAM_NAT`].
+pub const PROGRAMS: &str = "programs";
+/// Slots of [`PROGRAMS`].
+pub const PROGRAMS_LEN: u32 = 4;
+/// The NAT program's slot of [`PROGRAMS`].
+pub const PROGRAM_NAT: u32 = 0;
 /// Size of [`FLOW_EVENTS`]: 16,383 events of 64 bytes (with the ring's
 /// header; the kernel never fills the last byte), a second of new entries
 /// at the default insert budget.
@@ -118,6 +151,10 @@ pub const FRAGMENT_ENTRIES: u32 = 16_384;
 /// that CPU's share over in about 0.15 s, a thousand times a real
 /// handshake's round trip.
 pub const HANDSHAKE_ENTRIES: u32 = 65_536;
+/// Default entries of each main NAT table ([`NAT_FLOWS`], [`NAT_BACK`]):
+/// NAT connections held past their handshake, over every NAT VIP (set at
+/// load).
+pub const DEFAULT_NAT_ENTRIES: u32 = 65_536;
 /// Largest ring size the daemon accepts.
 pub const MAX_RING_SIZE: u32 = 4_194_301;
 
@@ -146,6 +183,8 @@ impl MapKind {
     pub const HASH: MapKind = MapKind(1);
     /// `BPF_MAP_TYPE_ARRAY`.
     pub const ARRAY: MapKind = MapKind(2);
+    /// `BPF_MAP_TYPE_PROG_ARRAY`.
+    pub const PROG_ARRAY: MapKind = MapKind(3);
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
     pub const PERCPU_ARRAY: MapKind = MapKind(6);
     /// `BPF_MAP_TYPE_LRU_HASH`.
@@ -168,6 +207,26 @@ pub enum Entries {
     /// Set at load from the configuration; the object declares
     /// [`DEFAULT_FLOWS`].
     FlowTable,
+    /// Set at load from the configuration; the object declares
+    /// [`DEFAULT_NAT_ENTRIES`].
+    NatTable,
+}
+
+/// The sizes set at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Entries of the connection table.
+    pub flows: u32,
+    /// Entries of each main NAT table.
+    pub nat: u32,
+}
+
+impl Sizes {
+    /// The sizes the object declares.
+    pub const DEFAULT: Sizes = Sizes {
+        flows: DEFAULT_FLOWS,
+        nat: DEFAULT_NAT_ENTRIES,
+    };
 }
 
 /// One map of the datapath as the kernel holds it: what the XDP program
@@ -188,12 +247,12 @@ pub struct MapSpec {
 }
 
 impl MapSpec {
-    /// The map's entries once loaded with a connection table of
-    /// `flow_table_size` entries.
-    pub const fn max_entries(&self, flow_table_size: u32) -> u32 {
+    /// The map's entries once loaded with `sizes`.
+    pub const fn max_entries(&self, sizes: Sizes) -> u32 {
         match self.entries {
             Entries::Fixed(n) => n,
-            Entries::FlowTable => flow_table_size,
+            Entries::FlowTable => sizes.flows,
+            Entries::NatTable => sizes.nat,
         }
     }
 }
@@ -240,7 +299,7 @@ pub const RING_TEMPLATE: MapSpec =
 /// Every map of the datapath: the contract between the XDP program, which
 /// declares them, and the daemon, which pins, adopts and writes them. A
 /// unit test of `balancer` holds it to the maps of the built object.
-pub const MAP_SPECS: [MapSpec; 25] = {
+pub const MAP_SPECS: [MapSpec; 34] = {
     use crate::{
         access::{ACCESS_ENTRIES, AccessCounters, AccessKey},
         backend::{BackendInfo, BackendLoad},
@@ -248,6 +307,10 @@ pub const MAP_SPECS: [MapSpec; 25] = {
         flow::{FlowKey, FlowState},
         fragment::{FragmentKey, FragmentState},
         limit::{LimitCounters, SOURCE_SLOTS, SourceLimit, SourceSlot},
+        nat::{
+            Hop, MAX_ROUTES, NAT_OPEN_ENTRIES, NatBackend, NatFlow, NatReply, PortRange, RouteKey,
+            SnatPool,
+        },
         persist::{PersistKey, PersistState},
         settings::Settings,
         stats::{FlowCounters, PacketCount, STATS_SLOTS},
@@ -303,11 +366,36 @@ pub const MAP_SPECS: [MapSpec; 25] = {
             entries: Entries::Fixed(FLOW_EVENTS_BYTES),
             flags: 0,
         },
+        hashed::<FlowKey, NatFlow>(NAT_FLOWS, lru, Entries::NatTable, BPF_F_NO_COMMON_LRU),
+        hashed::<FlowKey, NatReply>(NAT_BACK, lru, Entries::NatTable, BPF_F_NO_COMMON_LRU),
+        hashed::<FlowKey, NatFlow>(
+            NAT_OPEN,
+            lru,
+            Entries::Fixed(NAT_OPEN_ENTRIES),
+            BPF_F_NO_COMMON_LRU,
+        ),
+        hashed::<FlowKey, NatReply>(
+            NAT_OPEN_BACK,
+            lru,
+            Entries::Fixed(NAT_OPEN_ENTRIES),
+            BPF_F_NO_COMMON_LRU,
+        ),
+        indexed::<SnatPool>(SNAT_POOL, MapKind::ARRAY, 2, 0),
+        indexed::<PortRange>(SNAT_PORTS, MapKind::PERCPU_ARRAY, 1, 0),
+        indexed::<NatBackend>(NAT_BACKENDS, MapKind::ARRAY, MAX_BACKENDS, 0),
+        hashed::<RouteKey, Hop>(
+            NAT_ROUTES,
+            MapKind::LPM_TRIE,
+            Entries::Fixed(MAX_ROUTES),
+            BPF_F_NO_PREALLOC,
+        ),
+        indexed::<u32>(PROGRAMS, MapKind::PROG_ARRAY, PROGRAMS_LEN, 0),
     ]
 };
 
 // Kernel object names are cut to 15 bytes.
 const _: () = assert!(crate::XDP_PROGRAM.len() <= 15);
+const _: () = assert!(crate::NAT_PROGRAM.len() <= 15);
 const _: () = {
     let mut i = 0;
     while i < MAP_SPECS.len() {
@@ -332,11 +420,18 @@ mod tests {
     }
 
     #[test]
-    fn only_the_connection_table_is_sized_at_load() {
+    fn only_the_connection_and_nat_tables_are_sized_at_load() {
+        let sizes = Sizes { flows: 7, nat: 9 };
         for spec in &MAP_SPECS {
             assert_eq!(
-                spec.max_entries(7) == 7,
+                spec.max_entries(sizes) == 7,
                 spec.name == FLOWS,
+                "{}",
+                spec.name
+            );
+            assert_eq!(
+                spec.max_entries(sizes) == 9,
+                spec.name == NAT_FLOWS || spec.name == NAT_BACK,
                 "{}",
                 spec.name
             );

@@ -20,8 +20,13 @@ pub struct Settings {
     /// 32 to 51 the generation of the allow, deny and exempt lists
     /// ([`Settings::access_generation`]).
     pub flags: u64,
+    /// How long a NAT connection between its first packet and its
+    /// backend's answer may stay idle (see [`crate::nat`]).
+    pub nat_handshake_ns: u64,
+    /// How long a NAT connection either side ended may stay idle.
+    pub nat_closing_ns: u64,
     /// Room for settings to come, so that the pinned map keeps its layout.
-    pub _reserved: [u64; 3],
+    pub _reserved: [u64; 1],
 }
 
 /// The global allow or deny list has entries: every packet to a VIP address
@@ -33,6 +38,11 @@ pub const SETTINGS_GLOBAL_EXEMPT: u64 = 1 << 1;
 /// [`Settings::flags`]: tell the daemon of every new connection-table
 /// entry ([`crate::flow::FlowEvent`]), to share with peer hosts.
 pub const SETTINGS_SHARE_FLOWS: u64 = 1 << 2;
+/// [`Settings::flags`]: a NAT VIP without source NAT exists, so the
+/// backends' replies go to the clients' own addresses: a TCP or UDP packet
+/// to no VIP or SNAT address is looked up among NAT connections before it
+/// passes.
+pub const SETTINGS_NAT_CLIENT_SOURCE: u64 = 1 << 3;
 /// Where [`Settings::flags`] keeps the lists' generation.
 const ACCESS_GENERATION_SHIFT: u64 = 32;
 
@@ -52,10 +62,6 @@ impl Settings {
         self.flags & SETTINGS_GLOBAL_EXEMPT != 0
     }
 
-    /// The generation of the allow, deny and exempt lists in force: never
-    /// 0 while lists have entries, and another one whenever they change, so
-    /// that a flow admitted under other lists (or a source found exempt
-    /// under them) is checked again.
     /// Whether new entries are told to the daemon
     /// ([`SETTINGS_SHARE_FLOWS`]).
     #[inline(always)]
@@ -63,6 +69,17 @@ impl Settings {
         self.flags & SETTINGS_SHARE_FLOWS != 0
     }
 
+    /// Whether a NAT VIP without source NAT exists
+    /// ([`SETTINGS_NAT_CLIENT_SOURCE`]).
+    #[inline(always)]
+    pub const fn nat_client_source(&self) -> bool {
+        self.flags & SETTINGS_NAT_CLIENT_SOURCE != 0
+    }
+
+    /// The generation of the allow, deny and exempt lists in force: never
+    /// 0 while lists have entries, and another one whenever they change, so
+    /// that a flow admitted under other lists (or a source found exempt
+    /// under them) is checked again.
     #[inline(always)]
     pub const fn access_generation(&self) -> u32 {
         ((self.flags >> ACCESS_GENERATION_SHIFT) as u32) & crate::flow::ACCESS_GENERATION_MASK

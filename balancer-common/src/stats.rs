@@ -43,7 +43,8 @@ stats! {
     PASS_NOT_VIP = 1, "pass_not_vip";
     /// Passed: too short or malformed to tell whether it is for a VIP.
     PASS_UNPARSED = 2, "pass_unparsed";
-    /// Passed: ICMP or ICMPv6 other than a path-MTU error for a VIP.
+    /// Passed: ICMP or ICMPv6 other than a path-MTU error for a VIP or an
+    /// error about a NAT connection.
     PASS_ICMP = 3, "pass_icmp";
     /// Sent back out of the ingress interface to a backend (XDP_TX).
     TX = 4, "tx";
@@ -102,11 +103,37 @@ stats! {
     /// is left to the sender), an ICMP message itself, one too short to
     /// quote, or one over the CPU's rate of ICMP messages.
     DROP_TOO_BIG = 22, "drop_too_big";
+    /// A backend's reply of a NAT connection, translated, sent back out of
+    /// the ingress interface toward its client (XDP_TX).
+    TX_REPLY = 23, "tx_reply";
+    /// A backend's reply of a NAT connection, translated, redirected
+    /// toward its client through another interface.
+    REDIRECT_REPLY = 24, "redirect_reply";
+    /// Dropped: a new NAT connection found no free source: the candidates
+    /// it tried of its CPU's port range were all taken for its backend, or
+    /// there is no SNAT pool or range for its family.
+    DROP_NAT_PORTS = 25, "drop_nat_ports";
+    /// Dropped: a backend's reply of a NAT connection whose client no
+    /// route of `nat_routes` reaches (the daemon writes the host's routes
+    /// and neighbours toward clients).
+    DROP_NAT_NO_ROUTE = 26, "drop_nat_no_route";
+    /// Dropped: a fragment to a NAT VIP, or of a reply to a SNAT address:
+    /// NAT translates whole datagrams only.
+    DROP_NAT_FRAGMENT = 27, "drop_nat_fragment";
+    /// Dropped: a TCP FIN or RST to a NAT VIP for a connection it does not
+    /// hold: nothing to end.
+    DROP_NAT_NO_FLOW = 28, "drop_nat_no_flow";
+    /// Dropped: a backend's reply of a NAT connection whose entries
+    /// expired.
+    DROP_NAT_EXPIRED = 29, "drop_nat_expired";
+    /// Dropped: a packet to a NAT VIP while the NAT program is not in
+    /// `programs` (no daemon put it there).
+    DROP_NAT_UNAVAILABLE = 30, "drop_nat_unavailable";
 }
 
 impl Stat {
     /// Number of verdict reasons.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 31;
     /// Slots of the map reserved for verdict reasons, used or not.
     pub const CAPACITY: u32 = 64;
 }
@@ -187,11 +214,31 @@ events! {
     /// A new entry not told to the daemon: the ring buffer of flow events
     /// was full (the daemon falls behind).
     SHARE_LOST = 12, "share_lost";
+    /// A NAT connection opened: its forward and reverse entries made in
+    /// the open tables.
+    NAT_OPENED = 13, "nat_opened";
+    /// A NAT connection moved from the open tables to the main ones: the
+    /// backend's answer showed it real.
+    NAT_PROMOTED = 14, "nat_promoted";
+    /// A candidate source of a new NAT connection was taken: the next one
+    /// was tried.
+    NAT_PORT_TAKEN = 15, "nat_port_taken";
+    /// A packet of a NAT connection translated and sent to its backend.
+    NAT_FORWARD = 16, "nat_forward";
+    /// An ICMP error about a NAT connection, from its backend's side (the
+    /// backend, or a router on the way to it, about a packet the balancer
+    /// sent it), translated and sent on to the client.
+    NAT_ICMP_TO_CLIENT = 17, "nat_icmp_to_client";
+    /// An ICMP error about a NAT connection, from its client's side (a
+    /// router on the way to the client, say a path-MTU error, or the
+    /// client itself, about a reply the balancer sent), translated and sent
+    /// on to the backend.
+    NAT_ICMP_TO_BACKEND = 18, "nat_icmp_to_backend";
 }
 
 impl Event {
     /// Number of event counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 19;
     /// Slots of the map reserved for events, used or not.
     pub const CAPACITY: u32 = 64;
 }

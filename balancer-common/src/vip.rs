@@ -70,6 +70,19 @@ impl VipInfo {
         self.flags & VIP_PERSIST != 0
     }
 
+    /// Whether the VIP's packets reach their backend by NAT ([`VIP_NAT`]).
+    #[inline(always)]
+    pub const fn is_nat(&self) -> bool {
+        self.flags & VIP_NAT != 0
+    }
+
+    /// Whether a NAT VIP's packets take a source of the SNAT pool
+    /// ([`VIP_SNAT`]).
+    #[inline(always)]
+    pub const fn snat(&self) -> bool {
+        self.flags & VIP_SNAT != 0
+    }
+
     /// Whether a flow's backend can be computed again from any of its
     /// packets (a hashing scheduler without persistence), so that its
     /// first packet needs no state; otherwise the choice is kept from the
@@ -103,6 +116,14 @@ pub const SCHED_LEAST_LATENCY: u32 = 4;
 /// New flows from a client address go to the backend that address last
 /// used, while the VIP's [`VipPolicy`] timeout has not run out.
 pub const VIP_PERSIST: u32 = 1 << 8;
+/// Packets reach the backend by NAT: destination rewritten to the
+/// backend's address and port, the replies coming back through the
+/// balancer (see [`crate::nat`]).
+pub const VIP_NAT: u32 = 1 << 9;
+/// With [`VIP_NAT`]: the source rewritten to an address and port of the
+/// SNAT pool. Without it, the backend sees the client's address, and its
+/// replies come back because its route to the clients is the balancer.
+pub const VIP_SNAT: u32 = 1 << 10;
 
 /// The scheduler of a VIP with `flags`.
 #[inline(always)]
@@ -209,7 +230,8 @@ pub struct AddrInfo {
     /// before fragments followed their first one. Kept so that the pinned
     /// map keeps its layout.
     pub _reserved: u32,
-    /// [`ADDR_HAS_WILDCARD`], [`ADDR_VIP_ACCESS`], [`ADDR_VIP_LIMITS`].
+    /// [`ADDR_HAS_WILDCARD`], [`ADDR_VIP_ACCESS`], [`ADDR_VIP_LIMITS`],
+    /// [`ADDR_NAT`], [`ADDR_SNAT`].
     pub flags: u32,
 }
 
@@ -233,6 +255,18 @@ impl AddrInfo {
     pub const fn has_vip_limits(&self) -> bool {
         self.flags & ADDR_VIP_LIMITS != 0
     }
+
+    /// Whether a VIP of the address forwards by NAT ([`ADDR_NAT`]).
+    #[inline(always)]
+    pub const fn has_nat(&self) -> bool {
+        self.flags & ADDR_NAT != 0
+    }
+
+    /// Whether the address is in the SNAT pool ([`ADDR_SNAT`]).
+    #[inline(always)]
+    pub const fn is_snat(&self) -> bool {
+        self.flags & ADDR_SNAT != 0
+    }
 }
 
 /// A port-0 VIP exists for this address and protocol: a packet to a port
@@ -245,6 +279,13 @@ pub const ADDR_VIP_ACCESS: u32 = 1 << 2;
 /// A VIP of this address and protocol has per-source limits: its packets
 /// are looked up in `vip_limits` (see [`crate::limit`]).
 pub const ADDR_VIP_LIMITS: u32 = 1 << 3;
+/// A VIP of this address and protocol forwards by NAT: its packets are
+/// looked up among NAT connections first.
+pub const ADDR_NAT: u32 = 1 << 4;
+/// The address is in the SNAT pool: a packet to it is looked up among the
+/// NAT connections' replies (and passes when none matches: the address may
+/// be the host's own).
+pub const ADDR_SNAT: u32 = 1 << 5;
 
 #[cfg(test)]
 mod tests {

@@ -129,13 +129,13 @@ pub fn remember(key: &FlowKey, vip: &VipInfo, pick: &Pick, now: u64, end: bool, 
 
 /// A flow of a counting VIP starts on backend `id`.
 #[inline(always)]
-fn opened(id: u32) {
+pub fn opened(id: u32) {
     add_conns(id, 1);
 }
 
 /// A counted flow on backend `id` ends.
 #[inline(always)]
-fn closed(id: u32) {
+pub fn closed(id: u32) {
     add_conns(id, u64::MAX);
 }
 

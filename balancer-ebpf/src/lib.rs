@@ -1,12 +1,18 @@
 //! The balancer's XDP datapath: parse, match a VIP, find the flow or pick
 //! a backend, rewrite the MACs and send the frame on (L2 direct server
-//! return). The program itself (`main.rs`) is a thin entry point over
-//! [`run`]; every program of this crate reuses the one parser, [`parse`].
+//! return), or in a tunnel; NAT VIPs' packets go to a second program by
+//! tail call. The programs themselves (`main.rs`) are thin entry points
+//! over [`run`] and [`run_nat`]; every program of this crate reuses the
+//! one parser, [`parse`].
 //!
 //! Modules, each depending only on those after it:
 //! - this root, the orchestrator: one function per kind of packet, and
 //!   for TCP and UDP a switch on what the connection table knows;
-//! - [`icmp`] (path-MTU errors, over [`parse`]), [`forward`] (the MAC
+//! - [`nat`], the NAT program's orchestrator, over [`conntrack`] (NAT
+//!   connections: both ways, their states and sources) and [`translate`]
+//!   (addresses and ports rewritten, checksums updated);
+//! - [`place`] (a new flow's backend: persistence, then the scheduler);
+//! - [`icmp`] (ICMP errors: path MTU, and NAT's, over [`parse`]), [`forward`] (the MAC
 //!   rewrite, or [`encap`]sulation, and the verdict), [`limits`] (per-source limits, over
 //!   [`access`]: allow, deny and exempt lists), [`stats`] (per-CPU
 //!   counters);
@@ -18,7 +24,8 @@
 //! - [`schedule`] (picking only);
 //! - [`vip`] (VIP match) and [`ring`] (a VIP's ring, in either layout,
 //!   and the backends it names);
-//! - [`maps`] (every map), [`parse`] (bounds-checked packet reads), [`log`].
+//! - [`maps`] (every map), [`parse`] (bounds-checked packet reads),
+//!   [`copy`] (reads of map memory that stay loads), [`log`].
 //!
 //! On the host the crate builds too, so that `cargo clippy --workspace`
 //! type-checks and lints it with the rest; it only means something for
@@ -29,6 +36,8 @@
 
 mod access;
 mod budget;
+mod conntrack;
+mod copy;
 mod encap;
 mod flows;
 mod forward;
@@ -38,13 +47,16 @@ mod icmp;
 mod limits;
 mod log;
 mod maps;
+mod nat;
 pub mod parse;
 mod persist;
+mod place;
 mod pmtu;
 mod ring;
 mod schedule;
 mod share;
 mod stats;
+mod translate;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
@@ -56,7 +68,7 @@ use balancer_common::{
     settings::Settings,
     stats::{Event, Stat},
     tunnel::flow_bits,
-    vip::VipInfo,
+    vip::{AddrInfo, VipInfo},
 };
 
 use crate::{
@@ -66,9 +78,11 @@ use crate::{
     limits::Source,
     log::decision,
     parse::{Cursor, Fragment, Ip, IpParse, L3},
-    persist::Client,
+    place::place,
     ring::Pick,
 };
+
+pub use nat::run_nat;
 
 /// Handles one frame: its verdict, counted under the one reason that
 /// explains it (this one place counts verdicts).
@@ -139,7 +153,14 @@ fn flow(ctx: &XdpContext, c: &mut Cursor, ip: &Ip, settings: &Settings, len: u64
     };
     // The small map of VIP addresses first: everything else passes after
     // one lookup in a map that stays in cache.
-    let Some(addr) = vip::addr(&ip.dst, ip.proto) else {
+    let addr = vip::addr(&ip.dst, ip.proto);
+    if to_nat(&addr, settings) {
+        return nat::tail_call(ctx, ip);
+    }
+    if let Err(reason) = ports.client_flags(ip.proto) {
+        return reject(ip, reason);
+    }
+    let Some(addr) = addr else {
         return pass(Stat::PASS_NOT_VIP);
     };
     let lists = Lists::of(settings, &addr);
@@ -412,25 +433,6 @@ fn insert(p: &FlowPacket, vip: &VipInfo, pick: &Pick, settings: &Settings) -> bo
     true
 }
 
-/// The backend of a new flow: for a VIP with persistence the one its
-/// client last used, if it still may take it; else the scheduler's pick,
-/// which the client then keeps.
-#[inline(always)]
-fn place(vip: &VipInfo, key: &FlowKey, settings: &Settings, now: u64) -> Result<Pick, Stat> {
-    if !vip.persists() {
-        return schedule::pick(vip, key, settings);
-    }
-    match persist::client(vip, key, now) {
-        Client::Kept(pick) => Ok(pick),
-        Client::New(client) => {
-            let pick = schedule::pick(vip, key, settings)?;
-            persist::remember(client, &pick, now);
-            Ok(pick)
-        }
-        Client::Off => schedule::pick(vip, key, settings),
-    }
-}
-
 /// A packet that cannot be parsed or is invalid: dropped and counted when
 /// it is for a VIP address (of either protocol: an IPv6 fragment header
 /// cut short hides which one), passed on untouched otherwise.
@@ -470,8 +472,22 @@ fn later_fragment(ctx: &XdpContext, ip: &Ip, f: &Fragment, len: u64) -> (u32, St
     }
 }
 
-/// An ICMP message: a path-MTU error for a VIP goes to the backend of the
-/// flow it quotes; anything else passes.
+/// Whether a TCP or UDP packet to an address `addr` says this of (None:
+/// no VIP's) is NAT's, and goes to the NAT program: to a NAT VIP or a
+/// SNAT address, or with NAT VIPs without source NAT, to anything else (a
+/// backend's reply to a client's own address). ICMP errors quoting such
+/// a packet are NAT's too.
+#[inline(always)]
+fn to_nat(addr: &Option<AddrInfo>, settings: &Settings) -> bool {
+    match addr {
+        Some(addr) => addr.has_nat() || addr.is_snat(),
+        None => settings.nat_client_source(),
+    }
+}
+
+/// An ICMP message: an error about a NAT connection goes to the NAT
+/// program; a path-MTU error for a VIP goes to the backend of the flow it
+/// quotes; anything else passes.
 #[inline(always)]
 fn icmp_error(
     ctx: &XdpContext,
@@ -481,12 +497,22 @@ fn icmp_error(
     settings: &Settings,
     len: u64,
 ) -> (u32, Stat) {
-    let key = match icmp::parse(c, v6) {
-        Icmp::Pmtu(key) => key,
+    let (key, pmtu) = match icmp::parse(c, v6) {
+        Icmp::Error(quoted) => (quoted.key, quoted.pmtu),
         Icmp::Other | Icmp::Truncated => return pass(Stat::PASS_ICMP),
     };
-    // The quoted reply left from the VIP the message is addressed to.
+    // The quoted packet left from the address the message is addressed
+    // to.
     if key.dst != ip.dst {
+        return pass(Stat::PASS_ICMP);
+    }
+    let addr = vip::addr(&key.dst, key.proto);
+    if to_nat(&addr, settings) {
+        // Without the NAT program, the message is the host's.
+        nat::hand_over(ctx);
+        return pass(Stat::PASS_ICMP);
+    }
+    if !pmtu {
         return pass(Stat::PASS_ICMP);
     }
     // The flow's backend, without touching the table: an error message is
@@ -496,7 +522,7 @@ fn icmp_error(
         stats::event(Event::ICMP_PMTU, len);
         return send(ctx, vip, &pick, len, false, key_bits(&key));
     }
-    let Some(addr) = vip::addr(&key.dst, key.proto) else {
+    let Some(addr) = addr else {
         return pass(Stat::PASS_ICMP);
     };
     let Some(vip) = vip::find(&key.dst, key.dst_port, key.proto, &addr) else {

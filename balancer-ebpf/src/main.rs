@@ -1,5 +1,6 @@
-//! The balancer's XDP program (object `balancer-xdp`): a thin entry point
-//! over the datapath of this crate's library, [`balancer_ebpf::run`].
+//! The balancer's XDP programs (object `balancer-xdp`): thin entry points
+//! over the datapath of this crate's library, [`balancer_ebpf::run`] and
+//! the NAT program it tail-calls, [`balancer_ebpf::run_nat`].
 //!
 //! On the host it builds as an empty program, so that `cargo clippy
 //! --workspace` and `cargo test --workspace` type-check and lint it with
@@ -15,6 +16,13 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn balancer_xdp(ctx: XdpContext) -> u32 {
     balancer_ebpf::run(&ctx)
+}
+
+/// The NAT program, which the XDP program tail-calls for NAT's packets
+/// (slot `PROGRAM_NAT` of `programs`); never attached itself.
+#[xdp]
+pub fn balancer_nat(ctx: XdpContext) -> u32 {
+    balancer_ebpf::run_nat(&ctx)
 }
 
 #[cfg(not(target_arch = "bpf"))]

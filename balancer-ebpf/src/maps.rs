@@ -3,11 +3,13 @@
 
 use aya_ebpf::{
     btf_maps::{
-        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+        Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray,
+        RingBuf,
     },
     macros::btf_map,
 };
 use balancer_common::{
+    Addr,
     access::{ACCESS_ENTRIES, AccessCounters, AccessData},
     backend::{BackendInfo, BackendLoad},
     budget::Budget,
@@ -15,10 +17,11 @@ use balancer_common::{
     fragment::{FragmentKey, FragmentState},
     limit::{LimitCounters, SOURCE_SLOTS, SourceLimit, SourceSlot},
     maps::{
-        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_RING_SIZE, FLOW_EVENTS_BYTES,
-        FRAGMENT_ENTRIES, HANDSHAKE_ENTRIES, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS, PERSIST_ENTRIES,
-        RING_FLAGS,
+        BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, DEFAULT_FLOWS, DEFAULT_NAT_ENTRIES, DEFAULT_RING_SIZE,
+        FLOW_EVENTS_BYTES, FRAGMENT_ENTRIES, HANDSHAKE_ENTRIES, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS,
+        PERSIST_ENTRIES, PROGRAMS_LEN, RING_FLAGS,
     },
+    nat::{Hop, MAX_ROUTES, NAT_OPEN_ENTRIES, NatBackend, NatFlow, NatReply, PortRange, SnatPool},
     persist::{PersistKey, PersistState},
     settings::Settings,
     stats::{FlowCounters, PacketCount, STATS_SLOTS},
@@ -123,3 +126,50 @@ pub static ICMP_BUDGET: PerCpuArray<Budget, 1> = PerCpuArray::new();
 
 #[btf_map(name = "flow_events")]
 pub static FLOW_EVENTS: RingBuf<FlowEvent, { FLOW_EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map(name = "nat_flows")]
+pub static NAT_FLOWS: LruHashMap<
+    FlowKey,
+    NatFlow,
+    { DEFAULT_NAT_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "nat_back")]
+pub static NAT_BACK: LruHashMap<
+    FlowKey,
+    NatReply,
+    { DEFAULT_NAT_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "nat_open")]
+pub static NAT_OPEN: LruHashMap<
+    FlowKey,
+    NatFlow,
+    { NAT_OPEN_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "nat_open_back")]
+pub static NAT_OPEN_BACK: LruHashMap<
+    FlowKey,
+    NatReply,
+    { NAT_OPEN_ENTRIES as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+
+#[btf_map(name = "snat_pool")]
+pub static SNAT_POOL: Array<SnatPool, 2> = Array::new();
+
+#[btf_map(name = "snat_ports")]
+pub static SNAT_PORTS: PerCpuArray<PortRange, 1> = PerCpuArray::new();
+
+#[btf_map(name = "nat_backends")]
+pub static NAT_BACKENDS: Array<NatBackend, BACKENDS_N> = Array::new();
+
+#[btf_map(name = "nat_routes")]
+pub static NAT_ROUTES: LpmTrie<Addr, Hop, { MAX_ROUTES as usize }> = LpmTrie::new();
+
+#[btf_map(name = "programs")]
+pub static PROGRAMS: ProgramArray<{ PROGRAMS_LEN as usize }> = ProgramArray::new();

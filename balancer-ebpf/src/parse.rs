@@ -178,6 +178,8 @@ pub fn ethernet(c: &mut Cursor) -> Option<L3> {
 /// The addresses and transport protocol of an IP packet.
 #[derive(Clone, Copy)]
 pub struct Ip {
+    /// The IP header's first byte.
+    pub at: usize,
     pub src: Addr,
     pub dst: Addr,
     pub proto: u8,
@@ -239,6 +241,7 @@ pub fn ipv4(c: &mut Cursor) -> IpParse {
     let h = unsafe { &*h };
     let frags = u16::from_be(h.frags);
     let ip = Ip {
+        at: start,
         src: v4(h.src),
         dst: v4(h.dst),
         proto: h.proto,
@@ -276,6 +279,7 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
     // SAFETY: the whole base header is inside the packet.
     let h = unsafe { &*h };
     let mut ip = Ip {
+        at: start,
         src: v6(h.src),
         dst: v6(h.dst),
         proto: h.next_hdr,
@@ -317,8 +321,8 @@ pub fn ipv6(c: &mut Cursor) -> IpParse {
     IpParse::Ok(ip)
 }
 
-/// Ports (network byte order) of a transport header, and whether it is a
-/// TCP SYN or ends the flow.
+/// Ports (network byte order) of a transport header, its TCP flags, and
+/// where it starts.
 #[derive(Clone, Copy)]
 pub struct Ports {
     pub src: u16,
@@ -326,8 +330,12 @@ pub struct Ports {
     /// TCP SYN: the packet starts a connection, unless the connection
     /// table holds its flow as live.
     pub syn: bool,
-    /// TCP FIN or RST: the client ends the flow.
+    /// TCP FIN or RST: the sender ends the flow.
     pub end: bool,
+    /// TCP's flags byte (0 for UDP).
+    pub flags: u8,
+    /// The transport header's first byte.
+    pub at: usize,
 }
 
 /// TCP FIN, in the flags byte (the high byte of `off_flags` as loaded).
@@ -343,21 +351,43 @@ const TCP_RST: u16 = 0x04 << 8;
 /// the ECN flags do not matter. Everything else (no flag, SYN with
 /// anything but itself, FIN with RST, FIN without ACK) is a scan or an
 /// attack, as conntrack's table of valid flags says too.
-const TCP_VALID_FLAGS: u16 = 1 << 0b0010 | 1 << 0b1000 | 1 << 0b1001 | 1 << 0b0100 | 1 << 0b1100;
+const TCP_CLIENT_FLAGS: u16 = 1 << 0b0010 | 1 << 0b1000 | 1 << 0b1001 | 1 << 0b0100 | 1 << 0b1100;
+/// Likewise for what a server sends back: SYN+ACK in place of SYN.
+const TCP_SERVER_FLAGS: u16 = 1 << 0b1010 | 1 << 0b1000 | 1 << 0b1001 | 1 << 0b0100 | 1 << 0b1100;
 
-/// Whether the flags byte of `off_flags` (as loaded) is one a client
-/// sends: one table lookup, no branch per combination.
+/// Whether TCP flags byte `flags` is in `valid` (one of the sets above):
+/// one table lookup, no branch per combination.
 #[inline(always)]
-fn tcp_flags_valid(off_flags: u16) -> bool {
-    let flags = off_flags >> 8;
+fn tcp_flags_in(flags: u8, valid: u16) -> bool {
     let index = (flags & 0x07) | ((flags & 0x10) >> 1);
-    TCP_VALID_FLAGS >> index & 1 != 0
+    valid >> index & 1 != 0
+}
+
+impl Ports {
+    /// Whether the TCP flags are a combination a client sends (always
+    /// for UDP); Err([`Stat::DROP_TCP_FLAGS`]) otherwise.
+    #[inline(always)]
+    pub fn client_flags(&self, l4: u8) -> Result<(), Stat> {
+        if l4 == proto::TCP && !tcp_flags_in(self.flags, TCP_CLIENT_FLAGS) {
+            return Err(Stat::DROP_TCP_FLAGS);
+        }
+        Ok(())
+    }
+
+    /// Whether the TCP flags are a combination a server sends (always for
+    /// UDP).
+    #[inline(always)]
+    pub fn server_flags(&self, l4: u8) -> bool {
+        l4 != proto::TCP || tcp_flags_in(self.flags, TCP_SERVER_FLAGS)
+    }
 }
 
 /// Reads the ports of a TCP or UDP header and checks the header against
-/// the packet: TCP flags a client sends and a data offset within the
-/// packet, a UDP length that is the datagram's (for a first fragment, a
-/// datagram longer than the fragment). `Err` carries the drop reason.
+/// the packet: a TCP data offset within the packet, a UDP length that is
+/// the datagram's (for a first fragment, a datagram longer than the
+/// fragment). `Err` carries the drop reason. TCP's flags are the caller's
+/// to check ([`Ports::client_flags`], [`Ports::server_flags`]), as which
+/// are valid depends on who sent them.
 #[inline(always)]
 pub fn ports(c: &mut Cursor, l4: u8, first_fragment: bool) -> Result<Ports, Stat> {
     let start = c.pos;
@@ -373,14 +403,13 @@ pub fn ports(c: &mut Cursor, l4: u8, first_fragment: bool) -> Result<Ports, Stat
         if words < 5 || words * 4 > len {
             return Err(Stat::DROP_TCP_OFFSET);
         }
-        if !tcp_flags_valid(t.off_flags) {
-            return Err(Stat::DROP_TCP_FLAGS);
-        }
         Ok(Ports {
             src: t.src,
             dst: t.dst,
             syn: t.off_flags & TCP_SYN != 0,
             end: t.off_flags & (TCP_FIN | TCP_RST) != 0,
+            flags: (t.off_flags >> 8) as u8,
+            at: start,
         })
     } else {
         let u = c.header::<UdpHdr>().ok_or(Stat::DROP_TRUNCATED)?;
@@ -402,6 +431,8 @@ pub fn ports(c: &mut Cursor, l4: u8, first_fragment: bool) -> Result<Ports, Stat
             dst: u.dst,
             syn: false,
             end: false,
+            flags: 0,
+            at: start,
         })
     }
 }

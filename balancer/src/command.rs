@@ -50,11 +50,19 @@ pub struct VipAdd {
     #[serde(default)]
     pub persistence_ipv6_prefix: Option<u8>,
     /// How packets reach the backends: dsr (the default: backends on the
-    /// balancer's segment), ipip (an outer IP header) or gue (an outer IP
-    /// and UDP header); the backends take a tunnel's headers off.
+    /// balancer's segment), ipip (an outer IP header), gue (an outer IP
+    /// and UDP header; the backends take a tunnel's headers off) or nat
+    /// (the backends need no change; replies come back through the
+    /// balancer).
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,
+    /// With --forwarding nat: whether the backends see a source of the
+    /// SNAT pool (true, the default) or the client's address (false:
+    /// their route to the clients must be the balancer).
+    #[arg(long, value_name = "BOOL", requires = "forwarding")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<bool>,
 }
 
 /// A VIP's address, port and protocol: one argument on the command line
@@ -86,6 +94,11 @@ pub struct BackendAdd {
     #[arg(long)]
     #[serde(default)]
     pub weight: Option<u32>,
+    /// For a VIP that forwards by NAT: the port the backend listens on
+    /// (default the VIP's).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// A backend by its VIP and address: what `backend remove`, `drain` and

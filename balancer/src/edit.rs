@@ -66,6 +66,7 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
             vip,
             address,
             weight,
+            port,
         }) => {
             let vip_table = find_vip(&mut doc, vip)?;
             if backend_index(vip_table, *address).is_some() {
@@ -75,6 +76,9 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, String> {
             table["address"] = value(address.to_string());
             if let Some(weight) = weight {
                 table["weight"] = value(i64::from(*weight));
+            }
+            if let Some(port) = port {
+                table["port"] = value(i64::from(*port));
             }
             backends(vip_table)?.push(table);
         }
@@ -174,6 +178,7 @@ fn add_vip(doc: &mut DocumentMut, add: &VipAdd) -> Result<(), String> {
         persistence_timeout,
         persistence_ipv6_prefix,
         forwarding,
+        snat,
     } = add;
     if find_vip(doc, name).is_ok() {
         return Err(format!("a VIP named {name:?} already exists"));
@@ -194,6 +199,9 @@ fn add_vip(doc: &mut DocumentMut, add: &VipAdd) -> Result<(), String> {
     }
     if let Some(forwarding) = forwarding {
         table["forwarding"] = value(forwarding.name());
+    }
+    if let Some(snat) = snat {
+        table["snat"] = value(*snat);
     }
     vips(doc)?.push(table);
     Ok(())
@@ -304,6 +312,7 @@ weight = 150
             persistence_timeout: None,
             persistence_ipv6_prefix: None,
             forwarding: None,
+            snat: None,
         }
     }
 
@@ -315,6 +324,7 @@ weight = 150
                 vip: "web".into(),
                 address: ip("10.0.0.2"),
                 weight: Some(50),
+                port: None,
             }),
         )
         .unwrap();
@@ -457,6 +467,7 @@ weight = 150
                 vip: "web".into(),
                 address: ip("10.0.0.1"),
                 weight: None,
+                port: None,
             }),
         )
         .unwrap_err();

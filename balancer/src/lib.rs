@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod availability;
 pub mod cli;
+pub mod client_routes;
 pub mod command;
 pub mod config;
 pub mod control;

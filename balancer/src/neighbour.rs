@@ -15,7 +15,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::{
     link::LinkAttribute,
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMetric},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use thiserror::Error;
@@ -256,8 +256,29 @@ impl Neighbours {
         Ok((mac, mtu))
     }
 
-    /// Usable entries of the neighbour table: (ifindex, address) → MAC.
-    async fn neighbour_table(&self) -> Result<BTreeMap<(u32, IpAddr), [u8; 6]>, NeighbourError> {
+    /// Every route of every routing table, both families, as the kernel
+    /// dumps them (this connection does not ask for strict checking, so
+    /// the kernel filters by nothing but the family); reads only.
+    pub async fn all_routes(&self) -> Result<Vec<RouteMessage>, NeighbourError> {
+        let mut all = Vec::new();
+        let dumps = [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for dump in dumps {
+            let mut routes = self.handle.route().get(dump).execute();
+            while let Some(route) = routes.try_next().await.map_err(netlink)? {
+                all.push(route);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Usable entries of the neighbour table (reachable, stale, delay,
+    /// probe, permanent), both families: (ifindex, address) → MAC.
+    pub async fn neighbour_table(
+        &self,
+    ) -> Result<BTreeMap<(u32, IpAddr), [u8; 6]>, NeighbourError> {
         let mut table = BTreeMap::new();
         let mut entries = self.handle.neighbours().get().execute();
         while let Some(entry) = entries.try_next().await.map_err(netlink)? {
@@ -296,9 +317,10 @@ impl Neighbours {
     }
 }
 
-/// Makes the kernel resolve `backend`'s MAC by sending it one datagram on
-/// the discard port; the neighbour table has it a moment later.
-fn provoke_resolution(backend: IpAddr) {
+/// Makes the kernel resolve `backend`'s MAC (or any on-link address's, such
+/// as a gateway's) by sending it one datagram on the discard port; the
+/// neighbour table has it a moment later.
+pub fn provoke_resolution(backend: IpAddr) {
     let bind: SocketAddr = match backend {
         IpAddr::V4(_) => "0.0.0.0:0".parse().expect("valid address"),
         IpAddr::V6(_) => "[::]:0".parse().expect("valid address"),

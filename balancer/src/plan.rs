@@ -14,17 +14,21 @@ use balancer_common::{
     budget,
     flow::ACCESS_GENERATION_MASK,
     limit::{LIMIT_OWN_EXEMPT, Rate, SCOPE_EXEMPT_GLOBAL, SourceLimit, exempt_scope},
-    settings::{SETTINGS_GLOBAL_ACCESS, SETTINGS_GLOBAL_EXEMPT, SETTINGS_SHARE_FLOWS, Settings},
+    nat::{NatBackend, SnatPool, pool_index},
+    settings::{
+        SETTINGS_GLOBAL_ACCESS, SETTINGS_GLOBAL_EXEMPT, SETTINGS_NAT_CLIENT_SOURCE,
+        SETTINGS_SHARE_FLOWS, Settings,
+    },
     tunnel::TunnelInfo,
     vip::{
-        ADDR_HAS_WILDCARD, ADDR_VIP_ACCESS, ADDR_VIP_LIMITS, AddrInfo, AddrKey,
-        SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
-        SCHED_SOURCE_HASH, VIP_PERSIST, VipInfo, VipKey, VipPolicy,
+        ADDR_HAS_WILDCARD, ADDR_NAT, ADDR_SNAT, ADDR_VIP_ACCESS, ADDR_VIP_LIMITS, AddrInfo,
+        AddrKey, SCHED_LEAST_CONNECTIONS, SCHED_LEAST_LATENCY, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
+        SCHED_SOURCE_HASH, VIP_NAT, VIP_PERSIST, VIP_SNAT, VipInfo, VipKey, VipPolicy,
     },
 };
 
 use crate::{
-    config::{Config, Forwarding, LimitsConfig, List, Persistence, Prefix, Scheduler},
+    config::{Config, Forwarding, LimitsConfig, List, Persistence, PortSpan, Prefix, Scheduler},
     datapath::VipSlot,
     maglev::{MaglevError, Member},
     neighbour::L2Path,
@@ -35,6 +39,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub settings: Settings,
+    /// The SNAT pools and ports.
+    pub nat: NatPlan,
     pub vips: Vec<VipPlan>,
     /// One entry per (address, protocol) that carries VIPs.
     pub addrs: Vec<(AddrKey, AddrInfo)>,
@@ -80,6 +86,30 @@ pub struct BackendPlan {
     pub id: u32,
     pub address: IpAddr,
     pub weight: u32,
+    /// The port it listens on, when its VIP forwards by NAT and it has
+    /// one of its own.
+    pub port: Option<u16>,
+}
+
+impl BackendPlan {
+    /// Its `nat_backends` entry: its own port, or 0 for the VIP's.
+    pub fn nat(&self) -> NatBackend {
+        NatBackend {
+            port: self.port.unwrap_or(0).to_be(),
+            _pad: 0,
+        }
+    }
+}
+
+/// What NAT forwarding needs beyond the VIPs: the SNAT pools, by family,
+/// and the source ports every CPU shares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatPlan {
+    /// `snat_pool`'s entries: IPv4 at [`pool_index`]`(false)`, IPv6 at
+    /// `(true)`.
+    pub pools: [SnatPool; 2],
+    /// The source ports, split between CPUs when written.
+    pub ports: Option<PortSpan>,
 }
 
 /// An address in the maps' form.
@@ -235,7 +265,22 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
         } else {
             0
         },
-        _reserved: [0; 3],
+        nat_handshake_ns: d.nat_handshake_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        nat_closing_ns: d.nat_closing_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        _reserved: [0; 1],
+    };
+    let client_source = config.vips.iter().any(|v| {
+        let v = v.get_ref();
+        v.forwarding == Forwarding::Nat && !v.snat()
+    });
+    let settings = Settings {
+        flags: settings.flags
+            | if client_source {
+                SETTINGS_NAT_CLIENT_SOURCE
+            } else {
+                0
+            },
+        ..settings
     };
     let mut access = scope_entries(
         SCOPE_GLOBAL,
@@ -254,7 +299,8 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
         let address = *vip.address.get_ref();
         let proto = vip.protocol.number();
         let persistence = vip.persistence();
-        let flags = vip_flags(vip.scheduler, persistence.as_ref());
+        let flags =
+            vip_flags(vip.scheduler, persistence.as_ref()) | nat_flags(vip.forwarding, vip.snat());
         let backends = vip
             .backends
             .iter()
@@ -265,6 +311,7 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
                     id: numbering.backend(name, address),
                     address,
                     weight: b.effective_weight(),
+                    port: b.port.as_ref().map(|p| *p.get_ref()),
                 }
             })
             .collect();
@@ -292,9 +339,12 @@ pub fn plan_with(config: &Config, numbering: &mut Numbering, cpus: u32) -> Plan 
         ));
         access.extend(exempt_entries(exempt_scope(index), vip.list(List::Exempt)));
     }
-    let addrs = addr_entries(&vips);
+    let nat = nat_plan(config);
+    let mut addrs = addr_entries(&vips);
+    addrs.extend(snat_entries(&nat.pools));
     Plan {
         settings: settings.with_access_generation(access_generation(&access)),
+        nat,
         vips,
         addrs,
         access,
@@ -413,10 +463,66 @@ pub fn addr_entries(vips: &[VipPlan]) -> Vec<(AddrKey, AddrInfo)> {
         if vip.limit.on() {
             entry.flags |= ADDR_VIP_LIMITS;
         }
+        if vip.forwarding == Forwarding::Nat {
+            entry.flags |= ADDR_NAT;
+        }
     }
     addrs
         .into_iter()
         .map(|((address, proto), info)| (AddrKey::new(addr(address), proto), info))
+        .collect()
+}
+
+/// The SNAT pools and source ports of `config`.
+pub fn nat_plan(config: &Config) -> NatPlan {
+    let d = &config.datapath;
+    let mut pools = [SnatPool::default(); 2];
+    let families: [Vec<IpAddr>; 2] = [
+        d.snat_ipv4
+            .iter()
+            .map(|a| IpAddr::V4(*a.get_ref()))
+            .collect(),
+        d.snat_ipv6
+            .iter()
+            .map(|a| IpAddr::V6(*a.get_ref()))
+            .collect(),
+    ];
+    for (v6, addresses) in [false, true].into_iter().zip(families) {
+        let pool = &mut pools[pool_index(v6) as usize];
+        for (slot, address) in pool.addrs.iter_mut().zip(&addresses) {
+            *slot = addr(*address);
+        }
+        pool.count = addresses.len().min(pool.addrs.len()) as u32;
+    }
+    let ports = *d.snat_ports.get_ref();
+    for pool in &mut pools {
+        pool.first = ports.first;
+        pool.last = ports.last;
+    }
+    let nat = config
+        .vips
+        .iter()
+        .any(|v| v.get_ref().forwarding == Forwarding::Nat);
+    NatPlan {
+        pools,
+        ports: nat.then_some(ports),
+    }
+}
+
+/// The `vip_addrs` entries of the SNAT pools' addresses, for TCP and UDP,
+/// with [`ADDR_SNAT`].
+pub fn snat_entries(pools: &[SnatPool; 2]) -> Vec<(AddrKey, AddrInfo)> {
+    let info = AddrInfo {
+        _reserved: 0,
+        flags: ADDR_SNAT,
+    };
+    pools
+        .iter()
+        .flat_map(|pool| &pool.addrs[..pool.count as usize])
+        .flat_map(|a| {
+            [balancer_common::proto::TCP, balancer_common::proto::UDP]
+                .map(|proto| (AddrKey::new(*a, proto), info))
+        })
         .collect()
 }
 
@@ -430,6 +536,8 @@ pub enum Delivery {
     Ipip { tunnel: bool },
     /// In GUE; `tunnel` likewise.
     Gue { tunnel: bool },
+    /// By NAT: on the segment or through a gateway, the packet rewritten.
+    Nat,
 }
 
 impl Delivery {
@@ -440,6 +548,7 @@ impl Delivery {
             Forwarding::Dsr => Delivery::Dsr,
             Forwarding::Ipip => Delivery::Ipip { tunnel },
             Forwarding::Gue => Delivery::Gue { tunnel },
+            Forwarding::Nat => Delivery::Nat,
         }
     }
 }
@@ -476,6 +585,7 @@ pub fn backend_info(
         Delivery::Dsr => (resolved && !via_gateway, 0),
         Delivery::Ipip { tunnel } => (resolved && tunnel, BACKEND_IPIP),
         Delivery::Gue { tunnel } => (resolved && tunnel, BACKEND_GUE),
+        Delivery::Nat => (resolved, 0),
     };
     BackendInfo {
         addr: addr(address),
@@ -767,6 +877,16 @@ pub fn changes(old: &Plan, new: &Plan) -> Vec<Change> {
         }
     }
     out
+}
+
+/// The [`VipInfo`] flags of a VIP forwarded by `forwarding`, with source
+/// NAT (`snat`) or not.
+pub fn nat_flags(forwarding: Forwarding, snat: bool) -> u32 {
+    match (forwarding, snat) {
+        (Forwarding::Nat, true) => VIP_NAT | VIP_SNAT,
+        (Forwarding::Nat, false) => VIP_NAT,
+        _ => 0,
+    }
 }
 
 /// The [`VipInfo`] flags of a VIP scheduled by `scheduler`, with

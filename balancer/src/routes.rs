@@ -179,7 +179,7 @@ fn is_missing(err: &rtnetlink::Error) -> bool {
 
 /// The table a route is in: its attribute when there is one (ids above
 /// 255 are only there), else its header's.
-fn table_of(route: &RouteMessage) -> u32 {
+pub(crate) fn table_of(route: &RouteMessage) -> u32 {
     route
         .attributes
         .iter()

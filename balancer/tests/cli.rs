@@ -112,7 +112,7 @@ fn check_config_prints_warnings_and_the_memory_the_maps_take() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "{file}: the maps take 145.4 MiB (connection table 120.0 MiB, rings 0.0 MiB, persistence table 13.0 MiB, handshake, source and fragment tables 12.4 MiB) of kernel memory"
+            "{file}: the maps take 174.6 MiB (connection table 120.0 MiB, rings 0.0 MiB, persistence table 13.0 MiB, NAT tables 19.5 MiB, handshake, source, fragment and NAT open tables 22.1 MiB) of kernel memory"
         )),
         "{stdout}"
     );

@@ -87,6 +87,8 @@ impl ServerProcess {
                 Server::TcpEcho => "tcp-echo".to_owned(),
                 Server::TcpBulk { bytes } => format!("tcp-bulk={bytes}"),
                 Server::TcpSink => "tcp-sink".to_owned(),
+                Server::TcpPeer => "tcp-peer".to_owned(),
+                Server::TcpHold => "tcp-hold".to_owned(),
             };
             command.arg("--serve").arg(format!("{kind}@{addr}"));
         }

@@ -8,6 +8,7 @@
 //! typed map layer; the oracle computes picks independently of the
 //! program, from the shared hash functions.
 
+pub mod nat;
 pub mod standard;
 
 use std::{collections::BTreeMap, net::IpAddr};
@@ -61,6 +62,8 @@ pub struct Backend {
     pub forwarding: Forwarding,
     /// The MTU of its route, for a tunnel ([`BACKEND_MTU`] unless set).
     pub mtu: u16,
+    /// Reached by NAT on this port (its VIP's when None).
+    pub port: Option<u16>,
 }
 
 /// The MTU of a backend's route in a fixture: Ethernet's.
@@ -80,7 +83,16 @@ impl Backend {
             tunnel: None,
             forwarding: Forwarding::Dsr,
             mtu: BACKEND_MTU,
+            port: None,
         }
+    }
+
+    /// The backend reached by NAT, listening on `port` (its VIP's when
+    /// None).
+    pub fn nat(mut self, port: Option<u16>) -> Backend {
+        self.forwarding = Forwarding::Nat;
+        self.port = port;
+        self
     }
 
     /// The backend reached in IPIP from outer source `src`.
@@ -120,6 +132,16 @@ impl Backend {
         plan::backend_info(self.addr, vip, self.up, Some(self.path()), delivery)
     }
 
+    /// The backend as the daemon's plan holds it.
+    fn plan(&self) -> BackendPlan {
+        BackendPlan {
+            id: self.id,
+            address: self.addr,
+            weight: self.weight,
+            port: self.port,
+        }
+    }
+
     /// Its `tunnels` entry as the daemon makes it (default `[datapath]`),
     /// for a backend reached in a tunnel.
     fn tunnel_info(&self) -> Option<TunnelInfo> {
@@ -145,6 +167,8 @@ pub struct Vip {
     /// Its per-source limits (zeros: none; exempt entries are the test's
     /// to write).
     pub limit: SourceLimit,
+    /// For a NAT VIP: its backends see a source of the SNAT pool.
+    pub snat: bool,
 }
 
 impl Vip {
@@ -160,38 +184,33 @@ impl Vip {
             backends,
             access: false,
             limit: SourceLimit::default(),
+            snat: true,
         }
     }
 
     /// The VIP as the daemon's plan holds it.
     pub fn plan(&self) -> VipPlan {
         let persistence = self.persistence.as_ref();
+        let forwarding = self
+            .backends
+            .first()
+            .map_or(Forwarding::Dsr, |b| b.forwarding);
         VipPlan {
             name: format!("vip{}", self.index),
             slot: VipSlot {
                 key: plan::vip_key(self.addr, self.port, self.proto),
                 info: VipInfo {
                     index: self.index,
-                    flags: plan::vip_flags(self.scheduler, persistence),
+                    flags: plan::vip_flags(self.scheduler, persistence)
+                        | plan::nat_flags(forwarding, self.snat),
                 },
             },
             scheduler: self.scheduler,
             policy: plan::vip_policy(self.addr, persistence),
-            backends: self
-                .backends
-                .iter()
-                .map(|b| BackendPlan {
-                    id: b.id,
-                    address: b.addr,
-                    weight: b.weight,
-                })
-                .collect(),
+            backends: self.backends.iter().map(|b| b.plan()).collect(),
             access: self.access,
             limit: self.limit,
-            forwarding: self
-                .backends
-                .first()
-                .map_or(Forwarding::Dsr, |b| b.forwarding),
+            forwarding,
         }
     }
 
@@ -281,7 +300,24 @@ impl Fixture {
         if let Some(tunnel) = backend.tunnel_info() {
             self.datapath.set_tunnel(backend.id, &tunnel)?;
         }
+        self.datapath
+            .set_nat_backend(backend.id, &backend.plan().nat())?;
         self.datapath.set_backend(backend.id, &backend.info(vip))?;
+        Ok(())
+    }
+
+    /// Writes the SNAT pools, the source ports and the pools' address
+    /// entries, as the daemon does before it publishes NAT VIPs.
+    pub fn put_nat(
+        &mut self,
+        pools: &[balancer_common::nat::SnatPool; 2],
+        ports: balancer::config::PortSpan,
+    ) -> Result<()> {
+        self.datapath.set_snat_pools(pools)?;
+        self.datapath.set_snat_ports(ports)?;
+        for (key, info) in plan::snat_entries(pools) {
+            self.datapath.set_vip_addr(&key, &info)?;
+        }
         Ok(())
     }
 
@@ -297,15 +333,17 @@ impl Fixture {
     }
 }
 
-/// Settings with `seed`, the fixtures' ring size, idle timeouts of an
-/// hour (tests that need expiry shorten them) and no insert budget (tests
-/// of the budget set one).
+/// Settings with `seed`, the fixtures' ring size, idle timeouts (NAT's
+/// too) of an hour (tests that need expiry shorten them) and no insert
+/// budget (tests of the budget set one).
 pub fn default_settings(seed: u32) -> Settings {
     Settings {
         hash_seed: seed,
         ring_size: RING_SIZE,
         tcp_idle_ns: 3_600_000_000_000,
         udp_idle_ns: 3_600_000_000_000,
+        nat_handshake_ns: 3_600_000_000_000,
+        nat_closing_ns: 3_600_000_000_000,
         ..Settings::default()
     }
 }

@@ -447,3 +447,203 @@ pub fn echo_request(src: IpAddr, dst: IpAddr) -> Vec<u8> {
     .expect("etherparse cannot build the echo request");
     out
 }
+
+/// A TCP segment from `src` to `dst` (address and port) with exactly the
+/// flags of `flags` (as [`tcp_with_flags`]), sequence number `seq`,
+/// acknowledgement number `ack` (with ACK), and `payload`, in a frame
+/// from MAC `macs.0` to `macs.1`; checksums computed by etherparse.
+pub fn segment(
+    macs: ([u8; 6], [u8; 6]),
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    macro_rules! finish {
+        ($ip:expr) => {{
+            let mut tcp = $ip.tcp(src.1, dst.1, seq, 64240);
+            if flags & 0x01 != 0 {
+                tcp = tcp.fin();
+            }
+            if flags & 0x02 != 0 {
+                tcp = tcp.syn();
+            }
+            if flags & 0x04 != 0 {
+                tcp = tcp.rst();
+            }
+            if flags & 0x10 != 0 {
+                tcp = tcp.ack(ack);
+            }
+            tcp.write(&mut out, payload)
+        }};
+    }
+    let result = match (src.0, dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth.ipv4(s.octets(), d.octets(), 64)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth.ipv6(s.octets(), d.octets(), 64)),
+        _ => panic!("mixed address families in a test packet"),
+    };
+    result.expect("etherparse cannot build the test packet");
+    out
+}
+
+/// A UDP datagram from `src` to `dst` with `payload`, in a frame from MAC
+/// `macs.0` to `macs.1`; checksums computed by etherparse.
+pub fn datagram(
+    macs: ([u8; 6], [u8; 6]),
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    let result = match (src.0, dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 64)
+            .udp(src.1, dst.1)
+            .write(&mut out, payload),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 64)
+            .udp(src.1, dst.1)
+            .write(&mut out, payload),
+        _ => panic!("mixed address families in a test packet"),
+    };
+    result.expect("etherparse cannot build the test packet");
+    out
+}
+
+/// Whether `frame`'s IPv4 header checksum and TCP or UDP checksum are
+/// right, computed from scratch over every byte (a UDP checksum of 0 over
+/// IPv4 is none, and right). None when the frame is no whole IPv4 or IPv6
+/// TCP or UDP packet (without IPv6 extension headers), fragment or not.
+pub fn checksums_ok(frame: &[u8]) -> Option<bool> {
+    let l3 = if frame.get(12..14)? == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let ip = frame.get(l3..)?;
+    let sum = |bytes: &[u8], mut acc: u32| {
+        for pair in bytes.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc
+    };
+    let (proto, pseudo, segment, header_ok) = match ip.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            if ihl < 20 || total < ihl || ip.len() < total {
+                return None;
+            }
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            let mut pseudo = ip[12..20].to_vec();
+            pseudo.extend_from_slice(&[0, ip[9]]);
+            pseudo.extend_from_slice(&((total - ihl) as u16).to_be_bytes());
+            (ip[9], pseudo, &ip[ihl..total], sum(&ip[..ihl], 0) == 0xffff)
+        }
+        6 => {
+            let total = 40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            if ip.len() < total {
+                return None;
+            }
+            let mut pseudo = ip[8..40].to_vec();
+            pseudo.extend_from_slice(&((total - 40) as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
+            (ip[6], pseudo, &ip[40..total], true)
+        }
+        _ => return None,
+    };
+    let check_at = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    let check = segment.get(check_at..check_at + 2)?;
+    if proto == 17 && check == [0, 0] && ip[0] >> 4 == 4 {
+        return Some(header_ok);
+    }
+    Some(header_ok && sum(segment, sum(&pseudo, 0)) == 0xffff)
+}
+
+/// The kind of an ICMP error ([`icmp_error`]), in either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// Destination unreachable, port unreachable.
+    PortUnreachable,
+    /// IPv4's fragmentation needed, IPv6's packet too big, with this MTU.
+    TooBig(u16),
+    /// Time exceeded (TTL or hop limit) in transit.
+    TimeExceeded,
+}
+
+/// An ICMP (IPv4) or ICMPv6 error `kind` from `src` to `dst` quoting
+/// `quote` (an IP packet or its start), in a frame from MAC `macs.0` to
+/// `macs.1`; checksums computed by etherparse (ICMPv6's with its
+/// pseudo-header).
+pub fn icmp_error(
+    macs: ([u8; 6], [u8; 6]),
+    src: IpAddr,
+    dst: IpAddr,
+    kind: IcmpError,
+    quote: &[u8],
+) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4, icmpv6};
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    let result = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let icmp = match kind {
+                IcmpError::PortUnreachable => {
+                    Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port)
+                }
+                IcmpError::TooBig(mtu) => Icmpv4Type::DestinationUnreachable(
+                    icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+                ),
+                IcmpError::TimeExceeded => {
+                    Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
+                }
+            };
+            eth.ipv4(s.octets(), d.octets(), 64)
+                .icmpv4(icmp)
+                .write(&mut out, quote)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let icmp = match kind {
+                IcmpError::PortUnreachable => {
+                    Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
+                }
+                IcmpError::TooBig(mtu) => Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(mtu),
+                },
+                IcmpError::TimeExceeded => {
+                    Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded)
+                }
+            };
+            eth.ipv6(s.octets(), d.octets(), 64)
+                .icmpv6(icmp)
+                .write(&mut out, quote)
+        }
+        _ => panic!("mixed address families in a test packet"),
+    };
+    result.expect("etherparse cannot build the ICMP error");
+    out
+}
+
+/// What an ICMP error quotes of `frame`, an Ethernet frame of an IP
+/// packet without options or extension headers: the IP packet, or with
+/// `l4` its IP header and the first `l4` bytes after it.
+pub fn quote(frame: &[u8], l4: Option<usize>) -> Vec<u8> {
+    let packet = &frame[14..];
+    let header = if packet[0] >> 4 == 4 { 20 } else { 40 };
+    let len = l4.map_or(packet.len(), |n| (header + n).min(packet.len()));
+    packet[..len].to_vec()
+}

@@ -31,6 +31,13 @@ pub enum Server {
     /// checking each byte against [`bulk_byte`], then answers `received N`
     /// or `wrong byte N` ([`upload`]).
     TcpSink,
+    /// TCP: writes the name and the address and port the connection came
+    /// from (`be0 10.50.0.2:1024`), then closes ([`tcp_ask_peer`]).
+    TcpPeer,
+    /// TCP: writes what [`Server::TcpPeer`] writes, then holds the
+    /// connection open without a thread of its own, until the process
+    /// ends: many thousands of them cost a socket each.
+    TcpHold,
 }
 
 /// Starts a TCP server on `addr` in `ns` that writes `name` and a newline
@@ -89,6 +96,7 @@ pub fn serve(server: Server, socket: Bound, name: &str) {
         }
         (server, Bound::Tcp(listener)) => {
             thread::spawn(move || {
+                let mut held = Vec::new();
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { break };
                     let greeting = greeting.clone();
@@ -106,6 +114,15 @@ pub fn serve(server: Server, socket: Bound, name: &str) {
                         Server::TcpSink => {
                             thread::spawn(move || sink(stream, &greeting));
                         }
+                        Server::TcpPeer => {
+                            let mut stream = stream;
+                            greet_peer(&mut stream, &greeting);
+                        }
+                        Server::TcpHold => {
+                            let mut stream = stream;
+                            greet_peer(&mut stream, &greeting);
+                            held.push(stream);
+                        }
                         Server::UdpName => {}
                     }
                 }
@@ -114,6 +131,15 @@ pub fn serve(server: Server, socket: Bound, name: &str) {
         (server, Bound::Udp(_)) => {
             panic!("{server:?} needs a TCP listener, not a UDP socket")
         }
+    }
+}
+
+/// Writes the greeting without its newline, then the address and port
+/// the connection came from.
+fn greet_peer(stream: &mut TcpStream, greeting: &str) {
+    if let Ok(peer) = stream.peer_addr() {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let _ = stream.write_all(format!("{} {peer}\n", greeting.trim_end()).as_bytes());
     }
 }
 
@@ -175,6 +201,16 @@ fn sink(mut stream: TcpStream, greeting: &str) {
     let _ = stream.write_all(verdict.as_bytes());
 }
 
+/// Connects from `client` to a [`Server::TcpPeer`] at `addr`: the name of
+/// the backend that answered, and the source it saw.
+pub fn tcp_ask_peer(client: &Netns, addr: SocketAddr) -> Result<(String, SocketAddr)> {
+    let line = tcp_ask_name(client, addr)?;
+    let (name, peer) = line
+        .split_once(' ')
+        .with_context(|| format!("no peer in {line:?}"))?;
+    Ok((name.to_owned(), peer.parse()?))
+}
+
 /// Sends `bytes` bytes of [`bulk_byte`] to a [`Server::TcpSink`] at `addr`
 /// from `client` and returns its greeting (the backend's name): an error
 /// when the transfer stalls for 10 s or the server saw other bytes.
@@ -206,6 +242,44 @@ pub fn upload(client: &Netns, addr: SocketAddr, bytes: usize) -> Result<String> 
         verdict.trim() == format!("received {bytes}"),
         "upload to {addr}: the server says {:?}",
         verdict.trim()
+    );
+    Ok(name.trim().to_owned())
+}
+
+/// Downloads from a [`Server::TcpBulk`] of `bytes` bytes at `addr` from
+/// `client`, checking every byte against [`bulk_byte`], and returns its
+/// greeting (the backend's name): an error when the transfer stalls for
+/// 10 s (a black hole: no byte arrives), ends early or brings a wrong
+/// byte.
+pub fn download(client: &Netns, addr: SocketAddr, bytes: usize) -> Result<String> {
+    let stream = client
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))?
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream);
+    let mut name = String::new();
+    reader.read_line(&mut name)?;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = reader.read(&mut buf).with_context(|| {
+            format!("the transfer from {addr} stalled after {received} of {bytes} bytes")
+        })?;
+        if n == 0 {
+            break;
+        }
+        for (k, byte) in buf[..n].iter().enumerate() {
+            ensure!(
+                *byte == bulk_byte(received + k),
+                "byte {} of the transfer from {addr} is wrong",
+                received + k
+            );
+        }
+        received += n;
+    }
+    ensure!(
+        received == bytes,
+        "the transfer from {addr} ended after {received} of {bytes} bytes"
     );
     Ok(name.trim().to_owned())
 }

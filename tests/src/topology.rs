@@ -53,6 +53,16 @@ pub const REMOTE_CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 60, 0, 1);
 /// The client's IPv6 address in the routed variant.
 pub const REMOTE_CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd60, 0, 0, 0, 0, 0, 0, 1);
 
+/// How the backends are set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backends {
+    /// For direct server return: the VIPs on loopback, ARP kept quiet
+    /// for them, and in the routed variant a route to the clients.
+    Dsr,
+    /// Their addresses only.
+    Plain,
+}
+
 /// The hosts of the topology. The balancer's interface is `eth0`.
 pub struct Topology {
     /// The switch: the bridge and the other ends of every host's veth
@@ -70,7 +80,7 @@ impl Topology {
     /// Builds the topology with `backends` backends in `lab`, the client on
     /// the shared segment.
     pub fn build(lab: &Lab, backends: usize) -> Result<Topology> {
-        Topology::build_with(lab, backends, None, true)
+        Topology::build_with(lab, backends, None, true, Backends::Dsr)
     }
 
     /// [`Topology::build`] without the XDP program on the switch's end of
@@ -78,7 +88,7 @@ impl Topology {
     /// there (the benchmarks count what leaves the balancer at that point);
     /// until it does, the balancer's XDP_TX frames are lost.
     pub fn build_bare_lb_port(lab: &Lab, backends: usize) -> Result<Topology> {
-        Topology::build_with(lab, backends, None, false)
+        Topology::build_with(lab, backends, None, false, Backends::Dsr)
     }
 
     /// Builds the topology with the client behind a router, in a subnet of
@@ -96,7 +106,19 @@ impl Topology {
     /// packet-too-big to their source, the VIP: that error reaches the
     /// balancer, which must pass it to the right backend.
     pub fn build_routed(lab: &Lab, backends: usize, client_link_mtu: u32) -> Result<Topology> {
-        Topology::build_with(lab, backends, Some(client_link_mtu), true)
+        Topology::build_with(lab, backends, Some(client_link_mtu), true, Backends::Dsr)
+    }
+
+    /// The routed topology ([`Topology::build_routed`]) for NAT: backends
+    /// as they come, with their addresses and nothing else (no VIP, no
+    /// sysctl, no route to the clients), and the balancer routing the
+    /// clients' subnets through the router, as it would its default
+    /// route.
+    pub fn build_nat(lab: &Lab, backends: usize, client_link_mtu: u32) -> Result<Topology> {
+        let t = Topology::build_with(lab, backends, Some(client_link_mtu), true, Backends::Plain)?;
+        t.lb.add_route("10.60.0.0/24", &ROUTER4.to_string())?;
+        t.lb.add_route("fd60::/64", &ROUTER6.to_string())?;
+        Ok(t)
     }
 
     fn build_with(
@@ -104,6 +126,7 @@ impl Topology {
         backends: usize,
         routed: Option<u32>,
         lb_port_pass: bool,
+        setup: Backends,
     ) -> Result<Topology> {
         let switch = lab.netns("sw")?;
         let client = lab.netns("client")?;
@@ -168,12 +191,15 @@ impl Topology {
             }
         }
         for (i, ns) in hosts.iter().enumerate() {
+            ns.add_address("eth0", &format!("{}/24", backend4(i)))?;
+            ns.add_address("eth0", &format!("{}/64", backend6(i)))?;
+            if setup == Backends::Plain {
+                continue;
+            }
             for key in ["all", "eth0"] {
                 ns.sysctl(&format!("net.ipv4.conf.{key}.arp_ignore"), "1")?;
                 ns.sysctl(&format!("net.ipv4.conf.{key}.arp_announce"), "2")?;
             }
-            ns.add_address("eth0", &format!("{}/24", backend4(i)))?;
-            ns.add_address("eth0", &format!("{}/64", backend6(i)))?;
             ns.add_address("lo", &format!("{VIP4}/32"))?;
             ns.add_address("lo", &format!("{VIP6}/128"))?;
             if router.is_some() {
@@ -233,6 +259,15 @@ impl Default for ConfigText {
 }
 
 impl ConfigText {
+    /// Adds `lines` to `[datapath]`; before any VIP.
+    pub fn datapath(mut self, lines: &str) -> ConfigText {
+        self.0.push_str(lines);
+        if !lines.ends_with('\n') {
+            self.0.push('\n');
+        }
+        self
+    }
+
     /// Adds a VIP. `options` are further lines of its table (a scheduler,
     /// a `[vip.health_check]` table); each backend comes with the extra
     /// lines of its own table (a weight), often none.

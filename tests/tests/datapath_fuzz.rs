@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use balancer::{config::Scheduler, datapath::action};
+use balancer::datapath::action;
 use balancer_common::proto;
 use balancer_tests::{
     fixture::{Backend, Fixture, Vip},
@@ -36,30 +36,22 @@ fn fixture() -> Result<Fixture> {
         )
     };
     for (index, addr, port, l4) in [(0, VIP4, 80, proto::TCP), (1, VIP4, 0, proto::UDP)] {
-        f.put_vip(Vip {
+        f.put_vip(Vip::new(
             index,
             addr,
             port,
-            proto: l4,
-            scheduler: Scheduler::Maglev,
-            persistence: None,
-            backends: (index * 4..index * 4 + 3).map(b4).collect(),
-            access: false,
-            limit: Default::default(),
-        })?;
+            l4,
+            (index * 4..index * 4 + 3).map(b4).collect(),
+        ))?;
     }
     for (index, addr, port, l4) in [(2, VIP6, 80, proto::TCP), (3, VIP6, 53, proto::UDP)] {
-        f.put_vip(Vip {
+        f.put_vip(Vip::new(
             index,
             addr,
             port,
-            proto: l4,
-            scheduler: Scheduler::Maglev,
-            persistence: None,
-            backends: (index * 4..index * 4 + 3).map(b6).collect(),
-            access: false,
-            limit: Default::default(),
-        })?;
+            l4,
+            (index * 4..index * 4 + 3).map(b6).collect(),
+        ))?;
     }
     Ok(f)
 }

@@ -62,6 +62,7 @@ fn the_debug_variant_logs_each_decision() -> Result<()> {
         backends,
         access: false,
         limit: Default::default(),
+        snat: true,
     })?;
     let mut log = f
         .datapath

@@ -6,59 +6,21 @@
 //! transfer stalls in a black hole.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use balancer_tests::{
     Lab, Netns,
     daemon::{cli_json, start_with_config},
     netns_test,
-    servers::bulk_byte,
+    servers::download,
     topology::{self, ConfigText, NO_CHECK, Server, Topology, plain},
 };
 
 const LINK_MTU: u32 = 1400;
 const BYTES: usize = 4 << 20;
-
-/// Downloads from `vip` and checks every byte; returns the backend's name
-/// and how long it took.
-fn download(client: &Netns, vip: SocketAddr) -> Result<(String, Duration)> {
-    let started = Instant::now();
-    let stream = client
-        .run(|| TcpStream::connect_timeout(&vip, Duration::from_secs(3)))?
-        .with_context(|| format!("cannot connect to {vip}"))?;
-    // A black hole stalls the transfer: no byte arrives for seconds.
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream);
-    let mut name = String::new();
-    reader.read_line(&mut name)?;
-    let mut received = 0usize;
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let n = reader.read(&mut buf).with_context(|| {
-            format!("the transfer from {vip} stalled after {received} of {BYTES} bytes")
-        })?;
-        if n == 0 {
-            break;
-        }
-        for (k, byte) in buf[..n].iter().enumerate() {
-            ensure!(
-                *byte == bulk_byte(received + k),
-                "byte {} of the transfer from {vip} is wrong",
-                received + k
-            );
-        }
-        received += n;
-    }
-    ensure!(
-        received == BYTES,
-        "the transfer from {vip} ended after {received} of {BYTES} bytes"
-    );
-    Ok((name.trim().to_owned(), started.elapsed()))
-}
 
 fn icmp_pmtu_count(lab: &Lab) -> Result<u64> {
     Ok(
@@ -126,7 +88,9 @@ fn path_mtu_errors_for_the_vip_reach_the_backend_of_the_flow() {
             ),
         ] {
             let errors_before = icmp_pmtu_count(lab)?;
-            let (name, took) = download(&t.client, SocketAddr::new(vip, 80))?;
+            let started = Instant::now();
+            let name = download(&t.client, SocketAddr::new(vip, 80), BYTES)?;
+            let took = started.elapsed();
             let errors = icmp_pmtu_count(lab)? - errors_before;
             ensure!(
                 errors >= 1,

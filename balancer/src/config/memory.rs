@@ -10,6 +10,7 @@ use balancer_common::{
     fragment::{FragmentKey, FragmentState},
     limit::{SOURCE_SLOTS, SourceSlot},
     maps::{self, MapKind},
+    nat::{NAT_OPEN_ENTRIES, NatFlow, NatReply},
     persist::{PersistKey, PersistState},
     vip::{MAX_LIST_LEN, list_slot},
 };
@@ -37,8 +38,11 @@ pub struct MapMemory {
     pub rings: u64,
     /// The persistence table, of a fixed number of entries, preallocated.
     pub persistence: u64,
-    /// The handshake table, the table of sources and the fragment table:
-    /// fixed sizes, preallocated.
+    /// The main NAT tables: `nat_table_size` connections each way, all
+    /// preallocated.
+    pub nat: u64,
+    /// The handshake table, the table of sources, the fragment table and
+    /// NAT's open tables: fixed sizes, preallocated.
     pub fixed: u64,
 }
 
@@ -65,15 +69,17 @@ impl MapMemory {
             flows: lru_hash_bytes::<FlowKey, FlowState>(*config.datapath.flow_table_size.get_ref()),
             rings,
             persistence: lru_hash_bytes::<PersistKey, PersistState>(maps::PERSIST_ENTRIES),
+            nat: nat_bytes(*config.datapath.nat_table_size.get_ref()),
             fixed: lru_hash_bytes::<FlowKey, FlowState>(maps::HANDSHAKE_ENTRIES)
                 + u64::from(SOURCE_SLOTS) * size_of::<SourceSlot>() as u64
-                + lru_hash_bytes::<FragmentKey, FragmentState>(maps::FRAGMENT_ENTRIES),
+                + lru_hash_bytes::<FragmentKey, FragmentState>(maps::FRAGMENT_ENTRIES)
+                + nat_bytes(NAT_OPEN_ENTRIES),
         }
     }
 
     /// All of them together.
     pub fn total(&self) -> u64 {
-        self.flows + self.rings + self.persistence + self.fixed
+        self.flows + self.rings + self.persistence + self.nat + self.fixed
     }
 
     /// The other maps, of fixed sizes (VIPs, backends, counters, the
@@ -82,13 +88,17 @@ impl MapMemory {
     /// about 3 MiB on 2 CPUs and grow with the CPUs (16,384 backends'
     /// counters alone take 24 bytes each per CPU).
     pub fn small_maps(cpus: u32) -> u64 {
-        const COUNTED: [&str; 6] = [
+        const COUNTED: [&str; 10] = [
             maps::FLOWS,
             maps::PERSIST,
             maps::HANDSHAKES,
             maps::FRAGMENTS,
             maps::SOURCES,
             maps::RINGS,
+            maps::NAT_FLOWS,
+            maps::NAT_BACK,
+            maps::NAT_OPEN,
+            maps::NAT_OPEN_BACK,
         ];
         maps::MAP_SPECS
             .iter()
@@ -102,7 +112,7 @@ impl MapMemory {
 /// its kind (docs/benchmarks.md reads them back from the kernel).
 fn spec_bytes(spec: &maps::MapSpec, cpus: u32) -> u64 {
     let round = |size: u32| u64::from(size).next_multiple_of(8);
-    let entries = u64::from(spec.max_entries(maps::DEFAULT_FLOWS));
+    let entries = u64::from(spec.max_entries(maps::Sizes::DEFAULT));
     match spec.kind {
         MapKind::ARRAY => {
             let bytes = entries * round(spec.value_size);
@@ -127,19 +137,26 @@ fn spec_bytes(spec: &maps::MapSpec, cpus: u32) -> u64 {
 }
 
 impl fmt::Display for MapMemory {
-    /// "56.4 MiB (connection table 30.0 MiB, rings 1.0 MiB, persistence
-    /// table 13.0 MiB, handshake, source and fragment tables 12.4 MiB)".
+    /// "80.5 MiB (connection table 30.0 MiB, rings 1.0 MiB, persistence
+    /// table 13.0 MiB, NAT tables 18.0 MiB, handshake, source, fragment
+    /// and NAT open tables 18.5 MiB)".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (connection table {}, rings {}, persistence table {}, handshake, source and fragment tables {})",
+            "{} (connection table {}, rings {}, persistence table {}, NAT tables {}, handshake, source, fragment and NAT open tables {})",
             mib(self.total()),
             mib(self.flows),
             mib(self.rings),
             mib(self.persistence),
+            mib(self.nat),
             mib(self.fixed)
         )
     }
+}
+
+/// Bytes of a pair of NAT tables of `entries` each: forward and reverse.
+fn nat_bytes(entries: u32) -> u64 {
+    lru_hash_bytes::<FlowKey, NatFlow>(entries) + lru_hash_bytes::<FlowKey, NatReply>(entries)
 }
 
 fn mib(bytes: u64) -> String {

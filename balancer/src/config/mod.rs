@@ -10,6 +10,7 @@ mod announce;
 mod bounds;
 mod limits;
 mod memory;
+mod nat;
 mod sync;
 mod validate;
 mod write;
@@ -35,6 +36,7 @@ pub use limits::{
     DEFAULT_SOURCE_IPV4_PREFIX, DEFAULT_SOURCE_IPV6_PREFIX, LimitsConfig, MAX_RATE, RateLimit,
 };
 pub use memory::MapMemory;
+pub use nat::{DEFAULT_SNAT_PORTS, PortSpan};
 pub use sync::SyncConfig;
 pub use validate::{check_persistence_timeout, validate};
 pub use write::write_atomically;
@@ -123,6 +125,9 @@ pub struct DatapathConfig {
     pub ring_size: Spanned<u32>,
     /// Entries of the connection table.
     pub flow_table_size: Spanned<u32>,
+    /// Entries of each main NAT table: NAT connections past their
+    /// handshake.
+    pub nat_table_size: Spanned<u32>,
     #[serde(deserialize_with = "duration")]
     pub tcp_idle_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -143,6 +148,19 @@ pub struct DatapathConfig {
     pub tunnel_source_ipv6: Option<std::net::Ipv6Addr>,
     /// GUE's UDP destination port on the backends.
     pub gue_port: Spanned<u16>,
+    /// The SNAT pool of IPv4 NAT VIPs: the sources their backends see.
+    pub snat_ipv4: Vec<Spanned<std::net::Ipv4Addr>>,
+    /// The SNAT pool of IPv6 NAT VIPs.
+    pub snat_ipv6: Vec<Spanned<std::net::Ipv6Addr>>,
+    /// The source ports NAT picks from, shared evenly between CPUs.
+    pub snat_ports: Spanned<PortSpan>,
+    /// How long a NAT connection between its first packet and its
+    /// backend's answer may stay idle.
+    #[serde(deserialize_with = "duration")]
+    pub nat_handshake_timeout: Duration,
+    /// How long a NAT connection either side ended may stay idle.
+    #[serde(deserialize_with = "duration")]
+    pub nat_closing_timeout: Duration,
 }
 
 /// The default insert budget lets new entries replace the whole connection
@@ -168,6 +186,7 @@ impl Default for DatapathConfig {
             xdp_mode: XdpMode::Auto,
             ring_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_RING_SIZE),
             flow_table_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_FLOWS),
+            nat_table_size: Spanned::new(0..0, balancer_common::maps::DEFAULT_NAT_ENTRIES),
             tcp_idle_timeout: Duration::from_secs(300),
             udp_idle_timeout: Duration::from_secs(30),
             hash_seed: 0,
@@ -175,6 +194,11 @@ impl Default for DatapathConfig {
             tunnel_source_ipv4: None,
             tunnel_source_ipv6: None,
             gue_port: Spanned::new(0..0, balancer_common::tunnel::DEFAULT_GUE_PORT),
+            snat_ipv4: Vec::new(),
+            snat_ipv6: Vec::new(),
+            snat_ports: Spanned::new(0..0, DEFAULT_SNAT_PORTS),
+            nat_handshake_timeout: Duration::from_secs(10),
+            nat_closing_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -203,6 +227,11 @@ pub struct VipConfig {
     pub persistence_ipv6_prefix: Option<Spanned<u8>>,
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// With `forwarding = "nat"`: whether the backends see a source of the
+    /// SNAT pool (true, the default) or the client's own address (false:
+    /// their route to the clients must be the balancer).
+    #[serde(default)]
+    pub snat: Option<Spanned<bool>>,
     /// Clients of this VIP whose packets are dropped, beside `[access]`'s.
     #[serde(default)]
     pub deny: Vec<Spanned<Prefix>>,
@@ -250,6 +279,11 @@ impl VipConfig {
     /// announced.
     pub fn min_healthy(&self) -> u32 {
         announce::min_healthy(self.min_healthy.as_ref())
+    }
+
+    /// Whether a NAT VIP's backends see a source of the SNAT pool.
+    pub fn snat(&self) -> bool {
+        self.snat.as_ref().is_none_or(|s| *s.get_ref())
     }
 
     /// The VIP's panic threshold in percent, if it has one.
@@ -408,6 +442,11 @@ pub enum Forwarding {
     /// to `[datapath] gue_port`; the backend takes them off (`balancer
     /// decap`, or the kernel's fou device).
     Gue,
+    /// NAT: the destination rewritten to the backend's address and port,
+    /// the source to an address of the SNAT pool (unless `snat = false`);
+    /// the replies come back through the balancer. The backend needs no
+    /// change.
+    Nat,
 }
 
 impl Forwarding {
@@ -417,12 +456,19 @@ impl Forwarding {
             Forwarding::Dsr => "dsr",
             Forwarding::Ipip => "ipip",
             Forwarding::Gue => "gue",
+            Forwarding::Nat => "nat",
         }
     }
 
     /// Whether the backends are reached through an outer header (IPIP or
-    /// GUE), so that they may be behind a gateway and of either family.
+    /// GUE), so that they may be of either family.
     pub fn tunnelled(self) -> bool {
+        matches!(self, Forwarding::Ipip | Forwarding::Gue)
+    }
+
+    /// Whether the backends may be behind a gateway: anything but L2 DSR,
+    /// which hands the frame over on the segment.
+    pub fn routed(self) -> bool {
         self != Forwarding::Dsr
     }
 }
@@ -509,6 +555,10 @@ pub struct BackendConfig {
     /// when the drain ends (`balancer backend drain` / `undrain`).
     #[serde(default)]
     pub drain: bool,
+    /// With `forwarding = "nat"`: the port the backend listens on; absent,
+    /// the VIP's.
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
 }
 
 impl BackendConfig {

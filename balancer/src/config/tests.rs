@@ -443,6 +443,7 @@ fn metrics_listen_defaults_to_loopback_and_can_be_moved_or_turned_off() {
 }
 
 mod bounds;
+mod nat;
 
 #[test]
 fn announce_is_read_with_its_defaults_and_checked() {

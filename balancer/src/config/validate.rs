@@ -39,6 +39,9 @@ pub fn validate(config: &Config, text: &str) -> Vec<ConfigError> {
     access(config, &mut errors);
     exempt_sources(config, &mut errors);
     announce(config, &mut errors);
+    for (span, message) in super::nat::problems(config) {
+        errors.at(span, message);
+    }
     errors.list.sort_by_key(|e| e.line);
     errors.list
 }
@@ -94,6 +97,13 @@ fn datapath(config: &Config, errors: &mut Errors) {
         errors.at(
             d.flow_table_size.span(),
             format!("flow_table_size {flows} is out of range: 1 to {MAX_FLOW_TABLE_SIZE} (64 Mi entries, 7.5 GiB of kernel memory)"),
+        );
+    }
+    let nat = *d.nat_table_size.get_ref();
+    if !(1..=MAX_FLOW_TABLE_SIZE).contains(&nat) {
+        errors.at(
+            d.nat_table_size.span(),
+            format!("nat_table_size {nat} is out of range: 1 to {MAX_FLOW_TABLE_SIZE}"),
         );
     }
     let mut seen = BTreeSet::new();

@@ -111,8 +111,11 @@ struct VipService {
     port: u16,
     protocol: String,
     scheduler: String,
-    /// How packets reach the backends: dsr, ipip or gue.
+    /// How packets reach the backends: dsr, ipip, gue or nat.
     forwarding: &'static str,
+    /// With nat: whether the backends see a source of the SNAT pool
+    /// (null for the other ways).
+    snat: Option<bool>,
     /// Session persistence ("5m"), null without.
     persistence_timeout: Option<String>,
 }
@@ -126,6 +129,7 @@ impl VipService {
             protocol: config.protocol.to_string(),
             scheduler: config.scheduler.name().to_owned(),
             forwarding: config.forwarding.name(),
+            snat: (config.forwarding == crate::config::Forwarding::Nat).then(|| config.snat()),
             persistence_timeout: config
                 .persistence()
                 .map(|p| crate::config::format_duration(p.timeout)),
@@ -215,6 +219,8 @@ struct LimitsDetail {
 #[derive(Serialize)]
 struct BackendDetail {
     address: String,
+    /// The port it listens on, for a NAT VIP's backend (null otherwise).
+    port: Option<u16>,
     weight: u32,
     /// The weight the datapath holds: lower than `weight` during a slow
     /// start.
@@ -493,6 +499,8 @@ impl View<'_> {
             let ramp = effective.ramps.get(&b.id);
             backends.push(BackendDetail {
                 address: b.address.to_string(),
+                port: (vip.forwarding == crate::config::Forwarding::Nat)
+                    .then(|| b.port.unwrap_or(config.port)),
                 weight: b.weight,
                 weight_now: effective.weight(b.id, b.weight),
                 slow_start: ramp.map(|r| {

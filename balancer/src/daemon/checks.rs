@@ -27,10 +27,11 @@ impl Checks {
             let vip = vip.get_ref();
             let check = vip.check();
             for backend in &planned.backends {
+                // A NAT backend is checked on its own port.
                 self.tasks.extend(health::spawn(
                     backend.id,
                     backend.address,
-                    vip.port,
+                    backend.port.unwrap_or(vip.port),
                     &check,
                     self.reports.clone(),
                 ));

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use balancer_common::{
-    flow::{FlowKey, FlowState},
+    flow::{FLOW_COUNTED, FlowKey, FlowState},
+    nat::{NatFlow, NatReply, NatSettings as _},
     settings::Settings,
 };
 
@@ -24,6 +25,11 @@ pub struct Tally {
     pub expired: Vec<FlowKey>,
     /// Backend id → expired entries still counted.
     pub expired_counted: BTreeMap<u32, u64>,
+    /// NAT forward entries idle past their timeout, each with whether it
+    /// is in an open table.
+    pub expired_nat: Vec<(FlowKey, bool)>,
+    /// NAT reverse entries idle past their timeout, likewise.
+    pub expired_replies: Vec<(FlowKey, bool)>,
 }
 
 /// Tallies `entries` at time `now` (the program's clock), with the idle
@@ -45,6 +51,39 @@ pub fn tally(entries: &[(FlowKey, FlowState)], now: u64, settings: &Settings) ->
         }
     }
     tally
+}
+
+/// Adds NAT connections to `tally`: their forward entries `flows` (each
+/// with whether it is in an open table) count as a backend's entries and,
+/// counted ones, toward its connection count; expired ones (past their
+/// state's timeout) are listed in `expired_nat` to remove, with the
+/// expired reverse entries of `replies`.
+pub fn tally_nat(
+    tally: &mut Tally,
+    flows: &[(FlowKey, NatFlow, bool)],
+    replies: &[(FlowKey, NatReply, bool)],
+    now: u64,
+    settings: &Settings,
+) {
+    for (key, flow, open) in flows {
+        let counted = flow.vip & FLOW_COUNTED != 0;
+        if settings.nat_expired(flow.state, key.proto, flow.last_seen_ns, now) {
+            tally.expired_nat.push((*key, *open));
+            if counted {
+                *tally.expired_counted.entry(flow.backend).or_default() += 1;
+            }
+            continue;
+        }
+        *tally.live.entry(flow.backend).or_default() += 1;
+        if counted {
+            *tally.counted.entry(flow.backend).or_default() += 1;
+        }
+    }
+    for (key, reply, open) in replies {
+        if settings.nat_expired(reply.state, key.proto, reply.last_seen_ns, now) {
+            tally.expired_replies.push((*key, *open));
+        }
+    }
 }
 
 /// How much to add to a backend's connection count. `before` and `after`
@@ -131,5 +170,72 @@ mod tests {
         let before = BTreeMap::from([(1, 10), (2, 5), (3, 7)]);
         let after = BTreeMap::from([(1, 25), (2, 5), (4, 9)]);
         assert_eq!(growth(&before, &after), BTreeMap::from([(1, 15), (2, 0)]));
+    }
+
+    #[test]
+    fn nat_connections_count_by_their_state_and_expire_on_its_timeout() {
+        use balancer_common::nat::{NAT_CLOSING, NAT_ESTABLISHED, NAT_SYN, NAT_UDP};
+        let settings = Settings {
+            nat_handshake_ns: 5 * SECOND,
+            nat_closing_ns: 20 * SECOND,
+            ..settings()
+        };
+        let now = 100 * SECOND;
+        let flow = |port: u16, l4, backend, counted: bool, state, idle: u64, open| {
+            let key = FlowKey {
+                src_port: port,
+                proto: l4,
+                ..FlowKey::default()
+            };
+            let flow = NatFlow {
+                backend,
+                vip: 3 | if counted { FLOW_COUNTED } else { 0 },
+                last_seen_ns: now - idle * SECOND,
+                state,
+                ..NatFlow::default()
+            };
+            (key, flow, open)
+        };
+        let flows = [
+            flow(1, proto::TCP, 7, true, NAT_ESTABLISHED, 50, false),
+            flow(2, proto::TCP, 7, false, NAT_CLOSING, 10, false),
+            flow(3, proto::TCP, 7, true, NAT_SYN, 6, true),
+            flow(4, proto::TCP, 8, false, NAT_CLOSING, 21, false),
+            flow(5, proto::UDP, 8, true, NAT_UDP, 9, false),
+        ];
+        let reply = |port: u16, state, idle: u64, open| {
+            let key = FlowKey {
+                dst_port: port,
+                proto: proto::TCP,
+                ..FlowKey::default()
+            };
+            let reply = NatReply {
+                last_seen_ns: now - idle * SECOND,
+                state,
+                ..NatReply::default()
+            };
+            (key, reply, open)
+        };
+        let replies = [
+            reply(1, NAT_ESTABLISHED, 50, false),
+            reply(3, NAT_SYN, 6, true),
+        ];
+        let mut t = Tally::default();
+        tally_nat(&mut t, &flows, &replies, now, &settings);
+        assert_eq!(t.live, BTreeMap::from([(7, 2), (8, 1)]));
+        assert_eq!(t.counted, BTreeMap::from([(7, 1), (8, 1)]));
+        assert_eq!(t.expired_counted, BTreeMap::from([(7, 1)]));
+        let key = |port| FlowKey {
+            src_port: port,
+            proto: proto::TCP,
+            ..FlowKey::default()
+        };
+        assert_eq!(t.expired_nat, [(key(3), true), (key(4), false)]);
+        let back = FlowKey {
+            dst_port: 3,
+            proto: proto::TCP,
+            ..FlowKey::default()
+        };
+        assert_eq!(t.expired_replies, [(back, true)]);
     }
 }

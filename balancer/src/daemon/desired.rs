@@ -152,6 +152,9 @@ impl Desired {
         if old.flow_table_size.get_ref() != new.flow_table_size.get_ref() {
             fixed.push("[datapath] flow_table_size");
         }
+        if old.nat_table_size.get_ref() != new.nat_table_size.get_ref() {
+            fixed.push("[datapath] nat_table_size");
+        }
         let mut daemon = config.daemon.clone();
         if let Some(socket) = &self.socket_override {
             daemon.control_socket.clone_from(socket);

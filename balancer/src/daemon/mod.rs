@@ -16,6 +16,7 @@ mod connections;
 mod desired;
 mod effective;
 mod events;
+mod exhaustion;
 mod fingerprint;
 mod gates;
 mod limits;
@@ -194,6 +195,7 @@ async fn serve(
     };
     let load = LoadOptions {
         flow_table_size: *config.datapath.flow_table_size.get_ref(),
+        nat_table_size: *config.datapath.nat_table_size.get_ref(),
         decision_log: options.decision_log,
         pin_dir: Some(pin_dir.clone()),
     };
@@ -228,6 +230,7 @@ async fn serve(
     let desired = desired::Desired::new(config, file, socket_override, numbering, cpus);
     let mut state = State::new(desired, datapath, neighbours, reports_tx, &pinned);
     state.metrics_endpoint = metrics_endpoint;
+    state.interfaces = interfaces.to_vec();
     // Give the neighbours a moment to resolve (the first round provokes
     // it), so the first packets are not dropped as unresolved.
     for _ in 0..20 {
@@ -353,6 +356,7 @@ async fn serve(
             _ = resolve.tick() => {
                 state.resolve().await;
                 state.publish_when_due();
+                state.watch_exhaustion();
             }
             _ = reconcile.tick() => {
                 if let Err(err) = state.scan() {

@@ -26,6 +26,9 @@ pub(super) struct Observed {
     backends: BTreeMap<u32, Seen>,
     /// The last scans of the connection table.
     pub(super) scan: Scans,
+    /// The routes toward clients of NAT replies, as last read from the
+    /// kernel's routes and neighbours (empty without NAT VIPs).
+    pub(super) client_routes: BTreeMap<balancer_common::nat::RouteKey, balancer_common::nat::Hop>,
 }
 
 /// What has been seen of one backend.

@@ -9,12 +9,14 @@ use balancer_common::{
     access::AccessKey,
     backend::BackendInfo,
     limit::SourceLimit,
+    nat::{Hop, NatBackend, RouteKey, SnatPool},
     settings::Settings,
     tunnel::TunnelInfo,
     vip::{AddrInfo, AddrKey, VipPolicy},
 };
 
 use crate::{
+    config::PortSpan,
     datapath::{Pinned, VipSlot, Write},
     maglev::Member,
 };
@@ -40,6 +42,12 @@ pub(super) struct Published {
     pub(super) addrs: Vec<(AddrKey, AddrInfo)>,
     /// The allow and deny lists' entries.
     pub(super) access: BTreeMap<AccessKey, u32>,
+    /// The SNAT pools.
+    pub(super) snat_pools: Option<[SnatPool; 2]>,
+    /// The source ports.
+    pub(super) snat_ports: Option<PortSpan>,
+    /// The routes toward clients.
+    pub(super) nat_routes: BTreeMap<RouteKey, Hop>,
 }
 
 /// VIP indexes and backend ids.
@@ -56,6 +64,7 @@ pub(super) struct BackendRecord {
     pub(super) weight: Option<u32>,
     pub(super) latency_us: Option<u32>,
     pub(super) tunnel: Option<TunnelInfo>,
+    pub(super) nat: Option<NatBackend>,
 }
 
 /// One VIP's entries.
@@ -129,6 +138,7 @@ impl Published {
             vips,
             addrs: pinned.addrs.clone(),
             access: pinned.access.iter().copied().collect(),
+            nat_routes: pinned.nat_routes.iter().copied().collect(),
             ..Published::default()
         }
     }
@@ -176,6 +186,17 @@ impl Published {
             }
             Write::Tunnel { id, tunnel } => {
                 self.backends.entry(*id).or_default().tunnel = Some(*tunnel);
+            }
+            Write::NatBackend { id, nat } => {
+                self.backends.entry(*id).or_default().nat = Some(*nat);
+            }
+            Write::SnatPools(pools) => self.snat_pools = Some(**pools),
+            Write::SnatPorts(ports) => self.snat_ports = Some(*ports),
+            Write::NatRoutes(routes) => self.nat_routes.extend(routes.iter().copied()),
+            Write::RemoveNatRoutes(keys) => {
+                for key in keys {
+                    self.nat_routes.remove(key);
+                }
             }
             Write::Policy { slot, policy } => self.vip_mut(slot).policy = Some(*policy),
             Write::Limit { slot, limit } => self.vip_mut(slot).limit = Some(*limit),

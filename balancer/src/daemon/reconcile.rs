@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     availability::Health,
+    config::Forwarding,
     datapath::{RINGS_PER_BATCH, Write, Writer},
     maglev::MaglevError,
     plan::{self, BackendPlan, Delivery, Plan},
@@ -204,13 +205,30 @@ pub(super) fn reconcile(
             });
         }
     }
+    // The SNAT pools and ports before the settings and the SNAT
+    // addresses' entries that make the datapath use them.
+    if plan.nat.ports.is_some() && published.snat_pools != Some(plan.nat.pools) {
+        ops.push(Write::SnatPools(Box::new(plan.nat.pools)));
+    }
+    if let Some(ports) = plan.nat.ports
+        && published.snat_ports != Some(ports)
+    {
+        ops.push(Write::SnatPorts(ports));
+    }
+    nat_routes(
+        observed,
+        published,
+        &mut egress_of_routes(observed, published),
+        ops,
+    );
     if published.settings != Some(plan.settings) {
         ops.push(Write::Settings(plan.settings));
     }
     let infos = backend_infos(desired, observed, &effective);
     let tunnels = tunnel_infos(desired, observed);
     let mut egress = published.egress.clone();
-    for (_, b) in desired.backends() {
+    egress.extend(observed.client_routes.values().map(|hop| hop.ifindex));
+    for (vip, b) in desired.backends() {
         let weight = effective.weight(b.id, b.weight);
         let record = published.backend(b.id);
         // A tunnel's source before the entry that makes the datapath read
@@ -222,6 +240,12 @@ pub(super) fn reconcile(
                 id: b.id,
                 tunnel: *tunnel,
             });
+        }
+        // A NAT backend's port before the entry that may open
+        // connections to it.
+        let nat = b.nat();
+        if vip.forwarding == Forwarding::Nat && record.nat != Some(nat) {
+            ops.push(Write::NatBackend { id: b.id, nat });
         }
         if record.weight != Some(weight) {
             ops.push(Write::Weight { id: b.id, weight });
@@ -270,6 +294,47 @@ pub(super) fn reconcile(
         out.ops.push(Write::RemoveAccess(unlisted));
     }
     Ok(out)
+}
+
+/// The interfaces routes toward clients go out of that the program may
+/// not redirect to yet.
+fn egress_of_routes(observed: &Observed, published: &Published) -> BTreeSet<u32> {
+    observed
+        .client_routes
+        .values()
+        .map(|hop| hop.ifindex)
+        .filter(|ifindex| *ifindex != 0 && !published.egress.contains(ifindex))
+        .collect()
+}
+
+/// The writes that bring the routes toward clients in line with those
+/// `observed` read: the interfaces they go out of (`egress`) first, then
+/// new and changed routes, then those gone.
+fn nat_routes(
+    observed: &Observed,
+    published: &Published,
+    egress: &mut BTreeSet<u32>,
+    ops: &mut Vec<Write>,
+) {
+    ops.extend(std::mem::take(egress).into_iter().map(Write::Egress));
+    let changed: Vec<_> = observed
+        .client_routes
+        .iter()
+        .filter(|(key, hop)| published.nat_routes.get(key) != Some(hop))
+        .map(|(key, hop)| (*key, *hop))
+        .collect();
+    if !changed.is_empty() {
+        ops.push(Write::NatRoutes(changed));
+    }
+    let gone: Vec<_> = published
+        .nat_routes
+        .keys()
+        .filter(|key| !observed.client_routes.contains_key(key))
+        .copied()
+        .collect();
+    if !gone.is_empty() {
+        ops.push(Write::RemoveNatRoutes(gone));
+    }
 }
 
 /// The rings to write: those of VIPs whose usable backends changed (a

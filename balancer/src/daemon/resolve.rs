@@ -13,7 +13,7 @@ use super::{
     observed::{Observed, Reach},
     pacing::Pacer,
 };
-use crate::neighbour::Neighbours;
+use crate::{client_routes, config::Forwarding, neighbour::Neighbours};
 
 /// Reads the path of the backends of `desired` from the kernel into
 /// `observed`: every resolved one, and the unresolved ones `pacer` says
@@ -26,10 +26,10 @@ pub(super) async fn resolve(
     pacer: &mut Pacer<(IpAddr, bool)>,
 ) {
     // Each backend with whether it may be reached through a gateway (in
-    // a tunnel), which decides how it resolves.
+    // a tunnel, or by NAT), which decides how it resolves.
     let backends: Vec<(u32, (IpAddr, bool))> = desired
         .backends()
-        .map(|(vip, b)| (b.id, (b.address, vip.forwarding.tunnelled())))
+        .map(|(vip, b)| (b.id, (b.address, vip.forwarding.routed())))
         .collect();
     // A backend of many VIPs is resolved once (per way of reaching it).
     let resolved: BTreeSet<(IpAddr, bool)> = backends
@@ -76,5 +76,41 @@ pub(super) async fn resolve(
         {
             tracing::info!(backend = %address, mac = %format_mac(mac), "backend neighbour resolved");
         }
+    }
+}
+
+/// Reads the routes toward clients of NAT replies (the main table's routes
+/// and neighbours on the `served` interfaces) into `observed`, when
+/// `desired` has a NAT VIP; none otherwise. Gateways whose MAC is unknown
+/// are asked for; a read that fails keeps what was read before.
+pub(super) async fn client_routes(
+    neighbours: &Neighbours,
+    desired: &Desired,
+    observed: &mut Observed,
+    served: &BTreeSet<u32>,
+) {
+    let nat = desired
+        .plan
+        .vips
+        .iter()
+        .any(|v| v.forwarding == Forwarding::Nat);
+    if !nat {
+        observed.client_routes.clear();
+        return;
+    }
+    match client_routes::read(neighbours, served).await {
+        Ok(read) => {
+            for (_, gateway) in &read.unresolved {
+                crate::neighbour::provoke_resolution(*gateway);
+            }
+            if read.left_out > 0 {
+                tracing::warn!(
+                    left_out = read.left_out,
+                    "more routes toward clients than the datapath holds: the most specific are left out"
+                );
+            }
+            observed.client_routes = read.entries;
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read the routes toward clients"),
     }
 }

@@ -1,9 +1,10 @@
-//! The periodic scan of the connection table (every
+//! The periodic scan of the connection table and the NAT tables (every
 //! `--reconcile-interval`): idle entries removed, connection counts of the
-//! least-* schedulers corrected, and each backend's live entries and new
-//! flows since the previous scan kept for `vip show` and the metrics; of
-//! the handshake table: idle entries removed, the rest counted; and of the
-//! table of sources: the sources that owe tokens counted.
+//! least-* schedulers corrected, and each backend's live entries (flows
+//! and NAT connections) and new flows since the previous scan kept for
+//! `vip show` and the metrics; of the handshake table: idle entries
+//! removed, the rest counted; and of the table of sources: the sources
+//! that owe tokens counted.
 
 use std::collections::BTreeMap;
 
@@ -41,12 +42,23 @@ pub(super) fn scan(
             .map(|id| Ok(datapath.backend_load(*id)?.conns as i64))
             .collect()
     };
+    let nat = plan
+        .vips
+        .iter()
+        .any(|v| v.forwarding == crate::config::Forwarding::Nat);
     let before = conns(datapath)?;
     let entries = datapath.flows()?;
+    let (nat_flows, nat_replies) = if nat {
+        (datapath.nat_flows()?, datapath.nat_replies()?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let after = conns(datapath)?;
     let now = now_ns();
-    let tally = connections::tally(&entries, now, &plan.settings);
+    let mut tally = connections::tally(&entries, now, &plan.settings);
+    connections::tally_nat(&mut tally, &nat_flows, &nat_replies, now, &plan.settings);
     datapath.remove_flows(&tally.expired)?;
+    datapath.remove_nat_entries(&tally.expired_nat, &tally.expired_replies)?;
     let left = entries.len() - tally.expired.len();
     let kept = if keep {
         entries

@@ -18,7 +18,7 @@ use super::{
     pacing::Pacer,
     published::Published,
     reconcile::{self, ApplyError, Writes},
-    resolve::resolve,
+    resolve::{client_routes, resolve},
     sharing::Sharing,
     view::View,
 };
@@ -63,6 +63,11 @@ pub(super) struct State {
     pub(super) announcer: Option<Announcer>,
     /// The flows shared with peer hosts, with `[sync]`.
     pub(super) sharing: Option<Sharing>,
+    /// The interfaces the program serves (attached or about to be): the
+    /// routes toward clients of NAT replies go out of them.
+    pub(super) interfaces: Vec<String>,
+    /// NAT connections dropped for want of a source, as last told.
+    exhaustion: super::exhaustion::Exhaustion,
 }
 
 impl State {
@@ -112,6 +117,8 @@ impl State {
             metrics_endpoint: "off".to_owned(),
             announcer: None,
             sharing: None,
+            interfaces: Vec::new(),
+            exhaustion: Default::default(),
         }
     }
 
@@ -279,6 +286,8 @@ impl State {
         self.observed
             .start_ramps(&self.desired.plan, &next.plan, now);
         resolve(&self.neighbours, &next, &mut self.observed, &mut self.pacer).await;
+        let served = self.served();
+        client_routes(&self.neighbours, &next, &mut self.observed, &served).await;
         match reconcile::reconcile(&next, &self.observed, &self.published, now) {
             Ok(writes) => Ok((next, writes)),
             Err(err) => {
@@ -347,7 +356,8 @@ impl State {
         Ok(())
     }
 
-    /// Reads every backend's path from the kernel.
+    /// Reads every backend's path from the kernel, and the routes toward
+    /// clients of NAT replies.
     pub(super) async fn resolve(&mut self) {
         resolve(
             &self.neighbours,
@@ -356,6 +366,34 @@ impl State {
             &mut self.pacer,
         )
         .await;
+        let served = self.served();
+        client_routes(&self.neighbours, &self.desired, &mut self.observed, &served).await;
+    }
+
+    /// Logs NAT connections dropped for want of a source since the last
+    /// line, at most every [`super::exhaustion::EXHAUSTION_LOG_EVERY`].
+    pub(super) fn watch_exhaustion(&mut self) {
+        let Ok(reasons) = self.datapath.reasons() else {
+            return;
+        };
+        let count = reasons
+            .stat(balancer_common::stats::Stat::DROP_NAT_PORTS)
+            .packets;
+        if let Some(dropped) = self.exhaustion.read(count, std::time::Instant::now()) {
+            tracing::warn!(
+                dropped,
+                "NAT sources exhausted: new connections dropped because every source tried was taken for their backend (drop_nat_ports); add addresses to [datapath] snat_ipv4 / snat_ipv6 or widen snat_ports"
+            );
+        }
+    }
+
+    /// The interfaces the program serves, by index (read each time: an
+    /// interface made again gets another).
+    fn served(&self) -> std::collections::BTreeSet<u32> {
+        self.interfaces
+            .iter()
+            .filter_map(|name| nix::net::if_::if_nametoindex(name.as_str()).ok())
+            .collect()
     }
 
     /// Whether every backend's MAC is known.

@@ -77,6 +77,8 @@ pub struct Pinned {
     pub backends: Vec<(u32, BackendInfo)>,
     /// The allow and deny lists' entries.
     pub access: Vec<(AccessKey, u32)>,
+    /// The routes toward clients of NAT replies.
+    pub nat_routes: Vec<(balancer_common::nat::RouteKey, balancer_common::nat::Hop)>,
 }
 
 impl Datapath {
@@ -104,6 +106,7 @@ impl Datapath {
             addrs: self.hash_entries(maps::VIP_ADDRS)?,
             backends,
             access: self.access_entries()?,
+            nat_routes: self.nat_routes()?,
         })
     }
 

@@ -13,6 +13,7 @@ mod flows;
 mod limits;
 mod load;
 mod mapped;
+mod nat;
 pub mod pin;
 mod shared;
 mod test_run;
@@ -23,12 +24,13 @@ use std::{collections::BTreeMap, fmt};
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         ProgramError, Xdp,
         xdp::{XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
-use balancer_common::{XDP_PROGRAM, maps};
+use balancer_common::{NAT_PROGRAM, XDP_PROGRAM, maps};
 use thiserror::Error;
 
 pub use counters::{AllCounters, Pinned, Reasons};
@@ -221,6 +223,8 @@ pub const PROBE_TABLE_ENTRIES: u32 = 1024;
 pub struct LoadOptions {
     /// Entries of the connection table.
     pub flow_table_size: u32,
+    /// Entries of each main NAT table.
+    pub nat_table_size: u32,
     /// Load the debug variant, which logs every decision through aya-log
     /// (see [`Datapath::take_logger`]). Slower: for troubleshooting only.
     pub decision_log: bool,
@@ -233,6 +237,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: maps::DEFAULT_FLOWS,
+            nat_table_size: maps::DEFAULT_NAT_ENTRIES,
             decision_log: false,
             pin_dir: None,
         }
@@ -273,12 +278,18 @@ impl Datapath {
             OBJECT
         };
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(maps::FLOWS, options.flow_table_size);
+        let sizes = maps::Sizes {
+            flows: options.flow_table_size,
+            nat: options.nat_table_size,
+        };
+        loader.map_max_entries(maps::FLOWS, sizes.flows);
+        loader.map_max_entries(maps::NAT_FLOWS, sizes.nat);
+        loader.map_max_entries(maps::NAT_BACK, sizes.nat);
         let mut adopted = false;
         let pin_paths: Vec<(&'static str, std::path::PathBuf)> = match &options.pin_dir {
             Some(dir) => {
                 pin::prepare(dir)?;
-                adopted = pin::check_compatible(dir, options.flow_table_size)?;
+                adopted = pin::check_compatible(dir, sizes)?;
                 maps::MAP_SPECS
                     .iter()
                     .map(|spec| (spec.name, dir.join(spec.name)))
@@ -303,12 +314,7 @@ impl Datapath {
         } else {
             None
         };
-        program(&mut ebpf)?
-            .load()
-            .map_err(|source| DatapathError::Program {
-                action: "load",
-                source: Box::new(source),
-            })?;
+        load_programs(&mut ebpf)?;
         let loads = load::Loads::map(&ebpf)?;
         Ok(Datapath {
             ebpf,
@@ -333,18 +339,17 @@ impl Datapath {
             maps::HANDSHAKES,
             maps::PERSIST,
             maps::FRAGMENTS,
+            maps::NAT_FLOWS,
+            maps::NAT_BACK,
+            maps::NAT_OPEN,
+            maps::NAT_OPEN_BACK,
         ] {
             loader.map_max_entries(name, PROBE_TABLE_ENTRIES);
         }
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|err| DatapathError::Load(Box::new(err)))?;
-        program(&mut ebpf)?
-            .load()
-            .map_err(|source| DatapathError::Program {
-                action: "load",
-                source: Box::new(source),
-            })
+        load_programs(&mut ebpf)
     }
 
     /// Attaches the program to `interface` in the requested mode and returns
@@ -558,11 +563,50 @@ impl Datapath {
 
 /// The balancer's XDP program in a loaded object.
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    ebpf.program_mut(XDP_PROGRAM)
-        .ok_or(DatapathError::MissingProgram { name: XDP_PROGRAM })?
+    named(ebpf, XDP_PROGRAM)
+}
+
+/// The XDP program `name` of the object.
+fn named<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
         .try_into()
         .map_err(|source| DatapathError::Program {
             action: "look up",
             source: Box::new(source),
         })
+}
+
+/// Loads the object's programs, verifier included: the NAT program first,
+/// put in its slot of `programs` (a pinned array keeps the slot, so a
+/// running datapath takes a new daemon's NAT program at once), then the
+/// main one.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let load = |source| DatapathError::Program {
+        action: "load",
+        source: Box::new(source),
+    };
+    let nat = named(ebpf, NAT_PROGRAM)?;
+    nat.load().map_err(load)?;
+    let fd = nat
+        .fd()
+        .map_err(load)?
+        .try_clone()
+        .map_err(|err| load(err.into()))?;
+    let map = |action, source| DatapathError::Map {
+        action,
+        name: maps::PROGRAMS,
+        source: Box::new(source),
+    };
+    let mut programs: ProgramArray<_> = ebpf
+        .map_mut(maps::PROGRAMS)
+        .ok_or(DatapathError::MissingMap {
+            name: maps::PROGRAMS,
+        })?
+        .try_into()
+        .map_err(|err| map("open", err))?;
+    programs
+        .set(maps::PROGRAM_NAT, &fd, 0)
+        .map_err(|err| map("write", err))?;
+    program(ebpf)?.load().map_err(load)
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::MapInfo;
-use balancer_common::maps::{self, MAP_SPECS};
+use balancer_common::maps::{self, MAP_SPECS, Sizes};
 
 use super::DatapathError;
 
@@ -46,8 +46,8 @@ pub fn prepare(dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// Refuses to adopt pinned maps whose layout differs from this binary's
-/// ([`MAP_SPECS`], with a connection table of `flow_table_size` entries).
-pub(super) fn check_compatible(dir: &Path, flow_table_size: u32) -> Result<bool, DatapathError> {
+/// ([`MAP_SPECS`], with the tables of `sizes`).
+pub(super) fn check_compatible(dir: &Path, sizes: Sizes) -> Result<bool, DatapathError> {
     let mut found = false;
     for spec in &MAP_SPECS {
         let path = dir.join(spec.name);
@@ -60,7 +60,7 @@ pub(super) fn check_compatible(dir: &Path, flow_table_size: u32) -> Result<bool,
             reason: format!("cannot read the pinned map: {e}"),
         })?;
         let (key, value) = (spec.key_size, spec.value_size);
-        let entries = spec.max_entries(flow_table_size);
+        let entries = spec.max_entries(sizes);
         let ok =
             info.key_size() == key && info.value_size() == value && info.max_entries() == entries;
         if !ok {
@@ -238,7 +238,7 @@ fn entries(dir: &Path) -> Result<Option<Vec<(OsString, PathBuf)>>, DatapathError
 
 #[cfg(test)]
 mod tests {
-    use balancer_common::maps::{DEFAULT_FLOWS, MapKind, RING_TEMPLATE, RINGS};
+    use balancer_common::maps::{MapKind, RING_TEMPLATE, RINGS, Sizes};
 
     use super::*;
 
@@ -270,7 +270,7 @@ mod tests {
                         t.kind.0,
                         t.key_size,
                         t.value_size,
-                        t.max_entries(0),
+                        t.max_entries(Sizes::DEFAULT),
                         t.flags,
                     );
                     assert_eq!(inner, Some(want), "the template of {RINGS}");
@@ -301,7 +301,7 @@ mod tests {
                     spec.kind.0,
                     spec.key_size,
                     spec.value_size,
-                    spec.max_entries(DEFAULT_FLOWS),
+                    spec.max_entries(Sizes::DEFAULT),
                     spec.flags,
                 )
             })

@@ -7,12 +7,14 @@ use balancer_common::{
     access::AccessKey,
     backend::BackendInfo,
     limit::SourceLimit,
+    nat::{Hop, NatBackend, RouteKey, SnatPool},
     settings::Settings,
     tunnel::TunnelInfo,
     vip::{AddrInfo, AddrKey, VipPolicy},
 };
 
 use super::{Datapath, DatapathError, VipSlot};
+use crate::config::PortSpan;
 
 /// One change to the datapath's maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +39,16 @@ pub enum Write {
     Backend { id: u32, info: BackendInfo },
     /// Backend `id`'s tunnel (the outer source of IPIP and GUE, GUE's port).
     Tunnel { id: u32, tunnel: TunnelInfo },
+    /// Backend `id`'s NAT details (its port).
+    NatBackend { id: u32, nat: NatBackend },
+    /// The SNAT pools, IPv4 then IPv6.
+    SnatPools(Box<[SnatPool; 2]>),
+    /// The source ports NAT picks from, split between CPUs.
+    SnatPorts(PortSpan),
+    /// Put routes toward clients in place (or update them).
+    NatRoutes(Vec<(RouteKey, Hop)>),
+    /// Take routes toward clients out.
+    RemoveNatRoutes(Vec<RouteKey>),
     /// The policy (persistence) of the VIP at `slot`'s index.
     Policy { slot: VipSlot, policy: VipPolicy },
     /// The per-source limits of the VIP at `slot`'s index.
@@ -78,6 +90,11 @@ impl Writer for Datapath {
             Write::Egress(ifindex) => self.add_egress(*ifindex),
             Write::Backend { id, info } => self.set_backend(*id, info),
             Write::Tunnel { id, tunnel } => self.set_tunnel(*id, tunnel),
+            Write::NatBackend { id, nat } => self.set_nat_backend(*id, nat),
+            Write::SnatPools(pools) => self.set_snat_pools(pools),
+            Write::SnatPorts(ports) => self.set_snat_ports(*ports),
+            Write::NatRoutes(routes) => self.set_nat_routes(routes),
+            Write::RemoveNatRoutes(keys) => self.remove_nat_routes(keys),
             Write::Policy { slot, policy } => self.set_vip_policy(slot.info.index, policy),
             Write::Limit { slot, limit } => self.set_vip_limit(slot.info.index, limit),
             Write::Rings(rings) => {

@@ -20,13 +20,14 @@ pub mod facts;
 
 use std::{
     collections::BTreeSet,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
 
 pub use checks::{Finding, Level};
-use checks::{backend_host, bpffs, interfaces, kernel, memory, routes, sockets};
+use checks::{backend_host, bpffs, interfaces, kernel, memory, nat, routes, sockets};
 
 use crate::config::{self, Config, MapMemory};
 
@@ -199,6 +200,28 @@ async fn network(config: &Config, nl: &facts::netlink::Netlink) -> Vec<Finding> 
     }
     let (ipv4, ipv6) = facts::neighbours(config, nl).await;
     out.extend(routes::neighbour_table(ipv4, ipv6));
+    let d = &config.datapath;
+    let nat = config
+        .vips
+        .iter()
+        .any(|v| v.get_ref().forwarding == config::Forwarding::Nat);
+    if nat {
+        let ours: BTreeSet<IpAddr> = nl
+            .addresses()
+            .await
+            .map(|a| a.into_iter().map(|(address, _)| address).collect())
+            .unwrap_or_default();
+        let snat = d
+            .snat_ipv4
+            .iter()
+            .map(|a| IpAddr::V4(*a.get_ref()))
+            .chain(d.snat_ipv6.iter().map(|a| IpAddr::V6(*a.get_ref())));
+        out.push(nat::decide(&nat::Facts {
+            local: snat.filter(|a| ours.contains(a)).collect(),
+            ports: *d.snat_ports.get_ref(),
+            ephemeral: facts::ephemeral_ports(),
+        }));
+    }
     out
 }
 

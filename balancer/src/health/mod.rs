@@ -108,12 +108,13 @@ pub struct Report {
     pub latency: Duration,
 }
 
-/// Starts the check task of one backend: it probes `address` every
+/// Starts the check task of one backend: it probes `address` (on `port`
+/// unless the check names its own) every
 /// `check.interval` and reports every result. `None` for `kind = "none"`.
 pub fn spawn(
     backend: u32,
     address: IpAddr,
-    vip_port: u16,
+    port: u16,
     check: &HealthCheckConfig,
     reports: mpsc::Sender<Report>,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -121,7 +122,7 @@ pub fn spawn(
         return None;
     }
     let check = check.clone();
-    let port = check.port.unwrap_or(vip_port);
+    let port = check.port.unwrap_or(port);
     Some(tokio::spawn(async move {
         let client = probe::Client::new();
         let mut ticker = tokio::time::interval(check.interval);

@@ -226,11 +226,14 @@ fn the_memory_of_the_maps_follows_the_configuration() {
     assert_eq!(memory.flows, 30 << 20, "the default connection table");
     assert_eq!(memory.rings, 512 << 10, "one ring of 65,537 slots");
     assert_eq!(memory.persistence, 13 << 20);
-    // 7.5 MiB of handshakes, 3 of sources, 1.875 of fragments.
-    assert_eq!(memory.fixed, (99 << 20) / 8);
+    // 65,536 NAT connections: 9.5 MiB forward, 10 MiB reverse.
+    assert_eq!(memory.nat, (39 << 20) / 2);
+    // 7.5 MiB of handshakes, 3 of sources, 1.875 of fragments, and NAT's
+    // open tables 4.75 and 5.
+    assert_eq!(memory.fixed, (177 << 20) / 8);
     assert_eq!(
         memory.to_string(),
-        "55.9 MiB (connection table 30.0 MiB, rings 0.5 MiB, persistence table 13.0 MiB, handshake, source and fragment tables 12.4 MiB)"
+        "85.1 MiB (connection table 30.0 MiB, rings 0.5 MiB, persistence table 13.0 MiB, NAT tables 19.5 MiB, handshake, source, fragment and NAT open tables 22.1 MiB)"
     );
     let largest = parse("[datapath]\nflow_table_size = 67108864\n", "t").unwrap();
     assert_eq!(MapMemory::of(&largest).flows, 7_680 << 20, "7.5 GiB");

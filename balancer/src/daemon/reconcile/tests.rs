@@ -194,6 +194,11 @@ fn kinds(writes: &[Write]) -> Vec<&'static str> {
             Write::Addr { .. } => "addr",
             Write::Access(_) => "access",
             Write::RemoveAccess(_) => "remove-access",
+            Write::NatBackend { .. } => "nat-backend",
+            Write::SnatPools(_) => "snat-pools",
+            Write::SnatPorts(_) => "snat-ports",
+            Write::NatRoutes(_) => "nat-routes",
+            Write::RemoveNatRoutes(_) => "remove-nat-routes",
         })
         .collect()
 }
@@ -429,6 +434,11 @@ fn pinned(world: &World) -> crate::datapath::Pinned {
             .access
             .iter()
             .map(|(key, kind)| (*key, *kind))
+            .collect(),
+        nat_routes: published
+            .nat_routes
+            .iter()
+            .map(|(key, hop)| (*key, *hop))
             .collect(),
     }
 }

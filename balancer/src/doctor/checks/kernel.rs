@@ -166,6 +166,7 @@ pub fn describe(kind: MapKind, flags: u32) -> (String, (u32, u32)) {
         MapKind::ARRAY if flags & maps::BPF_F_MMAPABLE != 0 => ("array (mmap-able)", (5, 5)),
         MapKind::ARRAY => ("array", (3, 19)),
         MapKind::PERCPU_ARRAY => ("per-CPU array", (4, 6)),
+        MapKind::PROG_ARRAY => ("program array", (4, 2)),
         MapKind::LRU_HASH if flags & maps::BPF_F_NO_COMMON_LRU != 0 => {
             ("LRU hash (per-CPU lists)", (4, 10))
         }

@@ -11,6 +11,7 @@ pub mod bpffs;
 pub mod interfaces;
 pub mod kernel;
 pub mod memory;
+pub mod nat;
 pub mod routes;
 pub mod sockets;
 pub mod veth;

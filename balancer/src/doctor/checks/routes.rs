@@ -117,11 +117,11 @@ pub fn backends(backends: &[Backend], attached: usize) -> Vec<Finding> {
 }
 
 /// Bytes the outer headers take: IPv4 20, IPv6 40, and GUE's UDP header
-/// 8 more (docs/datapath.md).
+/// 8 more (docs/datapath.md); none for L2 DSR and NAT.
 pub fn overhead(forwarding: Forwarding, backend: IpAddr) -> u32 {
     let outer = if backend.is_ipv4() { 20 } else { 40 };
     match forwarding {
-        Forwarding::Dsr => 0,
+        Forwarding::Dsr | Forwarding::Nat => 0,
         Forwarding::Ipip => outer,
         Forwarding::Gue => outer + 8,
     }

@@ -29,6 +29,20 @@ use crate::{config::Config, datapath::XdpMode, neighbour};
 
 /// An IPv4 setting of `interface` (`conf/all` for all) under
 /// /proc/sys/net/ipv4/conf: per network namespace.
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`,
+/// IPv6's too).
+pub fn ephemeral_ports() -> Result<crate::config::PortSpan, String> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map_err(|err| err.to_string())?;
+    let mut numbers = text.split_whitespace().map(str::parse::<u16>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(first)), Some(Ok(last))) if first <= last => {
+            Ok(crate::config::PortSpan { first, last })
+        }
+        _ => Err(format!("unreadable: {text:?}")),
+    }
+}
+
 pub fn ipv4_conf(interface: &str, key: &str) -> Option<u32> {
     sysctl(&format!("net/ipv4/conf/{interface}/{key}"))
 }

@@ -3,7 +3,7 @@
 //! of the default size (262,144 entries) holding 1,000 flows and again
 //! holding 100,000; and at 1,000 flows, the cost of a new flow under every
 //! scheduler and with session persistence, and of a handshake's promotion,
-//! against Maglev's.
+//! against Maglev's; and NAT's packets both ways and its new connections.
 //!
 //! Method: many calls with repeat=1, each on a fresh copy of the packet
 //! (the kernel copies the input on every call), taking the median of the
@@ -38,6 +38,7 @@ use balancer_tests::{
     packet::{LB_MAC, Packet},
 };
 
+mod nat;
 mod schedulers;
 
 use crate::{
@@ -209,6 +210,7 @@ fn fixture_with(flow_table_size: u32, settings: Settings, extras: Extras) -> Res
                 .collect(),
             access: extras.access,
             limit: extras.limits[index],
+            snat: true,
         })?;
     }
     Ok(f)
@@ -423,6 +425,13 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
             entries.push((share, RefCell::new(f), RefCell::new(events)));
         }
     }
+    // NAT's: one datapath for the established paths, another for the new
+    // connections, whose main tables they fill.
+    let nat_tables = if nat::wanted(options) {
+        Some((nat::NatTable::new()?, nat::NatTable::new()?))
+    } else {
+        None
+    };
     let large_wanted =
         options.paths.is_empty() || options.paths.iter().any(|name| name.ends_with("_100k"));
     let large = if large_wanted {
@@ -513,6 +522,9 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
             Measured::new(names[2], new_label, fresh(f, SMALL_TABLE, VIP4)),
             Measured::new(names[3], new_label, fresh(f, SMALL_TABLE, VIP6)),
         ]);
+    }
+    if let Some((established_on, fresh)) = &nat_tables {
+        paths.extend(nat::measured(established_on, fresh));
     }
     for (share, f, events) in &entries {
         for v6 in [false, true] {
@@ -786,7 +798,7 @@ measured the same way: `x floor` is the path's median over the floor's.
 - `established_gue`, `new_gue`: the same in GUE: a UDP header after the
   outer one, its source port from the flow's hash, its checksum 0 over
   IPv4 and over IPv6 derived from the client packet's own checksum.
-- `1,000 flows`: the connection table (`flow_table_size` {table_size}, the
+{nat}- `1,000 flows`: the connection table (`flow_table_size` {table_size}, the
   default, as for every row) holds 1,000 flows per family when the run
   starts (each made by its first ACK); the new-flow paths of VIPs that keep
   their choice add theirs to the handshake table, and the promotion paths
@@ -814,6 +826,7 @@ the medians as one JSON object.
         ring = report::number(f64::from(DEFAULT_RING_SIZE), 0),
         table_size = report::number(f64::from(TABLE_SIZE), 0),
         schedulers = schedulers::prose(options),
+        nat = nat::prose(options),
         table = table(rows).markdown(),
     );
     Ok(Section {

@@ -2,7 +2,9 @@
 //! namespaces, with the same backends and the same client load: an
 //! nftables DNAT balancer (a numgen map over the backends, as kube-proxy's
 //! nftables mode builds), HAProxy in TCP mode and nginx's stream module,
-//! plus the client talking to one backend directly as the baseline.
+//! plus the client talking to one backend directly as the baseline. The
+//! balancer's NAT forwarding is measured beside nftables doing DNAT and
+//! SNAT to the same address, over backends that know nothing of the VIP.
 //!
 //! Two loads, each for a fixed time per run:
 //! - short TCP connections: client threads connect, read the backend's
@@ -59,6 +61,14 @@ const UDP_PAYLOAD: usize = 64;
 const UDP_FLOWS: u32 = 1_024;
 /// Frames per generator call (flushed to the veth every 64).
 const FRAMES_PER_CALL: u32 = 65_536;
+/// NAT's source ports: the range the proxies' and nftables' own
+/// connections take theirs from (`ip_local_port_range`).
+const SNAT_PORTS: &str = "1024-65535";
+/// The source address of the NAT setups (ours and nftables'): an address
+/// of the host's of its own, so that the backends' TIME_WAIT sockets of
+/// their connections (the backends close first) never meet the
+/// connections the proxies open from the host's address in later runs.
+const SNAT4: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 3);
 
 /// Options of the end-to-end benchmark.
 pub struct Options {
@@ -78,18 +88,26 @@ pub enum Setup {
     /// The balancer with `forwarding = "ipip"`, the backends running
     /// `balancer decap`.
     BalancerIpip,
+    /// The balancer with `forwarding = "nat"`, source NAT to the host's
+    /// address, the backends without the VIP.
+    BalancerNat,
     Nftables,
+    /// nftables with DNAT and SNAT to the host's address, the backends as
+    /// for [`Setup::BalancerNat`].
+    NftablesSnat,
     Haproxy,
     Nginx,
 }
 
 impl Setup {
-    const ALL: [Setup; 7] = [
+    const ALL: [Setup; 9] = [
         Setup::Direct,
         Setup::Floor,
         Setup::Balancer,
         Setup::BalancerIpip,
+        Setup::BalancerNat,
         Setup::Nftables,
+        Setup::NftablesSnat,
         Setup::Haproxy,
         Setup::Nginx,
     ];
@@ -100,7 +118,9 @@ impl Setup {
             Setup::Floor => "XDP floor (one backend)",
             Setup::Balancer => "this balancer (XDP)",
             Setup::BalancerIpip => "this balancer, IPIP",
+            Setup::BalancerNat => "this balancer, NAT",
             Setup::Nftables => "nftables DNAT",
+            Setup::NftablesSnat => "nftables DNAT+SNAT",
             Setup::Haproxy => "HAProxy (TCP mode)",
             Setup::Nginx => "nginx stream",
         }
@@ -109,6 +129,12 @@ impl Setup {
     /// HAProxy has no UDP proxying.
     fn has_udp(self) -> bool {
         self != Setup::Haproxy
+    }
+
+    /// The backends answer the setup's host, not the client: they need no
+    /// VIP of their own.
+    fn translates_source(self) -> bool {
+        matches!(self, Setup::BalancerNat | Setup::NftablesSnat)
     }
 }
 
@@ -133,6 +159,8 @@ pub struct Results {
     /// The balancer's XDP program and the backends' sink, ns per packet
     /// from the kernel's BPF statistics under the UDP load.
     pub xdp_ns: Option<(f64, f64)>,
+    /// The same with NAT forwarding.
+    pub nat_xdp_ns: Option<(f64, f64)>,
     pub versions: Vec<String>,
     pub runs: usize,
     pub seconds: f64,
@@ -145,7 +173,7 @@ pub fn run(options: &Options) -> Result<Results> {
     let bed = Bed::new(&lab, t)?;
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
-    let mut xdp_ns = None;
+    let (mut xdp_ns, mut nat_xdp_ns) = (None, None);
     for setup in Setup::ALL {
         eprintln!("e2e: {}", setup.name());
         let running = bed.start(setup)?;
@@ -153,8 +181,10 @@ pub fn run(options: &Options) -> Result<Results> {
         if setup.has_udp() && setup != Setup::Direct {
             udp.push(bed.measure_udp(setup, options, running.pids())?);
         }
-        if setup == Setup::Balancer {
-            xdp_ns = Some(bed.xdp_cost(options)?);
+        match setup {
+            Setup::Balancer => xdp_ns = Some(bed.xdp_cost(setup, options)?),
+            Setup::BalancerNat => nat_xdp_ns = Some(bed.xdp_cost(setup, options)?),
+            _ => {}
         }
         bed.stop(setup, running)?;
     }
@@ -162,6 +192,7 @@ pub fn run(options: &Options) -> Result<Results> {
         tcp,
         udp,
         xdp_ns,
+        nat_xdp_ns,
         versions: versions(),
         runs: options.runs,
         seconds: options.seconds,
@@ -201,6 +232,8 @@ impl Running {
 impl<'a> Bed<'a> {
     fn new(lab: &'a Lab, t: Topology) -> Result<Bed<'a>> {
         t.serve(Server::TcpName, IpAddr::V4(Ipv4Addr::UNSPECIFIED), TCP_PORT)?;
+        // The NAT setups' source address: the host's, beside its own.
+        t.lb.add_address("eth0", &format!("{SNAT4}/32"))?;
         // The generator's frames arrive on the switch's end of the client's
         // veth with XDP_TX: that end needs an XDP program to take them in.
         lab.xdp_pass(&t.switch, "pc")?;
@@ -222,12 +255,27 @@ impl<'a> Bed<'a> {
             "nud",
             "permanent",
         ])?;
+        // And the host the client's: NAT's replies go to the client's MAC
+        // as the host's neighbour table has it, which nothing else would
+        // fill (the client never asks for the host's).
+        let client_mac = t.client.mac("eth0")?;
+        t.lb.ip([
+            "neigh",
+            "replace",
+            &CLIENT4.to_string(),
+            "lladdr",
+            &format_mac(client_mac),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
         for ns in [&t.client, &t.lb] {
             ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         }
         Ok(Bed {
             lb_mac,
-            client_mac: t.client.mac("eth0")?,
+            client_mac,
             backend0_mac: t.backends[0].mac("eth0")?,
             lab,
             t,
@@ -243,6 +291,9 @@ impl<'a> Bed<'a> {
     fn start(&self, setup: Setup) -> Result<Running> {
         let lb = &self.t.lb;
         let backends = self.t.backend_addresses(false);
+        if setup.translates_source() {
+            self.backends_hold_vip(false)?;
+        }
         match setup {
             Setup::Direct => Ok(Running::Nothing),
             Setup::Floor => {
@@ -250,17 +301,28 @@ impl<'a> Bed<'a> {
                 lb.run(|| floor.attach("eth0"))??;
                 Ok(Running::Floor { _attached: floor })
             }
-            Setup::Balancer | Setup::BalancerIpip => {
-                let options = if setup == Setup::BalancerIpip {
-                    for (i, backend) in self.t.backends.iter().enumerate() {
-                        self.lab
-                            .decap(backend, &format!("decap{i}"), &["--interface", "eth0"])?;
+            Setup::Balancer | Setup::BalancerIpip | Setup::BalancerNat => {
+                let mut config = ConfigText::default();
+                let options = match setup {
+                    Setup::BalancerIpip => {
+                        for (i, backend) in self.t.backends.iter().enumerate() {
+                            self.lab.decap(
+                                backend,
+                                &format!("decap{i}"),
+                                &["--interface", "eth0"],
+                            )?;
+                        }
+                        format!("forwarding = \"ipip\"\n{NO_CHECK}")
                     }
-                    format!("forwarding = \"ipip\"\n{NO_CHECK}")
-                } else {
-                    NO_CHECK.to_owned()
+                    Setup::BalancerNat => {
+                        config = config.datapath(&format!(
+                            "snat_ipv4 = [\"{SNAT4}\"]\nsnat_ports = \"{SNAT_PORTS}\"\n"
+                        ));
+                        format!("forwarding = \"nat\"\n{NO_CHECK}")
+                    }
+                    _ => NO_CHECK.to_owned(),
                 };
-                let config = ConfigText::default()
+                let config = config
                     .vip(
                         "tcp",
                         self.vip(),
@@ -285,18 +347,25 @@ impl<'a> Bed<'a> {
                     ["--config".as_ref(), path.as_os_str()],
                 )?))
             }
-            Setup::Nftables => {
+            Setup::Nftables | Setup::NftablesSnat => {
                 lb.sysctl("net.ipv4.ip_forward", "1")?;
                 for key in ["all", "eth0"] {
                     lb.sysctl(&format!("net.ipv4.conf.{key}.send_redirects"), "0")?;
                 }
-                // No SNAT: the backends answer through the balancer, which
-                // undoes the DNAT (with SNAT, reused source ports met the
-                // backends' TIME_WAIT and the rate collapsed).
-                for backend in &self.t.backends {
-                    backend.add_route(&format!("{CLIENT4}/32"), &LB4.to_string())?;
+                // DNAT alone: the backends answer through the balancer,
+                // which undoes the DNAT (with masquerade, reused source
+                // ports met the backends' TIME_WAIT and the rate
+                // collapsed). With SNAT the replies come back to the host
+                // by their destination.
+                let snat = setup == Setup::NftablesSnat;
+                if !snat {
+                    for backend in &self.t.backends {
+                        backend.add_route(&format!("{CLIENT4}/32"), &LB4.to_string())?;
+                    }
                 }
-                let path = self.lab.write_file("nft.conf", &nft_ruleset(&backends))?;
+                let path = self
+                    .lab
+                    .write_file("nft.conf", &nft_ruleset(&backends, snat))?;
                 lb.exec("nft", ["-f".as_ref(), path.as_os_str()])?;
                 Ok(Running::Nothing)
             }
@@ -341,7 +410,7 @@ impl<'a> Bed<'a> {
         drop(running);
         match setup {
             Setup::Direct | Setup::Floor => {}
-            Setup::Balancer | Setup::BalancerIpip => {
+            Setup::Balancer | Setup::BalancerIpip | Setup::BalancerNat => {
                 if setup == Setup::BalancerIpip {
                     for (i, backend) in self.t.backends.iter().enumerate() {
                         self.lab
@@ -360,10 +429,12 @@ impl<'a> Bed<'a> {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            Setup::Nftables => {
+            Setup::Nftables | Setup::NftablesSnat => {
                 lb.exec("nft", ["delete", "table", "ip", "bench"])?;
-                for backend in &self.t.backends {
-                    backend.ip(["route", "del", &format!("{CLIENT4}/32")])?;
+                if setup == Setup::Nftables {
+                    for backend in &self.t.backends {
+                        backend.ip(["route", "del", &format!("{CLIENT4}/32")])?;
+                    }
                 }
                 lb.sysctl("net.ipv4.ip_forward", "0")?;
             }
@@ -375,6 +446,29 @@ impl<'a> Bed<'a> {
                     "dev",
                     "lo",
                 ])?;
+            }
+        }
+        if setup.translates_source() {
+            self.backends_hold_vip(true)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the VIPs on every backend's loopback (for DSR, as the topology
+    /// made them), or takes them off: backends behind NAT have only their
+    /// own addresses.
+    fn backends_hold_vip(&self, hold: bool) -> Result<()> {
+        let vips = [
+            format!("{}/32", topology::VIP4),
+            format!("{}/128", topology::VIP6),
+        ];
+        for backend in &self.t.backends {
+            for vip in &vips {
+                if hold {
+                    backend.add_address("lo", vip)?;
+                } else {
+                    backend.ip(["address", "del", vip.as_str(), "dev", "lo"])?;
+                }
             }
         }
         Ok(())
@@ -480,11 +574,12 @@ impl<'a> Bed<'a> {
         Ok(m)
     }
 
-    /// Mean ns per packet of the balancer's XDP program and of a backend's
-    /// sink under the UDP load, from the kernel's BPF statistics, on for
-    /// one run only.
-    fn xdp_cost(&self, options: &Options) -> Result<(f64, f64)> {
-        let frame = self.frame(Setup::Balancer);
+    /// Mean ns per packet of the balancer's XDP program (with the NAT
+    /// program it tail-calls, if any) and of the sink counting its output,
+    /// under the UDP load of `setup`, from the kernel's BPF statistics, on
+    /// for one run only.
+    fn xdp_cost(&self, setup: Setup, options: &Options) -> Result<(f64, f64)> {
+        let frame = self.frame(setup);
         let _stats = BpfStats::on()?;
         let lb_before = xdp_run_stats(&self.t.lb, "eth0")?;
         let sink_before = xdp_run_stats(&self.t.switch, "plb")?;
@@ -688,8 +783,9 @@ fn format_mac(mac: [u8; 6]) -> String {
 }
 
 /// A DNAT balancer as kube-proxy's nftables mode makes one: a numgen map
-/// from a counter to the backends, per service.
-fn nft_ruleset(backends: &[IpAddr]) -> String {
+/// from a counter to the backends, per service; with `snat`, the DNATed
+/// connections also get the host's address as their source.
+fn nft_ruleset(backends: &[IpAddr], snat: bool) -> String {
     let map: Vec<String> = backends
         .iter()
         .enumerate()
@@ -698,6 +794,17 @@ fn nft_ruleset(backends: &[IpAddr]) -> String {
     let map = map.join(", ");
     let n = backends.len();
     let vip = topology::VIP4;
+    let postrouting = if snat {
+        format!(
+            "    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ct status dnat snat to {SNAT4}
+    }}
+"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "table ip bench {{
     chain prerouting {{
@@ -705,7 +812,7 @@ fn nft_ruleset(backends: &[IpAddr]) -> String {
         ip daddr {vip} tcp dport {TCP_PORT} dnat to numgen inc mod {n} map {{ {map} }}
         ip daddr {vip} udp dport {UDP_PORT} dnat to numgen inc mod {n} map {{ {map} }}
     }}
-}}
+{postrouting}}}
 "
     )
 }
@@ -888,6 +995,16 @@ of that is the statistics' own cost, which the balancer's figure includes too."
         ),
         None => String::new(),
     };
+    let nat_xdp = match r.nat_xdp_ns {
+        Some((nat, sink)) => format!(
+            "\n\nWith NAT, measured the same way, the XDP program took **{nat:.0} ns per
+packet**, the NAT program it tail-calls included (the time of a tail call
+counts to the program attached); the sink took {sink:.0} ns. The generator's
+flows stay in NAT's open tables: the sink drops the datagrams, so no
+backend answers and promotes them."
+        ),
+        None => String::new(),
+    };
     let body = format!(
         "## End to end: against nftables, HAProxy and nginx
 
@@ -899,12 +1016,23 @@ balancer's host in turn, with the same backends and the same load:
 
 - this balancer: the daemon and its XDP program on the host's interface,
   Maglev, health checks off, backends answering the client directly (L2
-  DSR);
+  DSR; each backend holds the VIP on its loopback);
+- this balancer, NAT: the same with `forwarding = \"nat\"`, source NAT to
+  an address of the host's own (`snat_ipv4`, beside the address the
+  proxies connect from) with source ports {SNAT_PORTS}, so that a client's
+  own port is kept where free, as nftables' SNAT keeps it, and
+  backends that hold nothing but their own address (the VIP is taken off
+  their loopback for the NAT setups): the XDP program rewrites the
+  client's packets to the backend, and the backends' replies, which come
+  back to the host, to the client;
 - XDP floor: the least an XDP forwarder does (rewrite both MACs, XDP_TX),
   every frame to one backend: the reference for the balancer's own cost;
 - nftables: `dnat to numgen inc mod {BACKENDS} map {{ ... }}` in a prerouting
   nat chain per service, as kube-proxy's nftables mode does, conntrack on,
   the backends' replies routed back through the host (no SNAT);
+- nftables DNAT+SNAT: the same DNAT, and `ct status dnat snat to` the
+  same address as NAT's in a postrouting nat chain: the topology of NAT above
+  (backends without the VIP and without a route to the client);
 - HAProxy: `mode tcp`, `balance roundrobin`, default threads (TCP only:
   HAProxy does not proxy UDP);
 - nginx: the stream module, `worker_processes auto`, round robin, UDP with
@@ -920,7 +1048,8 @@ Loads, each run {seconds} s, {runs} counted runs after one thrown away:
   generator in the client's namespace (BPF_PROG_TEST_RUN with
   BPF_F_TEST_XDP_LIVE_FRAMES, pinned to CPU 0, as fast as it can), cycling
   over {flows} source ports. The rate is what the balancer's host sent on
-  towards the backends, counted (and dropped) by an XDP program on the
+  towards the backends (with NAT, rewritten to their addresses, still to
+  port {UDP_PORT}), counted (and dropped) by an XDP program on the
   switch's end of the host's veth, so the figure is the balancer's output
   rate rather than the bridge's. The input still crosses the bridge (socket
   buffers, bridge forwarding), which costs more per packet than an XDP
@@ -946,7 +1075,7 @@ rate. `ours ÷ this` is this balancer's rate over the row's.
 {udp}
 ![UDP packets](img/e2e-udp.png)
 
-{xdp}
+{xdp}{nat_xdp}
 
 `failed`: connections that did not complete (refused, reset or timed out
 after 1 s) over all counted runs of a setup.

@@ -184,6 +184,11 @@ fn run(args: &Args) -> Result<()> {
                 "XDP run time per packet (bpf_stats): balancer {ours:.0} ns, sink {sink:.0} ns\n"
             );
         }
+        if let Some((nat, sink)) = results.nat_xdp_ns {
+            println!(
+                "XDP run time per packet (bpf_stats), NAT: balancer {nat:.0} ns, sink {sink:.0} ns\n"
+            );
+        }
         if let Some(img) = &img {
             sections.push(e2e::section(&results, img)?);
         }

@@ -106,6 +106,7 @@ fn fixture(flow_table_size: u32) -> Result<Fixture> {
             .collect(),
         access: false,
         limit: Default::default(),
+        snat: true,
     })?;
     Ok(f)
 }

@@ -156,6 +156,7 @@ pub fn put_vips(f: &mut Fixture) -> Result<()> {
                 backends: members,
                 access: false,
                 limit: Default::default(),
+                snat: true,
             })?;
             if path.scheduler == Scheduler::LeastLatency {
                 for (n, id) in ids.into_iter().enumerate() {
