@@ -4,10 +4,7 @@
 //! entries, and the way back: a backend's reply matched by its reverse
 //! entry. The rewrites are [`translate`]'s; sending is [`forward`]'s.
 
-use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use balancer_common::{
     Addr,
     flow::{FLOW_COUNTED, FlowKey, LAST_SEEN_GRANULARITY_NS},
@@ -29,6 +26,7 @@ use crate::{
     ring::{self, Pick},
     stats,
     translate::{self, Headers},
+    verdict::drop,
 };
 
 /// The bits of [`NatFlow::vip`] that hold the VIP's index.
@@ -184,12 +182,6 @@ pub fn forward(ctx: &XdpContext, p: &Packet, conn: &Conn) -> (u32, Stat) {
     }
     stats::event(Event::NAT_FORWARD, p.len);
     forward::to_nat_backend(ctx, &conn.pick)
-}
-
-/// A dropped packet, counted under `stat`.
-#[inline(always)]
-fn drop(stat: Stat) -> (u32, Stat) {
-    (xdp_action::XDP_DROP, stat)
 }
 
 /// Opens a NAT connection for client packet `p` to `vip` on `pick`: a

@@ -35,17 +35,10 @@ pub fn to_backend(ctx: &XdpContext, pick: &Pick, flow: u32, len: u64) -> (u32, S
         rewrite_macs(ctx, &backend.macs).map(|()| Sent::Backend)
     };
     match written {
-        Ok(Sent::Backend) => {}
+        Ok(Sent::Backend) => out(ctx, backend.ifindex, Stat::TX, Stat::REDIRECT),
         // An ICMP message for the client, back where the packet came from.
-        Ok(Sent::Client) => return (xdp_action::XDP_TX, Stat::TX_TOO_BIG),
-        Err(reason) => return (xdp_action::XDP_DROP, reason),
-    }
-    if backend.ifindex as usize == ctx.ingress_ifindex() {
-        return (xdp_action::XDP_TX, Stat::TX);
-    }
-    match EGRESS.redirect(backend.ifindex, 0) {
-        Ok(action) => (action, Stat::REDIRECT),
-        Err(_) => (xdp_action::XDP_DROP, Stat::DROP_REDIRECT),
+        Ok(Sent::Client) => (xdp_action::XDP_TX, Stat::TX_TOO_BIG),
+        Err(reason) => (xdp_action::XDP_DROP, reason),
     }
 }
 
@@ -61,13 +54,7 @@ pub fn to_nat_backend(ctx: &XdpContext, pick: &Pick) -> (u32, Stat) {
     if let Err(reason) = rewrite_macs(ctx, &backend.macs) {
         return (xdp_action::XDP_DROP, reason);
     }
-    if backend.ifindex as usize == ctx.ingress_ifindex() {
-        return (xdp_action::XDP_TX, Stat::TX);
-    }
-    match EGRESS.redirect(backend.ifindex, 0) {
-        Ok(action) => (action, Stat::REDIRECT),
-        Err(_) => (xdp_action::XDP_DROP, Stat::DROP_REDIRECT),
-    }
+    out(ctx, backend.ifindex, Stat::TX, Stat::REDIRECT)
 }
 
 /// The hop toward `client` of a NAT connection's reply: the most specific
@@ -85,11 +72,20 @@ pub fn to_client(ctx: &XdpContext, hop: &Hop) -> (u32, Stat) {
     if let Err(reason) = rewrite_macs(ctx, &hop.macs) {
         return (xdp_action::XDP_DROP, reason);
     }
-    if hop.ifindex as usize == ctx.ingress_ifindex() {
-        return (xdp_action::XDP_TX, Stat::TX_REPLY);
+    out(ctx, hop.ifindex, Stat::TX_REPLY, Stat::REDIRECT_REPLY)
+}
+
+/// Sends the rewritten frame out of interface `ifindex`: XDP_TX when it
+/// is the ingress interface (counted under `tx`), a redirect through
+/// `egress` otherwise (under `redirect`; a failed one is
+/// `drop_redirect`).
+#[inline(always)]
+fn out(ctx: &XdpContext, ifindex: u32, tx: Stat, redirect: Stat) -> (u32, Stat) {
+    if ifindex as usize == ctx.ingress_ifindex() {
+        return (xdp_action::XDP_TX, tx);
     }
-    match EGRESS.redirect(hop.ifindex, 0) {
-        Ok(action) => (action, Stat::REDIRECT_REPLY),
+    match EGRESS.redirect(ifindex, 0) {
+        Ok(action) => (action, redirect),
         Err(_) => (xdp_action::XDP_DROP, Stat::DROP_REDIRECT),
     }
 }

@@ -25,7 +25,8 @@
 //! - [`vip`] (VIP match) and [`ring`] (a VIP's ring, in either layout,
 //!   and the backends it names);
 //! - [`maps`] (every map), [`parse`] (bounds-checked packet reads),
-//!   [`copy`] (reads of map memory that stay loads), [`log`].
+//!   [`copy`] (reads of map memory that stay loads), [`verdict`],
+//!   [`log`].
 //!
 //! On the host the crate builds too, so that `cargo clippy --workspace`
 //! type-checks and lints it with the rest; it only means something for
@@ -57,9 +58,10 @@ mod schedule;
 mod share;
 mod stats;
 mod translate;
+mod verdict;
 mod vip;
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use balancer_common::{
     access::ACCESS_NO_VIP,
     flow::FlowKey,
@@ -80,6 +82,7 @@ use crate::{
     parse::{Cursor, Fragment, Ip, IpParse, L3},
     place::place,
     ring::Pick,
+    verdict::{drop, pass},
 };
 
 pub use nat::run_nat;
@@ -93,16 +96,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
     stats::count(stat, len);
     decision!(ctx, "verdict {} ({}), {} bytes", action, stat.name(), len);
     action
-}
-
-#[inline(always)]
-fn pass(stat: Stat) -> (u32, Stat) {
-    (xdp_action::XDP_PASS, stat)
-}
-
-#[inline(always)]
-fn drop(stat: Stat) -> (u32, Stat) {
-    (xdp_action::XDP_DROP, stat)
 }
 
 /// Parses the frame down to the network header and hands it to the

@@ -17,10 +17,7 @@
 
 mod icmp;
 
-use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use balancer_common::{
     access::ACCESS_NO_VIP,
     flow::FlowKey,
@@ -39,6 +36,7 @@ use crate::{
     place::place,
     stats,
     translate::Headers,
+    verdict::{drop, pass},
     vip,
 };
 
@@ -60,9 +58,9 @@ pub fn hand_over(ctx: &XdpContext) {
 pub fn tail_call(ctx: &XdpContext, ip: &Ip) -> (u32, Stat) {
     hand_over(ctx);
     if vip::addr(&ip.dst, ip.proto).is_some_and(|a| a.has_nat()) {
-        (xdp_action::XDP_DROP, Stat::DROP_NAT_UNAVAILABLE)
+        drop(Stat::DROP_NAT_UNAVAILABLE)
     } else {
-        (xdp_action::XDP_PASS, Stat::PASS_NOT_VIP)
+        pass(Stat::PASS_NOT_VIP)
     }
 }
 
@@ -135,16 +133,6 @@ fn icmp_message(ctx: *mut xdp_md) -> u32 {
         len
     );
     action
-}
-
-#[inline(always)]
-fn pass(stat: Stat) -> (u32, Stat) {
-    (xdp_action::XDP_PASS, stat)
-}
-
-#[inline(always)]
-fn drop(stat: Stat) -> (u32, Stat) {
-    (xdp_action::XDP_DROP, stat)
 }
 
 /// Parses the frame again (the main program parsed and checked it) and

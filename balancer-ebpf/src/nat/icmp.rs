@@ -26,7 +26,7 @@ use balancer_common::{
     stats::{Event, Stat},
 };
 
-use super::{counted, drop, pass};
+use super::counted;
 use crate::{
     conntrack::{self, Held},
     copy::same_addr,
@@ -36,6 +36,7 @@ use crate::{
     parse::{self, Cursor, IpParse, L3},
     stats,
     translate::{self, Quote},
+    verdict::{drop, pass},
     vip,
 };
 
