@@ -81,21 +81,6 @@ pub struct NatReply {
 
 const _: () = assert!(core::mem::size_of::<NatReply>() == 56);
 
-impl NatReply {
-    /// The key of the forward entry of the same connection, whose
-    /// reverse entry this is, for protocol `proto`.
-    #[inline(always)]
-    pub const fn forward_key(&self, proto: u8) -> crate::flow::FlowKey {
-        crate::flow::FlowKey::new(
-            self.client,
-            self.vip,
-            self.client_port,
-            self.vip_port,
-            proto,
-        )
-    }
-}
-
 /// A TCP connection whose SYN went to the backend: open.
 pub const NAT_SYN: u32 = 1;
 /// A TCP connection whose backend answered the SYN: open until the
@@ -206,12 +191,6 @@ pub const fn step(state: u32, side: Side, segment: Option<Segment>, expect_ack: 
         },
         _ => same,
     }
-}
-
-/// Whether a connection in `state` is still open (in the open tables).
-#[inline(always)]
-pub const fn is_open(state: u32) -> bool {
-    matches!(state, NAT_SYN | NAT_SYN_ACK | NAT_MIDSTREAM)
 }
 
 /// The timeouts of NAT connections, from the datapath's settings.

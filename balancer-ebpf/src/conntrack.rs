@@ -10,7 +10,7 @@ use balancer_common::{
     flow::{FLOW_COUNTED, FlowKey, LAST_SEEN_GRANULARITY_NS},
     nat::{
         MAX_SNAT_ADDRS, NAT_CLOSING, NAT_MIDSTREAM, NAT_SYN, NAT_UDP, NatFlow, NatReply,
-        NatSettings as _, PORT_TRIES, Segment, Side, Step, pool_index, step,
+        NatSettings as _, PORT_TRIES, Segment, Side, Step, TCP_FIN, TCP_RST, pool_index, step,
     },
     proto,
     settings::Settings,
@@ -337,7 +337,11 @@ pub fn reply(
         key.proto,
     );
     let mut promoted = false;
-    if key.proto == proto::TCP || is_open_udp(reply.state, open) {
+    // In the main tables only a FIN or RST moves a connection on: the
+    // forward entry is looked up for the other replies only while the
+    // connection is open.
+    let moves = open || p.flags & (TCP_FIN | TCP_RST) != 0;
+    if moves && (key.proto == proto::TCP || is_open_udp(reply.state, open)) {
         let segment = match p.segment(ctx, Side::Backend) {
             Ok(segment) => segment,
             Err(reason) => return Some(drop(reason)),

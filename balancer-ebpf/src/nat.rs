@@ -40,15 +40,12 @@ use crate::{
     vip,
 };
 
-/// The NAT program's slot in `programs`.
-pub const PROGRAM_NAT: u32 = balancer_common::maps::PROGRAM_NAT;
-
 /// Hands the frame to the NAT program. Returns only when its slot is
 /// empty (no daemon put it there).
 #[inline(always)]
 pub fn hand_over(ctx: &XdpContext) {
     // SAFETY: a tail call either never returns or changes nothing.
-    unsafe { PROGRAMS.tail_call(ctx, PROGRAM_NAT) };
+    unsafe { PROGRAMS.tail_call(ctx, balancer_common::maps::PROGRAM_NAT) };
 }
 
 /// Hands a TCP or UDP packet to the NAT program ([`hand_over`]). When
@@ -135,21 +132,31 @@ fn icmp_message(ctx: *mut xdp_md) -> u32 {
     action
 }
 
+/// Parses the frame's Ethernet and IP headers again (the main program
+/// parsed and checked them), the cursor left on the transport header,
+/// and reads the settings; Err: why it passes.
+#[inline(always)]
+fn reparse(c: &mut Cursor) -> Result<(Ip, &'static Settings), Stat> {
+    let parsed = match parse::ethernet(c) {
+        Some(L3::Ipv4) => parse::ipv4(c),
+        Some(L3::Ipv6) => parse::ipv6(c),
+        _ => return Err(Stat::PASS_UNPARSED),
+    };
+    let IpParse::Ok(ip) = parsed else {
+        return Err(Stat::PASS_UNPARSED);
+    };
+    let settings = vip::settings().ok_or(Stat::PASS_NOT_VIP)?;
+    Ok((ip, settings))
+}
+
 /// Parses the frame again (the main program parsed and checked it) and
 /// sends it on as a reply or as a client's packet.
 #[inline(always)]
 fn process(ctx: &XdpContext, len: u64) -> (u32, Stat) {
     let mut c = Cursor::new(ctx);
-    let parsed = match parse::ethernet(&mut c) {
-        Some(L3::Ipv4) => parse::ipv4(&mut c),
-        Some(L3::Ipv6) => parse::ipv6(&mut c),
-        _ => return pass(Stat::PASS_UNPARSED),
-    };
-    let IpParse::Ok(ip) = parsed else {
-        return pass(Stat::PASS_UNPARSED);
-    };
-    let Some(settings) = vip::settings() else {
-        return pass(Stat::PASS_NOT_VIP);
+    let (ip, settings) = match reparse(&mut c) {
+        Ok(parsed) => parsed,
+        Err(reason) => return pass(reason),
     };
     if ip.proto != proto::TCP && ip.proto != proto::UDP {
         return pass(Stat::PASS_NOT_VIP);

@@ -33,7 +33,7 @@ use crate::{
     flows, forward,
     icmp::{self, Icmp},
     log::decision,
-    parse::{self, Cursor, IpParse, L3},
+    parse::Cursor,
     stats,
     translate::{self, Quote},
     verdict::{drop, pass},
@@ -46,16 +46,9 @@ use crate::{
 #[inline(always)]
 pub fn message(ctx: &XdpContext, len: u64) -> (u32, Stat) {
     let mut c = Cursor::new(ctx);
-    let parsed = match parse::ethernet(&mut c) {
-        Some(L3::Ipv4) => parse::ipv4(&mut c),
-        Some(L3::Ipv6) => parse::ipv6(&mut c),
-        _ => return pass(Stat::PASS_UNPARSED),
-    };
-    let IpParse::Ok(ip) = parsed else {
-        return pass(Stat::PASS_UNPARSED);
-    };
-    let Some(settings) = vip::settings() else {
-        return pass(Stat::PASS_NOT_VIP);
+    let (ip, settings) = match super::reparse(&mut c) {
+        Ok(parsed) => parsed,
+        Err(reason) => return pass(reason),
     };
     let v6 = !is_v4(&ip.dst);
     let Icmp::Error(quoted) = icmp::parse(&mut c, v6) else {

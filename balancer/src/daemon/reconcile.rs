@@ -215,19 +215,13 @@ pub(super) fn reconcile(
     {
         ops.push(Write::SnatPorts(ports));
     }
-    nat_routes(
-        observed,
-        published,
-        &mut egress_of_routes(observed, published),
-        ops,
-    );
+    let mut egress = published.egress.clone();
+    nat_routes(observed, published, &mut egress, ops);
     if published.settings != Some(plan.settings) {
         ops.push(Write::Settings(plan.settings));
     }
     let infos = backend_infos(desired, observed, &effective);
     let tunnels = tunnel_infos(desired, observed);
-    let mut egress = published.egress.clone();
-    egress.extend(observed.client_routes.values().map(|hop| hop.ifindex));
     for (vip, b) in desired.backends() {
         let weight = effective.weight(b.id, b.weight);
         let record = published.backend(b.id);
@@ -296,27 +290,21 @@ pub(super) fn reconcile(
     Ok(out)
 }
 
-/// The interfaces routes toward clients go out of that the program may
-/// not redirect to yet.
-fn egress_of_routes(observed: &Observed, published: &Published) -> BTreeSet<u32> {
-    observed
-        .client_routes
-        .values()
-        .map(|hop| hop.ifindex)
-        .filter(|ifindex| *ifindex != 0 && !published.egress.contains(ifindex))
-        .collect()
-}
-
 /// The writes that bring the routes toward clients in line with those
-/// `observed` read: the interfaces they go out of (`egress`) first, then
-/// new and changed routes, then those gone.
+/// `observed` read: the interfaces they go out of that `egress` (the
+/// interfaces the program may redirect to) lacks first, then new and
+/// changed routes, then those gone.
 fn nat_routes(
     observed: &Observed,
     published: &Published,
     egress: &mut BTreeSet<u32>,
     ops: &mut Vec<Write>,
 ) {
-    ops.extend(std::mem::take(egress).into_iter().map(Write::Egress));
+    for hop in observed.client_routes.values() {
+        if hop.ifindex != 0 && egress.insert(hop.ifindex) {
+            ops.push(Write::Egress(hop.ifindex));
+        }
+    }
     let changed: Vec<_> = observed
         .client_routes
         .iter()
